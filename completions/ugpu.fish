@@ -1,0 +1,1 @@
+complete --command ugpu --no-files --arguments "(env _UGPU_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) ugpu)" --condition "env _UGPU_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) ugpu"

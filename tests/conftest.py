@@ -1,0 +1,58 @@
+"""Shared fixtures: a private data dir per test, fake NVML cards, fake framework probes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.fake_nvml import FakeCard, make_fake_nvml
+from ultrasinger_gpu_cli import frameworks, nvml
+from ultrasinger_gpu_cli.facts import TensorflowInfo, TorchInfo
+
+#: What a PyTorch cu126 build reports: no sm_120, so it cannot run an RTX 5060 Ti.
+CU126_ARCHS = ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90")
+#: A cu128 build: Blackwell included.
+CU128_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")
+
+
+@pytest.fixture(autouse=True)
+def private_data_dir(tmp_path, monkeypatch) -> Iterator[None]:
+    """Every test gets its own database and home; the real home directory is never touched."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("UGPU_DB", str(tmp_path / "ugpu.db"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml.use_backend(None)
+    yield
+    nvml.use_backend(None)
+
+
+@pytest.fixture
+def fake_gpus() -> Callable[..., object]:
+    """Install a fake NVML with the given cards: ``fake_gpus(rtx_5060_ti(), h100())``."""
+
+    def install(*cards: FakeCard, **kwargs):
+        module = make_fake_nvml(list(cards), **kwargs)
+        nvml.use_backend(module)
+        return module
+
+    return install
+
+
+@pytest.fixture
+def fake_torch(monkeypatch) -> Callable[..., TorchInfo]:
+    """Make the framework probe report a CUDA torch build with the given arch list."""
+
+    def install(arch_list=CU126_ARCHS, cuda_build="12.6", version="2.7.1+cu126", cuda_available=True):
+        info = TorchInfo(
+            installed=True, version=version, cuda_build=cuda_build, cuda_available=cuda_available,
+            device_count=1 if cuda_available else 0, arch_list=tuple(arch_list),
+        )  # fmt: skip
+        monkeypatch.setattr(frameworks, "probe_torch", lambda: info)
+        monkeypatch.setattr(frameworks, "probe_tensorflow", lambda: TensorflowInfo(installed=False))
+        return info
+
+    return install

@@ -1,0 +1,327 @@
+"""Every command through Typer's CliRunner: help, JSON shapes, exit codes, stdout vs stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import CU128_ARCHS
+from tests.fake_nvml import card_6gb_no_temp, h100, lost_card, rtx_5060_ti
+from ultrasinger_gpu_cli.cli import app
+from ultrasinger_gpu_cli.store import Store
+
+COMMANDS = ["detect", "optimize", "whisper", "demucs", "crepe", "stats"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run(runner: CliRunner, *args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def rows(sql: str):
+    with Store.open(os.environ["UGPU_DB"]) as store:
+        return [tuple(r) for r in store.query(sql)]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(runner, command):
+    result = run(runner, command, "--help")
+    assert result.exit_code == 0
+    assert "Usage" in result.output and len(result.output) > 200
+
+
+def test_root_help_and_version(runner):
+    result = run(runner, "--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+    assert run(runner, "--version").stdout.startswith("ugpu ")
+
+
+# -- detect ----------------------------------------------------------------------------------
+def test_detect_without_gpu_is_the_real_path_of_this_machine(runner):
+    result = run(runner, "detect", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["gpu_detected"] is False and data["vram_total"] == 0
+    assert data["cuda_version"] is None
+    assert data["host"]["cpu_cores_logical"] >= 1 and data["host"]["ram_total_mb"] > 0
+    assert data["optimization_applied"]["crepe"]["device"] == "cpu"
+    assert data["optimization_applied"]["whisper"]["compute_type"] == "float32"
+    assert "driver" in data["nvml_error"]
+    assert rows("SELECT COUNT(*) FROM framework_probe") == [(1,)]
+
+
+def test_detect_human_output_goes_to_stderr_only(runner):
+    result = run(runner, "detect")
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "No NVIDIA GPU" in result.stderr and "CPU" in result.stderr
+
+
+def test_require_gpu_exits_3_without_gpu(runner):
+    result = run(runner, "detect", "--require-gpu", "--json")
+    assert result.exit_code == 3
+    assert json.loads(result.stdout)["gpu_detected"] is False  # the data is still printed
+    assert "--require-gpu" in result.stderr
+
+
+def test_detect_rtx_5060_ti_with_cu126_torch_says_so_and_prints_the_fix(runner, fake_gpus, fake_torch):
+    fake_gpus(rtx_5060_ti(), cuda=12090)
+    fake_torch()  # a cu126 build: no sm_120
+    result = run(runner, "detect", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["gpu_detected"] is True and data["vram_total"] == 16 and data["cuda_version"] == "12.9"
+    assert data["gpus"][0]["compute_capability"] == "12.0"
+    (compat,) = data["compatibility"]
+    assert compat["torch_can_run"] is False
+    assert "download.pytorch.org/whl/cu128" in compat["fix_command"]
+    assert any("sm_120" in w for w in data["warnings"])
+    assert data["optimization_applied"]["crepe"]["device"] == "cpu"  # it cannot run there yet
+    human = run(runner, "detect", "--force")
+    assert "NO" in human.stderr and "cu128" in human.stderr
+
+
+def test_detect_rtx_5060_ti_with_cu128_torch_reproduces_the_design(runner, fake_gpus, fake_torch):
+    fake_gpus(rtx_5060_ti())
+    fake_torch(arch_list=CU128_ARCHS, cuda_build="12.8", version="2.8.0+cu128")
+    data = json.loads(run(runner, "detect", "--json").stdout)
+    assert data["optimization_applied"] == {
+        "whisper": {"model": "large-v3-turbo", "batch_size": 32, "compute_type": "float16"},
+        "demucs": {"model": "htdemucs_ft", "chunk_size": 262144, "overlap": 0.25},
+        "crepe": {"model_capacity": "full", "step_size": 5, "device": "cuda"},
+    }
+    assert rows("SELECT gpu_id, gpu_name, vram_total_gb, cuda_version, driver_version, is_active FROM gpu_config") == [
+        ("GPU-5060ti-0000", "NVIDIA GeForce RTX 5060 Ti", 16, "12.9", "575.51.03", 1)
+    ]
+
+
+def test_detect_several_cards_one_lost_one_without_temperature(runner, fake_gpus, fake_torch):
+    fake_gpus(h100(), lost_card(), card_6gb_no_temp())
+    fake_torch()
+    result = run(runner, "detect", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert [g["lost"] for g in data["gpus"]] == [False, True, False]
+    assert data["gpus"][2]["temperature_c"] is None
+    assert data["vram_total"] == 80
+    assert any("lost" in w for w in data["warnings"])
+    human = run(runner, "detect")
+    assert "n/a" in human.stderr and "lost" in human.stderr
+    six = json.loads(run(runner, "detect", "--json", "--gpu", "2").stdout)
+    assert six["vram_total"] == 6 and six["tier"] == "6-8"
+
+
+def test_detect_mode_and_vram_limit_are_accepted(runner, fake_gpus, fake_torch):
+    fake_gpus(h100())
+    fake_torch()
+    data = json.loads(run(runner, "detect", "--json", "--mode", "aggressive", "--vram-limit", "8").stdout)
+    assert data["optimization_mode"] == "aggressive" and data["vram_limit"] == 8 and data["tier"] == "8-12"
+
+
+def test_detect_uses_the_cache_and_force_re_probes(runner, fake_gpus, monkeypatch):
+    from ultrasinger_gpu_cli import frameworks
+    from ultrasinger_gpu_cli.facts import TensorflowInfo, TorchInfo
+
+    calls = []
+    monkeypatch.setattr(frameworks, "probe_torch", lambda: calls.append(1) or TorchInfo(installed=False))
+    monkeypatch.setattr(frameworks, "probe_tensorflow", lambda: TensorflowInfo(installed=False))
+    fake_gpus(h100())
+    first = json.loads(run(runner, "detect", "--json").stdout)
+    second = json.loads(run(runner, "detect", "--json").stdout)
+    forced = json.loads(run(runner, "detect", "--json", "--force").stdout)
+    assert len(calls) == 2
+    assert (first["frameworks_from_cache"], second["frameworks_from_cache"], forced["force_detection"]) == (
+        False, True, True,
+    )  # fmt: skip
+
+
+def test_invalid_mode_exits_2_listing_the_choices(runner):
+    result = runner.invoke(app, ["detect", "--mode", "turbo"])
+    assert result.exit_code == 2
+    assert "conservative" in result.output and "aggressive" in result.output
+
+
+# -- optimize --------------------------------------------------------------------------------
+def test_optimize_hypothetical_16gb_reproduces_the_design_and_says_hypothetical(runner):
+    result = run(runner, "optimize", "--assume-vram", "16", "--assume-gpu", "RTX 5060 Ti", "--assume-cc", "12.0", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["hypothetical"] is True and data["vram_total"] == 16
+    assert data["optimization_applied"]["whisper"] == {"model": "large-v3-turbo", "batch_size": 32, "compute_type": "float16"}
+    assert data["components"]["demucs"]["settings"]["batch_size"]["value"] == 4
+    setting = data["components"]["whisper"]["settings"]["model"]
+    assert setting["source"] == "tier" and setting["reason"]
+    human = run(runner, "optimize", "--assume-vram", "16")
+    assert "HYPOTHETICAL" in human.stderr and human.stdout == ""
+
+
+def test_optimize_vram_limit_plans_as_an_8gb_card(runner, fake_gpus):
+    fake_gpus(rtx_5060_ti())
+    data = json.loads(run(runner, "optimize", "--vram-limit", "8", "--json").stdout)
+    assert data["tier"] == "8-12" and data["vram_limit"] == 8
+    assert data["memory_fraction"] < 0.5
+
+
+def test_optimize_save_stores_the_plan(runner, fake_gpus):
+    fake_gpus(rtx_5060_ti())
+    result = run(runner, "optimize", "--save", "--json")
+    assert result.exit_code == 0
+    saved = json.loads(result.stdout)["saved_config_ids"]
+    assert set(saved) == {"whisper", "demucs", "crepe"}
+    assert rows("SELECT COUNT(*) FROM component_config WHERE kind = 'plan' AND is_active") == [(3,)]
+    assert rows("SELECT COUNT(*) FROM optimization_setting") == [(15,)]
+
+
+def test_optimize_never_imports_torch():
+    code = (
+        "import sys; from typer.testing import CliRunner; from ultrasinger_gpu_cli.cli import app; "
+        "r = CliRunner().invoke(app, ['optimize', '--json']); assert r.exit_code == 0, r.output; "
+        "heavy = [m for m in ('torch', 'whisper', 'demucs', 'torchcrepe', 'tensorflow') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_assume_gpu_without_assume_vram_is_refused(runner):
+    result = run(runner, "optimize", "--assume-gpu", "RTX 4090")
+    assert result.exit_code == 2 and "--assume-vram" in result.stderr
+
+
+def test_bad_assume_cc_is_refused(runner):
+    result = run(runner, "optimize", "--assume-vram", "8", "--assume-cc", "twelve")
+    assert result.exit_code == 2 and "12.0" in result.stderr
+
+
+def test_optimize_tiers_prints_the_table(runner):
+    result = run(runner, "optimize", "--tiers")
+    assert result.exit_code == 0 and "16-24 GB" in result.stderr and "aggressive" in result.stderr
+
+
+# -- per-component configuration --------------------------------------------------------------
+def test_component_show_save_reset_round_trip(runner, fake_gpus):
+    fake_gpus(rtx_5060_ti())
+    shown = json.loads(run(runner, "whisper", "--show", "--json").stdout)
+    assert shown["model"] == "large-v3-turbo" and shown["settings"]["model"]["source"] == "tier"
+
+    saved = run(runner, "whisper", "--model", "medium", "--batch-size", "8", "--device", "cpu", "--save", "--json")
+    assert saved.exit_code == 0
+    data = json.loads(saved.stdout)
+    assert data["action"] == "saved" and data["device_override"] == "cpu"
+    assert {k: v["source"] for k, v in data["settings"].items() if k != "compute_type"} == {
+        "model": "override", "batch_size": "override", "device": "override",
+    }  # fmt: skip
+
+    # From now on every command honours it, shown with source "override".
+    plan = json.loads(run(runner, "optimize", "--json").stdout)
+    assert plan["optimization_applied"]["whisper"]["model"] == "medium"
+    assert plan["components"]["whisper"]["settings"]["model"]["source"] == "override"
+
+    reset = json.loads(run(runner, "whisper", "--reset", "--json").stdout)
+    assert reset["action"] == "reset" and reset["stored_override"] == {}
+    assert json.loads(run(runner, "optimize", "--json").stdout)["optimization_applied"]["whisper"]["model"] == (
+        "large-v3-turbo"
+    )
+
+
+def test_component_flags_without_save_apply_once(runner):
+    data = json.loads(run(runner, "crepe", "--step-size", "20", "--json").stdout)
+    assert data["settings"]["step_size"] == {"value": 20, "reason": "20 ms set by a flag", "source": "flag"}
+    assert json.loads(run(runner, "crepe", "--json").stdout)["settings"]["step_size"]["value"] == 10
+    assert rows("SELECT COUNT(*) FROM component_config") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["whisper", "--model", "huge", "--save"],
+        ["whisper", "--batch-size", "0", "--save"],
+        ["whisper", "--batch-size", "-3", "--save"],
+        ["demucs", "--device", "gpu2", "--save"],
+        ["demucs", "--overlap", "2", "--save"],
+        ["demucs", "--chunk-size", "99999999", "--save"],
+        ["crepe", "--model", "large", "--save"],
+        ["crepe", "--mode", "ludicrous"],
+        ["whisper", "--save"],
+        ["whisper", "--save", "--reset", "--batch-size", "2"],
+    ],
+)
+def test_invalid_component_values_exit_2_and_store_nothing(runner, args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert rows("SELECT COUNT(*) FROM component_config") == [(0,)]
+
+
+def test_invalid_choice_message_lists_valid_choices(runner):
+    result = runner.invoke(app, ["demucs", "--device", "gpu2"])
+    assert "cuda" in result.output and "cpu" in result.output
+    result = runner.invoke(app, ["demucs", "--overlap", "2"])
+    assert "0 to 0.9" in result.output
+
+
+def test_component_with_audio_says_the_engine_is_not_in_this_release(runner, tmp_path):
+    result = run(runner, "whisper", str(tmp_path / "song.mp3"))
+    assert result.exit_code == 1
+    assert "not part of ugpu" in result.stderr and "Traceback" not in result.output
+
+
+# -- stats -----------------------------------------------------------------------------------
+def test_stats_empty_is_friendly(runner):
+    result = run(runner, "stats")
+    assert result.exit_code == 0 and "No performance data yet" in result.stderr
+    assert json.loads(run(runner, "stats", "--json").stdout) == {"components": []}
+
+
+def test_stats_reports_logged_runs(runner):
+    with Store.open(os.environ["UGPU_DB"]) as store:
+        for speed in (10.0, 20.0, 30.0):
+            store.log_performance(component="demucs", device="cuda", processing_speed_multiplier=speed, vram_used_mb=4000)
+    data = json.loads(run(runner, "stats", "--json").stdout)
+    (demucs,) = data["components"]
+    assert (demucs["runs"], demucs["median_speed_x"], demucs["best_speed_x"], demucs["peak_vram_mb"]) == (3, 20.0, 30.0, 4000)
+    human = run(runner, "stats")
+    assert "demucs" in human.stderr and "20.00x" in human.stderr
+    assert run(runner, "stats", "--component", "nope").exit_code == 2
+
+
+# -- the store at the CLI edge ----------------------------------------------------------------
+def test_corrupt_database_gives_a_clear_error_naming_the_file(runner, tmp_path):
+    bad = tmp_path / "corrupt.db"
+    bad.write_bytes(b"garbage" * 500)
+    result = runner.invoke(app, ["--db", str(bad), "detect", "--json"])
+    assert result.exit_code == 1
+    assert str(bad) in result.stderr.replace("\n", "") and "Traceback" not in result.output
+    assert result.stdout == ""
+    assert bad.read_bytes() == b"garbage" * 500
+
+
+def test_db_flag_overrides_the_environment(runner, tmp_path):
+    target = tmp_path / "elsewhere.db"
+    assert runner.invoke(app, ["--db", str(target), "optimize", "--save"]).exit_code == 0
+    with Store.open(target) as store:
+        assert store.query("SELECT COUNT(*) FROM component_config")[0][0] == 3
+
+
+# -- the installed entry points ---------------------------------------------------------------
+def test_python_dash_m_and_help_import_no_framework():
+    code = (
+        "import runpy, sys; sys.argv = ['ugpu', '--help']\n"
+        "try:\n    runpy.run_module('ultrasinger_gpu_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'whisper', 'demucs', 'torchcrepe', 'tensorflow') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage" in out.stdout and out.stdout.strip().endswith("[]")
+    direct = subprocess.run([sys.executable, "-m", "ultrasinger_gpu_cli", "--version"], capture_output=True, text=True)
+    assert direct.returncode == 0 and direct.stdout.startswith("ugpu ")

@@ -1,0 +1,85 @@
+"""Can the installed PyTorch run this card, and what fixes it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CU126_ARCHS, CU128_ARCHS
+from ultrasinger_gpu_cli.facts import GpuInfo, TensorflowInfo, TorchInfo
+from ultrasinger_gpu_cli.frameworks import (
+    arch_supports,
+    check_compatibility,
+    probe_torch,
+    recommended_torch_build,
+    tensorflow_note,
+)
+
+
+@pytest.mark.parametrize(
+    ("archs", "cc", "ok"),
+    [
+        (CU126_ARCHS, "12.0", False),  # the RTX 50 problem
+        (CU128_ARCHS, "12.0", True),
+        (CU126_ARCHS, "9.0", True),
+        (CU126_ARCHS, "8.9", True),  # sm_86 cubins run on 8.9
+        (("sm_100",), "12.0", False),  # another major version
+        (("sm_90a",), "9.0", True),
+        (("sm_90a",), "9.1", False),  # arch-specific cubins run only on exactly that card
+        (("sm_80", "compute_80"), "12.0", True),  # PTX is JIT-compiled forward
+        (("sm_75",), "7.0", False),
+        ((), "8.6", False),
+    ],
+)
+def test_arch_supports(archs, cc, ok):
+    assert arch_supports(archs, cc) is ok
+
+
+@pytest.mark.parametrize(
+    ("cc", "driver", "build"),
+    [("12.0", "12.9", "cu128"), ("12.0", "13.0", "cu130"), ("12.0", "12.4", None), ("6.1", "12.9", "cu126"),
+     ("8.6", "12.9", "cu126"), ("8.6", "11.8", "cu118")],
+)  # fmt: skip
+def test_recommended_build(cc, driver, build):
+    assert recommended_torch_build(cc, driver)[0] == build
+
+
+def _gpu(cc="12.0") -> GpuInfo:
+    return GpuInfo(index=0, name="NVIDIA GeForce RTX 5060 Ti", uuid="GPU-x", vram_total_mb=16311, compute_capability=cc)
+
+
+def test_rtx_5060_ti_with_a_cu126_torch_is_refused_with_the_exact_fix():
+    torch = TorchInfo(installed=True, version="2.6.0+cu126", cuda_build="12.6", cuda_available=True, arch_list=CU126_ARCHS)
+    verdict = check_compatibility(_gpu(), torch, "12.9")
+    assert verdict.torch_can_run is False
+    assert "sm_120" in verdict.reason
+    assert verdict.fix_command == (
+        "pip install --upgrade --force-reinstall torch --index-url https://download.pytorch.org/whl/cu128"
+    )
+
+
+def test_cu128_torch_runs_the_rtx_5060_ti():
+    torch = TorchInfo(installed=True, version="2.8.0+cu128", cuda_build="12.8", cuda_available=True, arch_list=CU128_ARCHS)
+    assert check_compatibility(_gpu(), torch, "12.9").torch_can_run is True
+
+
+def test_cpu_only_torch_and_missing_torch():
+    cpu = TorchInfo(installed=True, version="2.13.0+cpu", cuda_build=None)
+    verdict = check_compatibility(_gpu("8.6"), cpu, "12.9")
+    assert verdict.torch_can_run is False and "CPU-only" in verdict.reason and verdict.fix_command
+    missing = check_compatibility(_gpu(), TorchInfo(installed=False), "12.9")
+    assert missing.torch_can_run is None and "not installed" in missing.reason
+
+
+def test_tensorflow_note_for_blackwell_says_crepe_runs_on_pytorch():
+    tf = TensorflowInfo(installed=True, version="2.21.0", gpus=())
+    assert "torchcrepe" in tensorflow_note(_gpu(), tf)
+    assert tensorflow_note(_gpu(), TensorflowInfo(installed=False)) is None
+
+
+def test_real_torch_probe_on_this_machine():
+    info = probe_torch()
+    if not info.installed:  # pragma: no cover - make test installs the CPU build
+        pytest.skip("torch not installed")
+    assert info.error is None
+    assert info.version
+    assert info.cuda_available is False or info.cuda_build is not None

@@ -1,0 +1,187 @@
+"""The resolver: every tier x mode cell runnable, the design's example, limits, overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from ultrasinger_gpu_cli.errors import InvalidSettingError
+from ultrasinger_gpu_cli.resolver import API_KEYS, PlanTarget, resolve, validate_setting
+from ultrasinger_gpu_cli.tiers import ALL_TIERS, GPU_TIERS, MODES, estimate_vram_mb, tier_for_vram
+
+RTX_5060_TI = PlanTarget("NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", 0, "GPU-5060ti", torch_can_run=True)
+
+
+def _gpu(gb: float, cc: str = "8.6") -> PlanTarget:
+    return PlanTarget(f"{gb} GB card", int(gb * 1024) - 60, cc, 0, "GPU-test", torch_can_run=True)
+
+
+def test_design_example_16gb_balanced_exactly():
+    plan = resolve(RTX_5060_TI)
+    assert plan.optimization_applied() == {
+        "whisper": {"model": "large-v3-turbo", "batch_size": 32, "compute_type": "float16"},
+        "demucs": {"model": "htdemucs_ft", "chunk_size": 262144, "overlap": 0.25},
+        "crepe": {"model_capacity": "full", "step_size": 5, "device": "cuda"},
+    }
+    assert plan.components["demucs"].value("batch_size") == 4
+    assert plan.components["crepe"].value("step_size") == 5
+    assert plan.tier.key == "16-24"
+    assert plan.notes == ()
+
+
+def test_api_keys_are_exactly_the_designs():
+    plan = resolve(RTX_5060_TI)
+    for component, keys in API_KEYS.items():
+        assert tuple(plan.optimization_applied()[component]) == keys
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("tier", GPU_TIERS, ids=lambda t: t.key)
+def test_every_gpu_cell_is_runnable(tier, mode):
+    """At the smallest card of each tier every stage fits its VRAM budget or is moved to the CPU."""
+    plan = resolve(_gpu(max(2, tier.min_gb)), mode)
+    assert plan.tier == tier
+    for name, cplan in plan.components.items():
+        for parameter, setting in cplan.settings.items():
+            assert validate_setting(name, parameter, setting.value) == setting.value
+            assert setting.reason and setting.source in ("tier", "mode", "hardware")
+        if cplan.device == "cuda":
+            assert cplan.estimated_vram_mb == estimate_vram_mb(name, cplan.values())
+            assert cplan.estimated_vram_mb <= plan.vram_budget_mb, (name, cplan.values())
+        else:
+            assert cplan.settings["device"].source == "hardware"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_cells_are_cpu_appropriate(mode):
+    plan = resolve(PlanTarget("CPU: test"), mode)
+    assert plan.tier.key == "cpu" and plan.vram_budget_mb is None
+    values = {c: p.values() for c, p in plan.components.items()}
+    assert {v["device"] for v in values.values()} == {"cpu"}
+    assert values["whisper"]["compute_type"] == "float32"
+    assert values["whisper"]["model"] in ("tiny", "base", "small")
+    assert values["crepe"]["model_capacity"] == "tiny" or values["crepe"]["step_size"] >= 10
+
+
+def test_mode_scales_batches_with_source_mode():
+    balanced = resolve(RTX_5060_TI, "balanced").components["whisper"]
+    conservative = resolve(RTX_5060_TI, "conservative").components["whisper"]
+    aggressive = resolve(RTX_5060_TI, "aggressive").components["whisper"]
+    assert conservative.value("batch_size") < balanced.value("batch_size") < aggressive.value("batch_size")
+    assert aggressive.settings["batch_size"].source == "mode"
+    assert resolve(RTX_5060_TI, "aggressive").components["demucs"].value("chunk_size") == 343980
+
+
+def test_vram_limit_plans_as_a_smaller_card():
+    limited = resolve(RTX_5060_TI, vram_limit_gb=8)
+    assert limited.tier == tier_for_vram(8) and limited.tier.key == "8-12"
+    assert limited.vram_budget_mb <= 8 * 1024
+    assert limited.optimization_applied()["whisper"]["batch_size"] == 16
+    assert any("8 GB" in n for n in limited.notes)
+    assert limited.memory_fraction == pytest.approx(limited.vram_budget_mb / 16311, abs=1e-3)
+
+
+def test_vram_limit_above_the_card_changes_nothing():
+    assert resolve(RTX_5060_TI, vram_limit_gb=48).tier.key == "16-24"
+
+
+@pytest.mark.parametrize(("gb", "key"), [(2, "lt4"), (4, "4-6"), (6, "6-8"), (8, "8-12"), (12, "12-16"),
+                                         (15.93, "16-24"), (16, "16-24"), (24, "24+"), (80, "24+")])  # fmt: skip
+def test_tier_boundaries_use_the_marketed_size(gb, key):
+    assert resolve(PlanTarget("x", int(gb * 1024), "8.6", torch_can_run=True)).tier.key == key
+
+
+def test_overrides_win_and_flags_win_over_overrides():
+    plan = resolve(
+        RTX_5060_TI,
+        overrides={"whisper": {"model": "medium", "batch_size": 8}},
+        flags={"whisper": {"batch_size": 2}},
+    )
+    whisper = plan.components["whisper"]
+    assert whisper.value("model") == "medium" and whisper.settings["model"].source == "override"
+    assert whisper.value("batch_size") == 2 and whisper.settings["batch_size"].source == "flag"
+
+
+def test_device_cpu_override_takes_cpu_settings_for_that_component_only():
+    plan = resolve(RTX_5060_TI, overrides={"whisper": {"device": "cpu", "compute_type": "float16"}})
+    whisper = plan.components["whisper"]
+    assert whisper.device == "cpu" and whisper.value("compute_type") == "float32"
+    assert whisper.settings["compute_type"].source == "hardware"
+    assert whisper.estimated_vram_mb is None
+    assert plan.components["demucs"].device == "cuda"
+
+
+def test_torch_that_cannot_run_the_card_plans_the_cpu_and_says_how_to_fix_it():
+    target = PlanTarget(
+        "NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", 0, "GPU-x", torch_can_run=False,
+        torch_reason="PyTorch 2.6.0 has no kernels for sm_120", torch_fix="pip install ... cu128",
+    )  # fmt: skip
+    plan = resolve(target)
+    assert {p.device for p in plan.components.values()} == {"cpu"}
+    assert any("cu128" in n for n in plan.notes)
+    assert "sm_120" in plan.components["whisper"].settings["device"].reason
+
+
+def test_pre_volta_card_gets_float32_whisper():
+    plan = resolve(PlanTarget("GTX 1060", 6144, "6.1", torch_can_run=True))
+    assert plan.components["whisper"].value("compute_type") == "float32"
+    assert plan.components["whisper"].settings["compute_type"].source == "hardware"
+
+
+def test_hypothetical_target_is_marked():
+    plan = resolve(PlanTarget("RTX 4090", 24 * 1024, "8.9", hypothetical=True))
+    assert plan.to_dict()["hypothetical"] is True
+    assert any("hypothetical" in n for n in plan.notes)
+
+
+def test_user_batch_that_does_not_fit_is_kept_and_warned_about():
+    plan = resolve(_gpu(4), flags={"whisper": {"batch_size": 200}})
+    whisper = plan.components["whisper"]
+    assert whisper.value("batch_size") == 200 and whisper.settings["batch_size"].source == "flag"
+    assert whisper.value("model") == "large-v3-turbo" and whisper.device == "cuda"
+    assert any(n.startswith("whisper:") and "budget" in n and "fallback" in n for n in plan.notes)
+
+
+def test_table_default_that_does_not_fit_moves_that_stage_to_the_cpu():
+    plan = resolve(_gpu(2), "conservative")  # a 2 GB card keeps 70%: no room for a Demucs chunk
+    demucs = plan.components["demucs"]
+    assert demucs.device == "cpu" and demucs.settings["device"].source == "hardware"
+    assert plan.components["whisper"].device == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("component", "parameter", "value", "needle"),
+    [
+        ("whisper", "model", "huge", "large-v3-turbo"),
+        ("whisper", "batch_size", 0, "1 to 256"),
+        ("whisper", "batch_size", -4, "1 to 256"),
+        ("whisper", "device", "gpu2", "cuda, cpu"),
+        ("demucs", "chunk_size", 10_000_000, "44100"),
+        ("demucs", "overlap", 1.5, "0 to 0.9"),
+        ("crepe", "model_capacity", "large", "full, tiny"),
+        ("crepe", "step_size", 0, "1 to 100"),
+        ("crepe", "colour", "red", "valid settings"),
+    ],
+)
+def test_invalid_values_are_refused_listing_the_valid_choices(component, parameter, value, needle):
+    with pytest.raises(InvalidSettingError) as info:
+        validate_setting(component, parameter, value)
+    assert needle in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_invalid_mode_and_limit():
+    with pytest.raises(InvalidSettingError, match="conservative, balanced, aggressive"):
+        resolve(RTX_5060_TI, "turbo")
+    with pytest.raises(InvalidSettingError, match="above 0"):
+        resolve(RTX_5060_TI, vram_limit_gb=0)
+
+
+def test_turbo_alias_is_normalised():
+    assert validate_setting("whisper", "model", "turbo") == "large-v3-turbo"
+
+
+def test_tier_table_is_complete_and_ordered():
+    keys = [t.key for t in ALL_TIERS]
+    assert keys == ["cpu", "lt4", "4-6", "6-8", "8-12", "12-16", "16-24", "24+"]
+    bounds = [(t.min_gb, t.max_gb) for t in GPU_TIERS]
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))

@@ -1,0 +1,175 @@
+"""The SQLite store: the design's schema, migrations, concurrency, corrupt files."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from ultrasinger_gpu_cli.errors import StoreError
+from ultrasinger_gpu_cli.facts import GpuInfo
+from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+from ultrasinger_gpu_cli.store import MIGRATIONS, SCHEMA_VERSION, Store, _statements, resolve_db_path
+
+DESIGN_COLUMNS = {
+    "gpu_config": ["gpu_id", "gpu_name", "vram_total_gb", "cuda_version", "driver_version", "detected_at", "is_active"],
+    "component_config": ["config_id", "gpu_id", "component_name", "model_name", "batch_size", "compute_type",
+                         "device", "created_at"],
+    "optimization_setting": ["setting_id", "config_id", "parameter_name", "parameter_value", "optimization_reason"],
+    "performance_log": ["log_id", "gpu_id", "vram_used_mb", "gpu_utilization_percent", "temperature_celsius",
+                        "processing_speed_multiplier", "logged_at"],
+}  # fmt: skip
+DESIGN_INDEXES = {
+    "idx_gpu_config_active", "idx_gpu_config_detected", "idx_component_config_gpu", "idx_component_config_component",
+    "idx_performance_log_gpu", "idx_performance_log_time", "idx_performance_log_vram",
+}  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store.open(tmp_path / "state.db") as s:
+        yield s
+
+
+def test_schema_has_the_designs_tables_columns_and_indexes(store):
+    for table, columns in DESIGN_COLUMNS.items():
+        found = [row["name"] for row in store.query(f"PRAGMA table_info({table})")]
+        assert found[: len(columns)] == columns, table
+    indexes = {row["name"] for row in store.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert DESIGN_INDEXES <= indexes
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.query("PRAGMA journal_mode")[0][0] == "wal"
+    names = [r["name"] for r in store.query("SELECT name FROM schema_migrations ORDER BY name")]
+    assert names == [name for name, _ in MIGRATIONS]
+
+
+def test_gpu_config_primary_key_and_not_null_as_designed(store):
+    info = {row["name"]: row for row in store.query("PRAGMA table_info(gpu_config)")}
+    assert info["gpu_id"]["pk"] == 1 and info["gpu_name"]["notnull"] == 1 and info["vram_total_gb"]["notnull"] == 1
+
+
+def test_migrates_a_version_1_database_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in _statements(MIGRATIONS[0][1]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO gpu_config (gpu_id, gpu_name, vram_total_gb) VALUES ('GPU-old', 'Old card', 8)")
+    conn.execute(
+        "INSERT INTO performance_log (log_id, gpu_id, processing_speed_multiplier) VALUES ('l1', 'GPU-old', 2.5)"
+    )
+    conn.commit()
+    conn.close()
+    with Store.open(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.query("SELECT gpu_name FROM gpu_config")[0][0] == "Old card"
+        row = store.query("SELECT processing_speed_multiplier, component FROM performance_log")[0]
+        assert row[0] == 2.5 and row[1] is None
+        store.log_performance(component="whisper", device="cuda", processing_speed_multiplier=3.0)
+
+
+def _writer(path: str, n: int, tag: str) -> None:
+    with Store.open(path) as store:
+        for i in range(n):
+            store.log_performance(component="crepe", device="cpu", processing_speed_multiplier=float(i), song=tag)
+
+
+def test_two_processes_write_at_once_without_locking_errors(tmp_path):
+    path = str(tmp_path / "shared.db")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, 150, tag)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    with Store.open(path) as store:
+        counts = dict(store.query("SELECT song, COUNT(*) FROM performance_log GROUP BY song"))
+    assert counts == {"a": 150, "b": 150}
+
+
+def test_corrupt_file_is_reported_by_name_and_left_untouched(tmp_path):
+    path = tmp_path / "broken.db"
+    junk = b"this is not a database" * 100
+    path.write_bytes(junk)
+    with pytest.raises(StoreError) as info:
+        Store.open(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == junk
+
+
+def test_directory_and_newer_schema_are_refused(tmp_path):
+    with pytest.raises(StoreError, match="directory"):
+        Store.open(tmp_path)
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store.open(path)
+
+
+def test_db_path_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("UGPU_DB", str(tmp_path / "env.db"))
+    assert resolve_db_path() == tmp_path / "env.db"
+    assert resolve_db_path(tmp_path / "flag.db") == tmp_path / "flag.db"
+    monkeypatch.delenv("UGPU_DB")
+    assert resolve_db_path().name == "ugpu.db"
+    assert str(resolve_db_path()).startswith(str(tmp_path))  # the test's HOME, never the real one
+
+
+def test_record_gpus_upserts_and_deactivates_missing_ones(store):
+    a = GpuInfo(index=0, name="A", uuid="GPU-a", vram_total_mb=16311)
+    b = GpuInfo(index=1, name="B", uuid="GPU-b", vram_total_mb=8192)
+    store.record_gpus([a, b], "12.9", "575.51")
+    store.record_gpus([a], "12.9", "575.51")
+    rows = {r["gpu_id"]: (r["vram_total_gb"], r["is_active"]) for r in store.query("SELECT * FROM gpu_config")}
+    assert rows == {"GPU-a": (16, 1), "GPU-b": (8, 0)}
+
+
+def test_save_plan_writes_component_config_and_one_setting_row_per_parameter(store):
+    store.record_gpus([GpuInfo(index=0, name="RTX", uuid="GPU-x", vram_total_mb=16311)], "12.9", "575")
+    plan = resolve(PlanTarget("RTX", 16311, "12.0", 0, "GPU-x", torch_can_run=True))
+    ids = store.save_plan(plan)
+    assert set(ids) == {"whisper", "demucs", "crepe"}
+    row = store.query("SELECT * FROM component_config WHERE config_id = ?", (ids["whisper"],))[0]
+    assert (row["gpu_id"], row["model_name"], row["batch_size"], row["compute_type"], row["device"]) == (
+        "GPU-x", "large-v3-turbo", 32, "float16", "cuda",
+    )  # fmt: skip
+    settings = store.query(
+        "SELECT parameter_name, parameter_value, optimization_reason, source FROM optimization_setting "
+        "WHERE config_id = ?",
+        (ids["demucs"],),
+    )
+    by_name = {r["parameter_name"]: r for r in settings}
+    assert set(by_name) == {"model", "chunk_size", "overlap", "batch_size", "compute_type", "device"}
+    assert by_name["chunk_size"]["parameter_value"] == "262144" and by_name["chunk_size"]["optimization_reason"]
+
+
+def test_overrides_merge_and_reset(store):
+    assert store.overrides(None) == {}
+    store.save_override(None, "whisper", {"model": "medium"})
+    store.save_override(None, "whisper", {"batch_size": 8})
+    assert store.overrides(None) == {"whisper": {"model": "medium", "batch_size": 8}}
+    store.record_gpus([GpuInfo(index=0, name="Other", uuid="GPU-other", vram_total_mb=8192)], None, None)
+    assert store.overrides("GPU-other") == {}  # overrides belong to one GPU (None: the CPU-only machine)
+    store.save_override("GPU-other", "crepe", {"step_size": 20})
+    assert store.overrides("GPU-other") == {"crepe": {"step_size": 20}}
+    assert store.reset_override(None, "whisper") is True
+    assert store.overrides(None) == {}
+    assert store.reset_override(None, "whisper") is False
+
+
+def test_component_stats(store):
+    for speed, vram, temp in ((2.0, 3000, 60), (4.0, 5000, 70), (3.0, None, None)):
+        store.log_performance(component="whisper", device="cuda", processing_speed_multiplier=speed,
+                              vram_used_mb=vram, temperature_celsius=temp)  # fmt: skip
+    store.log_performance(component="crepe", device="cpu", processing_speed_multiplier=0.5)
+    stats = {s.component: s for s in store.component_stats()}
+    w = stats["whisper"]
+    assert (w.runs, w.median_speed_x, w.best_speed_x, w.peak_vram_mb, w.max_temperature_c) == (3, 3.0, 4.0, 5000, 70)
+    assert w.p95_speed_x == pytest.approx(3.9)
+    assert stats["crepe"].devices == ("cpu",)
+    assert [s.component for s in store.component_stats(component="crepe")] == ["crepe"]
+    assert store.component_stats(since="2999-01-01") == []

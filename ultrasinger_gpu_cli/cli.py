@@ -1,0 +1,392 @@
+"""The ``ugpu`` command line: parse, call the core, render. Nothing else lives here.
+
+Data (``--json``) goes to stdout; everything for people (panels, tables, warnings,
+errors) goes to stderr. Expected errors (:class:`~ultrasinger_gpu_cli.errors.UgpuError`)
+become one message and their exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+
+from ultrasinger_gpu_cli import __version__
+from ultrasinger_gpu_cli.errors import EXIT_INTERRUPTED, NoGpuError, UgpuError
+from ultrasinger_gpu_cli.tiers import COMPUTE_TYPES, CREPE_CAPACITIES, DEMUCS_MODELS, DEVICES, MODES, WHISPER_MODELS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from ultrasinger_gpu_cli.store import Store
+
+
+def _choice(name: str, values: tuple[str, ...]) -> type[Enum]:
+    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+ModeChoice = _choice("ModeChoice", MODES)
+DeviceChoice = _choice("DeviceChoice", DEVICES)
+ComputeChoice = _choice("ComputeChoice", COMPUTE_TYPES)
+WhisperModelChoice = _choice("WhisperModelChoice", WHISPER_MODELS)
+DemucsModelChoice = _choice("DemucsModelChoice", DEMUCS_MODELS)
+CrepeCapacityChoice = _choice("CrepeCapacityChoice", CREPE_CAPACITIES)
+
+app = typer.Typer(
+    name="ugpu",
+    help="Turn songs into UltraStar karaoke files on your NVIDIA GPU, and see what the GPU is doing.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_consoles: dict[str, Console] = {}
+
+
+def err_console() -> Console:
+    """The console for people: stderr. Created on first use (rich is not imported before)."""
+    if "err" not in _consoles:
+        from rich.console import Console
+
+        _consoles["err"] = Console(stderr=True)
+    return _consoles["err"]
+
+
+def emit_json(data: Any) -> None:
+    """Data for programs: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(fn: F) -> F:
+    """Turn the core's expected errors into a message on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UgpuError as exc:
+            console = err_console()
+            console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+            if exc.hint:
+                console.print(f"[dim]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console().print("interrupted", style="yellow")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ugpu {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    db: Annotated[
+        Optional[Path],
+        typer.Option("--db", envvar="UGPU_DB", help="SQLite file for ugpu's state (default: the user data dir)."),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    ctx.obj = {"db": db}
+
+
+def _store(ctx: typer.Context) -> Store:
+    from ultrasinger_gpu_cli.store import Store
+
+    store = Store.open(ctx.obj.get("db") if ctx.obj else None)
+    ctx.call_on_close(store.close)
+    return store
+
+
+MODE_OPT = typer.Option("--mode", "-m", help="How hard to push the card.")
+LIMIT_OPT = typer.Option("--vram-limit", help="Plan and run as if the card had only this many GB.", show_default=False)
+JSON_OPT = typer.Option("--json", help="Print the design's API response as JSON on stdout.")
+GPU_OPT = typer.Option("--gpu", help="Which GPU (NVML index) to plan for.", min=0)
+
+
+# -- detect -----------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def detect(
+    ctx: typer.Context,
+    json_out: Annotated[bool, JSON_OPT] = False,
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-detect instead of using the cached framework check.")] = False,
+    require_gpu: Annotated[
+        bool, typer.Option("--require-gpu", help="Exit with code 3 when ugpu will not use a GPU.")
+    ] = False,
+    gpu: Annotated[int, GPU_OPT] = 0,
+) -> None:
+    """Detect the GPUs, their drivers, and whether the installed PyTorch can run them (/gpu/detect)."""
+    from ultrasinger_gpu_cli.detection import detect as run_detect
+    from ultrasinger_gpu_cli.detection import target_from_detection
+    from ultrasinger_gpu_cli.reports import initialize_response
+    from ultrasinger_gpu_cli.resolver import resolve
+
+    store = _store(ctx)
+    detection = run_detect(store, force=force)
+    target = target_from_detection(detection, gpu)
+    plan = resolve(target, mode.value, vram_limit, overrides=store.overrides(target.gpu_id))
+    if json_out:
+        emit_json(initialize_response(detection, plan, force_detection=force))
+    else:
+        from ultrasinger_gpu_cli.render import detection_view
+
+        err_console().print(detection_view(detection, plan))
+    if require_gpu and not any(c.device == "cuda" for c in plan.components.values()):
+        reason = "no NVIDIA GPU was detected" if not detection.gpu_detected else "the GPU cannot be used"
+        raise NoGpuError(f"--require-gpu: {reason}; ugpu would run on the CPU")
+
+
+# -- optimize ---------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def optimize(
+    ctx: typer.Context,
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
+    json_out: Annotated[bool, JSON_OPT] = False,
+    save: Annotated[bool, typer.Option("--save", help="Store the plan (component_config + optimization_setting).")] = False,
+    assume_vram: Annotated[
+        Optional[float], typer.Option("--assume-vram", help="Plan for a hypothetical card with this many GB.")
+    ] = None,
+    assume_gpu: Annotated[Optional[str], typer.Option("--assume-gpu", help="Name of the hypothetical card.")] = None,
+    assume_cc: Annotated[
+        Optional[str], typer.Option("--assume-cc", help="Compute capability of the hypothetical card, e.g. 12.0.")
+    ] = None,
+    gpu: Annotated[int, GPU_OPT] = 0,
+    tiers: Annotated[bool, typer.Option("--tiers", help="Print the whole tier table and exit.")] = False,
+) -> None:
+    """Show the settings ugpu uses for Whisper, Demucs and CREPE on this card, with reasons (/gpu/optimize)."""
+    from ultrasinger_gpu_cli.reports import optimize_response
+    from ultrasinger_gpu_cli.resolver import resolve
+
+    if tiers:
+        from ultrasinger_gpu_cli.render import tier_table
+
+        err_console().print(tier_table())
+        return
+    if (assume_gpu or assume_cc) and assume_vram is None:
+        from ultrasinger_gpu_cli.errors import InvalidSettingError
+
+        raise InvalidSettingError("--assume-gpu and --assume-cc describe a hypothetical card: give --assume-vram too")
+    store = _store(ctx)
+    from ultrasinger_gpu_cli.nvml import get_nvml
+
+    if assume_vram is not None:
+        from ultrasinger_gpu_cli.detection import hypothetical_target
+
+        target = hypothetical_target(assume_vram, assume_gpu, assume_cc)
+        overrides: dict[str, dict[str, Any]] = {}
+    else:
+        from ultrasinger_gpu_cli.detection import quick_target
+
+        target = quick_target(store, gpu)
+        overrides = store.overrides(target.gpu_id)
+    plan = resolve(target, mode.value, vram_limit, overrides=overrides)
+    saved = store.save_plan(plan) if save else None
+    if json_out:
+        cuda = None if target.hypothetical else get_nvml().cuda_driver_version()
+        emit_json(optimize_response(plan, cuda_version=cuda, saved=saved))
+    else:
+        from ultrasinger_gpu_cli.render import plan_view
+
+        err_console().print(plan_view(plan))
+        if saved:
+            err_console().print(f"saved the plan to {store.path}", style="green")
+
+
+# -- per-component configuration (whisper / demucs / crepe) ---------------------------------------
+def _component(
+    ctx: typer.Context,
+    component: str,
+    *,
+    audio: Optional[Path],
+    flags: dict[str, Any],
+    show: bool,
+    save: bool,
+    reset: bool,
+    json_out: bool,
+    mode: str,
+    vram_limit: Optional[float],
+    gpu: int,
+) -> None:
+    from ultrasinger_gpu_cli.detection import quick_target
+    from ultrasinger_gpu_cli.errors import InvalidSettingError
+    from ultrasinger_gpu_cli.reports import configure_component_response
+    from ultrasinger_gpu_cli.resolver import resolve, validate_settings
+
+    if save and reset:
+        raise InvalidSettingError("--save and --reset cannot be combined")
+    given = validate_settings({component: flags}).get(component, {})  # refuse bad values before storing
+    if save and not given:
+        raise InvalidSettingError(f"--save needs at least one setting to store (e.g. ugpu {component} --batch-size 8 --save)")
+    if audio is not None and not (save or reset or show):
+        raise UgpuError(
+            f"running {component} on audio is not part of ugpu {__version__} yet; this release detects, plans and "
+            f"configures the engines",
+            hint=f"see the settings it would use with `ugpu {component} --show`",
+        )
+    store = _store(ctx)
+    target = quick_target(store, gpu)
+    action = None
+    if reset:
+        action = "reset" if store.reset_override(target.gpu_id, component) else "reset (nothing stored)"
+    elif save:
+        store.save_override(target.gpu_id, component, given)
+        action = "saved"
+    override = store.overrides(target.gpu_id).get(component, {})
+    # Flags apply to this invocation; after --save they are the stored override itself.
+    plan = resolve(target, mode, vram_limit, overrides=store.overrides(target.gpu_id), flags={} if save else {component: given})
+    if json_out:
+        emit_json(configure_component_response(plan, component, override=override, action=action))
+        return
+    from ultrasinger_gpu_cli.render import component_view
+
+    console = err_console()
+    if action:
+        console.print(f"{component}: {action} ({store.path})", style="green")
+    console.print(component_view(plan, component, override))
+
+
+SHOW_OPT = typer.Option("--show", help="Print the resolved settings with reasons (the default without AUDIO).")
+SAVE_OPT = typer.Option("--save", help="Store the given settings as an override the resolver honours from now on.")
+RESET_OPT = typer.Option("--reset", help="Remove this component's stored override.")
+BATCH_OPT = typer.Option("--batch-size", help="Items per forward pass.", min=1, show_default=False)
+DEVICE_OPT = typer.Option("--device", help="Run on the GPU (cuda) or the CPU.", show_default=False)
+AUDIO_ARG = typer.Argument(help="Audio file to process (arrives with the engines).", show_default=False)
+
+
+def _value(choice: Optional[Enum]) -> Optional[str]:
+    return None if choice is None else choice.value
+
+
+@app.command()
+@handles_errors
+def whisper(
+    ctx: typer.Context,
+    audio: Annotated[Optional[Path], AUDIO_ARG] = None,
+    model: Annotated[Optional[WhisperModelChoice], typer.Option("--model", help="Whisper model.", show_default=False)] = None,  # type: ignore[valid-type]
+    batch_size: Annotated[Optional[int], BATCH_OPT] = None,
+    compute_type: Annotated[Optional[ComputeChoice], typer.Option("--compute-type", show_default=False)] = None,  # type: ignore[valid-type]
+    device: Annotated[Optional[DeviceChoice], DEVICE_OPT] = None,  # type: ignore[valid-type]
+    show: Annotated[bool, SHOW_OPT] = False,
+    save: Annotated[bool, SAVE_OPT] = False,
+    reset: Annotated[bool, RESET_OPT] = False,
+    json_out: Annotated[bool, JSON_OPT] = False,
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
+    gpu: Annotated[int, GPU_OPT] = 0,
+) -> None:
+    """Whisper lyrics with word timings: its settings, overrides, and (soon) a run on AUDIO (/gpu/whisper)."""
+    flags = {"model": _value(model), "batch_size": batch_size, "compute_type": _value(compute_type), "device": _value(device)}
+    _component(ctx, "whisper", audio=audio, flags=flags, show=show, save=save, reset=reset, json_out=json_out,
+               mode=mode.value, vram_limit=vram_limit, gpu=gpu)  # fmt: skip
+
+
+@app.command()
+@handles_errors
+def demucs(
+    ctx: typer.Context,
+    audio: Annotated[Optional[Path], AUDIO_ARG] = None,
+    model: Annotated[Optional[DemucsModelChoice], typer.Option("--model", help="Demucs model.", show_default=False)] = None,  # type: ignore[valid-type]
+    chunk_size: Annotated[Optional[int], typer.Option("--chunk-size", help="Samples per chunk (44.1 kHz).", show_default=False)] = None,
+    overlap: Annotated[Optional[float], typer.Option("--overlap", help="Overlap between chunks (0-0.9).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], BATCH_OPT] = None,
+    device: Annotated[Optional[DeviceChoice], DEVICE_OPT] = None,  # type: ignore[valid-type]
+    show: Annotated[bool, SHOW_OPT] = False,
+    save: Annotated[bool, SAVE_OPT] = False,
+    reset: Annotated[bool, RESET_OPT] = False,
+    json_out: Annotated[bool, JSON_OPT] = False,
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
+    gpu: Annotated[int, GPU_OPT] = 0,
+) -> None:
+    """Demucs vocal separation: its settings, overrides, and (soon) a run on AUDIO (/gpu/demucs)."""
+    flags = {"model": _value(model), "chunk_size": chunk_size, "overlap": overlap, "batch_size": batch_size,
+             "device": _value(device)}  # fmt: skip
+    _component(ctx, "demucs", audio=audio, flags=flags, show=show, save=save, reset=reset, json_out=json_out,
+               mode=mode.value, vram_limit=vram_limit, gpu=gpu)  # fmt: skip
+
+
+@app.command()
+@handles_errors
+def crepe(
+    ctx: typer.Context,
+    audio: Annotated[Optional[Path], AUDIO_ARG] = None,
+    model: Annotated[Optional[CrepeCapacityChoice], typer.Option("--model", "--capacity", help="CREPE model capacity.", show_default=False)] = None,  # type: ignore[valid-type]
+    step_size: Annotated[Optional[int], typer.Option("--step-size", help="Milliseconds between pitch frames.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], BATCH_OPT] = None,
+    device: Annotated[Optional[DeviceChoice], DEVICE_OPT] = None,  # type: ignore[valid-type]
+    show: Annotated[bool, SHOW_OPT] = False,
+    save: Annotated[bool, SAVE_OPT] = False,
+    reset: Annotated[bool, RESET_OPT] = False,
+    json_out: Annotated[bool, JSON_OPT] = False,
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
+    gpu: Annotated[int, GPU_OPT] = 0,
+) -> None:
+    """CREPE pitch tracking: its settings, overrides, and (soon) a run on AUDIO (/gpu/crepe)."""
+    flags = {"model_capacity": _value(model), "step_size": step_size, "batch_size": batch_size, "device": _value(device)}
+    _component(ctx, "crepe", audio=audio, flags=flags, show=show, save=save, reset=reset, json_out=json_out,
+               mode=mode.value, vram_limit=vram_limit, gpu=gpu)  # fmt: skip
+
+
+# -- stats ------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def stats(
+    ctx: typer.Context,
+    json_out: Annotated[bool, JSON_OPT] = False,
+    component: Annotated[
+        Optional[str], typer.Option("--component", help="Only this component (whisper, demucs, crepe).")
+    ] = None,
+    since: Annotated[
+        Optional[str], typer.Option("--since", help="Only entries logged at or after this time (YYYY-MM-DD[ HH:MM]).")
+    ] = None,
+) -> None:
+    """Performance report from the log: runs, x real time, peak VRAM, temperature (/gpu/stats)."""
+    from ultrasinger_gpu_cli.reports import stats_response
+    from ultrasinger_gpu_cli.resolver import validate_setting
+
+    if component is not None:
+        validate_setting(component, "device", "cpu")  # refuses an unknown component
+    store = _store(ctx)
+    rows = store.component_stats(component=component, since=since)
+    if json_out:
+        emit_json(stats_response(rows))
+        return
+    console = err_console()
+    if not rows:
+        console.print(
+            "No performance data yet. Every engine run (ugpu whisper/demucs/crepe AUDIO, ugpu run) logs its speed, "
+            f"VRAM and temperature to {store.path}; come back after the first one.",
+            highlight=False,
+        )
+        return
+    from ultrasinger_gpu_cli.render import stats_view
+
+    console.print(stats_view(rows))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,212 @@
+"""What the installed deep-learning frameworks can do on this machine.
+
+Importing torch or TensorFlow costs seconds, so the probe runs only for ``ugpu detect``
+and its result is cached in the store under a :func:`fingerprint` of the installed
+versions (read from package metadata, which is cheap). Nothing here is imported on the
+``ugpu --help`` or ``ugpu optimize`` paths.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+import sys
+import time
+import warnings
+
+from ultrasinger_gpu_cli.facts import FrameworkInfo, GpuCompatibility, GpuInfo, TensorflowInfo, TorchInfo
+
+TORCH_INDEX = "https://download.pytorch.org/whl"
+
+_ARCH = re.compile(r"^(sm|compute)_(\d+)([a-z]?)$")
+
+
+def _installed_version(*dists: str) -> str | None:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def fingerprint(driver_version: str | None) -> str:
+    """Changes whenever a re-probe could give a different answer."""
+    parts = [
+        sys.executable,
+        f"torch={_installed_version('torch')}",
+        f"tf={_installed_version('tensorflow', 'tensorflow-cpu', 'tf-nightly')}",
+        f"driver={driver_version}",
+        f"cvd={os.environ.get('CUDA_VISIBLE_DEVICES', '')}",
+    ]
+    return "|".join(parts)
+
+
+def probe_torch() -> TorchInfo:
+    if importlib.util.find_spec("torch") is None:
+        return TorchInfo(installed=False)
+    caught: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            import torch
+
+            cuda_available = bool(torch.cuda.is_available())
+            count = torch.cuda.device_count() if cuda_available else 0
+            arch_list = tuple(torch.cuda.get_arch_list()) if torch.version.cuda else ()
+        caught = [str(r.message).strip() for r in records if "cuda" in str(r.message).lower()]
+        return TorchInfo(
+            installed=True,
+            version=torch.__version__,
+            cuda_build=torch.version.cuda,
+            cuda_available=cuda_available,
+            device_count=count,
+            arch_list=arch_list,
+            warnings=tuple(caught),
+        )
+    except Exception as exc:  # noqa: BLE001 - a broken install is a finding, not a crash
+        return TorchInfo(installed=True, version=_installed_version("torch"), error=f"{type(exc).__name__}: {exc}")
+
+
+def probe_tensorflow() -> TensorflowInfo:
+    if importlib.util.find_spec("tensorflow") is None:
+        return TensorflowInfo(installed=False)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+
+        gpus = tuple(d.name for d in tf.config.list_physical_devices("GPU"))
+        build = tf.sysconfig.get_build_info() or {}
+        ccs = build.get("cuda_compute_capabilities") or ()
+        return TensorflowInfo(
+            installed=True, version=tf.__version__, gpus=gpus, cuda_compute_capabilities=tuple(str(c) for c in ccs)
+        )
+    except Exception as exc:  # noqa: BLE001
+        return TensorflowInfo(installed=True, version=_installed_version("tensorflow"), error=f"{type(exc).__name__}: {exc}")
+
+
+def probe_frameworks() -> FrameworkInfo:
+    return FrameworkInfo(torch=probe_torch(), tensorflow=probe_tensorflow(), probed_at=time.time())
+
+
+def _parse_arch(entry: str) -> tuple[str, int, int, str] | None:
+    match = _ARCH.match(entry.strip())
+    if not match:
+        return None
+    kind, digits, suffix = match.groups()
+    return kind, int(digits[:-1] or 0), int(digits[-1]), suffix
+
+
+def arch_supports(arch_list: tuple[str, ...] | list[str], compute_capability: str) -> bool:
+    """Does a build compiled for ``arch_list`` run on a card of ``compute_capability``?
+
+    A cubin ``sm_XY`` runs on the same major version with a minor >= Y (``sm_80`` runs on
+    8.6 and 8.9; ``sm_90a``-style arch-specific cubins only on exactly 9.0); PTX
+    ``compute_XY`` is JIT-compiled for any card >= X.Y. ``sm_100`` does not run on 12.0.
+    """
+    major_s, _, minor_s = compute_capability.partition(".")
+    major, minor = int(major_s), int(minor_s or 0)
+    for entry in arch_list:
+        parsed = _parse_arch(entry)
+        if parsed is None:
+            continue
+        kind, a_major, a_minor, suffix = parsed
+        if kind == "sm":
+            if suffix and (a_major, a_minor) == (major, minor):
+                return True
+            if not suffix and a_major == major and a_minor <= minor:
+                return True
+        elif (a_major, a_minor) <= (major, minor):
+            return True
+    return False
+
+
+def _version_tuple(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 0)
+    nums = re.findall(r"\d+", text)
+    return (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) if nums else (0, 0)
+
+
+def recommended_torch_build(compute_capability: str | None, cuda_driver_version: str | None) -> tuple[str | None, str]:
+    """The PyTorch wheel index (cuXYZ) that runs this card under this driver, and why.
+
+    Returns ``(None, reason)`` when the driver is too old for any build that has kernels
+    for the card: then the driver comes first.
+    """
+    cc = _version_tuple(compute_capability)
+    driver = _version_tuple(cuda_driver_version)
+    if cc >= (10, 0):  # Blackwell (sm_100, sm_120): CUDA 12.8 or newer
+        if driver >= (13, 0):
+            return "cu130", "Blackwell cards need a CUDA 12.8+ build; this driver supports CUDA 13"
+        if driver >= (12, 8) or driver == (0, 0):
+            return "cu128", "Blackwell cards need a CUDA 12.8+ build (PyTorch 2.7 or newer)"
+        return None, (
+            f"the driver supports CUDA {cuda_driver_version} only; Blackwell cards need a driver "
+            "with CUDA 12.8 or newer (driver 570+) before any PyTorch build can use them"
+        )
+    if cc and cc < (7, 5):  # Maxwell/Pascal/Volta: dropped from the CUDA 12.8+ builds
+        return "cu126", "cards older than Turing (sm_75) are dropped from PyTorch's CUDA 12.8+ builds"
+    if driver and driver < (12, 6):
+        return "cu118", f"the driver supports CUDA {cuda_driver_version}; the cu118 build runs on it"
+    return "cu126", "PyTorch's default CUDA build runs this card"
+
+
+def torch_install_command(build: str) -> str:
+    return f"pip install --upgrade --force-reinstall torch --index-url {TORCH_INDEX}/{build}"
+
+
+def check_compatibility(gpu: GpuInfo, torch: TorchInfo, cuda_driver_version: str | None) -> GpuCompatibility:
+    """Whether the installed PyTorch can run ``gpu``, in plain words, with the fix."""
+    sm = gpu.sm
+    if gpu.lost:
+        return GpuCompatibility(gpu.index, sm, None, "the GPU was lost during detection")
+    build, why = recommended_torch_build(gpu.compute_capability, cuda_driver_version)
+    fix = torch_install_command(build) if build else None
+    if not torch.installed:
+        return GpuCompatibility(gpu.index, sm, None, f"PyTorch is not installed; {why}", fix)
+    if torch.error:
+        return GpuCompatibility(gpu.index, sm, False, f"PyTorch {torch.version} fails to import: {torch.error}", fix)
+    if not torch.cuda_build:
+        return GpuCompatibility(
+            gpu.index, sm, False, f"PyTorch {torch.version} is a CPU-only build: it cannot use any GPU; {why}", fix
+        )
+    if not gpu.compute_capability:
+        return GpuCompatibility(gpu.index, sm, None, "the driver does not report this card's compute capability")
+    if not arch_supports(torch.arch_list, gpu.compute_capability):
+        archs = " ".join(torch.arch_list) or "none"
+        return GpuCompatibility(
+            gpu.index,
+            sm,
+            False,
+            f"PyTorch {torch.version} (CUDA {torch.cuda_build}) has no kernels for {sm} "
+            f"(it was built for: {archs}); {why}",
+            fix,
+        )
+    if not torch.cuda_available:
+        return GpuCompatibility(
+            gpu.index,
+            sm,
+            False,
+            f"PyTorch {torch.version} supports {sm} but cannot initialise CUDA "
+            f"(driver CUDA {cuda_driver_version or 'n/a'}, build CUDA {torch.cuda_build})",
+            fix,
+        )
+    return GpuCompatibility(gpu.index, sm, True, f"PyTorch {torch.version} (CUDA {torch.cuda_build}) runs {sm}")
+
+
+def tensorflow_note(gpu: GpuInfo, tf: TensorflowInfo) -> str | None:
+    """What TensorFlow means for CREPE on this card, or None when TF is not installed."""
+    if not tf.installed:
+        return None
+    cc = _version_tuple(gpu.compute_capability)
+    if cc >= (10, 0):
+        return (
+            f"TensorFlow {tf.version} has no kernels for {gpu.sm} (no release does): "
+            "CREPE will run on PyTorch (torchcrepe) with the same weights"
+        )
+    if not tf.gpus:
+        return f"TensorFlow {tf.version} sees no GPU: CREPE will run on PyTorch (torchcrepe)"
+    return f"TensorFlow {tf.version} sees {len(tf.gpus)} GPU(s); ugpu still runs CREPE on PyTorch (torchcrepe)"

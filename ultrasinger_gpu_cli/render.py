@@ -1,0 +1,214 @@
+"""rich renderers for people. Pure functions: core objects in, renderables out.
+
+Only the CLI imports this module; the core never does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ultrasinger_gpu_cli.facts import Detection, GpuInfo
+from ultrasinger_gpu_cli.resolver import ComponentPlan, Plan
+from ultrasinger_gpu_cli.store import ComponentStats
+from ultrasinger_gpu_cli.tiers import ALL_TIERS, MODE_TABLE
+
+NA = "n/a"
+_SOURCE_STYLE = {"tier": "dim", "mode": "cyan", "hardware": "yellow", "override": "magenta", "flag": "green"}
+
+
+def na(value: Any, fmt: str = "{}") -> str:
+    return NA if value is None else fmt.format(value)
+
+
+def _temp(value: int | None) -> Text:
+    if value is None:
+        return Text(NA, style="dim")
+    style = "green" if value < 70 else "yellow" if value < 83 else "bold red"
+    return Text(f"{value} °C", style=style)
+
+
+def _kv_table() -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    return table
+
+
+def gpu_panel(gpu: GpuInfo, verdict: tuple[bool | None, str, str | None] | None = None) -> Panel:
+    if gpu.lost:
+        body = Text(f"lost during detection: {gpu.error or 'no answer from the driver'}", style="bold red")
+        return Panel(body, title=f"GPU {gpu.index}: {gpu.name or 'unknown'}", border_style="red")
+    t = _kv_table()
+    t.add_row("UUID", na(gpu.uuid))
+    used = na(gpu.vram_used_mb, "{} MB")
+    free = na(gpu.vram_free_mb, "{} MB")
+    t.add_row("VRAM", f"{na(gpu.vram_total_mb, '{} MB')} total ({gpu.vram_total_gb} GB), {used} used, {free} free")
+    t.add_row("Compute capability", f"{na(gpu.compute_capability)} ({na(gpu.sm)})")
+    t.add_row("Temperature", _temp(gpu.temperature_c))
+    t.add_row("Power", f"{na(gpu.power_draw_w, '{:.0f} W')} of {na(gpu.power_limit_w, '{:.0f} W')} limit")
+    t.add_row("Utilisation", f"{na(gpu.utilization_gpu_percent, '{} %')} GPU, {na(gpu.utilization_memory_percent, '{} %')} memory")
+    pcie_now = f"Gen {na(gpu.pcie_gen)} x{na(gpu.pcie_width)}"
+    pcie_max = f"Gen {na(gpu.pcie_gen_max)} x{na(gpu.pcie_width_max)}"
+    t.add_row("PCIe link", f"{pcie_now} (max {pcie_max})")
+    style = "green"
+    if verdict is not None:
+        ok, reason, fix = verdict
+        mark = {True: ("yes", "green"), False: ("NO", "bold red"), None: ("unknown", "yellow")}[ok]
+        style = mark[1] if ok is not True else style
+        t.add_row("PyTorch can run it", Text(f"{mark[0]}: {reason}", style=mark[1]))
+        if fix and ok is not True:
+            t.add_row("Fix", Text(fix, style="bold"))
+    return Panel(t, title=f"GPU {gpu.index}: {gpu.name or 'unknown'}", border_style=style, expand=False)
+
+
+def detection_view(detection: Detection, plan: Plan) -> RenderableType:
+    parts: list[RenderableType] = []
+    if detection.gpus:
+        head = _kv_table()
+        head.add_row("Driver", na(detection.driver_version))
+        head.add_row("CUDA (driver)", na(detection.cuda_driver_version))
+        parts.append(head)
+        for gpu in detection.gpus:
+            compat = detection.compatibility_of(gpu.index)
+            verdict = (compat.torch_can_run, compat.reason, compat.fix_command) if compat else None
+            parts.append(gpu_panel(gpu, verdict))
+    else:
+        host = detection.host
+        t = _kv_table()
+        t.add_row("GPU", Text(f"none: {detection.nvml_error or 'NVML found no GPU'}", style="yellow"))
+        t.add_row("CPU", host.cpu_model)
+        t.add_row("Cores", f"{na(host.cpu_cores_physical)} physical, {na(host.cpu_cores_logical)} logical")
+        t.add_row("RAM", na(host.ram_total_mb, "{} MB"))
+        t.add_row("ugpu will", "run every stage on the CPU in float32, with the CPU settings below")
+        parts.append(Panel(t, title="No NVIDIA GPU", border_style="yellow", expand=False))
+    parts.append(frameworks_table(detection))
+    for warning in detection.warnings:
+        parts.append(Text(f"! {warning}", style="yellow"))
+    parts.append(plan_view(plan))
+    return Group(*parts)
+
+
+def frameworks_table(detection: Detection) -> Table:
+    fw = detection.frameworks
+    t = Table(title="Frameworks" + (" (cached; --force re-checks)" if fw.from_cache else ""), title_justify="left")
+    t.add_column("framework")
+    t.add_column("version")
+    t.add_column("details")
+    torch = fw.torch
+    if not torch.installed:
+        t.add_row("PyTorch", NA, "not installed: the engines need it (see the README)")
+    elif torch.error:
+        t.add_row("PyTorch", na(torch.version), Text(f"broken: {torch.error}", style="red"))
+    else:
+        build = f"CUDA {torch.cuda_build}" if torch.cuda_build else "CPU-only build"
+        archs = " ".join(torch.arch_list) if torch.arch_list else "-"
+        t.add_row("PyTorch", torch.version, f"{build}; CUDA available: {torch.cuda_available}; archs: {archs}")
+    tf = fw.tensorflow
+    if tf.installed:
+        gpus = ", ".join(tf.gpus) or "none"
+        t.add_row("TensorFlow", na(tf.version), f"GPUs it sees: {gpus}" + (f"; error: {tf.error}" if tf.error else ""))
+    else:
+        t.add_row("TensorFlow", NA, "not installed (not needed: CREPE runs on PyTorch)")
+    return t
+
+
+def plan_view(plan: Plan) -> RenderableType:
+    target = plan.target
+    head = _kv_table()
+    what = f"{target.name}" + (f" ({target.vram_total_gb} GB)" if target.is_gpu else "")
+    if target.hypothetical:
+        what += "  [HYPOTHETICAL: not in this machine]"
+    head.add_row("Planned for", what)
+    head.add_row("Mode", plan.mode)
+    head.add_row("Tier", plan.tier.label)
+    if plan.vram_budget_mb:
+        head.add_row("VRAM budget", f"{plan.vram_budget_mb} MB (memory fraction {plan.memory_fraction})")
+    table = _settings_table()
+    for name, cplan in plan.components.items():
+        _component_rows(table, name, cplan)
+    notes = [Text(f"• {n}", style="yellow") for n in plan.notes]
+    title = "Plan (hypothetical)" if target.hypothetical else "Plan"
+    border = "magenta" if target.hypothetical else "cyan"
+    return Group(Panel(Group(head, *notes), title=title, border_style=border, expand=False), table)
+
+
+def _settings_table(title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", expand=True, box=box.SIMPLE_HEAD)
+    table.add_column("component", style="bold", no_wrap=True)
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("reason", overflow="fold", ratio=1)
+    return table
+
+
+def _short_reason(reason: str) -> str:
+    """Drop the "<tier> tier: " prefix: the tier is in the panel's header."""
+    head, sep, rest = reason.partition(" tier: ")
+    return rest if sep and len(head) < 12 else reason
+
+
+def _component_rows(table: Table, name: str, cplan: ComponentPlan) -> None:
+    first = True
+    for param, setting in cplan.settings.items():
+        style = _SOURCE_STYLE.get(setting.source, "")
+        table.add_row(
+            name if first else "", param, str(setting.value), Text(setting.source, style=style),
+            _short_reason(setting.reason),
+        )  # fmt: skip
+        first = False
+    if cplan.estimated_vram_mb is not None:
+        table.add_row("", "peak VRAM", f"~{cplan.estimated_vram_mb} MB", Text("estimate", style="dim"),
+                      "weights + batch + CUDA context", end_section=True)  # fmt: skip
+    else:
+        table.add_row("", "", "", "", "", end_section=True)
+
+
+def component_view(plan: Plan, component: str, override: dict[str, Any]) -> RenderableType:
+    table = _settings_table(f"{component} on {plan.target.name} ({plan.mode}, {plan.tier.label})")
+    _component_rows(table, component, plan.components[component])
+    parts: list[RenderableType] = [table]
+    if override:
+        shown = ", ".join(f"{k}={v}" for k, v in override.items())
+        parts.append(Text(f"stored override: {shown} (ugpu {component} --reset removes it)", style="magenta"))
+    for note in plan.notes:
+        if note.split(":")[0] in (component,) or note.split(":")[0] not in ("whisper", "demucs", "crepe"):
+            parts.append(Text(f"• {note}", style="yellow"))
+    return Group(*parts)
+
+
+def tier_table() -> RenderableType:
+    """The tier table and the modes (``ugpu optimize --tiers``)."""
+    t = Table(title="Tier table (balanced)", title_justify="left")
+    for col in ("tier", "whisper", "batch", "demucs chunk / batch", "crepe", "step", "frames/batch"):
+        t.add_column(col)
+    for tier in ALL_TIERS:
+        t.add_row(
+            tier.label, tier.whisper_model, str(tier.whisper_batch), f"{tier.demucs_chunk} / {tier.demucs_batch}",
+            tier.crepe_capacity, f"{tier.crepe_step_ms} ms", str(tier.crepe_batch),
+        )  # fmt: skip
+    modes = Table(title="Modes", title_justify="left")
+    modes.add_column("mode")
+    modes.add_column("effect")
+    for mode in MODE_TABLE.values():
+        modes.add_row(mode.key, mode.why)
+    return Group(t, modes)
+
+
+def stats_view(stats: list[ComponentStats]) -> Table:
+    t = Table(title="Performance by component", title_justify="left")
+    for col in ("component", "runs", "median x RT", "best x RT", "p95 x RT", "peak VRAM", "max temp", "devices"):
+        t.add_column(col)
+    for s in stats:
+        t.add_row(
+            s.component, str(s.runs), na(s.median_speed_x, "{:.2f}x"), na(s.best_speed_x, "{:.2f}x"),
+            na(s.p95_speed_x, "{:.2f}x"), na(s.peak_vram_mb, "{} MB"), na(s.max_temperature_c, "{} °C"),
+            ", ".join(s.devices) or NA,
+        )  # fmt: skip
+    return t

@@ -1,0 +1,463 @@
+"""ugpu's state in SQLite (standard library only).
+
+* The design's four tables (``gpu_config``, ``component_config``, ``optimization_setting``,
+  ``performance_log``) with their columns and indexes, plus what the pipeline needs: runs,
+  fallback events, the cached framework probe. Columns are only ever added.
+* Schema versioned with ``PRAGMA user_version`` and migrated on open by named migrations,
+  inside ``BEGIN IMMEDIATE`` so two processes opening a new file migrate it once.
+* WAL journal and a busy timeout: two ugpu processes can write at the same time.
+* Default file in the user data dir (platformdirs); ``--db PATH`` or ``UGPU_DB`` override it.
+  A file that is not a ugpu database is reported by name, never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import statistics
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ultrasinger_gpu_cli.errors import StoreError
+from ultrasinger_gpu_cli.facts import FrameworkInfo, GpuInfo
+
+ENV_DB = "UGPU_DB"
+BUSY_TIMEOUT_S = 30.0
+
+_DESIGN_TABLES = """
+CREATE TABLE gpu_config (
+  gpu_id VARCHAR(50) PRIMARY KEY, gpu_name VARCHAR(100) NOT NULL, vram_total_gb INTEGER NOT NULL,
+  cuda_version VARCHAR(20), driver_version VARCHAR(50),
+  detected_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, is_active BOOLEAN DEFAULT TRUE);
+CREATE INDEX idx_gpu_config_active ON gpu_config(is_active);
+CREATE INDEX idx_gpu_config_detected ON gpu_config(detected_at DESC);
+
+CREATE TABLE component_config (
+  config_id VARCHAR(50) PRIMARY KEY, gpu_id VARCHAR(50) REFERENCES gpu_config(gpu_id),
+  component_name VARCHAR(50) NOT NULL, model_name VARCHAR(100), batch_size INTEGER,
+  compute_type VARCHAR(20), device VARCHAR(10), created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
+CREATE INDEX idx_component_config_gpu ON component_config(gpu_id);
+CREATE INDEX idx_component_config_component ON component_config(component_name);
+
+CREATE TABLE optimization_setting (
+  setting_id VARCHAR(50) PRIMARY KEY, config_id VARCHAR(50) REFERENCES component_config(config_id),
+  parameter_name VARCHAR(100), parameter_value VARCHAR(100), optimization_reason TEXT);
+
+CREATE TABLE performance_log (
+  log_id VARCHAR(50) PRIMARY KEY, gpu_id VARCHAR(50) REFERENCES gpu_config(gpu_id),
+  vram_used_mb INTEGER, gpu_utilization_percent INTEGER, temperature_celsius INTEGER,
+  processing_speed_multiplier FLOAT, logged_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
+CREATE INDEX idx_performance_log_gpu ON performance_log(gpu_id);
+CREATE INDEX idx_performance_log_time ON performance_log(logged_at DESC);
+CREATE INDEX idx_performance_log_vram ON performance_log(vram_used_mb DESC);
+"""
+
+_PIPELINE_TABLES = """
+ALTER TABLE component_config ADD COLUMN kind VARCHAR(20) NOT NULL DEFAULT 'plan';
+ALTER TABLE component_config ADD COLUMN mode VARCHAR(20);
+ALTER TABLE component_config ADD COLUMN is_active BOOLEAN NOT NULL DEFAULT TRUE;
+CREATE INDEX idx_component_config_kind ON component_config(kind, component_name, is_active);
+ALTER TABLE optimization_setting ADD COLUMN source VARCHAR(20);
+CREATE INDEX idx_optimization_setting_config ON optimization_setting(config_id);
+
+ALTER TABLE performance_log ADD COLUMN run_id VARCHAR(50);
+ALTER TABLE performance_log ADD COLUMN song TEXT;
+ALTER TABLE performance_log ADD COLUMN component VARCHAR(50);
+ALTER TABLE performance_log ADD COLUMN device VARCHAR(10);
+ALTER TABLE performance_log ADD COLUMN model_name VARCHAR(100);
+ALTER TABLE performance_log ADD COLUMN wall_seconds FLOAT;
+ALTER TABLE performance_log ADD COLUMN audio_seconds FLOAT;
+ALTER TABLE performance_log ADD COLUMN gpu_index INTEGER;
+CREATE INDEX idx_performance_log_component ON performance_log(component, logged_at DESC);
+
+CREATE TABLE runs (
+  run_id VARCHAR(50) PRIMARY KEY, started_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, finished_at TIMESTAMP,
+  status VARCHAR(20) NOT NULL DEFAULT 'running', mode VARCHAR(20), gpu_id VARCHAR(50), pid INTEGER,
+  song TEXT, stage VARCHAR(50), progress FLOAT, processing_speed_multiplier FLOAT,
+  updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, report_json TEXT);
+CREATE INDEX idx_runs_status ON runs(status, updated_at DESC);
+
+CREATE TABLE fallback_events (
+  event_id VARCHAR(50) PRIMARY KEY, run_id VARCHAR(50), song TEXT, stage VARCHAR(50) NOT NULL,
+  from_setting TEXT NOT NULL, to_setting TEXT NOT NULL, reason TEXT,
+  created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
+CREATE INDEX idx_fallback_events_time ON fallback_events(created_at DESC);
+
+CREATE TABLE framework_probe (
+  fingerprint TEXT PRIMARY KEY, report_json TEXT NOT NULL, probed_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
+"""
+
+#: Named migrations, applied in order; the schema version is how many have run.
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("0001_design_tables", _DESIGN_TABLES),
+    ("0002_pipeline_state", _PIPELINE_TABLES),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def default_db_path() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("ugpu", appauthor=False)) / "ugpu.db"
+
+
+def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``--db`` first, then ``UGPU_DB``, then the user data dir."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV_DB)
+    if env:
+        return Path(env).expanduser()
+    return default_db_path()
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class ComponentStats:
+    component: str
+    runs: int
+    median_speed_x: float | None
+    best_speed_x: float | None
+    p95_speed_x: float | None
+    peak_vram_mb: int | None
+    max_temperature_c: int | None
+    devices: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "component": self.component,
+            "runs": self.runs,
+            "median_speed_x": self.median_speed_x,
+            "best_speed_x": self.best_speed_x,
+            "p95_speed_x": self.p95_speed_x,
+            "peak_vram_mb": self.peak_vram_mb,
+            "max_temperature_c": self.max_temperature_c,
+            "devices": list(self.devices),
+        }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+class Store:
+    """An open ugpu database. Use :meth:`open`; close it (or use ``with``)."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    # -- opening and migrating --------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None) -> Store:
+        db_path = resolve_db_path(path)
+        if db_path.is_dir():
+            raise StoreError(f"cannot open the ugpu database {db_path}: it is a directory")
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder for the ugpu database {db_path}: {exc.strerror}") from exc
+        try:
+            conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the ugpu database {db_path}: {exc}") from exc
+        store = cls(db_path, conn)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # pragma: no cover - e.g. a read-only medium
+                conn.execute("PRAGMA journal_mode = DELETE")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            store._migrate()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(
+                f"{db_path} is not a usable ugpu database ({exc}); it was left untouched",
+                hint="move the file aside, or point ugpu at another one with --db or UGPU_DB",
+            ) from exc
+        except StoreError:
+            conn.close()
+            raise
+        return store
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this ugpu understands ({SCHEMA_VERSION})",
+                hint="upgrade ugpu, or use another database with --db",
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._write() as conn:
+            version = self.schema_version()  # another process may have migrated meanwhile
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, "
+                "applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"
+            )
+            for name, sql in MIGRATIONS[version:]:
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT OR REPLACE INTO schema_migrations(name) VALUES (?)", (name,))
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"the ugpu database {self.path} stayed locked: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Read-only access for reports and tests."""
+        return self._conn.execute(sql, params).fetchall()
+
+    # -- GPUs and the framework probe -----------------------------------------------------------
+    def record_gpus(self, gpus: list[GpuInfo] | tuple[GpuInfo, ...], cuda_version: str | None, driver: str | None) -> None:
+        """Upsert the detected GPUs into ``gpu_config``; GPUs no longer present become inactive."""
+        with self._write() as conn:
+            conn.execute("UPDATE gpu_config SET is_active = FALSE")
+            for gpu in gpus:
+                if gpu.lost or not gpu.uuid:
+                    continue
+                conn.execute(
+                    "INSERT INTO gpu_config (gpu_id, gpu_name, vram_total_gb, cuda_version, driver_version, "
+                    "detected_at, is_active) VALUES (?, ?, ?, ?, ?, CURRENT_TIMESTAMP, TRUE) "
+                    "ON CONFLICT(gpu_id) DO UPDATE SET gpu_name = excluded.gpu_name, "
+                    "vram_total_gb = excluded.vram_total_gb, cuda_version = excluded.cuda_version, "
+                    "driver_version = excluded.driver_version, detected_at = CURRENT_TIMESTAMP, is_active = TRUE",
+                    (gpu.uuid, gpu.name or "unknown NVIDIA GPU", gpu.vram_total_gb, cuda_version, driver),
+                )
+
+    def active_gpus(self) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM gpu_config WHERE is_active ORDER BY detected_at DESC, gpu_id")
+
+    def cached_frameworks(self, fingerprint: str) -> FrameworkInfo | None:
+        rows = self.query("SELECT report_json FROM framework_probe WHERE fingerprint = ?", (fingerprint,))
+        if not rows:
+            return None
+        try:
+            return FrameworkInfo.from_dict(json.loads(rows[0]["report_json"]), from_cache=True)
+        except (ValueError, KeyError, TypeError):
+            return None  # an unreadable cache entry is simply probed again
+
+    def latest_frameworks(self) -> FrameworkInfo | None:
+        rows = self.query("SELECT fingerprint FROM framework_probe ORDER BY probed_at DESC LIMIT 1")
+        return self.cached_frameworks(rows[0]["fingerprint"]) if rows else None
+
+    def save_frameworks(self, fingerprint: str, info: FrameworkInfo) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO framework_probe (fingerprint, report_json, probed_at) "
+                "VALUES (?, ?, CURRENT_TIMESTAMP)",
+                (fingerprint, json.dumps(info.to_dict())),
+            )
+
+    # -- plans and overrides ---------------------------------------------------------------------
+    def _insert_component(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        gpu_id: str | None,
+        component: str,
+        kind: str,
+        mode: str | None,
+        values: dict[str, Any],
+        settings: list[tuple[str, Any, str | None, str | None]],
+    ) -> str:
+        config_id = _new_id()
+        conn.execute(
+            "INSERT INTO component_config (config_id, gpu_id, component_name, model_name, batch_size, "
+            "compute_type, device, kind, mode, is_active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, TRUE)",
+            (
+                config_id,
+                self._known_gpu(conn, gpu_id),
+                component,
+                values.get("model", values.get("model_capacity")),
+                values.get("batch_size"),
+                values.get("compute_type"),
+                values.get("device"),
+                kind,
+                mode,
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO optimization_setting (setting_id, config_id, parameter_name, parameter_value, "
+            "optimization_reason, source) VALUES (?, ?, ?, ?, ?, ?)",
+            [(_new_id(), config_id, name, json.dumps(value), reason, source) for name, value, reason, source in settings],
+        )
+        return config_id
+
+    @staticmethod
+    def _known_gpu(conn: sqlite3.Connection, gpu_id: str | None) -> str | None:
+        """``gpu_id`` when ``gpu_config`` has it (the foreign key), else NULL (CPU, hypothetical)."""
+        if gpu_id is None:
+            return None
+        found = conn.execute("SELECT 1 FROM gpu_config WHERE gpu_id = ?", (gpu_id,)).fetchone()
+        return gpu_id if found else None
+
+    def save_plan(self, plan: Any) -> dict[str, str]:
+        """Store a :class:`~ultrasinger_gpu_cli.resolver.Plan`; returns ``{component: config_id}``."""
+        gpu_id = None if plan.target.hypothetical else plan.target.gpu_id
+        out = {}
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE component_config SET is_active = FALSE WHERE kind = 'plan' AND gpu_id IS ?",
+                (self._known_gpu(conn, gpu_id),),
+            )
+            for component, cplan in plan.components.items():
+                settings = [(name, s.value, s.reason, s.source) for name, s in cplan.settings.items()]
+                out[component] = self._insert_component(
+                    conn, gpu_id=gpu_id, component=component, kind="plan", mode=plan.mode,
+                    values=cplan.values(), settings=settings,
+                )  # fmt: skip
+        return out
+
+    def overrides(self, gpu_id: str | None) -> dict[str, dict[str, Any]]:
+        """The user's stored overrides for this GPU (``None``: the CPU-only machine)."""
+        rows = self.query(
+            "SELECT c.component_name, s.parameter_name, s.parameter_value FROM component_config c "
+            "JOIN optimization_setting s ON s.config_id = c.config_id "
+            "WHERE c.kind = 'override' AND c.is_active AND c.gpu_id IS ? ORDER BY c.created_at",
+            (self._known_gpu(self._conn, gpu_id),),
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            out.setdefault(row["component_name"], {})[row["parameter_name"]] = json.loads(row["parameter_value"])
+        return out
+
+    def save_override(self, gpu_id: str | None, component: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``values`` into the component's stored override; returns the whole override."""
+        with self._write() as conn:
+            known = self._known_gpu(conn, gpu_id)
+            merged = {**self.overrides(gpu_id).get(component, {}), **values}
+            conn.execute(
+                "UPDATE component_config SET is_active = FALSE "
+                "WHERE kind = 'override' AND component_name = ? AND gpu_id IS ?",
+                (component, known),
+            )
+            settings = [(name, value, "user override", "override") for name, value in merged.items()]
+            self._insert_component(
+                conn, gpu_id=gpu_id, component=component, kind="override", mode=None, values=merged, settings=settings
+            )
+        return merged
+
+    def reset_override(self, gpu_id: str | None, component: str) -> bool:
+        """Drop the component's override; True when there was one."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE component_config SET is_active = FALSE "
+                "WHERE kind = 'override' AND is_active AND component_name = ? AND gpu_id IS ?",
+                (component, self._known_gpu(conn, gpu_id)),
+            )
+            return cursor.rowcount > 0
+
+    # -- performance log -------------------------------------------------------------------------
+    def log_performance(
+        self,
+        *,
+        component: str,
+        device: str,
+        processing_speed_multiplier: float | None,
+        gpu_id: str | None = None,
+        gpu_index: int | None = None,
+        vram_used_mb: int | None = None,
+        gpu_utilization_percent: int | None = None,
+        temperature_celsius: int | None = None,
+        run_id: str | None = None,
+        song: str | None = None,
+        model_name: str | None = None,
+        wall_seconds: float | None = None,
+        audio_seconds: float | None = None,
+    ) -> str:
+        log_id = _new_id()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO performance_log (log_id, gpu_id, vram_used_mb, gpu_utilization_percent, "
+                "temperature_celsius, processing_speed_multiplier, logged_at, run_id, song, component, device, "
+                "model_name, wall_seconds, audio_seconds, gpu_index) "
+                "VALUES (?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'), ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    log_id, self._known_gpu(conn, gpu_id), vram_used_mb, gpu_utilization_percent,
+                    temperature_celsius, processing_speed_multiplier, run_id, song, component, device,
+                    model_name, wall_seconds, audio_seconds, gpu_index,
+                ),
+            )  # fmt: skip
+        return log_id
+
+    def component_stats(self, component: str | None = None, since: str | None = None) -> list[ComponentStats]:
+        """Per component: runs, median / best / p95 x real time, peak VRAM, max temperature."""
+        sql = (
+            "SELECT component, device, processing_speed_multiplier AS speed, vram_used_mb, temperature_celsius "
+            "FROM performance_log WHERE component IS NOT NULL"
+        )
+        params: list[Any] = []
+        if component:
+            sql += " AND component = ?"
+            params.append(component)
+        if since:
+            sql += " AND logged_at >= ?"
+            params.append(since)
+        grouped: dict[str, list[sqlite3.Row]] = {}
+        for row in self.query(sql + " ORDER BY component, logged_at", tuple(params)):
+            grouped.setdefault(row["component"], []).append(row)
+        out = []
+        for name, rows in grouped.items():
+            speeds = [float(r["speed"]) for r in rows if r["speed"] is not None]
+            vram = [int(r["vram_used_mb"]) for r in rows if r["vram_used_mb"] is not None]
+            temps = [int(r["temperature_celsius"]) for r in rows if r["temperature_celsius"] is not None]
+            out.append(
+                ComponentStats(
+                    component=name,
+                    runs=len(rows),
+                    median_speed_x=statistics.median(speeds) if speeds else None,
+                    best_speed_x=max(speeds) if speeds else None,
+                    p95_speed_x=_percentile(speeds, 0.95) if speeds else None,
+                    peak_vram_mb=max(vram) if vram else None,
+                    max_temperature_c=max(temps) if temps else None,
+                    devices=tuple(sorted({r["device"] for r in rows if r["device"]})),
+                )
+            )
+        return out
+
+
+def _statements(sql: str) -> list[str]:
+    return [part.strip() for part in sql.split(";") if part.strip()]
+
