@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 # their card needs (README: "PyTorch for your card").
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: help install test completions clean
+.PHONY: help install test bench completions clean ffmpeg
 
 help:
 	@echo "make test         create .venv, install, run the test suite"
-	@echo "make install      create .venv and install ugpu with its test extras"
+	@echo "make install      create .venv and install ugpu with the engines and test extras"
+	@echo "make bench        benchmarks against the reference pipeline (DEVICE=cuda on a GPU)"
 	@echo "make completions  regenerate completions/ (bash, zsh, fish, PowerShell)"
 
 $(BIN)/python:
@@ -20,13 +21,27 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH_CPU)"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[engines,test]'
 	@touch $@
+
+# ffmpeg decodes every input; install it where it is missing (Debian/Ubuntu).
+ffmpeg:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
+	  else echo "ffmpeg is missing: install it (brew install ffmpeg, winget install ffmpeg)" >&2; exit 1; fi; }
 
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
+test: ffmpeg $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# Benchmarks (not part of `make test`): ugpu against the reference way of using the same
+# libraries, same models, same input, same run. Writes BENCHMARKS.md. DEVICE=cuda on a GPU.
+DEVICE ?= cpu
+bench: ffmpeg $(VENV)/.installed
+	$(BIN)/python -m benchmarks.run --device $(DEVICE) $(BENCH_ARGS)
 
 completions: $(VENV)/.installed
 	_UGPU_COMPLETE=source_bash $(BIN)/ugpu > completions/ugpu.bash

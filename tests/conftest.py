@@ -56,3 +56,23 @@ def fake_torch(monkeypatch) -> Callable[..., TorchInfo]:
         return info
 
     return install
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """A ``--models-dir`` with small random-weight models of the real architectures."""
+    from tests.model_factory import build_models_dir
+
+    return build_models_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def fast_whisper(monkeypatch):
+    """Random weights decode to the token limit: cap it and fix the temperature (as benchmarks do)."""
+    from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
+
+    monkeypatch.setattr(WhisperEngine, "sample_len", 6)
+    monkeypatch.setattr(WhisperEngine, "temperatures", (0.0,))
+    monkeypatch.setattr(WhisperEngine, "compression_ratio_threshold", None)
+    monkeypatch.setattr(WhisperEngine, "no_speech_threshold", None)
+    return WhisperEngine

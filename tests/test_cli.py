@@ -271,10 +271,9 @@ def test_invalid_choice_message_lists_valid_choices(runner):
     assert "0 to 0.9" in result.output
 
 
-def test_component_with_audio_says_the_engine_is_not_in_this_release(runner, tmp_path):
-    result = run(runner, "whisper", str(tmp_path / "song.mp3"))
-    assert result.exit_code == 1
-    assert "not part of ugpu" in result.stderr and "Traceback" not in result.output
+def test_reset_with_audio_is_refused(runner, tmp_path):
+    result = run(runner, "whisper", str(tmp_path / "song.mp3"), "--reset")
+    assert result.exit_code == 2 and "without AUDIO" in result.stderr
 
 
 # -- stats -----------------------------------------------------------------------------------

