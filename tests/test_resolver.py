@@ -137,8 +137,15 @@ def test_user_batch_that_does_not_fit_is_kept_and_warned_about():
     plan = resolve(_gpu(4), flags={"whisper": {"batch_size": 200}})
     whisper = plan.components["whisper"]
     assert whisper.value("batch_size") == 200 and whisper.settings["batch_size"].source == "flag"
-    assert whisper.value("model") == "large-v3-turbo" and whisper.device == "cuda"
+    assert whisper.settings["model"].source == "tier" and whisper.device == "cuda"  # nothing shrunk
     assert any(n.startswith("whisper:") and "budget" in n and "fallback" in n for n in plan.notes)
+
+
+def test_whisper_steps_down_a_model_with_its_batch_before_going_to_the_cpu():
+    whisper = resolve(_gpu(2), "conservative").components["whisper"]  # small does not fit even at batch 1
+    assert whisper.device == "cuda"
+    assert whisper.value("model") == "base" and whisper.settings["model"].source == "hardware"
+    assert whisper.value("batch_size") == 2  # the batch it started with, not the halved one
 
 
 def test_table_default_that_does_not_fit_moves_that_stage_to_the_cpu():

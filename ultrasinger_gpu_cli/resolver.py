@@ -260,6 +260,8 @@ def _tier_reason(component: str, parameter: str, value: Any, tier: Tier) -> str:
     if component == "demucs" and parameter == "model":
         return "best vocals; of its four one-hot models only the vocals one runs"
     if parameter == "chunk_size":
+        if value == DEMUCS_MAX_CHUNK:
+            return "7.8 s chunks: HTDemucs computes 7.8 s per chunk anyway, so the longest means fewest passes"
         return f"{value / 44_100:.1f} s chunks (HTDemucs takes at most 7.8 s)"
     if parameter == "overlap":
         return "demucs's default overlap between chunks"
@@ -380,26 +382,30 @@ def _plan_component(
 
 
 def _fit(component: str, b: _Builder, budget_mb: int, *, shrink: bool) -> tuple[int, str | None]:
-    """Shrink the batch, then the Whisper model, until the stage fits the VRAM budget.
+    """Make the stage fit the VRAM budget: halve the batch; at 1, take the next smaller Whisper
+    model with the batch it started with, and halve again.
 
     Settings the user sized (batch, model, device) are never shrunk: ``shrink`` is False.
     Returns the estimate and, when it still does not fit, why.
     """
-    while (need := estimate_vram_mb(component, b.values())) > budget_mb and shrink:
-        batch = b.value("batch_size")
-        if batch > 1:
+    need = estimate_vram_mb(component, b.values())
+    if need <= budget_mb or not shrink:
+        return need, (None if need <= budget_mb else f"an estimated {need} MB exceeds the {budget_mb} MB VRAM budget")
+    start_batch, start_model = b.settings["batch_size"], b.settings.get("model")
+    models: tuple[str | None, ...] = (None,)
+    if component == "whisper":
+        current = canonical_whisper(start_model.value)
+        models = (None, *(WHISPER_STEP_DOWN[WHISPER_STEP_DOWN.index(current) + 1 :] if current in WHISPER_STEP_DOWN else ()))
+    for model in models:
+        if model is not None:
+            b.set("model", model, f"{start_model.value} does not fit the {budget_mb} MB budget; {model} does", "hardware")
+            b.settings["batch_size"] = start_batch
+        while (need := estimate_vram_mb(component, b.values())) > budget_mb and b.value("batch_size") > 1:
+            batch = b.value("batch_size")
             b.set("batch_size", batch // 2, f"halved from {batch}: {need} MB would exceed the {budget_mb} MB budget", "hardware")
-            continue
-        if component == "whisper":
-            current = canonical_whisper(b.value("model"))
-            smaller = WHISPER_STEP_DOWN[WHISPER_STEP_DOWN.index(current) + 1 :] if current in WHISPER_STEP_DOWN else ()
-            if smaller:
-                b.set("model", smaller[0], f"{current} needs {need} MB, over the {budget_mb} MB budget", "hardware")
-                continue
-        break
-    if need > budget_mb:
-        return need, f"an estimated {need} MB exceeds the {budget_mb} MB VRAM budget"
-    return need, None
+        if need <= budget_mb:
+            return need, None
+    return need, f"an estimated {need} MB exceeds the {budget_mb} MB VRAM budget"
 
 
 def resolve(

@@ -57,7 +57,7 @@ class Tier:
 
 CPU_TIER = Tier(
     "cpu", "no GPU", None, None,
-    "small", 4, "htdemucs_ft", 262_144, 0.25, 1, "tiny", 10, 512,
+    "small", 4, "htdemucs_ft", DEMUCS_MAX_CHUNK, 0.25, 1, "tiny", 10, 512,
     "CPU: float32, Whisper small (turbo runs at ~0.2x real time on 2 cores), CREPE tiny at 10 ms",
 )  # fmt: skip
 
@@ -65,9 +65,9 @@ CPU_TIER = Tier(
 #: chunks per forward pass; CREPE batch = frames per forward pass.
 GPU_TIERS = (
     Tier("lt4", "< 4 GB", 0, 4, "small", 4, "htdemucs_ft", 262_144, 0.25, 1, "full", 10, 256,
-         "2-3 GB cards: Whisper small (turbo's 1.6 GB of weights leave no room), one Demucs chunk at a time"),
-    Tier("4-6", "4-6 GB", 4, 6, "large-v3-turbo", 4, "htdemucs_ft", 262_144, 0.25, 1, "full", 10, 512,
-         "turbo fits in fp16 with a small batch; Demucs one chunk at a time"),
+         "2-3 GB cards: Whisper small, one Demucs chunk at a time"),
+    Tier("4-6", "4-6 GB", 4, 6, "small", 8, "htdemucs_ft", 262_144, 0.25, 1, "full", 10, 512,
+         "Whisper small: openai-whisper keeps turbo's weights in float32 (3.2 GB), too much for 4 GB"),
     Tier("6-8", "6-8 GB", 6, 8, "large-v3-turbo", 8, "htdemucs_ft", 262_144, 0.25, 1, "full", 10, 1024,
          "turbo with a batch of 8; the 6-8 GB cards UltraSinger users most often run out of memory on"),
     Tier("8-12", "8-12 GB", 8, 12, "large-v3-turbo", 16, "htdemucs_ft", 262_144, 0.25, 2, "full", 5, 1024,
@@ -148,9 +148,9 @@ def estimate_vram_mb(component: str, settings: dict) -> int:
     batch = max(1, int(settings.get("batch_size", 1)))
     if component == "whisper":
         model = canonical_whisper(settings["model"])
-        bytes_per = 2 if settings.get("compute_type") == "float16" else 4
-        weights = _WHISPER_PARAMS_M[model] * bytes_per
-        acts = _WHISPER_ACT_MB[model] * batch * bytes_per / 2
+        # openai-whisper keeps float32 weights and casts per layer when it computes in float16.
+        weights = _WHISPER_PARAMS_M[model] * 4
+        acts = _WHISPER_ACT_MB[model] * batch * (2 if settings.get("compute_type") == "float16" else 4) / 2
         return int(CUDA_CONTEXT_MB + weights + acts)
     if component == "demucs":
         return int(CUDA_CONTEXT_MB + _DEMUCS_MODEL_MB + _DEMUCS_ITEM_MB * batch)

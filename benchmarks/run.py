@@ -1,0 +1,182 @@
+"""``make bench``: ugpu against the reference pipeline, same models, same input, same run.
+
+Every (stage, side) runs in a fresh process, the sides alternating, so neither inherits the
+other's caches or memory. Model loads are timed apart from the runs. Results (x real time,
+ratio, peak RSS, peak VRAM on CUDA, and the equality checks) are printed and written into
+BENCHMARKS.md between markers for the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("demucs", "whisper", "crepe-tiny", "crepe-full")
+REFERENCE = {
+    "demucs": "demucs `apply_model` over the full htdemucs_ft bag (4 models), vocals + instrumental",
+    "whisper": "`whisper.transcribe()` with word timestamps on the vocals",
+    "crepe-tiny": "`torchcrepe.predict` (tiny) over the whole vocals, same step",
+    "crepe-full": "`torchcrepe.predict` (full) over the whole vocals, same step",
+}
+
+
+def _worker(stage: str, side: str, device: str, folder: Path) -> dict:
+    out = folder / f"{stage}-{side}.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "benchmarks.worker", stage, side, device, str(out)], check=True, env=env, cwd=ROOT)
+    result = json.loads(out.read_text())
+    result["npy"] = str(out.with_suffix(".npy"))
+    return result
+
+
+def _check(stage: str, ugpu: dict, ref: dict) -> str:
+    if stage == "demucs":
+        diff = float(np.abs(np.load(ugpu["npy"]) - np.load(ref["npy"])).max())
+        return f"vocals max abs diff {diff:.1e} ({'ok' if diff <= 1e-4 else 'FAIL'}: <= 1e-4)"
+    if stage.startswith("crepe"):
+        ours, theirs = np.load(ugpu["npy"]), np.load(ref["npy"])
+        computed = ours[2] > 0
+        voiced = computed & (theirs[1] >= 0.5)  # frames the reference itself calls voiced
+        missed = int(((theirs[1] >= 0.5) & ~computed).sum())
+        diff = float(np.abs(ours[0][voiced] - theirs[0][voiced]).max()) if voiced.any() else 0.0
+        return (f"{int(computed.sum())}/{len(computed)} frames computed; on the {int(voiced.sum())} voiced ones max "
+                f"freq diff {diff:.1e} Hz; voiced frames not computed: {missed}")
+    return f"words: ugpu {ugpu.get('words')}, reference {ref.get('words')}"
+
+
+def _time_command(args: list[str], runs: int = 5, env: dict | None = None) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(args, check=True, capture_output=True, env=env)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cheap_parts() -> dict:
+    ugpu = str(Path(sys.executable).with_name("ugpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "UGPU_DB": str(Path(tmp) / "bench.db")}
+        first = _time_command([ugpu, "detect", "--json"], runs=1, env=env)
+        return {
+            "help_s": _time_command([ugpu, "--help"]),
+            "detect_first_s": first,
+            "detect_cached_s": _time_command([ugpu, "detect", "--json"], env=env),
+            "optimize_s": _time_command([ugpu, "optimize", "--json"], env=env),
+        }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import psutil
+
+    versions = ", ".join(f"{d} {importlib.metadata.version(d)}" for d in ("torch", "openai-whisper", "demucs", "torchcrepe"))
+    ram = psutil.virtual_memory().total / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM; Python {platform.python_version()}; {versions}"
+
+
+def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | None) -> str:
+    today = dt.date.today().isoformat()
+    lines = [
+        f"### {device.upper()} — {today}",
+        "",
+        f"Machine: {machine()}" + (f"; GPU: {gpu}" if gpu else "") + f". Median of {repeat} run(s) per side, sides alternating,",
+        "each in a fresh process; model loading is timed apart and not in x real time.",
+        "",
+        "| stage | ugpu x RT | reference x RT | ratio | ugpu load s | ugpu peak RSS | reference peak RSS | peak VRAM ugpu / ref | check |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        vram = f"{r['ugpu_vram'] or 'n/a'} / {r['ref_vram'] or 'n/a'} MB" if device == "cuda" else "n/a (CPU)"
+        lines.append(
+            f"| {r['stage']} | {r['ugpu_x']:.2f} | {r['ref_x']:.2f} | **{r['ratio']:.2f}x** | {r['load_s']:.1f} "
+            f"| {r['ugpu_rss']} MB | {r['ref_rss']} MB | {vram} | {r['check']} |"
+        )
+    lines += ["", "References: " + "; ".join(f"{s}: {REFERENCE[s]}" for s in [r["stage"] for r in rows]) + "."]
+    lines += ["", f"Cheap paths: `ugpu --help` {cheap['help_s']:.2f} s, `ugpu detect --json` {cheap['detect_first_s']:.2f} s "
+              f"first (framework probe) / {cheap['detect_cached_s']:.2f} s cached, `ugpu optimize --json` "
+              f"{cheap['optimize_s']:.2f} s (medians of 5)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_section(device: str, text: str, path: Path) -> None:
+    start, end = f"<!-- bench:{device}:start -->", f"<!-- bench:{device}:end -->"
+    body = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{text}{end}"
+    if start in body and end in body:
+        body = body[: body.index(start)] + block + body[body.index(end) + len(end) :]
+    else:
+        body = body.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(body, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    stages = [s for s in args.stages.split(",") if s]
+
+    from benchmarks.build import models_dir
+
+    print("building / loading the cached models ...", file=sys.stderr)
+    models_dir()
+    gpu = None
+    if args.device == "cuda":
+        import torch
+
+        gpu = torch.cuda.get_device_name(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for stage in stages:
+            runs: dict[str, list[dict]] = {"ugpu": [], "reference": []}
+            for r in range(args.repeat):
+                for side in (("ugpu", "reference") if r % 2 == 0 else ("reference", "ugpu")):
+                    result = _worker(stage, side, args.device, folder)
+                    runs[side].append(result)
+                    print(f"{stage:10s} {side:9s} run {r + 1}: {result['audio_s'] / result['wall_s']:.2f}x real time "
+                          f"({result['wall_s']:.1f} s)", file=sys.stderr)  # fmt: skip
+            ugpu_x = statistics.median(x["audio_s"] / x["wall_s"] for x in runs["ugpu"])
+            ref_x = statistics.median(x["audio_s"] / x["wall_s"] for x in runs["reference"])
+            rows.append({
+                "stage": stage, "ugpu_x": ugpu_x, "ref_x": ref_x, "ratio": ugpu_x / ref_x,
+                "load_s": statistics.median(x["load_s"] for x in runs["ugpu"]),
+                "ugpu_rss": max(x["peak_rss_mb"] for x in runs["ugpu"]),
+                "ref_rss": max(x["peak_rss_mb"] for x in runs["reference"]),
+                "ugpu_vram": max((x["peak_vram_mb"] or 0) for x in runs["ugpu"]) or None,
+                "ref_vram": max((x["peak_vram_mb"] or 0) for x in runs["reference"]) or None,
+                "check": _check(stage, runs["ugpu"][-1], runs["reference"][-1]),
+            })  # fmt: skip
+    text = render(args.device, rows, cheap_parts(), args.repeat, gpu)
+    print(text)
+    if not args.no_write:
+        write_section(args.device, text, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""One side of one stage, in a fresh process: ``python -m benchmarks.worker STAGE SIDE DEVICE OUT``.
+
+Prints nothing; writes a JSON result (and the arrays the equality checks need) to OUT.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.build import RATE, models_dir, song
+
+#: Random weights decode to the token limit: both sides are capped at the same length.
+SAMPLE_LEN = 32
+
+
+def _plan(device: str) -> dict:
+    from ultrasinger_gpu_cli.detection import quick_target
+    from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+
+    target = PlanTarget("CPU") if device == "cpu" else quick_target(None)
+    return {c: p.values() for c, p in resolve(target).components.items()}
+
+
+def _peak_vram(device: str) -> int | None:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated() // 2**20) if device == "cuda" else None
+
+
+def demucs(side: str, device: str, out: Path) -> dict:
+    import torch
+
+    settings = _plan(device)["demucs"]
+    mix, _ = song()
+    root = models_dir()
+    if side == "ugpu":
+        from ultrasinger_gpu_cli.engines import create
+
+        engine = create("demucs", settings, root)
+        t0 = time.perf_counter()
+        engine.load()
+        load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        vocals = engine.run(mix).vocals
+    else:
+        from demucs.apply import apply_model
+        from demucs.pretrained import get_model
+
+        t0 = time.perf_counter()
+        bag = get_model("htdemucs_ft", repo=root / "demucs")
+        load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        wav = torch.from_numpy(mix)
+        ref = wav.mean(0)
+        stems = apply_model(bag, ((wav - ref.mean()) / ref.std())[None], shifts=0, split=True, overlap=settings["overlap"],
+                            segment=settings["chunk_size"] / RATE, device=device)[0]  # fmt: skip
+        vocals = (stems[bag.sources.index("vocals")] * ref.std() + ref.mean()).numpy()
+        _ = mix - vocals  # the second of the two stems
+    wall = time.perf_counter() - t0
+    np.save(out.with_suffix(".npy"), vocals)
+    return {"wall_s": wall, "load_s": load, "audio_s": mix.shape[-1] / RATE, "settings": settings,
+            "peak_vram_mb": _peak_vram(device)}  # fmt: skip
+
+
+def _vocals16k() -> np.ndarray:
+    from ultrasinger_gpu_cli.audio import resample
+
+    return resample(song()[1], RATE, 16_000)
+
+
+def whisper(side: str, device: str, out: Path) -> dict:
+    settings = {**_plan(device)["whisper"], "model": "large-v3-turbo"}
+    audio = _vocals16k()
+    root = models_dir()
+    fp16 = device == "cuda"
+    if side == "ugpu":
+        from ultrasinger_gpu_cli.engines import create
+
+        engine = create("whisper", settings, root)
+        engine.sample_len, engine.temperatures = SAMPLE_LEN, (0.0,)
+        engine.compression_ratio_threshold = engine.logprob_threshold = engine.no_speech_threshold = None
+        t0 = time.perf_counter()
+        engine.load()
+        load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        transcript = engine.run(audio, language="en")
+        words = len(transcript.words)
+    else:
+        import whisper as openai_whisper
+
+        t0 = time.perf_counter()
+        model = openai_whisper.load_model(str(root / "whisper" / "large-v3-turbo.pt"), device=device)
+        load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = openai_whisper.transcribe(
+            model, audio, language="en", temperature=0.0, compression_ratio_threshold=None, logprob_threshold=None,
+            no_speech_threshold=None, word_timestamps=True, sample_len=SAMPLE_LEN, fp16=fp16, verbose=None,
+        )  # fmt: skip
+        words = sum(len(s.get("words", [])) for s in result["segments"])
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "load_s": load, "audio_s": len(audio) / 16_000, "settings": settings, "words": words,
+            "peak_vram_mb": _peak_vram(device)}  # fmt: skip
+
+
+def crepe(side: str, device: str, out: Path, capacity: str) -> dict:
+    import torch
+
+    from ultrasinger_gpu_cli.engines.crepe_engine import import_torchcrepe
+
+    settings = {**_plan(device)["crepe"], "model_capacity": capacity, "step_size": 10}
+    audio = _vocals16k()
+    hop = 160
+    torchcrepe = import_torchcrepe()
+    # torchcrepe's weighted argmax dithers its bin-to-cents table once per process with
+    # numpy's global RNG; the same seed on both sides makes their tables, and so the
+    # frequencies, comparable frame by frame.
+    np.random.seed(0)
+    if side == "ugpu":
+        from ultrasinger_gpu_cli.engines import create
+
+        engine = create("crepe", settings)
+        t0 = time.perf_counter()
+        engine.load()
+        load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        track = engine.run(audio)
+        freq, conf, computed = track.frequency, track.confidence, track.computed
+    else:
+        t0 = time.perf_counter()
+        torchcrepe.load.model(device, capacity)
+        load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pitch, periodicity = torchcrepe.predict(
+            torch.from_numpy(audio)[None], 16_000, hop, model=capacity, batch_size=settings["batch_size"],
+            decoder=torchcrepe.decode.weighted_argmax, device=device, return_periodicity=True,
+        )  # fmt: skip
+        freq, conf = pitch[0].cpu().numpy(), periodicity[0].cpu().numpy()
+        computed = np.ones(pitch.shape[1], dtype=bool)
+    wall = time.perf_counter() - t0
+    np.save(out.with_suffix(".npy"), np.stack([freq, conf, computed.astype(np.float32)]))
+    return {"wall_s": wall, "load_s": load, "audio_s": len(audio) / 16_000, "settings": settings,
+            "frames_computed": int(computed.sum()), "peak_vram_mb": _peak_vram(device)}  # fmt: skip
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not carry over exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def main() -> None:
+    stage, side, device, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+    if stage == "demucs":
+        result = demucs(side, device, out)
+    elif stage == "whisper":
+        result = whisper(side, device, out)
+    else:
+        result = crepe(side, device, out, stage.split("-", 1)[1])
+    result["peak_rss_mb"] = peak_rss_mb()
+    out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
