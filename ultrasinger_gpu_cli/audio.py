@@ -158,3 +158,21 @@ def write_audio(target: str | os.PathLike[str], samples: np.ndarray, sample_rate
     with atomic_path(target) as tmp:
         soundfile.write(str(tmp), data.T if data.ndim == 2 else data, sample_rate, subtype="PCM_16", format=fmt)
     return target
+
+
+def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Artist and title from the file's tags (ffprobe); empty where there are none."""
+    import json
+
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return {}
+    try:
+        out = subprocess.run(
+            [ffprobe, "-v", "error", "-show_entries", "format_tags=artist,title", "-of", "json", str(path)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        tags = json.loads(out.stdout or "{}").get("format", {}).get("tags", {})
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+    return {k.lower(): str(v).strip() for k, v in tags.items() if str(v).strip()}

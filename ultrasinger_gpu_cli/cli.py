@@ -37,6 +37,7 @@ WhisperModelChoice = _choice("WhisperModelChoice", WHISPER_MODELS)
 DemucsModelChoice = _choice("DemucsModelChoice", DEMUCS_MODELS)
 CrepeCapacityChoice = _choice("CrepeCapacityChoice", CREPE_CAPACITIES)
 AudioFormat = _choice("AudioFormat", ("wav", "flac"))
+FormatVersion = _choice("FormatVersion", ("1.1.0", "1.0.0", "0.3.0"))
 
 app = typer.Typer(
     name="ugpu",
@@ -420,6 +421,199 @@ def crepe(
     _component(ctx, "crepe", audio=audio, flags=flags, show=show, save=save, reset=reset, json_out=json_out,
                mode=mode.value, vram_limit=vram_limit, gpu=gpu, output=output, models_dir=models_dir,
                run_options={"gate": gate})  # fmt: skip
+
+
+# -- run: the whole pipeline -------------------------------------------------------------------
+class _RunDisplay:
+    """Renders pipeline events: a rich progress display on a terminal, plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self.console = err_console()
+        self.live = self.console.is_terminal
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> _RunDisplay:
+        if self.live:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                                     TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=self.console)  # fmt: skip
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
+
+    def print(self, text: str, style: str | None = None) -> None:
+        (self.progress.console if self.progress else self.console).print(text, style=style, highlight=False)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        song = event.get("song")
+        if kind == "song_start":
+            self.print(f"[bold]{song}[/] -> {event['folder']}")
+        elif kind == "stage_start" and self.progress is not None:
+            self.task = self.progress.add_task(f"  {event['stage']}", total=1.0, speed="")
+        elif kind == "progress" and self.progress is not None and self.task is not None:
+            speed = f"{event['speed_x']:.2f}x real time" if event.get("speed_x") else ""
+            self.progress.update(self.task, completed=min(1.0, event["fraction"]), speed=speed)
+        elif kind == "stage_end":
+            if event.get("cached"):
+                self.print(f"  {event['stage']}: done earlier (resumed from the cache)", style="dim")
+                return
+            if self.progress is not None and self.task is not None:
+                self.progress.update(self.task, completed=1.0)
+                self.task = None
+            vram = f", peak VRAM {event['peak_vram_mb']} MB" if event.get("peak_vram_mb") is not None else ""
+            speed = f"{event['speed_x']:.2f}x real time" if event.get("speed_x") else "n/a"
+            self.print(f"  {event['stage']}: {event['device']}, {event['wall_seconds']:.1f} s, {speed}{vram}")
+        elif kind == "fallback":
+            self.print(f"  fallback: {event['stage']} {event['from']} -> {event['to']} ({event['reason']})", style="yellow")
+
+
+def _read_songs(songs: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for item in songs:
+        if item == "-":
+            out += [Path(line.strip()) for line in sys.stdin if line.strip()]
+        else:
+            out.append(Path(item))
+    return out
+
+
+def _summary_table(reports: list[Any]):
+    from rich.table import Table
+
+    table = Table(title="Summary", title_justify="left")
+    for col in ("song", "stage", "device", "seconds", "x real time", "peak VRAM", "notes"):
+        table.add_column(col)
+    for report in reports:
+        first = True
+        for stage in report.stages:
+            table.add_row(
+                report.source.name if first else "", stage.stage, stage.device, f"{stage.wall_seconds:.1f}",
+                "cached" if stage.cached else (f"{stage.speed_x:.2f}x" if stage.speed_x else "n/a"),
+                f"{stage.peak_vram_mb} MB" if stage.peak_vram_mb is not None else "n/a",
+                str(report.notes) if first else "",
+            )  # fmt: skip
+            first = False
+        for event in report.fallbacks:
+            table.add_row("", f"[yellow]fallback[/] {event.stage}", f"{event.from_setting} -> {event.to_setting}", "", "",
+                          "", event.reason)  # fmt: skip
+    return table
+
+
+@app.command()
+@handles_errors
+def run(
+    ctx: typer.Context,
+    songs: Annotated[list[str], typer.Argument(help="Songs (any audio or video file); '-' reads paths from stdin.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the song folders.")] = Path("."),
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the final report as JSON on stdout.")] = False,
+    no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Stop instead of falling back on out-of-memory.")] = False,
+    language: Annotated[Optional[str], typer.Option("--language", help="Language code; detected when omitted.", show_default=False)] = None,
+    no_separation: Annotated[bool, typer.Option("--no-separation", help="The input is already vocals: skip Demucs.")] = False,
+    timings: Annotated[Optional[Path], typer.Option("--timings", help="Word timings from an UltraStar .txt or a words JSON instead of Whisper.", show_default=False)] = None,
+    format_version: Annotated[FormatVersion, typer.Option("--format-version", help="UltraStar format version.")] = FormatVersion["1.1.0"],  # type: ignore[valid-type]
+    models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
+    gpu: Annotated[int, GPU_OPT] = 0,
+) -> None:
+    """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
+    from ultrasinger_gpu_cli.detection import quick_target
+    from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
+    from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.resolver import resolve
+
+    paths = _read_songs(songs)
+    if not paths:
+        from ultrasinger_gpu_cli.errors import InvalidSettingError
+
+        raise InvalidSettingError("no songs given (stdin was empty)")
+    if timings is not None and not timings.is_file():
+        raise UgpuError(f"{timings}: no such timings file")
+    store = _store(ctx)
+    target = quick_target(store, gpu)
+    plan = resolve(target, mode.value, vram_limit, overrides=store.overrides(target.gpu_id))
+    options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
+                         format_version=format_version.value, fallback=not no_fallback,
+                         models_dir=resolve_models_dir(models_dir))  # fmt: skip
+    reports, failures = [], []
+    with _RunDisplay() as display:
+        pipeline = Pipeline(plan, options, store, on_event=display)
+        pipeline.start()
+        try:
+            for path in paths:
+                try:
+                    reports.append(pipeline.run_song(path))
+                except UgpuError as exc:
+                    failures.append({"song": str(path), "error": exc.message})
+                    display.print(f"[bold red]failed:[/] {exc.message}")
+        except KeyboardInterrupt:
+            pipeline.finish("interrupted")
+            raise
+        pipeline.finish("failed" if failures else "done",
+                        {"songs": [r.to_dict() for r in reports], "failures": failures})  # fmt: skip
+    report = {"run_id": pipeline.run_id, "mode": plan.mode, "songs": [r.to_dict() for r in reports], "failures": failures}
+    if json_out:
+        emit_json(report)
+    elif reports:
+        err_console().print(_summary_table(reports))
+    if failures:
+        listing = "; ".join(f"{f['song']}: {f['error']}" for f in failures)
+        raise UgpuError(f"{len(failures)} of {len(paths)} song(s) failed: {listing}")
+
+
+# -- fallback ---------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def fallback(
+    ctx: typer.Context,
+    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
+    json_out: Annotated[bool, JSON_OPT] = False,
+    limit: Annotated[int, typer.Option("--limit", help="How many recent events to show.", min=1)] = 20,
+    gpu: Annotated[int, GPU_OPT] = 0,
+) -> None:
+    """The fallback ladder each stage would follow on this machine, and the recent fallback events (/gpu/fallback)."""
+    from ultrasinger_gpu_cli.detection import quick_target
+    from ultrasinger_gpu_cli.fallback import ladder
+    from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+
+    store = _store(ctx)
+    target = quick_target(store, gpu)
+    plan = resolve(target, mode.value, vram_limit, overrides=store.overrides(target.gpu_id))
+    cpu = resolve(PlanTarget("CPU"), mode.value)
+    ladders = {c: [{"settings": r.settings, "label": r.label, "why": r.why}
+                   for r in ladder(c, plan.components[c].values(), cpu.components[c].values())]
+               for c in plan.components}  # fmt: skip
+    events = [dict(r) for r in store.recent_fallbacks(limit)]
+    if json_out:
+        emit_json({"ladders": ladders, "events": events})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Fallback ladders on {plan.target.name} ({plan.mode})", title_justify="left")
+    for col in ("stage", "step", "device / batch", "when"):
+        table.add_column(col)
+    for stage, rungs in ladders.items():
+        for i, rung in enumerate(rungs):
+            table.add_row(stage if i == 0 else "", str(i + 1), rung["label"], "first" if i == 0 else f"then: {rung['why']}",
+                          end_section=i == len(rungs) - 1)  # fmt: skip
+    console = err_console()
+    console.print(table)
+    if not events:
+        console.print("No fallback events yet: every stage has run on its planned settings.")
+        return
+    recent = Table(title="Recent fallback events", title_justify="left")
+    for col in ("when", "song", "stage", "from", "to", "reason"):
+        recent.add_column(col, overflow="fold")
+    for e in events:
+        recent.add_row(str(e["created_at"]), e["song"] or "", e["stage"], e["from_setting"], e["to_setting"], e["reason"] or "")
+    console.print(recent)
 
 
 # -- models -----------------------------------------------------------------------------------

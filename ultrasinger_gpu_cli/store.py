@@ -422,6 +422,48 @@ class Store:
             )  # fmt: skip
         return log_id
 
+    # -- runs, live state and fallback events ------------------------------------------------------
+    def start_run(self, run_id: str, *, mode: str, gpu_id: str | None, pid: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO runs (run_id, mode, gpu_id, pid, status, started_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'running', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+                (run_id, mode, self._known_gpu(conn, gpu_id), pid),
+            )
+
+    def update_run(self, run_id: str, *, song: str | None, stage: str | None, progress: float | None,
+                   speed: float | None) -> None:  # fmt: skip
+        """The live state a ``ugpu monitor`` in another terminal reads."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET song = ?, stage = ?, progress = ?, processing_speed_multiplier = ?, "
+                "updated_at = CURRENT_TIMESTAMP WHERE run_id = ?",
+                (song, stage, progress, speed, run_id),
+            )
+
+    def finish_run(self, run_id: str, status: str, report: dict[str, Any] | None = None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET status = ?, finished_at = CURRENT_TIMESTAMP, updated_at = CURRENT_TIMESTAMP, "
+                "report_json = ? WHERE run_id = ?",
+                (status, json.dumps(report) if report is not None else None, run_id),
+            )
+
+    def active_runs(self) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM runs WHERE status = 'running' ORDER BY started_at")
+
+    def record_fallback(self, *, run_id: str | None, song: str | None, stage: str, from_setting: str,
+                        to_setting: str, reason: str) -> None:  # fmt: skip
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO fallback_events (event_id, run_id, song, stage, from_setting, to_setting, reason, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'))",
+                (_new_id(), run_id, song, stage, from_setting, to_setting, reason),
+            )
+
+    def recent_fallbacks(self, limit: int = 20) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM fallback_events ORDER BY created_at DESC LIMIT ?", (limit,))
+
     def component_stats(self, component: str | None = None, since: str | None = None) -> list[ComponentStats]:
         """Per component: runs, median / best / p95 x real time, peak VRAM, max temperature."""
         sql = (

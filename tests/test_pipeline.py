@@ -1,0 +1,249 @@
+"""``ugpu run`` end to end through the real pipeline on local models and synthesised songs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.audio_factory import encode, melody, song, write_wav
+from ultrasinger_gpu_cli.cli import app
+from ultrasinger_gpu_cli.fallback import FallbackEvent, Rung, StageFailed, ladder, run_with_fallback
+from ultrasinger_gpu_cli.store import Store
+
+
+@pytest.fixture
+def env(models_dir, monkeypatch):
+    monkeypatch.setenv("UGPU_MODELS", str(models_dir))
+    return models_dir
+
+
+def invoke(*args: str, input: str | None = None):
+    return CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+
+
+def db_rows(sql: str):
+    with Store.open(os.environ["UGPU_DB"]) as store:
+        return [dict(r) for r in store.query(sql)]
+
+
+# Known notes: (start s, length s, MIDI). One word per note.
+NOTES = [(1.0, 0.6, 57), (1.8, 0.5, 60), (2.5, 0.8, 64), (3.5, 0.5, 62), (4.2, 0.9, 67), (6.0, 0.6, 65),
+         (6.8, 0.5, 64), (7.5, 1.0, 60), (9.0, 0.5, 69), (9.7, 0.5, 71), (10.4, 0.8, 72), (11.5, 0.6, 67),
+         (12.3, 0.5, 65), (13.0, 0.7, 64), (14.0, 0.6, 62), (14.8, 1.0, 60)]  # fmt: skip
+
+
+def _known_melody(folder: Path) -> tuple[Path, Path]:
+    vocals = write_wav(folder / "Known - Melody.wav", melody(NOTES, 17.0, 44_100)[None], 44_100)
+    words = [{"word": f" la{i % 3}" if i % 3 else " la", "start": s, "end": s + n} for i, (s, n, _) in enumerate(NOTES)]
+    timings = folder / "words.json"
+    timings.write_text(json.dumps(words))
+    return vocals, timings
+
+
+def _notes_in(txt: Path) -> tuple[float, float, list[tuple[float, int]]]:
+    headers, notes = {}, []
+    for line in txt.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            key, value = line[1:].split(":", 1)
+            headers[key] = value
+        elif line[:1] in ":*FR":
+            _, start, _, pitch, _ = line.split(" ", 4)
+            notes.append((int(start), int(pitch)))
+    bpm, gap = float(headers["BPM"].replace(",", ".")), float(headers["GAP"]) / 1000
+    beat_s = 60 / (bpm * 4)
+    return beat_s, gap, [(gap + start * beat_s, pitch + 60) for start, pitch in notes]
+
+
+def test_known_melody_gives_the_right_notes(env, tmp_path):
+    vocals, timings = _known_melody(tmp_path)
+    result = invoke("run", str(vocals), "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)["songs"]
+    txt = Path(report["files"]["ultrastar"])
+    assert txt.name == "Known - Melody.txt" and txt.parent.name == "Known - Melody"
+    beat_s, _, found = _notes_in(txt)
+    assert len(found) == len(NOTES)
+    good = sum(1 for (start, midi), (t, n, m) in zip(found, NOTES) if midi == m and abs(start - t) <= beat_s)
+    assert good / len(NOTES) >= 0.95, found
+    assert "vocals" not in report["files"]  # --no-separation: the input is the vocals
+
+
+def test_full_pipeline_writes_every_file_and_logs(env, fast_whisper, tmp_path):
+    source = encode(write_wav(tmp_path / "mix.wav", song(12.0), 44_100), tmp_path / "Band - Tune.mp3")
+    result = invoke("run", str(source), "-o", str(tmp_path / "out"), "--language", "en", "--json")
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)["songs"]
+    files = {k: Path(v) for k, v in report["files"].items()}
+    assert set(files) == {"audio", "vocals", "instrumental", "midi", "ultrastar", "report"}
+    folder = tmp_path / "out" / "Band - Tune"
+    assert all(p.parent == folder and p.stat().st_size > 0 for p in files.values())
+    text = files["ultrastar"].read_text(encoding="utf-8")
+    assert text.startswith("#VERSION:1.1.0\n") and text.endswith("\nE\n")
+    assert "#VOCALS:Band - Tune [Vocals].wav" in text and "#AUDIO:Band - Tune.mp3" in text
+    assert files["midi"].read_bytes()[:4] == b"MThd"
+    assert json.loads(files["report"].read_text())["title"] == "Tune"
+    import soundfile
+
+    assert soundfile.info(str(files["vocals"])).samplerate == 44_100
+    assert [s["stage"] for s in report["stages"]] == ["demucs", "whisper", "crepe"]
+    rows = db_rows("SELECT component, run_id, song FROM performance_log ORDER BY logged_at")
+    assert [r["component"] for r in rows] == ["demucs", "whisper", "crepe"]
+    (run,) = db_rows("SELECT * FROM runs")
+    assert run["status"] == "done" and rows[0]["run_id"] == run["run_id"] and run["song"] == "Band - Tune.mp3"
+    assert not list(folder.glob(".*partial*"))
+
+
+def test_injected_out_of_memory_walks_the_ladder_and_the_song_finishes(env, tmp_path, monkeypatch):
+    vocals, timings = _known_melody(tmp_path)
+    monkeypatch.setenv("UGPU_INJECT_FAULTS", "crepe:1:oom,crepe:2:oom")
+    result = invoke("run", str(vocals), "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "o"), "--json")
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)["songs"]
+    assert [(f["from"], f["to"]) for f in report["fallbacks"]] == [("cpu batch 512", "cpu batch 256"),
+                                                                  ("cpu batch 256", "cpu batch 128")]  # fmt: skip
+    assert report["stages"][-1]["settings"]["batch_size"] == 128
+    events = db_rows("SELECT stage, from_setting, to_setting, reason FROM fallback_events ORDER BY created_at")
+    assert [e["to_setting"] for e in events] == ["cpu batch 256", "cpu batch 128"]
+    assert all(e["stage"] == "crepe" and e["reason"] == "out of memory" for e in events)
+    shown = invoke("fallback", "--json")
+    assert len(json.loads(shown.stdout)["events"]) == 2
+
+
+def test_no_fallback_stops_with_a_clear_message(env, tmp_path, monkeypatch):
+    vocals, timings = _known_melody(tmp_path)
+    monkeypatch.setenv("UGPU_INJECT_FAULTS", "crepe:1:oom")
+    result = CliRunner().invoke(app, ["run", str(vocals), "--no-separation", "--timings", str(timings),
+                                      "-o", str(tmp_path / "o"), "--no-fallback"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "fallback is off" in result.stderr and "Traceback" not in result.output
+
+
+def test_ladder_from_cuda_halves_then_moves_to_the_cpu_and_fatal_errors_go_straight_there():
+    gpu = {"device": "cuda", "batch_size": 8, "model": "large-v3-turbo"}
+    cpu = {"device": "cpu", "batch_size": 4, "model": "small"}
+    rungs = ladder("whisper", gpu, cpu)
+    assert [r.label for r in rungs] == ["cuda batch 8", "cuda batch 4", "cuda batch 2", "cuda batch 1", "cpu batch 4"]
+    import torch
+
+    seen, events = [], []
+
+    def attempt(settings):
+        seen.append(settings["batch_size"])
+        if settings["device"] == "cuda" and settings["batch_size"] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return "done"
+
+    assert run_with_fallback("whisper", rungs, attempt, on_event=events.append) == ("done", rungs[2].settings)
+    assert seen == [8, 4, 2] and [e.to_setting for e in events] == ["cuda batch 4", "cuda batch 2"]
+
+    def no_kernel(settings):
+        if settings["device"] == "cuda":
+            raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+        return settings["model"]
+
+    events.clear()
+    assert run_with_fallback("whisper", rungs, no_kernel, on_event=events.append)[0] == "small"
+    assert [(e.from_setting, e.to_setting) for e in events] == [("cuda batch 8", "cpu batch 4")]
+    with pytest.raises(ValueError):  # anything else is not the ladder's business
+        run_with_fallback("whisper", [Rung(cpu, "x")], lambda s: (_ for _ in ()).throw(ValueError("bug")))
+    with pytest.raises(StageFailed):
+        run_with_fallback("whisper", [Rung(cpu, "x")], lambda s: (_ for _ in ()).throw(MemoryError()))
+    assert isinstance(events[0], FallbackEvent)
+
+
+def test_several_songs_load_each_model_once_and_bad_ones_do_not_stop_the_others(env, fast_whisper, tmp_path, monkeypatch):
+    import whisper
+
+    loads = []
+    real = whisper.load_model
+    monkeypatch.setattr(whisper, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    one = write_wav(tmp_path / "One - A.wav", song(8.0), 44_100)
+    two = write_wav(tmp_path / "Two - B.wav", song(9.0), 44_100)
+    bad = tmp_path / "Bad - C.mp3"
+    bad.write_text("not audio")
+    paths = f"{one}\n{tmp_path / 'missing.mp3'}\n{bad}\n{two}\n"
+    result = CliRunner().invoke(app, ["run", "-", "-o", str(tmp_path / "out"), "--language", "en", "--json"], input=paths)
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert [Path(s["source"]).name for s in data["songs"]] == ["One - A.wav", "Two - B.wav"]
+    assert [Path(f["song"]).name for f in data["failures"]] == ["missing.mp3", "Bad - C.mp3"]
+    assert "2 of 4 song(s) failed" in result.stderr
+    assert len(loads) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["One - A", "Two - B"]
+
+
+def _ugpu(*args: str, env: dict) -> subprocess.Popen:
+    code = "import sys; from ultrasinger_gpu_cli.cli import main; sys.argv = ['ugpu', *sys.argv[1:]]; main()"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def test_resume_after_kill_minus_9_skips_finished_stages_and_gives_the_same_result(env, tmp_path):
+    source = write_wav(tmp_path / "Resume - Me.wav", song(25.0), 44_100)
+    _, timings = _known_melody(tmp_path)
+    cache = Path(os.environ["UGPU_DB"]).parent / "cache"
+    environ = {**os.environ}
+    proc = _ugpu("run", str(source), "--timings", str(timings), "-o", str(tmp_path / "out"), env=environ)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(cache.glob("*.npz")):  # Demucs finished and was cached
+        time.sleep(0.05)
+    proc.kill()  # kill -9 in the middle of the song
+    proc.wait(30)
+    assert list(cache.glob("*.npz")), "demucs never finished"
+    folder = tmp_path / "out" / "Resume - Me"
+    assert not (folder / "Resume - Me.txt").exists() or (folder / "Resume - Me.txt").read_text().endswith("E\n")
+    again = invoke("run", str(source), "--timings", str(timings), "-o", str(tmp_path / "out"), "--json")
+    assert again.exit_code == 0, again.output
+    stages = json.loads(again.stdout)["songs"][0]["stages"]
+    assert stages[0]["stage"] == "demucs" and stages[0]["cached"] is True
+    first = (folder / "Resume - Me.txt").read_text()
+    third = invoke("run", str(source), "--timings", str(timings), "-o", str(tmp_path / "out2"), "--json")
+    assert all(s["cached"] for s in json.loads(third.stdout)["songs"][0]["stages"])
+    assert (tmp_path / "out2" / "Resume - Me" / "Resume - Me.txt").read_text() == first
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130(env, tmp_path):
+    source = write_wav(tmp_path / "Long - Song.wav", song(60.0), 44_100)
+    _, timings = _known_melody(tmp_path)
+    proc = _ugpu("run", str(source), "--timings", str(timings), "-o", str(tmp_path / "out"), env={**os.environ})
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    (run,) = db_rows("SELECT status FROM runs")
+    assert run["status"] == "interrupted"
+
+
+def test_tags_with_path_characters_stay_inside_the_output_folder(env, tmp_path):
+    vocals, timings = _known_melody(tmp_path)
+    tagged = tmp_path / "tagged.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", str(vocals), "-metadata", "artist=../../etc",
+                    "-metadata", "title=pass/wd", str(tagged)], check=True)  # fmt: skip
+    result = invoke("run", str(tagged), "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"), "--json")
+    folder = Path(json.loads(result.stdout)["songs"][0]["folder"])
+    assert folder.parent == (tmp_path / "out").resolve() and "/" not in folder.name
+
+
+def test_format_version_0_3_0_and_a_timings_ultrastar_file(env, tmp_path):
+    vocals, timings = _known_melody(tmp_path)
+    first = json.loads(invoke("run", str(vocals), "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "a"),
+                              "--json").stdout)["songs"][0]  # fmt: skip
+    txt = Path(first["files"]["ultrastar"])
+    again = invoke("run", str(vocals), "--no-separation", "--timings", str(txt), "-o", str(tmp_path / "b"),
+                   "--format-version", "0.3.0", "--json")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    text = Path(json.loads(again.stdout)["songs"][0]["files"]["ultrastar"]).read_text()
+    assert text.startswith("#VERSION:0.3.0") and "#AUDIO" not in text
+    _, _, a = _notes_in(txt)
+    _, _, b = _notes_in(Path(json.loads(again.stdout)["songs"][0]["files"]["ultrastar"]))
+    assert [m for _, m in a] == [m for _, m in b]  # re-pitched from the same timings: the same melody

@@ -1,0 +1,91 @@
+"""Notes and the UltraStar file: syllables, pitch, beats, headers, MIDI (pure functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ultrasinger_gpu_cli.ultrastar import (
+    TimedText,
+    build_song,
+    parse_ultrastar,
+    safe_name,
+    syllables,
+    to_midi,
+    to_ultrastar,
+)
+
+
+@pytest.mark.parametrize(
+    ("word", "parts"),
+    [("hello", ["hel", "lo"]), ("wonderful", ["won", "der", "ful"]), ("make", ["make"]), ("la", ["la"]),
+     ("yesterday", ["yes", "ter", "day"]), ("singing,", ["sin", "ging,"])],
+)  # fmt: skip
+def test_syllables_follow_the_vowel_group_rule(word, parts):
+    assert syllables(word) == parts
+    assert "".join(syllables(word)) == word
+
+
+def test_german_final_e_is_a_syllable():
+    assert syllables("Liebe", "de") == ["Lie", "be"]
+
+
+def _track(segments: list[tuple[float, float, float]], duration: float = 8.0):
+    times = np.arange(0, duration, 0.01)
+    freq = np.zeros_like(times)
+    for start, end, hz in segments:
+        freq[(times >= start) & (times < end)] = hz
+    return times, freq, (freq > 0).astype(float)
+
+
+def test_notes_pitch_beats_phrases_and_continuations():
+    words = [TimedText("hello", 1.0, 1.6), TimedText("world", 1.7, 2.5), TimedText("again", 4.0, 5.0)]
+    times, freq, conf = _track([(1.0, 2.5, 261.63), (4.0, 4.5, 329.63), (4.5, 5.0, 392.0)])
+    song = build_song(words, times, freq, conf, bpm=120, title="T", artist="A", language="en")
+    assert song.gap_ms == 1000 and song.beat_s == pytest.approx(0.125)
+    texts = [n.text for n in song.notes]
+    assert texts == ["hel", "lo ", "world ", "a", "gain", "~ "]
+    assert [n.midi for n in song.notes] == [60, 60, 60, 64, 64, 67]
+    assert song.phrase_ends and song.phrase_ends[0] <= song.notes[3].start_beat
+    for a, b in zip(song.notes, song.notes[1:]):
+        assert a.end_beat <= b.start_beat and a.length_beats >= 1
+
+
+def test_file_format_v1_and_v03():
+    words = [TimedText("la", 0.5, 1.0), TimedText("la", 3.0, 3.5)]
+    times, freq, conf = _track([(0.5, 1.0, 440.0), (3.0, 3.5, 220.0)])
+    song = build_song(words, times, freq, conf, bpm=100.5, title="Tïtle", artist="Ärtist", language="de")
+    text = to_ultrastar(song, audio="s.mp3", vocals="s [Vocals].wav", instrumental="s [Instrumental].wav")
+    lines = text.splitlines()
+    assert lines[0] == "#VERSION:1.1.0" and lines[-1] == "E"
+    assert {"#MP3:s.mp3", "#AUDIO:s.mp3", "#VOCALS:s [Vocals].wav", "#INSTRUMENTAL:s [Instrumental].wav",
+            "#BPM:100.5", "#GAP:500", "#LANGUAGE:German", "#CREATOR:ugpu", "#TITLE:Tïtle"} <= set(lines)  # fmt: skip
+    assert ": 0 " in text and " 9 la " in text  # A4 = MIDI 69 -> 9 half-steps above C4
+    assert any(line.startswith("- ") for line in lines)
+    assert not text.encode("utf-8").startswith(b"\xef\xbb\xbf")
+    old = to_ultrastar(song, audio="s.mp3", version="0.3.0").splitlines()
+    assert "#BPM:100,5" in old and not any(line.startswith("#AUDIO") for line in old)
+
+
+def test_parse_round_trip_gives_the_times_back():
+    words = [TimedText("hello", 1.0, 1.6), TimedText("world", 1.7, 2.5)]
+    times, freq, conf = _track([(1.0, 2.5, 261.63)])
+    song = build_song(words, times, freq, conf, bpm=120, title="T", artist="A")
+    headers, units = parse_ultrastar(to_ultrastar(song, audio="a.mp3"))
+    assert headers["BPM"] == "120" and [u.text for u in units] == ["hel", "lo", "world"]
+    assert units[0].start == pytest.approx(1.0, abs=0.07) and units[-1].end == pytest.approx(2.5, abs=0.07)
+    assert [u.word_end for u in units] == [False, True, True]
+
+
+def test_midi_file_is_well_formed():
+    words = [TimedText("la", 0.5, 1.0)]
+    times, freq, conf = _track([(0.5, 1.0, 440.0)])
+    data = to_midi(build_song(words, times, freq, conf, bpm=120, title="T", artist="A"))
+    assert data[:4] == b"MThd" and data[14:18] == b"MTrk" and bytes([0x90, 69]) in data and data.endswith(b"\xff\x2f\x00")
+
+
+@pytest.mark.parametrize("name", ["../../etc - x", "a/b\\c:d*e?f", "CON", " .. ", "x" * 300])
+def test_safe_names_never_leave_the_folder(name):
+    cleaned = safe_name(name)
+    assert "/" not in cleaned and "\\" not in cleaned and cleaned not in ("", ".", "..") and len(cleaned) <= 120
+    assert cleaned.upper() != "CON"

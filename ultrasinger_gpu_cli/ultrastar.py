@@ -1,0 +1,346 @@
+"""Words + pitch -> notes -> an UltraStar file (format 1.1.0, or 0.3.0 for old games), and MIDI.
+
+Pure functions, no heavy imports.
+
+Syllables follow a documented simple rule (:func:`syllables`): a word splits between vowel
+groups; a single consonant between two vowel groups starts the next syllable, of two or more
+the first stays with the syllable before. The word's time is shared out by letters. Each
+syllable is one note whose pitch is the median MIDI value of the confidently voiced pitch
+frames inside it; a long syllable whose pitch moves is split into ``~`` continuation notes.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+VOWELS = set("aeiouyäöüáéíóúàèìòùâêîôûãõåæøœëïÿAEIOUYÄÖÜÁÉÍÓÚÀÈÌÒÙÂÊÎÔÛÃÕÅÆØŒËÏŸ")
+LANGUAGES = {
+    "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
+    "nl": "Dutch", "pl": "Polish", "sv": "Swedish", "fi": "Finnish", "da": "Danish", "no": "Norwegian",
+    "ja": "Japanese", "ko": "Korean", "zh": "Chinese", "ru": "Russian", "tr": "Turkish", "cs": "Czech",
+}  # fmt: skip
+CONFIDENCE = 0.5  # periodicity above which a pitch frame counts as voiced
+PHRASE_PAUSE_S = 0.8  # a pause at least this long between words ends a phrase
+MIN_SPLIT_S = 0.15  # a pitch run must last this long to become its own ~ note
+
+
+@dataclass(frozen=True)
+class TimedText:
+    """A word or syllable with its time in seconds."""
+
+    text: str
+    start: float
+    end: float
+    word_end: bool = True  # the last syllable of its word (carries the trailing space)
+    phrase_start: bool = False
+
+
+@dataclass
+class Note:
+    start_beat: int
+    length_beats: int
+    midi: int
+    text: str
+    kind: str = ":"  # ":" normal, "*" golden, "F" freestyle, "R" rap
+
+    @property
+    def end_beat(self) -> int:
+        return self.start_beat + self.length_beats
+
+
+@dataclass
+class Song:
+    title: str
+    artist: str
+    bpm: float  # the file's #BPM (a beat is a quarter of 60 / bpm seconds)
+    gap_ms: int
+    notes: list[Note] = field(default_factory=list)
+    phrase_ends: list[int] = field(default_factory=list)  # beats of "- " lines
+    language: str | None = None
+
+    @property
+    def beat_s(self) -> float:
+        return 60.0 / (self.bpm * 4)
+
+    def note_times(self) -> list[tuple[float, float]]:
+        return [(self.gap_ms / 1000 + n.start_beat * self.beat_s, self.gap_ms / 1000 + n.end_beat * self.beat_s)
+                for n in self.notes]  # fmt: skip
+
+
+# -- syllables --------------------------------------------------------------------------------
+def syllables(word: str, language: str | None = None) -> list[str]:
+    """Split a word by the vowel-group rule; punctuation stays with its syllable.
+
+    In English a final silent "e" after a consonant makes no syllable of its own ("make").
+    """
+    letters = [i for i, ch in enumerate(word) if ch.isalpha()]
+    if len(letters) <= 3:
+        return [word]
+    groups = []  # (start, end) index ranges of vowel groups
+    i = 0
+    while i < len(word):
+        if word[i] in VOWELS:
+            j = i
+            while j + 1 < len(word) and word[j + 1] in VOWELS:
+                j += 1
+            groups.append((i, j))
+            i = j + 1
+        else:
+            i += 1
+    if len(groups) <= 1:
+        return [word]
+    cuts = []
+    for (_, end_a), (start_b, _) in zip(groups, groups[1:]):
+        consonants = start_b - end_a - 1
+        cuts.append(end_a + 1 if consonants <= 1 else end_a + 2)
+    core = word.rstrip(".,!?;:")
+    if language in (None, "en") and core.lower().endswith("e") and groups[-1][0] == len(core) - 1:
+        cuts = cuts[:-1]
+    pieces, last = [], 0
+    for cut in cuts:
+        if 0 < cut < len(word) and cut > last:
+            pieces.append(word[last:cut])
+            last = cut
+    pieces.append(word[last:])
+    return [p for p in pieces if p]
+
+
+def split_words(words: Sequence[TimedText], language: str | None = None) -> list[TimedText]:
+    """Words -> syllables, sharing each word's time out by letters."""
+    out = []
+    for w in words:
+        parts = syllables(w.text.strip(), language)
+        weights = np.array([max(1, sum(ch.isalpha() for ch in p)) for p in parts], dtype=float)
+        bounds = w.start + np.concatenate(([0.0], np.cumsum(weights) / weights.sum())) * (w.end - w.start)
+        for k, part in enumerate(parts):
+            out.append(TimedText(part, float(bounds[k]), float(bounds[k + 1]), word_end=k == len(parts) - 1,
+                                 phrase_start=w.phrase_start and k == 0))  # fmt: skip
+    return out
+
+
+# -- pitch -------------------------------------------------------------------------------------
+def hz_to_midi(freq: np.ndarray) -> np.ndarray:
+    return 69 + 12 * np.log2(np.maximum(freq, 1e-6) / 440.0)
+
+
+def _pitch_runs(times: np.ndarray, midi: np.ndarray) -> list[tuple[float, float, int]]:
+    """Runs of the same rounded pitch: (start s, end s, midi)."""
+    rounded = np.round(midi).astype(int)
+    runs = []
+    start = 0
+    for i in range(1, len(rounded) + 1):
+        if i == len(rounded) or rounded[i] != rounded[start]:
+            runs.append((float(times[start]), float(times[i - 1]), int(np.round(np.median(midi[start:i])))))
+            start = i
+    return runs
+
+
+@dataclass
+class PitchedUnit:
+    unit: TimedText
+    parts: list[tuple[float, float, int | None]]  # (start, end, midi) - more than one: ~ notes
+
+
+def pitch_units(
+    units: Sequence[TimedText], times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray,
+    threshold: float = CONFIDENCE,
+) -> list[PitchedUnit]:  # fmt: skip
+    voiced = (confidence >= threshold) & (frequency > 0)
+    out = []
+    for u in units:
+        inside = voiced & (times >= u.start) & (times < u.end)
+        if not inside.any():
+            out.append(PitchedUnit(u, [(u.start, u.end, None)]))
+            continue
+        midi = hz_to_midi(frequency[inside])
+        runs = [r for r in _pitch_runs(times[inside], midi) if r[1] - r[0] >= MIN_SPLIT_S]
+        if len(runs) <= 1 or u.end - u.start < 2 * MIN_SPLIT_S:
+            out.append(PitchedUnit(u, [(u.start, u.end, int(np.round(np.median(midi))))]))
+            continue
+        merged: list[list] = []
+        for start, end, m in runs:  # neighbouring runs of the same pitch join
+            if merged and merged[-1][2] == m:
+                merged[-1][1] = end
+            else:
+                merged.append([start, end, m])
+        parts = []
+        for k, (start, end, m) in enumerate(merged):
+            s = u.start if k == 0 else start
+            e = u.end if k == len(merged) - 1 else merged[k + 1][0]
+            parts.append((s, e, m))
+        out.append(PitchedUnit(u, parts))
+    # Units without voiced frames take their neighbour's pitch (or C4).
+    last = next((p[2] for pu in out for p in pu.parts if p[2] is not None), 60)
+    for pu in out:
+        fixed = []
+        for s, e, m in pu.parts:
+            m = last if m is None else m
+            last = m
+            fixed.append((s, e, m))
+        pu.parts = fixed
+    return out
+
+
+# -- notes -------------------------------------------------------------------------------------
+def build_song(
+    words: Sequence[TimedText], times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray, *,
+    bpm: float, title: str, artist: str, language: str | None = None, split_syllables: bool = True,
+) -> Song:  # fmt: skip
+    """Notes on a beat grid: ``#BPM`` = ``bpm`` (so a beat is a sixteenth of the song's tempo),
+    ``#GAP`` = the first note's start, no overlaps, a phrase end at every pause."""
+    units = split_words(words, language) if split_syllables else list(words)
+    units = [u for u in units if u.end > u.start and u.text.strip()]
+    song = Song(title=title, artist=artist, bpm=bpm, gap_ms=0, language=language)
+    if not units:
+        return song
+    gap_s = units[0].start
+    song.gap_ms = int(round(gap_s * 1000))
+    beat_s = song.beat_s
+
+    def beat(t: float) -> int:
+        return int(round((t - gap_s) / beat_s))
+
+    previous_end_s = None
+    for pu in pitch_units(units, times, frequency, confidence):
+        u = pu.unit
+        if song.notes and previous_end_s is not None and (u.phrase_start or u.start - previous_end_s >= PHRASE_PAUSE_S):
+            song.phrase_ends.append(song.notes[-1].end_beat)
+        for k, (s, e, midi) in enumerate(pu.parts):
+            text = u.text if k == 0 else "~"
+            if k == len(pu.parts) - 1 and u.word_end:
+                text = text.rstrip() + " "
+            start = beat(s)
+            if song.notes and start < song.notes[-1].end_beat:  # no overlaps: trim the previous note
+                prev = song.notes[-1]
+                prev.length_beats = max(1, start - prev.start_beat)
+                start = max(start, prev.end_beat)
+            length = max(1, beat(e) - start)
+            song.notes.append(Note(start, length, int(midi), text))
+        previous_end_s = u.end
+    # A phrase end must not sit inside the next phrase's first note.
+    ends = []
+    for end_beat in song.phrase_ends:
+        nxt = next((n.start_beat for n in song.notes if n.start_beat >= end_beat), end_beat)
+        ends.append(min(end_beat, nxt))
+    song.phrase_ends = ends
+    return song
+
+
+def _number(value: float, comma: bool) -> str:
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return text.replace(".", ",") if comma else text
+
+
+def to_ultrastar(
+    song: Song, *, audio: str, vocals: str | None = None, instrumental: str | None = None,
+    version: str = "1.1.0", creator: str = "ugpu",
+) -> str:  # fmt: skip
+    """The file's text: UTF-8, ``#VERSION`` first, notes, phrase ends, ``E``."""
+    old = version.startswith("0.")
+    headers = [f"#VERSION:{version}", f"#TITLE:{song.title}", f"#ARTIST:{song.artist}", f"#MP3:{audio}"]
+    if not old:
+        headers.append(f"#AUDIO:{audio}")
+        if vocals:
+            headers.append(f"#VOCALS:{vocals}")
+        if instrumental:
+            headers.append(f"#INSTRUMENTAL:{instrumental}")
+    headers += [f"#BPM:{_number(song.bpm, old)}", f"#GAP:{song.gap_ms}"]
+    if song.language:
+        headers.append(f"#LANGUAGE:{LANGUAGES.get(song.language, song.language)}")
+    headers.append(f"#CREATOR:{creator}")
+    lines = list(headers)
+    ends = sorted(song.phrase_ends)
+    e = 0
+    for note in song.notes:
+        while e < len(ends) and ends[e] <= note.start_beat:
+            lines.append(f"- {ends[e]}")
+            e += 1
+        lines.append(f"{note.kind} {note.start_beat} {note.length_beats} {note.midi - 60} {note.text}")
+    lines.append("E")
+    return "\n".join(lines) + "\n"
+
+
+def parse_ultrastar(text: str) -> tuple[dict[str, str], list[TimedText]]:
+    """Headers and the notes' syllables with their times (for ``--timings``)."""
+    headers: dict[str, str] = {}
+    notes = []
+    for raw in text.lstrip("\ufeff").splitlines():
+        line = raw.rstrip("\r")
+        if line.startswith("#") and ":" in line:
+            key, value = line[1:].split(":", 1)
+            headers[key.strip().upper()] = value.strip()
+        elif line[:1] in (":", "*", "F", "R", "G") and line[1:2] == " ":
+            parts = line.split(" ", 4)
+            if len(parts) >= 4:
+                notes.append((int(parts[1]), int(parts[2]), parts[4] if len(parts) > 4 else ""))
+        elif line.startswith("-"):
+            notes.append(None)  # phrase end
+        elif line.strip() == "E":
+            break
+    bpm = float(headers.get("BPM", "0").replace(",", "."))
+    if bpm <= 0:
+        raise ValueError("the file has no #BPM")
+    gap = float(headers.get("GAP", "0").replace(",", ".")) / 1000
+    beat_s = 60 / (bpm * 4)
+    out: list[TimedText] = []
+    phrase = True
+    for item in notes:
+        if item is None:
+            phrase = True
+            continue
+        start, length, syllable = item
+        if syllable.strip() == "~" and out:  # a continuation extends the syllable before it
+            prev = out[-1]
+            out[-1] = TimedText(prev.text, prev.start, gap + (start + length) * beat_s,
+                                prev.word_end or syllable.endswith(" "), prev.phrase_start)  # fmt: skip
+            continue
+        out.append(TimedText(syllable.rstrip() or syllable, gap + start * beat_s, gap + (start + length) * beat_s,
+                             word_end=syllable.endswith(" ") or syllable.startswith("~"), phrase_start=phrase))  # fmt: skip
+        phrase = False
+    return headers, out
+
+
+# -- MIDI ----------------------------------------------------------------------------------------
+def _varlen(value: int) -> bytes:
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))
+
+
+def to_midi(song: Song, ticks_per_quarter: int = 480) -> bytes:
+    """A type-0 standard MIDI file of the melody at the song's tempo."""
+    quarter_s = 60.0 / song.bpm
+    tempo = int(round(quarter_s * 1_000_000))
+    events = [(0, bytes([0xFF, 0x51, 0x03]) + tempo.to_bytes(3, "big"))]
+    for (start, end), note in zip(song.note_times(), song.notes):
+        pitch = max(0, min(127, note.midi))
+        on = int(round(start / quarter_s * ticks_per_quarter))
+        off = max(on + 1, int(round(end / quarter_s * ticks_per_quarter)))
+        events.append((on, bytes([0x90, pitch, 96])))
+        events.append((off, bytes([0x80, pitch, 0])))
+    events.sort(key=lambda e: (e[0], e[1][0] == 0x90))
+    track = b""
+    now = 0
+    for tick, data in events:
+        track += _varlen(tick - now) + data
+        now = tick
+    track += b"\x00\xff\x2f\x00"
+    header = b"MThd" + struct.pack(">IHHH", 6, 0, 1, ticks_per_quarter)
+    return header + b"MTrk" + struct.pack(">I", len(track)) + track
+
+
+def safe_name(text: str, fallback: str = "song") -> str:
+    """A folder or file name safe on every OS: no separators, reserved characters or dots at the ends."""
+    cleaned = re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", text)
+    cleaned = re.sub(r"\s+", " ", cleaned).strip(" .")
+    if cleaned.upper() in {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}:
+        cleaned = f"_{cleaned}"
+    return cleaned[:120] or fallback
