@@ -3,13 +3,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of PyTorch for tests and CI. Users with a GPU install the CUDA build
-# their card needs (README: "PyTorch for your card").
-TORCH_CPU ?= torch==2.13.0
+# PyTorch, pinned. PyPI's Linux wheel is a CUDA build (`ugpu detect` says whether it runs
+# your card); on this project's CI machines the same pin resolves to a local CPU build.
+# Another build: make install TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
+# (README: "PyTorch for your card").
+TORCH ?= torch==2.13.0
+SONG ?=
+MODE ?= balanced
+OUT ?= karaoke
 
-.PHONY: help install test bench completions clean ffmpeg
+.PHONY: help install test run bench completions clean ffmpeg
 
 help:
+	@echo "make run SONG=path/to/song.mp3 [MODE=aggressive] [OUT=karaoke]"
+	@echo "                  create .venv on first use, install, convert the song"
 	@echo "make test         create .venv, install, run the test suite"
 	@echo "make install      create .venv and install ugpu with the engines and test extras"
 	@echo "make bench        benchmarks against the reference pipeline (DEVICE=cuda on a GPU)"
@@ -20,7 +27,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet "$(TORCH_CPU)"
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[engines,test]'
 	@touch $@
 
@@ -36,6 +43,10 @@ install: $(VENV)/.installed
 
 test: ffmpeg $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+run: ffmpeg $(VENV)/.installed
+	@test -n "$(SONG)" || { echo 'usage: make run SONG=path/to/song.mp3 [MODE=aggressive] [OUT=karaoke]' >&2; exit 2; }
+	$(BIN)/ugpu run "$(SONG)" --mode $(MODE) -o "$(OUT)"
 
 # Benchmarks (not part of `make test`): ugpu against the reference way of using the same
 # libraries, same models, same input, same run. Writes BENCHMARKS.md. DEVICE=cuda on a GPU.
