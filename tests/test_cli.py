@@ -324,3 +324,23 @@ def test_python_dash_m_and_help_import_no_framework():
     assert "Usage" in out.stdout and out.stdout.strip().endswith("[]")
     direct = subprocess.run([sys.executable, "-m", "ultrasinger_gpu_cli", "--version"], capture_output=True, text=True)
     assert direct.returncode == 0 and direct.stdout.startswith("ugpu ")
+
+
+def test_stats_per_gpu_fallbacks_trend_and_csv_export(runner):
+    with Store.open(os.environ["UGPU_DB"]) as store:
+        for speed, vram in ((5.0, 4000), (6.0, 4200)):
+            store.log_performance(component="whisper", device="cuda", gpu_index=0, processing_speed_multiplier=speed,
+                                  vram_used_mb=vram)  # fmt: skip
+        store.log_performance(component="whisper", device="cuda", gpu_index=1, processing_speed_multiplier=9.0)
+        store.log_performance(component="whisper", device="cpu", processing_speed_multiplier=0.5)
+        store.record_fallback(run_id=None, song="s", stage="whisper", from_setting="cuda batch 32",
+                              to_setting="cuda batch 16", reason="out of memory")  # fmt: skip
+    data = json.loads(run(runner, "stats", "--json").stdout)["components"]
+    by_gpu = {c["gpu"]: c for c in data}
+    assert set(by_gpu) == {"GPU 0", "GPU 1", "cpu"}
+    assert by_gpu["GPU 0"]["speed_trend"] == [5.0, 6.0] and by_gpu["GPU 0"]["vram_trend"] == [4000, 4200]
+    assert by_gpu["GPU 0"]["fallbacks"] == 1
+    only = json.loads(run(runner, "stats", "--json", "--gpu", "1").stdout)["components"]
+    assert [c["gpu"] for c in only] == ["GPU 1"]
+    csv_out = run(runner, "stats", "--export", "csv").stdout.splitlines()
+    assert csv_out[0].startswith("log_id,gpu_id,vram_used_mb") and len(csv_out) == 5

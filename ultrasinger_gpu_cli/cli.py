@@ -37,6 +37,7 @@ WhisperModelChoice = _choice("WhisperModelChoice", WHISPER_MODELS)
 DemucsModelChoice = _choice("DemucsModelChoice", DEMUCS_MODELS)
 CrepeCapacityChoice = _choice("CrepeCapacityChoice", CREPE_CAPACITIES)
 AudioFormat = _choice("AudioFormat", ("wav", "flac"))
+ExportFormat = _choice("ExportFormat", ("csv",))
 FormatVersion = _choice("FormatVersion", ("1.1.0", "1.0.0", "0.3.0"))
 
 app = typer.Typer(
@@ -616,6 +617,126 @@ def fallback(
     console.print(recent)
 
 
+# -- monitor ----------------------------------------------------------------------------------
+class _Keys:
+    """Reads single keys from a terminal stdin in the background (for ``q``); restores it on exit."""
+
+    def __init__(self) -> None:
+        self.pressed: list[str] = []
+        self._saved = None
+        self._stop = False
+
+    def __enter__(self) -> _Keys:
+        import threading
+
+        if not sys.stdin.isatty():
+            return self
+        try:
+            import termios
+            import tty
+
+            fd = sys.stdin.fileno()
+            self._saved = termios.tcgetattr(fd)
+            tty.setcbreak(fd)
+        except (ImportError, OSError):  # pragma: no cover - Windows consoles: Ctrl-C still quits
+            return self
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        import select
+
+        while not self._stop:
+            ready, _, _ = select.select([sys.stdin], [], [], 0.1)
+            if ready:
+                ch = sys.stdin.read(1)
+                if ch:
+                    self.pressed.append(ch)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._saved)
+
+    @property
+    def quit(self) -> bool:
+        return any(ch in ("q", "Q") for ch in self.pressed)
+
+
+@app.command()
+@handles_errors
+def monitor(
+    ctx: typer.Context,
+    live: Annotated[bool, typer.Option("--live", help="Full-screen dashboard until q or Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between samples.", min=0.1)] = 1.0,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per sample and GPU (NDJSON) on stdout.")] = False,
+    count: Annotated[Optional[int], typer.Option("--count", help="Stop after this many samples.", min=1, show_default=False)] = None,
+    gpu: Annotated[Optional[int], typer.Option("--gpu", help="Only this GPU (NVML index).", min=0, show_default=False)] = None,
+    log: Annotated[bool, typer.Option("--log", help="Also write the samples to performance_log.")] = False,
+    alert: Annotated[Optional[list[str]], typer.Option("--alert", help="Alert threshold, e.g. temp=83, vram=90, speed=0.5, throttle=off.", show_default=False)] = None,
+) -> None:
+    """VRAM, temperature, utilisation, power, processes and the active ugpu runs, once or live (/gpu/monitor)."""
+    import time
+
+    from ultrasinger_gpu_cli.monitoring import Monitor, Thresholds
+    from ultrasinger_gpu_cli.render import monitor_view
+
+    thresholds = Thresholds.parse(alert)
+    store = _store(ctx)
+    mon = Monitor(store=store, gpu=gpu, thresholds=thresholds)
+    console = err_console()
+    seen_alerts: set[str] = set()
+
+    def take():
+        snap = mon.snapshot(processes=not json_out)
+        fresh = [a for a in snap.alerts if a.message not in seen_alerts]
+        seen_alerts.update(a.message for a in snap.alerts)
+        mon.record(snap, fresh, log_samples=log)  # each alert is stored once, not at every refresh
+        return snap, fresh
+
+    if live:
+        from rich.live import Live
+
+        taken = 0
+        with _Keys() as keys, Live(console=console, screen=True, auto_refresh=False, transient=True) as screen:
+            try:
+                while not keys.quit and (count is None or taken < count):
+                    snap, _ = take()
+                    taken += 1
+                    width = console.size.width
+                    from rich.console import Group
+                    from rich.text import Text
+
+                    footer = Text(f"ugpu monitor · every {interval:g} s · q quits", style="dim")
+                    screen.update(Group(monitor_view(snap, mon.history, width=width), footer), refresh=True)
+                    deadline = time.monotonic() + interval
+                    while time.monotonic() < deadline and not keys.quit:
+                        time.sleep(0.05)
+            except KeyboardInterrupt:
+                pass
+        return
+    taken = 0
+    try:
+        while True:
+            snap, fresh = take()
+            taken += 1
+            for a in fresh:
+                console.print(f"[bold red]alert[/] {a.kind}: {a.message}", highlight=False)
+            if json_out:
+                for record in snap.ndjson_records():
+                    sys.stdout.write(json.dumps(record) + "\n")
+                sys.stdout.flush()
+            else:
+                console.print(monitor_view(snap, mon.history, width=console.size.width))
+            if not json_out or (count is not None and taken >= count):
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
 # -- models -----------------------------------------------------------------------------------
 models_app = typer.Typer(help="The weights each engine needs: where they are, fetch them, check them.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -749,15 +870,27 @@ def stats(
     since: Annotated[
         Optional[str], typer.Option("--since", help="Only entries logged at or after this time (YYYY-MM-DD[ HH:MM]).")
     ] = None,
+    gpu: Annotated[Optional[int], typer.Option("--gpu", help="Only runs on this GPU (NVML index).", min=0, show_default=False)] = None,
+    export: Annotated[Optional[ExportFormat], typer.Option("--export", help="Print the log's rows in this format on stdout.", show_default=False)] = None,  # type: ignore[valid-type]
 ) -> None:
-    """Performance report from the log: runs, x real time, peak VRAM, temperature (/gpu/stats)."""
+    """Performance report from the log: runs, x real time, peak VRAM, temperature, fallbacks, trends (/gpu/stats)."""
     from ultrasinger_gpu_cli.reports import stats_response
     from ultrasinger_gpu_cli.resolver import validate_setting
 
     if component is not None:
         validate_setting(component, "device", "cpu")  # refuses an unknown component
     store = _store(ctx)
-    rows = store.component_stats(component=component, since=since)
+    if export is not None:
+        import csv
+
+        rows = store.performance_rows(component, since, gpu)
+        columns = [d[1] for d in store.query("PRAGMA table_info(performance_log)")]
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row[c] for c in columns])
+        return
+    rows = store.component_stats(component=component, since=since, gpu=gpu)
     if json_out:
         emit_json(stats_response(rows))
         return
@@ -771,7 +904,7 @@ def stats(
         return
     from ultrasinger_gpu_cli.render import stats_view
 
-    console.print(stats_view(rows))
+    console.print(stats_view(rows, width=console.size.width))
 
 
 def main() -> None:

@@ -234,6 +234,9 @@ class Pipeline:
             return result, sampler.summary, engine.model_name
 
         self.emit({"type": "stage_start", "song": song, "stage": component})
+        if self.store is not None:
+            self.store.update_run(self.run_id, song=song, stage=component, progress=0.0, speed=None,
+                                  audio_seconds=audio_s, stage_started_at=time.time())  # fmt: skip
         (result, gpu, model), used = run_with_fallback(component, rungs, attempt, enabled=self.options.fallback,
                                                        on_event=on_fallback, song=song)  # fmt: skip
         stats: EngineRun = result.run

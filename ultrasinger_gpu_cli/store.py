@@ -92,10 +92,21 @@ CREATE TABLE framework_probe (
   fingerprint TEXT PRIMARY KEY, report_json TEXT NOT NULL, probed_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
 """
 
+_MONITORING_TABLES = """
+ALTER TABLE runs ADD COLUMN audio_seconds FLOAT;
+ALTER TABLE runs ADD COLUMN stage_started_at FLOAT;
+CREATE TABLE alerts (
+  alert_id VARCHAR(50) PRIMARY KEY, gpu_id VARCHAR(50), gpu_index INTEGER, kind VARCHAR(30) NOT NULL,
+  message TEXT NOT NULL, value FLOAT, threshold FLOAT, run_id VARCHAR(50),
+  created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
+CREATE INDEX idx_alerts_time ON alerts(created_at DESC);
+"""
+
 #: Named migrations, applied in order; the schema version is how many have run.
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001_design_tables", _DESIGN_TABLES),
     ("0002_pipeline_state", _PIPELINE_TABLES),
+    ("0003_monitoring", _MONITORING_TABLES),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -123,6 +134,7 @@ def _new_id() -> str:
 @dataclass(frozen=True)
 class ComponentStats:
     component: str
+    gpu: str | None  # "GPU <index>" or "cpu"
     runs: int
     median_speed_x: float | None
     best_speed_x: float | None
@@ -130,10 +142,14 @@ class ComponentStats:
     peak_vram_mb: int | None
     max_temperature_c: int | None
     devices: tuple[str, ...]
+    fallbacks: int = 0
+    speed_trend: tuple[float, ...] = ()  # x real time per run, oldest first
+    vram_trend: tuple[int | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "component": self.component,
+            "gpu": self.gpu,
             "runs": self.runs,
             "median_speed_x": self.median_speed_x,
             "best_speed_x": self.best_speed_x,
@@ -141,6 +157,9 @@ class ComponentStats:
             "peak_vram_mb": self.peak_vram_mb,
             "max_temperature_c": self.max_temperature_c,
             "devices": list(self.devices),
+            "fallbacks": self.fallbacks,
+            "speed_trend": list(self.speed_trend),
+            "vram_trend": list(self.vram_trend),
         }
 
 
@@ -432,14 +451,35 @@ class Store:
             )
 
     def update_run(self, run_id: str, *, song: str | None, stage: str | None, progress: float | None,
-                   speed: float | None) -> None:  # fmt: skip
+                   speed: float | None, audio_seconds: float | None = None,
+                   stage_started_at: float | None = None) -> None:  # fmt: skip
         """The live state a ``ugpu monitor`` in another terminal reads."""
         with self._write() as conn:
             conn.execute(
                 "UPDATE runs SET song = ?, stage = ?, progress = ?, processing_speed_multiplier = ?, "
+                "audio_seconds = COALESCE(?, audio_seconds), stage_started_at = COALESCE(?, stage_started_at), "
                 "updated_at = CURRENT_TIMESTAMP WHERE run_id = ?",
-                (song, stage, progress, speed, run_id),
+                (song, stage, progress, speed, audio_seconds, stage_started_at, run_id),
             )
+
+    def record_alert(self, *, kind: str, message: str, value: float | None, threshold: float | None,
+                     gpu_id: str | None = None, gpu_index: int | None = None, run_id: str | None = None) -> None:  # fmt: skip
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO alerts (alert_id, gpu_id, gpu_index, kind, message, value, threshold, run_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'))",
+                (_new_id(), gpu_id, gpu_index, kind, message, value, threshold, run_id),
+            )
+
+    def median_speed(self, component: str) -> float | None:
+        """The median x real time this component has reached before (for the slow-run alert)."""
+        rows = self.query(
+            "SELECT processing_speed_multiplier FROM performance_log WHERE component = ? "
+            "AND processing_speed_multiplier IS NOT NULL ORDER BY logged_at DESC LIMIT 200",
+            (component,),
+        )
+        speeds = [float(r[0]) for r in rows]
+        return statistics.median(speeds) if speeds else None
 
     def finish_run(self, run_id: str, status: str, report: dict[str, Any] | None = None) -> None:
         with self._write() as conn:
@@ -464,12 +504,8 @@ class Store:
     def recent_fallbacks(self, limit: int = 20) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM fallback_events ORDER BY created_at DESC LIMIT ?", (limit,))
 
-    def component_stats(self, component: str | None = None, since: str | None = None) -> list[ComponentStats]:
-        """Per component: runs, median / best / p95 x real time, peak VRAM, max temperature."""
-        sql = (
-            "SELECT component, device, processing_speed_multiplier AS speed, vram_used_mb, temperature_celsius "
-            "FROM performance_log WHERE component IS NOT NULL"
-        )
+    def _log_filter(self, component: str | None, since: str | None, gpu: int | None) -> tuple[str, list[Any]]:
+        sql = " WHERE component IS NOT NULL AND component != 'monitor'"
         params: list[Any] = []
         if component:
             sql += " AND component = ?"
@@ -477,17 +513,35 @@ class Store:
         if since:
             sql += " AND logged_at >= ?"
             params.append(since)
-        grouped: dict[str, list[sqlite3.Row]] = {}
-        for row in self.query(sql + " ORDER BY component, logged_at", tuple(params)):
-            grouped.setdefault(row["component"], []).append(row)
+        if gpu is not None:
+            sql += " AND gpu_index = ?"
+            params.append(gpu)
+        return sql, params
+
+    def performance_rows(self, component: str | None = None, since: str | None = None,
+                         gpu: int | None = None) -> list[sqlite3.Row]:  # fmt: skip
+        where, params = self._log_filter(component, since, gpu)
+        return self.query(f"SELECT * FROM performance_log{where} ORDER BY logged_at, rowid", tuple(params))
+
+    def component_stats(self, component: str | None = None, since: str | None = None,
+                        gpu: int | None = None) -> list[ComponentStats]:  # fmt: skip
+        """Per component and GPU: runs, median / best / p95 x real time, peak VRAM, max temperature,
+        fallbacks, and the trend of x real time and peak VRAM over the runs."""
+        grouped: dict[tuple[str, str], list[sqlite3.Row]] = {}
+        for row in self.performance_rows(component, since, gpu):
+            where = f"GPU {row['gpu_index']}" if row["device"] == "cuda" and row["gpu_index"] is not None else row["device"]
+            grouped.setdefault((row["component"], where or "cpu"), []).append(row)
+        fallback_sql = "SELECT stage, COUNT(*) FROM fallback_events" + (" WHERE created_at >= ?" if since else "")
+        fallbacks = dict(self.query(fallback_sql + " GROUP BY stage", (since,) if since else ()))
         out = []
-        for name, rows in grouped.items():
-            speeds = [float(r["speed"]) for r in rows if r["speed"] is not None]
+        for (name, where), rows in sorted(grouped.items()):
+            speeds = [float(r["processing_speed_multiplier"]) for r in rows if r["processing_speed_multiplier"] is not None]
             vram = [int(r["vram_used_mb"]) for r in rows if r["vram_used_mb"] is not None]
             temps = [int(r["temperature_celsius"]) for r in rows if r["temperature_celsius"] is not None]
             out.append(
                 ComponentStats(
                     component=name,
+                    gpu=where,
                     runs=len(rows),
                     median_speed_x=statistics.median(speeds) if speeds else None,
                     best_speed_x=max(speeds) if speeds else None,
@@ -495,6 +549,9 @@ class Store:
                     peak_vram_mb=max(vram) if vram else None,
                     max_temperature_c=max(temps) if temps else None,
                     devices=tuple(sorted({r["device"] for r in rows if r["device"]})),
+                    fallbacks=int(fallbacks.get(name, 0)),
+                    speed_trend=tuple(round(x, 3) for x in speeds),
+                    vram_trend=tuple(r["vram_used_mb"] for r in rows),
                 )
             )
         return out
