@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("demucs", "whisper", "crepe-tiny", "crepe-full")
+STAGES = ("demucs", "whisper", "crepe-tiny", "crepe-full", "e2e")
 REFERENCE = {
     "demucs": "demucs `apply_model` over the full htdemucs_ft bag (4 models), vocals + instrumental",
     "whisper": "`whisper.transcribe()` with word timestamps on the vocals",
     "crepe-tiny": "`torchcrepe.predict` (tiny) over the whole vocals, same step",
     "crepe-full": "`torchcrepe.predict` (full) over the whole vocals, same step",
+    "e2e": "the three reference calls in a row on the song, model loading included (ugpu: `Pipeline.run_song`, "
+    "notes and files included)",
 }
 
 
@@ -66,16 +68,29 @@ def _time_command(args: list[str], runs: int = 5, env: dict | None = None) -> fl
     return statistics.median(times)
 
 
+def _child_cpu_s(args: list[str], env: dict) -> float:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(args, check=True, capture_output=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def cheap_parts() -> dict:
     ugpu = str(Path(sys.executable).with_name("ugpu"))
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "UGPU_DB": str(Path(tmp) / "bench.db")}
         first = _time_command([ugpu, "detect", "--json"], runs=1, env=env)
+        # The monitor at 1 Hz: CPU time of 21 samples minus that of 1 (start-up), over the 20 s between.
+        many = _child_cpu_s([ugpu, "monitor", "--json", "--count", "21", "--interval", "1"], env)
+        one = _child_cpu_s([ugpu, "monitor", "--json", "--count", "1"], env)
         return {
             "help_s": _time_command([ugpu, "--help"]),
             "detect_first_s": first,
             "detect_cached_s": _time_command([ugpu, "detect", "--json"], env=env),
             "optimize_s": _time_command([ugpu, "optimize", "--json"], env=env),
+            "monitor_cpu_percent": 100 * max(0.0, many - one) / 20,
         }
 
 
@@ -115,7 +130,8 @@ def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | N
     lines += ["", "References: " + "; ".join(f"{s}: {REFERENCE[s]}" for s in [r["stage"] for r in rows]) + "."]
     lines += ["", f"Cheap paths: `ugpu --help` {cheap['help_s']:.2f} s, `ugpu detect --json` {cheap['detect_first_s']:.2f} s "
               f"first (framework probe) / {cheap['detect_cached_s']:.2f} s cached, `ugpu optimize --json` "
-              f"{cheap['optimize_s']:.2f} s (medians of 5)."]  # fmt: skip
+              f"{cheap['optimize_s']:.2f} s (medians of 5). `ugpu monitor --json` at 1 Hz: "
+              f"{cheap['monitor_cpu_percent']:.2f}% of one core (CPU time of 21 samples minus 1, over 20 s)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

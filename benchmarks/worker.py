@@ -159,9 +159,73 @@ def peak_rss_mb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
+def e2e(side: str, device: str, out: Path) -> dict:
+    """The whole song, model loading included, on both sides."""
+    import tempfile
+
+    import torch
+
+    from ultrasinger_gpu_cli.audio import resample, write_audio
+
+    mix, _ = song()
+    root = models_dir()
+    folder = Path(tempfile.mkdtemp(prefix="ugpu-e2e-"))
+    source = write_audio(folder / "Bench - Song.wav", mix, RATE)
+    plan_settings = _plan(device)
+    t0 = time.perf_counter()
+    if side == "ugpu":
+        from ultrasinger_gpu_cli.detection import quick_target
+        from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
+        from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
+        from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+
+        WhisperEngine.sample_len, WhisperEngine.temperatures = SAMPLE_LEN, (0.0,)
+        WhisperEngine.compression_ratio_threshold = WhisperEngine.logprob_threshold = None
+        WhisperEngine.no_speech_threshold = None
+        target = PlanTarget("CPU") if device == "cpu" else quick_target(None)
+        plan = resolve(target, flags={"whisper": {"model": "large-v3-turbo"}})
+        pipeline = Pipeline(plan, RunOptions(out_dir=folder / "out", language="en", models_dir=root,
+                                             cache_dir=folder / "cache"))  # fmt: skip
+        report = pipeline.run_song(source)
+        pipeline.finish("done")
+        detail = {"notes": report.notes, "stages": [s.to_dict() for s in report.stages]}
+    else:
+        import whisper as openai_whisper
+        from demucs.apply import apply_model
+        from demucs.pretrained import get_model
+
+        from ultrasinger_gpu_cli.audio import decode
+        from ultrasinger_gpu_cli.engines.crepe_engine import import_torchcrepe
+
+        d, c = plan_settings["demucs"], plan_settings["crepe"]
+        wav = torch.from_numpy(decode(source, RATE, 2).samples)
+        bag = get_model("htdemucs_ft", repo=root / "demucs")
+        ref = wav.mean(0)
+        stems = apply_model(bag, ((wav - ref.mean()) / ref.std())[None], shifts=0, split=True, overlap=d["overlap"],
+                            segment=d["chunk_size"] / RATE, device=device)[0]  # fmt: skip
+        vocals = (stems[bag.sources.index("vocals")] * ref.std() + ref.mean()).numpy()
+        write_audio(folder / "vocals.wav", vocals, RATE)
+        write_audio(folder / "instrumental.wav", wav.numpy() - vocals, RATE)
+        vocals16 = resample(vocals.mean(axis=0), RATE, 16_000)
+        model = openai_whisper.load_model(str(root / "whisper" / "large-v3-turbo.pt"), device=device)
+        result = openai_whisper.transcribe(
+            model, vocals16, language="en", temperature=0.0, compression_ratio_threshold=None, logprob_threshold=None,
+            no_speech_threshold=None, word_timestamps=True, sample_len=SAMPLE_LEN, fp16=device == "cuda", verbose=None,
+        )  # fmt: skip
+        torchcrepe = import_torchcrepe()
+        torchcrepe.predict(torch.from_numpy(vocals16)[None], 16_000, 16_000 * c["step_size"] // 1000,
+                           model=c["model_capacity"], batch_size=c["batch_size"], device=device)  # fmt: skip
+        detail = {"segments": len(result["segments"])}
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "load_s": 0.0, "audio_s": mix.shape[-1] / RATE, "settings": plan_settings,
+            "peak_vram_mb": _peak_vram(device), **detail}  # fmt: skip
+
+
 def main() -> None:
     stage, side, device, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
-    if stage == "demucs":
+    if stage == "e2e":
+        result = e2e(side, device, out)
+    elif stage == "demucs":
         result = demucs(side, device, out)
     elif stage == "whisper":
         result = whisper(side, device, out)

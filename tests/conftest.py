@@ -51,7 +51,7 @@ def fake_torch(monkeypatch) -> Callable[..., TorchInfo]:
             installed=True, version=version, cuda_build=cuda_build, cuda_available=cuda_available,
             device_count=1 if cuda_available else 0, arch_list=tuple(arch_list),
         )  # fmt: skip
-        monkeypatch.setattr(frameworks, "probe_torch", lambda: info)
+        monkeypatch.setattr(frameworks, "probe_torch", lambda gpu_present=True: info)
         monkeypatch.setattr(frameworks, "probe_tensorflow", lambda: TensorflowInfo(installed=False))
         return info
 

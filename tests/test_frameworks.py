@@ -77,9 +77,11 @@ def test_tensorflow_note_for_blackwell_says_crepe_runs_on_pytorch():
 
 
 def test_real_torch_probe_on_this_machine():
+    without_gpu = probe_torch(gpu_present=False)  # read from torch/version.py, no import
     info = probe_torch()
     if not info.installed:  # pragma: no cover - make test installs the CPU build
         pytest.skip("torch not installed")
     assert info.error is None
     assert info.version
     assert info.cuda_available is False or info.cuda_build is not None
+    assert (without_gpu.version, without_gpu.cuda_build) == (info.version, info.cuda_build)

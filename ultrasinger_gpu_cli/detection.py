@@ -54,10 +54,10 @@ def detect(
     driver = nvml.driver_version()
     cuda = nvml.cuda_driver_version()
 
-    key = fingerprint(driver)
+    key = fingerprint(driver, len(gpus))
     frameworks = None if (force or store is None) else store.cached_frameworks(key)
     if frameworks is None:
-        frameworks = (probe or fw.probe_frameworks)()
+        frameworks = probe() if probe else fw.probe_frameworks(gpu_present=bool(gpus))
         if store is not None:
             store.save_frameworks(key, frameworks)
 
@@ -129,7 +129,8 @@ def quick_target(store: Store | None, gpu_index: int = 0, nvml: Nvml | None = No
     if not gpus:
         return PlanTarget(name=f"CPU: {_cpu_model()}")
     gpu = _pick(gpus, gpu_index)
-    cached = store.cached_frameworks(fingerprint(nvml.driver_version())) if store is not None else None
+    key = fingerprint(nvml.driver_version(), len(all_gpus))
+    cached = store.cached_frameworks(key) if store is not None else None
     compat = check_compatibility(gpu, cached.torch, nvml.cuda_driver_version()) if cached else None
     return _gpu_target(gpu, compat)
 

@@ -32,10 +32,11 @@ def _installed_version(*dists: str) -> str | None:
     return None
 
 
-def fingerprint(driver_version: str | None) -> str:
+def fingerprint(driver_version: str | None, gpu_count: int = 0) -> str:
     """Changes whenever a re-probe could give a different answer."""
     parts = [
         sys.executable,
+        f"gpus={gpu_count}",
         f"torch={_installed_version('torch')}",
         f"tf={_installed_version('tensorflow', 'tensorflow-cpu', 'tf-nightly')}",
         f"driver={driver_version}",
@@ -44,9 +45,36 @@ def fingerprint(driver_version: str | None) -> str:
     return "|".join(parts)
 
 
-def probe_torch() -> TorchInfo:
+def _torch_version_file() -> tuple[str | None, str | None]:
+    """(version, CUDA build) from torch/version.py, without importing torch (which takes seconds)."""
+    import ast
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None, None
+    found: dict[str, str | None] = {}
+    try:
+        tree = ast.parse(open(os.path.join(list(spec.submodule_search_locations)[0], "version.py")).read())
+        for node in tree.body:
+            if isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(getattr(node, "value", None), ast.Constant):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        found[t.id] = node.value.value
+    except (OSError, SyntaxError):
+        return None, None
+    return found.get("__version__"), found.get("cuda")
+
+
+def probe_torch(gpu_present: bool = True) -> TorchInfo:
+    """What the installed torch can do. Without an NVIDIA GPU only its version and build matter,
+    and those are read without importing torch."""
     if importlib.util.find_spec("torch") is None:
         return TorchInfo(installed=False)
+    if not gpu_present:
+        version, cuda = _torch_version_file()
+        if version:
+            return TorchInfo(installed=True, version=version, cuda_build=cuda)
     caught: list[str] = []
     try:
         with warnings.catch_warnings(record=True) as records:
@@ -87,8 +115,8 @@ def probe_tensorflow() -> TensorflowInfo:
         return TensorflowInfo(installed=True, version=_installed_version("tensorflow"), error=f"{type(exc).__name__}: {exc}")
 
 
-def probe_frameworks() -> FrameworkInfo:
-    return FrameworkInfo(torch=probe_torch(), tensorflow=probe_tensorflow(), probed_at=time.time())
+def probe_frameworks(gpu_present: bool = True) -> FrameworkInfo:
+    return FrameworkInfo(torch=probe_torch(gpu_present), tensorflow=probe_tensorflow(), probed_at=time.time())
 
 
 def _parse_arch(entry: str) -> tuple[str, int, int, str] | None:
