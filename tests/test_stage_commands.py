@@ -126,3 +126,16 @@ def test_models_verify_fails_for_missing_weights(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["models", "verify", "whisper", "--json"])
     assert result.exit_code == 1 and json.loads(result.stdout)["ok"] is False
     assert CliRunner().invoke(app, ["models", "list", "nope"]).exit_code == 2
+
+
+def test_engines_check_pytorch_first_and_use_the_cpu_when_it_cannot_run_the_card(env, fake_gpus, fake_torch, tmp_path):
+    from tests.fake_nvml import rtx_5060_ti
+
+    fake_gpus(rtx_5060_ti())
+    fake_torch()  # a cu126 build: no sm_120 kernels; never checked before this command
+    vocals = write_wav(tmp_path / "v.wav", melody([(0.5, 1.0, 60)], 2.0)[None], 16_000)
+    result = invoke("crepe", str(vocals), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["device"] == "cpu"
+    with Store.open(os.environ["UGPU_DB"]) as store:
+        assert store.query("SELECT COUNT(*) FROM framework_probe")[0][0] == 1

@@ -110,6 +110,17 @@ def _root(
     ctx.obj = {"db": db}
 
 
+def _run_target(store: Store, gpu: int) -> Any:
+    """The plan target for commands that run engines: they import torch anyway, so when the
+    framework check is not cached yet, run it (``ugpu detect``'s) instead of guessing."""
+    from ultrasinger_gpu_cli.detection import detect, quick_target, target_from_detection
+
+    target = quick_target(store, gpu)
+    if target.is_gpu and target.torch_can_run is None:
+        target = target_from_detection(detect(store), gpu)
+    return target
+
+
 def _store(ctx: typer.Context) -> Store:
     from ultrasinger_gpu_cli.store import Store
 
@@ -248,7 +259,7 @@ def _component(
     if reset and audio is not None:
         raise InvalidSettingError("--reset removes a stored override; run it without AUDIO")
     store = _store(ctx)
-    target = quick_target(store, gpu)
+    target = _run_target(store, gpu) if audio is not None and not show else quick_target(store, gpu)
     action = None
     if reset:
         action = "reset" if store.reset_override(target.gpu_id, component) else "reset (nothing stored)"
@@ -524,7 +535,6 @@ def run(
     gpu: Annotated[int, GPU_OPT] = 0,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
-    from ultrasinger_gpu_cli.detection import quick_target
     from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
     from ultrasinger_gpu_cli.resolver import resolve
@@ -537,7 +547,7 @@ def run(
     if timings is not None and not timings.is_file():
         raise UgpuError(f"{timings}: no such timings file")
     store = _store(ctx)
-    target = quick_target(store, gpu)
+    target = _run_target(store, gpu)
     plan = resolve(target, mode.value, vram_limit, overrides=store.overrides(target.gpu_id))
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value, fallback=not no_fallback,

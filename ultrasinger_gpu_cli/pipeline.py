@@ -165,7 +165,6 @@ class Pipeline:
         self.cpu_plan = resolve(PlanTarget("CPU"), plan.mode)
         self._engines: dict[tuple, Engine] = {}
         self._last_live = 0.0
-        self._song: str | None = None
         if options.cache_dir is None:
             base = store.path.parent if store is not None else options.out_dir
             options.cache_dir = base / "cache"
@@ -298,7 +297,6 @@ class Pipeline:
         if folder.parent != out_dir:  # never a path outside -o
             raise UgpuError(f"{source}: the song name {name!r} would leave the output folder")
         song = source.name
-        self._song = song
         self.emit({"type": "song_start", "song": song, "folder": str(folder)})
         timings = load_timings(self.options.timings) if self.options.timings else None
 

@@ -169,7 +169,7 @@ def pitch_units(
             else:
                 merged.append([start, end, m])
         parts = []
-        for k, (start, end, m) in enumerate(merged):
+        for k, (start, _end, m) in enumerate(merged):
             s = u.start if k == 0 else start
             e = u.end if k == len(merged) - 1 else merged[k + 1][0]
             parts.append((s, e, m))
