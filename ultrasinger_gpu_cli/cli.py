@@ -151,14 +151,13 @@ def detect(
 ) -> None:
     """Detect the GPUs, their drivers, and whether the installed PyTorch can run them (/gpu/detect)."""
     from ultrasinger_gpu_cli.detection import detect as run_detect
-    from ultrasinger_gpu_cli.detection import target_from_detection
+    from ultrasinger_gpu_cli.detection import plan_for, target_from_detection
     from ultrasinger_gpu_cli.reports import initialize_response
-    from ultrasinger_gpu_cli.resolver import resolve
 
     store = _store(ctx)
     detection = run_detect(store, force=force)
     target = target_from_detection(detection, gpu)
-    plan = resolve(target, mode.value, vram_limit, overrides=store.overrides(target.gpu_id))
+    plan = plan_for(store, target, mode.value, vram_limit)
     if json_out:
         emit_json(initialize_response(detection, plan, force_detection=force))
     else:
@@ -191,7 +190,6 @@ def optimize(
 ) -> None:
     """Show the settings ugpu uses for Whisper, Demucs and CREPE on this card, with reasons (/gpu/optimize)."""
     from ultrasinger_gpu_cli.reports import optimize_response
-    from ultrasinger_gpu_cli.resolver import resolve
 
     if tiers:
         from ultrasinger_gpu_cli.render import tier_table
@@ -205,17 +203,13 @@ def optimize(
     store = _store(ctx)
     from ultrasinger_gpu_cli.nvml import get_nvml
 
+    from ultrasinger_gpu_cli.detection import hypothetical_target, plan_for, quick_target
+
     if assume_vram is not None:
-        from ultrasinger_gpu_cli.detection import hypothetical_target
-
         target = hypothetical_target(assume_vram, assume_gpu, assume_cc)
-        overrides: dict[str, dict[str, Any]] = {}
     else:
-        from ultrasinger_gpu_cli.detection import quick_target
-
         target = quick_target(store, gpu)
-        overrides = store.overrides(target.gpu_id)
-    plan = resolve(target, mode.value, vram_limit, overrides=overrides)
+    plan = plan_for(store, target, mode.value, vram_limit)
     saved = store.save_plan(plan) if save else None
     if json_out:
         cuda = None if target.hypothetical else get_nvml().cuda_driver_version()
@@ -246,10 +240,10 @@ def _component(
     models_dir: Optional[Path] = None,
     run_options: Optional[dict[str, Any]] = None,
 ) -> None:
-    from ultrasinger_gpu_cli.detection import quick_target
+    from ultrasinger_gpu_cli.detection import plan_for, quick_target
     from ultrasinger_gpu_cli.errors import InvalidSettingError
     from ultrasinger_gpu_cli.reports import configure_component_response
-    from ultrasinger_gpu_cli.resolver import resolve, validate_settings
+    from ultrasinger_gpu_cli.resolver import validate_settings
 
     if save and reset:
         raise InvalidSettingError("--save and --reset cannot be combined")
@@ -268,7 +262,7 @@ def _component(
         action = "saved"
     override = store.overrides(target.gpu_id).get(component, {})
     # Flags apply to this invocation; after --save they are the stored override itself.
-    plan = resolve(target, mode, vram_limit, overrides=store.overrides(target.gpu_id), flags={} if save else {component: given})
+    plan = plan_for(store, target, mode, vram_limit, flags={} if save else {component: given})
     if audio is not None and not show:
         _run_stage(component, audio, plan, store, output=output, models_dir=models_dir, json_out=json_out,
                    options=run_options or {})  # fmt: skip
@@ -535,9 +529,9 @@ def run(
     gpu: Annotated[int, GPU_OPT] = 0,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
+    from ultrasinger_gpu_cli.detection import plan_for
     from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
-    from ultrasinger_gpu_cli.resolver import resolve
 
     paths = _read_songs(songs)
     if not paths:
@@ -548,7 +542,7 @@ def run(
         raise UgpuError(f"{timings}: no such timings file")
     store = _store(ctx)
     target = _run_target(store, gpu)
-    plan = resolve(target, mode.value, vram_limit, overrides=store.overrides(target.gpu_id))
+    plan = plan_for(store, target, mode.value, vram_limit)
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir))  # fmt: skip
@@ -590,13 +584,13 @@ def fallback(
     gpu: Annotated[int, GPU_OPT] = 0,
 ) -> None:
     """The fallback ladder each stage would follow on this machine, and the recent fallback events (/gpu/fallback)."""
-    from ultrasinger_gpu_cli.detection import quick_target
+    from ultrasinger_gpu_cli.detection import plan_for, quick_target
     from ultrasinger_gpu_cli.fallback import ladder
     from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
 
     store = _store(ctx)
     target = quick_target(store, gpu)
-    plan = resolve(target, mode.value, vram_limit, overrides=store.overrides(target.gpu_id))
+    plan = plan_for(store, target, mode.value, vram_limit)
     cpu = resolve(PlanTarget("CPU"), mode.value)
     ladders = {c: [{"settings": r.settings, "label": r.label, "why": r.why}
                    for r in ladder(c, plan.components[c].values(), cpu.components[c].values())]
@@ -756,9 +750,9 @@ ENGINE_ARG = typer.Argument(help="Engines (default: all three).", show_default=F
 
 def _model_statuses(ctx: typer.Context, engines: Optional[list[str]], model: Optional[str], mode: str, models_dir: Optional[Path]):
     from ultrasinger_gpu_cli import models
-    from ultrasinger_gpu_cli.detection import quick_target
+    from ultrasinger_gpu_cli.detection import plan_for, quick_target
     from ultrasinger_gpu_cli.errors import InvalidSettingError
-    from ultrasinger_gpu_cli.resolver import resolve, validate_setting
+    from ultrasinger_gpu_cli.resolver import validate_setting
 
     chosen = engines or ["demucs", "whisper", "crepe"]
     for engine in chosen:
@@ -767,7 +761,7 @@ def _model_statuses(ctx: typer.Context, engines: Optional[list[str]], model: Opt
         raise InvalidSettingError("--model names one model: give exactly one engine, e.g. `ugpu models pull whisper --model medium`")
     store = _store(ctx)
     target = quick_target(store)
-    plan = resolve(target, mode, overrides=store.overrides(target.gpu_id))
+    plan = plan_for(store, target, mode)
     wanted = {c: str(plan.components[c].values().get("model") or plan.components[c].value("model_capacity")) for c in chosen}
     if model is not None:
         key = "model_capacity" if chosen[0] == "crepe" else "model"

@@ -13,7 +13,7 @@ from ultrasinger_gpu_cli.facts import Detection, FrameworkInfo, GpuCompatibility
 from ultrasinger_gpu_cli import frameworks as fw
 from ultrasinger_gpu_cli.frameworks import check_compatibility, fingerprint, tensorflow_note
 from ultrasinger_gpu_cli.nvml import Nvml, get_nvml
-from ultrasinger_gpu_cli.resolver import PlanTarget
+from ultrasinger_gpu_cli.resolver import Plan, PlanTarget, resolve
 from ultrasinger_gpu_cli.store import Store
 
 
@@ -150,3 +150,12 @@ def hypothetical_target(vram_gb: float, name: str | None = None, compute_capabil
         compute_capability=compute_capability,
         hypothetical=True,
     )
+
+
+def plan_for(
+    store: Store | None, target: PlanTarget, mode: str = "balanced", vram_limit_gb: float | None = None,
+    flags: dict | None = None,
+) -> Plan:  # fmt: skip
+    """The resolver with this target's stored overrides (none for a hypothetical card)."""
+    overrides = {} if store is None or target.hypothetical else store.overrides(target.gpu_id)
+    return resolve(target, mode, vram_limit_gb, overrides=overrides, flags=flags)

@@ -13,12 +13,12 @@ error (``kernel``), exactly as torch would.
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ultrasinger_gpu_cli.engines.base import free_memory
 from ultrasinger_gpu_cli.errors import EngineError
 
 ENV_FAULTS = "UGPU_INJECT_FAULTS"
@@ -106,17 +106,6 @@ def _injected(stage: str, attempt: int) -> BaseException | None:
             except (ImportError, AttributeError):  # pragma: no cover
                 return RuntimeError("CUDA out of memory (injected)")
     return None
-
-
-def free_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def run_with_fallback(

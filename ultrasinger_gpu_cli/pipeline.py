@@ -31,6 +31,7 @@ from ultrasinger_gpu_cli import ultrastar
 from ultrasinger_gpu_cli.engines import Engine, EngineRun, create
 from ultrasinger_gpu_cli.errors import UgpuError
 from ultrasinger_gpu_cli.fallback import FallbackEvent, ladder, run_with_fallback
+from ultrasinger_gpu_cli.models import sha256_of
 from ultrasinger_gpu_cli.resolver import Plan, PlanTarget, resolve
 from ultrasinger_gpu_cli.sampler import NvmlSampler
 from ultrasinger_gpu_cli.store import Store
@@ -95,14 +96,6 @@ class SongReport:
             "stages": [s.to_dict() for s in self.stages], "fallbacks": [f.to_dict() for f in self.fallbacks],
             "wall_seconds": round(self.wall_seconds, 3),
         }  # fmt: skip
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _key(*parts: Any) -> str:
@@ -304,7 +297,7 @@ class Pipeline:
         duration = mix.duration_s
         stages: list[StageResult] = []
         fallbacks: list[FallbackEvent] = []
-        content = file_hash(source)
+        content = sha256_of(source)
 
         # 1. Demucs
         if self.options.separate:

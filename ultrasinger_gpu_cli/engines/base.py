@@ -24,6 +24,18 @@ def _no_progress(fraction: float, seconds: float) -> None:
     return None
 
 
+def free_memory() -> None:
+    """Collect garbage and hand cached CUDA memory back to the driver."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 @dataclass
 class EngineRun:
     """What one run of an engine cost."""
@@ -80,14 +92,7 @@ class Engine(ABC):
     def unload(self) -> None:
         """Drop the model and give its VRAM back."""
         self._model = None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
+        free_memory()
 
     def ensure_loaded(self) -> None:
         if not self.loaded:
