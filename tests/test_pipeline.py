@@ -246,3 +246,41 @@ def test_format_version_0_3_0_and_a_timings_ultrastar_file(env, tmp_path):
     _, _, a = _notes_in(txt)
     _, _, b = _notes_in(Path(json.loads(again.stdout)["songs"][0]["files"]["ultrastar"]))
     assert [m for _, m in a] == [m for _, m in b]  # re-pitched from the same timings: the same melody
+
+
+def _in_pty(args: list[str], env: dict, timeout: float = 120) -> tuple[int, str]:
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    code = "import sys; from ultrasinger_gpu_cli.cli import main; sys.argv = ['ugpu', *sys.argv[1:]]; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            close_fds=True)  # fmt: skip
+    os.close(slave)
+    output = b""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif proc.poll() is not None:
+            break
+    rc = proc.wait(timeout=30)
+    os.close(master)
+    return rc, output.decode("utf-8", "replace")
+
+
+def test_progress_display_on_a_terminal(env, tmp_path):
+    vocals, timings = _known_melody(tmp_path)
+    environ = {**os.environ, "COLUMNS": "120", "TERM": "xterm-256color"}
+    rc, out = _in_pty(["run", str(vocals), "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "o")], environ)
+    assert rc == 0, out
+    assert "crepe" in out and "x real time" in out and "Summary" in out and "Traceback" not in out
+    rc, out = _in_pty(["crepe", str(vocals), "--model", "tiny"], environ)
+    assert rc == 0 and "crepe tiny on cpu" in out and "Traceback" not in out
