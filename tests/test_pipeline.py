@@ -284,3 +284,14 @@ def test_progress_display_on_a_terminal(env, tmp_path):
     assert "crepe" in out and "x real time" in out and "Summary" in out and "Traceback" not in out
     rc, out = _in_pty(["crepe", str(vocals), "--model", "tiny"], environ)
     assert rc == 0 and "crepe tiny on cpu" in out and "Traceback" not in out
+
+
+def test_silent_song_finishes_with_no_vocals_found(env, fast_whisper, tmp_path):
+    import numpy as np
+
+    silent = write_wav(tmp_path / "Quiet - Song.wav", np.zeros((2, 44_100 * 3), dtype=np.float32), 44_100)
+    result = invoke("run", str(silent), "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    assert "no vocals found" in result.stderr
+    (report,) = json.loads(result.stdout)["songs"]
+    assert report["notes"] == 0 and Path(report["files"]["ultrastar"]).read_text().endswith("E\n")

@@ -475,6 +475,8 @@ class _RunDisplay:
             vram = f", peak VRAM {event['peak_vram_mb']} MB" if event.get("peak_vram_mb") is not None else ""
             speed = f"{event['speed_x']:.2f}x real time" if event.get("speed_x") else "n/a"
             self.print(f"  {event['stage']}: {event['device']}, {event['wall_seconds']:.1f} s, {speed}{vram}")
+        elif kind == "warning":
+            self.print(f"  [yellow]{event['message']}[/]")
         elif kind == "fallback":
             self.print(f"  fallback: {event['stage']} {event['from']} -> {event['to']} ({event['reason']})", style="yellow")
 

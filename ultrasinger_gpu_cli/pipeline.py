@@ -343,6 +343,10 @@ class Pipeline:
                      for seg in data["segments"] for i, w_ in enumerate(seg) if w_["word"].strip()]  # fmt: skip
             are_syllables = False
 
+        if not units:
+            self.emit({"type": "warning", "song": song,
+                       "message": f"no vocals found in {source}: the UltraStar file will have no notes"})  # fmt: skip
+
         # 3. CREPE where there are words
         regions = [(max(0.0, u.start - 0.05), u.end + 0.05) for u in units]
         c = self.plan.components["crepe"].values()
