@@ -214,7 +214,12 @@ def test_ctrl_c_stops_cleanly_with_exit_130(env, tmp_path):
     source = write_wav(tmp_path / "Long - Song.wav", song(60.0), 44_100)
     _, timings = _known_melody(tmp_path)
     proc = _ugpu("run", str(source), "--timings", str(timings), "-o", str(tmp_path / "out"), env={**os.environ})
-    time.sleep(4)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait until the run is registered and working
+        if Path(os.environ["UGPU_DB"]).exists() and db_rows("SELECT stage FROM runs WHERE stage IS NOT NULL"):
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
