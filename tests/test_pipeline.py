@@ -300,3 +300,29 @@ def test_silent_song_finishes_with_no_vocals_found(env, fast_whisper, tmp_path):
     assert "no vocals found" in result.stderr
     (report,) = json.loads(result.stdout)["songs"]
     assert report["notes"] == 0 and Path(report["files"]["ultrastar"]).read_text().endswith("E\n")
+
+
+def test_a_cuda_plan_without_a_usable_gpu_moves_each_stage_to_the_cpu(env, fast_whisper, tmp_path):
+    """The ladder's last step, for real: the plan says cuda, PyTorch here has no CUDA."""
+    from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+
+    plan = resolve(PlanTarget("RTX 5060 Ti", 16311, "12.0", 0, "GPU-x", torch_can_run=True))
+    assert {c.device for c in plan.components.values()} == {"cuda"}
+    source = write_wav(tmp_path / "Band - Cuda.wav", song(8.0), 44_100)
+    events = []
+    with Store.open(os.environ["UGPU_DB"]) as store:
+        pipeline = Pipeline(plan, RunOptions(out_dir=tmp_path / "out", language="en", models_dir=env), store,
+                            on_event=events.append)  # fmt: skip
+        pipeline.start()
+        report = pipeline.run_song(source)
+        pipeline.finish("done")
+        stored = store.query("SELECT stage, to_setting FROM fallback_events ORDER BY created_at")
+    assert [s.device for s in report.stages] == ["cpu", "cpu", "cpu"]
+    assert [(f.stage, f.from_setting.split()[0], f.to_setting.split()[0]) for f in report.fallbacks] == [
+        ("demucs", "cuda", "cpu"), ("whisper", "cuda", "cpu"), ("crepe", "cuda", "cpu")]  # fmt: skip
+    assert all("cannot run" in f.reason for f in report.fallbacks)
+    assert [tuple(r) for r in stored] == [(f.stage, f.to_setting) for f in report.fallbacks]
+    assert Path(report.files["ultrastar"]).read_text().endswith("E\n")
+    cache = list((Path(os.environ["UGPU_DB"]).parent / "cache").iterdir())
+    assert len(cache) == 1  # demucs ran its planned model; whisper and crepe used CPU stand-ins: not cached

@@ -58,3 +58,7 @@ class ModelMissingError(UgpuError):
 
 class EngineError(UgpuError):
     """An engine failed in a way the user can act on."""
+
+
+class GpuUnavailableError(EngineError):
+    """The plan says cuda but PyTorch cannot use a GPU now: no batch size fixes it (fallback: the CPU)."""

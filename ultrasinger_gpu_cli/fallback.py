@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ultrasinger_gpu_cli.engines.base import free_memory
-from ultrasinger_gpu_cli.errors import EngineError
+from ultrasinger_gpu_cli.errors import EngineError, GpuUnavailableError
 
 ENV_FAULTS = "UGPU_INJECT_FAULTS"
 T = TypeVar("T")
@@ -84,6 +84,8 @@ def is_oom(exc: BaseException) -> bool:
 
 def is_gpu_fatal(exc: BaseException) -> bool:
     """Errors no batch size fixes: the card can't run this build, or the driver failed."""
+    if isinstance(exc, GpuUnavailableError):
+        return True
     text = str(exc).lower()
     return isinstance(exc, (RuntimeError, AssertionError)) and any(
         key in text

@@ -259,6 +259,12 @@ class Pipeline:
         return StageResult(component, "cache", "-", {"cache_key": key}, 0.0, audio_s, cached=True)
 
     # -- cache ----------------------------------------------------------------------------------------
+    def _as_planned(self, component: str, stage: StageResult) -> bool:
+        """Cache a result only when it came from the planned model: after a fallback to the CPU's
+        smaller model, a later run should try the plan again rather than reuse the stand-in."""
+        key = "model_capacity" if component == "crepe" else "model"
+        return stage.settings.get(key) == self.plan.components[component].value(key)
+
     def _cache_path(self, key: str, suffix: str) -> Path:
         assert self.options.cache_dir is not None
         return self.options.cache_dir / f"{key}{suffix}"
@@ -310,7 +316,8 @@ class Pipeline:
             else:
                 sep, stage, events = self._stage("demucs", song, duration, lambda e, p: e.run(mix.samples, p))
                 vocals = sep.vocals
-                self._save_arrays(dkey, vocals=vocals)
+                if self._as_planned("demucs", stage):
+                    self._save_arrays(dkey, vocals=vocals)
                 stages.append(stage)
                 fallbacks += events
             instrumental = (mix.samples - vocals).astype(np.float32)
@@ -335,7 +342,8 @@ class Pipeline:
                                                 lambda e, p: e.run(vocals16, p, language=language))  # fmt: skip
                 data = {"language": tr.language,
                         "segments": [[w_.to_dict() for w_ in s.words] for s in tr.segments]}  # fmt: skip
-                audio_io.write_text(cached_json, json.dumps(data))
+                if self._as_planned("whisper", stage):
+                    audio_io.write_text(cached_json, json.dumps(data))
                 stages.append(stage)
                 fallbacks += events
             language = data["language"]
@@ -358,7 +366,8 @@ class Pipeline:
         else:
             track, stage, events = self._stage("crepe", song, duration, lambda e, p: e.run(vocals16, p, regions=regions))
             times, freq, conf = track.times, track.frequency, track.confidence
-            self._save_arrays(ckey, times=times, frequency=freq, confidence=conf)
+            if self._as_planned("crepe", stage):
+                self._save_arrays(ckey, times=times, frequency=freq, confidence=conf)
             stages.append(stage)
             fallbacks += events
 

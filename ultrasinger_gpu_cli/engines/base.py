@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.errors import EngineError
+from ultrasinger_gpu_cli.errors import GpuUnavailableError
 
 #: ``progress(fraction_done, audio_seconds_done)``
 Progress = Callable[[float, float], None]
@@ -82,7 +82,8 @@ class Engine(ABC):
 
         wanted = self.settings.get("device", "cpu")
         if wanted == "cuda" and not torch.cuda.is_available():
-            raise EngineError(f"{self.name}: the plan says cuda, but PyTorch sees no usable GPU", hint="run `ugpu detect`")
+            raise GpuUnavailableError(f"{self.name}: the plan says cuda, but PyTorch sees no usable GPU",
+                                      hint="run `ugpu detect`")  # fmt: skip
         return torch.device(wanted)
 
     @abstractmethod
