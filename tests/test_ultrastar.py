@@ -9,6 +9,7 @@ from ultrasinger_gpu_cli.ultrastar import (
     TimedText,
     build_song,
     parse_ultrastar,
+    rule_syllables,
     safe_name,
     syllables,
     to_midi,
@@ -22,12 +23,25 @@ from ultrasinger_gpu_cli.ultrastar import (
      ("yesterday", ["yes", "ter", "day"]), ("singing,", ["sin", "ging,"])],
 )  # fmt: skip
 def test_syllables_follow_the_vowel_group_rule(word, parts):
-    assert syllables(word) == parts
+    assert syllables(word) == parts  # no language: the rule
     assert "".join(syllables(word)) == word
 
 
-def test_german_final_e_is_a_syllable():
-    assert syllables("Liebe", "de") == ["Lie", "be"]
+def test_german_final_e_is_a_syllable_by_the_rule():
+    assert rule_syllables("Liebe", "de") == ["Lie", "be"]
+
+
+@pytest.mark.parametrize(
+    ("word", "language", "parts"),
+    [("Schmetterling", "de", ["Schmet", "ter", "ling"]), ("Sonnenschein", "de", ["Son", "nen", "schein"]),
+     ("beautiful", "en", ["beau", "ti", "ful"]), ("chanson,", "fr", ["chan", "son,"]), ("la", "en", ["la"])],
+)  # fmt: skip
+def test_syllables_use_the_languages_hyphenation_dictionary(word, language, parts):
+    assert syllables(word, language) == parts
+
+
+def test_a_language_without_a_dictionary_uses_the_rule():
+    assert syllables("wonderful", "xx") == rule_syllables("wonderful")
 
 
 def _track(segments: list[tuple[float, float, float]], duration: float = 8.0):

@@ -2,19 +2,22 @@
 
 Pure functions, no heavy imports.
 
-Syllables follow a documented simple rule (:func:`syllables`): a word splits between vowel
-groups; a single consonant between two vowel groups starts the next syllable, of two or more
-the first stays with the syllable before. The word's time is shared out by letters. Each
+Syllables come from the language's hyphenation dictionary (pyphen) where there is one, else
+from a documented simple rule (:func:`rule_syllables`): a word splits between vowel groups; a
+single consonant between two vowel groups starts the next syllable, of two or more the first
+stays with the syllable before. The word's time is shared out by letters. Each
 syllable is one note whose pitch is the median MIDI value of the confidently voiced pitch
 frames inside it; a long syllable whose pitch moves is split into ``~`` continuation notes.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -73,11 +76,38 @@ class Song:
 
 
 # -- syllables --------------------------------------------------------------------------------
-def syllables(word: str, language: str | None = None) -> list[str]:
-    """Split a word by the vowel-group rule; punctuation stays with its syllable.
+_REGIONAL = {"en": "en_US", "de": "de_DE", "fr": "fr_FR", "pt": "pt_PT", "nl": "nl_NL", "it": "it_IT"}
 
-    In English a final silent "e" after a consonant makes no syllable of its own ("make").
-    """
+
+@functools.lru_cache(maxsize=32)
+def _dictionary(language: str) -> Any:
+    """The hyphenation dictionary (pyphen's LibreOffice dictionaries) for a language, or None."""
+    try:
+        import pyphen
+    except ImportError:
+        return None
+    name = _REGIONAL.get(language) or pyphen.language_fallback(language)
+    # Sung syllables may be a single letter ("a-gain"): no typographic minimum at the ends.
+    return pyphen.Pyphen(lang=name, left=1, right=1) if name else None
+
+
+def syllables(word: str, language: str | None = None) -> list[str]:
+    """Split a word into syllables: by the language's hyphenation dictionary where there is
+    one (pyphen), else by the vowel-group rule. Punctuation stays with its syllable."""
+    dictionary = _dictionary(language) if language else None
+    if dictionary is not None:
+        cuts = dictionary.positions(word)
+        if cuts:
+            bounds = [0, *cuts, len(word)]
+            return [word[a:b] for a, b in zip(bounds, bounds[1:]) if word[a:b]]
+        return [word]
+    return rule_syllables(word, language)
+
+
+def rule_syllables(word: str, language: str | None = None) -> list[str]:
+    """The vowel-group rule: a word splits between vowel groups; a single consonant between two
+    groups starts the next syllable, of two or more the first stays. In English a final silent
+    "e" after a consonant makes no syllable of its own ("make")."""
     letters = [i for i, ch in enumerate(word) if ch.isalpha()]
     if len(letters) <= 3:
         return [word]
