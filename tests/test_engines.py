@@ -184,16 +184,17 @@ def test_crepe_silence_and_short_input():
 
 
 def test_torchcrepe_imports_although_torchaudio_is_broken_here():
+    import subprocess
     import sys
 
+    broken = subprocess.run([sys.executable, "-c", "import torchaudio"], capture_output=True).returncode != 0
+    if not broken:  # pragma: no cover - a machine whose torchaudio matches its torch
+        pytest.skip("torchaudio imports fine here: there is nothing to work around")
     import_torchcrepe()
-    assert "torchcrepe" in sys.modules
-    try:
-        import torchaudio
+    import torchaudio  # the stand-in, which explains itself instead of crashing the import
 
-        torchaudio.load  # noqa: B018 - either the real module or the stand-in that explains itself
-    except ImportError as exc:
-        assert "ffmpeg" in str(exc)
+    with pytest.raises(ImportError, match="ffmpeg"):
+        torchaudio.load  # noqa: B018
 
 
 # -- CUDA (skipped without a GPU) ---------------------------------------------------------------

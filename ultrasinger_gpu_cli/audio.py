@@ -47,10 +47,6 @@ class Audio:
     def mono(self) -> np.ndarray:
         return self.samples.mean(axis=0, dtype=np.float32) if self.channels > 1 else self.samples[0]
 
-    def mono_at(self, rate: int) -> np.ndarray:
-        """Mono, resampled to ``rate`` (what Whisper and CREPE take)."""
-        return resample(self.mono(), self.sample_rate, rate)
-
 
 def ffmpeg_path() -> str:
     path = shutil.which("ffmpeg")

@@ -278,6 +278,14 @@ def _component(
     console.print(component_view(plan, component, override))
 
 
+def _progress(console: Console):
+    """The progress bar of every engine run: stage, bar, percent, x real time, elapsed."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=console)  # fmt: skip
+
+
 def _stage_progress(component: str, name: str):
     """A rich progress bar on stderr when it is a terminal; otherwise nothing until the summary."""
     import contextlib
@@ -286,14 +294,11 @@ def _stage_progress(component: str, name: str):
     console = err_console()
     if not console.is_terminal:
         return contextlib.nullcontext(lambda fraction, seconds: None)
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     @contextlib.contextmanager
     def bar():
         started = time.perf_counter()
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                      TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=console,
-                      transient=False) as progress:  # fmt: skip
+        with _progress(console) as progress:
             task = progress.add_task(f"{component} {name}", total=1.0, speed="")
 
             def update(fraction: float, seconds: float) -> None:
@@ -441,10 +446,7 @@ class _RunDisplay:
 
     def __enter__(self) -> _RunDisplay:
         if self.live:
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                                     TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=self.console)  # fmt: skip
+            self.progress = _progress(self.console)
             self.progress.__enter__()
         return self
 
@@ -562,9 +564,9 @@ def run(
         except KeyboardInterrupt:
             pipeline.finish("interrupted")
             raise
-        pipeline.finish("failed" if failures else "done",
-                        {"songs": [r.to_dict() for r in reports], "failures": failures})  # fmt: skip
-    report = {"run_id": pipeline.run_id, "mode": plan.mode, "songs": [r.to_dict() for r in reports], "failures": failures}
+        report = {"run_id": pipeline.run_id, "mode": plan.mode, "songs": [r.to_dict() for r in reports],
+                  "failures": failures}  # fmt: skip
+        pipeline.finish("failed" if failures else "done", report)
     if json_out:
         emit_json(report)
     elif reports:

@@ -34,6 +34,7 @@ from ultrasinger_gpu_cli.fallback import FallbackEvent, ladder, run_with_fallbac
 from ultrasinger_gpu_cli.models import sha256_of
 from ultrasinger_gpu_cli.resolver import Plan, PlanTarget, resolve
 from ultrasinger_gpu_cli.sampler import NvmlSampler
+from ultrasinger_gpu_cli.stages import record_run
 from ultrasinger_gpu_cli.store import Store
 
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".m4a", ".opus", ".flac", ".wav", ".aac"}
@@ -233,17 +234,7 @@ class Pipeline:
                                                        on_event=on_fallback, song=song)  # fmt: skip
         stats: EngineRun = result.run
         stage = StageResult(component, stats.device, model, dict(used), stats.wall_seconds, audio_s, stats.peak_vram_mb)
-        if self.store is not None:
-            util = gpu.mean_utilization_percent
-            self.store.log_performance(
-                component=component, device=stats.device, processing_speed_multiplier=stage.speed_x,
-                gpu_id=self.plan.target.gpu_id if stats.device == "cuda" else None,
-                gpu_index=self.plan.target.gpu_index if stats.device == "cuda" else None,
-                vram_used_mb=stats.peak_vram_mb if stats.peak_vram_mb is not None else gpu.peak_vram_used_mb,
-                gpu_utilization_percent=None if util is None else int(round(util)),
-                temperature_celsius=gpu.max_temperature_c, run_id=self.run_id, song=song, model_name=model,
-                wall_seconds=stats.wall_seconds, audio_seconds=audio_s,
-            )  # fmt: skip
+        record_run(self.store, component, stats, gpu, self.plan.target, song=song, run_id=self.run_id)
         self.emit({"type": "stage_end", "song": song, **stage.to_dict()})
         return result, stage, events
 
@@ -254,7 +245,8 @@ class Pipeline:
         self._last_live = now
         self.store.update_run(self.run_id, song=song, stage=stage, progress=fraction, speed=speed)
 
-    def _cached(self, component: str, key: str, song: str, audio_s: float) -> StageResult | None:
+    def _cached(self, component: str, key: str, song: str, audio_s: float) -> StageResult:
+        """Report a stage whose result came from the resume cache."""
         self.emit({"type": "stage_end", "song": song, "stage": component, "cached": True})
         return StageResult(component, "cache", "-", {"cache_key": key}, 0.0, audio_s, cached=True)
 

@@ -179,7 +179,8 @@ def component_view(plan: Plan, component: str, override: dict[str, Any]) -> Rend
         shown = ", ".join(f"{k}={v}" for k, v in override.items())
         parts.append(Text(f"stored override: {shown} (ugpu {component} --reset removes it)", style="magenta"))
     for note in plan.notes:
-        if note.split(":")[0] in (component,) or note.split(":")[0] not in ("whisper", "demucs", "crepe"):
+        about = note.split(":")[0]
+        if about == component or about not in plan.components:  # this component's notes and the general ones
             parts.append(Text(f"• {note}", style="yellow"))
     return Group(*parts)
 

@@ -285,9 +285,6 @@ class Store:
                     (gpu.uuid, gpu.name or "unknown NVIDIA GPU", gpu.vram_total_gb, cuda_version, driver),
                 )
 
-    def active_gpus(self) -> list[sqlite3.Row]:
-        return self.query("SELECT * FROM gpu_config WHERE is_active ORDER BY detected_at DESC, gpu_id")
-
     def cached_frameworks(self, fingerprint: str) -> FrameworkInfo | None:
         rows = self.query("SELECT report_json FROM framework_probe WHERE fingerprint = ?", (fingerprint,))
         if not rows:
@@ -296,10 +293,6 @@ class Store:
             return FrameworkInfo.from_dict(json.loads(rows[0]["report_json"]), from_cache=True)
         except (ValueError, KeyError, TypeError):
             return None  # an unreadable cache entry is simply probed again
-
-    def latest_frameworks(self) -> FrameworkInfo | None:
-        rows = self.query("SELECT fingerprint FROM framework_probe ORDER BY probed_at DESC LIMIT 1")
-        return self.cached_frameworks(rows[0]["fingerprint"]) if rows else None
 
     def save_frameworks(self, fingerprint: str, info: FrameworkInfo) -> None:
         with self._write() as conn:

@@ -205,10 +205,17 @@ class WhisperEngine(Engine):
             without_timestamps=True, fp16=self.fp16,
         )  # fmt: skip
 
+    def _is_silence(self, result) -> bool:
+        """whisper's own rule: likely no speech, and (if checked) a low log-probability."""
+        return (
+            self.no_speech_threshold is not None
+            and result.no_speech_prob > self.no_speech_threshold
+            and (self.logprob_threshold is None or result.avg_logprob < self.logprob_threshold)
+        )
+
     def _needs_fallback(self, result) -> bool:
-        if self.no_speech_threshold is not None and result.no_speech_prob > self.no_speech_threshold:
-            if self.logprob_threshold is None or result.avg_logprob < self.logprob_threshold:
-                return False  # silence: whisper skips it rather than retrying
+        if self._is_silence(result):
+            return False  # silence: whisper skips it rather than retrying
         if self.compression_ratio_threshold is not None and result.compression_ratio > self.compression_ratio_threshold:
             return True
         return self.logprob_threshold is not None and result.avg_logprob < self.logprob_threshold
@@ -239,11 +246,7 @@ class WhisperEngine(Engine):
         import whisper
         from whisper.timing import add_word_timestamps
 
-        if (
-            self.no_speech_threshold is not None
-            and result.no_speech_prob > self.no_speech_threshold
-            and (self.logprob_threshold is None or result.avg_logprob < self.logprob_threshold)
-        ):
+        if self._is_silence(result):
             return None, last_speech
         tokenizer = whisper.tokenizer.get_tokenizer(
             self._model.is_multilingual, num_languages=self._model.num_languages, language=language, task="transcribe"
