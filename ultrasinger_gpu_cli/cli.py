@@ -133,6 +133,11 @@ MODE_OPT = typer.Option("--mode", "-m", help="How hard to push the card.")
 LIMIT_OPT = typer.Option("--vram-limit", help="Plan and run as if the card had only this many GB.", show_default=False)
 JSON_OPT = typer.Option("--json", help="Print the design's API response as JSON on stdout.")
 GPU_OPT = typer.Option("--gpu", help="Which GPU (NVML index) to plan for.", min=0)
+# The options most commands share, declared once.
+ModeParam = Annotated[ModeChoice, MODE_OPT]  # type: ignore[valid-type]
+LimitParam = Annotated[Optional[float], LIMIT_OPT]
+JsonParam = Annotated[bool, JSON_OPT]
+GpuParam = Annotated[int, GPU_OPT]
 
 
 # -- detect -----------------------------------------------------------------------------------
@@ -140,14 +145,14 @@ GPU_OPT = typer.Option("--gpu", help="Which GPU (NVML index) to plan for.", min=
 @handles_errors
 def detect(
     ctx: typer.Context,
-    json_out: Annotated[bool, JSON_OPT] = False,
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
-    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
+    json_out: JsonParam = False,
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: LimitParam = None,
     force: Annotated[bool, typer.Option("--force", help="Re-detect instead of using the cached framework check.")] = False,
     require_gpu: Annotated[
         bool, typer.Option("--require-gpu", help="Exit with code 3 when ugpu will not use a GPU.")
     ] = False,
-    gpu: Annotated[int, GPU_OPT] = 0,
+    gpu: GpuParam = 0,
 ) -> None:
     """Detect the GPUs, their drivers, and whether the installed PyTorch can run them (/gpu/detect)."""
     from ultrasinger_gpu_cli.detection import detect as run_detect
@@ -174,9 +179,9 @@ def detect(
 @handles_errors
 def optimize(
     ctx: typer.Context,
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
-    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
-    json_out: Annotated[bool, JSON_OPT] = False,
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: LimitParam = None,
+    json_out: JsonParam = False,
     save: Annotated[bool, typer.Option("--save", help="Store the plan (component_config + optimization_setting).")] = False,
     assume_vram: Annotated[
         Optional[float], typer.Option("--assume-vram", help="Plan for a hypothetical card with this many GB.")
@@ -185,7 +190,7 @@ def optimize(
     assume_cc: Annotated[
         Optional[str], typer.Option("--assume-cc", help="Compute capability of the hypothetical card, e.g. 12.0.")
     ] = None,
-    gpu: Annotated[int, GPU_OPT] = 0,
+    gpu: GpuParam = 0,
     tiers: Annotated[bool, typer.Option("--tiers", help="Print the whole tier table and exit.")] = False,
 ) -> None:
     """Show the settings ugpu uses for Whisper, Demucs and CREPE on this card, with reasons (/gpu/optimize)."""
@@ -363,10 +368,10 @@ def whisper(
     show: Annotated[bool, SHOW_OPT] = False,
     save: Annotated[bool, SAVE_OPT] = False,
     reset: Annotated[bool, RESET_OPT] = False,
-    json_out: Annotated[bool, JSON_OPT] = False,
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
-    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
-    gpu: Annotated[int, GPU_OPT] = 0,
+    json_out: JsonParam = False,
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: LimitParam = None,
+    gpu: GpuParam = 0,
     output: Annotated[Optional[Path], OUTPUT_OPT] = None,
     models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
     language: Annotated[Optional[str], typer.Option("--language", help="Language code (e.g. en, de); detected when omitted.", show_default=False)] = None,
@@ -391,10 +396,10 @@ def demucs(
     show: Annotated[bool, SHOW_OPT] = False,
     save: Annotated[bool, SAVE_OPT] = False,
     reset: Annotated[bool, RESET_OPT] = False,
-    json_out: Annotated[bool, JSON_OPT] = False,
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
-    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
-    gpu: Annotated[int, GPU_OPT] = 0,
+    json_out: JsonParam = False,
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: LimitParam = None,
+    gpu: GpuParam = 0,
     output: Annotated[Optional[Path], OUTPUT_OPT] = None,
     models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
     audio_format: Annotated[AudioFormat, typer.Option("--format", help="Output audio format.")] = AudioFormat.wav,  # type: ignore[attr-defined]
@@ -419,10 +424,10 @@ def crepe(
     show: Annotated[bool, SHOW_OPT] = False,
     save: Annotated[bool, SAVE_OPT] = False,
     reset: Annotated[bool, RESET_OPT] = False,
-    json_out: Annotated[bool, JSON_OPT] = False,
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
-    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
-    gpu: Annotated[int, GPU_OPT] = 0,
+    json_out: JsonParam = False,
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: LimitParam = None,
+    gpu: GpuParam = 0,
     output: Annotated[Optional[Path], OUTPUT_OPT] = None,
     models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
     gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Compute pitch only where there is voice.")] = True,
@@ -521,8 +526,8 @@ def run(
     ctx: typer.Context,
     songs: Annotated[list[str], typer.Argument(help="Songs (any audio or video file); '-' reads paths from stdin.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the song folders.")] = Path("."),
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
-    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: LimitParam = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final report as JSON on stdout.")] = False,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Stop instead of falling back on out-of-memory.")] = False,
     language: Annotated[Optional[str], typer.Option("--language", help="Language code; detected when omitted.", show_default=False)] = None,
@@ -530,7 +535,7 @@ def run(
     timings: Annotated[Optional[Path], typer.Option("--timings", help="Word timings from an UltraStar .txt or a words JSON instead of Whisper.", show_default=False)] = None,
     format_version: Annotated[FormatVersion, typer.Option("--format-version", help="UltraStar format version.")] = FormatVersion["1.1.0"],  # type: ignore[valid-type]
     models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
-    gpu: Annotated[int, GPU_OPT] = 0,
+    gpu: GpuParam = 0,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
     from ultrasinger_gpu_cli.detection import plan_for
@@ -581,11 +586,11 @@ def run(
 @handles_errors
 def fallback(
     ctx: typer.Context,
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
-    vram_limit: Annotated[Optional[float], LIMIT_OPT] = None,
-    json_out: Annotated[bool, JSON_OPT] = False,
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: LimitParam = None,
+    json_out: JsonParam = False,
     limit: Annotated[int, typer.Option("--limit", help="How many recent events to show.", min=1)] = 20,
-    gpu: Annotated[int, GPU_OPT] = 0,
+    gpu: GpuParam = 0,
 ) -> None:
     """The fallback ladder each stage would follow on this machine, and the recent fallback events (/gpu/fallback)."""
     from ultrasinger_gpu_cli.detection import plan_for, quick_target
@@ -797,9 +802,9 @@ def models_list(
     ctx: typer.Context,
     engines: Annotated[Optional[list[str]], ENGINE_ARG] = None,
     model: Annotated[Optional[str], MODEL_OPT] = None,
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
     models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
-    json_out: Annotated[bool, JSON_OPT] = False,
+    json_out: JsonParam = False,
 ) -> None:
     """Which weights the plan needs, where they live, and whether they are here."""
     statuses = _model_statuses(ctx, engines, model, mode.value, models_dir)
@@ -816,9 +821,9 @@ def models_verify(
     ctx: typer.Context,
     engines: Annotated[Optional[list[str]], ENGINE_ARG] = None,
     model: Annotated[Optional[str], MODEL_OPT] = None,
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
     models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
-    json_out: Annotated[bool, JSON_OPT] = False,
+    json_out: JsonParam = False,
 ) -> None:
     """Checksum the weights (SHA-256) against the published digests; exit 1 when one is missing or wrong."""
     from ultrasinger_gpu_cli import models
@@ -842,7 +847,7 @@ def models_pull(
     ctx: typer.Context,
     engines: Annotated[Optional[list[str]], ENGINE_ARG] = None,
     model: Annotated[Optional[str], MODEL_OPT] = None,
-    mode: Annotated[ModeChoice, MODE_OPT] = ModeChoice.balanced,  # type: ignore[attr-defined]
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
     models_dir: Annotated[Optional[Path], MODELS_OPT] = None,
 ) -> None:
     """Download the missing weights (needs internet): into the libraries' caches, or with --models-dir
@@ -870,7 +875,7 @@ def models_pull(
 @handles_errors
 def stats(
     ctx: typer.Context,
-    json_out: Annotated[bool, JSON_OPT] = False,
+    json_out: JsonParam = False,
     component: Annotated[
         Optional[str], typer.Option("--component", help="Only this component (whisper, demucs, crepe).")
     ] = None,
