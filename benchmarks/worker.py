@@ -27,6 +27,14 @@ def _plan(device: str) -> dict:
     return {c: p.values() for c, p in resolve(target).components.items()}
 
 
+def _engine(component: str, values: dict, root: Path | None = None):
+    """An engine of the planned backend with these settings (typed and validated by the spec)."""
+    from ultrasinger_gpu_cli.components import spec
+    from ultrasinger_gpu_cli.engines import create
+
+    return create(component, spec(component).settings(values), root)
+
+
 def _peak_vram(device: str) -> int | None:
     import torch
 
@@ -40,9 +48,7 @@ def demucs(side: str, device: str, out: Path) -> dict:
     mix, _ = song()
     root = models_dir()
     if side == "ugpu":
-        from ultrasinger_gpu_cli.engines import create
-
-        engine = create("demucs", settings, root)
+        engine = _engine("demucs", settings, root)
         t0 = time.perf_counter()
         engine.load()
         load = time.perf_counter() - t0
@@ -80,9 +86,7 @@ def whisper(side: str, device: str, out: Path) -> dict:
     root = models_dir()
     fp16 = device == "cuda"
     if side == "ugpu":
-        from ultrasinger_gpu_cli.engines import create
-
-        engine = create("whisper", settings, root)
+        engine = _engine("whisper", settings, root)
         engine.sample_len, engine.temperatures = SAMPLE_LEN, (0.0,)
         engine.compression_ratio_threshold = engine.logprob_threshold = engine.no_speech_threshold = None
         t0 = time.perf_counter()
@@ -113,7 +117,7 @@ def crepe(side: str, device: str, out: Path, capacity: str) -> dict:
 
     from ultrasinger_gpu_cli.engines.crepe_engine import import_torchcrepe
 
-    settings = {**_plan(device)["crepe"], "model_capacity": capacity, "step_size": 10}
+    settings = {**_plan(device)["crepe"], "model": capacity, "step_size": 10}
     audio = _vocals16k()
     hop = 160
     torchcrepe = import_torchcrepe()
@@ -122,9 +126,7 @@ def crepe(side: str, device: str, out: Path, capacity: str) -> dict:
     # frequencies, comparable frame by frame.
     np.random.seed(0)
     if side == "ugpu":
-        from ultrasinger_gpu_cli.engines import create
-
-        engine = create("crepe", settings)
+        engine = _engine("crepe", settings)
         t0 = time.perf_counter()
         engine.load()
         load = time.perf_counter() - t0
@@ -214,7 +216,7 @@ def e2e(side: str, device: str, out: Path) -> dict:
         )  # fmt: skip
         torchcrepe = import_torchcrepe()
         torchcrepe.predict(torch.from_numpy(vocals16)[None], 16_000, 16_000 * c["step_size"] // 1000,
-                           model=c["model_capacity"], batch_size=c["batch_size"], device=device)  # fmt: skip
+                           model=c["model"], batch_size=c["batch_size"], device=device)  # fmt: skip
         detail = {"segments": len(result["segments"])}
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "load_s": 0.0, "audio_s": mix.shape[-1] / RATE, "settings": plan_settings,

@@ -30,6 +30,7 @@ class FakeCard:
     pcie: tuple[int, int, int, int] = (4, 16, 4, 16)  # gen, width, max gen, max width
     unsupported: set[str] = field(default_factory=set)  # NVML function names raising NotSupported
     lost_after_calls: int | None = None  # GPU falls off the bus after this many calls on it
+    bus_id: str | None = None  # PCI bus id; by default from the card's position
     calls: int = 0
 
 
@@ -56,6 +57,11 @@ def lost_card() -> FakeCard:
 class _Memory:
     def __init__(self, total: int, used: int) -> None:
         self.total, self.used, self.free = total, used, total - used
+
+
+class _Pci:
+    def __init__(self, bus_id: str) -> None:
+        self.busId = bus_id
 
 
 class _Util:
@@ -101,6 +107,7 @@ def make_fake_nvml(cards: list[FakeCard], *, driver: str = "575.51.03", cuda: in
     mod.nvmlDeviceGetHandleByIndex = handle_by_index
     on_card("nvmlDeviceGetName", lambda c: c.name)
     on_card("nvmlDeviceGetUUID", lambda c: c.uuid)
+    on_card("nvmlDeviceGetPciInfo", lambda c: _Pci(c.bus_id or f"00000000:{cards.index(c) + 1:02X}:00.0"))
     on_card("nvmlDeviceGetMemoryInfo", lambda c: _Memory(c.total_mb * MiB, c.used_mb * MiB))
     on_card("nvmlDeviceGetCudaComputeCapability", lambda c: c.cc)
     on_card("nvmlDeviceGetTemperature", lambda c, sensor: c.temperature_c)

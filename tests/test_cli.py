@@ -12,10 +12,13 @@ from typer.testing import CliRunner
 
 from tests.conftest import CU128_ARCHS
 from tests.fake_nvml import card_6gb_no_temp, h100, lost_card, rtx_5060_ti
+from ultrasinger_gpu_cli import __version__
 from ultrasinger_gpu_cli.cli import app
+from ultrasinger_gpu_cli.events import FallbackEvent
+from ultrasinger_gpu_cli.facts import GpuIdentity
 from ultrasinger_gpu_cli.store import Store
 
-COMMANDS = ["detect", "optimize", "whisper", "demucs", "crepe", "stats"]
+COMMANDS = ["detect", "optimize", "whisper", "demucs", "crepe", "run", "fallback", "stats", "monitor", "models"]
 
 
 @pytest.fixture
@@ -36,15 +39,22 @@ def rows(sql: str):
 def test_every_command_has_help(runner, command):
     result = run(runner, command, "--help")
     assert result.exit_code == 0
-    assert "Usage" in result.output and len(result.output) > 200
+    assert f"Usage: ugpu {command}" in " ".join(result.output.split())
+    own = app.registered_commands
+    doc = next((c.callback.__doc__ for c in own if c.callback.__name__ == command), None)
+    if doc is not None:  # a command's help shows its own docstring
+        assert " ".join(doc.split()[:4]) in " ".join(result.output.split())
 
 
-def test_root_help_and_version(runner):
+def test_root_help_lists_exactly_the_commands_and_version(runner):
     result = run(runner, "--help")
     assert result.exit_code == 0
-    for command in COMMANDS:
-        assert command in result.output
-    assert run(runner, "--version").stdout.startswith("ugpu ")
+    import typer.main
+
+    assert set(typer.main.get_command(app).commands) == set(COMMANDS)  # no command left out of this list
+    shown = {line.strip("│ ").split(" ")[0] for line in result.output.splitlines()}
+    assert set(COMMANDS) <= shown
+    assert run(runner, "--version").stdout.strip() == f"ugpu {__version__}"
 
 
 # -- detect ----------------------------------------------------------------------------------
@@ -180,7 +190,7 @@ def test_optimize_save_stores_the_plan(runner, fake_gpus):
     saved = json.loads(result.stdout)["saved_config_ids"]
     assert set(saved) == {"whisper", "demucs", "crepe"}
     assert rows("SELECT COUNT(*) FROM component_config WHERE kind = 'plan' AND is_active") == [(3,)]
-    assert rows("SELECT COUNT(*) FROM optimization_setting") == [(15,)]
+    assert rows("SELECT COUNT(*) FROM optimization_setting") == [(18,)]  # every parameter of every component
 
 
 def test_optimize_never_imports_torch():
@@ -220,7 +230,7 @@ def test_component_show_save_reset_round_trip(runner, fake_gpus):
     data = json.loads(saved.stdout)
     assert data["action"] == "saved" and data["device_override"] == "cpu"
     assert {k: v["source"] for k, v in data["settings"].items() if k != "compute_type"} == {
-        "model": "override", "batch_size": "override", "device": "override",
+        "model": "override", "batch_size": "override", "device": "override", "backend": "tier",
     }  # fmt: skip
 
     # From now on every command honours it, shown with source "override".
@@ -329,17 +339,17 @@ def test_python_dash_m_and_help_import_no_framework():
 def test_stats_per_gpu_fallbacks_trend_and_csv_export(runner):
     with Store.open(os.environ["UGPU_DB"]) as store:
         for speed, vram in ((5.0, 4000), (6.0, 4200)):
-            store.log_performance(component="whisper", device="cuda", gpu_index=0, processing_speed_multiplier=speed,
-                                  vram_used_mb=vram)  # fmt: skip
-        store.log_performance(component="whisper", device="cuda", gpu_index=1, processing_speed_multiplier=9.0)
+            store.log_performance(component="whisper", device="cuda", gpu=GpuIdentity(0, "GPU-0"),
+                                  processing_speed_multiplier=speed, vram_used_mb=vram)  # fmt: skip
+        store.log_performance(component="whisper", device="cuda", gpu=GpuIdentity(1, "GPU-1"), processing_speed_multiplier=9.0)
         store.log_performance(component="whisper", device="cpu", processing_speed_multiplier=0.5)
-        store.record_fallback(run_id=None, song="s", stage="whisper", from_setting="cuda batch 32",
-                              to_setting="cuda batch 16", reason="out of memory")  # fmt: skip
+        store.record_fallback(FallbackEvent("whisper", "cuda batch 32", "cuda batch 16", "out of memory", "s", "cuda",
+                                            GpuIdentity(1, "GPU-1")), run_id=None)  # fmt: skip
     data = json.loads(run(runner, "stats", "--json").stdout)["components"]
     by_gpu = {c["gpu"]: c for c in data}
     assert set(by_gpu) == {"GPU 0", "GPU 1", "cpu"}
     assert by_gpu["GPU 0"]["speed_trend"] == [5.0, 6.0] and by_gpu["GPU 0"]["vram_trend"] == [4000, 4200]
-    assert by_gpu["GPU 0"]["fallbacks"] == 1
+    assert (by_gpu["GPU 0"]["fallbacks"], by_gpu["GPU 1"]["fallbacks"], by_gpu["cpu"]["fallbacks"]) == (0, 1, 0)
     only = json.loads(run(runner, "stats", "--json", "--gpu", "1").stdout)["components"]
     assert [c["gpu"] for c in only] == ["GPU 1"]
     csv_out = run(runner, "stats", "--export", "csv").stdout.splitlines()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ultrasinger_gpu_cli import models
+from ultrasinger_gpu_cli.components import SPECS
 from ultrasinger_gpu_cli.engines import create
 from ultrasinger_gpu_cli.errors import EngineError, ModelMissingError
 
@@ -22,7 +23,8 @@ def no_network(monkeypatch):
 
 
 def test_models_dir_layout_is_found(models_dir):
-    found = {s.engine: s for s in models.statuses({"demucs": "htdemucs_ft", "whisper": "tiny", "crepe": "full"}, models_dir)}
+    wanted = {"demucs": "htdemucs_ft", "whisper": "tiny", "crepe": "full"}
+    found = {c: SPECS[c].backend(SPECS[c].default_backend).model_status(m, models_dir) for c, m in wanted.items()}
     assert all(s.present for s in found.values())
     assert [f.path.name for f in found["demucs"].files] == ["04573f0d.th"]  # only the vocals model is needed
     assert found["whisper"].files[0].path == models_dir / "whisper" / "tiny.pt"
@@ -30,7 +32,7 @@ def test_models_dir_layout_is_found(models_dir):
 
 
 def test_missing_whisper_is_a_clear_error_without_touching_the_network(tmp_path, no_network):
-    engine = create("whisper", {"model": "large-v3-turbo", "batch_size": 1, "device": "cpu"}, tmp_path)
+    engine = create("whisper", SPECS["whisper"].defaults(model="large-v3-turbo", batch_size=1), tmp_path)
     with pytest.raises(ModelMissingError) as info:
         engine.load()
     message = str(info.value)
@@ -42,8 +44,7 @@ def test_missing_demucs_in_the_cache_is_a_clear_error(tmp_path, monkeypatch, no_
     import torch.hub
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    engine = create("demucs", {"model": "htdemucs_ft", "chunk_size": 262144, "overlap": 0.25, "batch_size": 1,
-                               "device": "cpu"})  # fmt: skip
+    engine = create("demucs", SPECS["demucs"].defaults(chunk_size=262144))
     with pytest.raises(ModelMissingError) as info:
         engine.load()
     assert "demucs model 'htdemucs_ft'" in str(info.value) and "04573f0d-f3cf25b2.th" in str(info.value)
@@ -64,8 +65,17 @@ def test_crepe_weights_from_the_models_dir_take_precedence(models_dir, tmp_path)
     own.parent.mkdir()
     own.write_bytes(models.crepe_status("tiny", None).files[0].path.read_bytes())
     assert models.crepe_weights("tiny", tmp_path) == own
-    track = create("crepe", {"model_capacity": "tiny", "step_size": 10, "batch_size": 64, "device": "cpu"}, tmp_path)
-    track.load()
+    engine = create("crepe", SPECS["crepe"].defaults(model="tiny", batch_size=64), tmp_path)
+    loaded = []
+    import torch
+
+    real = torch.load
+    torch_load = lambda path, *a, **k: loaded.append(Path(path)) or real(path, *a, **k)  # noqa: E731
+    import unittest.mock
+
+    with unittest.mock.patch.object(torch, "load", torch_load):
+        engine.load()
+    assert loaded == [own]
 
 
 def test_verify_checks_the_digest_in_a_demucs_file_name(tmp_path, models_dir):
@@ -79,8 +89,7 @@ def test_verify_checks_the_digest_in_a_demucs_file_name(tmp_path, models_dir):
     assert ok and list(sums.values()) == [digest]
     (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data[:-10] + b"0123456789")
     assert models.verify(models.demucs_status("htdemucs_ft", tmp_path))[0] is False
-    engine = create("demucs", {"model": "htdemucs_ft", "chunk_size": 262144, "overlap": 0.25, "batch_size": 1,
-                               "device": "cpu"}, tmp_path)  # fmt: skip
+    engine = create("demucs", SPECS["demucs"].defaults(chunk_size=262144), tmp_path)
     with pytest.raises(EngineError, match="damaged|checksum"):
         engine.load()
 
@@ -98,7 +107,7 @@ def test_pull_into_a_models_dir_through_whispers_own_downloader(tmp_path, models
     offline = tmp_path / "offline"
     status = models.whisper_status("tiny", offline)
     assert not status.present
-    assert models.pull(status, offline) == [offline / "whisper" / "tiny.pt"]
+    assert models.pull_whisper(status, offline) == [offline / "whisper" / "tiny.pt"]
     assert models.whisper_status("tiny", offline).present
     assert models.verify(models.whisper_status("tiny", offline))[0]
 
@@ -112,7 +121,7 @@ def test_pull_refuses_a_file_whose_checksum_is_wrong_and_leaves_nothing(tmp_path
     monkeypatch.setitem(whisper._MODELS, "tiny", (mirror / "tiny.pt").as_uri())
     offline = tmp_path / "offline"
     with pytest.raises(ModelMissingError, match="SHA256"):
-        models.pull(models.whisper_status("tiny", offline), offline)
+        models.pull_whisper(models.whisper_status("tiny", offline), offline)
     assert not (offline / "whisper" / "tiny.pt").exists()
 
 
@@ -125,7 +134,7 @@ def test_pull_demucs_into_a_models_dir_checks_the_hash_in_the_name(tmp_path, mon
     local.write_bytes(b"a damaged download")
     offline = tmp_path / "offline"
     with pytest.raises(ModelMissingError, match="demucs model 'htdemucs_ft'"):
-        models.pull(models.demucs_status("htdemucs_ft", offline), offline)
+        models.pull_demucs(models.demucs_status("htdemucs_ft", offline), offline)
     assert not list((offline / "demucs").glob("*.th"))
 
 
@@ -142,4 +151,4 @@ def test_models_pull_command_fills_a_models_dir(tmp_path, models_dir, monkeypatc
     monkeypatch.setitem(whisper._MODELS, "tiny", (mirror / "tiny.pt").as_uri())
     result = CliRunner().invoke(app, ["models", "pull", "whisper", "--model", "tiny", "--models-dir", str(tmp_path / "usb")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "usb" / "whisper" / "tiny.pt").is_file() and "done" in result.stderr
+    assert (tmp_path / "usb" / "whisper" / "tiny.pt").is_file() and "downloaded" in result.stderr

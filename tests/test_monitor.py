@@ -40,7 +40,7 @@ def store(tmp_path):
 
 
 def test_full_layout_with_several_gpus_and_an_active_run(store):
-    store.start_run("run1", mode="balanced", gpu_id=None, pid=os.getpid())
+    store.start_run("run1", mode="balanced", gpu=None, pid=os.getpid())
     store.update_run("run1", song="Song.mp3", stage="whisper", progress=0.5, speed=4.0, audio_seconds=200)
     mon = Monitor(Nvml(make_fake_nvml([rtx_5060_ti(), h100()])), store)
     mon.snapshot()
@@ -70,7 +70,7 @@ def test_no_gpu_shows_the_host_and_says_so(store):
 def test_alerts_for_heat_vram_throttling_and_a_slow_run(store):
     for speed in (10.0, 11.0, 12.0):
         store.log_performance(component="crepe", device="cuda", processing_speed_multiplier=speed)
-    store.start_run("slow", mode="balanced", gpu_id=None, pid=os.getpid())
+    store.start_run("slow", mode="balanced", gpu=None, pid=os.getpid())
     store.update_run("slow", song="S.mp3", stage="crepe", progress=0.2, speed=2.0, audio_seconds=100)
     card = hot_card()
     fake = make_fake_nvml([card])

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from tests.audio_factory import encode, melody, song, write_wav
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.fallback import FallbackEvent, Rung, StageFailed, ladder, run_with_fallback
+from ultrasinger_gpu_cli.fallback import Rung, StageFailed, ladder, run_with_fallback
 from ultrasinger_gpu_cli.store import Store
 
 
@@ -101,10 +101,10 @@ def test_full_pipeline_writes_every_file_and_logs(env, fast_whisper, tmp_path):
     assert not list(folder.glob(".*partial*"))
 
 
-def test_injected_out_of_memory_walks_the_ladder_and_the_song_finishes(env, tmp_path, monkeypatch):
+def test_rehearsed_out_of_memory_walks_the_ladder_and_the_song_finishes(env, tmp_path):
     vocals, timings = _known_melody(tmp_path)
-    monkeypatch.setenv("UGPU_INJECT_FAULTS", "crepe:1:oom,crepe:2:oom")
-    result = invoke("run", str(vocals), "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "o"), "--json")
+    result = invoke("run", str(vocals), "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "o"), "--json",
+                    "--rehearse-fault", "crepe:1:oom", "--rehearse-fault", "crepe:2")  # fmt: skip
     assert result.exit_code == 0, result.output
     (report,) = json.loads(result.stdout)["songs"]
     assert [(f["from"], f["to"]) for f in report["fallbacks"]] == [("cpu batch 512", "cpu batch 256"),
@@ -117,18 +117,26 @@ def test_injected_out_of_memory_walks_the_ladder_and_the_song_finishes(env, tmp_
     assert len(json.loads(shown.stdout)["events"]) == 2
 
 
-def test_no_fallback_stops_with_a_clear_message(env, tmp_path, monkeypatch):
+def test_no_fallback_stops_with_a_clear_message(env, tmp_path):
     vocals, timings = _known_melody(tmp_path)
-    monkeypatch.setenv("UGPU_INJECT_FAULTS", "crepe:1:oom")
     result = CliRunner().invoke(app, ["run", str(vocals), "--no-separation", "--timings", str(timings),
-                                      "-o", str(tmp_path / "o"), "--no-fallback"])  # fmt: skip
+                                      "-o", str(tmp_path / "o"), "--no-fallback", "--rehearse-fault", "crepe:1:oom"])  # fmt: skip
     assert result.exit_code == 1
-    assert "fallback is off" in result.stderr and "Traceback" not in result.output
+    assert "fallback is off" in result.stderr and "crepe" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "o" / "Known - Melody" / "Known - Melody.txt").exists()
+
+
+@pytest.mark.parametrize("bad", ["crepe", "crepe:0:oom", "vocoder:1:oom", "crepe:1:meltdown", "crepe:x"])
+def test_bad_rehearse_fault_is_refused(env, tmp_path, bad):
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "x.wav"), "--rehearse-fault", bad])
+    assert result.exit_code == 2 and "STAGE:ATTEMPT" in result.stderr
 
 
 def test_ladder_from_cuda_halves_then_moves_to_the_cpu_and_fatal_errors_go_straight_there():
-    gpu = {"device": "cuda", "batch_size": 8, "model": "large-v3-turbo"}
-    cpu = {"device": "cpu", "batch_size": 4, "model": "small"}
+    from ultrasinger_gpu_cli.components import WHISPER
+
+    gpu = WHISPER.defaults(device="cuda", batch_size=8, model="large-v3-turbo", compute_type="float16")
+    cpu = WHISPER.defaults(device="cpu", batch_size=4, model="small")
     rungs = ladder("whisper", gpu, cpu)
     assert [r.label for r in rungs] == ["cuda batch 8", "cuda batch 4", "cuda batch 2", "cuda batch 1", "cpu batch 4"]
     import torch
@@ -136,8 +144,8 @@ def test_ladder_from_cuda_halves_then_moves_to_the_cpu_and_fatal_errors_go_strai
     seen, events = [], []
 
     def attempt(settings):
-        seen.append(settings["batch_size"])
-        if settings["device"] == "cuda" and settings["batch_size"] > 2:
+        seen.append(settings.batch_size)
+        if settings.device == "cuda" and settings.batch_size > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return "done"
 
@@ -145,9 +153,9 @@ def test_ladder_from_cuda_halves_then_moves_to_the_cpu_and_fatal_errors_go_strai
     assert seen == [8, 4, 2] and [e.to_setting for e in events] == ["cuda batch 4", "cuda batch 2"]
 
     def no_kernel(settings):
-        if settings["device"] == "cuda":
+        if settings.device == "cuda":
             raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
-        return settings["model"]
+        return settings.model
 
     events.clear()
     assert run_with_fallback("whisper", rungs, no_kernel, on_event=events.append)[0] == "small"
@@ -156,7 +164,8 @@ def test_ladder_from_cuda_halves_then_moves_to_the_cpu_and_fatal_errors_go_strai
         run_with_fallback("whisper", [Rung(cpu, "x")], lambda s: (_ for _ in ()).throw(ValueError("bug")))
     with pytest.raises(StageFailed):
         run_with_fallback("whisper", [Rung(cpu, "x")], lambda s: (_ for _ in ()).throw(MemoryError()))
-    assert isinstance(events[0], FallbackEvent)
+    assert events[0].reason.startswith("the GPU cannot run it (CUDA error: no kernel image")
+    assert (events[0].stage, events[0].device) == ("whisper", "cuda")
 
 
 def test_several_songs_load_each_model_once_and_bad_ones_do_not_stop_the_others(env, fast_whisper, tmp_path, monkeypatch):
@@ -307,7 +316,9 @@ def test_a_cuda_plan_without_a_usable_gpu_moves_each_stage_to_the_cpu(env, fast_
     from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
     from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
 
-    plan = resolve(PlanTarget("RTX 5060 Ti", 16311, "12.0", 0, "GPU-x", torch_can_run=True))
+    from ultrasinger_gpu_cli.facts import GpuIdentity
+
+    plan = resolve(PlanTarget("RTX 5060 Ti", 16311, "12.0", GpuIdentity(0, "GPU-x"), torch_can_run=True))
     assert {c.device for c in plan.components.values()} == {"cuda"}
     source = write_wav(tmp_path / "Band - Cuda.wav", song(8.0), 44_100)
     events = []

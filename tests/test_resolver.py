@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import pytest
 
+from ultrasinger_gpu_cli.components import SPECS
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.resolver import API_KEYS, PlanTarget, resolve, validate_setting
-from ultrasinger_gpu_cli.tiers import ALL_TIERS, GPU_TIERS, MODES, estimate_vram_mb, tier_for_vram
+from ultrasinger_gpu_cli.facts import GpuIdentity
+from ultrasinger_gpu_cli.resolver import PlanTarget, resolve, validate_setting
+from ultrasinger_gpu_cli.tiers import ALL_TIERS, GPU_TIERS, MODES, tier_for_vram
 
-RTX_5060_TI = PlanTarget("NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", 0, "GPU-5060ti", torch_can_run=True)
+RTX_5060_TI = PlanTarget("NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", GpuIdentity(0, "GPU-5060ti"), torch_can_run=True)
+
+#: The keys the design's ``POST /api/gpu/initialize`` response has per component (../shared/DESIGN.md).
+DESIGN_KEYS = {
+    "whisper": ("model", "batch_size", "compute_type"),
+    "demucs": ("model", "chunk_size", "overlap"),
+    "crepe": ("model_capacity", "step_size", "device"),
+}
 
 
 def _gpu(gb: float, cc: str = "8.6") -> PlanTarget:
-    return PlanTarget(f"{gb} GB card", int(gb * 1024) - 60, cc, 0, "GPU-test", torch_can_run=True)
+    return PlanTarget(f"{gb} GB card", int(gb * 1024) - 60, cc, GpuIdentity(0, "GPU-test"), torch_can_run=True)
 
 
 def test_design_example_16gb_balanced_exactly():
@@ -30,8 +39,7 @@ def test_design_example_16gb_balanced_exactly():
 
 def test_api_keys_are_exactly_the_designs():
     plan = resolve(RTX_5060_TI)
-    for component, keys in API_KEYS.items():
-        assert tuple(plan.optimization_applied()[component]) == keys
+    assert {c: tuple(v) for c, v in plan.optimization_applied().items()} == DESIGN_KEYS
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -45,7 +53,7 @@ def test_every_gpu_cell_is_runnable(tier, mode):
             assert validate_setting(name, parameter, setting.value) == setting.value
             assert setting.reason and setting.source in ("tier", "mode", "hardware")
         if cplan.device == "cuda":
-            assert cplan.estimated_vram_mb == estimate_vram_mb(name, cplan.values())
+            assert cplan.estimated_vram_mb == SPECS[name].estimate_vram_mb(cplan.typed())
             assert cplan.estimated_vram_mb <= plan.vram_budget_mb, (name, cplan.values())
         else:
             assert cplan.settings["device"].source == "hardware"
@@ -59,7 +67,7 @@ def test_cpu_cells_are_cpu_appropriate(mode):
     assert {v["device"] for v in values.values()} == {"cpu"}
     assert values["whisper"]["compute_type"] == "float32"
     assert values["whisper"]["model"] in ("tiny", "base", "small")
-    assert values["crepe"]["model_capacity"] == "tiny" or values["crepe"]["step_size"] >= 10
+    assert values["crepe"]["model"] == "tiny" or values["crepe"]["step_size"] >= 10
 
 
 def test_mode_scales_batches_with_source_mode():
@@ -112,7 +120,7 @@ def test_device_cpu_override_takes_cpu_settings_for_that_component_only():
 
 def test_torch_that_cannot_run_the_card_plans_the_cpu_and_says_how_to_fix_it():
     target = PlanTarget(
-        "NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", 0, "GPU-x", torch_can_run=False,
+        "NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", GpuIdentity(0, "GPU-x"), torch_can_run=False,
         torch_reason="PyTorch 2.6.0 has no kernels for sm_120", torch_fix="pip install ... cu128",
     )  # fmt: skip
     plan = resolve(target)
@@ -164,7 +172,9 @@ def test_table_default_that_does_not_fit_moves_that_stage_to_the_cpu():
         ("whisper", "device", "gpu2", "cuda, cpu"),
         ("demucs", "chunk_size", 10_000_000, "44100"),
         ("demucs", "overlap", 1.5, "0 to 0.9"),
-        ("crepe", "model_capacity", "large", "full, tiny"),
+        ("crepe", "model", "large", "full, tiny"),
+        ("crepe", "model_capacity", "tiny", "valid settings"),  # one model key for every component
+        ("whisper", "backend", "faster", "openai-whisper"),
         ("crepe", "step_size", 0, "1 to 100"),
         ("crepe", "colour", "red", "valid settings"),
     ],
@@ -179,8 +189,9 @@ def test_invalid_values_are_refused_listing_the_valid_choices(component, paramet
 def test_invalid_mode_and_limit():
     with pytest.raises(InvalidSettingError, match="conservative, balanced, aggressive"):
         resolve(RTX_5060_TI, "turbo")
-    with pytest.raises(InvalidSettingError, match="above 0"):
-        resolve(RTX_5060_TI, vram_limit_gb=0)
+    for bad in (0, -8, float("inf"), float("nan"), 1e9):
+        with pytest.raises(InvalidSettingError, match="above 0"):
+            resolve(RTX_5060_TI, vram_limit_gb=bad)
 
 
 def test_turbo_alias_is_normalised():

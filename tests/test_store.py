@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from ultrasinger_gpu_cli.errors import StoreError
-from ultrasinger_gpu_cli.facts import GpuInfo
+from ultrasinger_gpu_cli.facts import GpuIdentity, GpuInfo
 from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
 from ultrasinger_gpu_cli.store import MIGRATIONS, SCHEMA_VERSION, Store, _statements, resolve_db_path
 
@@ -130,7 +130,7 @@ def test_record_gpus_upserts_and_deactivates_missing_ones(store):
 
 def test_save_plan_writes_component_config_and_one_setting_row_per_parameter(store):
     store.record_gpus([GpuInfo(index=0, name="RTX", uuid="GPU-x", vram_total_mb=16311)], "12.9", "575")
-    plan = resolve(PlanTarget("RTX", 16311, "12.0", 0, "GPU-x", torch_can_run=True))
+    plan = resolve(PlanTarget("RTX", 16311, "12.0", GpuIdentity(0, "GPU-x"), torch_can_run=True))
     ids = store.save_plan(plan)
     assert set(ids) == {"whisper", "demucs", "crepe"}
     row = store.query("SELECT * FROM component_config WHERE config_id = ?", (ids["whisper"],))[0]
@@ -143,22 +143,56 @@ def test_save_plan_writes_component_config_and_one_setting_row_per_parameter(sto
         (ids["demucs"],),
     )
     by_name = {r["parameter_name"]: r for r in settings}
-    assert set(by_name) == {"model", "chunk_size", "overlap", "batch_size", "compute_type", "device"}
+    assert set(by_name) == {"model", "chunk_size", "overlap", "batch_size", "compute_type", "device", "backend"}
     assert by_name["chunk_size"]["parameter_value"] == "262144" and by_name["chunk_size"]["optimization_reason"]
 
 
 def test_overrides_merge_and_reset(store):
-    assert store.overrides(None) == {}
-    store.save_override(None, "whisper", {"model": "medium"})
-    store.save_override(None, "whisper", {"batch_size": 8})
-    assert store.overrides(None) == {"whisper": {"model": "medium", "batch_size": 8}}
+    assert store.overrides("cpu") == {}
+    store.save_override("cpu", "whisper", {"model": "medium"})
+    store.save_override("cpu", "whisper", {"batch_size": 8})
+    assert store.overrides("cpu") == {"whisper": {"model": "medium", "batch_size": 8}}
     store.record_gpus([GpuInfo(index=0, name="Other", uuid="GPU-other", vram_total_mb=8192)], None, None)
-    assert store.overrides("GPU-other") == {}  # overrides belong to one GPU (None: the CPU-only machine)
-    store.save_override("GPU-other", "crepe", {"step_size": 20})
+    assert store.overrides("GPU-other") == {}  # overrides belong to one GPU ("cpu": a machine without one)
+    store.save_override("GPU-other", "crepe", {"step_size": 20}, gpu_id="GPU-other")
     assert store.overrides("GPU-other") == {"crepe": {"step_size": 20}}
-    assert store.reset_override(None, "whisper") is True
-    assert store.overrides(None) == {}
-    assert store.reset_override(None, "whisper") is False
+    assert store.reset_override("cpu", "whisper") is True
+    assert store.overrides("cpu") == {}
+    assert store.reset_override("cpu", "whisper") is False
+    assert store.overrides(None) == {}  # a hypothetical card has none
+
+
+def test_a_gpu_not_recorded_yet_does_not_get_the_cpus_overrides(store):
+    """Regression: a NULL gpu_id meant both "the CPU" and "a GPU not recorded yet"."""
+    store.save_override("cpu", "whisper", {"model": "tiny"})
+    assert store.overrides("GPU-never-recorded") == {}
+    store.save_override("GPU-never-recorded", "whisper", {"model": "medium"}, gpu_id="GPU-never-recorded")
+    assert store.overrides("GPU-never-recorded") == {"whisper": {"model": "medium"}}
+    assert store.overrides("cpu") == {"whisper": {"model": "tiny"}}
+
+
+def test_migration_keeps_old_cpu_overrides_and_crepe_model(tmp_path):
+    """A database written before the registry: NULL-gpu overrides are the CPU's; crepe's
+    model_capacity becomes model; old fallback events get their device from the rung."""
+    path = tmp_path / "old.db"
+    store = Store.open(path)
+    conn = store._conn
+    conn.execute("PRAGMA user_version = 3")
+    conn.execute("DROP INDEX idx_component_config_target")
+    for table, column in (("component_config", "target"), ("fallback_events", "device"), ("fallback_events", "gpu_id"),
+                          ("fallback_events", "gpu_index"), ("runs", "kind"), ("performance_log", "backend")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("INSERT INTO component_config (config_id, gpu_id, component_name, kind, is_active) "
+                 "VALUES ('c1', NULL, 'crepe', 'override', 1)")
+    conn.execute("INSERT INTO optimization_setting (setting_id, config_id, parameter_name, parameter_value, source) "
+                 "VALUES ('s1', 'c1', 'model_capacity', '\"tiny\"', 'override')")
+    conn.execute("INSERT INTO fallback_events (event_id, stage, from_setting, to_setting) "
+                 "VALUES ('e1', 'crepe', 'cuda batch 8', 'cpu batch 4')")
+    store.close()
+    with Store.open(path) as migrated:
+        assert migrated.schema_version() == len(MIGRATIONS)
+        assert migrated.overrides("cpu") == {"crepe": {"model": "tiny"}}
+        assert [tuple(r) for r in migrated.query("SELECT device FROM fallback_events")] == [("cuda",)]
 
 
 def test_component_stats(store):
@@ -173,3 +207,17 @@ def test_component_stats(store):
     assert stats["crepe"].devices == ("cpu",)
     assert [s.component for s in store.component_stats(component="crepe")] == ["crepe"]
     assert store.component_stats(since="2999-01-01") == []
+
+
+def test_fallbacks_are_counted_on_the_gpu_they_happened_on(store):
+    """Regression: one event on GPU 1 was counted under GPU 0, GPU 1 and cpu."""
+    from ultrasinger_gpu_cli.events import FallbackEvent
+
+    for index in (0, 1):
+        store.log_performance(component="whisper", device="cuda", gpu=GpuIdentity(index, f"GPU-{index}"),
+                              processing_speed_multiplier=5.0)  # fmt: skip
+    store.log_performance(component="whisper", device="cpu", processing_speed_multiplier=0.5)
+    store.record_fallback(FallbackEvent("whisper", "cuda batch 32", "cuda batch 16", "out of memory", "s", "cuda",
+                                        GpuIdentity(1, "GPU-1")), run_id=None)  # fmt: skip
+    by_where = {s.gpu: s.fallbacks for s in store.component_stats()}
+    assert by_where == {"GPU 0": 0, "GPU 1": 1, "cpu": 0}

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from ultrasinger_gpu_cli.ultrastar import (
-    TimedText,
     build_song,
     parse_ultrastar,
     rule_syllables,
@@ -15,6 +14,7 @@ from ultrasinger_gpu_cli.ultrastar import (
     to_midi,
     to_ultrastar,
 )
+from ultrasinger_gpu_cli.words import Word
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def _track(segments: list[tuple[float, float, float]], duration: float = 8.0):
 
 
 def test_notes_pitch_beats_phrases_and_continuations():
-    words = [TimedText("hello", 1.0, 1.6), TimedText("world", 1.7, 2.5), TimedText("again", 4.0, 5.0)]
+    words = [Word("hello", 1.0, 1.6), Word("world", 1.7, 2.5), Word("again", 4.0, 5.0)]
     times, freq, conf = _track([(1.0, 2.5, 261.63), (4.0, 4.5, 329.63), (4.5, 5.0, 392.0)])
     song = build_song(words, times, freq, conf, bpm=120, title="T", artist="A", language="en")
     assert song.gap_ms == 1000 and song.beat_s == pytest.approx(0.125)
@@ -66,7 +66,7 @@ def test_notes_pitch_beats_phrases_and_continuations():
 
 
 def test_file_format_v1_and_v03():
-    words = [TimedText("la", 0.5, 1.0), TimedText("la", 3.0, 3.5)]
+    words = [Word("la", 0.5, 1.0), Word("la", 3.0, 3.5)]
     times, freq, conf = _track([(0.5, 1.0, 440.0), (3.0, 3.5, 220.0)])
     song = build_song(words, times, freq, conf, bpm=100.5, title="Tïtle", artist="Ärtist", language="de")
     text = to_ultrastar(song, audio="s.mp3", vocals="s [Vocals].wav", instrumental="s [Instrumental].wav")
@@ -82,17 +82,17 @@ def test_file_format_v1_and_v03():
 
 
 def test_parse_round_trip_gives_the_times_back():
-    words = [TimedText("hello", 1.0, 1.6), TimedText("world", 1.7, 2.5)]
+    words = [Word("hello", 1.0, 1.6), Word("world", 1.7, 2.5)]
     times, freq, conf = _track([(1.0, 2.5, 261.63)])
     song = build_song(words, times, freq, conf, bpm=120, title="T", artist="A")
     headers, units = parse_ultrastar(to_ultrastar(song, audio="a.mp3"))
     assert headers["BPM"] == "120" and [u.text for u in units] == ["hel", "lo", "world"]
-    assert units[0].start == pytest.approx(1.0, abs=0.07) and units[-1].end == pytest.approx(2.5, abs=0.07)
+    assert units[0].start_s == pytest.approx(1.0, abs=0.07) and units[-1].end_s == pytest.approx(2.5, abs=0.07)
     assert [u.word_end for u in units] == [False, True, True]
 
 
 def test_midi_file_is_well_formed():
-    words = [TimedText("la", 0.5, 1.0)]
+    words = [Word("la", 0.5, 1.0)]
     times, freq, conf = _track([(0.5, 1.0, 440.0)])
     data = to_midi(build_song(words, times, freq, conf, bpm=120, title="T", artist="A"))
     assert data[:4] == b"MThd" and data[14:18] == b"MTrk" and bytes([0x90, 69]) in data and data.endswith(b"\xff\x2f\x00")

@@ -13,7 +13,7 @@ from ultrasinger_gpu_cli.facts import Detection, FrameworkInfo, GpuCompatibility
 from ultrasinger_gpu_cli import frameworks as fw
 from ultrasinger_gpu_cli.frameworks import check_compatibility, fingerprint, tensorflow_note
 from ultrasinger_gpu_cli.nvml import Nvml, get_nvml
-from ultrasinger_gpu_cli.resolver import Plan, PlanTarget, resolve
+from ultrasinger_gpu_cli.resolver import Plan, PlanTarget, resolve, validate_vram_gb
 from ultrasinger_gpu_cli.store import Store
 
 
@@ -89,13 +89,24 @@ def detect(
     )
 
 
-def _pick(gpus: list[GpuInfo] | tuple[GpuInfo, ...], gpu_index: int) -> GpuInfo:
-    by_index = {g.index: g for g in gpus}
-    if gpu_index not in by_index:
-        raise InvalidSettingError(
-            f"invalid GPU index {gpu_index}; valid choices: {', '.join(str(i) for i in sorted(by_index))}"
-        )
-    return by_index[gpu_index]
+#: What ``--gpu`` takes: an NVML index (``1``) or a UUID (``GPU-5b8d...``, a unique prefix is enough).
+GpuSelector = str | int
+
+
+def pick_gpu(gpus: list[GpuInfo] | tuple[GpuInfo, ...], selector: GpuSelector) -> GpuInfo:
+    """The GPU ``--gpu`` names, by NVML index or UUID; InvalidSettingError listing the choices."""
+    text = str(selector).strip()
+    if text.isdigit():
+        found = [g for g in gpus if g.index == int(text)]
+    else:
+        wanted = text.lower()
+        found = [g for g in gpus if g.uuid and (g.uuid.lower() == wanted or g.uuid.lower().startswith(wanted))]
+        if len(found) > 1:
+            found = [g for g in found if (g.uuid or "").lower() == wanted]
+    if len(found) != 1:
+        choices = ", ".join(f"{g.index} ({g.uuid})" if g.uuid else str(g.index) for g in gpus) or "none (no GPU)"
+        raise InvalidSettingError(f"invalid GPU {text!r}; valid choices (index or UUID): {choices}")
+    return found[0]
 
 
 def _gpu_target(gpu: GpuInfo, compat: GpuCompatibility | None) -> PlanTarget:
@@ -103,23 +114,22 @@ def _gpu_target(gpu: GpuInfo, compat: GpuCompatibility | None) -> PlanTarget:
         name=gpu.name or f"GPU {gpu.index}",
         vram_total_mb=gpu.vram_total_mb,
         compute_capability=gpu.compute_capability,
-        gpu_index=gpu.index,
-        gpu_id=gpu.uuid,
+        gpu=gpu.identity,
         torch_can_run=compat.torch_can_run if compat else None,
         torch_reason=compat.reason if compat else None,
         torch_fix=compat.fix_command if compat else None,
     )
 
 
-def target_from_detection(detection: Detection, gpu_index: int = 0) -> PlanTarget:
-    """The plan target for GPU ``gpu_index`` of a detection, or the CPU when there is none."""
+def target_from_detection(detection: Detection, gpu: GpuSelector = 0) -> PlanTarget:
+    """The plan target for the GPU ``gpu`` names (index or UUID), or the CPU when there is none."""
     if not detection.usable_gpus:
         return PlanTarget(name=f"CPU: {detection.host.cpu_model}")
-    gpu = _pick(detection.usable_gpus, gpu_index)
-    return _gpu_target(gpu, detection.compatibility_of(gpu.index))
+    info = pick_gpu(detection.usable_gpus, gpu)
+    return _gpu_target(info, detection.compatibility_of(info.index))
 
 
-def quick_target(store: Store | None, gpu_index: int = 0, nvml: Nvml | None = None) -> PlanTarget:
+def quick_target(store: Store | None, gpu: GpuSelector = 0, nvml: Nvml | None = None) -> PlanTarget:
     """A plan target without importing any framework: NVML live, PyTorch facts from the cache."""
     nvml = nvml or get_nvml()
     all_gpus = nvml.gpus()
@@ -128,17 +138,16 @@ def quick_target(store: Store | None, gpu_index: int = 0, nvml: Nvml | None = No
     gpus = [g for g in all_gpus if not g.lost]
     if not gpus:
         return PlanTarget(name=f"CPU: {_cpu_model()}")
-    gpu = _pick(gpus, gpu_index)
+    picked = pick_gpu(gpus, gpu)
     key = fingerprint(nvml.driver_version(), len(all_gpus))
     cached = store.cached_frameworks(key) if store is not None else None
-    compat = check_compatibility(gpu, cached.torch, nvml.cuda_driver_version()) if cached else None
-    return _gpu_target(gpu, compat)
+    compat = check_compatibility(picked, cached.torch, nvml.cuda_driver_version()) if cached else None
+    return _gpu_target(picked, compat)
 
 
 def hypothetical_target(vram_gb: float, name: str | None = None, compute_capability: str | None = None) -> PlanTarget:
     """A card that is not in this machine (``--assume-vram``)."""
-    if not vram_gb > 0:
-        raise InvalidSettingError(f"invalid --assume-vram {vram_gb!r}; it must be a number of GB above 0")
+    vram_gb = validate_vram_gb("--assume-vram", vram_gb)
     if compute_capability is not None:
         major, _, minor = compute_capability.partition(".")
         if not (major.isdigit() and (minor == "" or minor.isdigit())):
@@ -157,5 +166,5 @@ def plan_for(
     flags: dict | None = None,
 ) -> Plan:  # fmt: skip
     """The resolver with this target's stored overrides (none for a hypothetical card)."""
-    overrides = {} if store is None or target.hypothetical else store.overrides(target.gpu_id)
+    overrides = {} if store is None else store.overrides(target.settings_key)
     return resolve(target, mode, vram_limit_gb, overrides=overrides, flags=flags)

@@ -26,12 +26,32 @@ def sm_name(compute_capability: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class GpuIdentity:
+    """Which GPU: the one identity every module uses (NVML index, UUID, PCI bus id, name).
+
+    ``index`` is NVML's order, which is PCI order; CUDA numbers the same cards "fastest
+    first" unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``. :mod:`.devices` maps an identity to the
+    CUDA ordinal by UUID (or PCI bus id), never by position.
+    """
+
+    index: int
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"GPU {self.index}"
+
+
+@dataclass(frozen=True)
 class GpuInfo:
     """One NVIDIA GPU as NVML reports it at detection time."""
 
     index: int
     name: str | None = None
     uuid: str | None = None
+    pci_bus_id: str | None = None
     vram_total_mb: int | None = None
     vram_used_mb: int | None = None
     vram_free_mb: int | None = None
@@ -58,6 +78,10 @@ class GpuInfo:
     @property
     def sm(self) -> str | None:
         return sm_name(self.compute_capability)
+
+    @property
+    def identity(self) -> GpuIdentity:
+        return GpuIdentity(self.index, self.uuid, self.pci_bus_id, self.name)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

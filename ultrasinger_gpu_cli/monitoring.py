@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.facts import GpuProcess, GpuSample
+from ultrasinger_gpu_cli.facts import GpuIdentity, GpuProcess, GpuSample
 from ultrasinger_gpu_cli.nvml import Nvml, get_nvml
 
 HISTORY = 120  # samples kept per GPU for the sparklines
@@ -84,13 +84,16 @@ class HostSample:
 
 @dataclass(frozen=True)
 class GpuView:
-    """One GPU in a snapshot: its sample, name and processes."""
+    """One GPU in a snapshot: which one, its sample and processes."""
 
+    gpu: GpuIdentity
     sample: GpuSample
-    name: str | None
-    uuid: str | None
     processes: tuple[GpuProcess, ...] = ()
     process_names: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str | None:
+        return self.gpu.name
 
     @property
     def vram_percent(self) -> float | None:
@@ -168,8 +171,9 @@ class Monitor:
         self.gpu = gpu
         self.thresholds = thresholds or Thresholds()
         self.history: dict[int, dict[str, deque]] = {}
-        self._names: dict[int, tuple[str | None, str | None]] = {}
+        self._identities: dict[int, GpuIdentity] = {}
         self._median_cache: dict[str, float | None] = {}
+        self._seen_alerts: set[str] = set()
 
     def indices(self) -> list[int]:
         count = self.nvml.device_count()
@@ -182,11 +186,19 @@ class Monitor:
             return [self.gpu]
         return list(range(count))
 
-    def _name(self, index: int) -> tuple[str | None, str | None]:
-        if index not in self._names:
-            info = self.nvml.gpu(index)
-            self._names[index] = (info.name, info.uuid)
-        return self._names[index]
+    def _identity(self, index: int) -> GpuIdentity:
+        if index not in self._identities:
+            self._identities[index] = self.nvml.gpu(index).identity
+        return self._identities[index]
+
+    def take(self, *, processes: bool = True, log_samples: bool = False) -> tuple[Snapshot, list[Alert]]:
+        """A snapshot, and the alerts new since the last one (each alert is stored once, not at
+        every refresh)."""
+        snap = self.snapshot(processes=processes)
+        fresh = [a for a in snap.alerts if a.message not in self._seen_alerts]
+        self._seen_alerts.update(a.message for a in snap.alerts)
+        self.record(snap, fresh, log_samples=log_samples)
+        return snap, fresh
 
     def snapshot(self, *, processes: bool = True) -> Snapshot:
         import psutil
@@ -194,9 +206,8 @@ class Monitor:
         gpus = []
         for index in self.indices():
             sample = self.nvml.sample(index)
-            name, uuid = self._name(index)
             procs = tuple(self.nvml.processes(index)) if processes else ()
-            gpus.append(GpuView(sample, name, uuid, procs, {p.pid: _process_name(p.pid) for p in procs}))
+            gpus.append(GpuView(self._identity(index), sample, procs, {p.pid: _process_name(p.pid) for p in procs}))
             h = self.history.setdefault(index, {k: deque(maxlen=HISTORY) for k in ("vram", "util", "temp")})
             h["vram"].append(sample.vram_used_mb)
             h["util"].append(sample.utilization_gpu_percent)
@@ -253,13 +264,13 @@ class Monitor:
         if self.store is None:
             return
         for alert in alerts:
-            gpu_id = next((g.uuid for g in snap.gpus if g.sample.index == alert.gpu_index), None)
+            gpu = next((g.gpu for g in snap.gpus if g.sample.index == alert.gpu_index), None)
             self.store.record_alert(kind=alert.kind, message=alert.message, value=alert.value, threshold=alert.threshold,
-                                    gpu_id=gpu_id, gpu_index=alert.gpu_index, run_id=alert.run_id)  # fmt: skip
+                                    gpu=gpu, run_id=alert.run_id)  # fmt: skip
         if log_samples:
             for g in snap.gpus:
                 self.store.log_performance(
                     component="monitor", device="cuda", processing_speed_multiplier=snap.processing_speed,
-                    gpu_id=g.uuid, gpu_index=g.sample.index, vram_used_mb=g.sample.vram_used_mb,
+                    gpu=g.gpu, vram_used_mb=g.sample.vram_used_mb,
                     gpu_utilization_percent=g.sample.utilization_gpu_percent, temperature_celsius=g.sample.temperature_c,
                 )  # fmt: skip

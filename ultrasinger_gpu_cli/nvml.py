@@ -35,6 +35,7 @@ class _Static:
     handle: Any
     name: str | None
     uuid: str | None
+    pci_bus_id: str | None
     vram_total_mb: int | None
     compute_capability: str | None
     power_limit_w: float | None
@@ -171,6 +172,7 @@ class Nvml:
                 handle=handle,
                 name=_text(self._query("nvmlDeviceGetName", handle)),
                 uuid=_text(self._query("nvmlDeviceGetUUID", handle)),
+                pci_bus_id=_text(getattr(self._query("nvmlDeviceGetPciInfo", handle), "busId", None)),
                 vram_total_mb=_mb(getattr(memory, "total", None)),
                 compute_capability=f"{cc[0]}.{cc[1]}" if cc else None,
                 power_limit_w=None if limit_mw is None else limit_mw / 1000.0,
@@ -191,6 +193,7 @@ class Nvml:
                 index=index,
                 name=static.name,
                 uuid=static.uuid,
+                pci_bus_id=static.pci_bus_id,
                 vram_total_mb=static.vram_total_mb,
                 vram_used_mb=sample.vram_used_mb,
                 vram_free_mb=sample.vram_free_mb,
@@ -214,6 +217,7 @@ class Nvml:
                 index=index,
                 name=cached.name if cached else None,
                 uuid=cached.uuid if cached else None,
+                pci_bus_id=cached.pci_bus_id if cached else None,
                 lost=True,
                 error=str(exc),
             )

@@ -5,7 +5,8 @@ Only the CLI imports this module; the core never does.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -14,10 +15,20 @@ from rich.table import Table
 from rich.text import Text
 
 from ultrasinger_gpu_cli.facts import Detection, GpuInfo
+from ultrasinger_gpu_cli import events as ev
 from ultrasinger_gpu_cli.monitoring import Snapshot
 from ultrasinger_gpu_cli.resolver import ComponentPlan, Plan
 from ultrasinger_gpu_cli.store import ComponentStats
 from ultrasinger_gpu_cli.tiers import ALL_TIERS, MODE_TABLE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ultrasinger_gpu_cli.models import ModelStatus
+    from ultrasinger_gpu_cli.pipeline import SongReport
+    from ultrasinger_gpu_cli.usecases.plan import Ladders
+    from ultrasinger_gpu_cli.usecases.stages import StageOutcome
 
 NA = "n/a"
 _SOURCE_STYLE = {"tier": "dim", "mode": "cyan", "hardware": "yellow", "override": "magenta", "flag": "green"}
@@ -171,7 +182,7 @@ def _component_rows(table: Table, name: str, cplan: ComponentPlan) -> None:
         table.add_row("", "", "", "", "", end_section=True)
 
 
-def component_view(plan: Plan, component: str, override: dict[str, Any]) -> RenderableType:
+def component_view(plan: Plan, component: str, override: Mapping[str, Any]) -> RenderableType:
     table = _settings_table(f"{component} on {plan.target.name} ({plan.mode}, {plan.tier.label})")
     _component_rows(table, component, plan.components[component])
     parts: list[RenderableType] = [table]
@@ -187,14 +198,15 @@ def component_view(plan: Plan, component: str, override: dict[str, Any]) -> Rend
 
 def tier_table() -> RenderableType:
     """The tier table and the modes (``ugpu optimize --tiers``)."""
-    t = Table(title="Tier table (balanced)", title_justify="left")
-    for col in ("tier", "whisper", "batch", "demucs chunk / batch", "crepe", "step", "frames/batch"):
-        t.add_column(col)
+    from ultrasinger_gpu_cli.components import SPECS
+
+    t = Table(title="Tier table (balanced)", title_justify="left", box=box.SIMPLE_HEAD)
+    t.add_column("tier", no_wrap=True)
+    for spec in SPECS.values():  # one column per component: its values joined by " / "
+        t.add_column(f"{spec.name}\n" + " / ".join(p for _, p, _ in spec.table_columns), overflow="fold")
     for tier in ALL_TIERS:
-        t.add_row(
-            tier.label, tier.whisper_model, str(tier.whisper_batch), f"{tier.demucs_chunk} / {tier.demucs_batch}",
-            tier.crepe_capacity, f"{tier.crepe_step_ms} ms", str(tier.crepe_batch),
-        )  # fmt: skip
+        t.add_row(tier.label, *(" / ".join(f.format(s.tier_defaults[tier.key][p]) for _, p, f in s.table_columns)
+                                for s in SPECS.values()))  # fmt: skip
     modes = Table(title="Modes", title_justify="left")
     modes.add_column("mode")
     modes.add_column("effect")
@@ -333,3 +345,183 @@ def monitor_view(snap: Snapshot, history: dict[int, dict[str, Any]], *, width: i
     host = snap.host
     parts.append(Text(f"Host: CPU {host.cpu_percent:.0f}%  RAM {_gb(host.ram_used_mb)}/{_gb(host.ram_total_mb)} GB"))
     return Group(*parts)
+
+
+# -- engine runs ----------------------------------------------------------------------------------
+def progress_bar(console: Console) -> Progress:
+    """The progress bar of every engine run: stage, bar, percent, x real time, elapsed."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=console)  # fmt: skip
+
+
+def _speed(speed_x: float | None) -> str:
+    return f"{speed_x:.2f}x real time" if speed_x else ""
+
+
+def run_line(run: ev.StageRun) -> str:
+    """``whisper small on cpu: 12.0 s of audio in 3.1 s (3.87x real time, peak VRAM 900 MB)``."""
+    vram = f", peak VRAM {run.peak_vram_mb} MB" if run.peak_vram_mb is not None else ""
+    where = run.cuda_device or run.device
+    return (f"{run.stage} {run.model} on {where}: {run.audio_seconds:.1f} s of audio in {run.wall_seconds:.1f} s "
+            f"({_speed(run.speed_x) or 'n/a'}{vram})")  # fmt: skip
+
+
+class RunDisplay:
+    """Renders the typed events of a run: a live progress display on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console, *, stage_lines: bool = True) -> None:
+        self.console = console
+        self.stage_lines = stage_lines  # a line per finished stage (a stage command prints its own summary)
+        self.live = console.is_terminal
+        self.progress: Progress | None = None
+        self.task: Any = None
+
+    def __enter__(self) -> RunDisplay:
+        if self.live:
+            self.progress = progress_bar(self.console)
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
+
+    def print(self, text: str, style: str | None = None) -> None:
+        (self.progress.console if self.progress else self.console).print(text, style=style, highlight=False)
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.SongStarted):
+            self.print(f"[bold]{event.song}[/] -> {event.folder}" if event.folder else f"[bold]{event.song}[/]")
+        elif isinstance(event, ev.StageStarted):
+            if self.progress is not None:
+                self.task = self.progress.add_task(f"  {event.stage}", total=1.0, speed="")
+        elif isinstance(event, ev.StageProgress):
+            if self.progress is not None and self.task is not None:
+                self.progress.update(self.task, completed=min(1.0, event.fraction), speed=_speed(event.speed_x))
+        elif isinstance(event, ev.StageFinished):
+            self._stage_done(event.run)
+        elif isinstance(event, ev.Notice):
+            self.print(f"  [yellow]{event.message}[/]")
+        elif isinstance(event, ev.FallbackEvent):
+            self.print(f"  fallback: {event.stage} {event.from_setting} -> {event.to_setting} ({event.reason})",
+                       style="yellow")  # fmt: skip
+        elif isinstance(event, ev.SongFailed):
+            self.print(f"[bold red]failed:[/] {event.error}")
+
+    def _stage_done(self, run: ev.StageRun) -> None:
+        if run.cached:
+            self.print(f"  {run.stage}: done earlier (resumed from the cache)", style="dim")
+            return
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, completed=1.0)
+            self.task = None
+        if not self.stage_lines:
+            return
+        vram = f", peak VRAM {run.peak_vram_mb} MB" if run.peak_vram_mb is not None else ""
+        where = run.cuda_device or run.device
+        self.print(f"  {run.stage}: {where}, {run.wall_seconds:.1f} s, {_speed(run.speed_x) or 'n/a'}{vram}")
+
+
+def stage_display(console: Console) -> RunDisplay:
+    """One stage command's display: a progress bar on a terminal, fallbacks as they happen."""
+    return RunDisplay(console, stage_lines=False)
+
+
+def stage_summary(outcome: StageOutcome) -> RenderableType:
+    lines = [Text(run_line(outcome.run))]
+    lines += [Text(f"  {kind}: {path}") for kind, path in outcome.files.items()]
+    return Group(*lines)
+
+
+def summary_table(reports: list[SongReport]) -> Table:
+    table = Table(title="Summary", title_justify="left")
+    for col in ("song", "stage", "device", "seconds", "x real time", "peak VRAM", "notes"):
+        table.add_column(col)
+    for report in reports:
+        first = True
+        for stage in report.stages:
+            table.add_row(
+                report.source.name if first else "", stage.stage, stage.cuda_device or stage.device,
+                f"{stage.wall_seconds:.1f}",
+                "cached" if stage.cached else (f"{stage.speed_x:.2f}x" if stage.speed_x else "n/a"),
+                f"{stage.peak_vram_mb} MB" if stage.peak_vram_mb is not None else "n/a",
+                str(report.notes) if first else "",
+            )  # fmt: skip
+            first = False
+        for event in report.fallbacks:
+            table.add_row("", f"[yellow]fallback[/] {event.stage}", f"{event.from_setting} -> {event.to_setting}", "", "",
+                          "", event.reason)  # fmt: skip
+    return table
+
+
+# -- fallback and models ----------------------------------------------------------------------------
+def fallback_view(ladders: Ladders) -> RenderableType:
+    plan = ladders.plan
+    table = Table(title=f"Fallback ladders on {plan.target.name} ({plan.mode})", title_justify="left")
+    for col in ("stage", "step", "device / batch", "when"):
+        table.add_column(col)
+    for stage, rungs in ladders.ladders.items():
+        for i, rung in enumerate(rungs):
+            table.add_row(stage if i == 0 else "", str(i + 1), rung.label, "first" if i == 0 else f"then: {rung.why}",
+                          end_section=i == len(rungs) - 1)  # fmt: skip
+    if not ladders.events:
+        return Group(table, Text("No fallback events yet: every stage has run on its planned settings."))
+    recent = Table(title="Recent fallback events", title_justify="left")
+    for col in ("when", "song", "stage", "where", "from", "to", "reason"):
+        recent.add_column(col, overflow="fold")
+    for e in ladders.events:
+        where = f"GPU {e['gpu_index']}" if e.get("gpu_index") is not None else str(e.get("device") or "")
+        recent.add_row(str(e["created_at"]), str(e["song"] or ""), str(e["stage"]), where, str(e["from_setting"]),
+                       str(e["to_setting"]), str(e["reason"] or ""))  # fmt: skip
+    return Group(table, recent)
+
+
+def models_table(statuses: list[ModelStatus], checksums: Mapping[Any, str] | None = None) -> Table:
+    table = Table(title="Models", title_justify="left")
+    for col in ("component", "backend", "model", "present", "size", "where", "sha256"):
+        table.add_column(col, overflow="fold")
+    for status in statuses:
+        for f in status.files:
+            size = f"{f.size_bytes / 1e6:.1f} MB" if f.size_bytes else "-"
+            mark = "[green]yes[/]" if f.present else "[red]missing[/]"
+            digest = (checksums or {}).get(f.path) or f.expected_sha256_prefix or "-"
+            table.add_row(status.engine, status.backend, status.model, mark, size, f"{f.path}\n[dim]{status.location}[/]",
+                          digest)  # fmt: skip
+    return table
+
+
+# -- monitor -------------------------------------------------------------------------------------
+def live_screen(console: Console):
+    """The full-screen area ``ugpu monitor --live`` redraws."""
+    from rich.live import Live
+
+    return Live(console=console, screen=True, auto_refresh=False, transient=True)
+
+
+def monitor_dashboard(snap: Snapshot, history: dict[int, dict[str, Any]], *, width: int, interval_s: float) -> RenderableType:
+    footer = Text(f"ugpu monitor · every {interval_s:g} s · q quits", style="dim")
+    return Group(monitor_view(snap, history, width=width), footer)
+
+
+def alert_line(alert: Any) -> str:
+    return f"[bold red]alert[/] {alert.kind}: {alert.message}"
+
+
+def no_stats_yet(db_path: Any) -> Text:
+    return Text(
+        "No performance data yet. Every engine run (ugpu whisper/demucs/crepe AUDIO, ugpu run) logs its speed, "
+        f"VRAM and temperature to {db_path}; come back after the first one."
+    )
+
+
+def backends_table(listing: list[dict[str, Any]]) -> Table:
+    table = Table(title="Backends", title_justify="left")
+    for col in ("component", "backend", "default", "installed", "what it is"):
+        table.add_column(col, overflow="fold")
+    for row in listing:
+        installed = "[green]yes[/]" if row["installed"] else f"[red]no[/] ({row['install']})"
+        table.add_row(str(row["component"]), str(row["backend"]), "yes" if row["default"] else "", installed,
+                      str(row["summary"]))  # fmt: skip
+    return table

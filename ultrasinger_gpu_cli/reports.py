@@ -5,6 +5,7 @@ Kept out of the CLI so an HTTP API or a batch runner returns exactly the same do
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ultrasinger_gpu_cli.facts import Detection
@@ -67,17 +68,18 @@ def component_report(cplan: ComponentPlan) -> dict[str, Any]:
 
 
 def configure_component_response(
-    plan: Plan, component: str, *, override: dict[str, Any], action: str | None
+    plan: Plan, component: str, *, override: Mapping[str, Any], action: str | None
 ) -> dict[str, Any]:
     """``POST /api/gpu/configure_component``: the component's resolved settings."""
     cplan = plan.components[component]
     return {
         "component": component,
         "action": action,
-        "model": cplan.values().get("model", cplan.values().get("model_capacity")),
+        "model": cplan.model,
         "batch_size": cplan.value("batch_size"),
+        "backend": cplan.value("backend"),
         "device_override": override.get("device"),
-        "stored_override": override,
+        "stored_override": dict(override),
         "optimization_mode": plan.mode,
         "tier": plan.tier.key,
         **component_report(cplan),

@@ -13,117 +13,41 @@ it was chosen and where it came from, in increasing precedence:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ultrasinger_gpu_cli.components import COMPONENTS, SPECS, ComponentSpec, ParameterValues, SettingValue, StageSettings
+from ultrasinger_gpu_cli.components import spec as component_spec
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.facts import nominal_gb, sm_name
-from ultrasinger_gpu_cli.tiers import (
-    COMPONENTS,
-    COMPUTE_TYPES,
-    CPU_TIER,
-    CREPE_CAPACITIES,
-    DEMUCS_MAX_CHUNK,
-    DEMUCS_MIN_CHUNK,
-    DEMUCS_MODELS,
-    DEVICES,
-    MIN_USABLE_GPU_MB,
-    MODE_TABLE,
-    MODES,
-    WHISPER_MODELS,
-    WHISPER_STEP_DOWN,
-    Tier,
-    canonical_whisper,
-    estimate_vram_mb,
-    tier_for_vram,
-)
+from ultrasinger_gpu_cli.facts import GpuIdentity, nominal_gb, sm_name
+from ultrasinger_gpu_cli.tiers import CPU_TIER, MIN_USABLE_GPU_MB, MODE_TABLE, MODES, Tier, tier_for_vram
 
 SOURCES = ("tier", "mode", "hardware", "override", "flag")
-
-#: The keys the design's ``POST /api/gpu/initialize`` response has per component.
-API_KEYS = {
-    "whisper": ("model", "batch_size", "compute_type"),
-    "demucs": ("model", "chunk_size", "overlap"),
-    "crepe": ("model_capacity", "step_size", "device"),
-}
-
-#: Parameters a user may set per component, in display order.
-PARAMETERS = {
-    "whisper": ("model", "batch_size", "compute_type", "device"),
-    "demucs": ("model", "chunk_size", "overlap", "batch_size", "compute_type", "device"),
-    "crepe": ("model_capacity", "step_size", "batch_size", "compute_type", "device"),
-}
-
-_UNITS = {"step_size": "ms", "chunk_size": "samples"}
 _LABELS = {"override": "a stored override", "flag": "a flag"}
+#: Settings by component (stored overrides, flags).
+ComponentValues = Mapping[str, Mapping[str, Any]]
 
 
-def _choices(name: str, value: Any, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise InvalidSettingError(f"invalid {name} {value!r}; valid choices: {', '.join(valid)}")
-    return value
-
-
-def _int_range(name: str, value: Any, low: int, high: int) -> int:
-    try:
-        number = int(value)
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-    except (TypeError, ValueError):
-        raise InvalidSettingError(f"invalid {name} {value!r}; it must be a whole number from {low} to {high}") from None
-    if not low <= number <= high:
-        raise InvalidSettingError(f"invalid {name} {value!r}; it must be a whole number from {low} to {high}")
-    return number
-
-
-def validate_setting(component: str, parameter: str, value: Any) -> Any:
+def validate_setting(component: str, parameter: str, value: Any) -> SettingValue:
     """Check and normalise one user-supplied value; raise :class:`InvalidSettingError`."""
-    _choices("component", component, COMPONENTS)
-    if parameter not in PARAMETERS[component]:
-        raise InvalidSettingError(
-            f"{component} has no setting {parameter!r}; valid settings: {', '.join(PARAMETERS[component])}"
-        )
-    if parameter == "device":
-        return _choices("device", value, DEVICES)
-    if parameter == "compute_type":
-        return _choices("compute type", value, COMPUTE_TYPES)
-    if parameter == "batch_size":
-        return _int_range("batch size", value, 1, 4096 if component == "crepe" else 256)
-    if component == "whisper" and parameter == "model":
-        model = _choices("whisper model", value, WHISPER_MODELS)
-        return "large-v3-turbo" if model == "turbo" else model
-    if component == "demucs" and parameter == "model":
-        return _choices("demucs model", value, DEMUCS_MODELS)
-    if parameter == "chunk_size":
-        return _int_range("chunk size", value, DEMUCS_MIN_CHUNK, DEMUCS_MAX_CHUNK)
-    if parameter == "overlap":
-        try:
-            overlap = float(value)
-        except (TypeError, ValueError):
-            raise InvalidSettingError(f"invalid overlap {value!r}; it must be a number from 0 to 0.9") from None
-        if not 0.0 <= overlap <= 0.9:
-            raise InvalidSettingError(f"invalid overlap {value!r}; it must be a number from 0 to 0.9")
-        return overlap
-    if parameter == "model_capacity":
-        return _choices("crepe model capacity", value, CREPE_CAPACITIES)
-    if parameter == "step_size":
-        return _int_range("step size (ms)", value, 1, 100)
-    raise InvalidSettingError(f"unknown setting {component}.{parameter}")  # pragma: no cover
+    return component_spec(component).parameter(parameter).validate(value)
 
 
-def validate_settings(settings: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+def validate_settings(settings: ComponentValues | None) -> dict[str, ParameterValues]:
     """Validate a ``{component: {parameter: value}}`` mapping; ``None`` values are dropped."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, ParameterValues] = {}
     for component, params in (settings or {}).items():
-        _choices("component", component, COMPONENTS)
-        clean = {p: validate_setting(component, p, v) for p, v in params.items() if v is not None}
+        clean = component_spec(component).validate(params)
         if clean:
             out[component] = clean
     return out
 
 
 def validate_mode(mode: str) -> str:
-    return _choices("mode", mode, MODES)
+    if mode not in MODES:
+        raise InvalidSettingError(f"invalid mode {mode!r}; valid choices: {', '.join(MODES)}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -133,8 +57,7 @@ class PlanTarget:
     name: str
     vram_total_mb: int | None = None
     compute_capability: str | None = None
-    gpu_index: int | None = None
-    gpu_id: str | None = None  # NVML UUID; None for the CPU and for hypothetical cards
+    gpu: GpuIdentity | None = None  # None for the CPU and for hypothetical cards
     torch_can_run: bool | None = None  # None: not checked yet (run ugpu detect)
     torch_reason: str | None = None
     torch_fix: str | None = None
@@ -148,11 +71,20 @@ class PlanTarget:
     def vram_total_gb(self) -> int:
         return nominal_gb(self.vram_total_mb)
 
+    @property
+    def settings_key(self) -> str | None:
+        """Whose stored overrides apply: the GPU's UUID, ``"cpu"``, or None (a hypothetical card)."""
+        if self.hypothetical:
+            return None
+        if self.gpu is not None:
+            return self.gpu.uuid or f"gpu-index-{self.gpu.index}"
+        return "cpu"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "gpu_index": self.gpu_index,
-            "gpu_id": self.gpu_id,
+            "gpu_index": None if self.gpu is None else self.gpu.index,
+            "gpu_id": None if self.gpu is None else self.gpu.uuid,
             "vram_total_mb": self.vram_total_mb,
             "vram_total_gb": self.vram_total_gb,
             "compute_capability": self.compute_capability,
@@ -162,9 +94,12 @@ class PlanTarget:
         }
 
 
+CPU_TARGET = PlanTarget("CPU")
+
+
 @dataclass(frozen=True)
 class Setting:
-    value: Any
+    value: SettingValue
     reason: str
     source: str
 
@@ -175,18 +110,30 @@ class Setting:
 @dataclass(frozen=True)
 class ComponentPlan:
     component: str
-    settings: dict[str, Setting]
+    settings: dict[str, Setting]  # in the spec's parameter order
     estimated_vram_mb: int | None  # None on the CPU
 
-    def value(self, parameter: str) -> Any:
+    @property
+    def spec(self) -> ComponentSpec:
+        return SPECS[self.component]
+
+    def value(self, parameter: str) -> SettingValue:
         return self.settings[parameter].value
 
-    def values(self) -> dict[str, Any]:
+    def values(self) -> ParameterValues:
         return {name: s.value for name, s in self.settings.items()}
+
+    def typed(self) -> StageSettings:
+        """The settings as the component's frozen dataclass (what engines take)."""
+        return self.spec.settings(self.values())
 
     @property
     def device(self) -> str:
-        return self.value("device")
+        return str(self.value("device"))
+
+    @property
+    def model(self) -> str:
+        return str(self.value("model"))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,9 +159,13 @@ class Plan:
             return None
         return round(min(1.0, self.vram_budget_mb / self.target.vram_total_mb), 4)
 
-    def optimization_applied(self) -> dict[str, dict[str, Any]]:
+    @property
+    def uses_gpu(self) -> bool:
+        return any(c.device == "cuda" for c in self.components.values())
+
+    def optimization_applied(self) -> dict[str, dict[str, SettingValue]]:
         """The design's ``optimization_applied``: exactly its keys per component."""
-        return {c: {k: self.components[c].value(k) for k in API_KEYS[c]} for c in COMPONENTS}
+        return {c: SPECS[c].api_values(self.components[c].values()) for c in COMPONENTS}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -231,7 +182,7 @@ class Plan:
 
 
 def _gpu_usable(target: PlanTarget) -> tuple[bool, str | None]:
-    if not target.is_gpu:
+    if not target.is_gpu or target.vram_total_mb is None:
         return False, "no usable NVIDIA GPU was detected"
     if target.vram_total_mb < MIN_USABLE_GPU_MB:
         return False, f"{target.name} has only {target.vram_total_mb} MB of VRAM, too little for these models"
@@ -240,67 +191,28 @@ def _gpu_usable(target: PlanTarget) -> tuple[bool, str | None]:
     return True, None
 
 
-def _tier_defaults(component: str, tier: Tier) -> dict[str, Any]:
-    if component == "whisper":
-        return {"model": tier.whisper_model, "batch_size": tier.whisper_batch}
-    if component == "demucs":
-        return {
-            "model": tier.demucs_model,
-            "chunk_size": tier.demucs_chunk,
-            "overlap": tier.demucs_overlap,
-            "batch_size": tier.demucs_batch,
-        }
-    return {"model_capacity": tier.crepe_capacity, "step_size": tier.crepe_step_ms, "batch_size": tier.crepe_batch}
-
-
-def _tier_reason(component: str, parameter: str, value: Any, tier: Tier) -> str:
-    if parameter == "batch_size":
-        unit = {"whisper": "voiced chunks of <= 30 s", "demucs": "chunks", "crepe": "pitch frames"}[component]
-        return f"{value} {unit} per forward pass"
-    if component == "demucs" and parameter == "model":
-        return "best vocals; of its four one-hot models only the vocals one runs"
-    if parameter == "chunk_size":
-        if value == DEMUCS_MAX_CHUNK:
-            return "7.8 s chunks: HTDemucs computes 7.8 s per chunk anyway, so the longest means fewest passes"
-        return f"{value / 44_100:.1f} s chunks (HTDemucs takes at most 7.8 s)"
-    if parameter == "overlap":
-        return "demucs's default overlap between chunks"
-    if parameter == "step_size":
-        return f"a pitch frame every {value} ms" + (" (half the frames of 5 ms)" if value == 10 else "")
-    if component == "crepe" and parameter == "model_capacity":
-        return "tiny runs ~5x real time on a CPU, full ~0.3x" if tier.is_cpu else "full, the most accurate CREPE"
-    return tier.why
-
-
-def _describe(parameter: str, value: Any) -> str:
-    unit = _UNITS.get(parameter)
-    return f"{value} {unit}" if unit else str(value)
-
-
 class _Builder:
     """Accumulates one component's settings, each write recording reason and source."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec: ComponentSpec) -> None:
+        self.spec = spec
         self.settings: dict[str, Setting] = {}
 
-    def set(self, parameter: str, value: Any, reason: str, source: str) -> None:
+    def set(self, parameter: str, value: SettingValue, reason: str, source: str) -> None:
         self.settings[parameter] = Setting(value, reason, source)
 
-    def value(self, parameter: str) -> Any:
+    def value(self, parameter: str) -> SettingValue:
         return self.settings[parameter].value
 
-    def source(self, parameter: str) -> str:
-        return self.settings[parameter].source
-
     def user_set(self, parameter: str) -> bool:
-        return self.source(parameter) in ("override", "flag")
+        return parameter in self.settings and self.settings[parameter].source in ("override", "flag")
 
-    def values(self) -> dict[str, Any]:
-        return {p: s.value for p, s in self.settings.items()}
+    def typed(self) -> StageSettings:
+        return self.spec.settings_type(**{p: s.value for p, s in self.settings.items()})
 
 
 def _plan_component(
-    component: str,
+    spec: ComponentSpec,
     *,
     target: PlanTarget,
     gpu_tier: Tier,
@@ -308,12 +220,13 @@ def _plan_component(
     gpu_reason: str | None,
     mode: str,
     budget_mb: int | None,
-    override: dict[str, Any],
-    flag: dict[str, Any],
+    override: ParameterValues,
+    flag: ParameterValues,
     notes: list[str],
     cpu_source: str = "tier",
 ) -> ComponentPlan:
-    b = _Builder()
+    b = _Builder(spec)
+    component = spec.name
 
     # Device first: it decides which tier row the other defaults come from.
     if gpu_ok:
@@ -329,47 +242,45 @@ def _plan_component(
     on_gpu = b.value("device") == "cuda"
     tier = gpu_tier if on_gpu else CPU_TIER
 
-    for parameter, value in _tier_defaults(component, tier).items():
-        b.set(parameter, value, f"{tier.label} tier: {_tier_reason(component, parameter, value, tier)}", "tier")
+    b.set("backend", spec.default_backend, f"{spec.default_backend}, the default {spec.title} backend", "tier")
+    for parameter, value in spec.tier_defaults[tier.key].items():
+        reason = spec.tier_reason(parameter, value, tier) or tier.why
+        b.set(parameter, value, f"{tier.label} tier: {reason}", "tier")
 
-    # Mode: scale batches, and Demucs chunk length where the mode sets one.
+    # Mode: scale batches, and the chunk length where the mode sets one.
     m = MODE_TABLE[mode]
     if m.batch_factor != 1.0:
-        base = b.value("batch_size")
+        base = int(b.value("batch_size"))
         b.set("batch_size", max(1, int(base * m.batch_factor)), f"{mode}: {m.why} ({base} in the tier table)", "mode")
-    if component == "demucs" and m.demucs_chunk:
-        b.set("chunk_size", m.demucs_chunk, f"{mode}: the longest chunk HTDemucs takes (7.8 s), fewest overlaps", "mode")
+    if spec.mode_chunk_parameter and m.demucs_chunk:
+        b.set(spec.mode_chunk_parameter, m.demucs_chunk,
+              f"{mode}: the longest chunk HTDemucs takes (7.8 s), fewest overlaps", "mode")  # fmt: skip
 
     # Precision follows the device and the card.
-    if component == "whisper":
-        cc = target.compute_capability
-        if not on_gpu:
-            b.set("compute_type", "float32", "the CPU has no fast float16 path; whisper would fall back anyway", "tier")
-        elif cc and tuple(int(x) for x in cc.split(".")) < (7, 0):
-            b.set("compute_type", "float32", f"{sm_name(cc)} has no fast float16 (tensor cores arrive with sm_70)", "hardware")
-        else:
-            b.set("compute_type", "float16", "float16 halves weights and activations on tensor-core GPUs", "tier")
-    else:
-        b.set("compute_type", "float32", f"{component} runs in float32 (its reference precision)", "tier")
+    p = spec.precision(on_gpu, target.compute_capability)
+    b.set("compute_type", p.value, p.reason, p.source)
 
     for source, given in (("override", override), ("flag", flag)):
         for parameter, value in given.items():
             if parameter != "device":
-                b.set(parameter, value, f"{_describe(parameter, value)} set by {_LABELS[source]}", source)
+                described = spec.parameter(parameter).describe(value)
+                b.set(parameter, value, f"{described} set by {_LABELS[source]}", source)
 
     if not on_gpu and b.value("compute_type") == "float16":
         b.set("compute_type", "float32", "float16 was requested, but it does not run on the CPU", "hardware")
-    if component == "demucs" and b.value("model").startswith("htdemucs") and b.value("chunk_size") > DEMUCS_MAX_CHUNK:
-        b.set("chunk_size", DEMUCS_MAX_CHUNK, "HTDemucs cannot take chunks longer than 7.8 s", "hardware")
+    if spec.hardware_limit is not None:
+        limit = spec.hardware_limit(b.typed())
+        if limit is not None:
+            b.set(limit[0], limit[1], limit[2], "hardware")
 
     estimate = None
     if on_gpu and budget_mb:
-        user_sized = any(b.user_set(p) for p in ("batch_size", "model", "model_capacity", "device") if p in b.settings)
-        estimate, misfit = _fit(component, b, budget_mb, shrink=not user_sized)
+        user_sized = any(b.user_set(p) for p in ("batch_size", "model", "device"))
+        estimate, misfit = _fit(b, budget_mb, shrink=not user_sized)
         if misfit and not user_sized:
             notes.append(f"{component}: {misfit}; it runs on the CPU")
             return _plan_component(
-                component, target=target, gpu_tier=gpu_tier, gpu_ok=False, gpu_reason=misfit, mode=mode,
+                spec, target=target, gpu_tier=gpu_tier, gpu_ok=False, gpu_reason=misfit, mode=mode,
                 budget_mb=budget_mb, override=override, flag=flag, notes=notes, cpu_source="hardware",
             )  # fmt: skip
         if misfit:
@@ -377,32 +288,33 @@ def _plan_component(
                 f"{component}: {misfit}; on out-of-memory the fallback ladder halves the batch, "
                 "then moves the stage to the CPU"
             )
-    ordered = {p: b.settings[p] for p in PARAMETERS[component]}
+    ordered = {p: b.settings[p] for p in spec.parameter_names}
     return ComponentPlan(component, ordered, estimate)
 
 
-def _fit(component: str, b: _Builder, budget_mb: int, *, shrink: bool) -> tuple[int, str | None]:
-    """Make the stage fit the VRAM budget: halve the batch; at 1, take the next smaller Whisper
-    model with the batch it started with, and halve again.
+def _fit(b: _Builder, budget_mb: int, *, shrink: bool) -> tuple[int, str | None]:
+    """Make the stage fit the VRAM budget: halve the batch; at 1, take the next smaller model
+    (where the component has a step-down list) with the batch it started with, and halve again.
 
     Settings the user sized (batch, model, device) are never shrunk: ``shrink`` is False.
     Returns the estimate and, when it still does not fit, why.
     """
-    need = estimate_vram_mb(component, b.values())
+    spec = b.spec
+    need = spec.estimate_vram_mb(b.typed())
     if need <= budget_mb or not shrink:
         return need, (None if need <= budget_mb else f"an estimated {need} MB exceeds the {budget_mb} MB VRAM budget")
-    start_batch, start_model = b.settings["batch_size"], b.settings.get("model")
-    models: tuple[str | None, ...] = (None,)
-    if component == "whisper":
-        current = canonical_whisper(start_model.value)
-        models = (None, *(WHISPER_STEP_DOWN[WHISPER_STEP_DOWN.index(current) + 1 :] if current in WHISPER_STEP_DOWN else ()))
-    for model in models:
+    start_batch, start_model = b.settings["batch_size"], b.settings["model"]
+    steps = spec.step_down_models
+    current = str(start_model.value)
+    smaller = steps[steps.index(current) + 1 :] if current in steps else ()
+    for model in (None, *smaller):
         if model is not None:
             b.set("model", model, f"{start_model.value} does not fit the {budget_mb} MB budget; {model} does", "hardware")
             b.settings["batch_size"] = start_batch
-        while (need := estimate_vram_mb(component, b.values())) > budget_mb and b.value("batch_size") > 1:
-            batch = b.value("batch_size")
-            b.set("batch_size", batch // 2, f"halved from {batch}: {need} MB would exceed the {budget_mb} MB budget", "hardware")
+        while (need := spec.estimate_vram_mb(b.typed())) > budget_mb and int(b.value("batch_size")) > 1:
+            batch = int(b.value("batch_size"))
+            b.set("batch_size", batch // 2, f"halved from {batch}: {need} MB would exceed the {budget_mb} MB budget",
+                  "hardware")  # fmt: skip
         if need <= budget_mb:
             return need, None
     return need, f"an estimated {need} MB exceeds the {budget_mb} MB VRAM budget"
@@ -412,15 +324,15 @@ def resolve(
     target: PlanTarget,
     mode: str = "balanced",
     vram_limit_gb: float | None = None,
-    overrides: dict[str, dict[str, Any]] | None = None,
-    flags: dict[str, dict[str, Any]] | None = None,
+    overrides: ComponentValues | None = None,
+    flags: ComponentValues | None = None,
 ) -> Plan:
-    """Plan Whisper, Demucs and CREPE for ``target``. Raises :class:`InvalidSettingError`."""
+    """Plan every registered component for ``target``. Raises :class:`InvalidSettingError`."""
     mode = validate_mode(mode)
-    if vram_limit_gb is not None and not vram_limit_gb > 0:
-        raise InvalidSettingError(f"invalid VRAM limit {vram_limit_gb!r}; it must be a number of GB above 0")
-    overrides = validate_settings(overrides)
-    flags = validate_settings(flags)
+    if vram_limit_gb is not None:
+        vram_limit_gb = validate_vram_gb("VRAM limit", vram_limit_gb)
+    clean_overrides = validate_settings(overrides)
+    clean_flags = validate_settings(flags)
     notes: list[str] = []
 
     gpu_ok, gpu_reason = _gpu_usable(target)
@@ -428,14 +340,14 @@ def resolve(
     gpu_tier = CPU_TIER
     if gpu_ok:
         effective_gb: float = target.vram_total_gb
-        effective_mb = float(target.vram_total_mb)
+        effective_mb = float(target.vram_total_mb or 0)
         if vram_limit_gb is not None:
             if vram_limit_gb < effective_gb:
                 effective_gb, effective_mb = vram_limit_gb, vram_limit_gb * 1024
                 notes.append(f"VRAM limited to {vram_limit_gb:g} GB: planned as a {vram_limit_gb:g} GB card")
             else:
                 notes.append(f"VRAM limit {vram_limit_gb:g} GB is not below the card's {effective_gb} GB")
-        gpu_tier = tier_for_vram(effective_gb)
+        gpu_tier = tier_for_vram(int(effective_gb))
         budget_mb = int(effective_mb * MODE_TABLE[mode].vram_fraction)
     elif target.is_gpu:
         notes.append(f"planned for the CPU: {gpu_reason}")
@@ -447,26 +359,27 @@ def resolve(
         notes.append(f"hypothetical: planned for {target.name}, which is not in this machine")
 
     components = {
-        c: _plan_component(
-            c,
-            target=target,
-            gpu_tier=gpu_tier,
-            gpu_ok=gpu_ok,
-            gpu_reason=gpu_reason,
-            mode=mode,
-            budget_mb=budget_mb,
-            override=overrides.get(c, {}),
-            flag=flags.get(c, {}),
-            notes=notes,
-        )
-        for c in COMPONENTS
+        name: _plan_component(
+            spec, target=target, gpu_tier=gpu_tier, gpu_ok=gpu_ok, gpu_reason=gpu_reason, mode=mode,
+            budget_mb=budget_mb, override=clean_overrides.get(name, {}), flag=clean_flags.get(name, {}), notes=notes,
+        )  # fmt: skip
+        for name, spec in SPECS.items()
     }
-    return Plan(
-        target=target,
-        mode=mode,
-        tier=gpu_tier,
-        vram_limit_gb=vram_limit_gb,
-        vram_budget_mb=budget_mb,
-        components=components,
-        notes=tuple(notes),
-    )
+    return Plan(target, mode, gpu_tier, vram_limit_gb, budget_mb, components, tuple(notes))
+
+
+#: The largest amount of VRAM any plan accepts (no card has more; a typo is refused).
+MAX_VRAM_GB = 4096.0
+
+
+def validate_vram_gb(label: str, value: Any) -> float:
+    """A number of GB above 0 and at most :data:`MAX_VRAM_GB`: refuses inf, NaN, negatives."""
+    import math
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and 0 < number <= MAX_VRAM_GB):
+        raise InvalidSettingError(f"invalid {label} {value!r}; it must be a number of GB above 0 and at most {MAX_VRAM_GB:g}")
+    return number

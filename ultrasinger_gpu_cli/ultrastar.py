@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ultrasinger_gpu_cli.words import Word
+
 VOWELS = set("aeiouyäöüáéíóúàèìòùâêîôûãõåæøœëïÿAEIOUYÄÖÜÁÉÍÓÚÀÈÌÒÙÂÊÎÔÛÃÕÅÆØŒËÏŸ")
 LANGUAGES = {
     "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
@@ -30,17 +32,6 @@ LANGUAGES = {
 CONFIDENCE = 0.5  # periodicity above which a pitch frame counts as voiced
 PHRASE_PAUSE_S = 0.8  # a pause at least this long between words ends a phrase
 MIN_SPLIT_S = 0.15  # a pitch run must last this long to become its own ~ note
-
-
-@dataclass(frozen=True)
-class TimedText:
-    """A word or syllable with its time in seconds."""
-
-    text: str
-    start: float
-    end: float
-    word_end: bool = True  # the last syllable of its word (carries the trailing space)
-    phrase_start: bool = False
 
 
 @dataclass
@@ -140,16 +131,16 @@ def rule_syllables(word: str, language: str | None = None) -> list[str]:
     return [p for p in pieces if p]
 
 
-def split_words(words: Sequence[TimedText], language: str | None = None) -> list[TimedText]:
+def split_words(words: Sequence[Word], language: str | None = None) -> list[Word]:
     """Words -> syllables, sharing each word's time out by letters."""
     out = []
     for w in words:
         parts = syllables(w.text.strip(), language)
         weights = np.array([max(1, sum(ch.isalpha() for ch in p)) for p in parts], dtype=float)
-        bounds = w.start + np.concatenate(([0.0], np.cumsum(weights) / weights.sum())) * (w.end - w.start)
+        bounds = w.start_s + np.concatenate(([0.0], np.cumsum(weights) / weights.sum())) * (w.end_s - w.start_s)
         for k, part in enumerate(parts):
-            out.append(TimedText(part, float(bounds[k]), float(bounds[k + 1]), word_end=k == len(parts) - 1,
-                                 phrase_start=w.phrase_start and k == 0))  # fmt: skip
+            out.append(Word(part, float(bounds[k]), float(bounds[k + 1]), word_end=k == len(parts) - 1,
+                            phrase_start=w.phrase_start and k == 0))
     return out
 
 
@@ -172,25 +163,25 @@ def _pitch_runs(times: np.ndarray, midi: np.ndarray) -> list[tuple[float, float,
 
 @dataclass
 class PitchedUnit:
-    unit: TimedText
+    unit: Word
     parts: list[tuple[float, float, int | None]]  # (start, end, midi) - more than one: ~ notes
 
 
 def pitch_units(
-    units: Sequence[TimedText], times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray,
+    units: Sequence[Word], times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray,
     threshold: float = CONFIDENCE,
 ) -> list[PitchedUnit]:  # fmt: skip
     voiced = (confidence >= threshold) & (frequency > 0)
     out = []
     for u in units:
-        inside = voiced & (times >= u.start) & (times < u.end)
+        inside = voiced & (times >= u.start_s) & (times < u.end_s)
         if not inside.any():
-            out.append(PitchedUnit(u, [(u.start, u.end, None)]))
+            out.append(PitchedUnit(u, [(u.start_s, u.end_s, None)]))
             continue
         midi = hz_to_midi(frequency[inside])
         runs = [r for r in _pitch_runs(times[inside], midi) if r[1] - r[0] >= MIN_SPLIT_S]
-        if len(runs) <= 1 or u.end - u.start < 2 * MIN_SPLIT_S:
-            out.append(PitchedUnit(u, [(u.start, u.end, int(np.round(np.median(midi))))]))
+        if len(runs) <= 1 or u.end_s - u.start_s < 2 * MIN_SPLIT_S:
+            out.append(PitchedUnit(u, [(u.start_s, u.end_s, int(np.round(np.median(midi))))]))
             continue
         merged: list[list] = []
         for start, end, m in runs:  # neighbouring runs of the same pitch join
@@ -200,8 +191,8 @@ def pitch_units(
                 merged.append([start, end, m])
         parts = []
         for k, (start, _end, m) in enumerate(merged):
-            s = u.start if k == 0 else start
-            e = u.end if k == len(merged) - 1 else merged[k + 1][0]
+            s = u.start_s if k == 0 else start
+            e = u.end_s if k == len(merged) - 1 else merged[k + 1][0]
             parts.append((s, e, m))
         out.append(PitchedUnit(u, parts))
     # Units without voiced frames take their neighbour's pitch (or C4).
@@ -218,17 +209,17 @@ def pitch_units(
 
 # -- notes -------------------------------------------------------------------------------------
 def build_song(
-    words: Sequence[TimedText], times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray, *,
+    words: Sequence[Word], times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray, *,
     bpm: float, title: str, artist: str, language: str | None = None, split_syllables: bool = True,
 ) -> Song:  # fmt: skip
     """Notes on a beat grid: ``#BPM`` = ``bpm`` (so a beat is a sixteenth of the song's tempo),
     ``#GAP`` = the first note's start, no overlaps, a phrase end at every pause."""
     units = split_words(words, language) if split_syllables else list(words)
-    units = [u for u in units if u.end > u.start and u.text.strip()]
+    units = [u for u in units if u.end_s > u.start_s and u.text.strip()]
     song = Song(title=title, artist=artist, bpm=bpm, gap_ms=0, language=language)
     if not units:
         return song
-    gap_s = units[0].start
+    gap_s = units[0].start_s
     song.gap_ms = int(round(gap_s * 1000))
     beat_s = song.beat_s
 
@@ -238,7 +229,7 @@ def build_song(
     previous_end_s = None
     for pu in pitch_units(units, times, frequency, confidence):
         u = pu.unit
-        if song.notes and previous_end_s is not None and (u.phrase_start or u.start - previous_end_s >= PHRASE_PAUSE_S):
+        if song.notes and previous_end_s is not None and (u.phrase_start or u.start_s - previous_end_s >= PHRASE_PAUSE_S):
             song.phrase_ends.append(song.notes[-1].end_beat)
         for k, (s, e, midi) in enumerate(pu.parts):
             text = u.text if k == 0 else "~"
@@ -251,7 +242,7 @@ def build_song(
                 start = max(start, prev.end_beat)
             length = max(1, beat(e) - start)
             song.notes.append(Note(start, length, int(midi), text))
-        previous_end_s = u.end
+        previous_end_s = u.end_s
     # A phrase end must not sit inside the next phrase's first note.
     ends = []
     for end_beat in song.phrase_ends:
@@ -295,7 +286,7 @@ def to_ultrastar(
     return "\n".join(lines) + "\n"
 
 
-def parse_ultrastar(text: str) -> tuple[dict[str, str], list[TimedText]]:
+def parse_ultrastar(text: str) -> tuple[dict[str, str], list[Word]]:
     """Headers and the notes' syllables with their times (for ``--timings``)."""
     headers: dict[str, str] = {}
     notes = []
@@ -317,7 +308,7 @@ def parse_ultrastar(text: str) -> tuple[dict[str, str], list[TimedText]]:
         raise ValueError("the file has no #BPM")
     gap = float(headers.get("GAP", "0").replace(",", ".")) / 1000
     beat_s = 60 / (bpm * 4)
-    out: list[TimedText] = []
+    out: list[Word] = []
     phrase = True
     for item in notes:
         if item is None:
@@ -326,11 +317,11 @@ def parse_ultrastar(text: str) -> tuple[dict[str, str], list[TimedText]]:
         start, length, syllable = item
         if syllable.strip() == "~" and out:  # a continuation extends the syllable before it
             prev = out[-1]
-            out[-1] = TimedText(prev.text, prev.start, gap + (start + length) * beat_s,
-                                prev.word_end or syllable.endswith(" "), prev.phrase_start)  # fmt: skip
+            out[-1] = Word(prev.text, prev.start_s, gap + (start + length) * beat_s,
+                           word_end=prev.word_end or syllable.endswith(" "), phrase_start=prev.phrase_start)
             continue
-        out.append(TimedText(syllable.rstrip() or syllable, gap + start * beat_s, gap + (start + length) * beat_s,
-                             word_end=syllable.endswith(" ") or syllable.startswith("~"), phrase_start=phrase))  # fmt: skip
+        out.append(Word(syllable.rstrip() or syllable, gap + start * beat_s, gap + (start + length) * beat_s,
+                        word_end=syllable.endswith(" ") or syllable.startswith("~"), phrase_start=phrase))
         phrase = False
     return headers, out
 

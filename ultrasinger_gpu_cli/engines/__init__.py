@@ -1,26 +1,22 @@
-"""The three engines behind one interface (:class:`~.base.Engine`).
+"""The engines: one backend each, behind one interface (:class:`~.base.Engine`).
 
 Heavy libraries (torch, whisper, demucs, torchcrepe) are imported inside the engines'
-methods, never at import time of this package.
+methods, never at import time of this package. Which engine runs a component is the
+component registry's business (:mod:`ultrasinger_gpu_cli.components`).
 """
 
-from ultrasinger_gpu_cli.engines.base import Engine, EngineRun, Progress
+from __future__ import annotations
 
-__all__ = ["Engine", "EngineRun", "Progress", "create"]
+from pathlib import Path
+
+from ultrasinger_gpu_cli.components import StageSettings, spec
+from ultrasinger_gpu_cli.devices import DeviceBinding
+from ultrasinger_gpu_cli.engines.base import Engine, Progress
+
+__all__ = ["Engine", "Progress", "create"]
 
 
-def create(component: str, settings: dict, models_dir=None) -> Engine:
-    """An engine for ``component`` with the plan's settings for it."""
-    if component == "demucs":
-        from ultrasinger_gpu_cli.engines.demucs_engine import DemucsEngine
-
-        return DemucsEngine(settings, models_dir)
-    if component == "whisper":
-        from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
-
-        return WhisperEngine(settings, models_dir)
-    if component == "crepe":
-        from ultrasinger_gpu_cli.engines.crepe_engine import CrepeEngine
-
-        return CrepeEngine(settings, models_dir)
-    raise KeyError(component)
+def create(component: str, settings: StageSettings, models_dir: Path | None = None,
+           binding: DeviceBinding | None = None) -> Engine:  # fmt: skip
+    """An engine of the settings' backend for ``component`` (not loaded yet)."""
+    return spec(component).create(settings, models_dir, binding)

@@ -1,90 +1,65 @@
 """The engine interface: load once, run on arrays with a progress callback, unload.
 
-An engine never prints: it reports through the callback and raises typed errors.
+An engine is one backend of one component (``components/<name>.py`` registers it). It never
+prints and never times itself: the stage runner (:mod:`ultrasinger_gpu_cli.runner`) measures
+every run the same way. It reports progress through the callback and raises typed errors.
 """
 
 from __future__ import annotations
 
-import gc
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from ultrasinger_gpu_cli.errors import GpuUnavailableError
+from ultrasinger_gpu_cli.components.base import StageSettings
+from ultrasinger_gpu_cli.devices import DeviceBinding, free_memory
 
 #: ``progress(fraction_done, audio_seconds_done)``
 Progress = Callable[[float, float], None]
+S = TypeVar("S", bound=StageSettings)
 
 
-def _no_progress(fraction: float, seconds: float) -> None:
+def no_progress(fraction: float, seconds: float) -> None:
     return None
 
 
-def free_memory() -> None:
-    """Collect garbage and hand cached CUDA memory back to the driver."""
-    gc.collect()
-    try:
-        import torch
+class Engine(ABC, Generic[S]):
+    """Base of every backend's engine."""
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-@dataclass
-class EngineRun:
-    """What one run of an engine cost."""
-
-    engine: str
-    model: str
-    device: str
-    wall_seconds: float
-    audio_seconds: float
-    peak_vram_mb: int | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def speed_x(self) -> float | None:
-        """x real time: audio seconds processed per wall second."""
-        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["speed_x"] = None if self.speed_x is None else round(self.speed_x, 3)
-        return data
-
-
-class Engine(ABC):
-    """Base of the Demucs, Whisper and CREPE engines."""
-
-    name: str = "engine"
-
-    def __init__(self, settings: dict[str, Any], models_dir: Path | None = None) -> None:
-        self.settings = dict(settings)
+    def __init__(self, settings: S, models_dir: Path | None = None, binding: DeviceBinding | None = None) -> None:
+        self.settings: S = settings
         self.models_dir = models_dir
+        self._binding = binding
         self._model: Any = None
 
     @property
     def model_name(self) -> str:
-        return str(self.settings.get("model") or self.settings.get("model_capacity"))
+        return self.settings.model
 
     @property
     def loaded(self) -> bool:
         return self._model is not None
 
-    def device(self):
-        import torch
+    @property
+    def binding(self) -> DeviceBinding:
+        """Where this engine runs: the CPU, or the CUDA ordinal of the GPU the user named."""
+        if self._binding is None:
+            if self.settings.device == "cuda":
+                from ultrasinger_gpu_cli.devices import bind
 
-        wanted = self.settings.get("device", "cpu")
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise GpuUnavailableError(f"{self.name}: the plan says cuda, but PyTorch sees no usable GPU",
-                                      hint="run `ugpu detect`")  # fmt: skip
-        return torch.device(wanted)
+                self._binding = bind(None)  # used as a library: torch's current device
+            else:
+                self._binding = DeviceBinding.cpu()
+        return self._binding
+
+    def device(self):
+        """The ``torch.device`` to load and compute on (``cuda:N`` or ``cpu``)."""
+        return self.binding.torch_device()
+
+    def retune(self, settings: S) -> None:
+        """New settings of the same model on the same device (a smaller batch after out of memory)."""
+        self.settings = settings
 
     @abstractmethod
     def load(self) -> None:
@@ -99,23 +74,5 @@ class Engine(ABC):
         if not self.loaded:
             self.load()
 
-    @contextmanager
-    def measure(self, audio_seconds: float) -> Iterator[EngineRun]:
-        """Time a run and, on CUDA, record its peak VRAM."""
-        import torch
 
-        device = self.device()
-        on_cuda = device.type == "cuda"
-        if on_cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        run = EngineRun(self.name, self.model_name, device.type, 0.0, audio_seconds, settings=dict(self.settings))
-        start = time.perf_counter()
-        yield run
-        if on_cuda:
-            torch.cuda.synchronize(device)
-            run.peak_vram_mb = int(torch.cuda.max_memory_allocated(device) // (1024 * 1024))
-        run.wall_seconds = time.perf_counter() - start
-
-
-__all__ = ["Engine", "EngineRun", "Progress", "_no_progress"]
+__all__ = ["Engine", "Progress", "no_progress"]

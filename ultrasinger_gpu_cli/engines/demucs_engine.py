@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ultrasinger_gpu_cli.engines.base import Engine, EngineRun, Progress, _no_progress
+from ultrasinger_gpu_cli.components.base import Backend
+from ultrasinger_gpu_cli.components.demucs import DemucsSettings
+from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.errors import EngineError
-from ultrasinger_gpu_cli.models import demucs_bag, demucs_needed, demucs_status, require_present
+from ultrasinger_gpu_cli.models import demucs_bag, demucs_needed, demucs_status, pull_demucs, require_present
 
 
 @dataclass
@@ -27,24 +29,23 @@ class Separation:
     vocals: np.ndarray  # (channels, n) float32, at sample_rate
     instrumental: np.ndarray
     sample_rate: int
-    run: EngineRun
     silent: bool = False  # nothing to separate: the input is (near) silence
 
 
-class DemucsEngine(Engine):
-    name = "demucs"
+class DemucsEngine(Engine[DemucsSettings]):
+    """Demucs's own models: only the ones the vocals need, batched chunks."""
 
     def load(self) -> None:
         import torch
         from demucs.repo import ModelLoadingError, check_checksum
         from demucs.states import load_model
 
-        bag = demucs_bag(self.settings["model"], self.models_dir)
+        bag = demucs_bag(self.settings.model, self.models_dir)
 
         def load_sig(sig: str):
             f = bag.files[sig]
             if not f.present:
-                require_present(demucs_status(self.settings["model"], self.models_dir))
+                require_present(demucs_status(self.settings.model, self.models_dir))
             if f.expected_sha256_prefix and f.url is None:  # local <sig>-<sha256[:8]>.th
                 try:
                     check_checksum(f.path, f.expected_sha256_prefix)
@@ -81,7 +82,7 @@ class DemucsEngine(Engine):
         self.ensure_loaded()
         return int(self._model["samplerate"])
 
-    def run(self, mix: np.ndarray, progress: Progress = _no_progress) -> Separation:
+    def run(self, mix: np.ndarray, progress: Progress = no_progress) -> Separation:
         """Separate ``mix`` (channels, n) at the model's sample rate (44.1 kHz)."""
         import torch
 
@@ -94,30 +95,29 @@ class DemucsEngine(Engine):
         if mix.shape[0] != state["channels"]:
             raise EngineError(f"demucs expects {state['channels']} channels, got {mix.shape[0]}")
         duration = mix.shape[-1] / rate
-        with self.measure(duration) as stats:
-            wav = torch.from_numpy(mix)
-            ref = wav.mean(0)
-            mean, std = ref.mean(), ref.std()
-            if mix.shape[-1] < 2 or not torch.isfinite(std) or float(std) < 1e-8:
-                zeros = np.zeros_like(mix)
-                progress(1.0, duration)
-                return Separation(zeros, mix.copy(), rate, stats, silent=True)
-            normalised = (wav - mean) / std
-            total = torch.zeros_like(normalised)
-            weight_sum = 0.0
-            n_parts = len(state["parts"])
-            for i, (model, weight) in enumerate(state["parts"]):
+        wav = torch.from_numpy(mix)
+        ref = wav.mean(0)
+        mean, std = ref.mean(), ref.std()
+        if mix.shape[-1] < 2 or not torch.isfinite(std) or float(std) < 1e-8:
+            zeros = np.zeros_like(mix)
+            progress(1.0, duration)
+            return Separation(zeros, mix.copy(), rate, silent=True)
+        normalised = (wav - mean) / std
+        total = torch.zeros_like(normalised)
+        weight_sum = 0.0
+        n_parts = len(state["parts"])
+        for i, (model, weight) in enumerate(state["parts"]):
 
-                def part_progress(fraction: float, i: int = i) -> None:
-                    done = (i + fraction) / n_parts
-                    progress(done, done * duration)
+            def part_progress(fraction: float, i: int = i) -> None:
+                done = (i + fraction) / n_parts
+                progress(done, done * duration)
 
-                vocals = self._vocals_of(model, normalised, state["vocals_index"], part_progress)
-                total += vocals * weight
-                weight_sum += weight
-            vocals = (total / weight_sum) * std + mean
-            vocals_np = vocals.numpy().astype(np.float32)
-        return Separation(vocals_np, (mix - vocals_np).astype(np.float32), rate, stats)
+            vocals = self._vocals_of(model, normalised, state["vocals_index"], part_progress)
+            total += vocals * weight
+            weight_sum += weight
+        vocals = (total / weight_sum) * std + mean
+        vocals_np = vocals.numpy().astype(np.float32)
+        return Separation(vocals_np, (mix - vocals_np).astype(np.float32), rate)
 
     def _vocals_of(self, model: Any, mix, source_index: int, progress) -> Any:
         """demucs's split/overlap-add (``apply_model``, ``shifts=0``), with batched chunks."""
@@ -128,9 +128,9 @@ class DemucsEngine(Engine):
 
         device = next(model.parameters()).device
         channels, length = mix.shape
-        segment = int(self.settings["chunk_size"]) / model.samplerate  # seconds, as apply_model takes it
+        segment = self.settings.chunk_size / model.samplerate  # seconds, as apply_model takes it
         segment_length = int(model.samplerate * segment)
-        stride = int((1 - float(self.settings["overlap"])) * segment_length)
+        stride = int((1 - self.settings.overlap) * segment_length)
         offsets = list(range(0, length, stride))
         weight = torch.cat([torch.arange(1, segment_length // 2 + 1),
                             torch.arange(segment_length - segment_length // 2, 0, -1)])  # fmt: skip
@@ -146,7 +146,7 @@ class DemucsEngine(Engine):
                 return int(model.valid_length(chunk.length))
             return chunk.length
 
-        batch_size = max(1, int(self.settings.get("batch_size", 1)))
+        batch_size = max(1, self.settings.batch_size)
         chunks = [TensorChunk(full, offset, segment_length) for offset in offsets]
         done = 0
         i = 0
@@ -171,3 +171,14 @@ class DemucsEngine(Engine):
             done += len(batch)
             progress(done / len(chunks))
         return out / sum_weight
+
+
+BACKEND = Backend(
+    name="demucs",
+    engine=DemucsEngine,
+    summary="Demucs (demucs 4): only the sub-models the vocals need, several chunks per forward pass",
+    model_status=demucs_status,
+    requires=("torch", "demucs"),
+    install="pip install demucs",
+    pull=pull_demucs,
+)

@@ -22,23 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from ultrasinger_gpu_cli.engines.base import Engine, EngineRun, Progress, _no_progress
-from ultrasinger_gpu_cli.models import whisper_checkpoint
+from ultrasinger_gpu_cli.components.base import Backend
+from ultrasinger_gpu_cli.components.whisper import WhisperSettings
+from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
+from ultrasinger_gpu_cli.models import pull_whisper, whisper_checkpoint, whisper_status
+from ultrasinger_gpu_cli.words import Word
 from ultrasinger_gpu_cli.vad import chunk_regions, voiced_regions
 
 SAMPLE_RATE = 16_000
 MAX_CHUNK_S = 30.0
-
-
-@dataclass
-class Word:
-    word: str
-    start: float
-    end: float
-    probability: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"word": self.word, "start": self.start, "end": self.end, "probability": round(self.probability, 4)}
 
 
 @dataclass
@@ -67,7 +59,6 @@ class Segment:
 class Transcript:
     language: str | None
     segments: list[Segment]
-    run: EngineRun
     chunks: list[tuple[float, float]] = field(default_factory=list)
 
     @property
@@ -84,7 +75,6 @@ class Transcript:
             "segments": [s.to_dict() for s in self.segments],
             "chunks": [list(c) for c in self.chunks],
             "no_vocals_found": self.no_vocals,
-            "run": self.run.to_dict(),
         }
 
 
@@ -111,8 +101,8 @@ def _probability(value: float) -> float:
     return value if np.isfinite(value) else 0.0
 
 
-class WhisperEngine(Engine):
-    name = "whisper"
+class WhisperEngine(Engine[WhisperSettings]):
+    """openai-whisper on voiced chunks, batched."""
 
     #: Decoding options; tests and benchmarks cap ``sample_len`` (random weights decode to the limit).
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -124,17 +114,17 @@ class WhisperEngine(Engine):
     def load(self) -> None:
         import whisper
 
-        path = whisper_checkpoint(self.settings["model"], self.models_dir)
+        path = whisper_checkpoint(self.settings.model, self.models_dir)
         self._model = whisper.load_model(str(path), device=self.device())
 
     @property
     def fp16(self) -> bool:
-        return self.device().type == "cuda" and self.settings.get("compute_type", "float16") == "float16"
+        return self.binding.is_cuda and self.settings.compute_type == "float16"
 
     def run(
         self,
         audio: np.ndarray,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
         *,
         language: str | None = None,
         chunks: list[tuple[float, float]] | None = None,
@@ -145,27 +135,26 @@ class WhisperEngine(Engine):
         duration = len(audio) / SAMPLE_RATE
         if chunks is None:
             chunks = chunk_regions(voiced_regions(audio, SAMPLE_RATE), audio, SAMPLE_RATE, MAX_CHUNK_S)
-        with self.measure(duration) as stats:
-            if not chunks:
-                progress(1.0, duration)
-                return Transcript(language, [], stats, [])
-            segments: list[Segment] = []
-            batch_size = max(1, int(self.settings.get("batch_size", 1)))
-            last_speech = 0.0
-            for first in range(0, len(chunks), batch_size):
-                batch = chunks[first : first + batch_size]
-                features, frames = self._encode(audio, batch)
-                if language is None:
-                    language = self._detect_language(features)
-                results = self._decode(features, language)
-                for (start, end), n_frames, feats, (result, temperature) in zip(batch, frames, features, results):
-                    segment, last_speech = self._align(result, temperature, feats, n_frames, start, end, language, last_speech)
-                    if segment is not None:
-                        segments.append(segment)
-                done = min(len(chunks), first + batch_size)
-                progress(done / len(chunks), chunks[done - 1][1])
+        if not chunks:
             progress(1.0, duration)
-        return Transcript(language, segments, stats, list(chunks))
+            return Transcript(language, [], [])
+        segments: list[Segment] = []
+        batch_size = max(1, self.settings.batch_size)
+        last_speech = 0.0
+        for first in range(0, len(chunks), batch_size):
+            batch = chunks[first : first + batch_size]
+            features, frames = self._encode(audio, batch)
+            if language is None:
+                language = self._detect_language(features)
+            results = self._decode(features, language)
+            for (start, end), n_frames, feats, (result, temperature) in zip(batch, frames, features, results):
+                segment, last_speech = self._align(result, temperature, feats, n_frames, start, end, language, last_speech)
+                if segment is not None:
+                    segments.append(segment)
+            done = min(len(chunks), first + batch_size)
+            progress(done / len(chunks), chunks[done - 1][1])
+        progress(1.0, duration)
+        return Transcript(language, segments, list(chunks))
 
     # -- steps ------------------------------------------------------------------------------------
     def _encode(self, audio: np.ndarray, batch: list[tuple[float, float]]):
@@ -268,3 +257,14 @@ class WhisperEngine(Engine):
             avg_logprob=float(result.avg_logprob), no_speech_prob=float(result.no_speech_prob), temperature=temperature,
         )  # fmt: skip
         return segment, float(seg["end"])
+
+
+BACKEND = Backend(
+    name="openai-whisper",
+    engine=WhisperEngine,
+    summary="openai-whisper: voiced chunks, one encoder pass per batch, batched decoding",
+    model_status=whisper_status,
+    requires=("torch", "whisper"),
+    install="pip install openai-whisper",
+    pull=pull_whisper,
+)

@@ -1,0 +1,59 @@
+"""The ``ugpu`` command line: a thin skin. Each command group parses its options, calls a use
+case (:mod:`ultrasinger_gpu_cli.usecases`) and renders the result (:mod:`..render`).
+
+* ``plan``: detect, optimize         * ``stages``: whisper, demucs, crepe
+* ``run``: the whole pipeline        * ``monitor``: live GPU state
+* ``models``: list, verify, pull     * ``history``: stats, fallback
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ultrasinger_gpu_cli import __version__
+from ultrasinger_gpu_cli.cli import history, models, monitor, plan, run, stages
+
+app = typer.Typer(
+    name="ugpu",
+    help="Turn songs into UltraStar karaoke files on your NVIDIA GPU, and see what the GPU is doing.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ugpu {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    db: Annotated[
+        Optional[Path],
+        typer.Option("--db", help="SQLite file for ugpu's state (default: UGPU_DB, else the user data dir).",
+                     show_default=False),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    ctx.obj = {"db": db}
+
+
+for group in (plan, stages, run, history, monitor, models):
+    group.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,112 @@
+"""What every command shares: consoles, JSON output, error handling, the shared options.
+
+Data (``--json``) goes to stdout; everything for people goes to stderr. Expected errors
+(:class:`~ultrasinger_gpu_cli.errors.UgpuError`) become one message and their exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+
+from ultrasinger_gpu_cli.errors import EXIT_INTERRUPTED, UgpuError
+from ultrasinger_gpu_cli.tiers import MODES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from ultrasinger_gpu_cli.store import Store
+
+
+def choice(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A Typer choice type from a tuple of strings (help and completion list them)."""
+    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+ModeChoice = choice("ModeChoice", MODES)
+
+_consoles: dict[str, Console] = {}
+
+
+def err_console() -> Console:
+    """The console for people: stderr. Created on first use (rich is not imported before)."""
+    if "err" not in _consoles:
+        from rich.console import Console
+
+        _consoles["err"] = Console(stderr=True)
+    return _consoles["err"]
+
+
+def emit_json(data: Any) -> None:
+    """Data for programs: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(fn: F) -> F:
+    """Turn the core's expected errors into a message on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UgpuError as exc:
+            console = err_console()
+            console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+            if exc.hint:
+                console.print(f"[dim]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console().print("interrupted", style="yellow")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def open_store(ctx: typer.Context) -> Store:
+    """The database: ``--db``, else ``UGPU_DB``, else the user data dir (resolved by the store)."""
+    from ultrasinger_gpu_cli.store import Store
+
+    store = Store.open(ctx.obj.get("db") if ctx.obj else None)
+    ctx.call_on_close(store.close)
+    return store
+
+
+def value(option: Optional[Enum]) -> Optional[str]:
+    return None if option is None else option.value
+
+
+# The options most commands share, declared once.
+ModeParam = Annotated[ModeChoice, typer.Option("--mode", "-m", help="How hard to push the card.")]  # type: ignore[valid-type]
+LimitParam = Annotated[
+    Optional[float], typer.Option("--vram-limit", help="Plan and run as if the card had only this many GB.", show_default=False)
+]
+JsonParam = Annotated[bool, typer.Option("--json", help="Print the design's API response as JSON on stdout.")]
+GpuParam = Annotated[
+    str, typer.Option("--gpu", help="Which GPU: its NVML index (0, 1, ...) or its UUID (GPU-...; a unique prefix will do).")
+]
+ModelsDirParam = Annotated[
+    Optional[Path],
+    typer.Option("--models-dir", help="Local model folder for offline machines (default: UGPU_MODELS).", show_default=False),
+]
+RehearseParam = Annotated[
+    Optional[list[str]],
+    typer.Option("--rehearse-fault", metavar="STAGE:ATTEMPT[:oom|kernel]", show_default=False,
+                 help="Diagnostic: raise a GPU out-of-memory (or missing-kernel) error before that attempt of the stage, "
+                      "to watch the fallback ladder work on any machine."),
+]  # fmt: skip
+
+
+def rehearsal(faults: Optional[list[str]]):
+    from ultrasinger_gpu_cli.diagnostics import Fault, Rehearsal
+
+    return Rehearsal(tuple(Fault.parse(f) for f in faults)) if faults else None

@@ -1,0 +1,86 @@
+"""``ugpu run``: the whole pipeline over one or many songs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ultrasinger_gpu_cli.cli.common import (
+    GpuParam,
+    LimitParam,
+    ModeChoice,
+    ModelsDirParam,
+    ModeParam,
+    RehearseParam,
+    choice,
+    emit_json,
+    err_console,
+    handles_errors,
+    open_store,
+    rehearsal,
+)
+from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
+
+FormatVersion = choice("FormatVersion", ("1.1.0", "1.0.0", "0.3.0"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)
+
+
+def _read_songs(songs: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for item in songs:
+        if item == "-":
+            out += [Path(line.strip()) for line in sys.stdin if line.strip()]
+        else:
+            out.append(Path(item))
+    return out
+
+
+@handles_errors
+def run(
+    ctx: typer.Context,
+    songs: Annotated[list[str], typer.Argument(help="Songs (any audio or video file); '-' reads paths from stdin.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the song folders.")] = Path("."),
+    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
+    vram_limit: LimitParam = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the final report as JSON on stdout.")] = False,
+    no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Stop instead of falling back on out-of-memory.")] = False,
+    language: Annotated[Optional[str], typer.Option("--language", help="Language code; detected when omitted.", show_default=False)] = None,
+    no_separation: Annotated[bool, typer.Option("--no-separation", help="The input is already vocals: skip Demucs.")] = False,
+    timings: Annotated[Optional[Path], typer.Option("--timings", help="Word timings from an UltraStar .txt or a words JSON instead of Whisper.", show_default=False)] = None,
+    format_version: Annotated[FormatVersion, typer.Option("--format-version", help="UltraStar format version.")] = FormatVersion["1.1.0"],  # type: ignore[valid-type]
+    models_dir: ModelsDirParam = None,
+    gpu: GpuParam = "0",
+    rehearse_fault: RehearseParam = None,
+) -> None:
+    """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
+    from ultrasinger_gpu_cli.detection import plan_for
+    from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
+    from ultrasinger_gpu_cli.pipeline import RunOptions
+    from ultrasinger_gpu_cli.render import RunDisplay, summary_table
+    from ultrasinger_gpu_cli.usecases.batch import convert_songs
+    from ultrasinger_gpu_cli.usecases.plan import run_target
+
+    paths = _read_songs(songs)
+    if not paths:
+        raise InvalidSettingError("no songs given (stdin was empty)")
+    if timings is not None and not timings.is_file():
+        raise UgpuError(f"{timings}: no such timings file")
+    rehearsed = rehearsal(rehearse_fault)
+    store = open_store(ctx)
+    plan = plan_for(store, run_target(store, gpu), mode.value, vram_limit)
+    options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
+                         format_version=format_version.value, fallback=not no_fallback,
+                         models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed)  # fmt: skip
+    with RunDisplay(err_console()) as display:
+        result = convert_songs(paths, plan, options, store, on_event=display)
+    if json_out:
+        emit_json(result.to_dict())
+    elif result.reports:
+        err_console().print(summary_table(result.reports))
+    result.raise_for_failures()

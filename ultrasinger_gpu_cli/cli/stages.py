@@ -1,0 +1,181 @@
+"""``ugpu whisper|demucs|crepe [AUDIO]``: a component's settings, or one stage on one file."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ultrasinger_gpu_cli.cli.common import (
+    GpuParam,
+    JsonParam,
+    LimitParam,
+    ModeChoice,
+    ModelsDirParam,
+    ModeParam,
+    RehearseParam,
+    choice,
+    emit_json,
+    err_console,
+    handles_errors,
+    open_store,
+    rehearsal,
+    value,
+)
+from ultrasinger_gpu_cli.components import CREPE, DEMUCS, WHISPER, StageOptions
+from ultrasinger_gpu_cli.components.base import COMPUTE_TYPES, DEVICES
+
+DeviceChoice = choice("DeviceChoice", DEVICES)
+ComputeChoice = choice("ComputeChoice", COMPUTE_TYPES)
+WhisperModelChoice = choice("WhisperModelChoice", WHISPER.parameter("model").choices)
+DemucsModelChoice = choice("DemucsModelChoice", DEMUCS.parameter("model").choices)
+CrepeModelChoice = choice("CrepeModelChoice", CREPE.parameter("model").choices)
+AudioFormat = choice("AudioFormat", ("wav", "flac"))
+
+ShowParam = Annotated[bool, typer.Option("--show", help="Print the resolved settings with reasons (the default without AUDIO).")]
+SaveParam = Annotated[bool, typer.Option("--save", help="Store the given settings as an override the resolver honours from now on.")]
+ResetParam = Annotated[bool, typer.Option("--reset", help="Remove this component's stored override.")]
+BatchParam = Annotated[Optional[int], typer.Option("--batch-size", help="Items per forward pass.", show_default=False)]
+DeviceParam = Annotated[Optional[DeviceChoice], typer.Option("--device", help="Run on the GPU (cuda) or the CPU.", show_default=False)]  # type: ignore[valid-type]
+BackendParam = Annotated[Optional[str], typer.Option("--backend", help="Which backend runs it (see `ugpu models list`).", show_default=False)]
+AudioArg = Annotated[Optional[Path], typer.Argument(help="Audio or video file to process; without it the command shows the settings.", show_default=False)]
+OutputParam = Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the outputs (default: beside AUDIO).", show_default=False)]
+NoFallbackParam = Annotated[bool, typer.Option("--no-fallback", help="Stop instead of falling back on out-of-memory.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(whisper)
+    app.command()(demucs)
+    app.command()(crepe)
+
+
+def _component(ctx: typer.Context, component: str, *, audio: Optional[Path], flags: dict[str, Any], show: bool,
+               save: bool, reset: bool, json_out: bool, mode: str, vram_limit: Optional[float], gpu: str,
+               output: Optional[Path], models_dir: Optional[Path], options: StageOptions, no_fallback: bool,
+               faults: Optional[list[str]]) -> None:  # fmt: skip
+    from ultrasinger_gpu_cli.usecases.plan import configure_component, run_target, validated_flags
+
+    running = audio is not None and not show
+    given = validated_flags(component, flags, save=save, reset=reset, audio=audio is not None)
+    rehearsed = rehearsal(faults)
+    store = open_store(ctx)
+    target = run_target(store, gpu) if running else None
+    configured = configure_component(store, component, given, save=save, reset=reset, gpu=gpu, mode=mode,
+                                     vram_limit_gb=vram_limit, target=target)  # fmt: skip
+    if running:
+        assert audio is not None
+        _run(component, audio, configured.plan, store, output=output, models_dir=models_dir, json_out=json_out,
+             options=options, no_fallback=no_fallback, rehearsed=rehearsed)  # fmt: skip
+        return
+    if json_out:
+        from ultrasinger_gpu_cli.reports import configure_component_response
+
+        emit_json(configure_component_response(configured.plan, component, override=configured.override,
+                                               action=configured.action))  # fmt: skip
+        return
+    from ultrasinger_gpu_cli.render import component_view
+
+    console = err_console()
+    if configured.action:
+        console.print(f"{component}: {configured.action} ({store.path})", style="green")
+    console.print(component_view(configured.plan, component, configured.override))
+
+
+def _run(component: str, audio: Path, plan: Any, store: Any, *, output: Optional[Path], models_dir: Optional[Path],
+         json_out: bool, options: StageOptions, no_fallback: bool, rehearsed: Any) -> None:  # fmt: skip
+    from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
+    from ultrasinger_gpu_cli.render import stage_display, stage_summary
+    from ultrasinger_gpu_cli.runner import RunnerOptions
+    from ultrasinger_gpu_cli.usecases.stages import run_stage
+
+    console = err_console()
+    runner_options = RunnerOptions(not no_fallback, resolve_models_dir(models_dir), rehearsed)
+    with stage_display(console) as display:
+        outcome = run_stage(component, audio, plan, store, out_dir=output, options=options,
+                            runner_options=runner_options, on_event=display)  # fmt: skip
+    if outcome.no_vocals_found:
+        console.print(f"[yellow]no vocals found[/] in {audio} (silent or too quiet): the outputs are empty", highlight=False)
+    if json_out:
+        emit_json(outcome.to_dict())
+    else:
+        console.print(stage_summary(outcome), highlight=False)
+
+
+#: The options every component command has, declared once: (name, type with its option, default).
+COMMON_OPTIONS = (
+    ("batch_size", BatchParam, None), ("device", DeviceParam, None), ("backend", BackendParam, None),
+    ("show", ShowParam, False), ("save", SaveParam, False), ("reset", ResetParam, False), ("json_out", JsonParam, False),
+    ("mode", ModeParam, ModeChoice.balanced), ("vram_limit", LimitParam, None), ("gpu", GpuParam, "0"),  # type: ignore[attr-defined]
+    ("output", OutputParam, None), ("models_dir", ModelsDirParam, None), ("no_fallback", NoFallbackParam, False),
+    ("rehearse_fault", RehearseParam, None),
+)  # fmt: skip
+ComponentFlags = tuple[dict[str, Any], StageOptions]
+
+
+def component_command(component: str) -> Callable[[Callable[..., ComponentFlags]], Callable[..., None]]:
+    """A component's command from a function that declares only its own options (after ``ctx`` and
+    ``audio``) and returns (its flags, its stage options); :data:`COMMON_OPTIONS` are added."""
+
+    def decorate(own: Callable[..., ComponentFlags]) -> Callable[..., None]:
+        signature = inspect.signature(own, eval_str=True)
+        common = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+                  for name, kind, default in COMMON_OPTIONS]  # fmt: skip
+
+        @functools.wraps(own)
+        def command(**kwargs: Any) -> None:
+            shared = {name: kwargs.pop(name) for name, _, _ in COMMON_OPTIONS}
+            flags, options = own(**kwargs)
+            flags.update(batch_size=shared["batch_size"], device=value(shared["device"]), backend=shared["backend"])
+            _component(kwargs["ctx"], component, audio=kwargs["audio"], flags=flags, show=shared["show"],
+                       save=shared["save"], reset=shared["reset"], json_out=shared["json_out"], mode=shared["mode"].value,
+                       vram_limit=shared["vram_limit"], gpu=shared["gpu"], output=shared["output"],
+                       models_dir=shared["models_dir"], options=options, no_fallback=shared["no_fallback"],
+                       faults=shared["rehearse_fault"])  # fmt: skip
+
+        full = signature.replace(parameters=[*signature.parameters.values(), *common])
+        command.__signature__ = full  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in full.parameters.values()}
+        return handles_errors(command)
+
+    return decorate
+
+
+@component_command("whisper")
+def whisper(
+    ctx: typer.Context,
+    audio: AudioArg = None,
+    model: Annotated[Optional[WhisperModelChoice], typer.Option("--model", help="Whisper model.", show_default=False)] = None,  # type: ignore[valid-type]
+    compute_type: Annotated[Optional[ComputeChoice], typer.Option("--compute-type", show_default=False)] = None,  # type: ignore[valid-type]
+    language: Annotated[Optional[str], typer.Option("--language", help="Language code (e.g. en, de); detected when omitted.", show_default=False)] = None,
+) -> ComponentFlags:
+    """Whisper lyrics with word timings on AUDIO (JSON, SRT, LRC), or its settings (/gpu/whisper)."""
+    return {"model": value(model), "compute_type": value(compute_type)}, StageOptions(language=language)
+
+
+@component_command("demucs")
+def demucs(
+    ctx: typer.Context,
+    audio: AudioArg = None,
+    model: Annotated[Optional[DemucsModelChoice], typer.Option("--model", help="Demucs model.", show_default=False)] = None,  # type: ignore[valid-type]
+    chunk_size: Annotated[Optional[int], typer.Option("--chunk-size", help="Samples per chunk (44.1 kHz).", show_default=False)] = None,
+    overlap: Annotated[Optional[float], typer.Option("--overlap", help="Overlap between chunks (0-0.9).", show_default=False)] = None,
+    audio_format: Annotated[AudioFormat, typer.Option("--format", help="Output audio format.")] = AudioFormat.wav,  # type: ignore[attr-defined]
+) -> ComponentFlags:
+    """Demucs: vocals and instrumental of AUDIO, or its settings (/gpu/demucs)."""
+    return {"model": value(model), "chunk_size": chunk_size, "overlap": overlap}, StageOptions(audio_format=audio_format.value)
+
+
+@component_command("crepe")
+def crepe(
+    ctx: typer.Context,
+    audio: AudioArg = None,
+    model: Annotated[Optional[CrepeModelChoice], typer.Option("--model", "--capacity", help="CREPE model capacity.", show_default=False)] = None,  # type: ignore[valid-type]
+    step_size: Annotated[Optional[int], typer.Option("--step-size", help="Milliseconds between pitch frames.", show_default=False)] = None,
+    gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Compute pitch only where there is voice.")] = True,
+) -> ComponentFlags:
+    """CREPE pitch of AUDIO as time,frequency,confidence CSV, or its settings (/gpu/crepe)."""
+    return {"model": value(model), "step_size": step_size}, StageOptions(gate=gate)

@@ -1,0 +1,128 @@
+"""Whisper: lyrics with word timings. Everything ugpu knows about the component."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ultrasinger_gpu_cli.components.base import (
+    ComponentSpec,
+    Parameter,
+    Precision,
+    SettingValue,
+    StageIO,
+    StageOptions,
+    StageOutputs,
+    StageSettings,
+    common_parameters,
+)
+from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
+
+MODELS = (
+    "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+    "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo",
+)  # fmt: skip
+#: Smaller models to step down to when a model does not fit, largest first.
+STEP_DOWN = ("large-v3-turbo", "medium", "small", "base", "tiny")
+SAMPLE_RATE = 16_000
+
+# Rough memory model: it only has to keep every cell of the tier table clear of the budget.
+# Weights in millions of parameters; activations per batch item in MB (fp16).
+_PARAMS_M = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "large-v1": 1550, "large-v2": 1550,
+             "large-v3": 1550, "large-v3-turbo": 809}  # fmt: skip
+_ACT_MB = {"tiny": 20, "base": 30, "small": 60, "medium": 110, "large-v1": 160, "large-v2": 160, "large-v3": 160,
+           "large-v3-turbo": 150}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WhisperSettings(StageSettings):
+    """Whisper's settings: the model, voiced chunks of <= 30 s per batch, the precision."""
+
+
+def canonical(name: str) -> str:
+    name = name.removesuffix(".en")
+    return "large-v3-turbo" if name == "turbo" else name
+
+
+def estimate_vram_mb(s: WhisperSettings) -> int:
+    model = canonical(s.model)
+    # openai-whisper keeps float32 weights and casts per layer when it computes in float16.
+    weights = _PARAMS_M[model] * 4
+    acts = _ACT_MB[model] * max(1, s.batch_size) * (2 if s.compute_type == "float16" else 4) / 2
+    return int(CUDA_CONTEXT_MB + weights + acts)
+
+
+def tier_reason(parameter: str, value: SettingValue, tier: Tier) -> str | None:
+    if parameter == "batch_size":
+        return f"{value} voiced chunks of <= 30 s per forward pass"
+    return None
+
+
+def precision(on_gpu: bool, compute_capability: str | None) -> Precision:
+    if not on_gpu:
+        return Precision("float32", "the CPU has no fast float16 path; whisper would fall back anyway", "tier")
+    if compute_capability and tuple(int(x) for x in compute_capability.split(".")) < (7, 0):
+        from ultrasinger_gpu_cli.facts import sm_name
+
+        return Precision("float32", f"{sm_name(compute_capability)} has no fast float16 (tensor cores arrive with sm_70)",
+                         "hardware")  # fmt: skip
+    return Precision("float16", "float16 halves weights and activations on tensor-core GPUs", "tier")
+
+
+def _call(engine: Any, samples: Any, progress: Any, options: StageOptions) -> Any:
+    return engine.run(samples, progress, language=options.language)
+
+
+def _write(transcript: Any, folder: Path, stem: str, options: StageOptions) -> StageOutputs:
+    from ultrasinger_gpu_cli.audio import write_text
+    from ultrasinger_gpu_cli.formats import to_lrc, to_srt
+
+    text = json.dumps(transcript.to_dict(), indent=2, ensure_ascii=False)
+    files = {
+        "json": write_text(folder / f"{stem}.words.json", text),
+        "srt": write_text(folder / f"{stem}.srt", to_srt(transcript.segments)),
+        "lrc": write_text(folder / f"{stem}.lrc", to_lrc(transcript.segments)),
+    }
+    details: dict[str, SettingValue] = {"language": transcript.language or "", "segments": len(transcript.segments),
+                                        "words": len(transcript.words)}  # fmt: skip
+    return StageOutputs(files, transcript.no_vocals, details)
+
+
+def _backends() -> tuple[str, ...]:
+    return WHISPER.backend_names()
+
+
+WHISPER: ComponentSpec[WhisperSettings] = ComponentSpec(
+    name="whisper",
+    title="Whisper",
+    settings_type=WhisperSettings,
+    parameters=(
+        Parameter("model", "whisper model", "choice", MODELS, aliases={"turbo": "large-v3-turbo"}),
+        *(common_parameters("whisper", max_batch=256, backends=_backends)[p]
+          for p in ("batch_size", "compute_type", "device", "backend")),
+    ),  # fmt: skip
+    api_keys=(("model", "model"), ("batch_size", "batch_size"), ("compute_type", "compute_type")),
+    batch_unit="voiced chunks of <= 30 s",
+    fallback_floor=1,
+    tier_defaults={
+        "cpu": {"model": "small", "batch_size": 4},
+        "lt4": {"model": "small", "batch_size": 4},
+        "4-6": {"model": "small", "batch_size": 8},
+        "6-8": {"model": "large-v3-turbo", "batch_size": 8},
+        "8-12": {"model": "large-v3-turbo", "batch_size": 16},
+        "12-16": {"model": "large-v3-turbo", "batch_size": 24},
+        "16-24": {"model": "large-v3-turbo", "batch_size": 32},
+        "24+": {"model": "large-v3-turbo", "batch_size": 48},
+    },
+    estimate_vram_mb=estimate_vram_mb,
+    tier_reason=tier_reason,
+    precision=precision,
+    io=StageIO(SAMPLE_RATE, 1, _call, _write),
+    step_down_models=STEP_DOWN,
+    table_columns=(("Whisper model", "model", "{}"), ("Whisper batch", "batch_size", "{}")),
+)
+
+# Backends: one line each. The first is the default.
+WHISPER.register("openai-whisper", "ultrasinger_gpu_cli.engines.whisper_engine")

@@ -1,0 +1,173 @@
+"""Device binding: the GPU the user named, as PyTorch numbers it; and every ``torch.cuda`` call.
+
+NVML numbers GPUs in PCI order; CUDA numbers them "fastest first" unless
+``CUDA_DEVICE_ORDER=PCI_BUS_ID``, and ``CUDA_VISIBLE_DEVICES`` hides and renumbers them.
+So the NVML index of ``--gpu 1`` says nothing about its CUDA ordinal. :func:`bind` finds the
+ordinal by the card's UUID (PyTorch reports it per device) or, failing that, by its PCI bus
+id, never by position. The engines load on ``cuda:<ordinal>``; the VRAM cap, the peak-memory
+counters and the NVML sampler all use the same binding.
+
+torch is imported inside the functions: importing this module is free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ultrasinger_gpu_cli.errors import GpuUnavailableError
+from ultrasinger_gpu_cli.facts import GpuIdentity
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    """One device as PyTorch lists it."""
+
+    ordinal: int
+    uuid: str | None
+    pci_bus_id: str | None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceBinding:
+    """Where a stage runs: the CPU, or one CUDA ordinal bound to one NVML GPU."""
+
+    kind: str  # "cpu" or "cuda"
+    ordinal: int | None = None
+    gpu: GpuIdentity | None = None  # None on the CPU, and for the library default cuda device
+
+    @classmethod
+    def cpu(cls) -> DeviceBinding:
+        return cls("cpu")
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    @property
+    def name(self) -> str:
+        """``"cpu"`` or ``"cuda:N"``: what ``torch.device`` takes."""
+        return f"cuda:{self.ordinal}" if self.is_cuda and self.ordinal is not None else self.kind
+
+    @property
+    def nvml_index(self) -> int | None:
+        """The GPU the NVML sampler watches (the same card as :attr:`ordinal`)."""
+        return self.gpu.index if self.is_cuda and self.gpu is not None else None
+
+    def torch_device(self):
+        import torch
+
+        if self.is_cuda and not torch.cuda.is_available():
+            raise GpuUnavailableError("the plan says cuda, but PyTorch sees no usable GPU", hint="run `ugpu detect`")
+        return torch.device(self.name)
+
+
+def normalise_uuid(uuid: str | None) -> str | None:
+    """NVML says ``GPU-5b8d...``; PyTorch's device properties say ``5b8d...``."""
+    if not uuid:
+        return None
+    text = str(uuid).strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        text = text.removeprefix(prefix)
+    return text or None
+
+
+def normalise_pci(bus_id: str | None) -> tuple[int, int, int] | None:
+    """``00000000:01:00.0`` (NVML) or ``0000:01:00.0`` -> (domain, bus, device)."""
+    if not bus_id:
+        return None
+    try:
+        domain, bus, rest = str(bus_id).strip().split(":")
+        return int(domain, 16), int(bus, 16), int(rest.split(".")[0], 16)
+    except ValueError:
+        return None
+
+
+def torch_cuda_devices() -> list[CudaDevice]:
+    """The devices PyTorch can see, with their UUIDs and PCI addresses."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for ordinal in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(ordinal)
+        uuid = getattr(props, "uuid", None)
+        bus = getattr(props, "pci_bus_id", None)
+        pci = None
+        if isinstance(bus, int):
+            pci = f"{int(getattr(props, 'pci_domain_id', 0)):04x}:{bus:02x}:{int(getattr(props, 'pci_device_id', 0)):02x}.0"
+        out.append(CudaDevice(ordinal, None if uuid is None else str(uuid), pci, getattr(props, "name", None)))
+    return out
+
+
+def cuda_ordinal(gpu: GpuIdentity, devices: list[CudaDevice]) -> int:
+    """The CUDA ordinal of ``gpu``: by UUID, else by PCI bus id. Raises GpuUnavailableError."""
+    uuid = normalise_uuid(gpu.uuid)
+    if uuid is not None:
+        for device in devices:
+            if normalise_uuid(device.uuid) == uuid:
+                return device.ordinal
+    pci = normalise_pci(gpu.pci_bus_id)
+    if pci is not None:
+        for device in devices:
+            if normalise_pci(device.pci_bus_id) == pci:
+                return device.ordinal
+    seen = ", ".join(f"cuda:{d.ordinal} {d.uuid or '?'}" for d in devices) or "none"
+    raise GpuUnavailableError(
+        f"GPU {gpu.index} ({gpu.name or 'unknown'}, {gpu.uuid or 'no UUID'}) is not among the devices PyTorch sees ({seen})",
+        hint="check CUDA_VISIBLE_DEVICES, or run `ugpu detect`",
+    )
+
+
+def bind(gpu: GpuIdentity | None) -> DeviceBinding:
+    """Bind a stage to ``gpu`` (the CUDA ordinal found by UUID); ``None`` is torch's current device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise GpuUnavailableError("the plan says cuda, but PyTorch sees no usable GPU", hint="run `ugpu detect`")
+    if gpu is None:
+        return DeviceBinding("cuda", torch.cuda.current_device(), None)
+    return DeviceBinding("cuda", cuda_ordinal(gpu, torch_cuda_devices()), gpu)
+
+
+def cap_memory(binding: DeviceBinding, fraction: float | None) -> None:
+    """Never let this process take more than ``fraction`` of the bound card's VRAM."""
+    if not binding.is_cuda or not fraction:
+        return
+    import torch
+
+    torch.cuda.set_per_process_memory_fraction(fraction, binding.ordinal)
+
+
+def start_measuring(binding: DeviceBinding) -> None:
+    """Reset the peak-memory counter of the bound card before a stage."""
+    if not binding.is_cuda:
+        return
+    import torch
+
+    torch.cuda.synchronize(binding.ordinal)
+    torch.cuda.reset_peak_memory_stats(binding.ordinal)
+
+
+def peak_vram_mb(binding: DeviceBinding) -> int | None:
+    """The peak memory PyTorch allocated on the bound card since :func:`start_measuring`."""
+    if not binding.is_cuda:
+        return None
+    import torch
+
+    torch.cuda.synchronize(binding.ordinal)
+    return int(torch.cuda.max_memory_allocated(binding.ordinal) // (1024 * 1024))
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached CUDA memory back to the driver."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,139 @@
+"""What a run reports, typed: the result of one stage, and the events a display renders.
+
+Core code. The CLI, an HTTP server or a batch runner subscribe with one callback that takes
+an :data:`Event`; each kind is a frozen dataclass, dispatched on its type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from ultrasinger_gpu_cli.components import StageSettings
+from ultrasinger_gpu_cli.facts import GpuIdentity
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ultrasinger_gpu_cli.pipeline import SongReport
+
+
+@dataclass(frozen=True)
+class GpuSummary:
+    """What the NVML sampler saw on the stage's card while it ran (``None``: n/a)."""
+
+    samples: int = 0
+    peak_vram_used_mb: int | None = None
+    mean_utilization_percent: float | None = None
+    max_temperature_c: int | None = None
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stage on one song: the one result type for ``ugpu run`` and the stage commands."""
+
+    stage: str
+    backend: str
+    model: str
+    device: str  # "cpu", "cuda", or "cache" for a result taken from the resume cache
+    wall_seconds: float
+    audio_seconds: float
+    settings: StageSettings | None = None  # None for a cached result
+    peak_vram_mb: int | None = None  # torch's peak allocation on the card
+    gpu: GpuIdentity | None = None  # the card it ran on
+    cuda_device: str | None = None  # "cuda:N": the same card as PyTorch numbers it
+    sampled: GpuSummary = field(default_factory=GpuSummary)
+    cached: bool = False
+    cache_key: str | None = None
+
+    @property
+    def speed_x(self) -> float | None:
+        """x real time: audio seconds processed per wall second."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage, "backend": self.backend, "model": self.model, "device": self.device,
+            "cuda_device": self.cuda_device, "gpu_index": None if self.gpu is None else self.gpu.index,
+            "gpu_id": None if self.gpu is None else self.gpu.uuid,
+            "settings": {"cache_key": self.cache_key} if self.settings is None else self.settings.values(),
+            "wall_seconds": round(self.wall_seconds, 3), "audio_seconds": round(self.audio_seconds, 3),
+            "speed_x": None if self.speed_x is None else round(self.speed_x, 3), "peak_vram_mb": self.peak_vram_mb,
+            "gpu_peak_vram_used_mb": self.sampled.peak_vram_used_mb,
+            "gpu_mean_utilization_percent": self.sampled.mean_utilization_percent,
+            "gpu_max_temperature_c": self.sampled.max_temperature_c, "cached": self.cached,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SongStarted:
+    song: str
+    folder: Path | None = None
+
+
+@dataclass(frozen=True)
+class StageStarted:
+    song: str
+    stage: str
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    song: str
+    stage: str
+    fraction: float
+    speed_x: float | None
+
+
+@dataclass(frozen=True)
+class StageFinished:
+    song: str
+    run: StageRun
+
+
+@dataclass(frozen=True)
+class FallbackEvent:
+    """One step down the fallback ladder."""
+
+    stage: str
+    from_setting: str
+    to_setting: str
+    reason: str
+    song: str | None = None
+    device: str | None = None  # where the failed attempt ran ("cuda" or "cpu")
+    gpu: GpuIdentity | None = None  # the card it failed on
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "from": self.from_setting, "to": self.to_setting, "reason": self.reason,
+                "song": self.song, "device": self.device,
+                "gpu_index": None if self.gpu is None else self.gpu.index}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a person should know (no vocals found, a stand-in used...)."""
+
+    song: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class SongFinished:
+    song: str
+    report: SongReport
+
+
+@dataclass(frozen=True)
+class SongFailed:
+    """A song that could not be converted; the batch goes on with the next one."""
+
+    song: str
+    error: str
+
+
+Event = Union[SongStarted, StageStarted, StageProgress, StageFinished, FallbackEvent, Notice, SongFinished, SongFailed]
+OnEvent = Callable[[Event], None]
+
+
+def ignore(event: Event) -> None:
+    return None

@@ -1,0 +1,183 @@
+"""The one stage runner: every path that runs an engine goes through :meth:`StageRunner.run`.
+
+``ugpu run`` (through :mod:`.pipeline`) and ``ugpu whisper|demucs|crepe AUDIO`` (through
+:mod:`.usecases.stages`) alike get, per stage:
+
+* the fallback ladder (:mod:`.fallback`): out of memory -> half the batch -> the CPU;
+* device binding (:mod:`.devices`): the engine loads on the CUDA ordinal of the GPU the user
+  named (found by UUID), the VRAM cap is set on that ordinal, and the NVML sampler watches the
+  same card;
+* one measurement: wall time, torch's peak VRAM, the sampler's peak VRAM, utilisation and
+  temperature, as a :class:`~.events.StageRun`;
+* a ``runs`` row with the live state (``ugpu monitor`` shows it), a ``performance_log`` row per
+  stage, a ``fallback_events`` row per step down the ladder;
+* typed events (:mod:`.events`) for whatever displays them.
+
+Engines are loaded once per runner and kept across songs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ultrasinger_gpu_cli import devices
+from ultrasinger_gpu_cli.components import StageSettings, spec
+from ultrasinger_gpu_cli.devices import DeviceBinding
+from ultrasinger_gpu_cli.diagnostics import Rehearsal, RehearsalEngine
+from ultrasinger_gpu_cli.engines.base import Engine
+from ultrasinger_gpu_cli.events import FallbackEvent, OnEvent, StageFinished, StageProgress, StageRun, StageStarted, ignore
+from ultrasinger_gpu_cli.fallback import ladder, run_with_fallback
+from ultrasinger_gpu_cli.models import require_present
+from ultrasinger_gpu_cli.resolver import CPU_TARGET, Plan, resolve
+from ultrasinger_gpu_cli.sampler import NvmlSampler
+from ultrasinger_gpu_cli.store import Store
+
+R = TypeVar("R")
+#: What a stage does with its engine: ``call(engine, progress) -> result``.
+StageCall = Callable[[Engine, Callable[[float, float], None]], R]
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    fallback: bool = True  # False: stop at the first fault (--no-fallback)
+    models_dir: Path | None = None
+    rehearsal: Rehearsal | None = None  # --rehearse-fault
+
+
+class StageRunner:
+    """Runs stages of one plan, with one set of loaded engines and one ``runs`` row."""
+
+    def __init__(self, plan: Plan, store: Store | None, options: RunnerOptions = RunnerOptions(),
+                 on_event: OnEvent = ignore) -> None:  # fmt: skip
+        self.plan = plan
+        self.store = store
+        self.options = options
+        self.emit = on_event
+        self.run_id = uuid.uuid4().hex
+        self.cpu_plan = resolve(CPU_TARGET, plan.mode)
+        self._engines: dict[tuple[str, str, str, str], Engine] = {}
+        self._gpu: DeviceBinding | None = None
+        self._last_live = 0.0
+        self.log_ids: list[str] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self, kind: str = "run") -> None:
+        if self.store is not None:
+            self.store.start_run(self.run_id, mode=self.plan.mode, gpu=self.plan.target.gpu, pid=os.getpid(), kind=kind)
+
+    def finish(self, status: str, report: dict[str, Any] | None = None) -> None:
+        if self.store is not None:
+            self.store.finish_run(self.run_id, status, report)
+        for engine in self._engines.values():
+            engine.unload()
+        self._engines.clear()
+
+    def check_models(self, component: str) -> None:
+        """Fail fast, before any decoding, when the plan's weights are not on this machine."""
+        settings = self.plan.components[component].typed()
+        backend = spec(component).backend(settings.backend)
+        backend.check_installed()
+        status = backend.model_status(settings.model, self.options.models_dir)
+        require_present(status, fetch=backend.ships_with or None)
+
+    # -- devices and engines ------------------------------------------------------------------------
+    def binding(self, settings: StageSettings) -> DeviceBinding:
+        """The CPU, or the card the plan is for as PyTorch numbers it (bound and capped once)."""
+        if settings.device != "cuda":
+            return DeviceBinding.cpu()
+        if self._gpu is None:
+            gpu = devices.bind(self.plan.target.gpu)
+            devices.cap_memory(gpu, self.plan.memory_fraction)
+            self._gpu = gpu
+        return self._gpu
+
+    def engine(self, component: str, settings: StageSettings) -> Engine:
+        binding = self.binding(settings)
+        key = (component, settings.backend, settings.model, binding.name)
+        engine = self._engines.get(key)
+        if engine is None:
+            for other in [k for k in self._engines if k[0] == component and k[3] != key[3]]:
+                self._engines.pop(other).unload()  # moving to the CPU frees the GPU copy
+            engine = spec(component).create(settings, self.options.models_dir, binding)
+            if self.options.rehearsal:
+                engine = RehearsalEngine(engine, component, self.options.rehearsal)
+            engine.ensure_loaded()
+            self._engines[key] = engine
+        engine.retune(settings)
+        return engine
+
+    # -- one stage ----------------------------------------------------------------------------------
+    def run(self, component: str, song: str, audio_seconds: float, call: StageCall[R]) -> tuple[R, StageRun, list[FallbackEvent]]:
+        """Run one stage down its fallback ladder; measure, log and report it."""
+        rungs = ladder(component, self.plan.components[component].typed(), self.cpu_plan.components[component].typed())
+        events: list[FallbackEvent] = []
+
+        def on_fallback(event: FallbackEvent) -> None:
+            if event.device == "cuda":
+                event = replace(event, gpu=self.plan.target.gpu)
+            events.append(event)
+            if self.store is not None:
+                self.store.record_fallback(event, run_id=self.run_id)
+            self.emit(event)
+
+        def attempt(settings: StageSettings) -> tuple[R, StageRun]:
+            engine = self.engine(component, settings)
+            binding = engine.binding
+            started = time.perf_counter()
+
+            def progress(fraction: float, seconds: float) -> None:
+                elapsed = time.perf_counter() - started
+                speed = seconds / elapsed if elapsed > 0 and seconds > 0 else None
+                self.emit(StageProgress(song, component, fraction, speed))
+                self._live(song, component, fraction, speed)
+
+            with NvmlSampler(binding.nvml_index) as sampler:
+                devices.start_measuring(binding)
+                started = time.perf_counter()
+                result = call(engine, progress)
+                peak = devices.peak_vram_mb(binding)
+                wall = time.perf_counter() - started
+            run = StageRun(
+                component, settings.backend, engine.model_name, binding.kind, wall, audio_seconds, settings, peak,
+                binding.gpu, binding.name if binding.is_cuda else None, sampler.summary,
+            )  # fmt: skip
+            return result, run
+
+        self.emit(StageStarted(song, component))
+        if self.store is not None:
+            self.store.update_run(self.run_id, song=song, stage=component, progress=0.0, speed=None,
+                                  audio_seconds=audio_seconds, stage_started_at=time.time())  # fmt: skip
+        (result, run), _ = run_with_fallback(component, rungs, attempt, enabled=self.options.fallback,
+                                             on_event=on_fallback, song=song)  # fmt: skip
+        self.record(run, song)
+        self.emit(StageFinished(song, run))
+        return result, run, events
+
+    def record(self, run: StageRun, song: str) -> str | None:
+        """One ``performance_log`` row: peak VRAM from torch on CUDA, else from the NVML sampler."""
+        if self.store is None:
+            return None
+        util = run.sampled.mean_utilization_percent
+        log_id = self.store.log_performance(
+            component=run.stage, device=run.device, processing_speed_multiplier=run.speed_x,
+            gpu=run.gpu if run.device == "cuda" else None,
+            vram_used_mb=run.peak_vram_mb if run.peak_vram_mb is not None else run.sampled.peak_vram_used_mb,
+            gpu_utilization_percent=None if util is None else int(round(util)),
+            temperature_celsius=run.sampled.max_temperature_c, run_id=self.run_id, song=song, model_name=run.model,
+            wall_seconds=run.wall_seconds, audio_seconds=run.audio_seconds, backend=run.backend,
+        )  # fmt: skip
+        self.log_ids.append(log_id)
+        return log_id
+
+    def _live(self, song: str, stage: str, fraction: float, speed: float | None) -> None:
+        now = time.monotonic()
+        if self.store is None or (now - self._last_live < 0.5 and fraction < 1.0):
+            return
+        self._last_live = now
+        self.store.update_run(self.run_id, song=song, stage=stage, progress=fraction, speed=speed)

@@ -1,0 +1,64 @@
+"""``ugpu run``'s batch: every song through one pipeline; a song that fails never stops the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.events import OnEvent, SongFailed, ignore
+from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongReport
+from ultrasinger_gpu_cli.resolver import Plan
+from ultrasinger_gpu_cli.store import Store
+
+
+@dataclass(frozen=True)
+class SongFailure:
+    song: Path
+    error: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"song": str(self.song), "error": self.error}
+
+
+@dataclass
+class BatchResult:
+    run_id: str
+    mode: str
+    reports: list[SongReport] = field(default_factory=list)
+    failures: list[SongFailure] = field(default_factory=list)
+
+    @property
+    def songs(self) -> int:
+        return len(self.reports) + len(self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "mode": self.mode, "songs": [r.to_dict() for r in self.reports],
+                "failures": [f.to_dict() for f in self.failures]}  # fmt: skip
+
+    def raise_for_failures(self) -> None:
+        """The batch's exit: one error listing every song that failed (exit code 1)."""
+        if self.failures:
+            listing = "; ".join(f"{f.song}: {f.error}" for f in self.failures)
+            raise UgpuError(f"{len(self.failures)} of {self.songs} song(s) failed: {listing}")
+
+
+def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Store | None,
+                  on_event: OnEvent = ignore) -> BatchResult:
+    """Convert ``paths`` with one set of loaded engines. Ctrl-C marks the run interrupted."""
+    pipeline = Pipeline(plan, options, store, on_event=on_event)
+    result = BatchResult(pipeline.run_id, plan.mode)
+    pipeline.start()
+    try:
+        for path in paths:
+            try:
+                result.reports.append(pipeline.run_song(path))
+            except UgpuError as exc:
+                result.failures.append(SongFailure(path, exc.message))
+                on_event(SongFailed(str(path), exc.message))
+    except KeyboardInterrupt:
+        pipeline.finish("interrupted")
+        raise
+    pipeline.finish("failed" if result.failures else "done", result.to_dict())
+    return result

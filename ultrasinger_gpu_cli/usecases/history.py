@@ -1,0 +1,33 @@
+"""``ugpu stats``: the performance log per component and GPU, and its rows as CSV."""
+
+from __future__ import annotations
+
+import csv
+from typing import TextIO
+
+from ultrasinger_gpu_cli.components import spec
+from ultrasinger_gpu_cli.store import ComponentStats, Store
+
+
+def _check(component: str | None) -> None:
+    if component is not None:
+        spec(component)  # refuses an unknown component, listing the valid ones
+
+
+def component_stats(store: Store, *, component: str | None = None, since: str | None = None,
+                    gpu: int | None = None) -> list[ComponentStats]:  # fmt: skip
+    _check(component)
+    return store.component_stats(component=component, since=since, gpu=gpu)
+
+
+def write_csv(store: Store, out: TextIO, *, component: str | None = None, since: str | None = None,
+              gpu: int | None = None) -> int:  # fmt: skip
+    """The log's rows, every column, as CSV on ``out``; returns how many rows."""
+    _check(component)
+    rows = store.performance_rows(component, since, gpu)
+    columns = [d[1] for d in store.query("PRAGMA table_info(performance_log)")]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row[c] for c in columns])
+    return len(rows)

@@ -1,0 +1,89 @@
+"""``ugpu models``: which weights the plan needs, per component and backend; verify; pull."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ultrasinger_gpu_cli import models
+from ultrasinger_gpu_cli.components import COMPONENTS, PIPELINE_ORDER, spec
+from ultrasinger_gpu_cli.detection import plan_for, quick_target
+from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
+from ultrasinger_gpu_cli.models import ModelStatus
+from ultrasinger_gpu_cli.store import Store
+
+
+def model_statuses(store: Store, components: list[str] | None = None, *, model: str | None = None,
+                   backend: str | None = None, mode: str = "balanced", models_dir: Path | None = None) -> list[ModelStatus]:  # fmt: skip
+    """The weights each component's planned backend needs, in pipeline order."""
+    chosen = list(components or PIPELINE_ORDER)
+    for name in chosen:
+        spec(name)  # refuses an unknown component, listing the valid ones
+    if (model is not None or backend is not None) and len(chosen) != 1:
+        raise InvalidSettingError("--model and --backend name one component's: give exactly one, "
+                                  "e.g. `ugpu models pull whisper --model medium`")  # fmt: skip
+    plan = plan_for(store, quick_target(store), mode)
+    out = []
+    for name in chosen:
+        component = spec(name)
+        settings = plan.components[name].values()
+        if model is not None:
+            settings["model"] = component.parameter("model").validate(model)
+        if backend is not None:
+            settings["backend"] = component.parameter("backend").validate(backend)
+        chosen_backend = component.backend(str(settings["backend"]))
+        status = chosen_backend.model_status(str(settings["model"]), models.models_dir(models_dir))
+        out.append(replace(status, backend=chosen_backend.name))
+    return out
+
+
+@dataclass(frozen=True)
+class Verified:
+    status: ModelStatus
+    ok: bool
+    checksums: dict[Path, str]
+
+
+def verify_models(statuses: list[ModelStatus]) -> list[Verified]:
+    return [Verified(s, *models.verify(s)) for s in statuses]
+
+
+@dataclass(frozen=True)
+class Pulled:
+    status: ModelStatus
+    action: str  # "present", "ships with the package", "downloaded"
+
+
+def pull_models(statuses: list[ModelStatus], models_dir: Path | None = None) -> list[Pulled]:
+    """Download what is missing, through each backend's own downloader (needs internet)."""
+    out = []
+    for status in statuses:
+        backend = spec(status.engine).backend(status.backend)
+        if status.present:
+            out.append(Pulled(status, "present"))
+        elif backend.pull is None:
+            out.append(Pulled(status, backend.ships_with or "ships with the package"))
+        else:
+            try:
+                backend.pull(status, models.models_dir(models_dir))
+            except OSError as exc:
+                raise UgpuError(f"downloading {status.engine} {status.model} failed: {exc}",
+                                hint="check the internet connection") from exc  # fmt: skip
+            out.append(Pulled(status, "downloaded"))
+    return out
+
+
+__all__ = ["COMPONENTS", "Pulled", "Verified", "model_statuses", "pull_models", "verify_models"]
+
+
+def backends_listing() -> list[dict[str, object]]:
+    """Every registered backend of every component: installed or not, and how to install it."""
+    out: list[dict[str, object]] = []
+    for name in COMPONENTS:
+        component = spec(name)
+        for backend_name in component.backend_names():
+            backend = component.backend(backend_name)
+            missing = backend.missing_requirements()
+            out.append({"component": name, "backend": backend_name, "default": backend_name == component.default_backend,
+                        "installed": not missing, "install": backend.install, "summary": backend.summary})  # fmt: skip
+    return out

@@ -1,0 +1,87 @@
+"""One stage on one file (``ugpu whisper|demucs|crepe AUDIO``), through the one stage runner.
+
+It gets what ``ugpu run`` gets: the fallback ladder, the VRAM cap, the GPU the user named, the
+NVML sampler, a ``runs`` row (``ugpu monitor`` shows it while it runs) and a
+``performance_log`` row. The component's spec says what to decode, how to call the engine and
+what to write.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ultrasinger_gpu_cli import audio as audio_io
+from ultrasinger_gpu_cli.components import StageOptions, spec
+from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.events import FallbackEvent, OnEvent, StageRun, ignore
+from ultrasinger_gpu_cli.resolver import Plan
+from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner
+from ultrasinger_gpu_cli.store import Store
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What a stage command did: its run, the files it wrote, and what it found."""
+
+    component: str
+    input: Path
+    files: dict[str, Path]
+    run: StageRun
+    no_vocals_found: bool
+    details: dict[str, Any]
+    fallbacks: tuple[FallbackEvent, ...]
+    run_id: str
+    log_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "component": self.component, "input": str(self.input), "outputs": {k: str(v) for k, v in self.files.items()},
+            **self.run.to_dict(), **self.details, "no_vocals_found": self.no_vocals_found,
+            "fallbacks": [f.to_dict() for f in self.fallbacks], "run_id": self.run_id, "log_id": self.log_id,
+        }  # fmt: skip
+
+
+def output_stem(path: Path) -> str:
+    """The input's name without extension, safe as a file name on every OS."""
+    stem = re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", path.stem).strip(" .")
+    return stem or "audio"
+
+
+def _out_dir(source: Path, out_dir: Path | None) -> Path:
+    target = out_dir if out_dir is not None else source.parent
+    if target.exists() and not target.is_dir():
+        raise UgpuError(f"{target}: the output path exists and is not a directory")
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, out_dir: Path | None = None,
+              options: StageOptions = StageOptions(), runner_options: RunnerOptions = RunnerOptions(),
+              on_event: OnEvent = ignore) -> StageOutcome:  # fmt: skip
+    """Check the input and the weights (both fail fast), decode once, run the stage under the
+    runner, write the outputs (only then is the output folder created)."""
+    component_spec = spec(component)
+    audio_io.check_input(source)
+    runner = StageRunner(plan, store, runner_options, on_event)
+    runner.check_models(component)
+    io = component_spec.io
+    decoded = audio_io.decode(source, io.sample_rate, io.channels)
+    samples = decoded.samples if io.channels > 1 else decoded.samples[0]
+    runner.start(kind=component)
+    try:
+        result, run, events = runner.run(component, source.name, decoded.duration_s,
+                                         lambda engine, progress: io.call(engine, samples, progress, options))  # fmt: skip
+        written = io.write(result, _out_dir(source, out_dir), output_stem(source), options)
+    except KeyboardInterrupt:
+        runner.finish("interrupted")
+        raise
+    except BaseException:
+        runner.finish("failed")
+        raise
+    outcome = StageOutcome(component, source, written.files, run, written.no_vocals_found, dict(written.details),
+                           tuple(events), runner.run_id, runner.log_ids[-1] if runner.log_ids else None)  # fmt: skip
+    runner.finish("done", outcome.to_dict())
+    return outcome

@@ -1,0 +1,36 @@
+"""The one word type, from Whisper (or a timings file) to the notes of the chart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word, or a syllable of one, with its time in seconds.
+
+    Whisper's words keep their leading space in ``text`` (its tokenizer's way); the note
+    builder strips it. A syllable that is not the last of its word has ``word_end=False``.
+    """
+
+    text: str
+    start_s: float
+    end_s: float
+    probability: float | None = None
+    word_end: bool = True
+    phrase_start: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    def stripped(self) -> Word:
+        return replace(self, text=self.text.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The words JSON layout (``ugpu whisper`` writes it, ``--timings`` reads it)."""
+        out: dict[str, Any] = {"word": self.text, "start": self.start_s, "end": self.end_s}
+        if self.probability is not None:
+            out["probability"] = round(self.probability, 4)
+        return out
