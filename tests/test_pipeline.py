@@ -220,9 +220,10 @@ def test_resume_after_kill_minus_9_skips_finished_stages_and_gives_the_same_resu
 
 
 def test_ctrl_c_stops_cleanly_with_exit_130(env, tmp_path):
-    source = write_wav(tmp_path / "Long - Song.wav", song(60.0), 44_100)
+    # Three songs: the run lasts long enough for the interrupt to land mid-run on any machine.
+    sources = [str(write_wav(tmp_path / f"Long - Song {n}.wav", song(60.0 + n), 44_100)) for n in range(3)]
     _, timings = _known_melody(tmp_path)
-    proc = _ugpu("run", str(source), "--timings", str(timings), "-o", str(tmp_path / "out"), env={**os.environ})
+    proc = _ugpu("run", *sources, "--timings", str(timings), "-o", str(tmp_path / "out"), env={**os.environ})
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # wait until the run is registered and working
         if Path(os.environ["UGPU_DB"]).exists() and db_rows("SELECT stage FROM runs WHERE stage IS NOT NULL"):

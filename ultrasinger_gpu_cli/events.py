@@ -66,28 +66,39 @@ class StageRun:
 
 
 @dataclass(frozen=True)
-class SongStarted:
+class SongEvent:
+    """Something that happened to one song (its file name)."""
+
     song: str
+
+
+@dataclass(frozen=True)
+class SongStarted(SongEvent):
+    """A song's conversion began, into this folder."""
+
     folder: Path | None = None
 
 
 @dataclass(frozen=True)
-class StageStarted:
-    song: str
+class StageStarted(SongEvent):
+    """A stage is about to load its engine and run."""
+
     stage: str
 
 
 @dataclass(frozen=True)
-class StageProgress:
-    song: str
+class StageProgress(SongEvent):
+    """How far a running stage is, and how fast (x real time so far)."""
+
     stage: str
     fraction: float
     speed_x: float | None
 
 
 @dataclass(frozen=True)
-class StageFinished:
-    song: str
+class StageFinished(SongEvent):
+    """A stage finished (or was taken from the resume cache): its measured run."""
+
     run: StageRun
 
 
@@ -118,16 +129,16 @@ class Notice:
 
 
 @dataclass(frozen=True)
-class SongFinished:
-    song: str
+class SongFinished(SongEvent):
+    """A song's folder is written."""
+
     report: SongReport
 
 
 @dataclass(frozen=True)
-class SongFailed:
+class SongFailed(SongEvent):
     """A song that could not be converted; the batch goes on with the next one."""
 
-    song: str
     error: str
 
 

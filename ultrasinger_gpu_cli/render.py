@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ultrasinger_gpu_cli.models import ModelStatus
     from ultrasinger_gpu_cli.pipeline import SongReport
+    from ultrasinger_gpu_cli.usecases.models import BackendInfo
     from ultrasinger_gpu_cli.usecases.plan import Ladders
     from ultrasinger_gpu_cli.usecases.stages import StageOutcome
 
@@ -472,9 +473,8 @@ def fallback_view(ladders: Ladders) -> RenderableType:
     for col in ("when", "song", "stage", "where", "from", "to", "reason"):
         recent.add_column(col, overflow="fold")
     for e in ladders.events:
-        where = f"GPU {e['gpu_index']}" if e.get("gpu_index") is not None else str(e.get("device") or "")
-        recent.add_row(str(e["created_at"]), str(e["song"] or ""), str(e["stage"]), where, str(e["from_setting"]),
-                       str(e["to_setting"]), str(e["reason"] or ""))  # fmt: skip
+        where = f"GPU {e.gpu_index}" if e.gpu_index is not None else (e.device or "")
+        recent.add_row(e.created_at, e.song or "", e.stage, where, e.from_setting, e.to_setting, e.reason or "")
     return Group(table, recent)
 
 
@@ -516,12 +516,11 @@ def no_stats_yet(db_path: Any) -> Text:
     )
 
 
-def backends_table(listing: list[dict[str, Any]]) -> Table:
+def backends_table(listing: list[BackendInfo]) -> Table:
     table = Table(title="Backends", title_justify="left")
     for col in ("component", "backend", "default", "installed", "what it is"):
         table.add_column(col, overflow="fold")
     for row in listing:
-        installed = "[green]yes[/]" if row["installed"] else f"[red]no[/] ({row['install']})"
-        table.add_row(str(row["component"]), str(row["backend"]), "yes" if row["default"] else "", installed,
-                      str(row["summary"]))  # fmt: skip
+        installed = "[green]yes[/]" if row.installed else f"[red]no[/] ({row.install})"
+        table.add_row(row.component, row.backend, "yes" if row.default else "", installed, row.summary)
     return table

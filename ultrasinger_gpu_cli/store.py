@@ -19,7 +19,7 @@ import statistics
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,6 +183,26 @@ class ComponentStats:
             "speed_trend": list(self.speed_trend),
             "vram_trend": list(self.vram_trend),
         }
+
+
+@dataclass(frozen=True)
+class RecordedFallback:
+    """A fallback event as the store keeps it."""
+
+    event_id: str
+    created_at: str
+    run_id: str | None
+    song: str | None
+    stage: str
+    from_setting: str
+    to_setting: str
+    reason: str | None
+    device: str | None
+    gpu_id: str | None
+    gpu_index: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -517,8 +537,9 @@ class Store:
                  event.device, None if gpu is None else gpu.uuid, None if gpu is None else gpu.index),
             )  # fmt: skip
 
-    def recent_fallbacks(self, limit: int = 20) -> list[sqlite3.Row]:
-        return self.query("SELECT * FROM fallback_events ORDER BY created_at DESC LIMIT ?", (limit,))
+    def recent_fallbacks(self, limit: int = 20) -> list[RecordedFallback]:
+        rows = self.query("SELECT * FROM fallback_events ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [RecordedFallback(**{f: row[f] for f in RecordedFallback.__dataclass_fields__}) for row in rows]
 
     def _log_filter(self, component: str | None, since: str | None, gpu: int | None) -> tuple[str, list[Any]]:
         sql = " WHERE component IS NOT NULL AND component != 'monitor'"

@@ -47,8 +47,10 @@ def _root(
     ctx.obj = {"db": db}
 
 
-for group in (plan, stages, run, history, monitor, models):
-    group.register(app)
+for group in (plan, stages, run, history, monitor):
+    for command in group.COMMANDS:
+        app.command()(command)
+app.add_typer(models.models_app, name="models")
 
 
 def main() -> None:

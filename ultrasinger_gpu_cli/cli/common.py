@@ -7,6 +7,7 @@ Data (``--json``) goes to stdout; everything for people goes to stderr. Expected
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 from enum import Enum
@@ -110,3 +111,29 @@ def rehearsal(faults: Optional[list[str]]):
     from ultrasinger_gpu_cli.diagnostics import Fault, Rehearsal
 
     return Rehearsal(tuple(Fault.parse(f) for f in faults)) if faults else None
+
+
+#: Options several commands share: (parameter name, type with its Typer option, default).
+SharedOptions = tuple[tuple[str, Any, Any], ...]
+
+
+def with_shared_options(shared: SharedOptions, run: Callable[[dict[str, Any], dict[str, Any]], Any]):
+    """Declare ``shared`` once for several commands. The decorated function declares only its own
+    options; the command Typer sees has both, and calls ``run(own_values, shared_values)``."""
+
+    def decorate(own: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(own, eval_str=True)
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+                 for name, kind, default in shared]  # fmt: skip
+
+        @functools.wraps(own)
+        def command(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name, _, _ in shared}
+            return run(kwargs, values)
+
+        full = signature.replace(parameters=[*signature.parameters.values(), *extra])
+        command.__signature__ = full  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in full.parameters.values()}
+        return handles_errors(command)
+
+    return decorate

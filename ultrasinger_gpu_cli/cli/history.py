@@ -7,25 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ultrasinger_gpu_cli.cli.common import (
-    GpuParam,
-    JsonParam,
-    LimitParam,
-    ModeChoice,
-    ModeParam,
-    choice,
-    emit_json,
-    err_console,
-    handles_errors,
-    open_store,
-)
+from ultrasinger_gpu_cli.cli.common import GpuParam, JsonParam, LimitParam, ModeChoice, ModeParam, choice, emit_json
+from ultrasinger_gpu_cli.cli.common import err_console, handles_errors, open_store
 
 ExportFormat = choice("ExportFormat", ("csv",))
 
-
-def register(app: typer.Typer) -> None:
-    app.command()(fallback)
-    app.command()(stats)
 
 
 @handles_errors
@@ -43,7 +29,7 @@ def fallback(
     ladders = fallback_ladders(open_store(ctx), gpu=gpu, mode=mode.value, vram_limit_gb=vram_limit, limit=limit)
     if json_out:
         emit_json({"ladders": {c: [{"settings": r.settings.values(), "label": r.label, "why": r.why} for r in rungs]
-                               for c, rungs in ladders.ladders.items()}, "events": ladders.events})  # fmt: skip
+                               for c, rungs in ladders.ladders.items()}, "events": [e.to_dict() for e in ladders.events]})  # fmt: skip
         return
     from ultrasinger_gpu_cli.render import fallback_view
 
@@ -80,3 +66,6 @@ def stats(
 
     console = err_console()
     console.print(stats_view(rows, width=console.size.width) if rows else no_stats_yet(store.path), highlight=False)
+
+#: This group's commands, in the order ``ugpu --help`` lists them.
+COMMANDS = (fallback, stats)

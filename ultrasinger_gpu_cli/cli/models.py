@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from ultrasinger_gpu_cli.cli.common import (
-    JsonParam,
-    ModeChoice,
-    ModelsDirParam,
-    ModeParam,
-    emit_json,
-    err_console,
-    handles_errors,
-    open_store,
-)
+from ultrasinger_gpu_cli.cli.common import JsonParam, ModeChoice, ModelsDirParam, ModeParam, emit_json, err_console
+from ultrasinger_gpu_cli.cli.common import open_store, with_shared_options
 from ultrasinger_gpu_cli.errors import UgpuError
 
 models_app = typer.Typer(help="The weights each component needs: where they are, fetch them, check them.",
@@ -24,60 +16,42 @@ models_app = typer.Typer(help="The weights each component needs: where they are,
 ComponentsArg = Annotated[Optional[list[str]], typer.Argument(help="Components (default: all of them).", show_default=False)]
 ModelParam = Annotated[Optional[str], typer.Option("--model", help="A model other than the plan's (one component only).", show_default=False)]
 BackendParam = Annotated[Optional[str], typer.Option("--backend", help="A backend other than the plan's (one component only).", show_default=False)]
+#: Which weights: the same options for list, verify and pull.
+QUERY = (("components", ComponentsArg, None), ("model", ModelParam, None), ("backend", BackendParam, None),
+         ("mode", ModeParam, ModeChoice.balanced), ("models_dir", ModelsDirParam, None))  # type: ignore[attr-defined]
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(models_app, name="models")
+def _query(handler):
+    """Run ``handler(statuses, own_values, models_dir)`` with the statuses the query options name."""
+
+    def run(values: dict[str, Any], query: dict[str, Any]) -> None:
+        from ultrasinger_gpu_cli.usecases.models import model_statuses
+
+        statuses = model_statuses(open_store(values["ctx"]), query["components"], model=query["model"],
+                                  backend=query["backend"], mode=query["mode"].value, models_dir=query["models_dir"])  # fmt: skip
+        handler(statuses, values, query["models_dir"])
+
+    return with_shared_options(QUERY, run)
 
 
-def _statuses(ctx: typer.Context, components, model, backend, mode: str, models_dir):
-    from ultrasinger_gpu_cli.usecases.models import model_statuses
+def _list(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
+    from ultrasinger_gpu_cli.usecases.models import backends_listing
 
-    return model_statuses(open_store(ctx), components, model=model, backend=backend, mode=mode, models_dir=models_dir)
-
-
-@models_app.command("list")
-@handles_errors
-def models_list(
-    ctx: typer.Context,
-    components: ComponentsArg = None,
-    model: ModelParam = None,
-    backend: BackendParam = None,
-    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
-    models_dir: ModelsDirParam = None,
-    json_out: JsonParam = False,
-) -> None:
-    """Which weights the plan needs, per component and backend, where they live, and whether they are here."""
-    statuses = _statuses(ctx, components, model, backend, mode.value, models_dir)
-    if json_out:
-        from ultrasinger_gpu_cli.usecases.models import backends_listing
-
-        emit_json({"models": [s.to_dict() for s in statuses], "backends": backends_listing()})
+    if values["json_out"]:
+        emit_json({"models": [s.to_dict() for s in statuses], "backends": [b.to_dict() for b in backends_listing()]})
         return
     from ultrasinger_gpu_cli.render import backends_table, models_table
-    from ultrasinger_gpu_cli.usecases.models import backends_listing
 
     err_console().print(models_table(statuses))
     err_console().print(backends_table(backends_listing()))
 
 
-@models_app.command("verify")
-@handles_errors
-def models_verify(
-    ctx: typer.Context,
-    components: ComponentsArg = None,
-    model: ModelParam = None,
-    backend: BackendParam = None,
-    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
-    models_dir: ModelsDirParam = None,
-    json_out: JsonParam = False,
-) -> None:
-    """Checksum the weights (SHA-256) against the published digests; exit 1 when one is missing or wrong."""
+def _verify(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
     from ultrasinger_gpu_cli.usecases.models import verify_models
 
-    verified = verify_models(_statuses(ctx, components, model, backend, mode.value, models_dir))
+    verified = verify_models(statuses)
     all_ok = all(v.ok for v in verified)
-    if json_out:
+    if values["json_out"]:
         emit_json({"models": [{**v.status.to_dict(v.checksums), "ok": v.ok} for v in verified], "ok": all_ok})
     else:
         from ultrasinger_gpu_cli.render import models_table
@@ -88,24 +62,33 @@ def models_verify(
         raise UgpuError("some model files are missing or do not match their checksum", hint="ugpu models pull")
 
 
-@models_app.command("pull")
-@handles_errors
-def models_pull(
-    ctx: typer.Context,
-    components: ComponentsArg = None,
-    model: ModelParam = None,
-    backend: BackendParam = None,
-    mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
-    models_dir: ModelsDirParam = None,
-) -> None:
-    """Download the missing weights (needs internet): into the libraries' caches, or with --models-dir
-    into that folder's layout, to copy to an offline machine."""
+def _pull(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
     from ultrasinger_gpu_cli.usecases.models import pull_models
 
     console = err_console()
-    for status in _statuses(ctx, components, model, backend, mode.value, models_dir):
+    for status in statuses:
         if not status.present:
             console.print(f"{status.engine} {status.model} ({status.backend}): fetching ...", highlight=False)
         (pulled,) = pull_models([status], models_dir)
         style = "green" if pulled.action == "downloaded" else None
         console.print(f"{status.engine} {status.model} ({status.backend}): {pulled.action}", style=style, highlight=False)
+
+
+# The functions below declare each command (its help and its own options); _query runs it.
+@models_app.command("list")
+@_query(_list)
+def models_list(ctx: typer.Context, json_out: JsonParam = False) -> None:
+    """Which weights the plan needs, per component and backend, where they live, and whether they are here."""
+
+
+@models_app.command("verify")
+@_query(_verify)
+def models_verify(ctx: typer.Context, json_out: JsonParam = False) -> None:
+    """Checksum the weights (SHA-256) against the published digests; exit 1 when one is missing or wrong."""
+
+
+@models_app.command("pull")
+@_query(_pull)
+def models_pull(ctx: typer.Context) -> None:
+    """Download the missing weights (needs internet): into the libraries' caches, or with --models-dir
+    into that folder's layout, to copy to an offline machine."""

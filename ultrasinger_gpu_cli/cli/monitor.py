@@ -11,9 +11,6 @@ import typer
 from ultrasinger_gpu_cli.cli.common import err_console, handles_errors, open_store
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(monitor)
-
 
 # -- monitor ----------------------------------------------------------------------------------
 class _Keys:
@@ -121,3 +118,6 @@ def monitor(
             time.sleep(interval)
     except KeyboardInterrupt:
         return
+
+#: This group's commands, in the order ``ugpu --help`` lists them.
+COMMANDS = (monitor,)

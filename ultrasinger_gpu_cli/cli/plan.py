@@ -6,23 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ultrasinger_gpu_cli.cli.common import (
-    GpuParam,
-    JsonParam,
-    LimitParam,
-    ModeChoice,
-    ModeParam,
-    emit_json,
-    err_console,
-    handles_errors,
-    open_store,
-)
+from ultrasinger_gpu_cli.cli.common import GpuParam, JsonParam, LimitParam, ModeChoice, ModeParam, emit_json
+from ultrasinger_gpu_cli.cli.common import err_console, handles_errors, open_store
 from ultrasinger_gpu_cli.errors import NoGpuError
 
-
-def register(app: typer.Typer) -> None:
-    app.command()(detect)
-    app.command()(optimize)
 
 
 @handles_errors
@@ -91,3 +78,6 @@ def optimize(
     err_console().print(plan_view(result.plan))
     if result.saved:
         err_console().print(f"saved the plan to {store.path}", style="green")
+
+#: This group's commands, in the order ``ugpu --help`` lists them.
+COMMANDS = (detect, optimize)

@@ -8,27 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ultrasinger_gpu_cli.cli.common import (
-    GpuParam,
-    LimitParam,
-    ModeChoice,
-    ModelsDirParam,
-    ModeParam,
-    RehearseParam,
-    choice,
-    emit_json,
-    err_console,
-    handles_errors,
-    open_store,
-    rehearsal,
-)
+from ultrasinger_gpu_cli.cli.common import GpuParam, LimitParam, ModeChoice, ModelsDirParam, ModeParam, RehearseParam
+from ultrasinger_gpu_cli.cli.common import choice, emit_json, err_console, handles_errors, open_store, rehearsal
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 
 FormatVersion = choice("FormatVersion", ("1.1.0", "1.0.0", "0.3.0"))
 
-
-def register(app: typer.Typer) -> None:
-    app.command()(run)
 
 
 def _read_songs(songs: list[str]) -> list[Path]:
@@ -84,3 +69,6 @@ def run(
     elif result.reports:
         err_console().print(summary_table(result.reports))
     result.raise_for_failures()
+
+#: This group's commands, in the order ``ugpu --help`` lists them.
+COMMANDS = (run,)

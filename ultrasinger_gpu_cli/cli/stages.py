@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from ultrasinger_gpu_cli.cli.common import (
-    GpuParam,
-    JsonParam,
-    LimitParam,
-    ModeChoice,
-    ModelsDirParam,
-    ModeParam,
-    RehearseParam,
-    choice,
-    emit_json,
-    err_console,
-    handles_errors,
-    open_store,
-    rehearsal,
-    value,
-)
+from ultrasinger_gpu_cli.cli.common import GpuParam, JsonParam, LimitParam, ModeChoice, ModelsDirParam, ModeParam
+from ultrasinger_gpu_cli.cli.common import RehearseParam, choice, emit_json, err_console, handles_errors, open_store
+from ultrasinger_gpu_cli.cli.common import rehearsal, value, with_shared_options
 from ultrasinger_gpu_cli.components import CREPE, DEMUCS, WHISPER, StageOptions
 from ultrasinger_gpu_cli.components.base import COMPUTE_TYPES, DEVICES
 
@@ -46,11 +31,6 @@ AudioArg = Annotated[Optional[Path], typer.Argument(help="Audio or video file to
 OutputParam = Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the outputs (default: beside AUDIO).", show_default=False)]
 NoFallbackParam = Annotated[bool, typer.Option("--no-fallback", help="Stop instead of falling back on out-of-memory.")]
 
-
-def register(app: typer.Typer) -> None:
-    app.command()(whisper)
-    app.command()(demucs)
-    app.command()(crepe)
 
 
 def _component(ctx: typer.Context, component: str, *, audio: Optional[Path], flags: dict[str, Any], show: bool,
@@ -121,25 +101,16 @@ def component_command(component: str) -> Callable[[Callable[..., ComponentFlags]
     ``audio``) and returns (its flags, its stage options); :data:`COMMON_OPTIONS` are added."""
 
     def decorate(own: Callable[..., ComponentFlags]) -> Callable[..., None]:
-        signature = inspect.signature(own, eval_str=True)
-        common = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-                  for name, kind, default in COMMON_OPTIONS]  # fmt: skip
-
-        @functools.wraps(own)
-        def command(**kwargs: Any) -> None:
-            shared = {name: kwargs.pop(name) for name, _, _ in COMMON_OPTIONS}
-            flags, options = own(**kwargs)
+        def run(values: dict[str, Any], shared: dict[str, Any]) -> None:
+            flags, options = own(**values)
             flags.update(batch_size=shared["batch_size"], device=value(shared["device"]), backend=shared["backend"])
-            _component(kwargs["ctx"], component, audio=kwargs["audio"], flags=flags, show=shared["show"],
+            _component(values["ctx"], component, audio=values["audio"], flags=flags, show=shared["show"],
                        save=shared["save"], reset=shared["reset"], json_out=shared["json_out"], mode=shared["mode"].value,
                        vram_limit=shared["vram_limit"], gpu=shared["gpu"], output=shared["output"],
                        models_dir=shared["models_dir"], options=options, no_fallback=shared["no_fallback"],
                        faults=shared["rehearse_fault"])  # fmt: skip
 
-        full = signature.replace(parameters=[*signature.parameters.values(), *common])
-        command.__signature__ = full  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in full.parameters.values()}
-        return handles_errors(command)
+        return with_shared_options(COMMON_OPTIONS, run)(own)
 
     return decorate
 
@@ -179,3 +150,6 @@ def crepe(
 ) -> ComponentFlags:
     """CREPE pitch of AUDIO as time,frequency,confidence CSV, or its settings (/gpu/crepe)."""
     return {"model": value(model), "step_size": step_size}, StageOptions(gate=gate)
+
+#: This group's commands, in the order ``ugpu --help`` lists them.
+COMMANDS = (whisper, demucs, crepe)

@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ultrasinger_gpu_cli.components.base import (
-    Backend,
-    ComponentSpec,
-    ParameterValues,
-    SettingValue,
-    StageOptions,
-    StageOutputs,
-    StageSettings,
-)
+from ultrasinger_gpu_cli.components.base import Backend, ComponentSpec, ParameterValues, SettingValue, StageOptions
+from ultrasinger_gpu_cli.components.base import StageOutputs, StageSettings
 from ultrasinger_gpu_cli.components.crepe import CREPE, CrepeSettings
 from ultrasinger_gpu_cli.components.demucs import DEMUCS, DemucsSettings
 from ultrasinger_gpu_cli.components.whisper import WHISPER, WhisperSettings

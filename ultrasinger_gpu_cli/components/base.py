@@ -115,14 +115,23 @@ def _float_range(label: str, value: Any, low: float, high: float) -> float:
     return number
 
 
-def common_parameters(component: str, *, max_batch: int, backends: Callable[[], tuple[str, ...]]) -> dict[str, Parameter]:
-    """The parameters every component has, by name."""
-    return {
-        "backend": Parameter("backend", f"{component} backend", "choice", dynamic_choices=backends),
-        "batch_size": Parameter("batch_size", "batch size", "int", low=1, high=max_batch),
-        "compute_type": Parameter("compute_type", "compute type", "choice", COMPUTE_TYPES),
-        "device": Parameter("device", "device", "choice", DEVICES),
-    }
+def _registered_backends(component: str) -> Callable[[], tuple[str, ...]]:
+    def names() -> tuple[str, ...]:
+        from ultrasinger_gpu_cli.components import SPECS
+
+        return SPECS[component].backend_names()
+
+    return names
+
+
+def common_parameters(component: str, *, max_batch: int) -> tuple[Parameter, ...]:
+    """The parameters every component has, in display order (the backend's choices: the registry's)."""
+    return (
+        Parameter("batch_size", "batch size", "int", low=1, high=max_batch),
+        Parameter("compute_type", "compute type", "choice", COMPUTE_TYPES),
+        Parameter("device", "device", "choice", DEVICES),
+        Parameter("backend", f"{component} backend", "choice", dynamic_choices=_registered_backends(component)),
+    )
 
 
 # -- backends ---------------------------------------------------------------------------------

