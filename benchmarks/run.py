@@ -37,7 +37,7 @@ REFERENCE = {
 
 def _worker(stage: str, side: str, device: str, folder: Path) -> dict:
     out = folder / f"{stage}-{side}.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     subprocess.run([sys.executable, "-m", "benchmarks.worker", stage, side, device, str(out)], check=True, env=env, cwd=ROOT)
     result = json.loads(out.read_text())
     result["npy"] = str(out.with_suffix(".npy"))
@@ -80,18 +80,19 @@ def _child_cpu_s(args: list[str], env: dict) -> float:
 
 
 def cheap_parts() -> dict:
-    ugpu = str(Path(sys.executable).with_name("ugpu"))
+    script = Path(sys.executable).with_name("ugpu")
+    ugpu = [str(script)] if script.exists() else [sys.executable, "-m", "ultrasinger_gpu_cli"]
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "UGPU_DB": str(Path(tmp) / "bench.db")}
-        first = _time_command([ugpu, "detect", "--json"], runs=1, env=env)
+        first = _time_command([*ugpu, "detect", "--json"], runs=1, env=env)
         # The monitor at 1 Hz: CPU time of 21 samples minus that of 1 (start-up), over the 20 s between.
-        many = _child_cpu_s([ugpu, "monitor", "--json", "--count", "21", "--interval", "1"], env)
-        one = _child_cpu_s([ugpu, "monitor", "--json", "--count", "1"], env)
+        many = _child_cpu_s([*ugpu, "monitor", "--json", "--count", "21", "--interval", "1"], env)
+        one = _child_cpu_s([*ugpu, "monitor", "--json", "--count", "1"], env)
         return {
-            "help_s": _time_command([ugpu, "--help"]),
+            "help_s": _time_command([*ugpu, "--help"]),
             "detect_first_s": first,
-            "detect_cached_s": _time_command([ugpu, "detect", "--json"], env=env),
-            "optimize_s": _time_command([ugpu, "optimize", "--json"], env=env),
+            "detect_cached_s": _time_command([*ugpu, "detect", "--json"], env=env),
+            "optimize_s": _time_command([*ugpu, "optimize", "--json"], env=env),
             "monitor_cpu_percent": 100 * max(0.0, many - one) / 20,
         }
 
@@ -130,10 +131,11 @@ def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | N
             f"| {r['ugpu_rss']} MB | {r['ref_rss']} MB | {vram} | {r['check']} |"
         )
     lines += ["", "References: " + "; ".join(f"{s}: {REFERENCE[s]}" for s in [r["stage"] for r in rows]) + "."]
-    lines += ["", f"Cheap paths: `ugpu --help` {cheap['help_s']:.2f} s, `ugpu detect --json` {cheap['detect_first_s']:.2f} s "
+    if cheap:
+        lines += ["", f"Cheap paths: `ugpu --help` {cheap['help_s']:.2f} s, `ugpu detect --json` {cheap['detect_first_s']:.2f} s "
               f"first (framework probe) / {cheap['detect_cached_s']:.2f} s cached, `ugpu optimize --json` "
               f"{cheap['optimize_s']:.2f} s (medians of 5). `ugpu monitor --json` at 1 Hz: "
-              f"{cheap['monitor_cpu_percent']:.2f}% of one core (CPU time of 21 samples minus 1, over 20 s)."]  # fmt: skip
+                  f"{cheap['monitor_cpu_percent']:.2f}% of one core (CPU time of 21 samples minus 1, over 20 s)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -155,13 +157,16 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no-cheap", action="store_true", help="skip the cheap-path timings (about 40 s)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     stages = [s for s in args.stages.split(",") if s]
 
-    from benchmarks.build import models_dir
+    if set(stages) & {"demucs", "whisper", "e2e"}:
+        from benchmarks.build import models_dir
 
-    print("building / loading the cached models ...", file=sys.stderr)
-    models_dir()
+        print("building / loading the cached models ...", file=sys.stderr)
+        models_dir()
     gpu = None
     if args.device == "cuda":
         import torch
@@ -189,8 +194,11 @@ def main() -> None:
                 "ref_vram": max((x["peak_vram_mb"] or 0) for x in runs["reference"]) or None,
                 "check": _check(stage, runs["ugpu"][-1], runs["reference"][-1]),
             })  # fmt: skip
-    text = render(args.device, rows, cheap_parts(), args.repeat, gpu)
+    text = render(args.device, rows, {} if args.no_cheap else cheap_parts(), args.repeat, gpu)
     print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"device": args.device, "gpu": gpu, "repeat": args.repeat, "rows": rows,
+                                         "markdown": text}, indent=2))  # fmt: skip
     if not args.no_write:
         write_section(args.device, text, args.out)
         print(f"wrote {args.out}", file=sys.stderr)

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.audio_factory import encode, sung_note, write_wav
+from tests.audio_factory import encode, song, sung_note, write_wav
 from ultrasinger_gpu_cli import audio as audio_io
 from ultrasinger_gpu_cli.errors import AudioError
 
@@ -87,9 +87,10 @@ def test_every_bad_input_is_one_clear_error_naming_the_file(tmp_path):
 
 
 def test_missing_ffmpeg_is_a_clear_error(tmp_path, tone_wav, monkeypatch):
+    mp3 = encode(tone_wav, tmp_path / "tone.mp3")
     monkeypatch.setattr(audio_io.shutil, "which", lambda name: None)
     with pytest.raises(AudioError, match="ffmpeg is not installed") as info:
-        audio_io.decode(tone_wav)
+        audio_io.decode(mp3)
     assert "apt-get install ffmpeg" in info.value.hint
 
 
@@ -118,3 +119,29 @@ def test_unreadable_file(tmp_path, tone_wav):  # pragma: no cover - CI runs as r
     locked.chmod(0)
     with pytest.raises(AudioError, match="permission denied"):
         audio_io.decode(locked)
+
+
+def test_without_ffmpeg_wav_and_flac_are_read_through_soundfile(tmp_path, monkeypatch):
+    """A machine without ffmpeg (the lent GPU machine, some users) still reads WAV and FLAC."""
+    import soundfile
+
+    decode = audio_io.decode
+    mix = song(3.0)
+    wav = write_wav(tmp_path / "a.wav", mix, 44_100)
+    flac = tmp_path / "a.flac"
+    soundfile.write(str(flac), mix.T, 44_100, subtype="PCM_16")
+    mp3 = encode(wav, tmp_path / "a.mp3")
+    with_ffmpeg = decode(wav, 16_000, 1)
+    empty = tmp_path / "no-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no ffmpeg on the PATH
+    for source in (wav, flac):
+        mono = decode(source, 16_000, 1)
+        assert mono.samples.shape[0] == 1 and abs(mono.samples.shape[1] - with_ffmpeg.samples.shape[1]) <= 1
+        n = min(mono.samples.shape[1], with_ffmpeg.samples.shape[1])
+        assert np.abs(mono.samples[0, 100 : n - 100] - with_ffmpeg.samples[0, 100 : n - 100]).max() < 0.01
+    stereo = decode(wav, 44_100, 2)
+    assert stereo.samples.shape == mix.shape and np.abs(stereo.samples - mix).max() < 1e-3
+    with pytest.raises(AudioError, match="ffmpeg is not installed.*WAV, FLAC") as info:
+        decode(mp3, 16_000, 1)
+    assert str(mp3) in str(info.value) and "ffmpeg" in info.value.hint

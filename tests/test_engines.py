@@ -227,3 +227,20 @@ def test_engines_on_cuda_use_the_gpu_and_agree_with_the_cpu(models_dir, fast_whi
     assert tr.segments
     pt = make("crepe", {"model": "full", "step_size": 10, "batch_size": 1024, "device": "cuda"}).run(melody([(0.2, 1.0, 60)], 1.5))
     assert pt.computed.any()
+
+
+def test_float16_whisper_keeps_its_weights_in_float16_but_layernorm_in_float32(models_dir):
+    """On CUDA the float16 plan stores float16 weights (half the memory), not float32 cast per layer."""
+    import whisper
+
+    from ultrasinger_gpu_cli.engines.whisper_engine import half_weights
+
+    model = whisper.load_model(str(models_dir / "whisper" / "tiny.pt"), device="cpu")
+    before = sum(p.numel() * p.element_size() for p in model.parameters())
+    half_weights(model)
+    after = sum(p.numel() * p.element_size() for p in model.parameters())
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(p.dtype == torch.float32 for m in norms for p in m.parameters())
+    others = {id(p) for m in norms for p in m.parameters()}
+    assert all(p.dtype == torch.float16 for p in model.parameters() if id(p) not in others)
+    assert after < 0.52 * before

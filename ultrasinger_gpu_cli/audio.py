@@ -1,8 +1,10 @@
 """Audio in and out. Decoding goes through ffmpeg once, to float32 at the rate an engine needs.
 
 * :func:`decode` runs ffmpeg (soxr resampler where the build has it) and returns an
-  :class:`Audio` of shape ``(channels, samples)``. Every way an input can be unusable
-  becomes one :class:`~ultrasinger_gpu_cli.errors.AudioError` naming the file and the reason.
+  :class:`Audio` of shape ``(channels, samples)``. Without ffmpeg, WAV, FLAC, AIFF and Ogg
+  files are still read (through soundfile/libsndfile); other formats need ffmpeg. Every way an
+  input can be unusable becomes one :class:`~ultrasinger_gpu_cli.errors.AudioError` naming
+  the file and the reason.
 * :func:`resample` is a polyphase (Kaiser-windowed) resampler for in-memory rate changes, so a
   song decoded once at 44.1 kHz feeds Whisper and CREPE at 16 kHz without a second decode.
 * Every file is written to a temporary name beside the target and renamed into place, so a
@@ -48,11 +50,12 @@ class Audio:
         return self.samples.mean(axis=0, dtype=np.float32) if self.channels > 1 else self.samples[0]
 
 
-def ffmpeg_path() -> str:
-    path = shutil.which("ffmpeg")
-    if path is None:
-        raise AudioError("ffmpeg is not installed: ugpu decodes every input through it", hint=INSTALL_FFMPEG)
-    return path
+#: What libsndfile reads without ffmpeg.
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg")
+
+
+def ffmpeg_path() -> str | None:
+    return shutil.which("ffmpeg")
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,6 +96,14 @@ def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channel
     path = Path(path)
     check_input(path)
     ffmpeg = ffmpeg_path()
+    if ffmpeg is None:
+        if path.suffix.lower() in SOUNDFILE_SUFFIXES:
+            return _decode_soundfile(path, sample_rate, channels)
+        raise AudioError(
+            f"{path}: ffmpeg is not installed, and without it ugpu reads only "
+            f"{', '.join(s.lstrip('.').upper() for s in SOUNDFILE_SUFFIXES)} files",
+            hint=INSTALL_FFMPEG + "; or convert the file to WAV or FLAC",
+        )
     cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path), "-vn", "-sn", "-dn",
            "-map", "0:a:0", "-ac", str(channels)]  # fmt: skip
     if _has_soxr(ffmpeg):
@@ -110,6 +121,29 @@ def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channel
         raise AudioError(f"{path}: the audio is zero-length (no samples)")
     samples = data[:usable].reshape(-1, channels).T.copy()  # writable, (channels, n)
     return Audio(samples, sample_rate, path)
+
+
+def _decode_soundfile(path: Path, sample_rate: int, channels: int) -> Audio:
+    """WAV/FLAC/AIFF/Ogg through libsndfile: the channels mixed as ffmpeg's ``-ac`` would for
+    mono and stereo, resampled with :func:`resample`."""
+    import soundfile
+
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise AudioError(f"{path}: cannot decode: {exc}") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: the audio is zero-length (no samples)")
+    x = data.T  # (file channels, n)
+    if channels == 1 and x.shape[0] == 2:
+        x = (x[:1] + x[1:]) * np.float32(np.sqrt(0.5))  # as ffmpeg's -ac 1 mixes stereo: each channel at -3 dB
+    elif channels == 1:
+        x = x.mean(axis=0, keepdims=True)
+    elif x.shape[0] == 1:
+        x = np.repeat(x, channels, axis=0)
+    elif x.shape[0] != channels:  # more channels than wanted: each output channel averages its share
+        x = np.stack([x[k::channels].mean(axis=0) for k in range(channels)])
+    return Audio(np.ascontiguousarray(resample(x, int(rate), sample_rate)), sample_rate, path)
 
 
 def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -43,7 +43,7 @@ CPU_TIER = Tier("cpu", "no GPU", None, None,
 #: GPU rows, smallest first.
 GPU_TIERS = (
     Tier("lt4", "< 4 GB", 0, 4, "2-3 GB cards: Whisper small, one Demucs chunk at a time"),
-    Tier("4-6", "4-6 GB", 4, 6, "Whisper small: openai-whisper keeps turbo's weights in float32 (3.2 GB), too much for 4 GB"),
+    Tier("4-6", "4-6 GB", 4, 6, "Whisper small: turbo (1.6 GB of float16 weights) with a useful batch leaves no headroom on 4-5 GB"),
     Tier("6-8", "6-8 GB", 6, 8, "turbo with a batch of 8; the 6-8 GB cards UltraSinger users most often run out of memory on"),
     Tier("8-12", "8-12 GB", 8, 12, "room for batched Whisper, two Demucs chunks per pass and CREPE full at 5 ms"),
     Tier("12-16", "12-16 GB", 12, 16, "large batches for every engine"),

@@ -39,8 +39,8 @@ def canonical(name: str) -> str:
 
 def estimate_vram_mb(s: WhisperSettings) -> int:
     model = canonical(s.model)
-    # openai-whisper keeps float32 weights and casts per layer when it computes in float16.
-    weights = _PARAMS_M[model] * 4
+    # float16 on CUDA stores float16 weights (the engine halves all but LayerNorm), else float32.
+    weights = _PARAMS_M[model] * (2 if s.compute_type == "float16" else 4)
     acts = _ACT_MB[model] * max(1, s.batch_size) * (2 if s.compute_type == "float16" else 4) / 2
     return int(CUDA_CONTEXT_MB + weights + acts)
 
