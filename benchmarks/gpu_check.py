@@ -27,7 +27,8 @@ bench          120 s  the GPU benchmark: x real time per stage against the same 
 ============  ======  ==========================================================================
 
 A step that runs past its budget is marked; the check stops starting steps once the total
-passes ``--max-seconds`` (420 by default: it must end well inside 8 minutes on an H100).
+passes ``--max-seconds`` (420 by default), and no subprocess outlives ``--hard-seconds`` (450):
+it must end well inside 8 minutes on an H100.
 
 ``--cpu-dry-run`` goes through every step on the CPU with tiny models and a short song, so the
 check cannot rot on machines without a GPU (a test runs it on every ``make test``).
@@ -66,9 +67,14 @@ class Check:
     wheels: Path | None
     site: Path
     work: Path
+    deadline: float = float("inf")  # time.monotonic() by which every subprocess must have ended
     results: dict[str, Any] = field(default_factory=dict)
     song: Path | None = None
     models: Path | None = None
+
+    def timeout(self, wanted: float) -> float:
+        """A subprocess's timeout: what it wants, but never past the check's hard deadline."""
+        return max(5.0, min(wanted, self.deadline - time.monotonic()))
 
     @property
     def device(self) -> str:
@@ -82,7 +88,7 @@ class Check:
 
     def ugpu(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "ultrasinger_gpu_cli", *args], capture_output=True, text=True,
-                              env=self.env(), cwd=ROOT, timeout=timeout)  # fmt: skip
+                              env=self.env(), cwd=ROOT, timeout=self.timeout(timeout))  # fmt: skip
 
 
 class StepFailed(Exception):
@@ -174,7 +180,7 @@ def step_detect(c: Check) -> dict[str, Any]:
 
 def step_cuda_tests(c: Check) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/"],
-                          capture_output=True, text=True, env=c.env(), cwd=ROOT, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, env=c.env(), cwd=ROOT, timeout=c.timeout(180))  # fmt: skip
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
     (c.out / "cuda-tests.log").write_text(proc.stdout[-20000:] + proc.stderr[-5000:])
     _require(proc.returncode == 0, f"CUDA tests failed: {summary}")
@@ -351,7 +357,7 @@ def step_bench(c: Check) -> dict[str, Any]:
     target = c.out / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--device", c.device, "--repeat", "1",
                            "--stages", stages, "--no-write", "--no-cheap", "--json", str(target)],
-                          capture_output=True, text=True, env=c.env(), cwd=ROOT, timeout=900)  # fmt: skip
+                          capture_output=True, text=True, env=c.env(), cwd=ROOT, timeout=c.timeout(300))  # fmt: skip
     (c.out / "bench.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
     _require(proc.returncode == 0, f"the benchmark failed: {proc.stderr[-400:]}")
     data = json.loads(target.read_text())
@@ -420,11 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", type=Path, default=Path(tempfile.gettempdir()) / "ugpu-site")
     parser.add_argument("--cpu-dry-run", action="store_true", help="every step on the CPU with tiny models")
     parser.add_argument("--steps", default=",".join(s.name for s in STEPS))
-    parser.add_argument("--max-seconds", type=float, default=420.0)
+    parser.add_argument("--max-seconds", type=float, default=420.0, help="start no step after this")
+    parser.add_argument("--hard-seconds", type=float, default=450.0, help="no subprocess runs past this")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ugpu-check-"))
-    c = Check(args.out, args.cpu_dry_run, args.wheels, args.site, work)
+    c = Check(args.out, args.cpu_dry_run, args.wheels, args.site, work, deadline=time.monotonic() + args.hard_seconds)
     os.environ["UGPU_DB"] = str(work / "ugpu.db")
     wanted = set(args.steps.split(","))
     started = time.perf_counter()

@@ -231,3 +231,19 @@ def test_a_gpu_hidden_from_pytorch_falls_back_to_the_cpu(two_cards_cuda_reversed
     assert data["device"] == "cpu"
     (event,) = data["fallbacks"]
     assert event["from"].startswith("cuda") and "not among the devices PyTorch sees" in event["reason"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_every_real_gpu_binds_to_the_cuda_device_with_its_uuid():  # pragma: no cover - GPU machines only
+    import torch
+
+    from ultrasinger_gpu_cli.devices import bind, normalise_uuid
+    from ultrasinger_gpu_cli.nvml import get_nvml
+
+    gpus = [g for g in get_nvml().gpus() if not g.lost]
+    assert gpus, "NVML sees no GPU although PyTorch does"
+    for gpu in gpus:
+        binding = bind(gpu.identity)
+        assert normalise_uuid(str(torch.cuda.get_device_properties(binding.ordinal).uuid)) == normalise_uuid(gpu.uuid)
+        assert binding.nvml_index == gpu.index and binding.name == f"cuda:{binding.ordinal}"
