@@ -24,6 +24,7 @@ def private_data_dir(tmp_path, monkeypatch) -> Iterator[None]:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
     monkeypatch.setenv("UGPU_DB", str(tmp_path / "ugpu.db"))
+    monkeypatch.setenv("UGPU_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     nvml.use_backend(None)
     yield

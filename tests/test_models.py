@@ -10,7 +10,7 @@ import pytest
 from ultrasinger_gpu_cli import models
 from ultrasinger_gpu_cli.components import SPECS
 from ultrasinger_gpu_cli.engines import create
-from ultrasinger_gpu_cli.errors import EngineError, ModelMissingError
+from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError
 
 
 @pytest.fixture
@@ -85,13 +85,14 @@ def test_verify_checks_the_digest_in_a_demucs_file_name(tmp_path, models_dir):
     digest = models.sha256_of(models_dir / "demucs" / "04573f0d.th")
     (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data)
     (repo / "htdemucs_ft.yaml").write_text((models_dir / "demucs" / "htdemucs_ft.yaml").read_text())
-    ok, sums = models.verify(models.demucs_status("htdemucs_ft", tmp_path))
+    ok, sums, _ = models.verify(models.demucs_status("htdemucs_ft", tmp_path))
     assert ok and list(sums.values()) == [digest]
     (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data[:-10] + b"0123456789")
     assert models.verify(models.demucs_status("htdemucs_ft", tmp_path))[0] is False
     engine = create("demucs", SPECS["demucs"].defaults(chunk_size=262144), tmp_path)
-    with pytest.raises(EngineError, match="damaged|checksum"):
+    with pytest.raises(ModelDamagedError, match="damaged") as info:
         engine.load()
+    assert "--force" in info.value.hint
 
 
 def test_pull_into_a_models_dir_through_whispers_own_downloader(tmp_path, models_dir, monkeypatch):

@@ -98,8 +98,15 @@ def test_midi_file_is_well_formed():
     assert data[:4] == b"MThd" and data[14:18] == b"MTrk" and bytes([0x90, 69]) in data and data.endswith(b"\xff\x2f\x00")
 
 
-@pytest.mark.parametrize("name", ["../../etc - x", "a/b\\c:d*e?f", "CON", " .. ", "x" * 300])
-def test_safe_names_never_leave_the_folder(name):
+@pytest.mark.parametrize("name", ["../../etc - x", "a/b\\c:d*e?f", "CON", " .. ", "x" * 300, "Я" * 300,
+                                  "a\nb\u2028c\x00d\x7fe"])
+def test_safe_names_never_leave_the_folder_and_fit_the_file_system(name):
     cleaned = safe_name(name)
-    assert "/" not in cleaned and "\\" not in cleaned and cleaned not in ("", ".", "..") and len(cleaned) <= 120
-    assert cleaned.upper() != "CON"
+    assert "/" not in cleaned and "\\" not in cleaned and cleaned not in ("", ".", "..")
+    assert len(cleaned.encode("utf-8")) + len(" [Instrumental].flac".encode()) + len(".partial-4194304") + 1 <= 255
+    assert cleaned.upper() != "CON" and not any(ord(ch) < 32 or ch in "\x7f\u2028" for ch in cleaned)
+
+
+def test_long_names_are_cut_on_a_character_boundary_and_stay_unique():
+    a, b = safe_name("Я" * 300 + "a"), safe_name("Я" * 300 + "b")
+    assert a != b and a.encode("utf-8").decode("utf-8") == a and a.startswith("Я" * 50)

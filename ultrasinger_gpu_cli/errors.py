@@ -52,6 +52,18 @@ class AudioError(UgpuError):
     """An input that cannot be decoded (missing, a directory, empty, not audio) or no ffmpeg."""
 
 
+class OutputError(UgpuError):
+    """The output folder or a file in it cannot be written."""
+
+
+class TimingsError(UgpuError):
+    """A ``--timings`` file that cannot be used: its encoding, its shape, or its values."""
+
+
+class ModelDamagedError(UgpuError):
+    """A model file is there but cannot be read: truncated, corrupt, not what its name says."""
+
+
 class ModelMissingError(UgpuError):
     """Model weights are not on this machine and cannot be fetched now."""
 

@@ -72,6 +72,17 @@ def is_gpu_fatal(exc: BaseException) -> bool:
     )  # fmt: skip
 
 
+def fallback_worthy(exc: BaseException) -> bool:
+    """An error the ladder handles (out of memory, a GPU that can't run it), not a damaged file."""
+    return is_oom(exc) or is_gpu_fatal(exc)
+
+
+#: What loading a damaged weights file raises (torch.load, pickle, zip, yaml...).
+LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
+                                                AttributeError, IndexError, __import__("pickle").UnpicklingError,
+                                                __import__("zipfile").BadZipFile)  # fmt: skip
+
+
 def run_with_fallback(
     stage: str,
     rungs: list[Rung[S]],

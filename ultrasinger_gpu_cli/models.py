@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.errors import ModelMissingError
+from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError
 from ultrasinger_gpu_cli.components.whisper import canonical as canonical_whisper
 
 ENV_MODELS = "UGPU_MODELS"
@@ -144,12 +144,28 @@ def _remote_files() -> dict[str, str]:
     return out
 
 
+def damaged(path: Path, component: str, model: str, exc: BaseException) -> ModelDamagedError:
+    """The one error for a model file that is there but cannot be read."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return ModelDamagedError(f"{path}: the {component} model file is damaged or not a {component} model ({reason})",
+                             hint=f"fetch it again: `ugpu models pull {component} --model {model} --force`")  # fmt: skip
+
+
 def _read_bag(yaml_file: Path) -> tuple[tuple[str, ...], tuple[tuple[float, ...], ...] | None]:
     import yaml
 
-    data = yaml.safe_load(yaml_file.read_text())
-    weights = data.get("weights")
-    return tuple(data["models"]), (tuple(tuple(float(x) for x in row) for row in weights) if weights else None)
+    try:
+        data = yaml.safe_load(yaml_file.read_text(encoding="utf-8"))
+        models = data["models"]
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models) or not models:
+            raise ValueError("'models' must be a list of model signatures")
+        weights = data.get("weights")
+        rows = tuple(tuple(float(x) for x in row) for row in weights) if weights else None
+        if rows is not None and len(rows) != len(models):
+            raise ValueError("'weights' must have one row per model")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise damaged(yaml_file, "demucs", yaml_file.stem, exc) from exc
+    return tuple(models), rows
 
 
 def demucs_bag(name: str, directory: Path | None) -> DemucsBag:
@@ -242,18 +258,43 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(status: ModelStatus) -> tuple[bool, dict[Path, str]]:
-    """Checksum every present file; False when one is missing or does not match its expected digest."""
+def check_structure(path: Path) -> str | None:
+    """What is wrong with a model file whose checksum is not known, or None: PyTorch checkpoints
+    are zip archives whose every member's CRC is checked; a bag's yaml must parse."""
+    import zipfile
+
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            _read_bag(path)
+        except ModelDamagedError as exc:
+            return exc.message
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"not a readable PyTorch checkpoint ({exc})"
+    return None if bad is None else f"damaged inside: {bad}"
+
+
+def verify(status: ModelStatus) -> tuple[bool, dict[Path, str], dict[Path, str]]:
+    """Check every file: its SHA-256 where the digest is known, else its structure.
+    Returns (all fine, {path: sha256}, {path: what is wrong})."""
     sums: dict[Path, str] = {}
-    ok = True
+    problems: dict[Path, str] = {}
     for f in status.files:
         if not f.present:
-            ok = False
+            problems[f.path] = "missing"
             continue
         sums[f.path] = sha256_of(f.path)
-        if f.expected_sha256_prefix and not sums[f.path].startswith(f.expected_sha256_prefix):
-            ok = False
-    return ok, sums
+        if f.expected_sha256_prefix:
+            if not sums[f.path].startswith(f.expected_sha256_prefix):
+                problems[f.path] = f"SHA-256 {sums[f.path][:12]}... does not match the published {f.expected_sha256_prefix[:12]}..."
+        else:
+            problem = check_structure(f.path)
+            if problem:
+                problems[f.path] = problem
+    return not problems, sums, problems
 
 
 def pull_whisper(status: ModelStatus, directory: Path | None = None) -> list[Path]:

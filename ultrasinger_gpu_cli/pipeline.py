@@ -32,6 +32,7 @@ from ultrasinger_gpu_cli.models import sha256_of
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner
 from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.words import Word
 
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".m4a", ".opus", ".flac", ".wav", ".aac"}
@@ -88,37 +89,6 @@ def song_identity(path: Path) -> tuple[str, str]:
         artist, title = stem.split(" - ", 1)
         return artist.strip() or "Unknown Artist", title.strip() or stem
     return tags.get("artist", "Unknown Artist"), tags.get("title", stem)
-
-
-def load_timings(path: Path) -> tuple[list[Word], bool, str | None]:
-    """Word timings from an UltraStar ``.txt`` (syllables) or a words JSON; (units, are_syllables, language)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise UgpuError(f"{path}: cannot read the timings file: {exc.strerror}") from exc
-    if path.suffix.lower() == ".txt":
-        try:
-            _, units = ultrastar.parse_ultrastar(text)
-        except ValueError as exc:
-            raise UgpuError(f"{path}: not a usable UltraStar file: {exc}") from exc
-        return units, True, None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise UgpuError(f"{path}: not JSON and not an UltraStar .txt: {exc}") from exc
-    if isinstance(data, dict):
-        segments = data.get("segments", [])
-        words = [(w, i == 0) for seg in segments for i, w in enumerate(seg.get("words", []))]
-        language = data.get("language")
-    else:
-        words, language = [(w, False) for w in data], None
-    units = []
-    for w, first in words:
-        try:
-            units.append(Word(str(w["word"]).strip(), float(w["start"]), float(w["end"]), phrase_start=first))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UgpuError(f"{path}: every word needs word, start and end ({exc})") from exc
-    return [u for u in units if u.text], False, language
 
 
 def words_from_segments(segments: list[list[Word]]) -> list[Word]:
@@ -197,6 +167,8 @@ class Pipeline:
         song = source.name
         self.emit(SongStarted(song, folder))
         timings = load_timings(self.options.timings) if self.options.timings else None
+        for warning in timings.warnings if timings else ():
+            self.emit(Notice(song, warning))
 
         mix = audio_io.decode(source, audio_io.DEMUCS_RATE, 2)
         duration = mix.duration_s
@@ -228,8 +200,8 @@ class Pipeline:
         # 2. Whisper (or the given timings)
         language = self.options.language
         if timings is not None:
-            units, are_syllables, timing_language = timings
-            language = language or timing_language
+            units, are_syllables = timings.words, timings.are_syllables
+            language = language or timings.language
         else:
             wkey = _key(dkey, "whisper", plan["whisper"].value("backend"), plan["whisper"].model, language)
             cached_json = self._cache_path(wkey, ".json")

@@ -13,6 +13,7 @@ frames inside it; a long syllable whose pitch moves is split into ``~`` continua
 from __future__ import annotations
 
 import functools
+import math
 import re
 import struct
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ultrasinger_gpu_cli.paths import clean_text, fit_name
 from ultrasinger_gpu_cli.words import Word
 
 VOWELS = set("aeiouyäöüáéíóúàèìòùâêîôûãõåæøœëïÿAEIOUYÄÖÜÁÉÍÓÚÀÈÌÒÙÂÊÎÔÛÃÕÅÆØŒËÏŸ")
@@ -261,19 +263,26 @@ def to_ultrastar(
     song: Song, *, audio: str, vocals: str | None = None, instrumental: str | None = None,
     version: str = "1.1.0", creator: str = "ugpu",
 ) -> str:  # fmt: skip
-    """The file's text: UTF-8, ``#VERSION`` first, notes, phrase ends, ``E``."""
+    """The file's text: UTF-8, ``#VERSION`` first, notes, phrase ends, ``E``.
+
+    Every header value is one line without control characters, whatever a tag or a file name
+    held; the file headers name the files given (ugpu's own), never a tag's text.
+    """
     old = version.startswith("0.")
-    headers = [f"#VERSION:{version}", f"#TITLE:{song.title}", f"#ARTIST:{song.artist}", f"#MP3:{audio}"]
+    audio = fit_name(audio)
+    headers = [f"#VERSION:{version}", f"#TITLE:{clean_text(song.title) or 'Unknown Title'}",
+               f"#ARTIST:{clean_text(song.artist) or 'Unknown Artist'}", f"#MP3:{audio}"]  # fmt: skip
     if not old:
         headers.append(f"#AUDIO:{audio}")
         if vocals:
-            headers.append(f"#VOCALS:{vocals}")
+            headers.append(f"#VOCALS:{fit_name(vocals)}")
         if instrumental:
-            headers.append(f"#INSTRUMENTAL:{instrumental}")
+            headers.append(f"#INSTRUMENTAL:{fit_name(instrumental)}")
     headers += [f"#BPM:{_number(song.bpm, old)}", f"#GAP:{song.gap_ms}"]
-    if song.language:
-        headers.append(f"#LANGUAGE:{LANGUAGES.get(song.language, song.language)}")
-    headers.append(f"#CREATOR:{creator}")
+    language = clean_text(LANGUAGES.get(song.language, song.language)) if song.language else ""
+    if language:
+        headers.append(f"#LANGUAGE:{language}")
+    headers.append(f"#CREATOR:{clean_text(creator)}")
     lines = list(headers)
     ends = sorted(song.phrase_ends)
     e = 0
@@ -281,32 +290,60 @@ def to_ultrastar(
         while e < len(ends) and ends[e] <= note.start_beat:
             lines.append(f"- {ends[e]}")
             e += 1
-        lines.append(f"{note.kind} {note.start_beat} {note.length_beats} {note.midi - 60} {note.text}")
+        text = clean_text(note.text) + (" " if note.text.endswith(" ") else "")
+        lines.append(f"{note.kind} {note.start_beat} {note.length_beats} {note.midi - 60} {text or '~'}")
     lines.append("E")
     return "\n".join(lines) + "\n"
 
 
+#: Song times a chart may use: from the start of the audio to a day in.
+MAX_SONG_S = 24 * 3600.0
+
+
+def _header_number(headers: dict[str, str], key: str, default: str | None, low: float, high: float) -> float:
+    raw = headers.get(key, default)
+    if raw is None:
+        raise ValueError(f"the file has no #{key}")
+    try:
+        value = float(raw.replace(",", "."))
+    except ValueError:
+        raise ValueError(f"#{key}:{raw} is not a number") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"#{key}:{raw} is out of range ({low:g} to {high:g})")
+    return value
+
+
 def parse_ultrastar(text: str) -> tuple[dict[str, str], list[Word]]:
-    """Headers and the notes' syllables with their times (for ``--timings``)."""
+    """Headers and the notes' syllables with their times (for ``--timings``).
+
+    Raises ValueError naming the line for a note that is not ``TYPE START LENGTH PITCH TEXT``
+    with whole numbers, that has no length, or that lies before the audio's start or past a day.
+    """
     headers: dict[str, str] = {}
-    notes = []
-    for raw in text.lstrip("\ufeff").splitlines():
+    notes: list[tuple[int, int, int, str] | None] = []
+    for number, raw in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
         line = raw.rstrip("\r")
         if line.startswith("#") and ":" in line:
             key, value = line[1:].split(":", 1)
             headers[key.strip().upper()] = value.strip()
         elif line[:1] in (":", "*", "F", "R", "G") and line[1:2] == " ":
             parts = line.split(" ", 4)
-            if len(parts) >= 4:
-                notes.append((int(parts[1]), int(parts[2]), parts[4] if len(parts) > 4 else ""))
+            if len(parts) < 4:
+                raise ValueError(f"line {number}: a note needs TYPE START LENGTH PITCH TEXT: {line[:60]!r}")
+            try:
+                start, length = int(parts[1]), int(parts[2])
+                int(parts[3])
+            except ValueError:
+                raise ValueError(f"line {number}: start, length and pitch must be whole numbers: {line[:60]!r}") from None
+            if length <= 0:
+                raise ValueError(f"line {number}: a note's length must be at least 1 beat: {line[:60]!r}")
+            notes.append((number, start, length, parts[4] if len(parts) > 4 else ""))
         elif line.startswith("-"):
             notes.append(None)  # phrase end
         elif line.strip() == "E":
             break
-    bpm = float(headers.get("BPM", "0").replace(",", "."))
-    if bpm <= 0:
-        raise ValueError("the file has no #BPM")
-    gap = float(headers.get("GAP", "0").replace(",", ".")) / 1000
+    bpm = _header_number(headers, "BPM", None, 1.0, 10_000.0)
+    gap = _header_number(headers, "GAP", "0", -MAX_SONG_S * 1000, MAX_SONG_S * 1000) / 1000
     beat_s = 60 / (bpm * 4)
     out: list[Word] = []
     phrase = True
@@ -314,20 +351,26 @@ def parse_ultrastar(text: str) -> tuple[dict[str, str], list[Word]]:
         if item is None:
             phrase = True
             continue
-        start, length, syllable = item
+        number, start, length, syllable = item
+        start_s, end_s = gap + start * beat_s, gap + (start + length) * beat_s
+        if start_s < 0 or end_s > MAX_SONG_S:
+            where = "before the start of the audio" if start_s < 0 else "more than a day in"
+            raise ValueError(f"line {number}: the note at beat {start} lies {where} ({start_s:.2f} s with #BPM and #GAP)")
         if syllable.strip() == "~" and out:  # a continuation extends the syllable before it
             prev = out[-1]
-            out[-1] = Word(prev.text, prev.start_s, gap + (start + length) * beat_s,
-                           word_end=prev.word_end or syllable.endswith(" "), phrase_start=prev.phrase_start)
+            out[-1] = Word(prev.text, prev.start_s, end_s, word_end=prev.word_end or syllable.endswith(" "),
+                           phrase_start=prev.phrase_start)  # fmt: skip
             continue
-        out.append(Word(syllable.rstrip() or syllable, gap + start * beat_s, gap + (start + length) * beat_s,
-                        word_end=syllable.endswith(" ") or syllable.startswith("~"), phrase_start=phrase))
+        out.append(Word(syllable.rstrip() or syllable, start_s, end_s,
+                        word_end=syllable.endswith(" ") or syllable.startswith("~"), phrase_start=phrase))  # fmt: skip
         phrase = False
     return headers, out
 
 
 # -- MIDI ----------------------------------------------------------------------------------------
 def _varlen(value: int) -> bytes:
+    if value < 0:
+        raise ValueError(f"a MIDI delta time cannot be negative ({value})")
     out = [value & 0x7F]
     value >>= 7
     while value:
@@ -343,7 +386,7 @@ def to_midi(song: Song, ticks_per_quarter: int = 480) -> bytes:
     events = [(0, bytes([0xFF, 0x51, 0x03]) + tempo.to_bytes(3, "big"))]
     for (start, end), note in zip(song.note_times(), song.notes):
         pitch = max(0, min(127, note.midi))
-        on = int(round(start / quarter_s * ticks_per_quarter))
+        on = max(0, int(round(start / quarter_s * ticks_per_quarter)))
         off = max(on + 1, int(round(end / quarter_s * ticks_per_quarter)))
         events.append((on, bytes([0x90, pitch, 96])))
         events.append((off, bytes([0x80, pitch, 0])))
@@ -359,9 +402,5 @@ def to_midi(song: Song, ticks_per_quarter: int = 480) -> bytes:
 
 
 def safe_name(text: str, fallback: str = "song") -> str:
-    """A folder or file name safe on every OS: no separators, reserved characters or dots at the ends."""
-    cleaned = re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", text)
-    cleaned = re.sub(r"\s+", " ", cleaned).strip(" .")
-    if cleaned.upper() in {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}:
-        cleaned = f"_{cleaned}"
-    return cleaned[:120] or fallback
+    """A folder or file name safe on every OS and within the file system's length limit."""
+    return fit_name(text, fallback=fallback)

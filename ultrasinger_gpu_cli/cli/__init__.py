@@ -54,8 +54,19 @@ app.add_typer(models.models_app, name="models")
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. Errors outside a command (the root options, completion) get
+    the same last line of defence as the commands: a short message and a log file."""
+    from ultrasinger_gpu_cli.cli.common import unexpected
+
+    try:
+        app()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        try:
+            unexpected(exc)
+        except typer.Exit as done:
+            raise SystemExit(done.exit_code) from None
 
 
 __all__ = ["app", "main"]

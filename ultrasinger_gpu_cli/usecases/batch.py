@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
 from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.paths import check_output_dir
+from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.events import OnEvent, SongFailed, ignore
 from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongReport
 from ultrasinger_gpu_cli.resolver import Plan
@@ -17,9 +20,10 @@ from ultrasinger_gpu_cli.store import Store
 class SongFailure:
     song: Path
     error: str
+    log: Path | None = None  # the traceback of an unexpected error
 
-    def to_dict(self) -> dict[str, str]:
-        return {"song": str(self.song), "error": self.error}
+    def to_dict(self) -> dict[str, str | None]:
+        return {"song": str(self.song), "error": self.error, "log": None if self.log is None else str(self.log)}
 
 
 @dataclass
@@ -46,7 +50,11 @@ class BatchResult:
 
 def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Store | None,
                   on_event: OnEvent = ignore) -> BatchResult:
-    """Convert ``paths`` with one set of loaded engines. Ctrl-C marks the run interrupted."""
+    """Convert ``paths`` with one set of loaded engines. A song that fails, for any reason, is
+    recorded and the next one runs; Ctrl-C marks the run interrupted."""
+    check_output_dir(options.out_dir)  # before any model loads
+    if options.timings is not None:
+        load_timings(options.timings)  # a bad timings file stops at once, naming what is wrong
     pipeline = Pipeline(plan, options, store, on_event=on_event)
     result = BatchResult(pipeline.run_id, plan.mode)
     pipeline.start()
@@ -57,6 +65,15 @@ def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Sto
             except UgpuError as exc:
                 result.failures.append(SongFailure(path, exc.message))
                 on_event(SongFailed(str(path), exc.message))
+            except OSError as exc:  # writing the song's folder: a full disk, a name the file system refuses
+                message = f"cannot write {exc.filename or options.out_dir}: {exc.strerror or exc}"
+                result.failures.append(SongFailure(path, message))
+                on_event(SongFailed(str(path), message))
+            except Exception as exc:  # noqa: BLE001 - one song's bug never stops the others
+                log = write_crash_log(exc)
+                message = f"unexpected error ({describe(exc)}); details in {log}"
+                result.failures.append(SongFailure(path, message, log))
+                on_event(SongFailed(str(path), message))
     except KeyboardInterrupt:
         pipeline.finish("interrupted")
         raise

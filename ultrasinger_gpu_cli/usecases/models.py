@@ -42,9 +42,11 @@ class Verified:
     status: ModelStatus
     ok: bool
     checksums: dict[Path, str]
+    problems: dict[Path, str]
 
 
 def verify_models(statuses: list[ModelStatus]) -> list[Verified]:
+    """SHA-256 where the digest is published, a structural check (every zip member's CRC) else."""
     return [Verified(s, *models.verify(s)) for s in statuses]
 
 
@@ -54,16 +56,20 @@ class Pulled:
     action: str  # "present", "ships with the package", "downloaded"
 
 
-def pull_models(statuses: list[ModelStatus], models_dir: Path | None = None) -> list[Pulled]:
-    """Download what is missing, through each backend's own downloader (needs internet)."""
+def pull_models(statuses: list[ModelStatus], models_dir: Path | None = None, *, force: bool = False) -> list[Pulled]:
+    """Download what is missing (with ``force``, everything again), through each backend's
+    downloader (needs internet)."""
     out = []
     for status in statuses:
         backend = spec(status.engine).backend(status.backend)
-        if status.present:
+        if status.present and not (force and backend.pull is not None):
             out.append(Pulled(status, "present"))
         elif backend.pull is None:
             out.append(Pulled(status, backend.ships_with or "ships with the package"))
         else:
+            if force:
+                for f in status.files:
+                    f.path.unlink(missing_ok=True)
             try:
                 backend.pull(status, models.models_dir(models_dir))
             except OSError as exc:

@@ -8,14 +8,14 @@ what to write.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli import audio as audio_io
 from ultrasinger_gpu_cli.components import SettingValue, StageOptions, spec
-from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.errors import OutputError
+from ultrasinger_gpu_cli.paths import check_output_dir, fit_name
 from ultrasinger_gpu_cli.events import FallbackEvent, OnEvent, StageRun, ignore
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner
@@ -45,16 +45,16 @@ class StageOutcome:
 
 
 def output_stem(path: Path) -> str:
-    """The input's name without extension, safe as a file name on every OS."""
-    stem = re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", path.stem).strip(" .")
-    return stem or "audio"
+    """The input's name without extension, safe as a file name on every OS and short enough."""
+    return fit_name(path.stem, fallback="audio")
 
 
-def _out_dir(source: Path, out_dir: Path | None) -> Path:
-    target = out_dir if out_dir is not None else source.parent
-    if target.exists() and not target.is_dir():
-        raise UgpuError(f"{target}: the output path exists and is not a directory")
-    target.mkdir(parents=True, exist_ok=True)
+def _make_dir(target: Path) -> Path:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot create the output folder ({exc.strerror})",
+                          hint="give -o a folder you can write to") from exc  # fmt: skip
     return target
 
 
@@ -65,6 +65,7 @@ def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, 
     runner, write the outputs (only then is the output folder created)."""
     component_spec = spec(component)
     audio_io.check_input(source)
+    target = check_output_dir(out_dir if out_dir is not None else source.parent)
     runner = StageRunner(plan, store, runner_options, on_event)
     runner.check_models(component)
     io = component_spec.io
@@ -74,7 +75,11 @@ def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, 
     try:
         result, run, events = runner.run(component, source.name, decoded.duration_s,
                                          lambda engine, progress: io.call(engine, samples, progress, options))  # fmt: skip
-        written = io.write(result, _out_dir(source, out_dir), output_stem(source), options)
+        try:
+            written = io.write(result, _make_dir(target), output_stem(source), options)
+        except OSError as exc:
+            raise OutputError(f"{exc.filename or target}: cannot write the output ({exc.strerror})",
+                              hint="check the free space and permissions of the output folder") from exc  # fmt: skip
     except KeyboardInterrupt:
         runner.finish("interrupted")
         raise
