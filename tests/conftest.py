@@ -25,6 +25,8 @@ def private_data_dir(tmp_path, monkeypatch) -> Iterator[None]:
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
     monkeypatch.setenv("UGPU_DB", str(tmp_path / "ugpu.db"))
     monkeypatch.setenv("UGPU_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("UGPU_OFFLINE", "1")  # no test reaches the internet; the download tests use loopback
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     nvml.use_backend(None)
     yield

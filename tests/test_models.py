@@ -134,7 +134,7 @@ def test_pull_demucs_into_a_models_dir_checks_the_hash_in_the_name(tmp_path, mon
     local.parent.mkdir(parents=True)
     local.write_bytes(b"a damaged download")
     offline = tmp_path / "offline"
-    with pytest.raises(ModelMissingError, match="demucs model 'htdemucs_ft'"):
+    with pytest.raises(ModelMissingError, match="demucs htdemucs_ft: the SHA256 checksum does not match"):
         models.pull_demucs(models.demucs_status("htdemucs_ft", offline), offline)
     assert not list((offline / "demucs").glob("*.th"))
 

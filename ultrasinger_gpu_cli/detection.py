@@ -93,8 +93,18 @@ def detect(
 GpuSelector = str | int
 
 
+def check_selector(selector: GpuSelector, gpus: list[GpuInfo] | tuple[GpuInfo, ...]) -> None:
+    """``--gpu`` is an index (0, 1, ...) or a UUID (``GPU-...``); on a machine without a GPU only 0."""
+    text = str(selector).strip()
+    if not (text.isdigit() or text.upper().startswith(("GPU-", "MIG-"))):
+        raise InvalidSettingError(f"invalid GPU {text!r}; give its index (0, 1, ...) or its UUID (GPU-...)")
+    if not gpus and text != "0":
+        raise InvalidSettingError(f"invalid GPU {text!r}: this machine has no usable NVIDIA GPU (ugpu runs on the CPU)")
+
+
 def pick_gpu(gpus: list[GpuInfo] | tuple[GpuInfo, ...], selector: GpuSelector) -> GpuInfo:
     """The GPU ``--gpu`` names, by NVML index or UUID; InvalidSettingError listing the choices."""
+    check_selector(selector, gpus)
     text = str(selector).strip()
     if text.isdigit():
         found = [g for g in gpus if g.index == int(text)]
@@ -124,6 +134,7 @@ def _gpu_target(gpu: GpuInfo, compat: GpuCompatibility | None) -> PlanTarget:
 def target_from_detection(detection: Detection, gpu: GpuSelector = 0) -> PlanTarget:
     """The plan target for the GPU ``gpu`` names (index or UUID), or the CPU when there is none."""
     if not detection.usable_gpus:
+        check_selector(gpu, ())
         return PlanTarget(name=f"CPU: {detection.host.cpu_model}")
     info = pick_gpu(detection.usable_gpus, gpu)
     return _gpu_target(info, detection.compatibility_of(info.index))
@@ -137,6 +148,7 @@ def quick_target(store: Store | None, gpu: GpuSelector = 0, nvml: Nvml | None = 
         store.record_gpus(all_gpus, nvml.cuda_driver_version(), nvml.driver_version())  # keys the overrides
     gpus = [g for g in all_gpus if not g.lost]
     if not gpus:
+        check_selector(gpu, ())
         return PlanTarget(name=f"CPU: {_cpu_model()}")
     picked = pick_gpu(gpus, gpu)
     key = fingerprint(nvml.driver_version(), len(all_gpus))

@@ -142,7 +142,18 @@ class SongFailed(SongEvent):
     error: str
 
 
-Event = Union[SongStarted, StageStarted, StageProgress, StageFinished, FallbackEvent, Notice, SongFinished, SongFailed]
+@dataclass(frozen=True)
+class ModelFetch:
+    """Missing weights being downloaded on first use: how far (bytes), out of how much."""
+
+    component: str
+    model: str
+    done_bytes: int
+    total_bytes: int | None
+    finished: bool = False
+
+
+Event = Union[ModelFetch, SongStarted, StageStarted, StageProgress, StageFinished, FallbackEvent, Notice, SongFinished, SongFailed]
 OnEvent = Callable[[Event], None]
 
 

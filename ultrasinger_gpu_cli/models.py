@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ultrasinger_gpu_cli.downloads import Download, DownloadProgress, fetch
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError
 from ultrasinger_gpu_cli.components.whisper import canonical as canonical_whisper
 
@@ -297,48 +298,31 @@ def verify(status: ModelStatus) -> tuple[bool, dict[Path, str], dict[Path, str]]
     return not problems, sums, problems
 
 
-def pull_whisper(status: ModelStatus, directory: Path | None = None) -> list[Path]:
-    """Download a Whisper checkpoint through whisper's own loader (needs internet), checksum verified.
-
-    Without ``directory`` it goes to whisper's cache; with it, to ``DIR/whisper/<name>.pt``'s folder.
-    """
-    import whisper
-
+def pull_whisper(status: ModelStatus, directory: Path | None = None,
+                 progress: DownloadProgress | None = None) -> list[Path]:  # fmt: skip
+    """Download a Whisper checkpoint (its URL and SHA-256 from whisper's own table): into
+    whisper's cache, or with ``directory`` into ``DIR/whisper/<name>.pt``."""
     url = _whisper_urls()[status.model]
-    root = directory / "whisper" if directory is not None else status.files[0].path.parent
-    try:
-        return [Path(whisper._download(url, str(root), in_memory=False))]
-    except RuntimeError as exc:  # whisper's checksum mismatch
-        (root / os.path.basename(url)).unlink(missing_ok=True)
-        raise ModelMissingError(f"whisper model {status.model!r}: {exc}") from exc
+    digest = url.split("/")[-2]
+    target = (directory / "whisper" / f"{status.model}.pt") if directory is not None else status.files[0].path
+    return [fetch(Download(url, target, digest, f"whisper {status.model}"), progress)]
 
 
-def pull_demucs(status: ModelStatus, directory: Path | None = None) -> list[Path]:
-    """Download a Demucs model's files through torch hub (needs internet), checksums verified.
-
-    Without ``directory`` they go to torch hub's cache; with it, into the models-folder layout
-    (``DIR/demucs/<sig>-<sha>.th`` + the bag's yaml), ready to be copied to an offline machine.
-    """
+def pull_demucs(status: ModelStatus, directory: Path | None = None,
+                progress: DownloadProgress | None = None) -> list[Path]:  # fmt: skip
+    """Download a Demucs model's files (demucs's own list; the 8 hex digits in each name are
+    checked): into torch hub's cache, or with ``directory`` into the models-folder layout
+    (``DIR/demucs/<sig>-<sha>.th`` + the bag's yaml), ready to be copied to an offline machine."""
     import demucs.pretrained
-    import torch.hub
 
     written: list[Path] = []
-    remote = demucs_status(status.model, None)
-    for f in remote.files:
-        if directory is None:
-            if not f.present:
-                torch.hub.load_state_dict_from_url(f.url, map_location="cpu", check_hash=True)
-            written.append(f.path)
+    for f in demucs_status(status.model, None).files:
+        target = f.path if directory is None else directory / "demucs" / f.path.name
+        if target.is_file() and sha256_of(target).startswith(f.expected_sha256_prefix or ""):
+            written.append(target)
             continue
-        target = directory / "demucs" / f.path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.is_file() or not sha256_of(target).startswith(f.expected_sha256_prefix or ""):
-            try:
-                torch.hub.download_url_to_file(f.url, str(target), hash_prefix=f.expected_sha256_prefix)
-            except RuntimeError as exc:  # torch.hub's hash mismatch (it removes the partial file)
-                target.unlink(missing_ok=True)
-                raise ModelMissingError(f"demucs model {status.model!r}: {exc}") from exc
-        written.append(target)
+        assert f.url is not None
+        written.append(fetch(Download(f.url, target, f.expected_sha256_prefix, f"demucs {status.model}"), progress))
     bag = demucs.pretrained.REMOTE_ROOT / f"{status.model}.yaml"
     if directory is not None and bag.is_file():
         target = directory / "demucs" / bag.name

@@ -7,6 +7,7 @@ facts are cached in :mod:`.nvml`.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -56,6 +57,9 @@ class Thresholds:
                 values[name] = float(raw)
             except ValueError:
                 raise InvalidSettingError(f"invalid --alert {item!r}; {key} takes a number") from None
+            high = {"temperature_c": 150.0, "vram_percent": 100.0, "speed_ratio": 1.0}[name]
+            if not (math.isfinite(values[name]) and 0 < values[name] <= high):
+                raise InvalidSettingError(f"invalid --alert {item!r}; {key} takes a number above 0 and at most {high:g}")
         return cls(**values)
 
 
@@ -261,7 +265,7 @@ class Monitor:
 
     def record(self, snap: Snapshot, alerts: list[Alert], *, log_samples: bool = False) -> None:
         """Store ``alerts`` (and, with ``log_samples``, the snapshot's samples in ``performance_log``)."""
-        if self.store is None:
+        if self.store is None or self.store.read_only:
             return
         for alert in alerts:
             gpu = next((g.gpu for g in snap.gpus if g.sample.index == alert.gpu_index), None)

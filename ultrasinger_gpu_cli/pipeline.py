@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class RunOptions:
     models_dir: Path | None = None
     cache_dir: Path | None = None
     rehearsal: Rehearsal | None = None
+    fetch_missing: bool = False  # download missing weights on first use
 
 
 @dataclass
@@ -105,15 +107,22 @@ class Pipeline:
         self.options = options
         self.store = store
         self.emit = on_event
-        self.runner = StageRunner(plan, store, RunnerOptions(options.fallback, options.models_dir, options.rehearsal),
-                                  on_event)  # fmt: skip
+        self.runner = StageRunner(plan, store, RunnerOptions(options.fallback, options.models_dir, options.rehearsal,
+                                                             options.fetch_missing), on_event)  # fmt: skip
         if options.cache_dir is None:
             base = store.path.parent if store is not None else options.out_dir
             options.cache_dir = base / "cache"
+        self._cache_warned = False
 
     @property
     def run_id(self) -> str:
         return self.runner.run_id
+
+    def components_needed(self) -> list[str]:
+        """The stages these options run: Demucs unless the input is vocals, Whisper unless timings are given."""
+        needed = ["demucs"] if self.options.separate else []
+        needed += [] if self.options.timings else ["whisper"]
+        return [*needed, "crepe"]
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,9 +148,23 @@ class Pipeline:
         return self.options.cache_dir / f"{key}{suffix}"
 
     def _save_arrays(self, key: str, **arrays: np.ndarray) -> None:
-        with audio_io.atomic_path(self._cache_path(key, ".npz")) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+        def save() -> None:
+            with audio_io.atomic_path(self._cache_path(key, ".npz")) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **arrays)
+
+        self._cache_write(save)
+
+    def _cache_write(self, write: Callable[[], object]) -> None:
+        """The resume cache is a convenience: a cache folder that can't be written costs resuming,
+        never the song (said once)."""
+        try:
+            write()
+        except OSError as exc:
+            if not self._cache_warned:
+                self._cache_warned = True
+                self.emit(Notice(None, f"cannot write the resume cache in {self.options.cache_dir} ({exc.strerror}): "
+                                       "an interrupted run will start its songs again"))  # fmt: skip
 
     def _load_arrays(self, key: str) -> dict[str, np.ndarray] | None:
         path = self._cache_path(key, ".npz")
@@ -216,7 +239,7 @@ class Pipeline:
                 data = {"language": tr.language, "segments": [[w.to_dict() for w in s.words] for s in tr.segments]}
                 segments = [list(s.words) for s in tr.segments]
                 if self._as_planned("whisper", stage):
-                    audio_io.write_text(cached_json, json.dumps(data))
+                    self._cache_write(lambda: audio_io.write_text(cached_json, json.dumps(data)))
                 stages.append(stage)
                 fallbacks += events
             language = data["language"]

@@ -378,6 +378,8 @@ class RunDisplay:
         self.live = console.is_terminal
         self.progress: Progress | None = None
         self.task: Any = None
+        self.download_task: Any = None
+        self.download_started: tuple[float, int] | None = None
 
     def __enter__(self) -> RunDisplay:
         if self.live:
@@ -392,8 +394,37 @@ class RunDisplay:
     def print(self, text: str, style: str | None = None) -> None:
         (self.progress.console if self.progress else self.console).print(text, style=style, highlight=False)
 
+    def _fetch(self, event: ev.ModelFetch) -> None:
+        """A download line: megabytes, speed and time left (the size and time estimate)."""
+        import time
+
+        if event.finished:
+            if self.progress is not None and self.download_task is not None:
+                self.progress.update(self.download_task, completed=1.0)
+            self.download_task = None
+            self.download_started = None
+            self.print(f"  {event.component} {event.model}: downloaded, checksum checked", style="green")
+            return
+        if self.download_started is None:
+            self.download_started = (time.monotonic(), event.done_bytes)
+            size = f"{event.total_bytes / 2**20:.0f} MB" if event.total_bytes else "size unknown"
+            self.print(f"{event.component} {event.model} is not on this machine: downloading it once ({size})")
+            if self.progress is not None:
+                self.download_task = self.progress.add_task(f"  download {event.component}", total=1.0, speed="")
+        if self.progress is None or self.download_task is None:
+            return
+        start, first = self.download_started
+        rate = (event.done_bytes - first) / max(1e-6, time.monotonic() - start)
+        total = event.total_bytes
+        left = f", ~{(total - event.done_bytes) / rate:.0f} s left" if total and rate > 0 else ""
+        shown = f"{event.done_bytes / 2**20:.0f}/{total / 2**20:.0f} MB" if total else f"{event.done_bytes / 2**20:.0f} MB"
+        self.progress.update(self.download_task, completed=event.done_bytes / total if total else 0.0,
+                             speed=f"{shown}, {rate / 2**20:.1f} MB/s{left}")  # fmt: skip
+
     def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, ev.SongStarted):
+        if isinstance(event, ev.ModelFetch):
+            self._fetch(event)
+        elif isinstance(event, ev.SongStarted):
             self.print(f"[bold]{event.song}[/] -> {event.folder}" if event.folder else f"[bold]{event.song}[/]")
         elif isinstance(event, ev.StageStarted):
             if self.progress is not None:

@@ -31,7 +31,9 @@ from ultrasinger_gpu_cli.components import StageSettings, spec
 from ultrasinger_gpu_cli.devices import DeviceBinding
 from ultrasinger_gpu_cli.diagnostics import Rehearsal, RehearsalEngine
 from ultrasinger_gpu_cli.engines.base import Engine
-from ultrasinger_gpu_cli.events import FallbackEvent, OnEvent, StageFinished, StageProgress, StageRun, StageStarted, ignore
+from ultrasinger_gpu_cli.downloads import offline
+from ultrasinger_gpu_cli.events import FallbackEvent, ModelFetch, Notice, OnEvent, StageFinished, StageProgress, StageRun
+from ultrasinger_gpu_cli.events import StageStarted, ignore
 from ultrasinger_gpu_cli.fallback import ladder, run_with_fallback
 from ultrasinger_gpu_cli.models import require_present
 from ultrasinger_gpu_cli.resolver import CPU_TARGET, Plan, resolve
@@ -48,6 +50,7 @@ class RunnerOptions:
     fallback: bool = True  # False: stop at the first fault (--no-fallback)
     models_dir: Path | None = None
     rehearsal: Rehearsal | None = None  # --rehearse-fault
+    fetch_missing: bool = False  # download missing weights on first use (the CLI: unless --offline)
 
 
 class StageRunner:
@@ -56,7 +59,8 @@ class StageRunner:
     def __init__(self, plan: Plan, store: Store | None, options: RunnerOptions = RunnerOptions(),
                  on_event: OnEvent = ignore) -> None:  # fmt: skip
         self.plan = plan
-        self.store = store
+        self.read_only_db = store.path if store is not None and store.read_only else None
+        self.store = None if self.read_only_db else store  # a read-only database: run, but log nothing
         self.options = options
         self.emit = on_event
         self.run_id = uuid.uuid4().hex
@@ -68,6 +72,9 @@ class StageRunner:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, kind: str = "run") -> None:
+        if self.read_only_db is not None:
+            self.emit(Notice(None, f"the ugpu database {self.read_only_db} is read-only: this run is not logged "
+                                   "(make it writable, or use --db / UGPU_DB, to log runs)"))  # fmt: skip
         if self.store is not None:
             self.store.start_run(self.run_id, mode=self.plan.mode, gpu=self.plan.target.gpu, pid=os.getpid(), kind=kind)
 
@@ -79,11 +86,20 @@ class StageRunner:
         self._engines.clear()
 
     def check_models(self, component: str) -> None:
-        """Fail fast, before any decoding, when the plan's weights are not on this machine."""
+        """Before any decoding: the plan's weights are here, or fetched now (``fetch_missing``, not
+        offline), or a clear error says where they were looked for and how to get them."""
         settings = self.plan.components[component].typed()
         backend = spec(component).backend(settings.backend)
         backend.check_installed()
         status = backend.model_status(settings.model, self.options.models_dir)
+        if not status.present and self.options.fetch_missing and backend.pull is not None and not offline():
+
+            def progress(done: int, total: int | None) -> None:
+                self.emit(ModelFetch(component, settings.model, done, total))
+
+            backend.pull(status, self.options.models_dir, progress=progress)
+            status = backend.model_status(settings.model, self.options.models_dir)
+            self.emit(ModelFetch(component, settings.model, 0, None, finished=True))
         require_present(status, fetch=backend.ships_with or None)
 
     # -- devices and engines ------------------------------------------------------------------------

@@ -149,6 +149,25 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return default_db_path()
 
 
+READ_ONLY_HINT = "make it writable (chmod u+w {path}, and its folder), or point ugpu at another file with --db or UGPU_DB"
+
+
+def _writable(path: Path) -> bool:
+    """Can this process write the database file and create its journal beside it? Tried for real
+    (opening for writing, creating a file beside it): permissions, read-only mounts, immutable
+    files and dropped capabilities all show up here."""
+    import tempfile
+
+    try:
+        os.close(os.open(path, os.O_RDWR))
+        fd, probe = tempfile.mkstemp(prefix=".ugpu-db-check-", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        return False
+    return True
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -218,9 +237,10 @@ def _percentile(values: list[float], q: float) -> float:
 class Store:
     """An open ugpu database. Use :meth:`open`; close it (or use ``with``)."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, read_only: bool = False) -> None:
         self.path = path
         self._conn = conn
+        self.read_only = read_only  # a file ugpu may read but not write: writers get a clear StoreError
 
     # -- opening and migrating --------------------------------------------------------------
     @classmethod
@@ -232,11 +252,38 @@ class Store:
             db_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the folder for the ugpu database {db_path}: {exc.strerror}") from exc
+        read_only = db_path.exists() and not _writable(db_path)
         try:
-            conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            if read_only:
+                uri = f"{db_path.absolute().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the ugpu database {db_path}: {exc}") from exc
-        store = cls(db_path, conn)
+        store = cls(db_path, conn, read_only=read_only)
+        if read_only:
+            try:
+                conn.row_factory = sqlite3.Row
+                try:
+                    store.schema_version()
+                except sqlite3.OperationalError:  # a WAL database whose journal can't be made: read it as is
+                    conn.close()
+                    uri = f"{db_path.absolute().as_uri()}?mode=ro&immutable=1"
+                    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                    conn.row_factory = sqlite3.Row
+                    store = cls(db_path, conn, read_only=True)
+                if store.schema_version() != SCHEMA_VERSION:
+                    raise StoreError(f"the ugpu database {db_path} is read-only and needs upgrading first",
+                                     hint=READ_ONLY_HINT.format(path=db_path))  # fmt: skip
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise StoreError(f"{db_path} is not a usable ugpu database ({exc}); it was left untouched",
+                                 hint="move the file aside, or point ugpu at another one with --db or UGPU_DB") from exc  # fmt: skip
+            except StoreError:
+                conn.close()
+                raise
+            return store
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -285,9 +332,16 @@ class Store:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue instead of failing."""
         conn = self._conn
+        if self.read_only:
+            raise StoreError(f"the ugpu database {self.path} is read-only: ugpu cannot save to it",
+                             hint=READ_ONLY_HINT.format(path=self.path))  # fmt: skip
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc).lower() or "read-only" in str(exc).lower():
+                self.read_only = True
+                raise StoreError(f"the ugpu database {self.path} is read-only: ugpu cannot save to it",
+                                 hint=READ_ONLY_HINT.format(path=self.path)) from exc  # fmt: skip
             raise StoreError(f"the ugpu database {self.path} stayed locked: {exc}") from exc
         try:
             yield conn
@@ -312,7 +366,10 @@ class Store:
 
     # -- GPUs and the framework probe -----------------------------------------------------------
     def record_gpus(self, gpus: list[GpuInfo] | tuple[GpuInfo, ...], cuda_version: str | None, driver: str | None) -> None:
-        """Upsert the detected GPUs into ``gpu_config``; GPUs no longer present become inactive."""
+        """Upsert the detected GPUs into ``gpu_config``; GPUs no longer present become inactive.
+        A read-only database keeps what it has (this is a record of facts, not the user's data)."""
+        if self.read_only:
+            return
         with self._write() as conn:
             conn.execute("UPDATE gpu_config SET is_active = FALSE")
             for gpu in gpus:
@@ -337,6 +394,8 @@ class Store:
             return None  # an unreadable cache entry is simply probed again
 
     def save_frameworks(self, fingerprint: str, info: FrameworkInfo) -> None:
+        if self.read_only:  # a cache: probed again next time
+            return
         with self._write() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO framework_probe (fingerprint, report_json, probed_at) "

@@ -115,6 +115,9 @@ ModelsDirParam = Annotated[
     Optional[Path],
     typer.Option("--models-dir", help="Local model folder for offline machines (default: UGPU_MODELS).", show_default=False),
 ]
+OfflineParam = Annotated[
+    bool, typer.Option("--offline", help="Never download: missing weights stop with the command that fetches them "
+                                         "(also UGPU_OFFLINE=1 or HF_HUB_OFFLINE=1).")]  # fmt: skip
 RehearseParam = Annotated[
     Optional[list[str]],
     typer.Option("--rehearse-fault", metavar="STAGE:ATTEMPT[:oom|kernel]", show_default=False,

@@ -72,11 +72,15 @@ def monitor(
     alert: Annotated[Optional[list[str]], typer.Option("--alert", help="Alert threshold, e.g. temp=83, vram=90, speed=0.5, throttle=off.", show_default=False)] = None,
 ) -> None:
     """VRAM, temperature, utilisation, power, processes and the active ugpu runs, once or live (/gpu/monitor)."""
+    import math
     import time
 
+    from ultrasinger_gpu_cli.errors import InvalidSettingError
     from ultrasinger_gpu_cli.monitoring import Monitor, Thresholds
     from ultrasinger_gpu_cli.render import alert_line, live_screen, monitor_dashboard, monitor_view
 
+    if not (math.isfinite(interval) and 0.1 <= interval <= 3600):
+        raise InvalidSettingError(f"invalid --interval {interval!r}; it must be a number of seconds from 0.1 to 3600")
     thresholds = Thresholds.parse(alert)
     store = open_store(ctx)
     mon = Monitor(store=store, gpu=gpu, thresholds=thresholds)

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ultrasinger_gpu_cli.cli.common import GpuParam, LimitParam, ModeChoice, ModelsDirParam, ModeParam, RehearseParam
+from ultrasinger_gpu_cli.cli.common import GpuParam, LimitParam, ModeChoice, ModelsDirParam, ModeParam, OfflineParam
+from ultrasinger_gpu_cli.cli.common import RehearseParam
 from ultrasinger_gpu_cli.cli.common import choice, emit_json, err_console, handles_errors, open_store, rehearsal
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 
@@ -42,6 +43,7 @@ def run(
     models_dir: ModelsDirParam = None,
     gpu: GpuParam = "0",
     rehearse_fault: RehearseParam = None,
+    offline: OfflineParam = False,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
     from ultrasinger_gpu_cli.detection import plan_for
@@ -61,7 +63,8 @@ def run(
     plan = plan_for(store, run_target(store, gpu), mode.value, vram_limit)
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value, fallback=not no_fallback,
-                         models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed)  # fmt: skip
+                         models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,
+                         fetch_missing=not offline)  # fmt: skip
     with RunDisplay(err_console()) as display:
         result = convert_songs(paths, plan, options, store, on_event=display)
     if json_out:

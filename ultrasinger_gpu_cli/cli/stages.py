@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ultrasinger_gpu_cli.cli.common import GpuParam, JsonParam, LimitParam, ModeChoice, ModelsDirParam, ModeParam
-from ultrasinger_gpu_cli.cli.common import RehearseParam, choice, emit_json, err_console, handles_errors, open_store
+from ultrasinger_gpu_cli.cli.common import OfflineParam, RehearseParam, choice, emit_json, err_console, open_store
 from ultrasinger_gpu_cli.cli.common import rehearsal, value, with_shared_options
 from ultrasinger_gpu_cli.components import CREPE, DEMUCS, WHISPER, StageOptions
 from ultrasinger_gpu_cli.components.base import COMPUTE_TYPES, DEVICES
@@ -36,7 +36,7 @@ NoFallbackParam = Annotated[bool, typer.Option("--no-fallback", help="Stop inste
 def _component(ctx: typer.Context, component: str, *, audio: Optional[Path], flags: dict[str, Any], show: bool,
                save: bool, reset: bool, json_out: bool, mode: str, vram_limit: Optional[float], gpu: str,
                output: Optional[Path], models_dir: Optional[Path], options: StageOptions, no_fallback: bool,
-               faults: Optional[list[str]]) -> None:  # fmt: skip
+               faults: Optional[list[str]], offline: bool = False) -> None:  # fmt: skip
     from ultrasinger_gpu_cli.usecases.plan import configure_component, run_target, validated_flags
 
     running = audio is not None and not show
@@ -49,7 +49,7 @@ def _component(ctx: typer.Context, component: str, *, audio: Optional[Path], fla
     if running:
         assert audio is not None
         _run(component, audio, configured.plan, store, output=output, models_dir=models_dir, json_out=json_out,
-             options=options, no_fallback=no_fallback, rehearsed=rehearsed)  # fmt: skip
+             options=options, no_fallback=no_fallback, rehearsed=rehearsed, fetch=not offline)  # fmt: skip
         return
     if json_out:
         from ultrasinger_gpu_cli.reports import configure_component_response
@@ -66,14 +66,14 @@ def _component(ctx: typer.Context, component: str, *, audio: Optional[Path], fla
 
 
 def _run(component: str, audio: Path, plan: Any, store: Any, *, output: Optional[Path], models_dir: Optional[Path],
-         json_out: bool, options: StageOptions, no_fallback: bool, rehearsed: Any) -> None:  # fmt: skip
+         json_out: bool, options: StageOptions, no_fallback: bool, rehearsed: Any, fetch: bool = True) -> None:  # fmt: skip
     from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.render import stage_display, stage_summary
     from ultrasinger_gpu_cli.runner import RunnerOptions
     from ultrasinger_gpu_cli.usecases.stages import run_stage
 
     console = err_console()
-    runner_options = RunnerOptions(not no_fallback, resolve_models_dir(models_dir), rehearsed)
+    runner_options = RunnerOptions(not no_fallback, resolve_models_dir(models_dir), rehearsed, fetch_missing=fetch)
     with stage_display(console) as display:
         outcome = run_stage(component, audio, plan, store, out_dir=output, options=options,
                             runner_options=runner_options, on_event=display)  # fmt: skip
@@ -91,7 +91,7 @@ COMMON_OPTIONS = (
     ("show", ShowParam, False), ("save", SaveParam, False), ("reset", ResetParam, False), ("json_out", JsonParam, False),
     ("mode", ModeParam, ModeChoice.balanced), ("vram_limit", LimitParam, None), ("gpu", GpuParam, "0"),  # type: ignore[attr-defined]
     ("output", OutputParam, None), ("models_dir", ModelsDirParam, None), ("no_fallback", NoFallbackParam, False),
-    ("rehearse_fault", RehearseParam, None),
+    ("rehearse_fault", RehearseParam, None), ("offline", OfflineParam, False),
 )  # fmt: skip
 ComponentFlags = tuple[dict[str, Any], StageOptions]
 
@@ -108,7 +108,7 @@ def component_command(component: str) -> Callable[[Callable[..., ComponentFlags]
                        save=shared["save"], reset=shared["reset"], json_out=shared["json_out"], mode=shared["mode"].value,
                        vram_limit=shared["vram_limit"], gpu=shared["gpu"], output=shared["output"],
                        models_dir=shared["models_dir"], options=options, no_fallback=shared["no_fallback"],
-                       faults=shared["rehearse_fault"])  # fmt: skip
+                       faults=shared["rehearse_fault"], offline=shared["offline"])  # fmt: skip
 
         return with_shared_options(COMMON_OPTIONS, run)(own)
 

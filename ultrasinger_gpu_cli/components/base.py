@@ -149,7 +149,7 @@ class Backend:
     model_status: Callable[[str, Path | None], ModelStatus]
     requires: tuple[str, ...] = ()  # importable modules
     install: str = ""  # the command that installs them
-    pull: Callable[[ModelStatus, Path | None], list[Path]] | None = None  # None: ships with the package
+    pull: Callable[..., list[Path]] | None = None  # (status, models_dir, progress); None: ships with the package
     ships_with: str = ""  # where the weights come from when pull is None
 
     def missing_requirements(self) -> tuple[str, ...]:

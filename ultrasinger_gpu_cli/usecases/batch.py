@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
-from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, UgpuError
 from ultrasinger_gpu_cli.paths import check_output_dir
 from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.events import OnEvent, SongFailed, ignore
@@ -56,15 +56,20 @@ def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Sto
     if options.timings is not None:
         load_timings(options.timings)  # a bad timings file stops at once, naming what is wrong
     pipeline = Pipeline(plan, options, store, on_event=on_event)
+    for component in pipeline.components_needed():
+        pipeline.runner.check_models(component)  # fetched on first use, or a clear error before any song
     result = BatchResult(pipeline.run_id, plan.mode)
     pipeline.start()
     try:
         for path in paths:
             try:
                 result.reports.append(pipeline.run_song(path))
+            except (ModelMissingError, ModelDamagedError):
+                raise  # the same for every song: stop, with the fix
             except UgpuError as exc:
-                result.failures.append(SongFailure(path, exc.message))
-                on_event(SongFailed(str(path), exc.message))
+                message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+                result.failures.append(SongFailure(path, message))
+                on_event(SongFailed(str(path), message))
             except OSError as exc:  # writing the song's folder: a full disk, a name the file system refuses
                 message = f"cannot write {exc.filename or options.out_dir}: {exc.strerror or exc}"
                 result.failures.append(SongFailure(path, message))
