@@ -200,6 +200,17 @@ def test_damaged_model_files_give_one_line_naming_the_file_and_the_fix(broken_mo
         assert_clean_failure(result, 1, "htdemucs_ft.yaml", "damaged", "--force")
 
 
+def test_a_damaged_demucs_model_is_named_with_the_fix(broken_models, tmp_path):
+    audio = write_wav(tmp_path / "Band - Song.wav", song(4.0), 44_100)
+    vocals_model = broken_models / "demucs" / "04573f0d.th"
+    data = vocals_model.read_bytes()
+    vocals_model.write_bytes(data[:1000] + bytes(len(data) - 1000))  # zeroed past the first kilobyte
+    models = {"UGPU_MODELS": str(broken_models)}
+    assert_clean_failure(ugpu("demucs", str(audio), env=models), 1, str(vocals_model), "damaged",
+                         "ugpu models pull demucs --model htdemucs_ft --force")  # fmt: skip
+    assert_clean_failure(ugpu("models", "verify", "demucs", env=models), 1, "04573f0d.th")
+
+
 # -- 6. fallback flags -------------------------------------------------------------------------------
 def test_every_rung_failing_stops_the_song_with_a_clear_message(env, vocals, words, tmp_path):
     faults = [a for n in range(1, 5) for a in ("--rehearse-fault", f"crepe:{n}:oom")]  # 512, 256, 128, 64
@@ -339,25 +350,49 @@ class _Mirror(SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def mirror(models_dir, tmp_path, monkeypatch):
-    """whisper's table pointing at a loopback HTTP server that has the 'small' checkpoint."""
+    """A loopback HTTP server with the CPU plan's weights, named as the real hosts name them:
+    whisper's table and demucs's list of files point at it (with the test models' checksums)."""
     import whisper
 
+    from tests.model_factory import FT_SIGNATURES
+    from ultrasinger_gpu_cli import models
     from ultrasinger_gpu_cli.models import sha256_of
 
+    served = tmp_path / "mirror"
     checkpoint = models_dir / "whisper" / "small.pt"
     digest = sha256_of(checkpoint)
-    served = tmp_path / "mirror"
     (served / digest).mkdir(parents=True)
     (served / digest / "small.pt").write_bytes(checkpoint.read_bytes())
+    demucs_urls = {}
+    for sig in FT_SIGNATURES:
+        data = (models_dir / "demucs" / f"{sig}.th").read_bytes()
+        name = f"{sig}-{__import__('hashlib').sha256(data).hexdigest()[:8]}.th"
+        (served / "demucs").mkdir(exist_ok=True)
+        (served / "demucs" / name).write_bytes(data)
+        demucs_urls[sig] = name
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Mirror, directory=str(served)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
     _Mirror.cut, _Mirror.seen_ranges = [], []
-    monkeypatch.setitem(whisper._MODELS, "small", f"http://127.0.0.1:{server.server_port}/{digest}/small.pt")
+    monkeypatch.setitem(whisper._MODELS, "small", f"{base}/{digest}/small.pt")
+    monkeypatch.setattr(models, "_remote_files", lambda: {s: f"{base}/demucs/{n}" for s, n in demucs_urls.items()})
     monkeypatch.delenv("UGPU_OFFLINE")
     monkeypatch.delenv("UGPU_MODELS", raising=False)
     yield server
     server.shutdown()
+
+
+def test_a_fresh_machine_converts_a_song_fetching_every_missing_weight(mirror, fast_whisper, tmp_path):
+    """What `make run SONG=...` does on a new machine with internet (the internet: a loopback mirror)."""
+    song_file = write_wav(tmp_path / "Band - First.wav", song(6.0), 44_100)
+    result = CliRunner().invoke(app, ["run", str(song_file), "--language", "en", "-o", str(tmp_path / "o"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("downloading it once") == 2 and result.stderr.count("checksum checked") == 2
+    hub = Path(os.environ["HOME"]) / ".cache" / "torch" / "hub" / "checkpoints"
+    assert [p.name.split("-")[0] for p in hub.glob("*.th")] == ["04573f0d"]  # only the vocals model of the bag
+    report = json.loads(result.stdout)["songs"][0]
+    assert [s["stage"] for s in report["stages"]] == ["demucs", "whisper", "crepe"]
 
 
 def test_the_first_run_fetches_missing_weights_checks_them_and_converts(mirror, fast_whisper, vocals, tmp_path):
