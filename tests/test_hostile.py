@@ -193,7 +193,7 @@ def test_damaged_model_files_give_one_line_naming_the_file_and_the_fix(broken_mo
         assert_clean_failure(result, 1, str(broken_models / "whisper" / "small.pt"), "damaged",
                              "ugpu models pull whisper --model small --force")  # fmt: skip
     verify = ugpu("models", "verify", "whisper", "--model", "small", env=models)
-    assert_clean_failure(verify, 1, "small.pt", "PyTorch checkpoint")
+    assert_clean_failure(verify, 1, "small.pt", "does not match the published release")
     (broken_models / "demucs" / "htdemucs_ft.yaml").write_text("models: [unclosed\nweights: {")
     for args in (["run", str(audio), "-o", str(tmp_path / "o2")], ["models", "verify"], ["demucs", str(audio)]):
         result = ugpu(*args, env=models)

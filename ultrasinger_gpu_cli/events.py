@@ -45,11 +45,12 @@ class StageRun:
     sampled: GpuSummary = field(default_factory=GpuSummary)
     cached: bool = False
     cache_key: str | None = None
+    skipped: bool = False  # no voice: nothing was computed, so no speed to speak of
 
     @property
     def speed_x(self) -> float | None:
-        """x real time: audio seconds processed per wall second."""
-        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else None
+        """x real time: audio seconds processed per wall second (None when skipped)."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 and not self.skipped else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class StageRun:
             "gpu_peak_vram_used_mb": self.sampled.peak_vram_used_mb,
             "gpu_mean_utilization_percent": self.sampled.mean_utilization_percent,
             "gpu_max_temperature_c": self.sampled.max_temperature_c, "cached": self.cached,
+            "skipped": self.skipped,
         }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ultrasinger_gpu_cli.downloads import Download, DownloadProgress, fetch
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError
+from ultrasinger_gpu_cli.checksums import DEMUCS_SHA256_PREFIX, WHISPER_SHA256
 from ultrasinger_gpu_cli.components.whisper import canonical as canonical_whisper
 
 ENV_MODELS = "UGPU_MODELS"
@@ -43,6 +44,7 @@ class ModelFile:
     path: Path
     url: str | None = None
     expected_sha256_prefix: str | None = None  # whole digest (whisper) or its first 8 characters (demucs)
+    published_sha256: str | None = None  # the release's digest from the project's list (checksums.py)
 
     @property
     def present(self) -> bool:
@@ -102,7 +104,8 @@ def whisper_status(name: str, directory: Path | None) -> ModelStatus:
     name = canonical_whisper(name) if name == "turbo" else name
     if directory is not None:
         path = directory / "whisper" / f"{name}.pt"
-        return ModelStatus("whisper", name, f"models dir {directory}", (ModelFile(path),))
+        published = WHISPER_SHA256.get(name)
+        return ModelStatus("whisper", name, f"models dir {directory}", (ModelFile(path, published_sha256=published),))
     url = _whisper_urls().get(name)
     if url is None:  # pragma: no cover - names are validated by the resolver
         raise ModelMissingError(f"whisper has no model named {name!r}")
@@ -176,13 +179,13 @@ def demucs_bag(name: str, directory: Path | None) -> DemucsBag:
         if repo.is_dir():
             for file in repo.glob("*.th"):
                 sig, _, checksum = file.stem.partition("-")
-                local[sig] = ModelFile(file, None, checksum or None)
+                local[sig] = ModelFile(file, None, checksum or None, DEMUCS_SHA256_PREFIX.get(sig))
         yaml_file = repo / f"{name}.yaml"
         if yaml_file.is_file():
             sigs, weights = _read_bag(yaml_file)
         else:
             sigs, weights = (name,), None
-        files = {s: local.get(s, ModelFile(repo / f"{s}.th")) for s in sigs}
+        files = {s: local.get(s, ModelFile(repo / f"{s}.th", published_sha256=DEMUCS_SHA256_PREFIX.get(s))) for s in sigs}
         return DemucsBag(name, sigs, weights, files, f"models dir {directory}")
     import demucs.pretrained
     import torch.hub
@@ -279,23 +282,29 @@ def check_structure(path: Path) -> str | None:
 
 
 def verify(status: ModelStatus) -> tuple[bool, dict[Path, str], dict[Path, str]]:
-    """Check every file: its SHA-256 where the digest is known, else its structure.
-    Returns (all fine, {path: sha256}, {path: what is wrong})."""
+    """Check every file: against the digest its name or URL carries, else the release's digest from
+    the project's list (checksums.py), else (no digest known) its structure, and say so.
+    Returns (all fine, {path: sha256}, {path: what is wrong, or what could only be checked})."""
     sums: dict[Path, str] = {}
-    problems: dict[Path, str] = {}
+    notes: dict[Path, str] = {}
+    ok = True
     for f in status.files:
         if not f.present:
-            problems[f.path] = "missing"
+            notes[f.path], ok = "missing", False
             continue
-        sums[f.path] = sha256_of(f.path)
-        if f.expected_sha256_prefix:
-            if not sums[f.path].startswith(f.expected_sha256_prefix):
-                problems[f.path] = f"SHA-256 {sums[f.path][:12]}... does not match the published {f.expected_sha256_prefix[:12]}..."
+        digest = sums[f.path] = sha256_of(f.path)
+        expected = f.expected_sha256_prefix or f.published_sha256
+        if expected:
+            if not digest.startswith(expected):
+                what = "the digest in its name" if f.expected_sha256_prefix else "the published release"
+                notes[f.path], ok = f"SHA-256 {digest[:12]}... does not match {what} ({expected[:12]}...)", False
+            continue
+        problem = check_structure(f.path)
+        if problem:
+            notes[f.path], ok = problem, False
         else:
-            problem = check_structure(f.path)
-            if problem:
-                problems[f.path] = problem
-    return not problems, sums, problems
+            notes[f.path] = "no published checksum: only its structure could be checked (it is intact)"
+    return ok, sums, notes
 
 
 def pull_whisper(status: ModelStatus, directory: Path | None = None,

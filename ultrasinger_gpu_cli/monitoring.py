@@ -8,7 +8,6 @@ facts are cached in :mod:`.nvml`.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 from ultrasinger_gpu_cli.errors import InvalidSettingError
 from ultrasinger_gpu_cli.facts import GpuIdentity, GpuProcess, GpuSample
 from ultrasinger_gpu_cli.nvml import Nvml, get_nvml
+from ultrasinger_gpu_cli.processes import alive as process_alive
 
 HISTORY = 120  # samples kept per GPU for the sparklines
 
@@ -225,15 +225,13 @@ class Monitor:
     def _runs(self) -> list[RunState]:
         if self.store is None:
             return []
-        import psutil
-
         out = []
         for row in self.store.active_runs():
             speed, progress, audio = row["processing_speed_multiplier"], row["progress"], row["audio_seconds"]
             eta = None
             if speed and progress is not None and audio:
                 eta = max(0.0, (1.0 - progress) * audio / speed)
-            alive = row["pid"] is None or psutil.pid_exists(int(row["pid"])) or int(row["pid"]) == os.getpid()
+            alive = process_alive(row["pid"], row["pid_started"])
             out.append(RunState(row["run_id"], row["pid"], row["song"], row["stage"], progress, speed, eta, alive))
         return out
 

@@ -77,3 +77,34 @@ def fit_name(text: str, *, limit_bytes: int = NAME_MAX_BYTES - SUFFIX_RESERVE_BY
     digest = hashlib.sha256(encoded).hexdigest()[:8]
     head = encoded[: limit_bytes - 9].decode("utf-8", "ignore").rstrip(" .")
     return f"{head}~{digest}"
+
+
+_PARTIAL = re.compile(r"^\..+\.partial-(\d+)$")
+
+
+def sweep_partials(root: str | os.PathLike[str], *, depth: int = 2) -> list[Path]:
+    """Remove the temporary files ugpu's atomic writes left behind when a process died
+    (``.NAME.partial-PID`` whose PID no longer runs), in ``root`` and ``depth`` levels below."""
+    import psutil
+
+    removed: list[Path] = []
+    folders = [Path(root)]
+    for level in range(depth + 1):
+        next_level = []
+        for folder in folders:
+            try:
+                entries = list(folder.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                match = _PARTIAL.match(entry.name)
+                if match and entry.is_file() and not psutil.pid_exists(int(match.group(1))):
+                    try:
+                        entry.unlink()
+                        removed.append(entry)
+                    except OSError:
+                        pass
+                elif entry.is_dir() and not entry.is_symlink() and level < depth:
+                    next_level.append(entry)
+        folders = next_level
+    return removed

@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from ultrasinger_gpu_cli.errors import UgpuError
 from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, SongFinished, SongStarted, StageFinished, StageRun, ignore
 from ultrasinger_gpu_cli.models import sha256_of
 from ultrasinger_gpu_cli.resolver import Plan
-from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner
+from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.store import Store
 from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.words import Word
@@ -51,6 +52,7 @@ class RunOptions:
     cache_dir: Path | None = None
     rehearsal: Rehearsal | None = None
     fetch_missing: bool = False  # download missing weights on first use
+    overwrite: bool = False  # convert a song again that its folder already holds
 
 
 @dataclass
@@ -91,6 +93,55 @@ def song_identity(path: Path) -> tuple[str, str]:
         artist, title = stem.split(" - ", 1)
         return artist.strip() or "Unknown Artist", title.strip() or stem
     return tags.get("artist", "Unknown Artist"), tags.get("title", stem)
+
+
+#: In every song folder ugpu writes: whose song it holds (the source's content hash).
+MARKER = ".ugpu-song.json"
+
+
+class SongAlreadyDone(UgpuError):
+    """This song (the same content) is already converted in its folder; ``--overwrite`` redoes it."""
+
+
+def _marker_hash(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / MARKER).read_text(encoding="utf-8"))["content_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_listed(folder: Path, report: Path) -> None:
+    """Before a deliberate re-run: remove the files the last run wrote (and only those)."""
+    try:
+        listed = json.loads(report.read_text(encoding="utf-8")).get("files", {}).values()
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    for path in [*listed, str(report)]:
+        target = Path(path)
+        if target.parent.resolve() == folder:
+            target.unlink(missing_ok=True)
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _digest_json(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _segments(data: dict[str, Any]) -> list[list[Word]] | None:
+    """Whisper's cached words, or None when the entry is not what ugpu wrote."""
+    try:
+        return [[Word(str(w["word"]), float(w["start"]), float(w["end"]), w.get("probability")) for w in seg]
+                for seg in data["segments"]]  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def words_from_segments(segments: list[list[Word]]) -> list[Word]:
@@ -151,7 +202,7 @@ class Pipeline:
         def save() -> None:
             with audio_io.atomic_path(self._cache_path(key, ".npz")) as tmp:
                 with open(tmp, "wb") as fh:
-                    np.savez(fh, **arrays)
+                    np.savez(fh, **arrays, __sha256__=np.array(_digest(arrays)))
 
         self._cache_write(save)
 
@@ -166,15 +217,43 @@ class Pipeline:
                 self.emit(Notice(None, f"cannot write the resume cache in {self.options.cache_dir} ({exc.strerror}): "
                                        "an interrupted run will start its songs again"))  # fmt: skip
 
-    def _load_arrays(self, key: str) -> dict[str, np.ndarray] | None:
+    def _load_arrays(self, key: str, *names: str) -> dict[str, np.ndarray] | None:
+        """A cached stage result, checked: its checksum and its arrays. A damaged entry is dropped
+        with a warning and computed again; it never breaks the song."""
         path = self._cache_path(key, ".npz")
         if not path.exists():
             return None
         try:
-            with np.load(path) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError):
-            return None  # a damaged cache entry is computed again
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files if k != "__sha256__"}
+                stored = str(data["__sha256__"]) if "__sha256__" in data.files else None
+            ok = stored == _digest(arrays) and all(n in arrays for n in names)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            ok = False
+        if ok:
+            return arrays
+        self._drop_damaged(path)
+        return None
+
+    def _load_json(self, path: Path) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        try:
+            wrapped = json.loads(path.read_text(encoding="utf-8"))
+            data = wrapped["data"]
+            if wrapped.get("sha256") != _digest_json(data):
+                raise ValueError("checksum")
+            return data
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self._drop_damaged(path)
+            return None
+
+    def _drop_damaged(self, path: Path) -> None:
+        self.emit(Notice(None, f"the resume cache entry {path.name} was damaged: it was removed and is computed again"))
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
     # -- one song -------------------------------------------------------------------------------------
     def run_song(self, source: Path) -> SongReport:
@@ -182,11 +261,9 @@ class Pipeline:
         source = Path(source)
         audio_io.check_input(source)
         artist, title = song_identity(source)
-        name = ultrastar.safe_name(f"{artist} - {title}")
+        content = sha256_of(source)
         out_dir = self.options.out_dir.resolve()
-        folder = (out_dir / name).resolve()
-        if folder.parent != out_dir:  # never a path outside -o
-            raise UgpuError(f"{source}: the song name {name!r} would leave the output folder")
+        folder, name = self._song_folder(source, out_dir, ultrastar.safe_name(f"{artist} - {title}"), content)
         song = source.name
         self.emit(SongStarted(song, folder))
         timings = load_timings(self.options.timings) if self.options.timings else None
@@ -194,22 +271,24 @@ class Pipeline:
             self.emit(Notice(song, warning))
 
         mix = audio_io.decode(source, audio_io.DEMUCS_RATE, 2)
+        if mix.notice:
+            self.emit(Notice(song, mix.notice))
         duration = mix.duration_s
         stages: list[StageRun] = []
         fallbacks: list[FallbackEvent] = []
-        content = sha256_of(source)
         plan = self.plan.components
 
         # 1. Demucs
         if self.options.separate:
             d = plan["demucs"].typed()
             dkey = _key(content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
-            cached = self._load_arrays(dkey)
-            if cached is not None:
+            cached = self._load_arrays(dkey, "vocals")
+            if cached is not None and cached["vocals"].shape == mix.samples.shape:
                 vocals = cached["vocals"]
                 stages.append(self._cached("demucs", dkey, song, duration))
             else:
-                sep, stage, events = self.runner.run("demucs", song, duration, lambda e, p: e.run(mix.samples, p))
+                sep, stage, events = self.runner.run("demucs", song, duration, lambda e, p: e.run(mix.samples, p),
+                                                     seed=stage_seed(dkey))  # fmt: skip
                 vocals = sep.vocals
                 if self._as_planned("demucs", stage):
                     self._save_arrays(dkey, vocals=vocals)
@@ -228,18 +307,19 @@ class Pipeline:
         else:
             wkey = _key(dkey, "whisper", plan["whisper"].value("backend"), plan["whisper"].model, language)
             cached_json = self._cache_path(wkey, ".json")
-            if cached_json.exists():
-                data = json.loads(cached_json.read_text(encoding="utf-8"))
-                segments = [[Word(w["word"], w["start"], w["end"], w.get("probability")) for w in seg]
-                            for seg in data["segments"]]  # fmt: skip
+            data = self._load_json(cached_json)
+            segments = _segments(data) if data is not None else None
+            if segments is not None:
                 stages.append(self._cached("whisper", wkey, song, duration))
             else:
                 tr, stage, events = self.runner.run("whisper", song, duration,
-                                                    lambda e, p: e.run(vocals16, p, language=language))  # fmt: skip
+                                                    lambda e, p: e.run(vocals16, p, language=language),
+                                                    seed=stage_seed(wkey))  # fmt: skip
                 data = {"language": tr.language, "segments": [[w.to_dict() for w in s.words] for s in tr.segments]}
                 segments = [list(s.words) for s in tr.segments]
                 if self._as_planned("whisper", stage):
-                    self._cache_write(lambda: audio_io.write_text(cached_json, json.dumps(data)))
+                    wrapped = {"sha256": _digest_json(data), "data": data}
+                    self._cache_write(lambda: audio_io.write_text(cached_json, json.dumps(wrapped)))
                 stages.append(stage)
                 fallbacks += events
             language = data["language"]
@@ -253,13 +333,14 @@ class Pipeline:
         regions = [(max(0.0, u.start_s - 0.05), u.end_s + 0.05) for u in units]
         c = plan["crepe"].typed()
         ckey = _key(dkey, "crepe", c.backend, c.model, c.step_size, regions)  # type: ignore[attr-defined]
-        cached = self._load_arrays(ckey)
+        cached = self._load_arrays(ckey, "times", "frequency", "confidence")
         if cached is not None:
             times, freq, conf = cached["times"], cached["frequency"], cached["confidence"]
             stages.append(self._cached("crepe", ckey, song, duration))
         else:
             track, stage, events = self.runner.run("crepe", song, duration,
-                                                   lambda e, p: e.run(vocals16, p, regions=regions))  # fmt: skip
+                                                   lambda e, p: e.run(vocals16, p, regions=regions),
+                                                   seed=stage_seed(ckey))  # fmt: skip
             times, freq, conf = track.times, track.frequency, track.confidence
             if self._as_planned("crepe", stage):
                 self._save_arrays(ckey, times=times, frequency=freq, confidence=conf)
@@ -272,7 +353,7 @@ class Pipeline:
         bpm = detect_bpm(audio_io.resample(mix.mono(), audio_io.DEMUCS_RATE, 22_050), 22_050)
         song_notes = ultrastar.build_song(units, times, freq, conf, bpm=bpm, title=title, artist=artist,
                                           language=language, split_syllables=not are_syllables)  # fmt: skip
-        files = self._write_files(source, folder, name, song_notes, vocals, instrumental, mix.sample_rate)
+        files = self._write_files(source, folder, name, song_notes, vocals, instrumental, mix.sample_rate, content)
         report = SongReport(source, folder, files, title, artist, bpm, language, len(song_notes.notes), stages, fallbacks,
                             time.perf_counter() - started)  # fmt: skip
         files["report"] = audio_io.write_text(folder / f"{name}.report.json",
@@ -280,9 +361,32 @@ class Pipeline:
         self.emit(SongFinished(song, report))
         return report
 
+    def _song_folder(self, source: Path, out_dir: Path, name: str, content: str) -> tuple[Path, str]:
+        """The folder for this song, never a different song's: ``Artist - Title``, else the first
+        free ``Artist - Title (2)``, ``(3)``... The marker file each folder gets says whose it is.
+        The same song again: resumed when unfinished; when finished, skipped unless ``overwrite``."""
+        for number in range(1, 1000):
+            candidate = name if number == 1 else ultrastar.safe_name(f"{name} ({number})")
+            folder = (out_dir / candidate).resolve()
+            if folder.parent != out_dir:  # never a path outside -o
+                raise UgpuError(f"{source}: the song name {candidate!r} would leave the output folder")
+            if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+                return folder, candidate
+            if not (folder.is_dir() and _marker_hash(folder) == content):
+                continue  # another song's folder, or something not ugpu's: never touched
+            report = folder / f"{candidate}.report.json"
+            if not report.is_file():
+                return folder, candidate  # this song, unfinished: finish it
+            if not self.options.overwrite:
+                raise SongAlreadyDone(f"{source}: already converted in {folder}", hint="--overwrite converts it again")
+            _remove_listed(folder, report)
+            return folder, candidate
+        raise UgpuError(f"{source}: 999 folders named {name!r} already exist in {out_dir}")
+
     def _write_files(self, source: Path, folder: Path, name: str, song: ultrastar.Song, vocals: np.ndarray,
-                     instrumental: np.ndarray | None, rate: int) -> dict[str, Path]:  # fmt: skip
+                     instrumental: np.ndarray | None, rate: int, content: str) -> dict[str, Path]:  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
+        audio_io.write_text(folder / MARKER, json.dumps({"content_sha256": content, "source": source.name}))
         files: dict[str, Path] = {}
         if source.suffix.lower() in AUDIO_SUFFIXES:
             audio_name = f"{name}{source.suffix.lower()}"

@@ -36,6 +36,7 @@ from ultrasinger_gpu_cli.events import FallbackEvent, ModelFetch, Notice, OnEven
 from ultrasinger_gpu_cli.events import StageStarted, ignore
 from ultrasinger_gpu_cli.fallback import ladder, run_with_fallback
 from ultrasinger_gpu_cli.models import require_present
+from ultrasinger_gpu_cli.processes import start_time
 from ultrasinger_gpu_cli.resolver import CPU_TARGET, Plan, resolve
 from ultrasinger_gpu_cli.sampler import NvmlSampler
 from ultrasinger_gpu_cli.store import Store
@@ -51,6 +52,25 @@ class RunnerOptions:
     models_dir: Path | None = None
     rehearsal: Rehearsal | None = None  # --rehearse-fault
     fetch_missing: bool = False  # download missing weights on first use (the CLI: unless --offline)
+
+
+def stage_seed(*parts: object) -> int:
+    """A seed from what a result depends on (the audio's content hash, the stage, its settings)."""
+    import hashlib
+
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:15], 16)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (whisper's temperature sampling uses torch's)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 class StageRunner:
@@ -76,7 +96,9 @@ class StageRunner:
             self.emit(Notice(None, f"the ugpu database {self.read_only_db} is read-only: this run is not logged "
                                    "(make it writable, or use --db / UGPU_DB, to log runs)"))  # fmt: skip
         if self.store is not None:
-            self.store.start_run(self.run_id, mode=self.plan.mode, gpu=self.plan.target.gpu, pid=os.getpid(), kind=kind)
+            self.store.reap_dead_runs()  # ghosts of killed runs: interrupted, not running forever
+            self.store.start_run(self.run_id, mode=self.plan.mode, gpu=self.plan.target.gpu, pid=os.getpid(), kind=kind,
+                                 pid_started=start_time())  # fmt: skip
 
     def finish(self, status: str, report: dict[str, Any] | None = None) -> None:
         if self.store is not None:
@@ -129,8 +151,11 @@ class StageRunner:
         return engine
 
     # -- one stage ----------------------------------------------------------------------------------
-    def run(self, component: str, song: str, audio_seconds: float, call: StageCall[R]) -> tuple[R, StageRun, list[FallbackEvent]]:
-        """Run one stage down its fallback ladder; measure, log and report it."""
+    def run(self, component: str, song: str, audio_seconds: float, call: StageCall[R], *,
+            seed: int | None = None) -> tuple[R, StageRun, list[FallbackEvent]]:  # fmt: skip
+        """Run one stage down its fallback ladder; measure, log and report it. ``seed`` (from the
+        song's content and the settings) seeds every random choice, so a song's result never
+        depends on what ran before it in the process, or on a resume."""
         rungs = ladder(component, self.plan.components[component].typed(), self.cpu_plan.components[component].typed())
         events: list[FallbackEvent] = []
 
@@ -153,6 +178,8 @@ class StageRunner:
                 self.emit(StageProgress(song, component, fraction, speed))
                 self._live(song, component, fraction, speed)
 
+            if seed is not None:
+                seed_everything(seed)
             with NvmlSampler(binding.nvml_index) as sampler:
                 devices.start_measuring(binding)
                 started = time.perf_counter()
@@ -162,6 +189,7 @@ class StageRunner:
             run = StageRun(
                 component, settings.backend, engine.model_name, binding.kind, wall, audio_seconds, settings, peak,
                 binding.gpu, binding.name if binding.is_cuda else None, sampler.summary,
+                skipped=spec(component).io.empty(result),
             )  # fmt: skip
             return result, run
 
@@ -181,6 +209,7 @@ class StageRunner:
             return None
         util = run.sampled.mean_utilization_percent
         log_id = self.store.log_performance(
+            skipped=run.skipped,
             component=run.stage, device=run.device, processing_speed_multiplier=run.speed_x,
             gpu=run.gpu if run.device == "cuda" else None,
             vram_used_mb=run.peak_vram_mb if run.peak_vram_mb is not None else run.sampled.peak_vram_used_mb,

@@ -129,6 +129,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0002_pipeline_state", _PIPELINE_TABLES),
     ("0003_monitoring", _MONITORING_TABLES),
     ("0004_registry_and_devices", _REGISTRY_TABLES),
+    ("0005_skipped_stages_and_process_start", "ALTER TABLE performance_log ADD COLUMN skipped BOOLEAN NOT NULL "
+     "DEFAULT FALSE; ALTER TABLE runs ADD COLUMN pid_started FLOAT;"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -514,6 +516,7 @@ class Store:
         wall_seconds: float | None = None,
         audio_seconds: float | None = None,
         backend: str | None = None,
+        skipped: bool = False,
     ) -> str:
         log_id = _new_id()
         gpu_id, gpu_index = (None, None) if gpu is None else (gpu.uuid, gpu.index)
@@ -521,25 +524,39 @@ class Store:
             conn.execute(
                 "INSERT INTO performance_log (log_id, gpu_id, vram_used_mb, gpu_utilization_percent, "
                 "temperature_celsius, processing_speed_multiplier, logged_at, run_id, song, component, device, "
-                "model_name, wall_seconds, audio_seconds, gpu_index, backend) "
-                "VALUES (?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "model_name, wall_seconds, audio_seconds, gpu_index, backend, skipped) "
+                "VALUES (?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     log_id, self._known_gpu(conn, gpu_id), vram_used_mb, gpu_utilization_percent,
                     temperature_celsius, processing_speed_multiplier, run_id, song, component, device,
-                    model_name, wall_seconds, audio_seconds, gpu_index, backend,
+                    model_name, wall_seconds, audio_seconds, gpu_index, backend, skipped,
                 ),
             )  # fmt: skip
         return log_id
 
     # -- runs, live state and fallback events ------------------------------------------------------
-    def start_run(self, run_id: str, *, mode: str, gpu: GpuIdentity | None, pid: int, kind: str = "run") -> None:
-        """A run in progress (``kind``: "run" for ``ugpu run``, else the stage command's name)."""
+    def start_run(self, run_id: str, *, mode: str, gpu: GpuIdentity | None, pid: int, kind: str = "run",
+                  pid_started: float | None = None) -> None:  # fmt: skip
+        """A run in progress (``kind``: "run" for ``ugpu run``, else the stage command's name);
+        ``pid_started`` (the process's start time) tells it from a later process with the same PID."""
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO runs (run_id, mode, gpu_id, pid, status, started_at, updated_at, kind) "
-                "VALUES (?, ?, ?, ?, 'running', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, ?)",
-                (run_id, mode, self._known_gpu(conn, None if gpu is None else gpu.uuid), pid, kind),
+                "INSERT INTO runs (run_id, mode, gpu_id, pid, status, started_at, updated_at, kind, pid_started) "
+                "VALUES (?, ?, ?, ?, 'running', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, ?, ?)",
+                (run_id, mode, self._known_gpu(conn, None if gpu is None else gpu.uuid), pid, kind, pid_started),
             )
+
+    def reap_dead_runs(self) -> list[str]:
+        """Runs still marked running whose process is gone (killed, lost power) become 'interrupted'."""
+        from ultrasinger_gpu_cli.processes import alive
+
+        dead = [r["run_id"] for r in self.active_runs() if not alive(r["pid"], r["pid_started"])]
+        if dead and not self.read_only:
+            with self._write() as conn:
+                conn.executemany("UPDATE runs SET status = 'interrupted', finished_at = CURRENT_TIMESTAMP, "
+                                 "updated_at = CURRENT_TIMESTAMP WHERE run_id = ? AND status = 'running'",
+                                 [(run_id,) for run_id in dead])  # fmt: skip
+        return dead
 
     def update_run(self, run_id: str, *, song: str | None, stage: str | None, progress: float | None,
                    speed: float | None, audio_seconds: float | None = None,
@@ -566,7 +583,7 @@ class Store:
     def median_speed(self, component: str) -> float | None:
         """The median x real time this component has reached before (for the slow-run alert)."""
         rows = self.query(
-            "SELECT processing_speed_multiplier FROM performance_log WHERE component = ? "
+            "SELECT processing_speed_multiplier FROM performance_log WHERE component = ? AND NOT skipped "
             "AND processing_speed_multiplier IS NOT NULL ORDER BY logged_at DESC LIMIT 200",
             (component,),
         )
@@ -635,7 +652,8 @@ class Store:
             fallbacks[key] = fallbacks.get(key, 0) + int(count)
         out = []
         for (name, where), rows in sorted(grouped.items()):
-            speeds = [float(r["processing_speed_multiplier"]) for r in rows if r["processing_speed_multiplier"] is not None]
+            speeds = [float(r["processing_speed_multiplier"]) for r in rows
+                      if r["processing_speed_multiplier"] is not None and not r["skipped"]]  # fmt: skip
             vram = [int(r["vram_used_mb"]) for r in rows if r["vram_used_mb"] is not None]
             temps = [int(r["temperature_celsius"]) for r in rows if r["temperature_celsius"] is not None]
             out.append(

@@ -59,6 +59,7 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _terminate_like_interrupt()
         try:
             return fn(*args, **kwargs)
         except UgpuError as exc:
@@ -76,6 +77,21 @@ def handles_errors(fn: F) -> F:
             unexpected(exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (``kill``, a service manager stopping ugpu) takes the Ctrl-C path: the run is marked
+    interrupted, half-written files are removed, exit code 130."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def unexpected(exc: BaseException) -> None:

@@ -53,15 +53,18 @@ def _verify(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
     all_ok = all(v.ok for v in verified)
     if values["json_out"]:
         emit_json({"models": [{**v.status.to_dict(v.checksums), "ok": v.ok,
-                               "problems": {str(p): why for p, why in v.problems.items()}} for v in verified],
+                               "notes": {str(p): why for p, why in v.notes.items()}} for v in verified],
                    "ok": all_ok})  # fmt: skip
     else:
         from ultrasinger_gpu_cli.render import models_table
 
         sums = {path: digest for v in verified for path, digest in v.checksums.items()}
         err_console().print(models_table([v.status for v in verified], sums))
+        for v in verified:
+            for path, note in v.notes.items():
+                err_console().print(f"{path}: {note}", style=None if v.ok else "red", highlight=False)
     if not all_ok:
-        listing = "; ".join(f"{path}: {why}" for v in verified for path, why in v.problems.items())
+        listing = "; ".join(f"{path}: {why}" for v in verified if not v.ok for path, why in v.notes.items())
         raise UgpuError(f"model files failed the check: {listing}", hint="ugpu models pull --force (for the damaged ones)")
 
 

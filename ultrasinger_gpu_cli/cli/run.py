@@ -44,6 +44,7 @@ def run(
     gpu: GpuParam = "0",
     rehearse_fault: RehearseParam = None,
     offline: OfflineParam = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Convert again a song whose folder already holds it (the same audio).")] = False,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
     from ultrasinger_gpu_cli.detection import plan_for
@@ -64,7 +65,7 @@ def run(
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,
-                         fetch_missing=not offline)  # fmt: skip
+                         fetch_missing=not offline, overwrite=overwrite)  # fmt: skip
     with RunDisplay(err_console()) as display:
         result = convert_songs(paths, plan, options, store, on_event=display)
     if json_out:

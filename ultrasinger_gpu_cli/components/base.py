@@ -211,6 +211,7 @@ class StageIO:
     channels: int
     call: Callable[[Engine, Any, Progress, StageOptions], Any]
     write: Callable[[Any, Path, str, StageOptions], StageOutputs]
+    empty: Callable[[Any], bool] = lambda result: False  # the stage found no voice: nothing was computed
 
 
 # -- the spec ---------------------------------------------------------------------------------

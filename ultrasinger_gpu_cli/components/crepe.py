@@ -73,7 +73,7 @@ CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
     estimate_vram_mb=estimate_vram_mb,
     tier_reason=tier_reason,
     precision=precision,
-    io=StageIO(SAMPLE_RATE, 1, _call, _write),
+    io=StageIO(SAMPLE_RATE, 1, _call, _write, lambda track: not track.computed.any()),
     table_columns=(("CREPE", "model", "{}"), ("step", "step_size", "{} ms"), ("CREPE frames/batch", "batch_size", "{}")),
 )
 

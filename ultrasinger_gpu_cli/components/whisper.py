@@ -105,7 +105,7 @@ WHISPER: ComponentSpec[WhisperSettings] = ComponentSpec(
     estimate_vram_mb=estimate_vram_mb,
     tier_reason=tier_reason,
     precision=precision,
-    io=StageIO(SAMPLE_RATE, 1, _call, _write),
+    io=StageIO(SAMPLE_RATE, 1, _call, _write, lambda transcript: transcript.no_vocals),
     step_down_models=STEP_DOWN,
     table_columns=(("Whisper model", "model", "{}"), ("Whisper batch", "batch_size", "{}")),
 )

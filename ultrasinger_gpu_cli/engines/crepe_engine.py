@@ -50,7 +50,26 @@ def import_torchcrepe():
         sys.modules["torchaudio"] = stub
     import torchcrepe
 
+    _fixed_dither(torchcrepe)
     return torchcrepe
+
+
+def _fixed_dither(torchcrepe: Any) -> None:
+    """torchcrepe's weighted argmax dithers its bin-to-cents table once per process with numpy's
+    global generator, so two processes give slightly different frequencies. Build the table once
+    from a fixed seed (the one the benchmark gives both sides): the same song always gives the
+    same pitch, whatever ran before it."""
+    decoder = torchcrepe.decode.weighted_argmax
+    if hasattr(decoder, "weights"):
+        return
+    import numpy
+    import scipy.stats
+    import torch
+
+    noise = scipy.stats.triang.rvs(c=0.5, loc=-torchcrepe.CENTS_PER_BIN, scale=2 * torchcrepe.CENTS_PER_BIN, size=360,
+                                   random_state=numpy.random.RandomState(0))  # fmt: skip
+    cents = torchcrepe.CENTS_PER_BIN * torch.arange(360) + 1997.3794084376191
+    decoder.weights = (cents + cents.new_tensor(noise))[None, :, None]
 
 
 @dataclass

@@ -8,10 +8,10 @@ from typing import Any
 
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, UgpuError
-from ultrasinger_gpu_cli.paths import check_output_dir
+from ultrasinger_gpu_cli.paths import check_output_dir, sweep_partials
 from ultrasinger_gpu_cli.timings import load_timings
-from ultrasinger_gpu_cli.events import OnEvent, SongFailed, ignore
-from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongReport
+from ultrasinger_gpu_cli.events import Notice, OnEvent, SongFailed, ignore
+from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongAlreadyDone, SongReport
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.store import Store
 
@@ -32,14 +32,16 @@ class BatchResult:
     mode: str
     reports: list[SongReport] = field(default_factory=list)
     failures: list[SongFailure] = field(default_factory=list)
+    already_done: list[SongFailure] = field(default_factory=list)  # converted before; --overwrite redoes them
 
     @property
     def songs(self) -> int:
-        return len(self.reports) + len(self.failures)
+        return len(self.reports) + len(self.failures) + len(self.already_done)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "mode": self.mode, "songs": [r.to_dict() for r in self.reports],
-                "failures": [f.to_dict() for f in self.failures]}  # fmt: skip
+                "failures": [f.to_dict() for f in self.failures],
+                "already_done": [f.to_dict() for f in self.already_done]}  # fmt: skip
 
     def raise_for_failures(self) -> None:
         """The batch's exit: one error listing every song that failed (exit code 1)."""
@@ -56,6 +58,9 @@ def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Sto
     if options.timings is not None:
         load_timings(options.timings)  # a bad timings file stops at once, naming what is wrong
     pipeline = Pipeline(plan, options, store, on_event=on_event)
+    for folder in (options.out_dir, options.cache_dir):
+        if folder is not None and Path(folder).is_dir():
+            sweep_partials(folder)  # what a killed run left half-written
     for component in pipeline.components_needed():
         pipeline.runner.check_models(component)  # fetched on first use, or a clear error before any song
     result = BatchResult(pipeline.run_id, plan.mode)
@@ -66,6 +71,9 @@ def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Sto
                 result.reports.append(pipeline.run_song(path))
             except (ModelMissingError, ModelDamagedError):
                 raise  # the same for every song: stop, with the fix
+            except SongAlreadyDone as exc:
+                result.already_done.append(SongFailure(path, exc.message))
+                on_event(Notice(str(path), f"{exc.message} (--overwrite converts it again)"))
             except UgpuError as exc:
                 message = exc.message + (f" ({exc.hint})" if exc.hint else "")
                 result.failures.append(SongFailure(path, message))

@@ -38,5 +38,13 @@ def write_csv(store: Store, out: TextIO, *, component: str | None = None, since:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([row[c] for c in columns])
+        writer.writerow([safe_cell(row[c]) for c in columns])
     return len(rows)
+
+
+def safe_cell(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a leading
+    quote, as OWASP's guidance on CSV injection says; numbers stay numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

@@ -42,7 +42,7 @@ class Verified:
     status: ModelStatus
     ok: bool
     checksums: dict[Path, str]
-    problems: dict[Path, str]
+    notes: dict[Path, str]  # per file: what is wrong, or what could only be checked
 
 
 def verify_models(statuses: list[ModelStatus]) -> list[Verified]:

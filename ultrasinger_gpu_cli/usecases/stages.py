@@ -15,8 +15,8 @@ from typing import Any
 from ultrasinger_gpu_cli import audio as audio_io
 from ultrasinger_gpu_cli.components import SettingValue, StageOptions, spec
 from ultrasinger_gpu_cli.errors import OutputError
-from ultrasinger_gpu_cli.paths import check_output_dir, fit_name
-from ultrasinger_gpu_cli.events import FallbackEvent, OnEvent, StageRun, ignore
+from ultrasinger_gpu_cli.paths import check_output_dir, fit_name, sweep_partials
+from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, StageRun, ignore
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner
 from ultrasinger_gpu_cli.store import Store
@@ -66,10 +66,14 @@ def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, 
     component_spec = spec(component)
     audio_io.check_input(source)
     target = check_output_dir(out_dir if out_dir is not None else source.parent)
+    if target.is_dir():
+        sweep_partials(target, depth=0)
     runner = StageRunner(plan, store, runner_options, on_event)
     runner.check_models(component)
     io = component_spec.io
     decoded = audio_io.decode(source, io.sample_rate, io.channels)
+    if decoded.notice:
+        on_event(Notice(source.name, decoded.notice))
     samples = decoded.samples if io.channels > 1 else decoded.samples[0]
     runner.start(kind=component)
     try:
