@@ -18,7 +18,8 @@ from ultrasinger_gpu_cli.errors import OutputError
 from ultrasinger_gpu_cli.paths import check_output_dir, fit_name, sweep_partials
 from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, StageRun, ignore
 from ultrasinger_gpu_cli.resolver import Plan
-from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner
+from ultrasinger_gpu_cli.models import sha256_of
+from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.store import Store
 
 
@@ -77,8 +78,10 @@ def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, 
     samples = decoded.samples if io.channels > 1 else decoded.samples[0]
     runner.start(kind=component)
     try:
+        seed = stage_seed(sha256_of(source), component, plan.components[component].values())
         result, run, events = runner.run(component, source.name, decoded.duration_s,
-                                         lambda engine, progress: io.call(engine, samples, progress, options))  # fmt: skip
+                                         lambda engine, progress: io.call(engine, samples, progress, options),
+                                         seed=seed)  # fmt: skip
         try:
             written = io.write(result, _make_dir(target), output_stem(source), options)
         except OSError as exc:
