@@ -35,13 +35,48 @@ REFERENCE = {
 }
 
 
-def _worker(stage: str, side: str, device: str, folder: Path) -> dict:
+def _worker(stage: str, side: str, device: str, folder: Path, *extra: str) -> dict:
     out = folder / f"{stage}-{side}.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    subprocess.run([sys.executable, "-m", "benchmarks.worker", stage, side, device, str(out)], check=True, env=env, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "benchmarks.worker", stage, side, device, str(out), *extra], check=True, env=env,
+                   cwd=ROOT)  # fmt: skip
     result = json.loads(out.read_text())
     result["npy"] = str(out.with_suffix(".npy"))
     return result
+
+
+def long_song(minutes: float, folder: Path) -> Path:
+    """A synthetic song of ``minutes`` as a WAV, and its word timings beside it (written here,
+    in the parent, so that the worker's peak memory counts only ugpu)."""
+    import soundfile
+
+    from benchmarks.build import RATE, VOICED, song
+
+    path = folder / f"Long - Song {minutes:g}.wav"
+    words = []
+    with soundfile.SoundFile(str(path), "w", RATE, 2, subtype="PCM_16") as out:
+        for minute in range(int(minutes)):
+            mix, _ = song()  # one synthetic minute, again and again
+            out.write(mix.T)
+            for start, end in VOICED:
+                t = minute * 60 + start
+                while t < minute * 60 + end - 1:
+                    words.append({"word": "la", "start": round(t, 2), "end": round(t + 0.6, 2)})
+                    t += 0.7
+    path.with_suffix(".json").write_text(json.dumps(words))
+    return path
+
+
+def memory_rows(minutes: list[float], folder: Path) -> list[dict]:
+    rows = []
+    for length in minutes:
+        song_path = long_song(length, folder)
+        result = _worker(f"memory-{length:g}", "ugpu", "cpu", folder, str(song_path))
+        print(f"memory {length:g} min: peak RSS {result['peak_rss_mb']} MB in {result['wall_s']:.0f} s", file=sys.stderr)
+        rows.append({"minutes": length, "peak_rss_mb": result["peak_rss_mb"], "stems_mb": result["stems_mb"],
+                     "speed_x": result["audio_s"] / result["wall_s"]})  # fmt: skip
+        song_path.unlink()
+    return rows
 
 
 def _check(stage: str, ugpu: dict, ref: dict) -> str:
@@ -113,7 +148,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM; Python {platform.python_version()}; {versions}"
 
 
-def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | None) -> str:
+def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | None, memory: list[dict] | None = None) -> str:
     today = dt.date.today().isoformat()
     lines = [
         f"### {device.upper()} — {today}",
@@ -131,6 +166,10 @@ def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | N
             f"| {r['ugpu_rss']} MB | {r['ref_rss']} MB | {vram} | {r['check']} |"
         )
     lines += ["", "References: " + "; ".join(f"{s}: {REFERENCE[s]}" for s in [r["stage"] for r in rows]) + "."]
+    if memory:
+        lines += ["", "Long songs in bounded memory (`ugpu run` with word timings: decode, Demucs, CREPE, the files; "
+                  "one process each):", "", "| audio | peak RSS | stems on disk | x real time |", "|---|---|---|---|"]
+        lines += [f"| {m['minutes']:g} min | {m['peak_rss_mb']} MB | {m['stems_mb']} MB | {m['speed_x']:.2f} |" for m in memory]
     if cheap:
         lines += ["", f"Cheap paths: `ugpu --help` {cheap['help_s']:.2f} s, `ugpu detect --json` {cheap['detect_first_s']:.2f} s "
               f"first (framework probe) / {cheap['detect_cached_s']:.2f} s cached, `ugpu optimize --json` "
@@ -159,8 +198,11 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--no-cheap", action="store_true", help="skip the cheap-path timings (about 40 s)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--memory", default="5,20", help="minutes of audio for the peak-memory rows ('' skips them)")
+    parser.add_argument("--memory-60", action="store_true", help="also 60 minutes (slow on a CPU)")
     args = parser.parse_args()
     stages = [s for s in args.stages.split(",") if s]
+    memory_minutes = [float(m) for m in args.memory.split(",") if m] + ([60.0] if args.memory_60 else [])
 
     if set(stages) & {"demucs", "whisper", "e2e"}:
         from benchmarks.build import models_dir
@@ -173,8 +215,14 @@ def main() -> None:
 
         gpu = torch.cuda.get_device_name(0)
     rows = []
+    memory: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if memory_minutes and args.device == "cpu":
+            from benchmarks.build import models_dir
+
+            models_dir()
+            memory = memory_rows(memory_minutes, folder)
         for stage in stages:
             runs: dict[str, list[dict]] = {"ugpu": [], "reference": []}
             for r in range(args.repeat):
@@ -194,7 +242,7 @@ def main() -> None:
                 "ref_vram": max((x["peak_vram_mb"] or 0) for x in runs["reference"]) or None,
                 "check": _check(stage, runs["ugpu"][-1], runs["reference"][-1]),
             })  # fmt: skip
-    text = render(args.device, rows, {} if args.no_cheap else cheap_parts(), args.repeat, gpu)
+    text = render(args.device, rows, {} if args.no_cheap else cheap_parts(), args.repeat, gpu, memory)
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"device": args.device, "gpu": gpu, "repeat": args.repeat, "rows": rows,

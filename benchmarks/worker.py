@@ -223,9 +223,35 @@ def e2e(side: str, device: str, out: Path) -> dict:
             "peak_vram_mb": _peak_vram(device), **detail}  # fmt: skip
 
 
+def memory(side: str, device: str, out: Path) -> dict:
+    """Peak RSS of ``ugpu run`` on a long song (``memory-<minutes>``; the song is written by the
+    parent, so it is not counted): Demucs, CREPE and the files, from given word timings."""
+    from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine  # noqa: F401 - not used: timings given
+    from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+
+    source = Path(sys.argv[5])
+    folder = out.parent / f"{out.stem}-work"
+    plan = resolve(PlanTarget("CPU"))
+    options = RunOptions(out_dir=folder / "out", timings=source.with_suffix(".json"), models_dir=models_dir(),
+                         cache_dir=folder / "cache")  # fmt: skip
+    t0 = time.perf_counter()
+    pipeline = Pipeline(plan, options)
+    report = pipeline.run_song(source)
+    pipeline.finish("done")
+    import soundfile
+
+    seconds = soundfile.info(str(source)).duration
+    return {"wall_s": time.perf_counter() - t0, "load_s": 0.0, "audio_s": seconds, "notes": report.notes,
+            "stems_mb": round(sum(Path(report.files[k]).stat().st_size for k in ("vocals", "instrumental")) / 2**20),
+            "settings": {}, "peak_vram_mb": None}  # fmt: skip
+
+
 def main() -> None:
     stage, side, device, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
-    if stage == "e2e":
+    if stage.startswith("memory"):
+        result = memory(side, device, out)
+    elif stage == "e2e":
         result = e2e(side, device, out)
     elif stage == "demucs":
         result = demucs(side, device, out)

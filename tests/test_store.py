@@ -181,7 +181,7 @@ def test_migration_keeps_old_cpu_overrides_and_crepe_model(tmp_path):
     conn.execute("DROP INDEX idx_component_config_target")
     for table, column in (("component_config", "target"), ("fallback_events", "device"), ("fallback_events", "gpu_id"),
                           ("fallback_events", "gpu_index"), ("runs", "kind"), ("performance_log", "backend"),
-                          ("performance_log", "skipped")):
+                          ("performance_log", "skipped"), ("runs", "pid_started")):
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.execute("INSERT INTO component_config (config_id, gpu_id, component_name, kind, is_active) "
                  "VALUES ('c1', NULL, 'crepe', 'override', 1)")

@@ -236,3 +236,170 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError, ValueError):
         return {}
     return {k.lower(): str(v).strip() for k, v in tags.items() if str(v).strip()}
+
+
+# -- long audio in bounded memory ----------------------------------------------------------------------
+BLOCK_S = 30.0  # seconds per block when a song is streamed
+
+
+class Resampler:
+    """:func:`resample` in blocks, with the same result as on the whole signal (to rounding):
+    each block is resampled with a margin of real signal on both sides and trimmed back, the
+    block boundaries falling on whole periods of the rate ratio."""
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        g = gcd(from_rate, to_rate)
+        self.up, self.down = to_rate // g, from_rate // g
+        self.margin = self.down * max(1, -(-4096 // self.down))  # well past the filter's half-length
+        self.history = np.zeros(0, dtype=np.float32)
+        self.pending = np.zeros(0, dtype=np.float32)
+
+    def _resample(self, seg: np.ndarray) -> np.ndarray:
+        if self.up == self.down:
+            return seg.astype(np.float32)
+        from scipy.signal import resample_poly
+
+        return resample_poly(seg, self.up, self.down).astype(np.float32)
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        self.pending = np.concatenate([self.pending, np.asarray(block, dtype=np.float32)])
+        ready = (len(self.pending) - self.margin) // self.down * self.down
+        if ready <= 0:
+            return np.zeros(0, dtype=np.float32)
+        seg = np.concatenate([self.history, self.pending[: ready + self.margin]])
+        start = len(self.history) * self.up // self.down
+        out = self._resample(seg)[start : start + ready * self.up // self.down]
+        emitted = np.concatenate([self.history, self.pending[:ready]])
+        self.history = emitted[-self.margin :] if len(emitted) > self.margin else emitted
+        self.pending = self.pending[ready:]
+        return out
+
+    def finish(self) -> np.ndarray:
+        seg = np.concatenate([self.history, self.pending])
+        start = len(self.history) * self.up // self.down
+        count = -(-len(self.pending) * self.up // self.down)
+        out = self._resample(seg)[start : start + count] if len(seg) else np.zeros(0, dtype=np.float32)
+        self.history = self.pending = np.zeros(0, dtype=np.float32)
+        return out
+
+
+class AudioStream:
+    """A file decoded in blocks ``(channels, n)`` at ``sample_rate``: what :func:`decode` gives, in
+    bounded memory. Non-finite samples become silence (counted in ``replaced_samples``)."""
+
+    def __init__(self, path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channels: int = 2,
+                 block_s: float = BLOCK_S) -> None:  # fmt: skip
+        self.path = Path(path)
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.block = max(1, int(block_s * sample_rate))
+        self.replaced_samples = 0
+        self.samples = 0
+        check_input(self.path)
+
+    @property
+    def notice(self) -> str | None:
+        return Audio(np.zeros((1, 0), np.float32), self.sample_rate, self.path, self.replaced_samples).notice
+
+    def _clean(self, block: np.ndarray) -> np.ndarray:
+        bad = ~np.isfinite(block)
+        if bad.any():
+            self.replaced_samples += int(bad.sum())
+            block[bad] = 0.0
+        self.samples += block.shape[1]
+        return block
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self.replaced_samples = self.samples = 0
+        ffmpeg = ffmpeg_path()
+        if ffmpeg is None:
+            yield from self._soundfile_blocks()
+        else:
+            yield from self._ffmpeg_blocks(ffmpeg)
+        if self.samples == 0:
+            raise AudioError(f"{self.path}: the audio is zero-length (no samples)")
+
+    def _ffmpeg_blocks(self, ffmpeg: str) -> Iterator[np.ndarray]:
+        cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file",
+               "-i", file_url(self.path), "-vn", "-sn", "-dn", "-map", "0:a:0", "-ac", str(self.channels)]  # fmt: skip
+        if _has_soxr(ffmpeg):
+            cmd += ["-af", f"aresample={self.sample_rate}:resampler=soxr:precision=28"]
+        cmd += ["-ar", str(self.sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise AudioError(f"{self.path}: could not run ffmpeg: {exc}") from exc
+        frame = 4 * self.channels
+        rest = b""
+        try:
+            assert proc.stdout is not None
+            while True:
+                data = proc.stdout.read(self.block * frame)
+                if not data:
+                    break
+                data = rest + data
+                usable = len(data) - len(data) % frame
+                rest = data[usable:]
+                if usable:
+                    yield self._clean(np.frombuffer(data[:usable], dtype="<f4").reshape(-1, self.channels).T.copy())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+            proc.wait()
+        if proc.returncode not in (0, None) and not (proc.returncode < 0 and self.samples):
+            raise AudioError(f"{self.path}: cannot decode: {_ffmpeg_reason(stderr)}")
+
+    def _soundfile_blocks(self) -> Iterator[np.ndarray]:
+        if self.path.suffix.lower() not in SOUNDFILE_SUFFIXES:
+            decode(self.path, self.sample_rate, self.channels)  # raises the clear "needs ffmpeg" error
+        import soundfile
+
+        try:
+            info = soundfile.info(str(self.path))
+            resamplers = [Resampler(int(info.samplerate), self.sample_rate) for _ in range(self.channels)]
+            for data in soundfile.blocks(str(self.path), blocksize=self.block, dtype="float32", always_2d=True):
+                x = _mix_channels(data.T, self.channels)
+                x[~np.isfinite(x)] = 0.0
+                yield self._clean(np.stack([r.push(ch) for r, ch in zip(resamplers, x)]))
+            yield self._clean(np.stack([r.finish() for r in resamplers]))
+        except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise AudioError(f"{self.path}: cannot decode: {exc}") from exc
+
+
+def _mix_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """(file channels, n) -> (channels, n) as ffmpeg's ``-ac`` mixes mono and stereo."""
+    if channels == 1 and x.shape[0] == 2:
+        return (x[:1] + x[1:]) * np.float32(np.sqrt(0.5))
+    if channels == 1:
+        return x.mean(axis=0, keepdims=True)
+    if x.shape[0] == 1:
+        return np.repeat(x, channels, axis=0)
+    if x.shape[0] != channels:
+        return np.stack([x[k::channels].mean(axis=0) for k in range(channels)])
+    return x.copy()
+
+
+class StemWriter:
+    """A WAV (or FLAC) written block by block under a temporary name, renamed when closed."""
+
+    def __init__(self, target: str | os.PathLike[str], sample_rate: int, channels: int) -> None:
+        import soundfile
+
+        self.target = Path(target)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.target.with_name(f".{self.target.name}.partial-{os.getpid()}")
+        fmt = {".wav": "WAV", ".flac": "FLAC"}[self.target.suffix.lower()]
+        self._file = soundfile.SoundFile(str(self.tmp), "w", sample_rate, channels, subtype="PCM_16", format=fmt)
+
+    def write(self, block: np.ndarray) -> None:
+        self._file.write(np.clip(np.asarray(block, dtype=np.float32), -1.0, 1.0).T)
+
+    def close(self) -> Path:
+        self._file.close()
+        os.replace(self.tmp, self.target)
+        return self.target
+
+    def abort(self) -> None:
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)

@@ -89,3 +89,13 @@ class RehearsalEngine(Engine):
     def run(self, *args: Any, **kwargs: Any) -> Any:
         self.rehearsal.before_attempt(self.stage)
         return self.inner.run(*args, **kwargs)  # type: ignore[attr-defined]
+
+    def separate_stream(self, *args: Any, **kwargs: Any) -> Any:
+        """Demucs over a streamed song: an attempt like ``run``."""
+        self.rehearsal.before_attempt(self.stage)
+        return self.inner.separate_stream(*args, **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:  # anything else the engine offers (sample_rate, ...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)

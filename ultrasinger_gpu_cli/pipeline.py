@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -99,6 +101,31 @@ def song_identity(path: Path) -> tuple[str, str]:
 MARKER = ".ugpu-song.json"
 
 
+@dataclass(frozen=True)
+class Scan:
+    """What the first pass over a song found."""
+
+    samples: int  # at 44.1 kHz
+    mean: float  # of the mono reference
+    std: float
+    silent: bool
+    mono22: np.ndarray  # the mix, mono, 22.05 kHz (tempo)
+    mono16: np.ndarray  # the mix, mono, 16 kHz (the vocals when the input is vocals); empty otherwise
+    samples16: int  # the length of any 16 kHz version of the song
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / audio_io.DEMUCS_RATE
+
+
+@dataclass(frozen=True)
+class StreamedSeparation:
+    """Demucs' result over a streamed song: the stems are on disk; the vocals at 16 kHz mono here."""
+
+    vocals16: np.ndarray
+    silent: bool
+
+
 class SongAlreadyDone(UgpuError):
     """This song (the same content) is already converted in its folder; ``--overwrite`` redoes it."""
 
@@ -120,6 +147,14 @@ def _remove_listed(folder: Path, report: Path) -> None:
         target = Path(path)
         if target.parent.resolve() == folder:
             target.unlink(missing_ok=True)
+
+
+def _stems_match(stems: tuple[Path, Path], cached: dict[str, np.ndarray]) -> bool:
+    """The cached stems are the ones the entry was made with (present and unchanged)."""
+    try:
+        return [sha256_of(p) for p in stems] == [str(x) for x in cached["stems_sha256"]]
+    except OSError:
+        return False
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -164,6 +199,7 @@ class Pipeline:
             base = store.path.parent if store is not None else options.out_dir
             options.cache_dir = base / "cache"
         self._cache_warned = False
+        self._work_dir: Path | None = None
 
     @property
     def run_id(self) -> str:
@@ -181,6 +217,8 @@ class Pipeline:
 
     def finish(self, status: str, report: dict[str, Any] | None = None) -> None:
         self.runner.finish(status, report)
+        if self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
 
     def _cached(self, component: str, key: str, song: str, audio_s: float) -> StageRun:
         """Report a stage whose result came from the resume cache."""
@@ -270,34 +308,40 @@ class Pipeline:
         for warning in timings.warnings if timings else ():
             self.emit(Notice(song, warning))
 
-        mix = audio_io.decode(source, audio_io.DEMUCS_RATE, 2)
-        if mix.notice:
-            self.emit(Notice(song, mix.notice))
-        duration = mix.duration_s
+        # The song streams through in blocks: memory stays flat however long it is.
+        stream = audio_io.AudioStream(source, audio_io.DEMUCS_RATE, 2)
+        scan = self._scan(stream)
+        if stream.notice:
+            self.emit(Notice(song, stream.notice))
+        duration = scan.duration_s
         stages: list[StageRun] = []
         fallbacks: list[FallbackEvent] = []
         plan = self.plan.components
+        stems: tuple[Path, Path] | None = None
 
-        # 1. Demucs
+        # 1. Demucs: vocals and instrumental stems written as they come, the vocals kept as 16 kHz mono
         if self.options.separate:
             d = plan["demucs"].typed()
             dkey = _key(content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
-            cached = self._load_arrays(dkey, "vocals")
-            if cached is not None and cached["vocals"].shape == mix.samples.shape:
-                vocals = cached["vocals"]
+            stems = self._stem_paths(dkey)
+            cached = self._load_arrays(dkey, "vocals16", "stems_sha256")
+            if cached is not None and not (len(cached["vocals16"]) == scan.samples16 and _stems_match(stems, cached)):
+                self._drop_damaged(self._cache_path(dkey, ".npz"))
+                cached = None
+            if cached is not None:
+                vocals16 = cached["vocals16"]
                 stages.append(self._cached("demucs", dkey, song, duration))
             else:
-                sep, stage, events = self.runner.run("demucs", song, duration, lambda e, p: e.run(mix.samples, p),
-                                                     seed=stage_seed(dkey))  # fmt: skip
-                vocals = sep.vocals
+                sep, stage, events = self.runner.run(
+                    "demucs", song, duration, lambda e, p: self._separate(e, stream, scan, stems, p), seed=stage_seed(dkey)
+                )  # fmt: skip
+                vocals16 = sep.vocals16
                 if self._as_planned("demucs", stage):
-                    self._save_arrays(dkey, vocals=vocals)
+                    self._save_arrays(dkey, vocals16=vocals16, stems_sha256=np.array([sha256_of(p) for p in stems]))
                 stages.append(stage)
                 fallbacks += events
-            instrumental = (mix.samples - vocals).astype(np.float32)
         else:
-            dkey, vocals, instrumental = content, mix.samples, None
-        vocals16 = audio_io.resample(vocals.mean(axis=0), audio_io.DEMUCS_RATE, audio_io.WHISPER_RATE)
+            dkey, vocals16 = content, scan.mono16
 
         # 2. Whisper (or the given timings)
         language = self.options.language
@@ -350,10 +394,10 @@ class Pipeline:
         # 4. Notes and files
         from ultrasinger_gpu_cli.tempo import detect_bpm
 
-        bpm = detect_bpm(audio_io.resample(mix.mono(), audio_io.DEMUCS_RATE, 22_050), 22_050)
+        bpm = detect_bpm(scan.mono22, 22_050)
         song_notes = ultrastar.build_song(units, times, freq, conf, bpm=bpm, title=title, artist=artist,
                                           language=language, split_syllables=not are_syllables)  # fmt: skip
-        files = self._write_files(source, folder, name, song_notes, vocals, instrumental, mix.sample_rate, content)
+        files = self._write_files(source, folder, name, song_notes, stems, content)
         report = SongReport(source, folder, files, title, artist, bpm, language, len(song_notes.notes), stages, fallbacks,
                             time.perf_counter() - started)  # fmt: skip
         files["report"] = audio_io.write_text(folder / f"{name}.report.json",
@@ -383,8 +427,79 @@ class Pipeline:
             return folder, candidate
         raise UgpuError(f"{source}: 999 folders named {name!r} already exist in {out_dir}")
 
-    def _write_files(self, source: Path, folder: Path, name: str, song: ultrastar.Song, vocals: np.ndarray,
-                     instrumental: np.ndarray | None, rate: int, content: str) -> dict[str, Path]:  # fmt: skip
+    def _scan(self, stream: audio_io.AudioStream) -> Scan:
+        """The first pass over the song: the mono reference's mean and standard deviation (Demucs
+        normalises with them), the mix at 22.05 kHz for the tempo, and at 16 kHz when it is the vocals."""
+        s1 = s2 = 0.0
+        n = 0
+        r22 = audio_io.Resampler(audio_io.DEMUCS_RATE, 22_050)
+        r16 = None if self.options.separate else audio_io.Resampler(audio_io.DEMUCS_RATE, audio_io.WHISPER_RATE)
+        mono22: list[np.ndarray] = []
+        mono16: list[np.ndarray] = []
+        for block in stream:
+            mono = block.mean(axis=0, dtype=np.float32)
+            s1 += float(mono.sum(dtype=np.float64))
+            s2 += float(np.square(mono, dtype=np.float64).sum())
+            n += len(mono)
+            mono22.append(r22.push(mono))
+            if r16 is not None:
+                mono16.append(r16.push(mono))
+        mono22.append(r22.finish())
+        if r16 is not None:
+            mono16.append(r16.finish())
+        mean = s1 / n
+        std = float(np.sqrt(max(0.0, (s2 - n * mean * mean) / (n - 1)))) if n > 1 else 0.0
+        silent = n < 2 or not np.isfinite(std) or std < 1e-8
+        samples16 = -(-n * audio_io.WHISPER_RATE // audio_io.DEMUCS_RATE)
+        return Scan(n, mean, std, silent, np.concatenate(mono22),
+                    np.concatenate(mono16) if r16 is not None else np.zeros(0, np.float32), samples16)  # fmt: skip
+
+    def _separate(self, engine: Any, stream: audio_io.AudioStream, scan: Scan, stems: tuple[Path, Path],
+                  progress: Callable[[float, float], None]) -> StreamedSeparation:  # fmt: skip
+        """Demucs over the streamed song; the stems are written block by block, the vocals kept at 16 kHz mono."""
+        rate = audio_io.DEMUCS_RATE
+        vocals_out, instrumental_out = audio_io.StemWriter(stems[0], rate, 2), audio_io.StemWriter(stems[1], rate, 2)
+        r16 = audio_io.Resampler(rate, audio_io.WHISPER_RATE)
+        parts16: list[np.ndarray] = []
+
+        def emit(mix: np.ndarray, vocals: np.ndarray) -> None:
+            vocals_out.write(vocals)
+            instrumental_out.write(mix - vocals)
+            parts16.append(r16.push(vocals.mean(axis=0)))
+
+        try:
+            if scan.silent:  # nothing to separate: no vocals, the instrumental is the mix
+                for block in stream:
+                    emit(block, np.zeros_like(block))
+                progress(1.0, scan.samples / rate)
+            else:
+                engine.separate_stream(iter(stream), scan.mean, scan.std, emit, progress, total_samples=scan.samples)
+            parts16.append(r16.finish())
+            vocals_out.close()
+            instrumental_out.close()
+        except BaseException:
+            vocals_out.abort()
+            instrumental_out.abort()
+            raise
+        return StreamedSeparation(np.concatenate(parts16), scan.silent)
+
+    def _stem_paths(self, key: str) -> tuple[Path, Path]:
+        """Where Demucs' stems go while the song is made (and stay, for a resume): the cache, or a
+        work folder in the output when the cache can't be written."""
+        folder = self.options.cache_dir
+        assert folder is not None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError
+        except OSError:
+            if self._work_dir is None:
+                self._work_dir = Path(tempfile.mkdtemp(prefix=".ugpu-work-", dir=self.options.out_dir))
+            folder = self._work_dir
+        return folder / f"{key}.vocals.wav", folder / f"{key}.instrumental.wav"
+
+    def _write_files(self, source: Path, folder: Path, name: str, song: ultrastar.Song,
+                     stems: tuple[Path, Path] | None, content: str) -> dict[str, Path]:  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         audio_io.write_text(folder / MARKER, json.dumps({"content_sha256": content, "source": source.name}))
         files: dict[str, Path] = {}
@@ -392,15 +507,24 @@ class Pipeline:
             audio_name = f"{name}{source.suffix.lower()}"
             with audio_io.atomic_path(folder / audio_name) as tmp:
                 shutil.copyfile(source, tmp)
-        else:  # a video: keep its audio track
+        else:  # a video: keep its audio track, streamed into a FLAC
             audio_name = f"{name}.flac"
-            audio_io.write_audio(folder / audio_name, vocals if instrumental is None else vocals + instrumental, rate)
+            writer = audio_io.StemWriter(folder / audio_name, audio_io.DEMUCS_RATE, 2)
+            try:
+                for block in audio_io.AudioStream(source, audio_io.DEMUCS_RATE, 2):
+                    writer.write(block)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
         files["audio"] = folder / audio_name
         vocals_name = instrumental_name = None
-        if instrumental is not None:
+        if stems is not None:
             vocals_name, instrumental_name = f"{name} [Vocals].wav", f"{name} [Instrumental].wav"
-            files["vocals"] = audio_io.write_audio(folder / vocals_name, vocals, rate)
-            files["instrumental"] = audio_io.write_audio(folder / instrumental_name, instrumental, rate)
+            for key, stem, target in (("vocals", stems[0], vocals_name), ("instrumental", stems[1], instrumental_name)):
+                with audio_io.atomic_path(folder / target) as tmp:
+                    shutil.copyfile(stem, tmp)
+                files[key] = folder / target
         with audio_io.atomic_path(folder / f"{name}.mid") as tmp:
             tmp.write_bytes(ultrastar.to_midi(song))
         files["midi"] = folder / f"{name}.mid"

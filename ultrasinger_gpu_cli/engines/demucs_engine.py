@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,122 @@ class DemucsEngine(Engine[DemucsSettings]):
         vocals = (total / weight_sum) * std + mean
         vocals_np = vocals.numpy().astype(np.float32)
         return Separation(vocals_np, (mix - vocals_np).astype(np.float32), rate)
+
+    def separate_stream(self, blocks: Iterable[np.ndarray], mean: float, std: float,
+                        emit: Callable[[np.ndarray, np.ndarray], None], progress: Progress = no_progress,
+                        total_samples: int | None = None) -> int:  # fmt: skip
+        """Separate a track that arrives in blocks ``(channels, n)``, in bounded memory.
+
+        The same split and overlap-add as :meth:`run` (demucs's ``apply_model``), with the track's
+        ``mean`` and ``std`` (its mono reference, from a first pass) for the normalisation; each
+        stretch of output is final once no later chunk can touch it, and goes to
+        ``emit(mix, vocals)`` with the matching stretch of the mix. Memory holds a few chunks,
+        whatever the track's length. Returns the number of samples separated.
+        """
+        import torch
+        from demucs.htdemucs import HTDemucs
+        from demucs.utils import center_trim
+
+        self.ensure_loaded()
+        state = self._model
+        rate, channels = state["samplerate"], state["channels"]
+        parts = state["parts"]
+        model0 = parts[0][0]
+        device = next(model0.parameters()).device
+        seg = int(rate * (self.settings.chunk_size / rate))
+        stride = int((1 - self.settings.overlap) * seg)
+        window = torch.cat([torch.arange(1, seg // 2 + 1), torch.arange(seg - seg // 2, 0, -1)]).float()
+        window = (window / window.max()).numpy()
+        weight_sum = float(sum(w for _, w in parts))
+        batch_size = max(1, self.settings.batch_size)
+        source = iter(blocks)
+        buf = np.zeros((channels, 0), dtype=np.float32)  # raw mix from buf_start on
+        buf_start = 0
+        ended = False
+        out = np.zeros((channels, 0), dtype=np.float32)  # weighted sums from out_start on
+        wsum = np.zeros(0, dtype=np.float32)
+        out_start = 0
+        next_offset = 0
+        total = 0
+
+        def fill(until: int) -> None:
+            nonlocal buf, ended, total
+            while not ended and buf_start + buf.shape[1] < until:
+                block = next(source, None)
+                if block is None:
+                    ended = True
+                    break
+                block = np.asarray(block, dtype=np.float32)
+                if block.ndim == 1:
+                    block = np.stack([block] * channels)
+                buf = np.concatenate([buf, block], axis=1)
+                total += block.shape[1]
+
+        def padded_length(length: int) -> int:
+            if isinstance(model0, HTDemucs):
+                return seg
+            if hasattr(model0, "valid_length"):
+                return int(model0.valid_length(length))
+            return length
+
+        def chunk_input(offset: int, length: int, target: int) -> torch.Tensor:
+            """``TensorChunk(track, offset, length).padded(target)`` on the normalised track."""
+            delta = target - length
+            start = offset - delta // 2
+            end = start + target
+            lo, hi = max(0, start), min(buf_start + buf.shape[1], end)
+            piece = (buf[:, lo - buf_start : hi - buf_start] - mean) / std
+            return torch.from_numpy(np.pad(piece, ((0, 0), (lo - start, end - hi))).astype(np.float32))
+
+        def flush(upto: int) -> None:
+            nonlocal out, wsum, out_start, buf, buf_start
+            n = upto - out_start
+            if n <= 0:
+                return
+            vocals = (out[:, :n] / wsum[:n] / weight_sum) * std + mean
+            emit(buf[:, out_start - buf_start : upto - buf_start].copy(), vocals.astype(np.float32))
+            out, wsum, out_start = out[:, n:], wsum[n:], upto
+            keep = max(0, min(out_start, next_offset - seg) - buf_start)  # context the next chunks may pad with
+            buf, buf_start = buf[:, keep:], buf_start + keep
+
+        while True:
+            batch: list[tuple[int, int]] = []
+            target: int | None = None
+            offset = next_offset
+            while len(batch) < batch_size:
+                fill(offset + 2 * seg)  # the chunk, and the context a padded chunk may take after it
+                if ended and offset >= total:
+                    break
+                length = min(seg, total - offset) if ended else seg
+                this_target = padded_length(length)
+                if target is not None and this_target != target:
+                    break  # a batch is chunks that pad to the same length
+                target = this_target
+                batch.append((offset, length))
+                offset += stride
+            if not batch or target is None:
+                break
+            inputs = torch.stack([chunk_input(o, n, target) for o, n in batch]).to(device)
+            need = batch[-1][0] + batch[-1][1] - out_start
+            if out.shape[1] < need:
+                out = np.concatenate([out, np.zeros((channels, need - out.shape[1]), dtype=np.float32)], axis=1)
+                wsum = np.concatenate([wsum, np.zeros(need - wsum.shape[0], dtype=np.float32)])
+            estimates = np.zeros((len(batch), channels, target), dtype=np.float32)
+            for model, part_weight in parts:
+                with torch.inference_mode():
+                    estimates += part_weight * model(inputs)[:, state["vocals_index"]].float().cpu().numpy()
+            for (o, n), estimate in zip(batch, estimates):
+                estimate = center_trim(torch.from_numpy(estimate), n).numpy()
+                k = estimate.shape[-1]
+                out[:, o - out_start : o - out_start + k] += window[:k] * estimate
+                wsum[o - out_start : o - out_start + k] += window[:k]
+            next_offset = offset
+            flush(min(next_offset, total) if ended else next_offset)  # no later chunk reaches before next_offset
+            if total_samples:
+                progress(min(1.0, out_start / total_samples), out_start / rate)
+        flush(total)
+        progress(1.0, total / rate)
+        return total
 
     def _vocals_of(self, model: Any, mix, source_index: int, progress) -> Any:
         """demucs's split/overlap-add (``apply_model``, ``shifts=0``), with batched chunks."""
