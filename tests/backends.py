@@ -55,5 +55,19 @@ class ProbeEngine(Engine[CrepeSettings]):
         return PitchTrack(np.arange(n) * hop / 16_000, zeros, zeros.copy(), np.zeros(n, dtype=bool), self.settings.step_size)
 
 
+class NoisyEngine(CrepeEngine):
+    """torchcrepe, then each 0.5 s of pitch moved by a random number of semitones drawn from
+    torch's generator: the chart depends on that generator's state unless ugpu seeds it."""
+
+    def run(self, audio: np.ndarray, progress: Progress = no_progress, **kwargs: Any) -> PitchTrack:
+        import torch
+
+        track = super().run(audio, progress, **kwargs)
+        steps = torch.randint(-3, 4, (len(track.frequency) // 50 + 1,)).numpy().repeat(50)[: len(track.frequency)]
+        return PitchTrack(track.times, track.frequency * 2 ** (steps / 12), track.confidence, track.computed,
+                          track.step_ms)  # fmt: skip
+
+
+NOISY = Backend("test-noisy", NoisyEngine, "torchcrepe plus random pitch steps from torch's generator", crepe_status)
 FLAKY = Backend("test-flaky", FlakyEngine, "torchcrepe that runs out of memory above 128 frames", crepe_status)
 PROBE = Backend("test-probe", ProbeEngine, "records its device binding", crepe_status)
