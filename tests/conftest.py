@@ -79,3 +79,24 @@ def fast_whisper(monkeypatch):
     monkeypatch.setattr(WhisperEngine, "compression_ratio_threshold", None)
     monkeypatch.setattr(WhisperEngine, "no_speech_threshold", None)
     return WhisperEngine
+
+
+#: Four short notes (start s, length s, MIDI) the reliability tests sing and time.
+SHORT_NOTES = [(0.5, 0.6, 60), (1.3, 0.6, 64), (2.1, 0.8, 67), (3.2, 0.6, 65)]
+
+
+@pytest.fixture
+def env(models_dir, monkeypatch):
+    """The small local models as ugpu's models folder."""
+    monkeypatch.setenv("UGPU_MODELS", str(models_dir))
+    return models_dir
+
+
+@pytest.fixture
+def words(tmp_path):
+    """Word timings for :data:`SHORT_NOTES`, as a words JSON for ``--timings``."""
+    import json
+
+    path = tmp_path / "words.json"
+    path.write_text(json.dumps([{"word": f"la{i}", "start": s, "end": s + n} for i, (s, n, _) in enumerate(SHORT_NOTES)]))
+    return path

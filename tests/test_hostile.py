@@ -16,30 +16,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import SHORT_NOTES
 from tests.audio_factory import melody, song, write_wav
 from ultrasinger_gpu_cli.cli import app
 from ultrasinger_gpu_cli.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTES = [(0.5, 0.6, 60), (1.3, 0.6, 64), (2.1, 0.8, 67), (3.2, 0.6, 65)]
-
-
-@pytest.fixture
-def env(models_dir, monkeypatch):
-    monkeypatch.setenv("UGPU_MODELS", str(models_dir))
-    return models_dir
+NOTES = SHORT_NOTES
 
 
 @pytest.fixture
 def vocals(tmp_path) -> Path:
     return write_wav(tmp_path / "Known - Melody.wav", melody(NOTES, 4.5, 44_100)[None], 44_100)
-
-
-@pytest.fixture
-def words(tmp_path) -> Path:
-    path = tmp_path / "words.json"
-    path.write_text(json.dumps([{"word": f"la{i}", "start": s, "end": s + n} for i, (s, n, _) in enumerate(NOTES)]))
-    return path
 
 
 def ugpu(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

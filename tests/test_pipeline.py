@@ -19,12 +19,6 @@ from ultrasinger_gpu_cli.fallback import Rung, StageFailed, ladder, run_with_fal
 from ultrasinger_gpu_cli.store import Store
 
 
-@pytest.fixture
-def env(models_dir, monkeypatch):
-    monkeypatch.setenv("UGPU_MODELS", str(models_dir))
-    return models_dir
-
-
 def invoke(*args: str, input: str | None = None):
     return CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
 

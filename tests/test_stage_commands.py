@@ -14,12 +14,6 @@ from ultrasinger_gpu_cli.cli import app
 from ultrasinger_gpu_cli.store import Store
 
 
-@pytest.fixture
-def env(models_dir, monkeypatch):
-    monkeypatch.setenv("UGPU_MODELS", str(models_dir))
-    return models_dir
-
-
 @pytest.fixture(scope="module")
 def song_mp3(tmp_path_factory):
     folder = tmp_path_factory.mktemp("songs")
