@@ -113,16 +113,8 @@ def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channel
             f"{', '.join(s.lstrip('.').upper() for s in SOUNDFILE_SUFFIXES)} files",
             hint=INSTALL_FFMPEG + "; or convert the file to WAV or FLAC",
         )
-    # An explicit file: URL with only the file protocol allowed: a name like "pipe:0",
-    # "concat:a|b" or "http:x" is a file name here, never an instruction to ffmpeg.
-    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file",
-           "-i", file_url(path), "-vn", "-sn", "-dn",
-           "-map", "0:a:0", "-ac", str(channels)]  # fmt: skip
-    if _has_soxr(ffmpeg):
-        cmd += ["-af", f"aresample={sample_rate}:resampler=soxr:precision=28"]
-    cmd += ["-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, check=False)
+        proc = subprocess.run(_ffmpeg_command(ffmpeg, path, sample_rate, channels), capture_output=True, check=False)
     except OSError as exc:
         raise AudioError(f"{path}: could not run ffmpeg: {exc}") from exc
     if proc.returncode != 0:
@@ -133,6 +125,17 @@ def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channel
         raise AudioError(f"{path}: the audio is zero-length (no samples)")
     samples = data[:usable].reshape(-1, channels).T.copy()  # writable, (channels, n)
     return finite(Audio(samples, sample_rate, path))
+
+
+def _ffmpeg_command(ffmpeg: str, path: Path, sample_rate: int, channels: int) -> list[str]:
+    """ffmpeg decoding the first audio track to float32 on stdout. An explicit file: URL with only
+    the file protocol allowed: a name like "pipe:0", "concat:a|b" or "http:x" is a file name
+    here, never an instruction to ffmpeg."""
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file",
+           "-i", file_url(path), "-vn", "-sn", "-dn", "-map", "0:a:0", "-ac", str(channels)]  # fmt: skip
+    if _has_soxr(ffmpeg):
+        cmd += ["-af", f"aresample={sample_rate}:resampler=soxr:precision=28"]
+    return cmd + ["-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
 
 
 def file_url(path: Path) -> str:
@@ -160,15 +163,7 @@ def _decode_soundfile(path: Path, sample_rate: int, channels: int) -> Audio:
         raise AudioError(f"{path}: cannot decode: {exc}") from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: the audio is zero-length (no samples)")
-    x = data.T  # (file channels, n)
-    if channels == 1 and x.shape[0] == 2:
-        x = (x[:1] + x[1:]) * np.float32(np.sqrt(0.5))  # as ffmpeg's -ac 1 mixes stereo: each channel at -3 dB
-    elif channels == 1:
-        x = x.mean(axis=0, keepdims=True)
-    elif x.shape[0] == 1:
-        x = np.repeat(x, channels, axis=0)
-    elif x.shape[0] != channels:  # more channels than wanted: each output channel averages its share
-        x = np.stack([x[k::channels].mean(axis=0) for k in range(channels)])
+    x = _mix_channels(data.T, channels)
     bad = ~np.isfinite(x)
     count = int(bad.sum())
     x[bad] = 0.0  # before resampling, so one bad sample can't smear over its neighbours
@@ -320,13 +315,8 @@ class AudioStream:
             raise AudioError(f"{self.path}: the audio is zero-length (no samples)")
 
     def _ffmpeg_blocks(self, ffmpeg: str) -> Iterator[np.ndarray]:
-        cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file",
-               "-i", file_url(self.path), "-vn", "-sn", "-dn", "-map", "0:a:0", "-ac", str(self.channels)]  # fmt: skip
-        if _has_soxr(ffmpeg):
-            cmd += ["-af", f"aresample={self.sample_rate}:resampler=soxr:precision=28"]
-        cmd += ["-ar", str(self.sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(_ffmpeg_command(ffmpeg, self.path, self.sample_rate, self.channels), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as exc:
             raise AudioError(f"{self.path}: could not run ffmpeg: {exc}") from exc
         frame = 4 * self.channels
@@ -368,9 +358,10 @@ class AudioStream:
 
 
 def _mix_channels(x: np.ndarray, channels: int) -> np.ndarray:
-    """(file channels, n) -> (channels, n) as ffmpeg's ``-ac`` mixes mono and stereo."""
+    """(file channels, n) -> (channels, n) as ffmpeg's ``-ac`` mixes mono and stereo; more channels
+    than wanted: each output channel averages its share."""
     if channels == 1 and x.shape[0] == 2:
-        return (x[:1] + x[1:]) * np.float32(np.sqrt(0.5))
+        return (x[:1] + x[1:]) * np.float32(np.sqrt(0.5))  # each channel at -3 dB
     if channels == 1:
         return x.mean(axis=0, keepdims=True)
     if x.shape[0] == 1:

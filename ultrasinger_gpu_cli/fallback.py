@@ -10,6 +10,8 @@ Pure logic: the stage runner (:mod:`.runner`) supplies the attempt.
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -79,8 +81,7 @@ def fallback_worthy(exc: BaseException) -> bool:
 
 #: What loading a damaged weights file raises (torch.load, pickle, zip, yaml...).
 LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
-                                                AttributeError, IndexError, __import__("pickle").UnpicklingError,
-                                                __import__("zipfile").BadZipFile)  # fmt: skip
+                                                AttributeError, IndexError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 def run_with_fallback(

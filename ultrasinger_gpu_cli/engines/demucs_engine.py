@@ -6,8 +6,9 @@
 * The plan's chunk length, overlap and batch: several chunks go through the model in one
   forward pass. The chunking, the triangular cross-fade weights and the context padding are
   demucs's own (``apply_model`` with ``shifts=0``), so the result matches it.
-* The whole track stays in host memory; only a batch of chunks is on the device at a time,
-  so a 10-minute song needs no more VRAM than a 1-minute one.
+* One overlap-add (:meth:`DemucsEngine.separate_stream`): the track arrives in blocks and each
+  stretch of output leaves once final, so host memory holds a few chunks and only a batch of
+  chunks is on the device at a time; :meth:`DemucsEngine.run` is the same on one block.
 """
 
 from __future__ import annotations
@@ -102,28 +103,17 @@ class DemucsEngine(Engine[DemucsSettings]):
         if mix.shape[0] != state["channels"]:
             raise EngineError(f"demucs expects {state['channels']} channels, got {mix.shape[0]}")
         duration = mix.shape[-1] / rate
-        wav = torch.from_numpy(mix)
-        ref = wav.mean(0)
+        ref = torch.from_numpy(mix).mean(0)
         mean, std = ref.mean(), ref.std()
         if mix.shape[-1] < 2 or not torch.isfinite(std) or float(std) < 1e-8:
             zeros = np.zeros_like(mix)
             progress(1.0, duration)
             return Separation(zeros, mix.copy(), rate, silent=True)
-        normalised = (wav - mean) / std
-        total = torch.zeros_like(normalised)
-        weight_sum = 0.0
-        n_parts = len(state["parts"])
-        for i, (model, weight) in enumerate(state["parts"]):
-
-            def part_progress(fraction: float, i: int = i) -> None:
-                done = (i + fraction) / n_parts
-                progress(done, done * duration)
-
-            vocals = self._vocals_of(model, normalised, state["vocals_index"], part_progress)
-            total += vocals * weight
-            weight_sum += weight
-        vocals = (total / weight_sum) * std + mean
-        vocals_np = vocals.numpy().astype(np.float32)
+        # The whole track is one block of the streaming separation: one overlap-add for both paths.
+        vocals: list[np.ndarray] = []
+        self.separate_stream([mix], float(mean), float(std), lambda _, v: vocals.append(v), progress,
+                             total_samples=mix.shape[-1])  # fmt: skip
+        vocals_np = np.concatenate(vocals, axis=1)
         return Separation(vocals_np, (mix - vocals_np).astype(np.float32), rate)
 
     def separate_stream(self, blocks: Iterable[np.ndarray], mean: float, std: float,
@@ -241,59 +231,6 @@ class DemucsEngine(Engine[DemucsSettings]):
         flush(total)
         progress(1.0, total / rate)
         return total
-
-    def _vocals_of(self, model: Any, mix, source_index: int, progress) -> Any:
-        """demucs's split/overlap-add (``apply_model``, ``shifts=0``), with batched chunks."""
-        import torch
-        from demucs.apply import TensorChunk
-        from demucs.htdemucs import HTDemucs
-        from demucs.utils import center_trim
-
-        device = next(model.parameters()).device
-        channels, length = mix.shape
-        segment = self.settings.chunk_size / model.samplerate  # seconds, as apply_model takes it
-        segment_length = int(model.samplerate * segment)
-        stride = int((1 - self.settings.overlap) * segment_length)
-        offsets = list(range(0, length, stride))
-        weight = torch.cat([torch.arange(1, segment_length // 2 + 1),
-                            torch.arange(segment_length - segment_length // 2, 0, -1)])  # fmt: skip
-        weight = weight / weight.max()
-        out = torch.zeros(channels, length)
-        sum_weight = torch.zeros(length)
-        full = mix[None]  # (1, channels, length): the track stays in host memory
-
-        def padded_length(chunk: TensorChunk) -> int:
-            if isinstance(model, HTDemucs):
-                return int(segment * model.samplerate)
-            if hasattr(model, "valid_length"):
-                return int(model.valid_length(chunk.length))
-            return chunk.length
-
-        batch_size = max(1, self.settings.batch_size)
-        chunks = [TensorChunk(full, offset, segment_length) for offset in offsets]
-        done = 0
-        i = 0
-        while i < len(chunks):
-            # A batch is consecutive chunks that pad to the same length (all of them for HTDemucs).
-            target = padded_length(chunks[i])
-            batch = [chunks[i]]
-            while len(batch) < batch_size and i + len(batch) < len(chunks):
-                nxt = chunks[i + len(batch)]
-                if padded_length(nxt) != target:
-                    break
-                batch.append(nxt)
-            inputs = torch.cat([c.padded(target) for c in batch]).to(device)
-            with torch.inference_mode():
-                outputs = model(inputs)[:, source_index].float().cpu()
-            for chunk, estimate in zip(batch, outputs):
-                estimate = center_trim(estimate, chunk.length)
-                n = estimate.shape[-1]
-                out[..., chunk.offset : chunk.offset + n] += weight[:n] * estimate
-                sum_weight[chunk.offset : chunk.offset + n] += weight[:n]
-            i += len(batch)
-            done += len(batch)
-            progress(done / len(chunks))
-        return out / sum_weight
 
 
 BACKEND = Backend(
