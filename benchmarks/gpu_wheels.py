@@ -38,6 +38,10 @@ CARRY = (
     "julius",
     "torchcrepe",  # slimmed: without full.pth
     "librosa",  # torchcrepe imports it
+    "decorator",  # librosa's (not on the lent machine: its viterbi decoding failed there)
+    "audioread",  # librosa's
+    "pooch",  # librosa's
+    "soxr",  # librosa's resampler (binary)
     "resampy",  # torchcrepe imports it
     "soundfile",  # WAV/FLAC in and out (libsndfile inside the wheel)
     "cffi",  # soundfile's binding
@@ -53,8 +57,9 @@ DEVICE_MODULES = frozenset({
     "psutil", "yaml", "onnxruntime", "transformers", "huggingface_hub", "safetensors", "lazy_loader", "msgpack",
     "joblib", "sklearn", "threadpoolctl", "charset_normalizer", "requests", "urllib3", "idna", "certifi",
     "typing_extensions", "filelock", "fsspec", "jinja2", "markupsafe", "sympy", "mpmath", "networkx", "packaging",
-    "pytest", "_pytest", "pluggy", "iniconfig", "decorator", "pooch", "audioread", "soxr", "cython_runtime",
+    "pytest", "_pytest", "pluggy", "iniconfig", "cython_runtime",
     "setuptools", "pkg_resources", "_distutils_hack", "pip", "wheel", "six", "dateutil", "pandas", "attr", "attrs",
+    "cython", "colorama", "coverage", "opt_einsum", "cloudpickle", "xxhash",  # seen imported there (optional helpers)
 })  # fmt: skip
 #: The platforms pip may pick a binary wheel for (manylinux, x86-64), newest first.
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",

@@ -229,6 +229,24 @@ def test_engines_on_cuda_use_the_gpu_and_agree_with_the_cpu(models_dir, fast_whi
     assert pt.computed.any()
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_float16_whisper_loads_without_a_float32_copy_on_the_card(models_dir):  # pragma: no cover - GPU only
+    """Seen on an H200: whisper.load_model(device="cuda") held the checkpoint and a float32 model
+    on the card at once (3x the float16 weights), so turbo could not load under a 4 GB cap."""
+    from ultrasinger_gpu_cli import devices
+
+    binding = devices.bind(None)
+    devices.free_memory()
+    torch.cuda.reset_peak_memory_stats(binding.ordinal)
+    before = torch.cuda.memory_allocated(binding.ordinal)
+    engine = make("whisper", {**WHISPER, "device": "cuda", "compute_type": "float16"}, models_dir)
+    engine.load()
+    weights = sum(p.numel() * p.element_size() for p in engine._model.parameters())
+    assert torch.cuda.max_memory_allocated(binding.ordinal) - before < 1.25 * weights
+    engine.unload()
+
+
 def test_float16_whisper_keeps_its_weights_in_float16_but_layernorm_in_float32(models_dir):
     """On CUDA the float16 plan stores float16 weights (half the memory), not float32 cast per layer."""
     import whisper

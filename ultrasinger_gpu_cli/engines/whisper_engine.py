@@ -136,14 +136,17 @@ class WhisperEngine(Engine[WhisperSettings]):
         path = whisper_checkpoint(self.settings.model, self.models_dir)
         device = self.device()
         try:
-            model = whisper.load_model(str(path), device=device)
+            # On the CPU first: whisper.load_model(device="cuda") puts the checkpoint and a float32
+            # copy of the model on the card at once (4.6 GB for turbo, seen on an H200), which a
+            # 4 GB card cannot hold even where the float16 model (1.5 GB) fits.
+            model = whisper.load_model(str(path), device="cpu")
         except LOAD_ERRORS as exc:
             if fallback_worthy(exc):
                 raise
             raise damaged(path, "whisper", self.settings.model, exc) from exc
         if self.fp16:
             half_weights(model)
-        self._model = model
+        self._model = model.to(device)
 
     @property
     def fp16(self) -> bool:
