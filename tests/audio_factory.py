@@ -52,3 +52,28 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
 def encode(source: Path, target: Path, *extra: str) -> Path:
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", str(source), *extra, str(target)], check=True)
     return target
+
+
+def drum_song(bpm: float, seconds: float = 20.0, rate: int = 22_050, *, pattern: str = "kick-clap",
+              offset_s: float = 0.37, voice: bool = True) -> np.ndarray:  # fmt: skip
+    """Mono: a drum pattern at ``bpm`` (kick on beats 1 and 3, clap on 2 and 4; ``"kick"``: a kick
+    on every beat; ``"clap"``: claps on every beat) from ``offset_s``, with a sung melody over it."""
+    rng = np.random.default_rng(int(bpm * 100))
+    out = np.zeros(int(seconds * rate), dtype=np.float32)
+    t = np.arange(int(0.25 * rate)) / rate
+    kick = (np.sin(2 * np.pi * (50 * t + 60 * (1 - np.exp(-t * 30)) / 30)) * np.exp(-t * 18)).astype(np.float32)
+    clap = (rng.standard_normal(len(t)) * np.exp(-t * 40)).astype(np.float32) * 0.5
+    period = 60.0 / bpm
+    k = 0
+    while offset_s + k * period < seconds - 0.3:
+        i = int((offset_s + k * period) * rate)
+        hit = {"kick": kick, "clap": clap}.get(pattern, kick if k % 2 == 0 else clap)
+        out[i : i + len(hit)] += hit[: len(out) - i]
+        k += 1
+    if voice:  # a melody of notes that start off the beat too
+        notes, start, pitches = [], offset_s + period * 0.5, [60, 62, 64, 65, 67, 65, 64, 62]
+        while start < seconds - 1.5:
+            notes.append((start, period * 1.5, pitches[len(notes) % len(pitches)]))
+            start += period * 2
+        out += 0.6 * melody(notes, seconds, rate)
+    return out

@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ultrasinger_gpu_cli.ultrastar import (
-    build_song,
-    parse_ultrastar,
-    rule_syllables,
-    safe_name,
-    syllables,
-    to_midi,
-    to_ultrastar,
-)
+from ultrasinger_gpu_cli.notes import build_song, rule_syllables, syllables
+from ultrasinger_gpu_cli.ultrastar import parse_ultrastar, safe_name, to_midi, to_ultrastar
 from ultrasinger_gpu_cli.words import Word
 
 
@@ -55,8 +48,8 @@ def _track(segments: list[tuple[float, float, float]], duration: float = 8.0):
 def test_notes_pitch_beats_phrases_and_continuations():
     words = [Word("hello", 1.0, 1.6), Word("world", 1.7, 2.5), Word("again", 4.0, 5.0)]
     times, freq, conf = _track([(1.0, 2.5, 261.63), (4.0, 4.5, 329.63), (4.5, 5.0, 392.0)])
-    song = build_song(words, times, freq, conf, bpm=120, title="T", artist="A", language="en")
-    assert song.gap_ms == 1000 and song.beat_s == pytest.approx(0.125)
+    song = build_song(words, times, freq, conf, tempo=120, title="T", artist="A", language="en")
+    assert song.gap_ms == 1000 and song.bpm % 120 == 0  # a beat of the grid; a multiple of the tempo
     texts = [n.text for n in song.notes]
     assert texts == ["hel", "lo ", "world ", "a", "gain", "~ "]
     assert [n.midi for n in song.notes] == [60, 60, 60, 64, 64, 67]
@@ -66,25 +59,25 @@ def test_notes_pitch_beats_phrases_and_continuations():
 
 
 def test_file_format_v1_and_v03():
-    words = [Word("la", 0.5, 1.0), Word("la", 3.0, 3.5)]
+    words = [Word("la", 0.5, 0.75), Word("la", 0.75, 1.0), Word("la", 3.0, 3.25), Word("la", 3.25, 3.5)]
     times, freq, conf = _track([(0.5, 1.0, 440.0), (3.0, 3.5, 220.0)])
-    song = build_song(words, times, freq, conf, bpm=100.5, title="Tïtle", artist="Ärtist", language="de")
+    song = build_song(words, times, freq, conf, tempo=100.25, title="Tïtle", artist="Ärtist", language="de")
     text = to_ultrastar(song, audio="s.mp3", vocals="s [Vocals].wav", instrumental="s [Instrumental].wav")
     lines = text.splitlines()
     assert lines[0] == "#VERSION:1.1.0" and lines[-1] == "E"
     assert {"#MP3:s.mp3", "#AUDIO:s.mp3", "#VOCALS:s [Vocals].wav", "#INSTRUMENTAL:s [Instrumental].wav",
-            "#BPM:100.5", "#GAP:500", "#LANGUAGE:German", "#CREATOR:ugpu", "#TITLE:Tïtle"} <= set(lines)  # fmt: skip
-    assert ": 0 " in text and " 9 la " in text  # A4 = MIDI 69 -> 9 half-steps above C4
+            "#BPM:200.5", "#GAP:0", "#LANGUAGE:German", "#CREATOR:ugpu", "#TITLE:Tïtle"} <= set(lines)  # fmt: skip
+    assert ": 7 " in text and " 9 la " in text  # the grid starts at a beat (0 s); 0.25 s notes need 32nds (#BPM = 2 x 100.25): 0.5 s is beat 7; A4 = MIDI 69 -> 9
     assert any(line.startswith("- ") for line in lines)
     assert not text.encode("utf-8").startswith(b"\xef\xbb\xbf")
     old = to_ultrastar(song, audio="s.mp3", version="0.3.0").splitlines()
-    assert "#BPM:100,5" in old and not any(line.startswith("#AUDIO") for line in old)
+    assert "#BPM:200,5" in old and not any(line.startswith("#AUDIO") for line in old)
 
 
 def test_parse_round_trip_gives_the_times_back():
     words = [Word("hello", 1.0, 1.6), Word("world", 1.7, 2.5)]
     times, freq, conf = _track([(1.0, 2.5, 261.63)])
-    song = build_song(words, times, freq, conf, bpm=120, title="T", artist="A")
+    song = build_song(words, times, freq, conf, tempo=120, title="T", artist="A")
     headers, units = parse_ultrastar(to_ultrastar(song, audio="a.mp3"))
     assert headers["BPM"] == "120" and [u.text for u in units] == ["hel", "lo", "world"]
     assert units[0].start_s == pytest.approx(1.0, abs=0.07) and units[-1].end_s == pytest.approx(2.5, abs=0.07)
@@ -94,7 +87,7 @@ def test_parse_round_trip_gives_the_times_back():
 def test_midi_file_is_well_formed():
     words = [Word("la", 0.5, 1.0)]
     times, freq, conf = _track([(0.5, 1.0, 440.0)])
-    data = to_midi(build_song(words, times, freq, conf, bpm=120, title="T", artist="A"))
+    data = to_midi(build_song(words, times, freq, conf, tempo=120, title="T", artist="A"))
     assert data[:4] == b"MThd" and data[14:18] == b"MTrk" and bytes([0x90, 69]) in data and data.endswith(b"\xff\x2f\x00")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli import audio as audio_io
-from ultrasinger_gpu_cli import ultrastar
+from ultrasinger_gpu_cli import notes, ultrastar
 from ultrasinger_gpu_cli.diagnostics import Rehearsal
 from ultrasinger_gpu_cli.errors import UgpuError
 from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, SongFinished, SongStarted, StageFinished, StageRun, ignore
@@ -48,13 +48,14 @@ class RunOptions:
     language: str | None = None
     separate: bool = True
     timings: Path | None = None
-    format_version: str = "1.1.0"
+    format_version: str | None = None  # None: 1.1.0, or a --timings chart's own
     fallback: bool = True
     models_dir: Path | None = None
     cache_dir: Path | None = None
     rehearsal: Rehearsal | None = None
     fetch_missing: bool = False  # download missing weights on first use
     overwrite: bool = False  # convert a song again that its folder already holds
+    rap: bool = False  # words with no stable pitch become rap notes (R)
 
 
 @dataclass
@@ -79,6 +80,10 @@ class SongReport:
             "stages": [s.to_dict() for s in self.stages], "fallbacks": [f.to_dict() for f in self.fallbacks],
             "wall_seconds": round(self.wall_seconds, 3),
         }  # fmt: skip
+
+
+#: Writes the chart's text, given the names of the song's audio, vocals and instrumental files.
+ChartText = Callable[[str, "str | None", "str | None"], str]
 
 
 def _key(*parts: Any) -> str:
@@ -391,13 +396,30 @@ class Pipeline:
             stages.append(stage)
             fallbacks += events
 
-        # 4. Notes and files
-        from ultrasinger_gpu_cli.tempo import detect_bpm
+        # 4. Notes and files: a given chart keeps its grid and changes its pitches only
+        chart = timings.chart if timings is not None else None
+        if chart is not None:
+            track = notes.PitchTrackView(times, freq, conf)
+            midi = [track.pitch_between(n.start_s, n.end_s) for n in chart.notes]
+            song_notes = ultrastar.chart_song(chart, midi, title=title, artist=artist, language=language)
 
-        bpm = detect_bpm(scan.mono22, 22_050)
-        song_notes = ultrastar.build_song(units, times, freq, conf, bpm=bpm, title=title, artist=artist,
-                                          language=language, split_syllables=not are_syllables)  # fmt: skip
-        files = self._write_files(source, folder, name, song_notes, stems, content)
+            def render(audio: str, vocals: str | None, instrumental: str | None) -> str:
+                return ultrastar.repitch(chart, midi, audio=audio, vocals=vocals, instrumental=instrumental,
+                                         version=self.options.format_version)  # fmt: skip
+
+        else:
+            from ultrasinger_gpu_cli.tempo import detect_tempo
+
+            song_notes = notes.build_song(units, times, freq, conf, tempo=detect_tempo(scan.mono22, 22_050), title=title,
+                                          artist=artist, language=language, split_syllables=not are_syllables,
+                                          rap=self.options.rap)  # fmt: skip
+
+            def render(audio: str, vocals: str | None, instrumental: str | None) -> str:
+                return ultrastar.to_ultrastar(song_notes, audio=audio, vocals=vocals, instrumental=instrumental,
+                                              version=self.options.format_version or "1.1.0")  # fmt: skip
+
+        bpm = song_notes.bpm
+        files = self._write_files(source, folder, name, song_notes, render, stems, content)
         report = SongReport(source, folder, files, title, artist, bpm, language, len(song_notes.notes), stages, fallbacks,
                             time.perf_counter() - started)  # fmt: skip
         files["report"] = audio_io.write_text(folder / f"{name}.report.json",
@@ -498,7 +520,7 @@ class Pipeline:
             folder = self._work_dir
         return folder / f"{key}.vocals.wav", folder / f"{key}.instrumental.wav"
 
-    def _write_files(self, source: Path, folder: Path, name: str, song: ultrastar.Song,
+    def _write_files(self, source: Path, folder: Path, name: str, song: ultrastar.Song, render: ChartText,
                      stems: tuple[Path, Path] | None, content: str) -> dict[str, Path]:  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         audio_io.write_text(folder / MARKER, json.dumps({"content_sha256": content, "source": source.name}))
@@ -528,7 +550,6 @@ class Pipeline:
         with audio_io.atomic_path(folder / f"{name}.mid") as tmp:
             tmp.write_bytes(ultrastar.to_midi(song))
         files["midi"] = folder / f"{name}.mid"
-        text = ultrastar.to_ultrastar(song, audio=audio_name, vocals=vocals_name, instrumental=instrumental_name,
-                                      version=self.options.format_version)  # fmt: skip
+        text = render(audio_name, vocals_name, instrumental_name)
         files["ultrastar"] = audio_io.write_text(folder / f"{name}.txt", text)
         return files

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
     from rich.progress import Progress
 
+    from ultrasinger_gpu_cli.evaluation import Evaluation
     from ultrasinger_gpu_cli.models import ModelStatus
     from ultrasinger_gpu_cli.pipeline import SongReport
     from ultrasinger_gpu_cli.usecases.models import BackendInfo
@@ -555,3 +556,29 @@ def backends_table(listing: list[BackendInfo]) -> Table:
         installed = "[green]yes[/]" if row.installed else f"[red]no[/] ({row.install})"
         table.add_row(row.component, row.backend, "yes" if row.default else "", installed, row.summary)
     return table
+
+
+def evaluation_table(result: Evaluation) -> RenderableType:
+    """``ugpu eval``: one row per song, the mean last."""
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    table = Table(box=box.SIMPLE_HEAD, title="Generated charts against the reference")
+    for column in ("song", "notes (ref/gen)", "note match", "onset error", "pitch", "pitch (any octave)",
+                   "coverage", "lyrics"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "song" else "right")
+    for s in result.scores:
+        table.add_row(s.name, f"{s.reference_notes}/{s.generated_notes}", pct(s.note_match_rate),
+                      na(s.median_onset_error_ms, "{:.0f} ms"), pct(s.pitch_accuracy), pct(s.pitch_accuracy_any_octave),
+                      pct(s.coverage), pct(s.lyric_similarity))  # fmt: skip
+    if len(result.scores) > 1:
+        table.add_row(Text("mean", style="bold"), "", pct(result.mean("note_match_rate")),
+                      na(result.mean("median_onset_error_ms"), "{:.0f} ms"), pct(result.mean("pitch_accuracy")),
+                      pct(result.mean("pitch_accuracy_any_octave")), pct(result.mean("coverage")),
+                      pct(result.mean("lyric_similarity")))  # fmt: skip
+    parts: list[RenderableType] = [table]
+    for label, names in (("generated only", result.unmatched_generated), ("reference only", result.unmatched_reference)):
+        if names:
+            parts.append(Text(f"{label} (no chart of the same name on the other side): " + ", ".join(names), style="yellow"))
+    return Group(*parts)

@@ -27,6 +27,7 @@ class Timings:
     are_syllables: bool  # an UltraStar chart's syllables, not whole words
     language: str | None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    chart: ultrastar.Chart | None = None  # an UltraStar chart: re-pitched in place, its grid kept
 
 
 def decode_text(path: Path) -> tuple[str, str | None]:
@@ -106,11 +107,12 @@ def load_timings(path: Path) -> Timings:
     warnings = (warning,) if warning else ()
     if path.suffix.lower() == ".txt":
         try:
-            _, units = ultrastar.parse_ultrastar(text)
+            chart = ultrastar.read_chart(text)
         except ValueError as exc:
             raise TimingsError(f"{path}: not a usable UltraStar file: {exc}") from exc
+        units = chart.words()
         if not units:
             raise TimingsError(f"{path}: the UltraStar file has no notes")
-        return Timings(units, True, None, warnings)
+        return Timings(units, True, None, warnings, chart)
     words, language = _from_json(text, path)
     return Timings(words, False, language, warnings)

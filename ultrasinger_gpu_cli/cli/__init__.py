@@ -4,6 +4,7 @@ case (:mod:`ultrasinger_gpu_cli.usecases`) and renders the result (:mod:`..rende
 * ``plan``: detect, optimize         * ``stages``: whisper, demucs, crepe
 * ``run``: the whole pipeline        * ``monitor``: live GPU state
 * ``models``: list, verify, pull     * ``history``: stats, fallback
+* ``evaluate``: eval (charts against hand-made ones)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from ultrasinger_gpu_cli import __version__
-from ultrasinger_gpu_cli.cli import history, models, monitor, plan, run, stages
+from ultrasinger_gpu_cli.cli import evaluate, history, models, monitor, plan, run, stages
 
 app = typer.Typer(
     name="ugpu",
@@ -50,6 +51,8 @@ def _root(
 for group in (plan, stages, run, history, monitor):
     for command in group.COMMANDS:
         app.command()(command)
+for name, command in evaluate.COMMANDS:
+    app.command(name=name)(command)
 app.add_typer(models.models_app, name="models")
 
 

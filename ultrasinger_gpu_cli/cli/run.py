@@ -39,12 +39,13 @@ def run(
     language: Annotated[Optional[str], typer.Option("--language", help="Language code; detected when omitted.", show_default=False)] = None,
     no_separation: Annotated[bool, typer.Option("--no-separation", help="The input is already vocals: skip Demucs.")] = False,
     timings: Annotated[Optional[Path], typer.Option("--timings", help="Word timings from an UltraStar .txt or a words JSON instead of Whisper.", show_default=False)] = None,
-    format_version: Annotated[FormatVersion, typer.Option("--format-version", help="UltraStar format version.")] = FormatVersion["1.1.0"],  # type: ignore[valid-type]
+    format_version: Annotated[Optional[FormatVersion], typer.Option("--format-version", help="UltraStar format version [default: 1.1.0; a --timings chart keeps its own].", show_default=False)] = None,  # type: ignore[valid-type]
     models_dir: ModelsDirParam = None,
     gpu: GpuParam = "0",
     rehearse_fault: RehearseParam = None,
     offline: OfflineParam = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Convert again a song whose folder already holds it (the same audio).")] = False,
+    rap: Annotated[bool, typer.Option("--rap", help="Words with no stable pitch become rap notes (R); unvoiced syllables stay freestyle (F).")] = False,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
     from ultrasinger_gpu_cli.detection import plan_for
@@ -63,9 +64,9 @@ def run(
     store = open_store(ctx)
     plan = plan_for(store, run_target(store, gpu), mode.value, vram_limit)
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
-                         format_version=format_version.value, fallback=not no_fallback,
+                         format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,
-                         fetch_missing=not offline, overwrite=overwrite)  # fmt: skip
+                         fetch_missing=not offline, overwrite=overwrite, rap=rap)  # fmt: skip
     with RunDisplay(err_console()) as display:
         result = convert_songs(paths, plan, options, store, on_event=display)
     if json_out:

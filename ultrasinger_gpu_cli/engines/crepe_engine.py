@@ -44,6 +44,8 @@ def import_torchcrepe():
         reason = f"torchaudio is unusable here ({type(exc).__name__}: {exc}); ugpu decodes audio with ffmpeg"
 
         def unavailable(name: str) -> Any:
+            if name.startswith("__"):  # module protocol (inspect, pickle, lazy_loader look for __file__)
+                raise AttributeError(name)
             raise ImportError(reason)
 
         stub.__getattr__ = unavailable  # type: ignore[attr-defined]

@@ -1,0 +1,406 @@
+"""How notes are made: words and a pitch track -> the notes, phrases and beat grid of a chart.
+
+Pure functions, no heavy imports (README, "How notes are made").
+
+1. **Words.** No word is dropped: a zero-length word gets :data:`MIN_WORD_S` where its
+   neighbours leave room, else it joins the word before it.
+2. **Syllables** come from the language's hyphenation dictionary (pyphen) where there is one,
+   else from the vowel-group rule (:func:`rule_syllables`); a word's time is shared out by
+   letters.
+3. **The voice decides the note.** Each syllable's note is trimmed to the confidently voiced
+   pitch frames inside the syllable's time, so notes don't cover silence. A syllable with no
+   voiced frame is a freestyle note (``F``) with its text. With ``rap=True`` a word with no
+   stable pitch becomes rap notes (``R``).
+4. **Pitch, octave-robust.** Frames an octave (or two) from the syllable's median are folded
+   onto it before the median is taken; a syllable splits into ``~`` continuations only at a
+   pitch change that is not an octave jump and lasts :data:`MIN_SPLIT_S`.
+5. **Phrases** break at pauses of :data:`PHRASE_PAUSE_S`, at Whisper segment starts and lyrics
+   lines, after sentence ends, and wherever a line would run past :data:`MAX_LINE_S` or
+   :data:`MAX_LINE_SYLLABLES`, at the line's largest gap. No line is left a single syllable.
+6. **The grid.** ``#BPM`` is the song's tempo times the smallest multiple (1, 2, 4 or 8) at
+   which every sung note keeps :data:`KEEP_LENGTH` of its length after snapping (and gains no
+   more than the rest in silence); ``#GAP`` is a beat of the song's beat grid, so notes line up
+   with the beats in an editor.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ultrasinger_gpu_cli.tempo import Tempo
+from ultrasinger_gpu_cli.ultrastar import Note, Song
+from ultrasinger_gpu_cli.words import Word
+
+VOWELS = set("aeiouyäöüáéíóúàèìòùâêîôûãõåæøœëïÿAEIOUYÄÖÜÁÉÍÓÚÀÈÌÒÙÂÊÎÔÛÃÕÅÆØŒËÏŸ")
+CONFIDENCE = 0.5  # periodicity above which a pitch frame counts as voiced
+PHRASE_PAUSE_S = 0.8  # a pause at least this long between words ends a phrase
+MAX_LINE_S = 8.0  # a line longer than this is split at its largest gap
+MAX_LINE_SYLLABLES = 12
+MIN_SPLIT_S = 0.15  # a pitch run must last this long to become its own ~ note
+MIN_WORD_S = 0.06  # what a zero-length word gets, where its neighbours leave room
+KEEP_LENGTH = 0.8  # every sung note keeps at least this share of its length on the grid
+GRID_MULTIPLES = (1, 2, 4, 8)  # #BPM = tempo x this: a beat is a 16th, 32nd, 64th or 128th note
+SENTENCE_END = re.compile(r"[.!?…。！？]['\"»”)]*$")
+STABLE_COVERAGE = 0.5  # rap: a syllable's pitch is stable when this much of it is voiced ...
+STABLE_SHARE = 0.6  # ... and this share of its voiced frames lie within a semitone of its pitch
+
+
+# -- syllables -----------------------------------------------------------------------------------
+_REGIONAL = {"en": "en_US", "de": "de_DE", "fr": "fr_FR", "pt": "pt_PT", "nl": "nl_NL", "it": "it_IT"}
+
+
+@functools.lru_cache(maxsize=32)
+def _dictionary(language: str) -> Any:
+    """The hyphenation dictionary (pyphen's LibreOffice dictionaries) for a language, or None."""
+    try:
+        import pyphen
+    except ImportError:
+        return None
+    name = _REGIONAL.get(language) or pyphen.language_fallback(language)
+    # Sung syllables may be a single letter ("a-gain"): no typographic minimum at the ends.
+    return pyphen.Pyphen(lang=name, left=1, right=1) if name else None
+
+
+def syllables(word: str, language: str | None = None) -> list[str]:
+    """Split a word into syllables: by the language's hyphenation dictionary where there is
+    one (pyphen), else by the vowel-group rule. Punctuation stays with its syllable."""
+    dictionary = _dictionary(language) if language else None
+    if dictionary is not None:
+        cuts = dictionary.positions(word)
+        if cuts:
+            bounds = [0, *cuts, len(word)]
+            return [word[a:b] for a, b in zip(bounds, bounds[1:]) if word[a:b]]
+        return [word]
+    return rule_syllables(word, language)
+
+
+def rule_syllables(word: str, language: str | None = None) -> list[str]:
+    """The vowel-group rule: a word splits between vowel groups; a single consonant between two
+    groups starts the next syllable, of two or more the first stays. In English a final silent
+    "e" after a consonant makes no syllable of its own ("make")."""
+    letters = [i for i, ch in enumerate(word) if ch.isalpha()]
+    if len(letters) <= 3:
+        return [word]
+    groups = []  # (start, end) index ranges of vowel groups
+    i = 0
+    while i < len(word):
+        if word[i] in VOWELS:
+            j = i
+            while j + 1 < len(word) and word[j + 1] in VOWELS:
+                j += 1
+            groups.append((i, j))
+            i = j + 1
+        else:
+            i += 1
+    if len(groups) <= 1:
+        return [word]
+    cuts = []
+    for (_, end_a), (start_b, _) in zip(groups, groups[1:]):
+        consonants = start_b - end_a - 1
+        cuts.append(end_a + 1 if consonants <= 1 else end_a + 2)
+    core = word.rstrip(".,!?;:")
+    if language in (None, "en") and core.lower().endswith("e") and groups[-1][0] == len(core) - 1:
+        cuts = cuts[:-1]
+    pieces, last = [], 0
+    for cut in cuts:
+        if 0 < cut < len(word) and cut > last:
+            pieces.append(word[last:cut])
+            last = cut
+    pieces.append(word[last:])
+    return [p for p in pieces if p]
+
+
+def place_words(words: Sequence[Word]) -> list[Word]:
+    """The words with text, none of zero length: such a word gets :data:`MIN_WORD_S` from the
+    room around it, else joins the word before it (the first word: the one after), so every
+    word's text reaches the chart in order."""
+    out: list[Word] = []
+    items = [w for w in words if w.text.strip()]
+    pending: list[Word] = []  # zero-length words at the start, waiting for a word to join
+    for i, w in enumerate(items):
+        if w.end_s > w.start_s:
+            if pending:
+                joined = " ".join(p.text.strip() for p in pending)
+                w = replace(w, text=f"{joined} {w.text.strip()}", phrase_start=pending[0].phrase_start or w.phrase_start)
+                pending = []
+            out.append(w)
+            continue
+        room_after = (items[i + 1].start_s if i + 1 < len(items) else w.start_s + MIN_WORD_S) - w.start_s
+        room_before = w.start_s - (out[-1].end_s if out else 0.0)
+        if room_after >= MIN_WORD_S:
+            out.append(replace(w, end_s=w.start_s + MIN_WORD_S))
+        elif room_before >= MIN_WORD_S:
+            out.append(replace(w, start_s=w.start_s - MIN_WORD_S, end_s=w.start_s))
+        elif out:
+            prev = out[-1]
+            out[-1] = replace(prev, text=f"{prev.text.rstrip()} {w.text.strip()}", end_s=max(prev.end_s, w.end_s))
+        else:
+            pending.append(w)
+    if pending:  # only zero-length words and no room anywhere: one word of the minimum length
+        first = pending[0]
+        out.append(replace(first, text=" ".join(p.text.strip() for p in pending), end_s=first.start_s + MIN_WORD_S))
+    return out
+
+
+def split_words(words: Sequence[Word], language: str | None = None) -> list[Word]:
+    """Words -> syllables, sharing each word's time out by letters."""
+    out = []
+    for w in place_words(words):
+        parts = syllables(w.text.strip(), language)
+        weights = np.array([max(1, sum(ch.isalpha() for ch in p)) for p in parts], dtype=float)
+        bounds = w.start_s + np.concatenate(([0.0], np.cumsum(weights) / weights.sum())) * (w.end_s - w.start_s)
+        for k, part in enumerate(parts):
+            out.append(Word(part, float(bounds[k]), float(bounds[k + 1]), word_end=k == len(parts) - 1,
+                            phrase_start=w.phrase_start and k == 0))
+    return out
+
+
+# -- pitch -----------------------------------------------------------------------------------------
+def hz_to_midi(freq: np.ndarray) -> np.ndarray:
+    return 69 + 12 * np.log2(np.maximum(freq, 1e-6) / 440.0)
+
+
+def fold_octaves(midi: np.ndarray) -> np.ndarray:
+    """Values an octave or two from the median (within a semitone and a half) folded onto it:
+    a tracker's octave flips inside one sung note."""
+    if len(midi) == 0:
+        return midi
+    centre = float(np.median(midi))
+    shift = np.round((midi - centre) / 12.0)
+    folded = midi - 12 * shift
+    near = (np.abs(shift) >= 1) & (np.abs(shift) <= 2) & (np.abs(folded - centre) <= 1.5)
+    return np.where(near, folded, midi)
+
+
+def pitch_of(midi: np.ndarray) -> int:
+    """A note's MIDI pitch: the median of its frames, octave flips folded."""
+    return int(np.round(np.median(fold_octaves(midi))))
+
+
+@dataclass(frozen=True)
+class PitchTrackView:
+    """The pitch frames a chart is made from (times in seconds, Hz, periodicity)."""
+
+    times: np.ndarray
+    frequency: np.ndarray
+    confidence: np.ndarray
+    threshold: float = CONFIDENCE
+
+    @functools.cached_property
+    def voiced(self) -> np.ndarray:
+        return (self.confidence >= self.threshold) & (self.frequency > 0)
+
+    @functools.cached_property
+    def step_s(self) -> float:
+        return float(np.median(np.diff(self.times))) if len(self.times) > 1 else 0.01
+
+    def inside(self, start_s: float, end_s: float) -> np.ndarray:
+        return self.voiced & (self.times >= start_s) & (self.times < end_s)
+
+    def pitch_between(self, start_s: float, end_s: float) -> int | None:
+        """The octave-robust pitch of the voiced frames in [start, end), or None."""
+        inside = self.inside(start_s, end_s)
+        return pitch_of(hz_to_midi(self.frequency[inside])) if inside.any() else None
+
+
+@dataclass(frozen=True)
+class SyllableVoice:
+    """What the voice does inside one syllable's time."""
+
+    unit: Word
+    start_s: float  # trimmed to the voiced frames (the syllable's own times where none is voiced)
+    end_s: float
+    parts: tuple[tuple[float, float, int], ...]  # (start, end, midi); more than one: ~ notes
+    voiced: bool
+    stable: bool
+
+
+def _runs(times: np.ndarray, midi: np.ndarray) -> list[list[Any]]:
+    """Runs of one rounded pitch, [start s, end s, midi], joined where the same pitch resumes."""
+    rounded = np.round(midi).astype(int)
+    runs: list[list[Any]] = []
+    start = 0
+    for i in range(1, len(rounded) + 1):
+        if i == len(rounded) or rounded[i] != rounded[start]:
+            runs.append([float(times[start]), float(times[i - 1]), int(np.round(np.median(midi[start:i])))])
+            start = i
+    return runs
+
+
+def listen(unit: Word, track: PitchTrackView) -> SyllableVoice:
+    inside = track.inside(unit.start_s, unit.end_s)
+    if not inside.any():
+        return SyllableVoice(unit, unit.start_s, unit.end_s, (), False, False)
+    times = track.times[inside]
+    midi = fold_octaves(hz_to_midi(track.frequency[inside]))
+    start_s = max(unit.start_s, float(times[0]))
+    end_s = min(unit.end_s, float(times[-1]) + track.step_s)
+    pitch = int(np.round(np.median(midi)))
+    coverage = len(times) * track.step_s / max(unit.end_s - unit.start_s, track.step_s)
+    stable = coverage >= STABLE_COVERAGE and float(np.mean(np.abs(midi - pitch) <= 1.0)) >= STABLE_SHARE
+    runs = [r for r in _runs(times, midi) if r[1] - r[0] >= MIN_SPLIT_S]
+    merged: list[list[Any]] = []
+    for run in runs:  # neighbouring runs of the same pitch join
+        if merged and merged[-1][2] == run[2]:
+            merged[-1][1] = run[1]
+        else:
+            merged.append(run)
+    if len(merged) <= 1 or end_s - start_s < 2 * MIN_SPLIT_S:
+        return SyllableVoice(unit, start_s, end_s, ((start_s, end_s, pitch),), True, stable)
+    parts = []
+    for k, (run_start, _end, m) in enumerate(merged):
+        s = start_s if k == 0 else run_start
+        e = end_s if k == len(merged) - 1 else merged[k + 1][0]
+        parts.append((s, e, m))
+    return SyllableVoice(unit, start_s, end_s, tuple(parts), True, stable)
+
+
+# -- phrases ---------------------------------------------------------------------------------------
+def _hard_break(prev: SyllableVoice, cur: SyllableVoice) -> bool:
+    return (cur.unit.phrase_start or cur.start_s - prev.end_s >= PHRASE_PAUSE_S
+            or (prev.unit.word_end and bool(SENTENCE_END.search(prev.unit.text.rstrip()))))  # fmt: skip
+
+
+def phrase_starts(voices: Sequence[SyllableVoice]) -> list[int]:
+    """Indices of the syllables that start a line (0 first)."""
+    n = len(voices)
+    if n == 0:
+        return []
+    lines = [[0, 0]]  # [first, last] syllable of each line
+    for i in range(1, n):
+        if _hard_break(voices[i - 1], voices[i]):
+            lines.append([i, i])
+        else:
+            lines[-1][1] = i
+
+    def gap(i: int) -> float:  # the pause before syllable i
+        return voices[i].start_s - voices[i - 1].end_s
+
+    def too_long(first: int, last: int) -> bool:
+        return last - first + 1 > MAX_LINE_SYLLABLES or voices[last].end_s - voices[first].start_s > MAX_LINE_S
+
+    split: list[list[int]] = []
+    stack = list(reversed(lines))
+    while stack:
+        first, last = stack.pop()
+        cuts = list(range(first + 2, last)) if too_long(first, last) else []  # both sides keep 2 syllables
+        # Between words where possible: a line should not break inside a word.
+        at_words = [i for i in cuts if voices[i - 1].unit.word_end]
+        cuts = at_words or cuts
+        if not cuts:
+            split.append([first, last])
+            continue
+        cut = max(cuts, key=lambda i: (gap(i), -abs(i - (first + last + 1) / 2)))
+        stack += [[cut, last], [first, cut - 1]]
+    # No line of a single syllable: it joins the neighbour it is closer to in time.
+    while len(split) > 1:
+        single = next((k for k, (a, b) in enumerate(split) if a == b), None)
+        if single is None:
+            break
+        a, _ = split[single]
+        before = gap(a) if single > 0 else float("inf")
+        after = gap(a + 1) if single + 1 < len(split) else float("inf")
+        if before <= after:
+            split[single - 1][1] = a
+        else:
+            split[single + 1][0] = a
+        del split[single]
+    return [a for a, _ in split]
+
+
+# -- the chart -------------------------------------------------------------------------------------
+def grid_multiple(tempo: Tempo, gap_s: float, spans: Sequence[tuple[float, float]]) -> int:
+    """The smallest multiple of the tempo at which every sung note, snapped to the grid, keeps
+    :data:`KEEP_LENGTH` of its length and covers no more than the rest of it again in silence:
+    its two ends move by at most ``1 - KEEP_LENGTH`` of its length together (the finest, 8,
+    where no multiple does)."""
+    spans = [(s, e) for s, e in spans if e > s]
+    for multiple in GRID_MULTIPLES:
+        beat_s = tempo.beat_s / 4 / multiple
+        ok = True
+        for s, e in spans:
+            start = round((s - gap_s) / beat_s)
+            end = max(start + 1, round((e - gap_s) / beat_s))
+            moved = abs(gap_s + start * beat_s - s) + abs(gap_s + end * beat_s - e)
+            if moved > (1 - KEEP_LENGTH) * (e - s) + 1e-9:
+                ok = False
+                break
+        if ok:
+            return multiple
+    return GRID_MULTIPLES[-1]
+
+
+def build_song(
+    words: Sequence[Word], times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray, *,
+    tempo: Tempo | float, title: str, artist: str, language: str | None = None, split_syllables: bool = True,
+    rap: bool = False,
+) -> Song:  # fmt: skip
+    """The chart: notes on the song's beat grid, no overlaps, phrase ends a singer can read."""
+    tempo = tempo if isinstance(tempo, Tempo) else Tempo(float(tempo))
+    units = split_words(words, language) if split_syllables else place_words(words)
+    song = Song(title=title, artist=artist, bpm=tempo.bpm, gap_ms=0, language=language)
+    if not units:
+        return song
+    track = PitchTrackView(np.asarray(times), np.asarray(frequency), np.asarray(confidence))
+    voices = [listen(u, track) for u in units]
+    rap_words = _rap_words(voices) if rap else set()
+    gap_s = tempo.beat_at_or_before(voices[0].start_s)
+    multiple = grid_multiple(tempo, gap_s, [(p[0], p[1]) for v in voices for p in v.parts])
+    song.bpm = round(tempo.bpm * multiple, 2)
+    song.gap_ms = int(round(gap_s * 1000))
+    beat_s = song.beat_s
+
+    def beat(t: float) -> int:
+        return int(round((t - gap_s) / beat_s))
+
+    sung = [p[2] for v in voices for p in v.parts]
+    free_pitch = int(np.round(np.median(sung))) if sung else 60  # freestyle notes: the song's middle
+    starts = set(phrase_starts(voices)) - {0}
+    word = 0
+    for i, v in enumerate(voices):
+        if i in starts and song.notes:
+            song.phrase_ends.append(song.notes[-1].end_beat)
+        parts = v.parts or ((v.start_s, v.end_s, free_pitch),)
+        kind = "F" if not v.voiced else "R" if word in rap_words else ":"
+        for k, (s, e, midi) in enumerate(parts):
+            text = v.unit.text if k == 0 else "~"
+            if k == len(parts) - 1 and v.unit.word_end:
+                text = text.rstrip() + " "
+            start = beat(s)
+            if song.notes and start < song.notes[-1].end_beat:  # no overlaps: trim the previous note
+                prev = song.notes[-1]
+                prev.length_beats = max(1, start - prev.start_beat)
+                start = max(start, prev.end_beat)
+            length = max(1, beat(e) - start)
+            song.notes.append(Note(start, length, int(midi), text, kind))
+        word += v.unit.word_end
+    # A phrase end must not sit inside the next phrase's first note.
+    ends = []
+    for end_beat in song.phrase_ends:
+        nxt = next((n.start_beat for n in song.notes if n.start_beat >= end_beat), end_beat)
+        ends.append(min(end_beat, nxt))
+    song.phrase_ends = ends
+    return song
+
+
+def _rap_words(voices: Sequence[SyllableVoice]) -> set[int]:
+    """Words (by index) whose voiced syllables mostly have no stable pitch."""
+    words: dict[int, list[bool]] = {}
+    word = 0
+    for v in voices:
+        if v.voiced:
+            words.setdefault(word, []).append(v.stable)
+        word += v.unit.word_end
+    return {w for w, stable in words.items() if sum(not s for s in stable) * 2 > len(stable)}
+
+
+def lyrics_of(song: Song) -> list[str]:
+    """The chart's words in order (``~`` continuations left out): what the singer reads."""
+    text = "".join(n.text for n in song.notes if n.text.strip() != "~")
+    return text.split()
