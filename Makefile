@@ -12,7 +12,7 @@ SONG ?=
 MODE ?= balanced
 OUT ?= karaoke
 
-.PHONY: help install test run bench gpu-wheels gpu-check completions clean ffmpeg
+.PHONY: help install test run bench quality gpu-wheels gpu-check completions clean ffmpeg
 
 help:
 	@echo "make run SONG=path/to/song.mp3 [MODE=aggressive] [OUT=karaoke]"
@@ -20,6 +20,7 @@ help:
 	@echo "make test         create .venv, install, run the test suite"
 	@echo "make install      create .venv and install ugpu with the engines and test extras"
 	@echo "make bench        benchmarks against the reference pipeline (DEVICE=cuda on a GPU)"
+	@echo "make quality      chart quality on synthesised songs: tempo error, notes inside the voice, re-pitch diff"
 	@echo "make gpu-wheels   the wheels a lent GPU machine lacks, in .whl/ (for Python 3.12), with their size"
 	@echo "make gpu-check OUT=dir  GPU acceptance: detect, CUDA tests, 16 GB emulation, real OOM, fp16, GPU bench"
 	@echo "make completions  regenerate completions/ (bash, zsh, fish, PowerShell)"
@@ -55,6 +56,10 @@ run: ffmpeg $(VENV)/.installed
 DEVICE ?= cpu
 bench: ffmpeg $(VENV)/.installed
 	$(BIN)/python -m benchmarks.run --device $(DEVICE) $(BENCH_ARGS)
+
+# Chart quality on synthesised songs (issue 11): tempo, notes inside the voice, re-pitch diff.
+quality: ffmpeg $(VENV)/.installed
+	$(BIN)/python -m benchmarks.quality
 
 # GPU acceptance (README: "GPU acceptance"). gpu-wheels prepares, here, what the lent GPU machine
 # lacks (it has no package index); gpu-check runs there, or on any CUDA machine with ugpu installed.

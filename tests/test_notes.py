@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tests.audio_factory import drum_song, melody, midi_to_hz, write_wav
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.notes import KEEP_LENGTH, build_song, lyrics_of, phrase_starts
+from ultrasinger_gpu_cli.notes import KEEP_LENGTH, build_song, lyrics_of, lyrics_text, phrase_starts
 from ultrasinger_gpu_cli.tempo import Tempo, detect_tempo
 from ultrasinger_gpu_cli.ultrastar import read_chart, repitch
 from ultrasinger_gpu_cli.words import Word
@@ -266,3 +266,72 @@ def test_eval_refuses_what_it_cannot_compare(tmp_path):
                         ((str(tmp_path), str(tmp_path / "empty")), "no such reference")):  # fmt: skip
         result = CliRunner().invoke(app, ["eval", *args])
         assert result.exit_code == 2 and words in result.stderr and "Traceback" not in result.output, result.output
+
+
+# -- the user's own lyrics -------------------------------------------------------------------------
+LYRICS = "Hello, little star\nhow I wonder - what you are\n\nUp above the world so high"
+
+
+def _lyric_song(tmp_path: Path) -> Path:
+    notes = [(0.5 + 0.45 * k, 0.35, 60 + (k % 5)) for k in range(16)]  # one sung note per word
+    return write_wav(tmp_path / "Star - Song.wav", melody(notes, 8.5, 44_100)[None], 44_100)
+
+
+@pytest.mark.parametrize("kind", ["txt", "lrc"])
+def test_lyrics_every_word_once_in_order_with_line_breaks_as_phrases(env, fast_whisper, tmp_path, kind):
+    source = _lyric_song(tmp_path)
+    if kind == "txt":
+        lyrics = tmp_path / "lyrics.txt"
+        lyrics.write_text(LYRICS, encoding="utf-8")
+    else:
+        lyrics = tmp_path / "lyrics.lrc"
+        lyrics.write_text("[ar:Star]\n[ti:Song]\n[00:00.40]Hello, little star\n[00:01.70]how I wonder - what you are\n"
+                          "[00:04.80]Up above the world so high\n", encoding="utf-8")  # fmt: skip
+    result = invoke("run", str(source), "--no-separation", "--lyrics", str(lyrics), "-o", str(tmp_path / "out"),
+                    "--language", "en", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    chart = read_chart(Path(json.loads(result.stdout)["songs"][0]["files"]["ultrastar"]).read_text(encoding="utf-8"))
+    assert lyrics_text(chart.notes).split() == LYRICS.split()
+    starts = [n.start_s for n in chart.notes]
+    assert starts == sorted(starts) and all(0.0 <= s <= 8.5 for s in starts)
+    lines = sum(1 for line in chart.lines if line.startswith("- "))
+    assert 1 <= lines <= 4  # the three lyrics lines are phrase hints (a one-word line would merge)
+
+
+def test_lyrics_map_onto_the_heard_words_chunk_by_chunk():
+    from ultrasinger_gpu_cli.lyrics import assign_to_chunks
+
+    user = "one two three four five six".split()
+    heard = [("one", 0), ("too", 0), ("three", 0), ("four", 1), ("fife", 1), ("six", 1)]
+    assert assign_to_chunks(user, heard, 2, [(0, 5), (6, 10)]) == [0, 0, 0, 1, 1, 1]
+    # Nothing heard: shared out by the chunks' lengths.
+    assert assign_to_chunks(user, [], 2, [(0, 3), (3, 9)]) == [0, 0, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize(("content", "words"), [(b"", "no words"), (b"\n  \n[ar:x]\n", "no words"),
+                                                (b"\x00\x01PK\x03\x04", "binary"), ("Grüße\n".encode("latin-1"), "not UTF-8")])
+def test_bad_lyrics_files_get_a_clear_error(env, tmp_path, content, words):
+    lyrics = tmp_path / "lyrics.txt"
+    lyrics.write_bytes(content)
+    source = _lyric_song(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(source), "--no-separation", "--lyrics", str(lyrics), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and words in result.stderr and str(lyrics) in result.stderr, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o" / "Star - Song").exists()
+    if words == "not UTF-8":
+        assert "UTF-8" in result.stderr and "Save as" in result.stderr
+
+
+def test_the_chart_sings_whispers_words_in_order(env, fast_whisper, tmp_path):
+    """Through ``ugpu run``: the chart's lyrics are exactly the words Whisper heard (its cached
+    result), none dropped, none added."""
+    source = _lyric_song(tmp_path)
+    result = invoke("run", str(source), "--no-separation", "-o", str(tmp_path / "out"), "--language", "en", "--json")
+    assert result.exit_code == 0, result.output
+    chart = read_chart(Path(json.loads(result.stdout)["songs"][0]["files"]["ultrastar"]).read_text(encoding="utf-8"))
+    import os
+
+    cached = [json.loads(p.read_text()) for p in Path(os.environ["UGPU_DB"]).parent.rglob("*.json")]
+    (heard,) = [c["data"] for c in cached if isinstance(c, dict) and "segments" in c.get("data", {})]
+    words = [w["word"].strip() for seg in heard["segments"] for w in seg if w["word"].strip()]
+    assert words, "the random Whisper heard nothing: nothing to check"
+    assert lyrics_text(chart.notes).split() == " ".join(words).split()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.notes import lyrics_text
 from ultrasinger_gpu_cli.timings import decode_text
 from ultrasinger_gpu_cli.ultrastar import PITCHED, Chart, ChartNote, read_chart
 
@@ -86,7 +87,7 @@ def load_chart(path: Path) -> Chart:
 
 
 def _words(chart: Chart) -> list[str]:
-    text = "".join(n.text for n in chart.notes if n.text.strip() != "~")
+    text = lyrics_text(chart.notes)
     return [w for w in (re.sub(r"[^\w']", "", w.casefold()) for w in text.split()) if w]
 
 

@@ -18,9 +18,9 @@ Pure functions, no heavy imports (README, "How notes are made").
    lines, after sentence ends, and wherever a line would run past :data:`MAX_LINE_S` or
    :data:`MAX_LINE_SYLLABLES`, at the line's largest gap. No line is left a single syllable.
 6. **The grid.** ``#BPM`` is the song's tempo times the smallest multiple (1, 2, 4 or 8) at
-   which every sung note keeps :data:`KEEP_LENGTH` of its length after snapping (and gains no
-   more than the rest in silence); ``#GAP`` is a beat of the song's beat grid, so notes line up
-   with the beats in an editor.
+   which every sung note keeps :data:`KEEP_LENGTH` of its length after snapping and reaches no
+   more than :data:`MAX_OVERHANG` of it into silence; ``#GAP`` is a beat of the song's beat grid,
+   so notes line up with the beats in an editor.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ MAX_LINE_S = 8.0  # a line longer than this is split at its largest gap
 MAX_LINE_SYLLABLES = 12
 MIN_SPLIT_S = 0.15  # a pitch run must last this long to become its own ~ note
 MIN_WORD_S = 0.06  # what a zero-length word gets, where its neighbours leave room
-KEEP_LENGTH = 0.8  # every sung note keeps at least this share of its length on the grid
+KEEP_LENGTH = 0.8  # every sung note keeps at least this share of its length on the grid ...
+MAX_OVERHANG = 0.1  # ... and covers at most this share of its length again in silence
 GRID_MULTIPLES = (1, 2, 4, 8)  # #BPM = tempo x this: a beat is a 16th, 32nd, 64th or 128th note
 SENTENCE_END = re.compile(r"[.!?…。！？]['\"»”)]*$")
 STABLE_COVERAGE = 0.5  # rap: a syllable's pitch is stable when this much of it is voiced ...
@@ -75,9 +76,35 @@ def syllables(word: str, language: str | None = None) -> list[str]:
         cuts = dictionary.positions(word)
         if cuts:
             bounds = [0, *cuts, len(word)]
-            return [word[a:b] for a, b in zip(bounds, bounds[1:]) if word[a:b]]
+            return _sung_parts([word[a:b] for a, b in zip(bounds, bounds[1:]) if word[a:b]])
         return [word]
     return rule_syllables(word, language)
+
+
+def _has_vowel(part: str) -> bool:
+    """A vowel letter, counting "y" only after the first letter ("my", "day"; not "y-ou")."""
+    core = part.strip()
+    return any(ch in VOWELS and ch not in "yY" for ch in core) or any(ch in "yY" for ch in core[1:])
+
+
+def _sung_parts(parts: list[str]) -> list[str]:
+    """A piece without a vowel sound is no sung syllable ("s-tar", "y-ou" from a hyphenation
+    dictionary allowed to cut one letter off): it joins its neighbour."""
+    out: list[str] = []
+    carry = ""
+    for part in parts:
+        part = carry + part
+        carry = ""
+        if _has_vowel(part):
+            out.append(part)
+        else:
+            carry = part
+    if carry:
+        if out:
+            out[-1] += carry
+        else:
+            out.append(carry)
+    return out
 
 
 def rule_syllables(word: str, language: str | None = None) -> list[str]:
@@ -148,13 +175,31 @@ def place_words(words: Sequence[Word]) -> list[Word]:
     return out
 
 
+def _share_by_letters(start_s: float, end_s: float, pieces: Sequence[str]) -> np.ndarray:
+    weights = np.array([max(1, sum(ch.isalpha() for ch in p)) for p in pieces], dtype=float)
+    return start_s + np.concatenate(([0.0], np.cumsum(weights) / weights.sum())) * (end_s - start_s)
+
+
+def _one_word_each(words: Sequence[Word]) -> list[Word]:
+    """Words that :func:`place_words` joined, apart again, sharing the time by letters."""
+    out = []
+    for w in words:
+        tokens = w.text.split()
+        if len(tokens) <= 1:
+            out.append(w)
+            continue
+        bounds = _share_by_letters(w.start_s, w.end_s, tokens)
+        out += [replace(w, text=t, start_s=float(bounds[k]), end_s=float(bounds[k + 1]),
+                        phrase_start=w.phrase_start and k == 0) for k, t in enumerate(tokens)]  # fmt: skip
+    return out
+
+
 def split_words(words: Sequence[Word], language: str | None = None) -> list[Word]:
     """Words -> syllables, sharing each word's time out by letters."""
     out = []
-    for w in place_words(words):
+    for w in _one_word_each(place_words(words)):
         parts = syllables(w.text.strip(), language)
-        weights = np.array([max(1, sum(ch.isalpha() for ch in p)) for p in parts], dtype=float)
-        bounds = w.start_s + np.concatenate(([0.0], np.cumsum(weights) / weights.sum())) * (w.end_s - w.start_s)
+        bounds = _share_by_letters(w.start_s, w.end_s, parts)
         for k, part in enumerate(parts):
             out.append(Word(part, float(bounds[k]), float(bounds[k + 1]), word_end=k == len(parts) - 1,
                             phrase_start=w.phrase_start and k == 0))
@@ -317,9 +362,8 @@ def phrase_starts(voices: Sequence[SyllableVoice]) -> list[int]:
 # -- the chart -------------------------------------------------------------------------------------
 def grid_multiple(tempo: Tempo, gap_s: float, spans: Sequence[tuple[float, float]]) -> int:
     """The smallest multiple of the tempo at which every sung note, snapped to the grid, keeps
-    :data:`KEEP_LENGTH` of its length and covers no more than the rest of it again in silence:
-    its two ends move by at most ``1 - KEEP_LENGTH`` of its length together (the finest, 8,
-    where no multiple does)."""
+    :data:`KEEP_LENGTH` of its length and reaches into the silence around it by no more than
+    :data:`MAX_OVERHANG` of it (the finest, 8, where no multiple does)."""
     spans = [(s, e) for s, e in spans if e > s]
     for multiple in GRID_MULTIPLES:
         beat_s = tempo.beat_s / 4 / multiple
@@ -327,8 +371,10 @@ def grid_multiple(tempo: Tempo, gap_s: float, spans: Sequence[tuple[float, float
         for s, e in spans:
             start = round((s - gap_s) / beat_s)
             end = max(start + 1, round((e - gap_s) / beat_s))
-            moved = abs(gap_s + start * beat_s - s) + abs(gap_s + end * beat_s - e)
-            if moved > (1 - KEEP_LENGTH) * (e - s) + 1e-9:
+            a, b = gap_s + start * beat_s, gap_s + end * beat_s
+            kept = min(b, e) - max(a, s)
+            overhang = max(0.0, s - a) + max(0.0, b - e)
+            if kept < KEEP_LENGTH * (e - s) - 1e-9 or overhang > MAX_OVERHANG * (e - s) + 1e-9:
                 ok = False
                 break
         if ok:
@@ -402,5 +448,9 @@ def _rap_words(voices: Sequence[SyllableVoice]) -> set[int]:
 
 def lyrics_of(song: Song) -> list[str]:
     """The chart's words in order (``~`` continuations left out): what the singer reads."""
-    text = "".join(n.text for n in song.notes if n.text.strip() != "~")
-    return text.split()
+    return lyrics_text(song.notes).split()
+
+
+def lyrics_text(notes: Sequence[Any]) -> str:
+    """The sung text of notes: syllables joined, a ``~`` continuation adding only its word end."""
+    return "".join(n.text if n.text.strip() != "~" else " " * n.text.endswith(" ") for n in notes)

@@ -36,6 +36,7 @@ from ultrasinger_gpu_cli.models import sha256_of
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.lyrics import align_lyrics, load_lyrics
 from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.words import Word
 
@@ -56,6 +57,7 @@ class RunOptions:
     fetch_missing: bool = False  # download missing weights on first use
     overwrite: bool = False  # convert a song again that its folder already holds
     rap: bool = False  # words with no stable pitch become rap notes (R)
+    lyrics: Path | None = None  # the user's words (plain text or LRC) instead of speech recognition
 
 
 @dataclass
@@ -310,6 +312,7 @@ class Pipeline:
         song = source.name
         self.emit(SongStarted(song, folder))
         timings = load_timings(self.options.timings) if self.options.timings else None
+        lyrics = load_lyrics(self.options.lyrics) if self.options.lyrics else None
         for warning in timings.warnings if timings else ():
             self.emit(Notice(song, warning))
 
@@ -354,18 +357,26 @@ class Pipeline:
             units, are_syllables = timings.words, timings.are_syllables
             language = language or timings.language
         else:
-            wkey = _key(dkey, "whisper", plan["whisper"].value("backend"), plan["whisper"].model, language)
+            wkey = _key(dkey, "whisper", plan["whisper"].value("backend"), plan["whisper"].model, language,
+                        sha256_of(lyrics.path) if lyrics else None)  # fmt: skip
             cached_json = self._cache_path(wkey, ".json")
             data = self._load_json(cached_json)
             segments = _segments(data) if data is not None else None
             if segments is not None:
                 stages.append(self._cached("whisper", wkey, song, duration))
             else:
-                tr, stage, events = self.runner.run("whisper", song, duration,
-                                                    lambda e, p: e.run(vocals16, p, language=language),
-                                                    seed=stage_seed(wkey))  # fmt: skip
-                data = {"language": tr.language, "segments": [[w.to_dict() for w in s.words] for s in tr.segments]}
-                segments = [list(s.words) for s in tr.segments]
+                if lyrics is not None:  # the user's words, timed on the vocals by the same model
+                    aligned, stage, events = self.runner.run(
+                        "whisper", song, duration, lambda e, p: align_lyrics(e, vocals16, lyrics, p, language=language,
+                                                                             sample_rate=audio_io.WHISPER_RATE),
+                        seed=stage_seed(wkey))  # fmt: skip
+                    language_found, segments = aligned.language, [list(line) for line in aligned.lines]
+                else:
+                    tr, stage, events = self.runner.run("whisper", song, duration,
+                                                        lambda e, p: e.run(vocals16, p, language=language),
+                                                        seed=stage_seed(wkey))  # fmt: skip
+                    language_found, segments = tr.language, [list(s.words) for s in tr.segments]
+                data = {"language": language_found, "segments": [[w.to_dict() for w in seg] for seg in segments]}
                 if self._as_planned("whisper", stage):
                     wrapped = {"sha256": _digest_json(data), "data": data}
                     self._cache_write(lambda: audio_io.write_text(cached_json, json.dumps(wrapped)))

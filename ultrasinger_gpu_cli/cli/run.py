@@ -45,6 +45,7 @@ def run(
     rehearse_fault: RehearseParam = None,
     offline: OfflineParam = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Convert again a song whose folder already holds it (the same audio).")] = False,
+    lyrics: Annotated[Optional[Path], typer.Option("--lyrics", help="The song's words (plain text, one sung line per line, or .lrc) instead of speech recognition; Whisper times them.", show_default=False)] = None,
     rap: Annotated[bool, typer.Option("--rap", help="Words with no stable pitch become rap notes (R); unvoiced syllables stay freestyle (F).")] = False,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
@@ -60,13 +61,17 @@ def run(
         raise InvalidSettingError("no songs given (stdin was empty)")
     if timings is not None and not timings.is_file():
         raise UgpuError(f"{timings}: no such timings file")
+    if lyrics is not None and timings is not None:
+        raise InvalidSettingError("--lyrics and --timings both give the words: use one of them")
+    if lyrics is not None and not lyrics.is_file():
+        raise InvalidSettingError(f"{lyrics}: no such lyrics file")
     rehearsed = rehearsal(rehearse_fault)
     store = open_store(ctx)
     plan = plan_for(store, run_target(store, gpu), mode.value, vram_limit)
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,
-                         fetch_missing=not offline, overwrite=overwrite, rap=rap)  # fmt: skip
+                         fetch_missing=not offline, overwrite=overwrite, rap=rap, lyrics=lyrics)  # fmt: skip
     with RunDisplay(err_console()) as display:
         result = convert_songs(paths, plan, options, store, on_event=display)
     if json_out:

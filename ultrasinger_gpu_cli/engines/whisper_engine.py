@@ -129,6 +129,7 @@ class WhisperEngine(Engine[WhisperSettings]):
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     sample_len: int | None = None
+    max_align_tokens = 440  # text tokens one window can align (the text context is 448 with the prompt)
 
     def load(self) -> None:
         import whisper
@@ -186,6 +187,49 @@ class WhisperEngine(Engine[WhisperSettings]):
             progress(done / len(chunks), chunks[done - 1][1])
         progress(1.0, duration)
         return Transcript(language, segments, list(chunks))
+
+    def align(
+        self,
+        audio: np.ndarray,
+        windows: list[tuple[float, float]],
+        texts: list[str],
+        progress: Progress = no_progress,
+        *,
+        language: str | None = None,
+    ) -> tuple[str | None, list[list[tuple[str, float, float]]]]:
+        """Time given text on the audio: ``texts[k]`` in ``windows[k]`` (seconds, at most 30 s
+        each), by whisper's own word alignment on the encoder features (no decoding). Returns the
+        language and, per window, whisper's words as (text, start s, end s)."""
+        import torch
+        import whisper
+        from whisper.timing import add_word_timestamps
+
+        self.ensure_loaded()
+        audio = np.asarray(audio, dtype=np.float32)
+        out: list[list[tuple[str, float, float]]] = [[] for _ in windows]
+        todo = [k for k, text in enumerate(texts) if text.strip() and windows[k][1] > windows[k][0]]
+        batch_size = max(1, self.settings.batch_size)
+        last_speech = 0.0
+        for first in range(0, len(todo), batch_size):
+            batch = todo[first : first + batch_size]
+            features, frames = self._encode(audio, [windows[k] for k in batch])
+            if language is None:
+                language = self._detect_language(features)
+            tokenizer = whisper.tokenizer.get_tokenizer(self._model.is_multilingual, num_languages=self._model.num_languages,
+                                                        language=language, task="transcribe")  # fmt: skip
+            for k, feats, n_frames in zip(batch, features, frames):
+                start, end = windows[k]
+                tokens = tokenizer.encode(" " + " ".join(texts[k].split()))[: self.max_align_tokens]
+                seg = {"seek": start * SAMPLE_RATE / whisper.audio.HOP_LENGTH, "start": start, "end": end,
+                       "tokens": tokens, "text": texts[k]}  # fmt: skip
+                with torch.inference_mode():
+                    add_word_timestamps(segments=[seg], model=_EncodedWhisper(self._model), tokenizer=tokenizer,
+                                        mel=feats, num_frames=n_frames, last_speech_timestamp=last_speech)  # fmt: skip
+                out[k] = [(w["word"], float(w["start"]), float(w["end"])) for w in seg.get("words", [])]
+                last_speech = out[k][-1][2] if out[k] else last_speech
+            done = min(len(todo), first + batch_size)
+            progress(done / len(todo), windows[todo[done - 1]][1])
+        return language, out
 
     # -- steps ------------------------------------------------------------------------------------
     def _encode(self, audio: np.ndarray, batch: list[tuple[float, float]]):

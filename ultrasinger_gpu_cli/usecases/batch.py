@@ -9,6 +9,7 @@ from typing import Any
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, UgpuError
 from ultrasinger_gpu_cli.paths import check_output_dir, sweep_partials
+from ultrasinger_gpu_cli.lyrics import load_lyrics
 from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.events import Notice, OnEvent, SongFailed, ignore
 from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongAlreadyDone, SongReport
@@ -57,6 +58,8 @@ def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Sto
     check_output_dir(options.out_dir)  # before any model loads
     if options.timings is not None:
         load_timings(options.timings)  # a bad timings file stops at once, naming what is wrong
+    if options.lyrics is not None:
+        load_lyrics(options.lyrics)  # so does a bad lyrics file
     pipeline = Pipeline(plan, options, store, on_event=on_event)
     for folder in (options.out_dir, options.cache_dir):
         if folder is not None and Path(folder).is_dir():
