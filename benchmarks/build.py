@@ -74,23 +74,36 @@ def _note(freq: float, seconds: float, rate: int) -> np.ndarray:
     return 0.22 * wave * env
 
 
+def _melody(rng: np.random.Generator, seconds: float) -> list[tuple[float, float, int]]:
+    """The sung notes (start s, length s, MIDI) of :func:`song`, drawn from ``rng``."""
+    scale = [57, 59, 60, 62, 64, 65, 67, 69]
+    voiced = VOICED if seconds == SONG_S else tuple((a * seconds / SONG_S, b * seconds / SONG_S) for a, b in VOICED)
+    notes = []
+    for start, end in voiced:
+        t = start
+        while t < end - 0.5:
+            length = float(rng.choice([0.4, 0.6, 0.8, 1.0]))
+            midi = int(rng.choice(scale))
+            notes.append((t, min(length, end - t), midi))
+            t += length + 0.1
+    return notes
+
+
+def song_notes(seconds: float = SONG_S) -> list[tuple[float, float, int]]:
+    """The true notes of :func:`song` (the benchmark checks pitch against them)."""
+    return _melody(np.random.default_rng(7), seconds)
+
+
 def song(seconds: float = SONG_S) -> tuple[np.ndarray, np.ndarray]:
     """(mix (2, n) at 44.1 kHz, voice (n,) at 44.1 kHz): a sung-like melody over an accompaniment,
     voiced half of the time (the same song for the default length)."""
     rng = np.random.default_rng(7)
     n = int(seconds * RATE)
     voice = np.zeros(n)
-    scale = [57, 59, 60, 62, 64, 65, 67, 69]
-    voiced = VOICED if seconds == SONG_S else tuple((a * seconds / SONG_S, b * seconds / SONG_S) for a, b in VOICED)
-    for start, end in voiced:
-        t = start
-        while t < end - 0.5:
-            length = float(rng.choice([0.4, 0.6, 0.8, 1.0]))
-            midi = int(rng.choice(scale))
-            piece = _note(440 * 2 ** ((midi - 69) / 12), min(length, end - t), RATE)
-            i = int(t * RATE)
-            voice[i : i + len(piece)] += piece
-            t += length + 0.1
+    for t, length, midi in _melody(rng, seconds):
+        piece = _note(440 * 2 ** ((midi - 69) / 12), length, RATE)
+        i = int(t * RATE)
+        voice[i : i + len(piece)] += piece[: max(0, n - i)]
     t = np.arange(n) / RATE
     chords = sum(0.03 * np.sin(2 * np.pi * f * t) for f in (110, 138.6, 164.8))
     beat = (np.sin(2 * np.pi * 2 * t) > 0.95) * rng.standard_normal(n) * 0.05

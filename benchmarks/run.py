@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("demucs", "whisper", "crepe-tiny", "crepe-full", "e2e")
+STAGES = ("demucs", "whisper", "crepe-tiny", "crepe-full", "pitch-swiftf0", "e2e")
 REFERENCE = {
     "demucs": "demucs `apply_model` over the full htdemucs_ft bag (4 models), vocals + instrumental",
     "whisper": "`whisper.transcribe()` with word timestamps on the vocals",
     "crepe-tiny": "`torchcrepe.predict` (tiny) over the whole vocals, same step",
     "crepe-full": "`torchcrepe.predict` (full) over the whole vocals, same step",
+    "pitch-swiftf0": "ugpu's swiftf0 backend (16 ms frames) against `torchcrepe.predict` (tiny, 10 ms) over the whole "
+    "vocals, the no-GPU tier's pitch before; both checked against the song's true notes",
     "e2e": "the three reference calls in a row on the song, model loading included (ugpu: `Pipeline.run_song`, "
     "notes and files included)",
 }
@@ -83,6 +85,8 @@ def _check(stage: str, ugpu: dict, ref: dict) -> str:
     if stage == "demucs":
         diff = float(np.abs(np.load(ugpu["npy"]) - np.load(ref["npy"])).max())
         return f"vocals max abs diff {diff:.1e} ({'ok' if diff <= 1e-4 else 'FAIL'}: <= 1e-4)"
+    if stage == "pitch-swiftf0":
+        return "; ".join(f"{name}: {_truth_share(side)}" for name, side in (("SwiftF0", ugpu), ("CREPE tiny", ref)))
     if stage.startswith("crepe"):
         ours, theirs = np.load(ugpu["npy"]), np.load(ref["npy"])
         computed = ours[2] > 0
@@ -94,6 +98,21 @@ def _check(stage: str, ugpu: dict, ref: dict) -> str:
     if stage == "e2e":
         return f"ugpu wrote an UltraStar folder with {ugpu.get('notes')} notes"
     return f"words: ugpu {ugpu.get('words')}, reference {ref.get('words')}"
+
+
+def _truth_share(side: dict) -> str:
+    """The share of a pitch track's voiced frames inside the song's true notes (their first and
+    last 50 ms left out) that lie within 50 cents of the true pitch."""
+    from benchmarks.build import song_notes
+
+    freq, conf, _ = np.load(side["npy"])
+    times = np.arange(len(freq)) * side["step_s"]
+    good = total = 0
+    for start, length, midi in song_notes():
+        inside = (times >= start + 0.05) & (times < start + length - 0.05) & (conf >= 0.5) & (freq > 0)
+        cents = 1200 * np.log2(freq[inside] / (440 * 2 ** ((midi - 69) / 12)))
+        good, total = good + int((np.abs(cents) <= 50).sum()), total + int(inside.sum())
+    return f"{100 * good / max(total, 1):.1f}% of {total} voiced frames within 50 cents of the true note"
 
 
 def _time_command(args: list[str], runs: int = 5, env: dict | None = None) -> float:

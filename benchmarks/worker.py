@@ -113,11 +113,17 @@ def whisper(side: str, device: str, out: Path) -> dict:
 
 
 def crepe(side: str, device: str, out: Path, capacity: str) -> dict:
+    """A pitch stage: ``crepe-tiny``/``crepe-full`` (ugpu's torchcrepe backend) or ``pitch-swiftf0``
+    (ugpu's swiftf0 backend); the reference is ``torchcrepe.predict`` over the whole vocals (for
+    SwiftF0: CREPE tiny, the no-GPU tier's pitch before SwiftF0)."""
     import torch
 
     from ultrasinger_gpu_cli.engines.crepe_engine import import_torchcrepe
 
-    settings = {**_plan(device)["crepe"], "model": capacity, "step_size": 10}
+    swift = capacity == "swiftf0"
+    settings = {**_plan(device)["crepe"], "backend": "torchcrepe", "model": "tiny" if swift else capacity, "step_size": 10}
+    if swift:
+        settings.update(backend="swiftf0", model="swiftf0", step_size=16, device="cpu")
     audio = _vocals16k()
     hop = 160
     torchcrepe = import_torchcrepe()
@@ -133,20 +139,23 @@ def crepe(side: str, device: str, out: Path, capacity: str) -> dict:
         t0 = time.perf_counter()
         track = engine.run(audio)
         freq, conf, computed = track.frequency, track.confidence, track.computed
+        step_s = track.step_ms / 1000
     else:
+        model = "tiny" if swift else capacity
         t0 = time.perf_counter()
-        torchcrepe.load.model(device, capacity)
+        torchcrepe.load.model(device, model)
         load = time.perf_counter() - t0
         t0 = time.perf_counter()
         pitch, periodicity = torchcrepe.predict(
-            torch.from_numpy(audio)[None], 16_000, hop, model=capacity, batch_size=settings["batch_size"],
+            torch.from_numpy(audio)[None], 16_000, hop, model=model, batch_size=settings["batch_size"],
             decoder=torchcrepe.decode.weighted_argmax, device=device, return_periodicity=True,
         )  # fmt: skip
         freq, conf = pitch[0].cpu().numpy(), periodicity[0].cpu().numpy()
         computed = np.ones(pitch.shape[1], dtype=bool)
+        step_s = hop / 16_000
     wall = time.perf_counter() - t0
     np.save(out.with_suffix(".npy"), np.stack([freq, conf, computed.astype(np.float32)]))
-    return {"wall_s": wall, "load_s": load, "audio_s": len(audio) / 16_000, "settings": settings,
+    return {"wall_s": wall, "load_s": load, "audio_s": len(audio) / 16_000, "settings": settings, "step_s": step_s,
             "frames_computed": int(computed.sum()), "peak_vram_mb": _peak_vram(device)}  # fmt: skip
 
 
@@ -215,6 +224,8 @@ def e2e(side: str, device: str, out: Path) -> dict:
             no_speech_threshold=None, word_timestamps=True, sample_len=SAMPLE_LEN, fp16=device == "cuda", verbose=None,
         )  # fmt: skip
         torchcrepe = import_torchcrepe()
+        if c["backend"] != "torchcrepe":  # the reference pitch is CREPE: tiny at 10 ms, as the CPU tier had it
+            c = {"model": "tiny", "step_size": 10, "batch_size": 512}
         torchcrepe.predict(torch.from_numpy(vocals16)[None], 16_000, 16_000 * c["step_size"] // 1000,
                            model=c["model"], batch_size=c["batch_size"], device=device)  # fmt: skip
         detail = {"segments": len(result["segments"])}

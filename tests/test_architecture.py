@@ -77,7 +77,7 @@ def test_a_registered_backend_is_in_the_plan_and_the_ladder(test_backends):
     assert {r.settings.backend for r in rungs} == {"test-flaky"}
     assert [r.settings.batch_size for r in rungs] == [512, 256, 128, 64]  # down to CREPE's floor
     unregistered = resolve(CPU_TARGET)
-    assert unregistered.components["crepe"].value("backend") == "torchcrepe"
+    assert unregistered.components["crepe"].value("backend") == "swiftf0"  # the no-GPU tier's own
 
 
 def test_the_cli_and_models_listing_pick_up_a_registered_backend(test_backends, vocals):

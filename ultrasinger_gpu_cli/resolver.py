@@ -243,6 +243,10 @@ def _plan_component(
     tier = gpu_tier if on_gpu else CPU_TIER
 
     b.set("backend", spec.default_backend, f"{spec.default_backend}, the default {spec.title} backend", "tier")
+    if tier.key in spec.tier_backends:
+        name, why = spec.tier_backends[tier.key]
+        if not spec.backend(name).missing_requirements():
+            b.set("backend", name, f"{tier.label} tier: {why}", "tier")
     for parameter, value in spec.tier_defaults[tier.key].items():
         reason = spec.tier_reason(parameter, value, tier) or tier.why
         b.set(parameter, value, f"{tier.label} tier: {reason}", "tier")
@@ -266,6 +270,7 @@ def _plan_component(
                 described = spec.parameter(parameter).describe(value)
                 b.set(parameter, value, f"{described} set by {_LABELS[source]}", source)
 
+    on_gpu = _apply_backend(b, override, flag) == "cuda"
     if not on_gpu and b.value("compute_type") == "float16":
         b.set("compute_type", "float32", "float16 was requested, but it does not run on the CPU", "hardware")
     if spec.hardware_limit is not None:
@@ -290,6 +295,42 @@ def _plan_component(
             )
     ordered = {p: b.settings[p] for p in spec.parameter_names}
     return ComponentPlan(component, ordered, estimate)
+
+
+def _apply_backend(b: _Builder, override: ParameterValues, flag: ParameterValues) -> str:
+    """What the chosen backend dictates: the devices it runs on, the models it runs (a model the
+    user named that it cannot run is refused), the settings it fixes. Returns the device."""
+    spec = b.spec
+    backend = str(b.value("backend"))
+    ref = spec.backends[backend]
+    if b.user_set("backend"):
+        spec.backend(backend).check_installed()  # refused now, with the install command
+    else:
+        # A tier's backend yields to the user's settings it cannot honour (a CREPE capacity or
+        # step size set by a flag): the component's default backend runs them.
+        wants = [p for p in ("model", "device", *ref.fixed) if b.user_set(p)]
+        clash = next((p for p in wants if (p == "model" and b.value(p) not in spec.models_of(backend))
+                      or (p == "device" and b.value(p) not in ref.devices)
+                      or (p in ref.fixed and b.value(p) != ref.fixed[p][0])), None)  # fmt: skip
+        if clash is not None and backend != spec.default_backend:
+            source = b.settings[clash].source
+            b.set("backend", spec.default_backend, f"{spec.default_backend}: the {clash} {b.value(clash)} set by "
+                  f"{_LABELS[source]} is not one {backend} runs", source)  # fmt: skip
+            backend, ref = spec.default_backend, spec.backends[spec.default_backend]
+    if b.value("device") not in ref.devices:
+        b.set("device", ref.devices[0], f"{backend} runs on the {ref.devices[0]} only", "hardware")
+    models = spec.models_of(backend)
+    if b.value("model") not in models:
+        if "model" in override or "model" in flag:
+            raise InvalidSettingError(f"the {backend} backend does not run the {spec.name} model {b.value('model')!r}; "
+                                      f"its models: {', '.join(models)}")  # fmt: skip
+        b.set("model", models[0], f"{backend} runs {'its own model' if len(models) == 1 else models[0]}", "tier")
+    for parameter, (value, why) in ref.fixed.items():
+        if b.user_set(parameter) and b.value(parameter) != value:
+            raise InvalidSettingError(f"the {backend} backend fixes the {spec.name} {parameter} at {value} ({why}); "
+                                      f"{b.value(parameter)} cannot be set with it")  # fmt: skip
+        b.set(parameter, value, f"{backend}: {why}", "hardware")
+    return str(b.value("device"))
 
 
 def _fit(b: _Builder, budget_mb: int, *, shrink: bool) -> tuple[int, str | None]:

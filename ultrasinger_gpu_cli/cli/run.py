@@ -46,6 +46,8 @@ def run(
     offline: OfflineParam = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Convert again a song whose folder already holds it (the same audio).")] = False,
     lyrics: Annotated[Optional[Path], typer.Option("--lyrics", help="The song's words (plain text, one sung line per line, or .lrc) instead of speech recognition; Whisper times them.", show_default=False)] = None,
+    whisper_backend: Annotated[Optional[str], typer.Option("--whisper-backend", help="Whisper backend for this run (ugpu models list shows them).", show_default=False)] = None,
+    pitch_backend: Annotated[Optional[str], typer.Option("--pitch-backend", help="Pitch backend for this run: swiftf0 or torchcrepe (ugpu models list shows them).", show_default=False)] = None,
     rap: Annotated[bool, typer.Option("--rap", help="Words with no stable pitch become rap notes (R); unvoiced syllables stay freestyle (F).")] = False,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
@@ -67,7 +69,8 @@ def run(
         raise InvalidSettingError(f"{lyrics}: no such lyrics file")
     rehearsed = rehearsal(rehearse_fault)
     store = open_store(ctx)
-    plan = plan_for(store, run_target(store, gpu), mode.value, vram_limit)
+    flags = {component: {"backend": name} for component, name in (("whisper", whisper_backend), ("crepe", pitch_backend)) if name}
+    plan = plan_for(store, run_target(store, gpu), mode.value, vram_limit, flags=flags or None)
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,

@@ -124,6 +124,17 @@ def _registered_backends(component: str) -> Callable[[], tuple[str, ...]]:
     return names
 
 
+def model_parameter(component: str, label: str, models: tuple[str, ...], **kwargs: Any) -> Parameter:
+    """The ``model`` parameter: the component's own models, and those its backends bring."""
+
+    def names() -> tuple[str, ...]:
+        from ultrasinger_gpu_cli.components import SPECS
+
+        return SPECS[component].all_models()
+
+    return Parameter("model", label, "choice", models, dynamic_choices=names, **kwargs)
+
+
 def common_parameters(component: str, *, max_batch: int) -> tuple[Parameter, ...]:
     """The parameters every component has, in display order (the backend's choices: the registry's)."""
     return (
@@ -170,10 +181,15 @@ class Backend:
 
 @dataclass
 class BackendRef:
-    """A registered backend: its name and the module that defines ``BACKEND`` (or the object)."""
+    """A registered backend: its name, the module that defines ``BACKEND`` (or the object), and
+    what planning must know without importing it: the models it runs (empty: the component's
+    own), the devices it runs on, and settings it fixes ({parameter: (value, why)})."""
 
     name: str
     source: str | Backend
+    models: tuple[str, ...] = ()
+    devices: tuple[str, ...] = DEVICES
+    fixed: Mapping[str, tuple[SettingValue, str]] = field(default_factory=dict)
 
     def load(self) -> Backend:
         if isinstance(self.source, Backend):
@@ -243,6 +259,7 @@ class ComponentSpec(Generic[S]):
     mode_chunk_parameter: str | None = None  # the parameter a mode's chunk length sets (Demucs)
     hardware_limit: Callable[[S], tuple[str, SettingValue, str] | None] | None = None  # (parameter, value, why)
     table_columns: tuple[tuple[str, str, str], ...] = ()  # the README's tier table: (header, parameter, format)
+    tier_backends: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # tier key -> (backend, why)
 
     # -- parameters -------------------------------------------------------------------------
     def parameter(self, name: str) -> Parameter:
@@ -268,6 +285,9 @@ class ComponentSpec(Generic[S]):
         if missing:
             raise InvalidSettingError(f"{self.name}: settings missing: {', '.join(sorted(missing))}")
         clean = {n: self.parameter(n).validate(values[n]) for n in names}
+        if "backend" in clean and "model" in clean and clean["model"] not in self.models_of(str(clean["backend"])):
+            raise InvalidSettingError(f"the {clean['backend']} backend does not run the {self.name} model "
+                                      f"{clean['model']!r}; its models: {', '.join(self.models_of(str(clean['backend'])))}")  # fmt: skip
         return self.settings_type(**clean)
 
     def defaults(self, **values: SettingValue) -> S:
@@ -279,9 +299,19 @@ class ComponentSpec(Generic[S]):
         return self.settings({**base, **values})
 
     # -- backends ---------------------------------------------------------------------------
-    def register(self, name: str, source: str | Backend) -> None:
-        """The one registration line of a backend."""
-        self.backends[name] = BackendRef(name, source)
+    def register(self, name: str, source: str | Backend, *, models: tuple[str, ...] = (),
+                 devices: tuple[str, ...] = DEVICES, fixed: Mapping[str, tuple[SettingValue, str]] | None = None) -> None:  # fmt: skip
+        """The one registration line of a backend (with what planning needs to know of it)."""
+        self.backends[name] = BackendRef(name, source, models, devices, dict(fixed or {}))
+
+    def models_of(self, backend: str) -> tuple[str, ...]:
+        """The models a backend runs: its own, else the component's."""
+        ref = self.backends.get(backend)
+        return (ref.models if ref and ref.models else self.parameter("model").choices)
+
+    def all_models(self) -> tuple[str, ...]:
+        own = self.parameter("model").choices
+        return own + tuple(m for ref in self.backends.values() for m in ref.models if m not in own)
 
     def backend_names(self) -> tuple[str, ...]:
         return tuple(self.backends)

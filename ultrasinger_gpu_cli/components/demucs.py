@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
-from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters
+from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters, model_parameter
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, DEMUCS_MAX_CHUNK, DEMUCS_MIN_CHUNK, DEMUCS_SAMPLE_RATE, Tier
 
 MODELS = ("htdemucs_ft", "htdemucs", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q")
@@ -69,7 +69,7 @@ DEMUCS: ComponentSpec[DemucsSettings] = ComponentSpec(
     title="Demucs",
     settings_type=DemucsSettings,
     parameters=(
-        Parameter("model", "demucs model", "choice", MODELS),
+        model_parameter("demucs", "demucs model", MODELS),
         Parameter("chunk_size", "chunk size", "int", low=DEMUCS_MIN_CHUNK, high=DEMUCS_MAX_CHUNK, unit="samples"),
         Parameter("overlap", "overlap", "float", low=0.0, high=0.9),
         *common_parameters("demucs", max_batch=256),

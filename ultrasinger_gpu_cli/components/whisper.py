@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
-from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters
+from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters, model_parameter
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
 
 MODELS = (
@@ -86,7 +86,7 @@ WHISPER: ComponentSpec[WhisperSettings] = ComponentSpec(
     title="Whisper",
     settings_type=WhisperSettings,
     parameters=(
-        Parameter("model", "whisper model", "choice", MODELS, aliases={"turbo": "large-v3-turbo"}),
+        model_parameter("whisper", "whisper model", MODELS, aliases={"turbo": "large-v3-turbo"}),
         *common_parameters("whisper", max_batch=256),
     ),
     api_keys=(("model", "model"), ("batch_size", "batch_size"), ("compute_type", "compute_type")),

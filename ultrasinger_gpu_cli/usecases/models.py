@@ -22,15 +22,13 @@ def model_statuses(store: Store, components: list[str] | None = None, *, model: 
     if (model is not None or backend is not None) and len(chosen) != 1:
         raise InvalidSettingError("--model and --backend name one component's: give exactly one, "
                                   "e.g. `ugpu models pull whisper --model medium`")  # fmt: skip
-    plan = plan_for(store, quick_target(store), mode)
+    given = {k: v for k, v in (("model", model), ("backend", backend)) if v is not None}
+    # The plan with the given model and backend as flags: a backend brings its own models.
+    plan = plan_for(store, quick_target(store), mode, flags={chosen[0]: given} if given else None)
     out = []
     for name in chosen:
         component = spec(name)
         settings = plan.components[name].values()
-        if model is not None:
-            settings["model"] = component.parameter("model").validate(model)
-        if backend is not None:
-            settings["backend"] = component.parameter("backend").validate(backend)
         chosen_backend = component.backend(str(settings["backend"]))
         status = chosen_backend.model_status(str(settings["model"]), models.models_dir(models_dir))
         out.append(replace(status, backend=chosen_backend.name))
