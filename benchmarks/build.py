@@ -60,6 +60,7 @@ def whisper_weights(root: Path, name: str) -> Path:
         model = Whisper(ModelDimensions(**dims))
         with torch.no_grad():  # random weights otherwise collapse onto special tokens
             model.decoder.token_embedding.weight[50257:] *= 0.05
+            model.decoder.positional_embedding.normal_(0.0, 0.02)  # torch.empty in whisper: garbage otherwise
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"dims": dims, "model_state_dict": model.half().state_dict()}, path)
     return path

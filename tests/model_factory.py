@@ -62,6 +62,10 @@ def build_whisper_checkpoint(path: Path, dims: dict | None = None, seed: int = 0
     model = Whisper(ModelDimensions(**dims))
     with torch.no_grad():  # keep random weights from collapsing onto special tokens: decode text
         model.decoder.token_embedding.weight[50257:] *= 0.05
+        # whisper allocates the decoder's positional embedding with torch.empty and leaves it to the
+        # checkpoint: without this, a random model's decoder computes on whatever memory held
+        # (sometimes 1e18, then NaN logits, depending on what ran before).
+        model.decoder.positional_embedding.normal_(0.0, 0.02)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": dims, "model_state_dict": model.state_dict()}, path)
     return path
