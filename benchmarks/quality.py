@@ -3,7 +3,7 @@
 * tempo: ``#BPM`` error against the true tempo (or its double or half) on drum patterns at
   72, 90, 120, 140 and 174 BPM, and where the grid's first beat falls against the true beats;
 * notes follow the voice: the share of written note time inside the sung notes, through the
-  real pipeline (CREPE tiny with its real weights) with Whisper-like word timings that run on
+  real pipeline (the no-GPU plan's pitch backend with its real weights) with Whisper-like word timings that run on
   into the silence around each note, on three melodies;
 * re-pitch: a hand-made chart through ``--timings``, diffed line by line with the output.
 
@@ -129,7 +129,11 @@ def main() -> int:
     os.environ.setdefault("UGPU_OFFLINE", "1")
     lines = ["### Chart quality (`make quality`, issue 11)", "", "Tempo and beat grid, 20 s drum patterns with a melody:", ""]
     lines += tempo_rows()
-    lines += ["", "Notes follow the voice (the real pipeline, CREPE tiny, word timings padded into the silence):", ""]
+    from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+
+    pitch = resolve(PlanTarget("CPU")).components["crepe"]
+    lines += ["", f"Notes follow the voice (the real pipeline, the no-GPU plan's pitch: {pitch.value('backend')} "
+              f"{pitch.value('model')}; word timings padded into the silence):", ""]
     lines += voice_rows(work)
     lines += ["", *repitch_rows(work)]
     print("\n".join(lines))

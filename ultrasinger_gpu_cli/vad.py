@@ -103,3 +103,12 @@ def frame_mask(regions: list[tuple[float, float]], n_frames: int, hop_s: float) 
     for start, end in regions:
         mask |= (times >= start) & (times <= end)
     return mask
+
+
+def frames_to_compute(audio: np.ndarray, sample_rate: int, n_frames: int, hop_s: float,
+                      regions: list[tuple[float, float]] | None = None, gate: bool = True) -> np.ndarray:  # fmt: skip
+    """The pitch frames a pitch backend computes: those inside ``regions`` (the word spans), else
+    inside the voice an energy gate finds; every frame with ``gate=False``."""
+    if not gate:
+        return np.ones(n_frames, dtype=bool)
+    return frame_mask(regions if regions is not None else voiced_regions(audio, sample_rate), n_frames, hop_s)

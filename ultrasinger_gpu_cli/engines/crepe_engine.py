@@ -24,7 +24,7 @@ from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.models import crepe_status, crepe_weights, damaged
-from ultrasinger_gpu_cli.vad import frame_mask, voiced_regions
+from ultrasinger_gpu_cli.vad import frames_to_compute
 
 SAMPLE_RATE = 16_000
 WINDOW = 1024
@@ -131,10 +131,7 @@ class CrepeEngine(Engine[CrepeSettings]):
         n_frames = 1 + len(audio) // hop
         duration = len(audio) / SAMPLE_RATE
         times = np.arange(n_frames) * hop / SAMPLE_RATE
-        if not gate:
-            mask = np.ones(n_frames, dtype=bool)
-        else:
-            mask = frame_mask(regions if regions is not None else voiced_regions(audio, SAMPLE_RATE), n_frames, hop / SAMPLE_RATE)
+        mask = frames_to_compute(audio, SAMPLE_RATE, n_frames, hop / SAMPLE_RATE, regions, gate)
         frequency = np.zeros(n_frames, dtype=np.float32)
         confidence = np.zeros(n_frames, dtype=np.float32)
         indices = np.flatnonzero(mask)

@@ -25,7 +25,7 @@ from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.engines.crepe_engine import PitchTrack
 from ultrasinger_gpu_cli.errors import ModelMissingError
 from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, recorded_sha256
-from ultrasinger_gpu_cli.vad import frame_mask, voiced_regions
+from ultrasinger_gpu_cli.vad import frames_to_compute
 
 SAMPLE_RATE = 16_000
 HOP = 256  # samples: a frame every 16 ms
@@ -88,11 +88,7 @@ class SwiftF0Engine(Engine[CrepeSettings]):
         times = np.arange(n_frames) * HOP / SAMPLE_RATE
         frequency = np.zeros(n_frames, dtype=np.float32)
         confidence = np.zeros(n_frames, dtype=np.float32)
-        if gate:
-            spans = regions if regions is not None else voiced_regions(audio, SAMPLE_RATE)
-            mask = frame_mask(spans, n_frames, HOP / SAMPLE_RATE)
-        else:
-            mask = np.ones(n_frames, dtype=bool)
+        mask = frames_to_compute(audio, SAMPLE_RATE, n_frames, HOP / SAMPLE_RATE, regions, gate)
         # Only the frames asked for are analysed, each stretch with CONTEXT_S of audio either side
         # (more than the model's receptive field), so they equal a whole-song analysis.
         stretches = _stretches(mask)
