@@ -96,9 +96,9 @@ def test_tempo_is_within_two_percent_and_the_grid_starts_at_a_beat(bpm, pattern)
     error = min(abs(tempo.bpm / bpm - r) / r for r in (0.5, 1.0, 2.0))
     assert error <= 0.02, (bpm, tempo.bpm)
     period = 60 / bpm
-    # The grid's first beat lies on one of the song's beats (within 40 ms).
+    # The grid's first beat lies on one of the song's beats (within 15 ms).
     phase = (tempo.first_beat_s - offset) % period
-    assert min(phase, period - phase) <= 0.04, (tempo.first_beat_s, offset, period)
+    assert min(phase, period - phase) <= 0.015, (tempo.first_beat_s, offset, period)
 
 
 def test_the_grid_multiple_keeps_the_shortest_note_and_gap_is_a_beat():

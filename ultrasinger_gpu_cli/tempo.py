@@ -2,9 +2,10 @@
 
 The onset envelope (spectral flux of the log spectrum) is computed a block of frames at a time,
 so memory stays bounded whatever the song's length; librosa's dynamic-programming beat tracker
-places the beats on it. Its tempo is quantised to whole envelope frames (about 120.2 or 117.5
-near 120 BPM); the beat period written is instead the least-squares slope of the tracked beat
+places the beats on it. Its tempo is quantised to whole envelope frames (123.05 or 117.45
+near 120 BPM at 43 frames a second); the beat period written is instead the least-squares slope of the tracked beat
 times against their index, which is precise to a fraction of a frame over a song's many beats.
+The grid's phase is then moved onto the attacks with a short-window envelope.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 DEFAULT_BPM = 120.0
 #: Frames whose spectra are computed at once: memory stays bounded whatever the song's length.
 BLOCK_FRAMES = 2048
-FRAME, HOP = 2048, 256
+FRAME, HOP = 2048, 512
+FINE_FRAME, FINE_HOP = 512, 64  # the attacks' envelope that places the grid's phase
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,23 @@ def detect_tempo(mono: np.ndarray, rate: int) -> Tempo:
     period = fine_period(times)
     if not np.isfinite(period) or period <= 0:
         return Tempo(DEFAULT_BPM)
-    return Tempo(round(60.0 / period, 2), float(times[0]), len(times))
+    return Tempo(round(60.0 / period, 2), _onset_phase(mono, rate, float(times[0]), period), len(times))
+
+
+def _onset_phase(mono: np.ndarray, rate: int, first_beat_s: float, period_s: float) -> float:
+    """The first beat moved onto the attacks: the tracker's envelope (2048-sample windows) sees an
+    attack 20-35 ms early; a short-window envelope (512 samples, 3 ms hops) finds each beat's
+    attack within 60 ms, and the grid moves by their median offset."""
+    fine = onset_flux(np.asarray(mono, dtype=np.float32), frame=FINE_FRAME, hop=FINE_HOP)
+    if len(fine) == 0:
+        return first_beat_s
+    times = ((np.arange(len(fine)) + 1) * FINE_HOP + FINE_FRAME / 2) / rate
+    offsets = []
+    for beat in np.arange(first_beat_s, len(mono) / rate - 0.1, period_s):
+        lo, hi = np.searchsorted(times, [beat - 0.06, beat + 0.06])
+        if hi > lo and fine[lo:hi].max() > 0:
+            offsets.append(times[lo + int(np.argmax(fine[lo:hi]))] - beat)
+    return first_beat_s + float(np.median(offsets)) if offsets else first_beat_s
 
 
 def detect_bpm(mono: np.ndarray, rate: int) -> float:
