@@ -31,7 +31,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[engines,whisper-ct2,test]'
+	$(BIN)/python -m pip install --quiet -e '.[engines,faster-whisper,test]'
 	@touch $@
 
 # ffmpeg decodes every input; install it where it is missing (Debian/Ubuntu).

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("demucs", "whisper", "crepe-tiny", "crepe-full", "pitch-swiftf0", "e2e")
+STAGES = ("demucs", "whisper", "whisper-faster", "crepe-tiny", "crepe-full", "pitch-swiftf0", "e2e")
 REFERENCE = {
     "demucs": "demucs `apply_model` over the full htdemucs_ft bag (4 models), vocals + instrumental",
     "whisper": "`whisper.transcribe()` with word timestamps on the vocals",
+    "whisper-faster": "ugpu's faster-whisper backend (CTranslate2, int8 on the CPU, the same random turbo weights "
+    "converted) against `whisper.transcribe()` with word timestamps",
     "crepe-tiny": "`torchcrepe.predict` (tiny) over the whole vocals, same step",
     "crepe-full": "`torchcrepe.predict` (full) over the whole vocals, same step",
     "pitch-swiftf0": "ugpu's swiftf0 backend (16 ms frames) against `torchcrepe.predict` (tiny, 10 ms) over the whole "

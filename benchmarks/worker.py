@@ -80,8 +80,18 @@ def _vocals16k() -> np.ndarray:
     return resample(song()[1], RATE, 16_000)
 
 
-def whisper(side: str, device: str, out: Path) -> dict:
-    settings = {**_plan(device)["whisper"], "model": "large-v3-turbo"}
+def whisper(side: str, device: str, out: Path, backend: str = "openai-whisper") -> dict:
+    """``whisper`` (ugpu's openai-whisper backend) or ``whisper-faster`` (its faster-whisper
+    backend, int8 on the CPU / float16 on CUDA, converted from the same random turbo weights)
+    against ``whisper.transcribe()``."""
+    settings = {**_plan(device)["whisper"], "model": "large-v3-turbo", "backend": backend}
+    if backend == "faster-whisper":
+        settings["compute_type"] = "int8" if device == "cpu" else "float16"
+        from ultrasinger_gpu_cli.engines.whisper_ct2 import convert
+
+        target = models_dir() / "faster-whisper" / "large-v3-turbo"
+        if not (target / "model.bin").exists():
+            convert(models_dir() / "whisper" / "large-v3-turbo.pt", target)
     audio = _vocals16k()
     root = models_dir()
     fp16 = device == "cuda"
@@ -268,6 +278,8 @@ def main() -> None:
         result = demucs(side, device, out)
     elif stage == "whisper":
         result = whisper(side, device, out)
+    elif stage == "whisper-faster":
+        result = whisper(side, device, out, "faster-whisper")
     else:
         result = crepe(side, device, out, stage.split("-", 1)[1])
     result["peak_rss_mb"] = peak_rss_mb()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +266,8 @@ def require_present(status: ModelStatus, fetch: str | None = None) -> None:
     missing = ", ".join(str(f.path) for f in status.files if not f.present)
     raise ModelMissingError(
         f"{status.engine} model {status.model!r} is not on this machine (looked in {status.location}: {missing})",
-        hint=fetch or f"on a machine with internet: `ugpu models pull {status.engine} --model {status.model}`"
+        hint=fetch or f"on a machine with internet: `ugpu models pull {status.engine}"
+        + (f" --backend {status.backend}" if status.backend else "") + f" --model {status.model}`"
         + ("" if status.location.startswith("models dir") else "; or point --models-dir / UGPU_MODELS at a folder that has it"),
     )
 
@@ -283,6 +285,18 @@ def check_structure(path: Path) -> str | None:
     are zip archives whose every member's CRC is checked; a bag's yaml must parse."""
     import zipfile
 
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"not readable JSON ({exc})"
+        return None
+    if path.name == "model.bin":  # a CTranslate2 model: a format version, then the spec's name
+        head = path.read_bytes()[:64]
+        name_length = int.from_bytes(head[4:6], "little") if len(head) >= 6 else 0
+        if len(head) < 6 or not 1 <= int.from_bytes(head[:4], "little") <= 100 or not head[6 : 6 + name_length].rstrip(b"\0").endswith(b"Spec"):
+            return "not a CTranslate2 model"
+        return None
     if path.suffix in (".yaml", ".yml"):
         try:
             _read_bag(path)

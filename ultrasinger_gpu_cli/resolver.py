@@ -271,7 +271,7 @@ def _plan_component(
                 b.set(parameter, value, f"{described} set by {_LABELS[source]}", source)
 
     on_gpu = _apply_backend(b, override, flag) == "cuda"
-    if not on_gpu and b.value("compute_type") == "float16":
+    if not on_gpu and b.value("compute_type") in ("float16", "int8_float16"):
         b.set("compute_type", "float32", "float16 was requested, but it does not run on the CPU", "hardware")
     if spec.hardware_limit is not None:
         limit = spec.hardware_limit(b.typed())
@@ -325,6 +325,16 @@ def _apply_backend(b: _Builder, override: ParameterValues, flag: ParameterValues
             raise InvalidSettingError(f"the {backend} backend does not run the {spec.name} model {b.value('model')!r}; "
                                       f"its models: {', '.join(models)}")  # fmt: skip
         b.set("model", models[0], f"{backend} runs {'its own model' if len(models) == 1 else models[0]}", "tier")
+    device = str(b.value("device"))
+    if device in ref.precision and not b.user_set("compute_type"):
+        value, why = ref.precision[device]
+        b.set("compute_type", value, f"{backend}: {why}", "tier")
+    elif b.value("compute_type") not in ref.compute_types:
+        if b.user_set("compute_type"):
+            raise InvalidSettingError(f"the {backend} backend does not run {b.value('compute_type')}; "
+                                      f"its compute types: {', '.join(ref.compute_types)}")  # fmt: skip
+        fallback = "float32" if device == "cpu" else "float16"
+        b.set("compute_type", fallback, f"{backend} runs {fallback} here", "hardware")
     for parameter, (value, why) in ref.fixed.items():
         if b.user_set(parameter) and b.value(parameter) != value:
             raise InvalidSettingError(f"the {backend} backend fixes the {spec.name} {parameter} at {value} ({why}); "

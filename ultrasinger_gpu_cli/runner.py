@@ -114,7 +114,8 @@ class StageRunner:
         backend = spec(component).backend(settings.backend)
         backend.check_installed()
         status = backend.model_status(settings.model, self.options.models_dir)
-        if not status.present and self.options.fetch_missing and backend.pull is not None and not offline():
+        if not status.present and self.options.fetch_missing and backend.pull is not None and (
+                backend.pull_offline or not offline()):  # fmt: skip
 
             def progress(done: int, total: int | None) -> None:
                 self.emit(ModelFetch(component, settings.model, done, total))

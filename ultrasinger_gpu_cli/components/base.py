@@ -29,7 +29,8 @@ SettingValue = Union[str, int, float]
 ParameterValues = dict[str, SettingValue]
 
 DEVICES = ("cuda", "cpu")
-COMPUTE_TYPES = ("float16", "float32")
+COMPUTE_TYPES = ("float16", "float32", "int8", "int8_float16")  # what any backend runs; each declares its own
+TORCH_COMPUTE_TYPES = ("float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class Backend:
     install: str = ""  # the command that installs them
     pull: Callable[..., list[Path]] | None = None  # (status, models_dir, progress); None: ships with the package
     ships_with: str = ""  # where the weights come from when pull is None
+    pull_offline: bool = False  # pull needs no network (it converts weights already here)
 
     def missing_requirements(self) -> tuple[str, ...]:
         return tuple(m for m in self.requires if importlib.util.find_spec(m) is None)
@@ -190,6 +192,8 @@ class BackendRef:
     models: tuple[str, ...] = ()
     devices: tuple[str, ...] = DEVICES
     fixed: Mapping[str, tuple[SettingValue, str]] = field(default_factory=dict)
+    compute_types: tuple[str, ...] = TORCH_COMPUTE_TYPES
+    precision: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # device -> (compute type, why)
 
     def load(self) -> Backend:
         if isinstance(self.source, Backend):
@@ -285,6 +289,10 @@ class ComponentSpec(Generic[S]):
         if missing:
             raise InvalidSettingError(f"{self.name}: settings missing: {', '.join(sorted(missing))}")
         clean = {n: self.parameter(n).validate(values[n]) for n in names}
+        ref = self.backends.get(str(clean.get("backend")))
+        if ref is not None and "compute_type" in clean and clean["compute_type"] not in ref.compute_types:
+            raise InvalidSettingError(f"the {ref.name} backend does not run {clean['compute_type']}; "
+                                      f"its compute types: {', '.join(ref.compute_types)}")  # fmt: skip
         if "backend" in clean and "model" in clean and clean["model"] not in self.models_of(str(clean["backend"])):
             raise InvalidSettingError(f"the {clean['backend']} backend does not run the {self.name} model "
                                       f"{clean['model']!r}; its models: {', '.join(self.models_of(str(clean['backend'])))}")  # fmt: skip
@@ -300,9 +308,12 @@ class ComponentSpec(Generic[S]):
 
     # -- backends ---------------------------------------------------------------------------
     def register(self, name: str, source: str | Backend, *, models: tuple[str, ...] = (),
-                 devices: tuple[str, ...] = DEVICES, fixed: Mapping[str, tuple[SettingValue, str]] | None = None) -> None:  # fmt: skip
+                 devices: tuple[str, ...] = DEVICES, fixed: Mapping[str, tuple[SettingValue, str]] | None = None,
+                 compute_types: tuple[str, ...] = TORCH_COMPUTE_TYPES,
+                 precision: Mapping[str, tuple[str, str]] | None = None) -> None:  # fmt: skip
         """The one registration line of a backend (with what planning needs to know of it)."""
-        self.backends[name] = BackendRef(name, source, models, devices, dict(fixed or {}))
+        self.backends[name] = BackendRef(name, source, models, devices, dict(fixed or {}), compute_types,
+                                         dict(precision or {}))  # fmt: skip
 
     def models_of(self, backend: str) -> tuple[str, ...]:
         """The models a backend runs: its own, else the component's."""

@@ -112,3 +112,7 @@ WHISPER: ComponentSpec[WhisperSettings] = ComponentSpec(
 
 # Backends: one line each. The first is the default.
 WHISPER.register("openai-whisper", "ultrasinger_gpu_cli.engines.whisper_engine")
+WHISPER.register("faster-whisper", "ultrasinger_gpu_cli.engines.faster_whisper_engine",
+                 compute_types=("int8", "float32", "float16", "int8_float16"),
+                 precision={"cpu": ("int8", "int8 on the CPU: CTranslate2's fastest there, a quarter of float32's memory"),
+                            "cuda": ("float16", "float16 on CUDA (int8_float16 fails on Blackwell with CUBLAS_STATUS_NOT_SUPPORTED)")})  # fmt: skip

@@ -1,0 +1,110 @@
+"""Whisper backends (issue 10): faster-whisper (CTranslate2) beside openai-whisper, planned with
+its compute type, its model converted offline from the openai-whisper checkpoint, the same tokens
+and words in float32 on the same weights and chunks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("faster_whisper")
+
+from tests.audio_factory import melody, write_wav  # noqa: E402
+from ultrasinger_gpu_cli import devices  # noqa: E402
+from ultrasinger_gpu_cli.cli import app  # noqa: E402
+from ultrasinger_gpu_cli.components import WHISPER  # noqa: E402
+from ultrasinger_gpu_cli.errors import InvalidSettingError  # noqa: E402
+from ultrasinger_gpu_cli.facts import GpuIdentity  # noqa: E402
+from ultrasinger_gpu_cli.resolver import PlanTarget, resolve  # noqa: E402
+
+RTX_5060_TI = PlanTarget("NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", GpuIdentity(0, "GPU-5060ti"), torch_can_run=True)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def _song() -> np.ndarray:
+    phrase = melody([(0.5 + 0.45 * k, 0.35, 60 + k % 5) for k in range(12)], 8.0, 16_000)
+    return np.concatenate([phrase, np.zeros(3 * 16_000, np.float32), phrase])
+
+
+@pytest.fixture
+def converted(env):
+    result = invoke("models", "pull", "whisper", "--backend", "faster-whisper", "--model", "tiny")
+    assert result.exit_code == 0, result.output
+    return env / "faster-whisper" / "tiny"
+
+
+def test_pull_converts_the_openai_checkpoint_and_verify_checks_it(converted):
+    assert (converted / "model.bin").is_file() and (converted / "tokenizer.json").is_file()
+    listed = json.loads(invoke("models", "list", "whisper", "--backend", "faster-whisper", "--model", "tiny", "--json").stdout)
+    assert listed["models"][0]["present"] and listed["models"][0]["backend"] == "faster-whisper"
+    verified = invoke("models", "verify", "whisper", "--backend", "faster-whisper", "--model", "tiny", "--json")
+    assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"], verified.output
+    (converted / "model.bin").write_bytes(b"\0" * 64)  # damaged
+    broken = invoke("models", "verify", "whisper", "--backend", "faster-whisper", "--model", "tiny")
+    assert broken.exit_code == 1 and "not a CTranslate2 model" in broken.stderr
+    again = invoke("models", "pull", "whisper", "--backend", "faster-whisper", "--model", "tiny", "--force")
+    assert again.exit_code == 0 and (converted / "model.bin").stat().st_size > 1000, again.output
+
+
+def test_float32_gives_the_openai_backends_tokens_and_words(converted, fast_whisper):
+    audio = _song()
+    runs = {}
+    for backend in ("openai-whisper", "faster-whisper"):
+        settings = WHISPER.defaults(backend=backend, model="tiny", compute_type="float32", batch_size=4)
+        engine = WHISPER.create(settings, converted.parent.parent, devices.DeviceBinding.cpu())
+        runs[backend] = engine.run(audio, language="en")
+    a, b = runs["openai-whisper"], runs["faster-whisper"]
+    assert a.chunks == b.chunks and len(a.segments) == len(b.segments) > 0
+    for x, y in zip(a.segments, b.segments):
+        assert x.text == y.text
+        assert [w.text for w in x.words] == [w.text for w in y.words]
+        assert np.allclose([w.start_s for w in x.words], [w.start_s for w in y.words], atol=0.021)
+
+
+def test_the_plan_gives_faster_whisper_its_compute_type_and_refuses_what_it_cannot_run():
+    cpu = resolve(PlanTarget("CPU: test"), flags={"whisper": {"backend": "faster-whisper"}}).components["whisper"]
+    assert cpu.value("compute_type") == "int8" and "int8 on the CPU" in cpu.settings["compute_type"].reason
+    gpu = resolve(RTX_5060_TI, flags={"whisper": {"backend": "faster-whisper"}}).components["whisper"]
+    assert (gpu.value("device"), gpu.value("compute_type")) == ("cuda", "float16")
+    with pytest.raises(InvalidSettingError, match="its compute types: float16, float32"):
+        resolve(PlanTarget("CPU: test"), flags={"whisper": {"compute_type": "int8"}})  # openai-whisper has no int8
+
+
+def test_ugpu_run_with_faster_whisper(converted, fast_whisper, tmp_path):
+    source = write_wav(tmp_path / "Band - Song.wav", _song()[None], 16_000)
+    result = invoke("run", str(source), "--no-separation", "--whisper-backend", "faster-whisper", "--language", "en",
+                    "-o", str(tmp_path / "out"), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)["songs"]
+    (stage,) = [s for s in report["stages"] if s["stage"] == "whisper"]
+    assert stage["backend"] == "faster-whisper" and stage["settings"]["compute_type"] == "int8"
+    assert Path(report["files"]["ultrastar"]).read_text(encoding="utf-8").endswith("E\n")
+
+
+def test_the_first_run_converts_offline_and_a_missing_checkpoint_names_both_pulls(env, fast_whisper, tmp_path, monkeypatch):
+    source = write_wav(tmp_path / "Band - Song.wav", _song()[None], 16_000)
+    args = ["run", str(source), "--no-separation", "--whisper-backend", "faster-whisper", "--language", "en"]
+    first = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a")])  # UGPU_OFFLINE=1: conversion is local
+    assert first.exit_code == 0, first.output
+    assert (env / "faster-whisper" / "small" / "model.bin").is_file()
+    monkeypatch.setenv("UGPU_MODELS", str(tmp_path / "empty"))
+    missing = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b")])
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
+    assert "converted from the openai-whisper checkpoint" in missing.stderr and "--backend faster-whisper" in missing.stderr
+
+
+def test_lyrics_with_faster_whisper_are_refused_with_the_way_out(converted, tmp_path):
+    source = write_wav(tmp_path / "Band - Song.wav", _song()[None], 16_000)
+    lyrics = tmp_path / "l.txt"
+    lyrics.write_text("la la la\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["run", str(source), "--no-separation", "--whisper-backend", "faster-whisper",
+                                      "--lyrics", str(lyrics), "--language", "en", "-o", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 1 and "cannot align lyrics" in result.stderr and "openai-whisper" in result.stderr
+    assert "Traceback" not in result.output

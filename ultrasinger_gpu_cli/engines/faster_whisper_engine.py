@@ -1,0 +1,251 @@
+"""Whisper on CTranslate2 (faster-whisper's engine): the same voiced chunks, batches and word
+timings as the openai-whisper backend, on a faster runtime with less memory.
+
+* The same chunks (the energy gate's voiced parts in windows of at most 30 s) and the same log-mel
+  features (whisper's own), so both backends see identical input; ``batch_size`` chunks are
+  encoded and decoded per call.
+* Greedy decoding with whisper's suppression rules (its non-speech tokens, no blank at the start)
+  and its temperature fallback on the chunks that fail its quality checks; in float32, on the
+  same weights, the tokens equal the openai-whisper backend's (a test checks it).
+* Word timings from CTranslate2's cross-attention alignment through faster-whisper's word logic.
+* Compute type from the plan: int8 on the CPU, float16 on CUDA.
+
+The model is a CTranslate2 folder under ``DIR/faster-whisper/<model>``; ``ugpu models pull``
+converts the openai-whisper checkpoint there (:mod:`.whisper_ct2`), offline.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ultrasinger_gpu_cli.components.base import Backend
+from ultrasinger_gpu_cli.engines.base import Progress, no_progress
+from ultrasinger_gpu_cli.errors import ModelMissingError
+from ultrasinger_gpu_cli.engines.whisper_engine import MAX_CHUNK_S, SAMPLE_RATE, Segment, Transcript, WhisperEngine
+from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
+from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint
+from ultrasinger_gpu_cli.vad import chunk_regions, voiced_regions
+from ultrasinger_gpu_cli.words import Word
+
+FOLDER = "faster-whisper"
+
+
+def faster_whisper_status(model: str, directory: Path | None) -> ModelStatus:
+    from ultrasinger_gpu_cli.engines.whisper_ct2 import FILES
+    from ultrasinger_gpu_cli.models import _cache_home
+
+    root = (directory or _cache_home()) / FOLDER / model
+    where = f"models dir {directory}" if directory is not None else "ugpu cache"
+    return ModelStatus("whisper", model, where, tuple(ModelFile(root / name) for name in FILES),
+                       "converted from the openai-whisper checkpoint", backend="faster-whisper")  # fmt: skip
+
+
+def pull_faster_whisper(status: ModelStatus, directory: Path | None = None, progress: object = None) -> list[Path]:
+    """Convert the openai-whisper checkpoint into the CTranslate2 folder, offline; where the
+    checkpoint is not here, fetch it first (online only)."""
+    from ultrasinger_gpu_cli.downloads import offline
+    from ultrasinger_gpu_cli.engines.whisper_ct2 import convert
+    from ultrasinger_gpu_cli.models import pull_whisper, whisper_status
+
+    source = whisper_status(status.model, directory)
+    if not source.present:
+        if offline():
+            raise ModelMissingError(f"faster-whisper's {status.model} is converted from the openai-whisper checkpoint, "
+                                    f"which is not here either ({source.files[0].path}), and ugpu is offline",
+                                    hint=f"on a machine with internet: ugpu models pull whisper --backend faster-whisper "
+                                         f"--model {status.model}")  # fmt: skip
+        pull_whisper(source, directory, progress)  # type: ignore[arg-type]
+    convert(whisper_checkpoint(status.model, directory), status.files[0].path.parent)
+    return [f.path for f in status.files]
+
+
+@dataclass
+class _Decoded:
+    tokens: list[int]
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+
+
+class FasterWhisperEngine(WhisperEngine):
+    """CTranslate2's Whisper on the openai-whisper backend's chunks (its decoding options too)."""
+
+    #: Aligning given text (``--lyrics``) is not written for CTranslate2 yet: the lyrics stage
+    #: refuses this backend with a clear message instead.
+    align = None  # type: ignore[assignment]
+
+    def load(self) -> None:
+        from faster_whisper import WhisperModel
+
+        status = faster_whisper_status(self.settings.model, self.models_dir)
+        require_present(status, fetch=f"ugpu models pull whisper --backend faster-whisper --model {self.settings.model}")
+        device = "cuda" if self.binding.is_cuda else "cpu"
+        folder = status.files[0].path.parent
+        try:
+            self._model = WhisperModel(str(folder), device=device,
+                                       device_index=(self.binding.ordinal or 0) if self.binding.is_cuda else 0,
+                                       compute_type=self.settings.compute_type, cpu_threads=_cores())  # fmt: skip
+        except LOAD_ERRORS as exc:
+            if fallback_worthy(exc):
+                raise
+            raise damaged(folder / "model.bin", "whisper", self.settings.model, exc) from exc
+
+    def run(
+        self,
+        audio: np.ndarray,
+        progress: Progress = no_progress,
+        *,
+        language: str | None = None,
+        chunks: list[tuple[float, float]] | None = None,
+    ) -> Transcript:
+        self.ensure_loaded()
+        audio = np.asarray(audio, dtype=np.float32)
+        duration = len(audio) / SAMPLE_RATE
+        if chunks is None:
+            chunks = chunk_regions(voiced_regions(audio, SAMPLE_RATE), audio, SAMPLE_RATE, MAX_CHUNK_S)
+        if not chunks:
+            progress(1.0, duration)
+            return Transcript(language, [], [])
+        segments: list[Segment] = []
+        last_speech = 0.0
+        batch_size = max(1, self.settings.batch_size)
+        for first in range(0, len(chunks), batch_size):
+            batch = chunks[first : first + batch_size]
+            features, frames = self._features(audio, batch)
+            if language is None:
+                language = self._language(features)
+            tokenizer = self._tokenizer(language)
+            decoded = self._generate(features, tokenizer)
+            keep = [i for i, d in enumerate(decoded) if not self._silent(d) and d.tokens]
+            words = self._words(features, frames, batch, decoded, keep, tokenizer, last_speech)
+            for i in keep:
+                seg_words, (start, end) = words.get(i, ([], batch[i]))
+                if seg_words:
+                    last_speech = seg_words[-1].end_s
+                segments.append(Segment(round(start, 3), round(end, 3), decoded[i].text.strip(), seg_words,
+                                        decoded[i].avg_logprob, decoded[i].no_speech_prob, 0.0))  # fmt: skip
+            done = min(len(chunks), first + batch_size)
+            progress(done / len(chunks), chunks[done - 1][1])
+        progress(1.0, duration)
+        return Transcript(language, segments, list(chunks))
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _features(self, audio: np.ndarray, batch: list[tuple[float, float]]):
+        import ctranslate2
+        import torch
+        import whisper
+
+        mels, frames = [], []
+        n_mels = self._model.feature_extractor.mel_filters.shape[0]
+        for start, end in batch:
+            piece = torch.from_numpy(audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
+            frames.append(min(3000, piece.shape[-1] // whisper.audio.HOP_LENGTH))
+            mels.append(whisper.log_mel_spectrogram(whisper.pad_or_trim(piece), n_mels).numpy())
+        mel = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(mels), dtype=np.float32))
+        return self._model.model.encode(mel, to_cpu=False), frames
+
+    def _language(self, features) -> str:
+        if not self._model.model.is_multilingual:
+            return "en"
+        totals: dict[str, float] = {}
+        for item in self._model.model.detect_language(features):
+            for token, p in item:
+                totals[token[2:-2]] = totals.get(token[2:-2], 0.0) + p
+        return max(totals, key=totals.get)
+
+    def _tokenizer(self, language: str):
+        from faster_whisper.tokenizer import Tokenizer
+
+        return Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual, task="transcribe", language=language)
+
+    def _suppress(self, tokenizer) -> list[int]:
+        """whisper's ``suppress_tokens="-1"``: its non-speech tokens and the task's specials."""
+        specials = [tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev, tokenizer.sot_lm]
+        return sorted({*tokenizer.non_speech_tokens, *specials, tokenizer.no_speech})
+
+    def _generate(self, features, tokenizer) -> list[_Decoded]:
+        import ctranslate2
+
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        # CTranslate2's Whisper decodes at most max_length / 2 tokens (448: whisper's 224); measured.
+        max_length = min(448, 2 * (self.sample_len or 224))
+        n = features.shape[0]
+        final: list[_Decoded | None] = [None] * n
+        pending = list(range(n))
+        for index, temperature in enumerate(self.temperatures):
+            subset = features if len(pending) == n else _select(features, pending)
+            options = {"beam_size": 1} if temperature == 0 else {"sampling_temperature": temperature, "sampling_topk": 0}
+            results = self._model.model.generate(subset, [prompt] * len(pending), max_length=max_length,
+                                                 suppress_blank=True, suppress_tokens=self._suppress(tokenizer),
+                                                 return_scores=True, return_no_speech_prob=True, **options)  # fmt: skip
+            retry = []
+            last = index == len(self.temperatures) - 1
+            for i, result in zip(pending, results):
+                tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+                text = tokenizer.decode(tokens)
+                raw = text.encode("utf-8")
+                decoded = _Decoded(tokens, text, float(result.scores[0]), float(result.no_speech_prob),
+                                   len(raw) / max(1, len(zlib.compress(raw))))  # fmt: skip
+                final[i] = decoded
+                if not last and self._retry(decoded):
+                    retry.append(i)
+            if not retry:
+                break
+            pending = retry
+        del ctranslate2
+        return [d for d in final if d is not None]
+
+    def _silent(self, d: _Decoded) -> bool:
+        return (self.no_speech_threshold is not None and d.no_speech_prob > self.no_speech_threshold
+                and (self.logprob_threshold is None or d.avg_logprob < self.logprob_threshold))  # fmt: skip
+
+    def _retry(self, d: _Decoded) -> bool:
+        if self._silent(d):
+            return False
+        if self.compression_ratio_threshold is not None and d.compression_ratio > self.compression_ratio_threshold:
+            return True
+        return self.logprob_threshold is not None and d.avg_logprob < self.logprob_threshold
+
+    def _words(self, features, frames, batch, decoded, keep, tokenizer, last_speech) -> dict[int, tuple[list[Word], tuple[float, float]]]:
+        if not keep:
+            return {}
+        subset = features if len(keep) == len(batch) else _select(features, keep)
+        segments = [[{"tokens": decoded[i].tokens, "seek": batch[i][0] * 100, "start": batch[i][0], "end": batch[i][1]}]
+                    for i in keep]  # fmt: skip
+        self._model.add_word_timestamps(segments, tokenizer, subset, [frames[i] for i in keep],
+                                        "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、", last_speech)  # fmt: skip
+        # (words, the segment's span as the word timing left it: whisper's rule)
+        return {i: ([Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"])) for w in seg[0]["words"]],
+                    (float(seg[0]["start"]), float(seg[0]["end"]))) for i, seg in zip(keep, segments)}  # fmt: skip
+
+
+def _cores() -> int:
+    """CTranslate2's CPU threads: the physical cores (its default of 4 oversubscribes small machines)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 4
+
+
+def _select(features, rows: list[int]):
+    """Rows of an encoder output (on its device)."""
+    import ctranslate2
+
+    array = np.asarray(features.to_device(ctranslate2.Device.cpu)) if features.device != "cpu" else np.asarray(features)
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(array[rows]))
+
+
+BACKEND = Backend(
+    name="faster-whisper",
+    engine=FasterWhisperEngine,
+    summary="Whisper on CTranslate2 (faster-whisper): int8 on the CPU, float16 on CUDA; the same chunks and words",
+    model_status=faster_whisper_status,
+    requires=("faster_whisper", "ctranslate2", "whisper"),
+    install="pip install faster-whisper",
+    pull=pull_faster_whisper,
+    pull_offline=True,
+)
