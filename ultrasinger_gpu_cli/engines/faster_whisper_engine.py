@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from ultrasinger_gpu_cli.components.base import Backend
-from ultrasinger_gpu_cli.engines.base import Progress, no_progress
 from ultrasinger_gpu_cli.errors import ModelMissingError
-from ultrasinger_gpu_cli.engines.whisper_engine import MAX_CHUNK_S, SAMPLE_RATE, Segment, Transcript, WhisperEngine
+from ultrasinger_gpu_cli.engines.whisper_engine import SAMPLE_RATE, Segment, WhisperEngine
 from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint
-from ultrasinger_gpu_cli.vad import chunk_regions, voiced_regions
 from ultrasinger_gpu_cli.words import Word
 
 FOLDER = "faster-whisper"
@@ -95,44 +93,23 @@ class FasterWhisperEngine(WhisperEngine):
                 raise
             raise damaged(folder / "model.bin", "whisper", self.settings.model, exc) from exc
 
-    def run(
-        self,
-        audio: np.ndarray,
-        progress: Progress = no_progress,
-        *,
-        language: str | None = None,
-        chunks: list[tuple[float, float]] | None = None,
-    ) -> Transcript:
-        self.ensure_loaded()
-        audio = np.asarray(audio, dtype=np.float32)
-        duration = len(audio) / SAMPLE_RATE
-        if chunks is None:
-            chunks = chunk_regions(voiced_regions(audio, SAMPLE_RATE), audio, SAMPLE_RATE, MAX_CHUNK_S)
-        if not chunks:
-            progress(1.0, duration)
-            return Transcript(language, [], [])
-        segments: list[Segment] = []
-        last_speech = 0.0
-        batch_size = max(1, self.settings.batch_size)
-        for first in range(0, len(chunks), batch_size):
-            batch = chunks[first : first + batch_size]
-            features, frames = self._features(audio, batch)
-            if language is None:
-                language = self._language(features)
-            tokenizer = self._tokenizer(language)
-            decoded = self._generate(features, tokenizer)
-            keep = [i for i, d in enumerate(decoded) if not self._silent(d) and d.tokens]
-            words = self._words(features, frames, batch, decoded, keep, tokenizer, last_speech)
-            for i in keep:
-                seg_words, (start, end) = words.get(i, ([], batch[i]))
-                if seg_words:
-                    last_speech = seg_words[-1].end_s
-                segments.append(Segment(round(start, 3), round(end, 3), decoded[i].text.strip(), seg_words,
-                                        decoded[i].avg_logprob, decoded[i].no_speech_prob, 0.0))  # fmt: skip
-            done = min(len(chunks), first + batch_size)
-            progress(done / len(chunks), chunks[done - 1][1])
-        progress(1.0, duration)
-        return Transcript(language, segments, list(chunks))
+    def _transcribe_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], language: str | None,
+                          last_speech: float) -> tuple[list[Segment], str, float]:  # fmt: skip
+        features, frames = self._features(audio, batch)
+        if language is None:
+            language = self._language(features)
+        tokenizer = self._tokenizer(language)
+        decoded = self._generate(features, tokenizer)
+        keep = [i for i, d in enumerate(decoded) if not self._silent(d) and d.tokens]
+        words = self._words(features, frames, batch, decoded, keep, tokenizer, last_speech)
+        found = []
+        for i in keep:
+            seg_words, (start, end) = words.get(i, ([], batch[i]))
+            if seg_words:
+                last_speech = seg_words[-1].end_s
+            found.append(Segment(round(start, 3), round(end, 3), decoded[i].text.strip(), seg_words,
+                                 decoded[i].avg_logprob, decoded[i].no_speech_prob, 0.0))  # fmt: skip
+        return found, language, last_speech
 
     # -- steps ------------------------------------------------------------------------------------
     def _features(self, audio: np.ndarray, batch: list[tuple[float, float]]):

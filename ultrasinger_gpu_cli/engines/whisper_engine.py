@@ -175,14 +175,8 @@ class WhisperEngine(Engine[WhisperSettings]):
         last_speech = 0.0
         for first in range(0, len(chunks), batch_size):
             batch = chunks[first : first + batch_size]
-            features, frames = self._encode(audio, batch)
-            if language is None:
-                language = self._detect_language(features)
-            results = self._decode(features, language)
-            for (start, end), n_frames, feats, (result, temperature) in zip(batch, frames, features, results):
-                segment, last_speech = self._align(result, temperature, feats, n_frames, start, end, language, last_speech)
-                if segment is not None:
-                    segments.append(segment)
+            found, language, last_speech = self._transcribe_batch(audio, batch, language, last_speech)
+            segments += found
             done = min(len(chunks), first + batch_size)
             progress(done / len(chunks), chunks[done - 1][1])
         progress(1.0, duration)
@@ -232,6 +226,22 @@ class WhisperEngine(Engine[WhisperSettings]):
         return language, out
 
     # -- steps ------------------------------------------------------------------------------------
+    def _transcribe_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], language: str | None,
+                          last_speech: float) -> tuple[list[Segment], str, float]:  # fmt: skip
+        """One batch of chunks: encoded once, decoded together, words aligned. Returns the
+        segments, the language (detected on the first batch when not given) and the end of the
+        last speech (whisper's word-timing rules use it)."""
+        features, frames = self._encode(audio, batch)
+        if language is None:
+            language = self._detect_language(features)
+        results = self._decode(features, language)
+        found = []
+        for (start, end), n_frames, feats, (result, temperature) in zip(batch, frames, features, results):
+            segment, last_speech = self._align(result, temperature, feats, n_frames, start, end, language, last_speech)
+            if segment is not None:
+                found.append(segment)
+        return found, language, last_speech
+
     def _encode(self, audio: np.ndarray, batch: list[tuple[float, float]]):
         import torch
         import whisper
