@@ -100,11 +100,18 @@ def test_the_first_run_converts_offline_and_a_missing_checkpoint_names_both_pull
     assert "converted from the openai-whisper checkpoint" in missing.stderr and "--backend faster-whisper" in missing.stderr
 
 
-def test_lyrics_with_faster_whisper_are_refused_with_the_way_out(converted, tmp_path):
+def test_lyrics_with_faster_whisper_every_word_once(converted, fast_whisper, tmp_path):
+    from ultrasinger_gpu_cli.notes import lyrics_text
+    from ultrasinger_gpu_cli.ultrastar import read_chart
+
     source = write_wav(tmp_path / "Band - Song.wav", _song()[None], 16_000)
     lyrics = tmp_path / "l.txt"
-    lyrics.write_text("la la la\n", encoding="utf-8")
-    result = CliRunner().invoke(app, ["run", str(source), "--no-separation", "--whisper-backend", "faster-whisper",
-                                      "--lyrics", str(lyrics), "--language", "en", "-o", str(tmp_path / "o")])  # fmt: skip
-    assert result.exit_code == 1 and "cannot align lyrics" in result.stderr and "openai-whisper" in result.stderr
-    assert "Traceback" not in result.output
+    text = "Hello, little star\nhow I wonder what you are\n\nUp above the world so high"
+    lyrics.write_text(text, encoding="utf-8")
+    result = invoke("run", str(source), "--no-separation", "--whisper-backend", "faster-whisper", "--lyrics", str(lyrics),
+                    "--language", "en", "-o", str(tmp_path / "o"), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)["songs"]
+    chart = read_chart(Path(report["files"]["ultrastar"]).read_text(encoding="utf-8"))
+    assert lyrics_text(chart.notes).split() == text.split()
+    assert [s["backend"] for s in report["stages"] if s["stage"] == "whisper"] == ["faster-whisper"]

@@ -215,8 +215,8 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
                  sample_rate: int) -> AlignedLyrics:  # fmt: skip
     """The lyrics timed on ``audio`` (mono, ``sample_rate``), one list of words per lyrics line."""
     if getattr(engine, "align", None) is None:
-        raise LyricsError(f"the {engine.settings.backend} backend cannot align lyrics yet",
-                          hint="use --whisper-backend openai-whisper with --lyrics")  # fmt: skip
+        raise LyricsError(f"the {engine.settings.backend} backend cannot align lyrics",
+                          hint="use --whisper-backend openai-whisper or faster-whisper with --lyrics")  # fmt: skip
     duration = len(audio) / sample_rate
     user = lyrics.words
     line_of = [i for i, line in enumerate(lyrics.lines) for _ in line.words]

@@ -24,6 +24,7 @@ import numpy as np
 
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.errors import ModelMissingError
+from ultrasinger_gpu_cli.engines.base import Progress, no_progress
 from ultrasinger_gpu_cli.engines.whisper_engine import SAMPLE_RATE, Segment, WhisperEngine
 from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint
@@ -73,10 +74,6 @@ class _Decoded:
 class FasterWhisperEngine(WhisperEngine):
     """CTranslate2's Whisper on the openai-whisper backend's chunks (its decoding options too)."""
 
-    #: Aligning given text (``--lyrics``) is not written for CTranslate2 yet: the lyrics stage
-    #: refuses this backend with a clear message instead.
-    align = None  # type: ignore[assignment]
-
     def load(self) -> None:
         from faster_whisper import WhisperModel
 
@@ -110,6 +107,41 @@ class FasterWhisperEngine(WhisperEngine):
             found.append(Segment(round(start, 3), round(end, 3), decoded[i].text.strip(), seg_words,
                                  decoded[i].avg_logprob, decoded[i].no_speech_prob, 0.0))  # fmt: skip
         return found, language, last_speech
+
+    def align(
+        self,
+        audio: np.ndarray,
+        windows: list[tuple[float, float]],
+        texts: list[str],
+        progress: Progress = no_progress,
+        *,
+        language: str | None = None,
+    ) -> tuple[str | None, list[list[tuple[str, float, float]]]]:
+        """Time given text on the audio (``--lyrics``): ``texts[k]`` in ``windows[k]``, by
+        CTranslate2's cross-attention alignment (no decoding), as the openai-whisper backend does."""
+        self.ensure_loaded()
+        audio = np.asarray(audio, dtype=np.float32)
+        out: list[list[tuple[str, float, float]]] = [[] for _ in windows]
+        todo = [k for k, text in enumerate(texts) if text.strip() and windows[k][1] > windows[k][0]]
+        batch_size = max(1, self.settings.batch_size)
+        last_speech = 0.0
+        for first in range(0, len(todo), batch_size):
+            rows = todo[first : first + batch_size]
+            batch = [windows[k] for k in rows]
+            features, frames = self._features(audio, batch)
+            if language is None:
+                language = self._language(features)
+            tokenizer = self._tokenizer(language)
+            given = [_Decoded(tokenizer.encode(" " + " ".join(texts[k].split()))[: self.max_align_tokens], texts[k],
+                              0.0, 0.0, 0.0) for k in rows]  # fmt: skip
+            words = self._words(features, frames, batch, given, list(range(len(rows))), tokenizer, last_speech)
+            for i, k in enumerate(rows):
+                timed, _span = words.get(i, ([], batch[i]))
+                out[k] = [(w.text, w.start_s, w.end_s) for w in timed]
+                last_speech = out[k][-1][2] if out[k] else last_speech
+            done = min(len(todo), first + batch_size)
+            progress(done / len(todo), windows[todo[done - 1]][1])
+        return language, out
 
     # -- steps ------------------------------------------------------------------------------------
     def _features(self, audio: np.ndarray, batch: list[tuple[float, float]]):
