@@ -24,7 +24,6 @@ import numpy as np
 
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.errors import ModelMissingError
-from ultrasinger_gpu_cli.engines.base import Progress, no_progress
 from ultrasinger_gpu_cli.engines.whisper_engine import SAMPLE_RATE, Segment, WhisperEngine
 from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint
@@ -108,40 +107,21 @@ class FasterWhisperEngine(WhisperEngine):
                                  decoded[i].avg_logprob, decoded[i].no_speech_prob, 0.0))  # fmt: skip
         return found, language, last_speech
 
-    def align(
-        self,
-        audio: np.ndarray,
-        windows: list[tuple[float, float]],
-        texts: list[str],
-        progress: Progress = no_progress,
-        *,
-        language: str | None = None,
-    ) -> tuple[str | None, list[list[tuple[str, float, float]]]]:
-        """Time given text on the audio (``--lyrics``): ``texts[k]`` in ``windows[k]``, by
-        CTranslate2's cross-attention alignment (no decoding), as the openai-whisper backend does."""
-        self.ensure_loaded()
-        audio = np.asarray(audio, dtype=np.float32)
-        out: list[list[tuple[str, float, float]]] = [[] for _ in windows]
-        todo = [k for k, text in enumerate(texts) if text.strip() and windows[k][1] > windows[k][0]]
-        batch_size = max(1, self.settings.batch_size)
-        last_speech = 0.0
-        for first in range(0, len(todo), batch_size):
-            rows = todo[first : first + batch_size]
-            batch = [windows[k] for k in rows]
-            features, frames = self._features(audio, batch)
-            if language is None:
-                language = self._language(features)
-            tokenizer = self._tokenizer(language)
-            given = [_Decoded(tokenizer.encode(" " + " ".join(texts[k].split()))[: self.max_align_tokens], texts[k],
-                              0.0, 0.0, 0.0) for k in rows]  # fmt: skip
-            words = self._words(features, frames, batch, given, list(range(len(rows))), tokenizer, last_speech)
-            for i, k in enumerate(rows):
-                timed, _span = words.get(i, ([], batch[i]))
-                out[k] = [(w.text, w.start_s, w.end_s) for w in timed]
-                last_speech = out[k][-1][2] if out[k] else last_speech
-            done = min(len(todo), first + batch_size)
-            progress(done / len(todo), windows[todo[done - 1]][1])
-        return language, out
+    def _align_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], texts: list[str], language: str | None,
+                     last_speech: float) -> tuple[list[list[tuple[str, float, float]]], str, float]:  # fmt: skip
+        """Given texts (``--lyrics``) timed by CTranslate2's cross-attention alignment, no decoding."""
+        features, frames = self._features(audio, batch)
+        if language is None:
+            language = self._language(features)
+        tokenizer = self._tokenizer(language)
+        given = [_Decoded(tokenizer.encode(" " + text)[: self.max_align_tokens], text, 0.0, 0.0, 0.0) for text in texts]
+        words = self._words(features, frames, batch, given, list(range(len(batch))), tokenizer, last_speech)
+        timed = []
+        for i in range(len(batch)):
+            found, _span = words.get(i, ([], batch[i]))
+            timed.append([(w.text, w.start_s, w.end_s) for w in found])
+            last_speech = found[-1].end_s if found else last_speech
+        return timed, language, last_speech
 
     # -- steps ------------------------------------------------------------------------------------
     def _features(self, audio: np.ndarray, batch: list[tuple[float, float]]):

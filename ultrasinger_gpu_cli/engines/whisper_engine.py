@@ -194,10 +194,6 @@ class WhisperEngine(Engine[WhisperSettings]):
         """Time given text on the audio: ``texts[k]`` in ``windows[k]`` (seconds, at most 30 s
         each), by whisper's own word alignment on the encoder features (no decoding). Returns the
         language and, per window, whisper's words as (text, start s, end s)."""
-        import torch
-        import whisper
-        from whisper.timing import add_word_timestamps
-
         self.ensure_loaded()
         audio = np.asarray(audio, dtype=np.float32)
         out: list[list[tuple[str, float, float]]] = [[] for _ in windows]
@@ -205,25 +201,40 @@ class WhisperEngine(Engine[WhisperSettings]):
         batch_size = max(1, self.settings.batch_size)
         last_speech = 0.0
         for first in range(0, len(todo), batch_size):
-            batch = todo[first : first + batch_size]
-            features, frames = self._encode(audio, [windows[k] for k in batch])
-            if language is None:
-                language = self._detect_language(features)
-            tokenizer = whisper.tokenizer.get_tokenizer(self._model.is_multilingual, num_languages=self._model.num_languages,
-                                                        language=language, task="transcribe")  # fmt: skip
-            for k, feats, n_frames in zip(batch, features, frames):
-                start, end = windows[k]
-                tokens = tokenizer.encode(" " + " ".join(texts[k].split()))[: self.max_align_tokens]
-                seg = {"seek": start * SAMPLE_RATE / whisper.audio.HOP_LENGTH, "start": start, "end": end,
-                       "tokens": tokens, "text": texts[k]}  # fmt: skip
-                with torch.inference_mode():
-                    add_word_timestamps(segments=[seg], model=_EncodedWhisper(self._model), tokenizer=tokenizer,
-                                        mel=feats, num_frames=n_frames, last_speech_timestamp=last_speech)  # fmt: skip
-                out[k] = [(w["word"], float(w["start"]), float(w["end"])) for w in seg.get("words", [])]
-                last_speech = out[k][-1][2] if out[k] else last_speech
+            rows = todo[first : first + batch_size]
+            timed, language, last_speech = self._align_batch(audio, [windows[k] for k in rows],
+                                                             [" ".join(texts[k].split()) for k in rows], language,
+                                                             last_speech)  # fmt: skip
+            for k, words in zip(rows, timed):
+                out[k] = words
             done = min(len(todo), first + batch_size)
             progress(done / len(todo), windows[todo[done - 1]][1])
         return language, out
+
+    def _align_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], texts: list[str], language: str | None,
+                     last_speech: float) -> tuple[list[list[tuple[str, float, float]]], str, float]:  # fmt: skip
+        """Given texts timed in one batch of windows: (words per window, language, last speech)."""
+        import torch
+        import whisper
+        from whisper.timing import add_word_timestamps
+
+        features, frames = self._encode(audio, batch)
+        if language is None:
+            language = self._detect_language(features)
+        tokenizer = whisper.tokenizer.get_tokenizer(self._model.is_multilingual, num_languages=self._model.num_languages,
+                                                    language=language, task="transcribe")  # fmt: skip
+        timed = []
+        for (start, end), text, feats, n_frames in zip(batch, texts, features, frames):
+            tokens = tokenizer.encode(" " + text)[: self.max_align_tokens]
+            seg = {"seek": start * SAMPLE_RATE / whisper.audio.HOP_LENGTH, "start": start, "end": end, "tokens": tokens,
+                   "text": text}  # fmt: skip
+            with torch.inference_mode():
+                add_word_timestamps(segments=[seg], model=_EncodedWhisper(self._model), tokenizer=tokenizer,
+                                    mel=feats, num_frames=n_frames, last_speech_timestamp=last_speech)  # fmt: skip
+            words = [(w["word"], float(w["start"]), float(w["end"])) for w in seg.get("words", [])]
+            last_speech = words[-1][2] if words else last_speech
+            timed.append(words)
+        return timed, language, last_speech
 
     # -- steps ------------------------------------------------------------------------------------
     def _transcribe_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], language: str | None,
