@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ultrasinger_gpu_cli.notes import build_song, rule_syllables, syllables
-from ultrasinger_gpu_cli.ultrastar import Note, Song, parse_ultrastar, safe_name, to_midi, to_ultrastar
+from ultrasinger_gpu_cli.ultrastar import Note, Song, read_chart, safe_name, to_midi, to_ultrastar
 from ultrasinger_gpu_cli.words import Word
 
 
@@ -78,7 +78,8 @@ def test_parse_round_trip_gives_the_times_back():
     words = [Word("hello", 1.0, 1.6), Word("world", 1.7, 2.5)]
     times, freq, conf = _track([(1.0, 2.5, 261.63)])
     song = build_song(words, times, freq, conf, tempo=120, title="T", artist="A")
-    headers, units = parse_ultrastar(to_ultrastar(song, audio="a.mp3"))
+    chart = read_chart(to_ultrastar(song, audio="a.mp3"))
+    headers, units = chart.headers, chart.words()
     assert float(headers["BPM"]) % 120 == 0 and [u.text for u in units] == ["hel", "lo", "world"]
     assert units[0].start_s == pytest.approx(1.0, abs=0.07) and units[-1].end_s == pytest.approx(2.5, abs=0.07)
     assert [u.word_end for u in units] == [False, True, True]

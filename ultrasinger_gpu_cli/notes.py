@@ -446,11 +446,6 @@ def _rap_words(voices: Sequence[SyllableVoice]) -> set[int]:
     return {w for w, stable in words.items() if sum(not s for s in stable) * 2 > len(stable)}
 
 
-def lyrics_of(song: Song) -> list[str]:
-    """The chart's words in order (``~`` continuations left out): what the singer reads."""
-    return lyrics_text(song.notes).split()
-
-
 def lyrics_text(notes: Sequence[Any]) -> str:
     """The sung text of notes: syllables joined, a ``~`` continuation adding only its word end."""
     return "".join(n.text if n.text.strip() != "~" else " " * n.text.endswith(" ") for n in notes)

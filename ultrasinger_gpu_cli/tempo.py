@@ -113,6 +113,3 @@ def _onset_phase(mono: np.ndarray, rate: int, first_beat_s: float, period_s: flo
             offsets.append(times[lo + int(np.argmax(fine[lo:hi]))] - beat)
     return first_beat_s + float(np.median(offsets)) if offsets else first_beat_s
 
-
-def detect_bpm(mono: np.ndarray, rate: int) -> float:
-    return detect_tempo(mono, rate).bpm

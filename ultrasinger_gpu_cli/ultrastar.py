@@ -209,12 +209,6 @@ def read_chart(text: str) -> Chart:
     return Chart(lines, headers, tuple(notes), bpm, gap)
 
 
-def parse_ultrastar(text: str) -> tuple[dict[str, str], list[Word]]:
-    """Headers and the notes' syllables with their times (for ``--timings``)."""
-    chart = read_chart(text)
-    return chart.headers, chart.words()
-
-
 def repitch(chart: Chart, midi: Sequence[int | None], *, audio: str, vocals: str | None = None,
             instrumental: str | None = None, version: str | None = None) -> str:  # fmt: skip
     """The chart with new pitches and nothing else changed: every note's type, start, length

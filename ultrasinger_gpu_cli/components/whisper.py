@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
+from ultrasinger_gpu_cli.components.base import ComponentSpec, Precision, SettingValue, StageIO
 from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters, model_parameter
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
 

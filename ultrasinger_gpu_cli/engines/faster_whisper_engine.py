@@ -158,8 +158,6 @@ class FasterWhisperEngine(WhisperEngine):
         return sorted({*tokenizer.non_speech_tokens, *specials, tokenizer.no_speech})
 
     def _generate(self, features, tokenizer) -> list[_Decoded]:
-        import ctranslate2
-
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         # CTranslate2's Whisper decodes at most max_length / 2 tokens (448: whisper's 224); measured.
         max_length = min(448, 2 * (self.sample_len or 224))
@@ -186,7 +184,6 @@ class FasterWhisperEngine(WhisperEngine):
             if not retry:
                 break
             pending = retry
-        del ctranslate2
         return [d for d in final if d is not None]
 
     def _silent(self, d: _Decoded) -> bool:

@@ -124,7 +124,6 @@ def convert(checkpoint: Path, target: Path, quantization: str | None = None) -> 
     temporary folder and renamed: a half-converted model is never left there). The weights are
     stored in the checkpoint's own precision (float16 for whisper's releases: nothing is lost, and
     the file is half the size), unless ``quantization`` says otherwise."""
-    import ctranslate2
     import torch
     import whisper
     from ctranslate2.specs import whisper_spec
@@ -173,7 +172,6 @@ def convert(checkpoint: Path, target: Path, quantization: str | None = None) -> 
         spec.save(str(work))
         (work / "tokenizer.json").write_text(tokenizer_json(multilingual, model.num_languages), encoding="utf-8")
         (work / "preprocessor_config.json").write_text(json.dumps({"feature_size": dims.n_mels, "n_mels": dims.n_mels}))
-        del torch, ctranslate2
         if target.exists():
             shutil.rmtree(target)
         work.rename(target)
