@@ -12,13 +12,14 @@ SONG ?=
 MODE ?= balanced
 OUT ?= karaoke
 
-.PHONY: help install test run bench quality gpu-wheels gpu-check completions clean ffmpeg
+.PHONY: help install test run bench quality gpu-wheels gpu-check completions clean ffmpeg browser serve
 
 help:
 	@echo "make run SONG=path/to/song.mp3 [MODE=aggressive] [OUT=karaoke]"
 	@echo "                  create .venv on first use, install, convert the song"
 	@echo "make test         create .venv, install, run the test suite"
 	@echo "make install      create .venv and install ugpu with the engines and test extras"
+	@echo "make serve        create .venv on first use, install, start the server and its page on http://127.0.0.1:8765/"
 	@echo "make bench        benchmarks against the reference pipeline (DEVICE=cuda on a GPU)"
 	@echo "make quality      chart quality on synthesised songs: tempo error, notes inside the voice, re-pitch diff"
 	@echo "make gpu-wheels   the wheels a lent GPU machine lacks, in .whl/ (for Python 3.12), with their size"
@@ -31,7 +32,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[engines,faster-whisper,test]'
+	$(BIN)/python -m pip install --quiet -e '.[engines,faster-whisper,tensorflow,server,test]'
 	@touch $@
 
 # ffmpeg decodes every input; install it where it is missing (Debian/Ubuntu).
@@ -42,10 +43,21 @@ ffmpeg:
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
 	  else echo "ffmpeg is missing: install it (brew install ffmpeg, winget install ffmpeg)" >&2; exit 1; fi; }
 
+# Headless Chromium and its driver: the browser test of `ugpu serve`'s page (Debian/Ubuntu).
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	  else echo "chromium and chromedriver are missing: the browser test will be skipped" >&2; fi; }
+
 install: $(VENV)/.installed
 
-test: ffmpeg $(VENV)/.installed
+test: ffmpeg browser $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+serve: ffmpeg $(VENV)/.installed
+	$(BIN)/ugpu serve
 
 run: ffmpeg $(VENV)/.installed
 	@test -n "$(SONG)" || { echo 'usage: make run SONG=path/to/song.mp3 [MODE=aggressive] [OUT=karaoke]' >&2; exit 2; }

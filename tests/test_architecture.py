@@ -247,3 +247,23 @@ def test_every_real_gpu_binds_to_the_cuda_device_with_its_uuid():  # pragma: no 
         binding = bind(gpu.identity)
         assert normalise_uuid(str(torch.cuda.get_device_properties(binding.ordinal).uuid)) == normalise_uuid(gpu.uuid)
         assert binding.nvml_index == gpu.index and binding.name == f"cuda:{binding.ordinal}"
+
+
+def test_core_modules_import_neither_typer_rich_nor_a_web_framework():
+    """Library first, edges last: only the CLI (cli/, render.py) and the server (server/) may
+    import Typer, rich or FastAPI/Starlette/uvicorn; the use cases and the core never do."""
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "ultrasinger_gpu_cli"
+    edges = {package / "cli", package / "server", package / "render.py"}
+    banned = ("typer", "rich", "fastapi", "starlette", "uvicorn", "click")
+    offenders = []
+    for path in package.rglob("*.py"):
+        if any(path == edge or edge in path.parents for edge in edges):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            offenders += [f"{path.relative_to(package)}: {n}" for n in names if n.split(".")[0] in banned]
+    assert offenders == []
+    assert (package / "usecases" / "jobs.py").is_file()  # the server's use cases live in the core

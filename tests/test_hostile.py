@@ -179,8 +179,8 @@ def test_damaged_model_files_give_one_line_naming_the_file_and_the_fix(broken_mo
     for args in (["whisper", str(audio), "--model", "small"], ["run", str(audio), "-o", str(tmp_path / "o")]):
         result = ugpu(*args, env=models)
         assert_clean_failure(result, 1, str(broken_models / "whisper" / "small.pt"), "damaged",
-                             "ugpu models pull whisper --model small --force")  # fmt: skip
-    verify = ugpu("models", "verify", "whisper", "--model", "small", env=models)
+                             "ugpu models pull whisper --backend openai-whisper --model small --force")  # fmt: skip
+    verify = ugpu("models", "verify", "whisper", "--backend", "openai-whisper", "--model", "small", env=models)
     assert_clean_failure(verify, 1, "small.pt", "does not match the published release")
     (broken_models / "demucs" / "htdemucs_ft.yaml").write_text("models: [unclosed\nweights: {")
     for args in (["run", str(audio), "-o", str(tmp_path / "o2")], ["models", "verify"], ["demucs", str(audio)]):
@@ -377,6 +377,7 @@ def test_a_fresh_machine_converts_a_song_fetching_every_missing_weight(mirror, f
     result = CliRunner().invoke(app, ["run", str(song_file), "--language", "en", "-o", str(tmp_path / "o"), "--json"])
     assert result.exit_code == 0, result.output
     assert result.stderr.count("downloading it once") == 2 and result.stderr.count("checksum checked") == 2
+    assert "whisper small: downloaded, checksum checked, then converted" in result.stderr  # for faster-whisper
     hub = Path(os.environ["HOME"]) / ".cache" / "torch" / "hub" / "checkpoints"
     assert [p.name.split("-")[0] for p in hub.glob("*.th")] == ["04573f0d"]  # only the vocals model of the bag
     report = json.loads(result.stdout)["songs"][0]

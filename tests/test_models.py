@@ -151,6 +151,12 @@ def test_models_pull_command_fills_a_models_dir(tmp_path, models_dir, monkeypatc
     mirror.mkdir(parents=True)
     (mirror / "tiny.pt").write_bytes(checkpoint.read_bytes())
     monkeypatch.setitem(whisper._MODELS, "tiny", (mirror / "tiny.pt").as_uri())
-    result = CliRunner().invoke(app, ["models", "pull", "whisper", "--model", "tiny", "--models-dir", str(tmp_path / "usb")])
+    usb = ["--models-dir", str(tmp_path / "usb")]
+    offline = CliRunner().invoke(app, ["models", "pull", "whisper", "--model", "tiny", *usb])  # the CPU plans faster-whisper
+    assert offline.exit_code == 1 and "ugpu is offline" in offline.stderr and "not here either" in offline.stderr
+    result = CliRunner().invoke(app, ["models", "pull", "whisper", "--backend", "openai-whisper", "--model", "tiny", *usb])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "usb" / "whisper" / "tiny.pt").is_file() and "downloaded" in result.stderr
+    converted = CliRunner().invoke(app, ["models", "pull", "whisper", "--model", "tiny", *usb])  # from the checkpoint: offline
+    assert converted.exit_code == 0, converted.output
+    assert (tmp_path / "usb" / "faster-whisper" / "tiny" / "model.bin").is_file()

@@ -163,11 +163,12 @@ def test_ladder_from_cuda_halves_then_moves_to_the_cpu_and_fatal_errors_go_strai
 
 
 def test_several_songs_load_each_model_once_and_bad_ones_do_not_stop_the_others(env, fast_whisper, tmp_path, monkeypatch):
-    import whisper
+    from ultrasinger_gpu_cli.engines.faster_whisper_engine import FasterWhisperEngine
+    from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
 
     loads = []
-    real = whisper.load_model
-    monkeypatch.setattr(whisper, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    for engine in (WhisperEngine, FasterWhisperEngine):  # whichever backend the plan runs
+        monkeypatch.setattr(engine, "load", lambda self, real=engine.load: loads.append(type(self)) or real(self))
     one = write_wav(tmp_path / "One - A.wav", song(8.0), 44_100)
     two = write_wav(tmp_path / "Two - B.wav", song(9.0), 44_100)
     bad = tmp_path / "Bad - C.mp3"

@@ -63,7 +63,7 @@ def test_swiftf0_gates_like_crepe_outside_the_regions():
     assert not track.computed[track.times > 1.8].any() and (track.frequency[track.times > 1.8] == 0).all()
 
 
-@pytest.mark.parametrize("backend", ["swiftf0", "torchcrepe"])
+@pytest.mark.parametrize("backend", ["swiftf0", "torchcrepe", "tensorflow"])
 def test_known_melody_through_the_pipeline_with_each_pitch_backend(env, tmp_path, backend):
     vocals, timings = _known_melody(tmp_path)
     args = ["run", str(vocals), "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"), "--json"]

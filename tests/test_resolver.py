@@ -65,7 +65,7 @@ def test_cpu_cells_are_cpu_appropriate(mode):
     assert plan.tier.key == "cpu" and plan.vram_budget_mb is None
     values = {c: p.values() for c, p in plan.components.items()}
     assert {v["device"] for v in values.values()} == {"cpu"}
-    assert values["whisper"]["compute_type"] == "float32"
+    assert values["whisper"]["compute_type"] == "int8" and values["whisper"]["backend"] == "faster-whisper"
     assert values["whisper"]["model"] in ("tiny", "base", "small")
     assert values["crepe"]["model"] == "tiny" or values["crepe"]["step_size"] >= 10
 

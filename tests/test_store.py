@@ -179,6 +179,7 @@ def test_migration_keeps_old_cpu_overrides_and_crepe_model(tmp_path):
     conn = store._conn
     conn.execute("PRAGMA user_version = 3")
     conn.execute("DROP INDEX idx_component_config_target")
+    conn.execute("DROP TABLE jobs")
     for table, column in (("component_config", "target"), ("fallback_events", "device"), ("fallback_events", "gpu_id"),
                           ("fallback_events", "gpu_index"), ("runs", "kind"), ("performance_log", "backend"),
                           ("performance_log", "skipped"), ("runs", "pid_started")):

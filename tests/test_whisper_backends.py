@@ -72,9 +72,52 @@ def test_the_plan_gives_faster_whisper_its_compute_type_and_refuses_what_it_cann
     cpu = resolve(PlanTarget("CPU: test"), flags={"whisper": {"backend": "faster-whisper"}}).components["whisper"]
     assert cpu.value("compute_type") == "int8" and "int8 on the CPU" in cpu.settings["compute_type"].reason
     gpu = resolve(RTX_5060_TI, flags={"whisper": {"backend": "faster-whisper"}}).components["whisper"]
-    assert (gpu.value("device"), gpu.value("compute_type")) == ("cuda", "float16")
+    assert (gpu.value("device"), gpu.value("compute_type")) == ("cuda", "int8_float16")
+    assert "CUBLAS_STATUS_NOT_SUPPORTED" in gpu.settings["compute_type"].reason
+    pascal = PlanTarget("Tesla P40", 24576, "6.1", GpuIdentity(0, "GPU-p40"), torch_can_run=True)
+    old_card = resolve(pascal, flags={"whisper": {"backend": "faster-whisper"}}).components["whisper"]
+    assert old_card.value("compute_type") == "int8" and "sm_61" in old_card.settings["compute_type"].reason
+    # int8 weights: the estimate counts one byte per weight.
+    fp16 = resolve(RTX_5060_TI, flags={"whisper": {"backend": "faster-whisper", "compute_type": "float16"}})
+    assert gpu.estimated_vram_mb < fp16.components["whisper"].estimated_vram_mb
     with pytest.raises(InvalidSettingError, match="its compute types: float16, float32"):
-        resolve(PlanTarget("CPU: test"), flags={"whisper": {"compute_type": "int8"}})  # openai-whisper has no int8
+        resolve(PlanTarget("CPU: test"), flags={"whisper": {"backend": "openai-whisper", "compute_type": "int8"}})
+
+
+def test_cublas_refusing_int8_steps_to_float16_on_the_gpu_then_halves_in_float16():
+    from ultrasinger_gpu_cli.fallback import ladder, run_with_fallback
+
+    plan = WHISPER.defaults(backend="faster-whisper", compute_type="int8_float16", batch_size=8).but(device="cuda")
+    cpu = WHISPER.defaults(backend="faster-whisper", compute_type="int8", batch_size=4)
+    rungs = ladder("whisper", plan, cpu)
+    assert [r.label for r in rungs[:3]] == ["cuda batch 8 int8_float16", "cuda batch 8 float16", "cuda batch 4 int8_float16"]
+    tried, events = [], []
+
+    def attempt(settings):
+        tried.append((settings.compute_type, settings.batch_size, settings.device))
+        if settings.compute_type == "int8_float16":
+            raise RuntimeError("cuBLAS failed with status CUBLAS_STATUS_NOT_SUPPORTED")
+        if settings.batch_size > 4 and settings.device == "cuda":
+            raise RuntimeError("CUDA failed with error out of memory")
+        return "words"
+
+    result, used = run_with_fallback("whisper", rungs, attempt, on_event=events.append)
+    assert result == "words" and (used.compute_type, used.batch_size, used.device) == ("float16", 4, "cuda")
+    assert tried == [("int8_float16", 8, "cuda"), ("float16", 8, "cuda"), ("float16", 4, "cuda")]
+    assert [(e.from_setting, e.to_setting) for e in events] == [
+        ("cuda batch 8 int8_float16", "cuda batch 8 float16"), ("cuda batch 8 float16", "cuda batch 4")]
+    assert "CUBLAS_STATUS_NOT_SUPPORTED" in events[0].reason
+    # Out of memory never takes the precision step (float16 needs more memory, not less).
+    tried.clear()
+
+    def oom_then_ok(settings):
+        tried.append((settings.compute_type, settings.batch_size))
+        if settings.batch_size > 4:
+            raise RuntimeError("CUDA failed with error out of memory")
+        return "words"
+
+    run_with_fallback("whisper", ladder("whisper", plan, cpu), oom_then_ok)
+    assert tried == [("int8_float16", 8), ("int8_float16", 4)]
 
 
 def test_ugpu_run_with_faster_whisper(converted, fast_whisper, tmp_path):

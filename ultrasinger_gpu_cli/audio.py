@@ -100,6 +100,21 @@ def _ffmpeg_reason(stderr: str) -> str:
     return lines[-1] if lines else "ffmpeg could not decode it"
 
 
+def probe(path: Path) -> None:
+    """Refuse a file ffmpeg cannot decode an audio track from (it decodes the first half second),
+    naming the file and why; cheap enough to run on every upload."""
+    check_input(path)
+    ffmpeg = ffmpeg_path()
+    if ffmpeg is None:
+        decode(path)  # soundfile's formats only; refuses the rest with the install hint
+        return
+    result = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-protocol_whitelist", "file", "-i", str(path),
+                             "-map", "0:a:0", "-t", "0.5", "-f", "null", "-"], capture_output=True, text=True,
+                            errors="replace", timeout=60)  # fmt: skip
+    if result.returncode != 0:
+        raise AudioError(f"{path.name}: {_ffmpeg_reason(result.stderr)}", hint="upload an audio or video file")
+
+
 def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channels: int = 2) -> Audio:
     """Decode any file ffmpeg reads (mp3, m4a, ogg, opus, flac, wav, a video's audio track)."""
     path = Path(path)

@@ -146,13 +146,15 @@ class SongFailed(SongEvent):
 
 @dataclass(frozen=True)
 class ModelFetch:
-    """Missing weights being downloaded on first use: how far (bytes), out of how much."""
+    """Missing weights being downloaded (or converted, offline) on first use: how far (bytes),
+    out of how much."""
 
     component: str
     model: str
     done_bytes: int
     total_bytes: int | None
     finished: bool = False
+    converted: bool = False  # made from weights already here (no download, no published checksum)
 
 
 Event = Union[ModelFetch, SongStarted, StageStarted, StageProgress, StageFinished, FallbackEvent, Notice, SongFinished, SongFailed]

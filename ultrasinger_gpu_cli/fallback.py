@@ -25,14 +25,20 @@ T = TypeVar("T")
 S = TypeVar("S", bound=StageSettings)
 
 
+#: Compute types that use cuBLAS's int8 GEMMs, and what to run where cuBLAS refuses them.
+INT8_ON_CUDA = {"int8_float16": "float16", "int8": "float16", "int8_float32": "float32"}
+
+
 @dataclass(frozen=True)
 class Rung(Generic[S]):
     settings: S
     why: str
+    unsupported_only: bool = False  # taken only when the GPU refuses the compute type, never on out of memory
 
     @property
     def label(self) -> str:
-        return self.settings.label
+        named = self.settings.device == "cuda" and (self.settings.compute_type in INT8_ON_CUDA or self.unsupported_only)
+        return f"{self.settings.label} {self.settings.compute_type}" if named else self.settings.label
 
 
 class StageFailed(EngineError):
@@ -40,8 +46,14 @@ class StageFailed(EngineError):
 
 
 def ladder(stage: str, plan_settings: S, cpu_settings: S) -> list[Rung[S]]:
-    """The plan's settings, the batch halved down to the stage's floor, then (from CUDA) the CPU."""
+    """The plan's settings, the batch halved down to the stage's floor, then (from CUDA) the CPU.
+    A plan with int8 on CUDA has a precision step first, taken only where cuBLAS refuses int8
+    (``CUBLAS_STATUS_NOT_SUPPORTED``, seen on Blackwell): the same batch in float16."""
     rungs = [Rung(plan_settings, "the plan")]
+    if plan_settings.device == "cuda" and plan_settings.compute_type in INT8_ON_CUDA:
+        wider = INT8_ON_CUDA[plan_settings.compute_type]
+        rungs.append(Rung(plan_settings.but(compute_type=wider),
+                          f"{wider} if cuBLAS refuses {plan_settings.compute_type} (CUBLAS_STATUS_NOT_SUPPORTED)", True))  # fmt: skip
     batch, floor = plan_settings.batch_size, spec(stage).fallback_floor
     while batch > floor:  # on the CPU too: host RAM can run out as well
         batch = max(floor, batch // 2)
@@ -60,6 +72,11 @@ def is_oom(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         pass
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def is_int8_unsupported(exc: BaseException) -> bool:
+    """cuBLAS refused an int8 GEMM on this card: float16 still runs."""
+    return "cublas_status_not_supported" in str(exc).lower()
 
 
 def is_gpu_fatal(exc: BaseException) -> bool:
@@ -110,11 +127,17 @@ def run_with_fallback(
                     hint="run again without --no-fallback, or with --mode conservative / a lower --vram-limit",
                 ) from exc
             free_memory()
-            if fatal:  # no batch size fixes this: straight to the CPU rung
-                nxt = next((i for i in range(index + 1, len(rungs)) if rungs[i].settings.device == "cpu"
-                            and rung.settings.device != "cpu"), None)  # fmt: skip
+            later = range(index + 1, len(rungs))
+            step = next((i for i in later if rungs[i].unsupported_only), None) if is_int8_unsupported(exc) else None
+            if step is not None:  # the precision step; the batch rungs after it run its compute type too
+                wider = rungs[step].settings.compute_type
+                rungs = rungs[: step + 1] + [Rung(r.settings.but(compute_type=wider), r.why)
+                                             if r.settings.device == "cuda" else r for r in rungs[step + 1 :]]  # fmt: skip
+                nxt: int | None = step
+            elif fatal:  # no batch size fixes this: straight to the CPU rung
+                nxt = next((i for i in later if rungs[i].settings.device == "cpu" and rung.settings.device != "cpu"), None)
             else:
-                nxt = index + 1 if index + 1 < len(rungs) else None
+                nxt = next((i for i in later if not rungs[i].unsupported_only), None)
             if nxt is None:
                 raise StageFailed(f"{stage} failed on every rung of its fallback ladder: {reason}") from exc
             on_event(FallbackEvent(stage, rung.label, rungs[nxt].label, reason, song, rung.settings.device))

@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 
-from ultrasinger_gpu_cli.facts import FrameworkInfo, GpuCompatibility, GpuInfo, TensorflowInfo, TorchInfo
+from ultrasinger_gpu_cli.facts import FrameworkInfo, GpuCompatibility, GpuInfo, TensorflowInfo, TorchInfo, sm_name
 
 TORCH_INDEX = "https://download.pytorch.org/whl"
 
@@ -225,16 +225,30 @@ def check_compatibility(gpu: GpuInfo, torch: TorchInfo, cuda_driver_version: str
     return GpuCompatibility(gpu.index, sm, True, f"PyTorch {torch.version} (CUDA {torch.cuda_build}) runs {sm}")
 
 
+def tensorflow_gpu_problem(compute_capability: str | None) -> str | None:
+    """Why CREPE's tensorflow backend cannot run a card of this compute capability, or None where
+    it may (whether the installed TensorFlow sees the card is checked when the engine loads; a
+    GPU it cannot see moves the stage to the CPU through the fallback ladder). Cheap: reads
+    package metadata, never imports TensorFlow."""
+    cc = _version_tuple(compute_capability)
+    if cc >= (10, 0):
+        return (f"no TensorFlow release has kernels for {sm_name(compute_capability)} (Blackwell); "
+                "torchcrepe runs CREPE on this card with the same weights")
+    if _installed_version("tensorflow-cpu") and not _installed_version("tensorflow"):
+        return "the installed TensorFlow is tensorflow-cpu, a CPU-only build"
+    if sys.platform == "win32":
+        return "TensorFlow has no GPU support on native Windows since 2.11"
+    return None
+
+
 def tensorflow_note(gpu: GpuInfo, tf: TensorflowInfo) -> str | None:
     """What TensorFlow means for CREPE on this card, or None when TF is not installed."""
     if not tf.installed:
         return None
-    cc = _version_tuple(gpu.compute_capability)
-    if cc >= (10, 0):
-        return (
-            f"TensorFlow {tf.version} has no kernels for {gpu.sm} (no release does): "
-            "CREPE will run on PyTorch (torchcrepe) with the same weights"
-        )
+    problem = tensorflow_gpu_problem(gpu.compute_capability)
+    if problem:
+        return f"TensorFlow {tf.version}: {problem}; CREPE's tensorflow backend runs on the CPU here"
     if not tf.gpus:
-        return f"TensorFlow {tf.version} sees no GPU: CREPE will run on PyTorch (torchcrepe)"
-    return f"TensorFlow {tf.version} sees {len(tf.gpus)} GPU(s); ugpu still runs CREPE on PyTorch (torchcrepe)"
+        return f"TensorFlow {tf.version} sees no GPU: CREPE's tensorflow backend would run on the CPU"
+    return (f"TensorFlow {tf.version} sees {len(tf.gpus)} GPU(s): CREPE's tensorflow backend can run here "
+            "(--pitch-backend tensorflow); the default is torchcrepe")

@@ -149,11 +149,13 @@ def _remote_files() -> dict[str, str]:
     return out
 
 
-def damaged(path: Path, component: str, model: str, exc: BaseException) -> ModelDamagedError:
-    """The one error for a model file that is there but cannot be read."""
+def damaged(path: Path, component: str, model: str, exc: BaseException, backend: str | None = None) -> ModelDamagedError:
+    """The one error for a model file that is there but cannot be read (``backend``: one that is
+    not the component's default, named in the fix)."""
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    which = f" --backend {backend}" if backend else ""
     return ModelDamagedError(f"{path}: the {component} model file is damaged or not a {component} model ({reason})",
-                             hint=f"fetch it again: `ugpu models pull {component} --model {model} --force`")  # fmt: skip
+                             hint=f"fetch it again: `ugpu models pull {component}{which} --model {model} --force`")  # fmt: skip
 
 
 def _read_bag(yaml_file: Path) -> tuple[tuple[str, ...], tuple[tuple[float, ...], ...] | None]:

@@ -128,7 +128,7 @@ def frameworks_table(detection: Detection) -> Table:
         gpus = ", ".join(tf.gpus) or "none"
         t.add_row("TensorFlow", na(tf.version), f"GPUs it sees: {gpus}" + (f"; error: {tf.error}" if tf.error else ""))
     else:
-        t.add_row("TensorFlow", NA, "not installed (not needed: CREPE runs on PyTorch)")
+        t.add_row("TensorFlow", NA, "not installed (optional: CREPE's tensorflow backend, pip install 'ultrasinger-gpu-cli[tensorflow]')")
     return t
 
 
@@ -191,11 +191,13 @@ def component_view(plan: Plan, component: str, override: Mapping[str, Any]) -> R
     if override:
         shown = ", ".join(f"{k}={v}" for k, v in override.items())
         parts.append(Text(f"stored override: {shown} (ugpu {component} --reset removes it)", style="magenta"))
-    for note in plan.notes:
-        about = note.split(":")[0]
-        if about == component or about not in plan.components:  # this component's notes and the general ones
-            parts.append(Text(f"• {note}", style="yellow"))
+    parts += [Text(f"• {note}", style="yellow") for note in configured_notes(plan, component)]
     return Group(*parts)
+
+
+def configured_notes(plan: Plan, component: str) -> list[str]:
+    """The plan's notes about this component, and the general ones."""
+    return [n for n in plan.notes if n.split(":")[0] == component or n.split(":")[0] not in plan.components]
 
 
 def tier_table() -> RenderableType:
@@ -403,8 +405,11 @@ class RunDisplay:
             if self.progress is not None and self.download_task is not None:
                 self.progress.update(self.download_task, completed=1.0)
             self.download_task = None
-            self.download_started = None
-            self.print(f"  {event.component} {event.model}: downloaded, checksum checked", style="green")
+            downloaded, self.download_started = self.download_started is not None, None
+            done = "downloaded, checksum checked" if downloaded or not event.converted else ""
+            if event.converted:
+                done = f"{done}, then converted" if done else "converted from the weights already here"
+            self.print(f"  {event.component} {event.model}: {done}", style="green")
             return
         if self.download_started is None:
             self.download_started = (time.monotonic(), event.done_bytes)

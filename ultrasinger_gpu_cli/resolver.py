@@ -270,7 +270,7 @@ def _plan_component(
                 described = spec.parameter(parameter).describe(value)
                 b.set(parameter, value, f"{described} set by {_LABELS[source]}", source)
 
-    on_gpu = _apply_backend(b, override, flag) == "cuda"
+    on_gpu = _apply_backend(b, override, flag, target.compute_capability, notes) == "cuda"
     if not on_gpu and b.value("compute_type") in ("float16", "int8_float16"):
         b.set("compute_type", "float32", "float16 was requested, but it does not run on the CPU", "hardware")
     if spec.hardware_limit is not None:
@@ -297,9 +297,11 @@ def _plan_component(
     return ComponentPlan(component, ordered, estimate)
 
 
-def _apply_backend(b: _Builder, override: ParameterValues, flag: ParameterValues) -> str:
-    """What the chosen backend dictates: the devices it runs on, the models it runs (a model the
-    user named that it cannot run is refused), the settings it fixes. Returns the device."""
+def _apply_backend(b: _Builder, override: ParameterValues, flag: ParameterValues, compute_capability: str | None,
+                   notes: list[str]) -> str:
+    """What the chosen backend dictates: the devices it runs on (and the cards it can run), the
+    models it runs (a model the user named that it cannot run is refused), the settings it fixes.
+    Returns the device."""
     spec = b.spec
     backend = str(b.value("backend"))
     ref = spec.backends[backend]
@@ -317,8 +319,16 @@ def _apply_backend(b: _Builder, override: ParameterValues, flag: ParameterValues
             b.set("backend", spec.default_backend, f"{spec.default_backend}: the {clash} {b.value(clash)} set by "
                   f"{_LABELS[source]} is not one {backend} runs", source)  # fmt: skip
             backend, ref = spec.default_backend, spec.backends[spec.default_backend]
+    moved: tuple[str, str] | None = None  # (device, why)
     if b.value("device") not in ref.devices:
-        b.set("device", ref.devices[0], f"{backend} runs on the {ref.devices[0]} only", "hardware")
+        moved = ref.devices[0], f"{backend} runs on the {ref.devices[0]} only"
+    elif b.value("device") == "cuda" and ref.gpu_problem is not None:
+        problem = ref.gpu_problem(compute_capability)
+        moved = ("cpu", f"{backend} runs on the CPU here: {problem}") if problem else None
+    if moved is not None:
+        if b.value("device") == "cuda":
+            notes.append(f"{spec.name}: {moved[1]}")
+        b.set("device", moved[0], moved[1], "hardware")
     models = spec.models_of(backend)
     if b.value("model") not in models:
         if "model" in override or "model" in flag:
@@ -327,7 +337,8 @@ def _apply_backend(b: _Builder, override: ParameterValues, flag: ParameterValues
         b.set("model", models[0], f"{backend} runs {'its own model' if len(models) == 1 else models[0]}", "tier")
     device = str(b.value("device"))
     if device in ref.precision and not b.user_set("compute_type"):
-        value, why = ref.precision[device]
+        chosen = ref.precision[device]
+        value, why = chosen(compute_capability) if callable(chosen) else chosen
         b.set("compute_type", value, f"{backend}: {why}", "tier")
     elif b.value("compute_type") not in ref.compute_types:
         if b.user_set("compute_type"):

@@ -122,7 +122,7 @@ class StageRunner:
 
             backend.pull(status, self.options.models_dir, progress=progress)
             status = backend.model_status(settings.model, self.options.models_dir)
-            self.emit(ModelFetch(component, settings.model, 0, None, finished=True))
+            self.emit(ModelFetch(component, settings.model, 0, None, finished=True, converted=backend.pull_offline))
         require_present(status, fetch=backend.ships_with or None)
 
     # -- devices and engines ------------------------------------------------------------------------
@@ -138,11 +138,11 @@ class StageRunner:
 
     def engine(self, component: str, settings: StageSettings) -> Engine:
         binding = self.binding(settings)
-        key = (component, settings.backend, settings.model, binding.name)
+        key = (component, settings.backend, settings.model, binding.name, settings.compute_type)
         engine = self._engines.get(key)
         if engine is None:
-            for other in [k for k in self._engines if k[0] == component and k[3] != key[3]]:
-                self._engines.pop(other).unload()  # moving to the CPU frees the GPU copy
+            for other in [k for k in self._engines if k[0] == component and k[3:] != key[3:]]:
+                self._engines.pop(other).unload()  # moving to the CPU (or another precision) frees the old copy
             engine = spec(component).create(settings, self.options.models_dir, binding)
             if self.options.rehearsal:
                 engine = RehearsalEngine(engine, component, self.options.rehearsal)

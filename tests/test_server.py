@@ -1,0 +1,240 @@
+"""``ugpu serve`` through FastAPI's test client (issue 13): the design's API shapes, validation,
+the job queue with real workers on the small local models, and the security defaults."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the [server] extra (make test installs it)")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tests.audio_factory import song, write_wav  # noqa: E402
+from tests.conftest import CU128_ARCHS  # noqa: E402
+from tests.fake_nvml import h100, rtx_5060_ti  # noqa: E402
+from ultrasinger_gpu_cli.server.app import ServeConfig, create_app, needs_token  # noqa: E402
+from ultrasinger_gpu_cli.store import JobQueue, Store  # noqa: E402
+
+TOKEN = "s3cret-token"
+
+
+def _config(tmp_path: Path, models: Path | None = None, **kwargs) -> ServeConfig:
+    return ServeConfig(db_path=tmp_path / "ugpu.db", data_root=tmp_path / "serve", models_dir=models, **kwargs)
+
+
+def _client(config: ServeConfig, *, workers: bool = False) -> TestClient:
+    return TestClient(create_app(config, start_workers=workers))
+
+
+def _wav(tmp_path: Path, name: str = "Band - Song.wav", seconds: float = 4.0) -> Path:
+    return write_wav(tmp_path / name, song(seconds), 44_100)
+
+
+def _upload(client: TestClient, path: Path, name: str | None = None, **form: str):
+    return client.post("/api/jobs", files={"file": (name or path.name, path.read_bytes(), "audio/wav")}, data=form)
+
+
+def _wait(client: TestClient, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in states:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+def check_ultrastar_zip(data: bytes) -> str:
+    """The zip holds one UltraStar folder whose chart is valid: headers, notes, the end mark."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        charts = [n for n in names if n.endswith(".txt")]
+        assert len(charts) == 1 and len({n.split("/")[0] for n in names}) == 1, names
+        text = archive.read(charts[0]).decode("utf-8")
+    lines = text.splitlines()
+    headers = {line[1:].split(":", 1)[0] for line in lines if line.startswith("#")}
+    assert {"TITLE", "ARTIST", "BPM", "GAP"} <= headers, headers
+    notes = [line for line in lines if line[:1] in ":*FR"]
+    assert notes and all(len(line.split(" ", 4)) == 5 for line in notes)
+    assert lines[-1] == "E"
+    return text
+
+
+# -- the design's API ----------------------------------------------------------------------------------
+def test_the_design_api_gives_the_design_shapes(tmp_path, fake_gpus, fake_torch):
+    fake_gpus(rtx_5060_ti(), h100())
+    fake_torch(CU128_ARCHS, "12.8", "2.8.0+cu128")
+    with _client(_config(tmp_path)) as client:
+        init = client.post("/api/gpu/initialize", json={"force_detection": True, "optimization_mode": "balanced"})
+        assert init.status_code == 200, init.text
+        body = init.json()
+        assert list(body)[:4] == ["gpu_detected", "vram_total", "cuda_version", "optimization_applied"]
+        assert body["gpu_detected"] is True and body["vram_total"] == 16 and body["cuda_version"] == "12.9"
+        assert set(body["optimization_applied"]) == {"whisper", "demucs", "crepe"}
+        monitor = client.get("/api/gpu/monitor").json()
+        for key in ("vram_used", "vram_free", "gpu_utilization", "temperature", "processing_speed"):
+            assert key in monitor
+        assert isinstance(monitor["vram_used"], int) and len(monitor["gpus"]) == 2
+        assert monitor["gpus"][0]["vram_budget_mb"] > 0  # the plan's budget for the card, for the gauge
+        configured = client.post("/api/gpu/configure_component",
+                                 json={"component": "whisper", "model": "medium", "batch_size": 8, "device_override": "cuda"})
+        assert configured.status_code == 200, configured.text
+        c = configured.json()
+        assert (c["component"], c["model"], c["batch_size"], c["device_override"]) == ("whisper", "medium", 8, "cuda")
+        for route in ("/api/gpu/optimize", "/api/gpu/fallback", "/api/gpu/stats", "/api/models", "/api/plan", "/docs",
+                      "/openapi.json"):  # fmt: skip
+            assert client.get(route).status_code == 200, route
+    # configure_component stored the same override `ugpu whisper --save` does.
+    from typer.testing import CliRunner
+
+    from ultrasinger_gpu_cli.cli import app
+
+    shown = CliRunner().invoke(app, ["whisper", "--json"])
+    assert json.loads(shown.stdout)["stored_override"] == {"model": "medium", "batch_size": 8, "device": "cuda"}
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ({"component": "whisperx"}, "'whisper', 'demucs' or 'crepe'"),
+        ({"component": "whisper", "batch_size": 0}, "from 1 to 256"),
+        ({"component": "crepe", "device_override": "gpu"}, "'cuda' or 'cpu'"),
+        ({"component": "demucs", "model": "nope"}, "valid choices"),
+        ({"component": "crepe", "batch_size": "many"}, "valid integer"),
+    ],
+)
+def test_bad_configure_requests_get_422_with_the_choices_and_store_nothing(tmp_path, body, needle):
+    with _client(_config(tmp_path)) as client:
+        response = client.post("/api/gpu/configure_component", json=body)
+        assert response.status_code == 422 and needle in response.text, response.text
+    with Store.open(tmp_path / "ugpu.db") as store:
+        assert store.overrides("cpu") == {}
+
+
+def test_a_token_guards_every_api_call(tmp_path):
+    assert needs_token("0.0.0.0") and needs_token("192.168.1.5") and not needs_token("127.0.0.1")
+    with _client(_config(tmp_path, token=TOKEN)) as client:
+        assert client.get("/api/jobs").status_code == 401
+        assert client.get("/api/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.post("/api/gpu/initialize", json={}).status_code == 401
+        assert client.get("/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert client.get(f"/api/jobs?token={TOKEN}").status_code == 401  # a query token only for event streams
+        assert client.get("/").status_code == 200  # the page itself holds no data
+
+
+def test_cors_is_off_unless_an_origin_is_given(tmp_path):
+    origin = {"Origin": "http://example.org"}
+    with _client(_config(tmp_path)) as client:
+        assert "access-control-allow-origin" not in client.get("/api/jobs", headers=origin).headers
+    with _client(_config(tmp_path, cors_origin=["http://example.org"])) as client:
+        assert client.get("/api/jobs", headers=origin).headers["access-control-allow-origin"] == "http://example.org"
+
+
+# -- uploads and paths -------------------------------------------------------------------------------------
+def test_uploads_are_limited_probed_and_never_used_as_paths(tmp_path):
+    config = _config(tmp_path, max_upload_mb=1)
+    with _client(config) as client:
+        big = client.post("/api/jobs", files={"file": ("big.wav", b"\0" * (3 * 2**20), "audio/wav")})
+        assert big.status_code == 413 and "1 MB" in big.json()["detail"]
+        text = client.post("/api/jobs", files={"file": ("notes.wav", b"not audio at all", "audio/wav")})
+        assert text.status_code == 415 and "not an audio" in text.json()["detail"]
+        wav = _wav(tmp_path, seconds=2.0)
+        for hostile in ("../../../../tmp/evil.wav", "..\\..\\evil.wav", "/etc/passwd", "a/../../b.wav", "\x00.wav"):
+            accepted = _upload(client, wav, hostile)
+            assert accepted.status_code == 201, (hostile, accepted.text)
+            job = client.get(f"/api/jobs/{accepted.json()['id']}").json()
+            assert "/" not in job["name"] and "\\" not in job["name"] and ".." not in job["name"].strip(".")
+        stored = [p for p in (tmp_path / "serve").rglob("*") if p.is_file()]
+        assert stored and all(p.resolve().is_relative_to((tmp_path / "serve" / "inbox").resolve()) for p in stored)
+        assert not (tmp_path / "evil.wav").exists() and not Path("/tmp/evil.wav").exists()
+        assert len(list((tmp_path / "serve" / "inbox").iterdir())) == 5  # refused uploads left nothing
+        for bad in ("../../etc/passwd", "nothex", "0" * 31 + "g"):
+            assert client.get(f"/api/jobs/{bad}/download").status_code == 404
+            assert client.delete(f"/api/jobs/{bad}").status_code == 404
+
+
+def test_the_queue_has_a_length_limit(tmp_path):
+    wav = _wav(tmp_path, seconds=2.0)
+    with _client(_config(tmp_path, queue_limit=2)) as client:
+        assert [_upload(client, wav).status_code for _ in range(3)] == [201, 201, 429]
+        first = client.get("/api/jobs").json()["jobs"][-1]
+        assert client.delete(f"/api/jobs/{first['id']}").json()["status"] == "cancelled"
+        assert _upload(client, wav).status_code == 201  # a cancelled job frees its place
+
+
+def test_path_jobs_only_from_the_music_root(tmp_path):
+    music = tmp_path / "music"
+    (music / "Album").mkdir(parents=True)
+    _wav(music / "Album", "Band - Song.wav", 2.0)
+    outside = _wav(tmp_path, "Secret - Song.wav", 2.0)
+    (music / "link.wav").symlink_to(outside)
+    with _client(_config(tmp_path)) as client:
+        assert client.post("/api/jobs", json={"path": "Album/Band - Song.wav"}).status_code == 403
+    with _client(_config(tmp_path, music_root=music)) as client:
+        ok = client.post("/api/jobs", json={"path": "Album/Band - Song.wav", "mode": "conservative"})
+        assert ok.status_code == 201 and ok.json()["options"]["mode"] == "conservative"
+        for escape in ("../Secret - Song.wav", str(outside), "link.wav", "Album/../../Secret - Song.wav"):
+            assert client.post("/api/jobs", json={"path": escape}).status_code == 403, escape
+        assert client.post("/api/jobs", json={"path": "Album/missing.wav"}).status_code == 404
+        assert client.post("/api/jobs", json={"path": "Album/Band - Song.wav", "mode": "reckless"}).status_code == 422
+
+
+# -- jobs, with workers ------------------------------------------------------------------------------------
+def test_a_job_runs_streams_its_events_and_downloads_a_valid_chart(env, fast_whisper, tmp_path):
+    wav = _wav(tmp_path)
+    with _client(_config(tmp_path, env), workers=True) as client:
+        submitted = _upload(client, wav, language="en")
+        assert submitted.status_code == 201, submitted.text
+        job_id = submitted.json()["id"]
+        events = []
+        with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+        assert events[-1]["status"] == "done", events[-1]
+        assert {"demucs", "whisper", "crepe"} <= {e["stage"] for e in events if e["stage"]}
+        job = client.get(f"/api/jobs/{job_id}").json()
+        assert [s["stage"] for s in job["stages"]] == ["demucs", "whisper", "crepe"] and job["device"] == "cpu"
+        assert all(s["speed_x"] for s in job["stages"]) and job["download"] == f"/api/jobs/{job_id}/download"
+        download = client.get(job["download"])
+        assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
+        assert "Band%20-%20Song.zip" in download.headers["content-disposition"]
+        check_ultrastar_zip(download.content)
+        assert not (tmp_path / "serve" / "inbox" / job_id).exists()  # the upload is gone once it is done
+        listed = client.get("/api/jobs").json()["jobs"]
+        assert [j["id"] for j in listed] == [job_id]
+
+
+def test_cancelling_a_queued_and_a_running_job(env, fast_whisper, tmp_path):
+    wav = _wav(tmp_path, seconds=8.0)
+    config = _config(tmp_path, env)
+    with _client(config, workers=True) as client:
+        running = _upload(client, wav).json()["id"]
+        queued = _upload(client, wav, "Other - Song.wav").json()["id"]
+        assert client.delete(f"/api/jobs/{queued}").json()["status"] == "cancelled"
+        _wait(client, running, states=("running",))
+        while client.get(f"/api/jobs/{running}").json()["stage"] in (None, "starting"):
+            time.sleep(0.1)
+        assert client.delete(f"/api/jobs/{running}").json()["status"] == "cancelled"
+        time.sleep(2.0)
+        assert client.get(f"/api/jobs/{running}").json()["status"] == "cancelled"
+        assert client.get(f"/api/jobs/{running}/download").status_code == 404
+        assert not (tmp_path / "serve" / "out" / running).exists()
+        assert client.get(f"/api/jobs/{queued}").json()["started_at"] is None  # never ran
+
+
+def test_jobs_left_running_by_a_crash_are_queued_again_on_start(tmp_path):
+    config = _config(tmp_path)
+    with _client(config) as client:
+        job_id = _upload(client, _wav(tmp_path, seconds=2.0)).json()["id"]
+    with Store.open(config.db_path) as store:
+        assert JobQueue(store).claim("gone-worker").status == "running"  # then the process was killed
+    with _client(config) as client:  # a new server: its startup requeues it
+        job = client.get(f"/api/jobs/{job_id}").json()
+        assert job["status"] == "queued" and job["attempts"] == 1

@@ -1,0 +1,74 @@
+"""``ugpu serve``: the HTTP API, the job queue and the web page (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ultrasinger_gpu_cli.cli.common import ModelsDirParam, err_console, handles_errors, open_store
+from ultrasinger_gpu_cli.errors import InvalidSettingError
+
+
+@handles_errors
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Address to bind. Anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: a free one).", min=0, max=65535)] = 8765,
+    token: Annotated[Optional[str], typer.Option("--token", help="Bearer token every API call must send (generated and printed once when binding beyond loopback).", show_default=False, envvar="UGPU_TOKEN")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Songs converted at once (default: one per GPU, else one).", min=1, max=64, show_default=False)] = None,
+    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", help="Largest upload accepted (413 above).", min=1, max=100_000)] = 500,
+    queue_limit: Annotated[int, typer.Option("--queue-limit", help="Songs waiting or running at most (429 above).", min=1, max=100_000)] = 100,
+    music_root: Annotated[Optional[Path], typer.Option("--music-root", help="A folder whose songs jobs may name by path (never anything outside it).", show_default=False)] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Uploads and results (default: 'serve' beside the database).", show_default=False)] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="Allow this web origin to call the API (CORS is off without it).", show_default=False)] = None,
+    models_dir: ModelsDirParam = None,
+) -> None:
+    """Serve the design's API, a job queue and a web page: drop songs, watch the GPU, download charts."""
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InvalidSettingError(f"ugpu serve needs {', '.join(missing)}, which is not installed",
+                                  hint="pip install 'ultrasinger-gpu-cli[server]'")  # fmt: skip
+    if music_root is not None and not music_root.is_dir():
+        raise InvalidSettingError(f"--music-root {music_root}: no such folder")
+    from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
+    from ultrasinger_gpu_cli.server.app import ServeConfig, create_app, needs_token, new_token
+
+    store = open_store(ctx)
+    generated = token is None and needs_token(host)
+    if generated:
+        token = new_token()
+    config = ServeConfig(db_path=store.path, data_root=(data_dir or store.path.parent / "serve").resolve(), host=host,
+                         port=port, token=token, workers=workers, max_upload_mb=max_upload_mb, queue_limit=queue_limit,
+                         music_root=music_root.resolve() if music_root else None, cors_origin=list(cors_origin or []),
+                         models_dir=resolve_models_dir(models_dir))  # fmt: skip
+    store.close()
+    import uvicorn
+
+    console = err_console()
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host=host, port=port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=5))  # fmt: skip
+    shown_host = f"[{host}]" if ":" in host else host
+
+    def announce() -> None:
+        bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+        url = f"http://{shown_host}:{bound}/"
+        console.print(f"ugpu serve: {url}" + (f"#token={token}" if token else ""), highlight=False)
+        if generated:
+            console.print(f"token (shown once; send it as Authorization: Bearer): {token}", highlight=False)
+        console.print(f"data: {config.data_root}; API docs: {url}docs; Ctrl-C stops", style="dim", highlight=False)
+
+    original = server.startup
+
+    async def startup(sockets=None) -> None:  # type: ignore[no-untyped-def]
+        await original(sockets=sockets)
+        announce()
+
+    server.startup = startup  # type: ignore[method-assign]
+    server.run()
+
+
+#: This group's commands, in the order ``ugpu --help`` lists them.
+COMMANDS = (serve,)

@@ -1,0 +1,420 @@
+"""``ugpu serve``: the design's HTTP API, the job queue and the web page, on FastAPI.
+
+An edge, like the CLI: every route parses its request, calls a use case
+(:mod:`ultrasinger_gpu_cli.usecases`) and returns the same documents ``--json`` prints
+(:mod:`ultrasinger_gpu_cli.reports`). Errors of the core's hierarchy become status codes with
+the message and its fix; no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+
+from ultrasinger_gpu_cli import __version__
+from ultrasinger_gpu_cli.errors import AudioError, InvalidSettingError, StoreError, UgpuError
+from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.usecases.jobs import (
+    FINISHED, JobNotFound, JobOptions, Jobs, JobWorker, PathRefused, QueueFull, ServerFolders, UploadTooLarge,
+    WorkerConfig, job_view,
+)  # fmt: skip
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+STATIC = "ultrasinger_gpu_cli.server"
+_STATUS = ((InvalidSettingError, 422), (JobNotFound, 404), (QueueFull, 429), (UploadTooLarge, 413), (AudioError, 415),
+           (PathRefused, 403), (StoreError, 503))  # fmt: skip
+
+
+@dataclass
+class ServeConfig:
+    """How the server runs; built by ``ugpu serve`` (or a test) and never changed after."""
+
+    db_path: Path
+    data_root: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    workers: int | None = None  # None: one per GPU, else one
+    max_upload_mb: int = 500
+    queue_limit: int = 100
+    music_root: Path | None = None
+    cors_origin: list[str] = field(default_factory=list)
+    models_dir: Path | None = None
+    run_extra: dict[str, Any] = field(default_factory=dict)  # RunOptions for every job (tests: rehearsals)
+
+    @property
+    def folders(self) -> ServerFolders:
+        return ServerFolders(self.data_root, self.music_root)
+
+
+def needs_token(host: str) -> bool:
+    return host not in LOOPBACK
+
+
+class ConfigureRequest(BaseModel):
+    """The design's ``POST /api/gpu/configure_component``."""
+
+    component: Literal["whisper", "demucs", "crepe"]
+    model: Optional[str] = None
+    batch_size: Optional[int] = None
+    device_override: Optional[Literal["cuda", "cpu"]] = None
+
+
+class InitializeRequest(BaseModel):
+    """The design's ``POST /api/gpu/initialize``."""
+
+    force_detection: bool = False
+    optimization_mode: Literal["conservative", "balanced", "aggressive"] = "balanced"
+    vram_limit: Optional[float] = Field(default=None, gt=0, le=1024)
+
+
+class PathJobRequest(BaseModel):
+    path: str
+    mode: Optional[str] = None
+    language: Optional[str] = None
+
+
+def _store(config: ServeConfig) -> Store:
+    return Store.open(config.db_path)
+
+
+def _worker_plans(config: ServeConfig) -> list[tuple[str, Any]]:
+    """One worker per GPU PyTorch can run (or ``--workers`` on the first one / the CPU): (name, plan(store, mode))."""
+    from ultrasinger_gpu_cli.detection import plan_for
+    from ultrasinger_gpu_cli.usecases.plan import run_target
+
+    with _store(config) as store:
+        first = run_target(store, 0)
+        count = 1
+        if first.is_gpu and config.workers is None:
+            from ultrasinger_gpu_cli.nvml import get_nvml
+
+            count = max(1, get_nvml().device_count())
+    selectors = list(range(count)) if config.workers is None else [0] * config.workers
+
+    def planner(selector: int):
+        def plan(store: Store, mode: str):
+            return plan_for(store, run_target(store, selector), mode)
+
+        return plan
+
+    names = [f"gpu{s}" if first.is_gpu else "cpu" for s in selectors]
+    return [(f"{n}-{i}" if len(selectors) > 1 else n, planner(s)) for i, (n, s) in enumerate(zip(names, selectors))]
+
+
+def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
+    folders = config.folders.make()
+    stop = threading.Event()
+    workers: list[JobWorker] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with _store(config) as store:
+            Jobs(store, folders).queue.requeue_running()  # a crash or kill -9 left them running: resume them
+        if start_workers:
+            for name, plan in await run_in_threadpool(_worker_plans, config):
+                worker = JobWorker(WorkerConfig(name, config.db_path, folders, plan, config.models_dir,
+                                                extra=dict(config.run_extra)), stop)  # fmt: skip
+                worker.start()
+                workers.append(worker)
+        yield
+        stop.set()
+        for worker in workers:
+            await run_in_threadpool(worker.join, 30)
+
+    app = FastAPI(title="ugpu", version=__version__, lifespan=lifespan,
+                  description="UltraStar karaoke from songs on your NVIDIA GPU: the design's GPU API and a job queue.")  # fmt: skip
+    app.state.config = config
+    app.state.workers = workers
+    if config.cors_origin:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origin, allow_methods=["*"],
+                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+
+    limit_bytes = config.max_upload_mb * 2**20
+
+    @app.middleware("http")
+    async def refuse_large_uploads(request: Request, call_next: Any) -> Response:
+        """Before a byte is parsed: an upload whose declared size is over the limit (plus a
+        megabyte for the form around it) is refused."""
+        length = request.headers.get("content-length")
+        if request.method == "POST" and length and length.isdigit() and int(length) > limit_bytes + 2**20:
+            return JSONResponse({"detail": f"the upload is larger than the server's limit of {config.max_upload_mb} MB",
+                                 "hint": "ugpu serve --max-upload-mb N"}, status_code=413)  # fmt: skip
+        return await call_next(request)
+
+    @app.exception_handler(UgpuError)
+    async def ugpu_error(request: Request, exc: UgpuError) -> JSONResponse:
+        status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
+        return JSONResponse({"detail": exc.message, "hint": exc.hint}, status_code=status)
+
+    def authorised(request: Request) -> None:
+        if config.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else None
+        if given is None and request.url.path.endswith(("/events", "/stream")):
+            given = request.query_params.get("token")  # EventSource cannot send headers
+        if given is None or not secrets.compare_digest(given.encode(), config.token.encode()):
+            raise HTTPException(401, "a valid token is needed: Authorization: Bearer TOKEN",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    api = Depends(authorised)
+
+    def jobs_of(store: Store) -> Jobs:
+        return Jobs(store, folders, queue_limit=config.queue_limit, max_upload_bytes=limit_bytes)
+
+    # -- the page --------------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(_asset("index.html"), headers={"Cache-Control": "no-store"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        types = {"app.js": "text/javascript", "style.css": "text/css"}
+        if name not in types:
+            raise HTTPException(404, "no such file")
+        return Response(_asset(name), media_type=types[name])
+
+    # -- the design's GPU API ----------------------------------------------------------------------------
+    @app.post("/api/gpu/initialize", dependencies=[api])
+    def initialize(body: InitializeRequest = InitializeRequest()) -> dict[str, Any]:
+        from ultrasinger_gpu_cli.reports import initialize_response
+        from ultrasinger_gpu_cli.usecases.plan import detect_machine
+
+        with _store(config) as store:
+            found = detect_machine(store, mode=body.optimization_mode, vram_limit_gb=body.vram_limit,
+                                   force=body.force_detection)  # fmt: skip
+            return initialize_response(found.detection, found.plan, force_detection=body.force_detection)
+
+    @app.get("/api/gpu/monitor", dependencies=[api])
+    def monitor() -> dict[str, Any]:
+        return _monitor(config)
+
+    @app.post("/api/gpu/configure_component", dependencies=[api])
+    def configure(body: ConfigureRequest) -> dict[str, Any]:
+        from ultrasinger_gpu_cli.detection import plan_for, quick_target
+        from ultrasinger_gpu_cli.reports import configure_component_response
+        from ultrasinger_gpu_cli.usecases.plan import configure_component, validated_flags
+
+        flags = {"model": body.model, "batch_size": body.batch_size, "device": body.device_override}
+        given = validated_flags(body.component, flags, save=True, reset=False, audio=False)
+        with _store(config) as store:
+            plan_for(store, quick_target(store), flags={body.component: given})  # refused here: nothing stored
+            done = configure_component(store, body.component, given, save=True)
+            return configure_component_response(done.plan, body.component, override=done.override, action=done.action)
+
+    @app.get("/api/gpu/optimize", dependencies=[api])
+    def optimize(mode: Literal["conservative", "balanced", "aggressive"] = "balanced",
+                 vram_limit: Optional[float] = None) -> dict[str, Any]:  # fmt: skip
+        from ultrasinger_gpu_cli.reports import optimize_response
+        from ultrasinger_gpu_cli.usecases.plan import optimize as plan_optimize
+
+        with _store(config) as store:
+            result = plan_optimize(store, mode=mode, vram_limit_gb=vram_limit)
+            return optimize_response(result.plan, cuda_version=result.cuda_version, saved=None)
+
+    @app.get("/api/gpu/fallback", dependencies=[api])
+    def fallback(mode: Literal["conservative", "balanced", "aggressive"] = "balanced") -> dict[str, Any]:
+        from ultrasinger_gpu_cli.usecases.plan import fallback_ladders
+
+        with _store(config) as store:
+            ladders = fallback_ladders(store, mode=mode)
+            return {"ladders": {c: [{"settings": r.settings.values(), "label": r.label, "why": r.why} for r in rungs]
+                                for c, rungs in ladders.ladders.items()},
+                    "events": [e.to_dict() for e in ladders.events]}  # fmt: skip
+
+    @app.get("/api/gpu/stats", dependencies=[api])
+    def stats(component: Optional[str] = None, since: Optional[str] = None) -> dict[str, Any]:
+        from ultrasinger_gpu_cli.reports import stats_response
+        from ultrasinger_gpu_cli.usecases.history import component_stats
+
+        with _store(config) as store:
+            return stats_response(component_stats(store, component=component, since=since))
+
+    @app.get("/api/models", dependencies=[api])
+    def models() -> dict[str, Any]:
+        from ultrasinger_gpu_cli.usecases.models import backends_listing, model_statuses
+
+        with _store(config) as store:
+            statuses = model_statuses(store, models_dir=config.models_dir)
+        return {"models": [s.to_dict() for s in statuses], "backends": [b.to_dict() for b in backends_listing()]}
+
+    # -- jobs -----------------------------------------------------------------------------------------
+    @app.post("/api/jobs", status_code=201, dependencies=[api])
+    async def submit(request: Request) -> dict[str, Any]:
+        """A song to convert: a multipart upload (``file``, optional ``mode`` and ``language``), or
+        JSON ``{"path": ...}`` naming a file under the server's ``--music-root``."""
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("application/json"):
+            try:
+                body = PathJobRequest.model_validate(await request.json())
+            except ValueError as exc:
+                raise InvalidSettingError(f"a path job takes JSON {{\"path\": ...}} ({str(exc).splitlines()[0]})") from None
+            options = JobOptions.parse(body.mode, body.language)
+            return await run_in_threadpool(_with_jobs, config, lambda j: j.submit_path(body.path, options), jobs_of)
+        if not kind.startswith("multipart/form-data"):
+            raise InvalidSettingError("send the song as multipart/form-data (field 'file'), or JSON {\"path\": ...}")
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidSettingError("the form has no file: send the song in the field 'file'")
+        options = JobOptions.parse(_text(form.get("mode")), _text(form.get("language")))
+
+        def chunks():
+            while True:
+                chunk = upload.file.read(2**20)
+                if not chunk:
+                    return
+                yield chunk
+
+        try:
+            return await run_in_threadpool(_with_jobs, config, lambda j: j.submit_upload(upload.filename or "", chunks(),
+                                                                                          options), jobs_of)  # fmt: skip
+        finally:
+            await upload.close()
+
+    @app.get("/api/jobs", dependencies=[api])
+    def list_jobs() -> dict[str, Any]:
+        with _store(config) as store:
+            return {"jobs": jobs_of(store).list()}
+
+    @app.get("/api/jobs/{job_id}", dependencies=[api])
+    def get_job(job_id: str) -> dict[str, Any]:
+        with _store(config) as store:
+            return job_view(jobs_of(store).get(job_id))
+
+    @app.delete("/api/jobs/{job_id}", dependencies=[api])
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        with _store(config) as store:
+            return jobs_of(store).cancel(job_id)
+
+    @app.get("/api/jobs/{job_id}/download", dependencies=[api])
+    def download(job_id: str) -> FileResponse:
+        handle = tempfile.NamedTemporaryFile(prefix="ugpu-", suffix=".zip", delete=False)
+        handle.close()
+        target = Path(handle.name)
+        try:
+            with _store(config) as store:
+                path, name = jobs_of(store).result_zip(job_id, target)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return FileResponse(path, media_type="application/zip", filename=name,
+                            background=BackgroundTask(target.unlink, missing_ok=True))  # fmt: skip
+
+    @app.get("/api/jobs/{job_id}/events", dependencies=[api])
+    async def job_events(job_id: str, request: Request) -> StreamingResponse:
+        """Server-sent events: the job each time it changes, until it has finished."""
+        await run_in_threadpool(_read_job, config, job_id, jobs_of)  # 404 before the stream starts
+
+        async def stream() -> AsyncIterator[str]:
+            last = None
+            idle = 0.0
+            while not await request.is_disconnected():
+                view = await run_in_threadpool(_read_job, config, job_id, jobs_of)
+                text = json.dumps(view)
+                if text != last:
+                    last, idle = text, 0.0
+                    yield f"event: job\ndata: {text}\n\n"
+                    if view["status"] in FINISHED:
+                        return
+                elif idle >= 15:
+                    idle = 0.0
+                    yield ": still running\n\n"
+                await asyncio.sleep(0.4)
+                idle += 0.4
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/stream", dependencies=[api])
+    async def live(request: Request) -> StreamingResponse:
+        """Server-sent events for the page: the GPUs, the queue and the plan, every second."""
+
+        async def stream() -> AsyncIterator[str]:
+            while not await request.is_disconnected():
+                state = await run_in_threadpool(_live_state, config, jobs_of)
+                yield f"event: state\ndata: {json.dumps(state)}\n\n"
+                await asyncio.sleep(1.0)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/plan", dependencies=[api])
+    def plan_view() -> dict[str, Any]:
+        return _plans(config)
+
+    return app
+
+
+# -- helpers (run in the thread pool) ------------------------------------------------------------------
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _with_jobs(config: ServeConfig, call: Any, jobs_of: Any) -> Any:
+    with _store(config) as store:
+        return call(jobs_of(store))
+
+
+def _read_job(config: ServeConfig, job_id: str, jobs_of: Any) -> dict[str, Any]:
+    with _store(config) as store:
+        return job_view(jobs_of(store).get(job_id))
+
+
+def _plans(config: ServeConfig) -> dict[str, Any]:
+    """Each worker's plan, with every setting's reason (what the page shows)."""
+    from ultrasinger_gpu_cli.reports import component_report
+
+    out = []
+    with _store(config) as store:
+        for name, plan in _worker_plans(config):
+            p = plan(store, "balanced")
+            out.append({"worker": name, "target": p.target.to_dict(), "tier": p.tier.label, "mode": p.mode,
+                        "vram_budget_mb": p.vram_budget_mb, "notes": list(p.notes),
+                        "components": {c: component_report(cp) for c, cp in p.components.items()}})  # fmt: skip
+    return {"workers": out}
+
+
+def _monitor(config: ServeConfig) -> dict[str, Any]:
+    """The design's monitor fields (of the first GPU, or the host), every GPU under ``gpus``, each
+    with the plan's VRAM budget for its card."""
+    from ultrasinger_gpu_cli.monitoring import Monitor
+
+    with _store(config) as store:
+        snapshot = Monitor(store=store).snapshot(processes=False)
+        budgets = {w["target"].get("gpu_index"): w["vram_budget_mb"] for w in _plans(config)["workers"]}
+    records = [{**r, "vram_budget_mb": budgets.get(r.get("gpu_index"))} for r in snapshot.ndjson_records()]
+    first = records[0]
+    return {"vram_used": first["vram_used"], "vram_free": first["vram_free"], "gpu_utilization": first["gpu_utilization"],
+            "temperature": first["temperature"], "processing_speed": snapshot.processing_speed,
+            "gpu_detected": bool(snapshot.gpus), "note": first.get("note"), "gpus": records}  # fmt: skip
+
+
+def _live_state(config: ServeConfig, jobs_of: Any) -> dict[str, Any]:
+    with _store(config) as store:
+        jobs = jobs_of(store).list()
+    return {"monitor": _monitor(config), "jobs": jobs}
+
+
+def _asset(name: str) -> bytes:
+    return resources.files(STATIC).joinpath("static", name).read_bytes()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)

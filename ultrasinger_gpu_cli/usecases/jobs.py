@@ -1,0 +1,337 @@
+"""The server's jobs (``ugpu serve``): a song submitted (uploaded, or a path under the music
+folder the server was started with), queued in the store, converted by a worker that keeps its
+models loaded, downloaded as a zip of its UltraStar folder.
+
+Core code: no web framework here. The HTTP server only parses requests, calls these and turns
+the errors into status codes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ultrasinger_gpu_cli.errors import AudioError, InvalidSettingError, UgpuError
+from ultrasinger_gpu_cli.store import JobQueue, JobRow, Store
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+FINISHED = ("done", "failed", "cancelled")
+
+
+class JobNotFound(UgpuError):
+    """No job with this id (or not one this server may show)."""
+
+
+class QueueFull(UgpuError):
+    """The queue holds as many songs as it may."""
+
+
+class UploadTooLarge(UgpuError):
+    """An upload over the server's size limit."""
+
+
+class PathRefused(UgpuError):
+    """A path outside the music folder, or no music folder at all."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job's progress callback when the job was cancelled."""
+
+
+@dataclass(frozen=True)
+class ServerFolders:
+    """Where the server keeps uploads (``inbox/<job>/``) and results (``out/<job>/``), and the one
+    folder of songs it may read by path (``music_root``; None: uploads only)."""
+
+    root: Path
+    music_root: Path | None = None
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def make(self) -> ServerFolders:
+        for folder in (self.inbox, self.out):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a job may choose: the optimisation mode and the lyrics' language."""
+
+    mode: str = "balanced"
+    language: str | None = None
+
+    @classmethod
+    def parse(cls, mode: str | None = None, language: str | None = None) -> JobOptions:
+        from ultrasinger_gpu_cli.tiers import MODE_TABLE
+
+        mode = mode or "balanced"
+        if mode not in MODE_TABLE:
+            raise InvalidSettingError(f"invalid mode {mode!r}; valid choices: {', '.join(MODE_TABLE)}")
+        if language is not None and language != "" and not LANGUAGE.match(language):
+            raise InvalidSettingError(f"invalid language {language!r}; give a code such as en or de, or none to detect it")
+        return cls(mode, language or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "language": self.language}
+
+
+def job_view(job: JobRow) -> dict[str, Any]:
+    """A job as the API returns it."""
+    return {
+        "id": job.job_id, "status": job.status, "name": job.name, "options": job.options,
+        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        "stage": job.stage, "progress": job.progress, "speed_x": job.speed_x, "device": job.device,
+        "stages": job.stages, "fallbacks": job.fallbacks, "error": job.error, "attempts": job.attempts,
+        "download": f"/api/jobs/{job.job_id}/download" if job.status == "done" else None,
+    }  # fmt: skip
+
+
+def _safe_file_name(name: str) -> str:
+    """An uploaded file's name, as a name only: no folders, no separators, no control characters."""
+    from ultrasinger_gpu_cli.ultrastar import safe_name
+
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = "".join(c for c in base if c.isprintable()).strip(" .")
+    stem, dot, suffix = base.rpartition(".")
+    if not dot:
+        stem, suffix = base, ""
+    suffix = re.sub(r"[^A-Za-z0-9]", "", suffix)[:8]
+    stem = safe_name(stem) or "song"
+    return f"{stem}.{suffix}" if suffix else stem
+
+
+class Jobs:
+    """The job use cases over one store."""
+
+    def __init__(self, store: Store, folders: ServerFolders, *, queue_limit: int = 100,
+                 max_upload_bytes: int = 500 * 2**20) -> None:  # fmt: skip
+        self.queue = JobQueue(store)
+        self.folders = folders
+        self.queue_limit = queue_limit
+        self.max_upload_bytes = max_upload_bytes
+
+    # -- submitting ---------------------------------------------------------------------------------
+    def _room(self) -> None:
+        active = self.queue.active_count()
+        if active >= self.queue_limit:
+            raise QueueFull(f"the queue is full ({active} of {self.queue_limit} songs waiting or running)",
+                            hint="try again when some have finished")  # fmt: skip
+
+    def submit_upload(self, filename: str, chunks: Iterable[bytes], options: JobOptions) -> dict[str, Any]:
+        """An uploaded song: stored under the server's inbox with a name of its own, size-limited,
+        checked by ffmpeg, then queued. Nothing is kept of a refused upload."""
+        from ultrasinger_gpu_cli.audio import probe
+
+        self._room()
+        job_id = uuid.uuid4().hex
+        folder = self.folders.inbox / job_id
+        folder.mkdir(parents=True)
+        target = folder / _safe_file_name(filename)
+        try:
+            size = 0
+            with open(target, "wb") as out:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_upload_bytes:
+                        raise UploadTooLarge(f"the upload is larger than the server's limit of "
+                                             f"{self.max_upload_bytes // 2**20} MB", hint="ugpu serve --max-upload-mb N")  # fmt: skip
+                    out.write(chunk)
+            probe(target)
+            return job_view(self.queue.add(job_id, name=target.name, input_path=target, uploaded=True,
+                                           options=options.to_dict()))  # fmt: skip
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def submit_path(self, relative: str, options: JobOptions) -> dict[str, Any]:
+        """A song under the music folder, by its path relative to it (never anything outside)."""
+        from ultrasinger_gpu_cli.audio import probe
+
+        root = self.folders.music_root
+        if root is None:
+            raise PathRefused("this server takes uploads only (it was started without --music-root)",
+                              hint="ugpu serve --music-root FOLDER")  # fmt: skip
+        root = root.resolve()
+        candidate = (root / relative).resolve()
+        if not candidate.is_relative_to(root) or "\0" in relative:
+            raise PathRefused(f"{relative!r} is outside the music folder")
+        if not candidate.is_file():
+            raise JobNotFound(f"{relative!r}: no such file in the music folder")
+        probe(candidate)
+        self._room()
+        return job_view(self.queue.add(uuid.uuid4().hex, name=candidate.name, input_path=candidate, uploaded=False,
+                                       options=options.to_dict()))  # fmt: skip
+
+    # -- reading and cancelling -----------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRow:
+        job = self.queue.get(job_id) if JOB_ID.match(job_id or "") else None
+        if job is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return job
+
+    def list(self) -> list[dict[str, Any]]:
+        return [job_view(j) for j in self.queue.list()]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        self.get(job_id)
+        job = self.queue.cancel(job_id)
+        assert job is not None
+        return job_view(job)
+
+    def result_zip(self, job_id: str, target: Path) -> tuple[Path, str]:
+        """The job's UltraStar folder as a zip at ``target``, and the zip's download name; only
+        from the server's output folder."""
+        job = self.get(job_id)
+        if job.status != "done" or not job.folder:
+            raise JobNotFound(f"job {job_id} has no result to download (it is {job.status})")
+        out = self.folders.out.resolve()
+        folder = Path(job.folder).resolve()
+        if not folder.is_relative_to(out) or not folder.is_dir():
+            raise JobNotFound(f"job {job_id}'s result is no longer there")
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(folder):
+                    archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+        return target, f"{folder.name}.zip"
+
+
+# -- workers -----------------------------------------------------------------------------------------
+@dataclass
+class WorkerConfig:
+    """What a worker needs to convert songs: the store's path, the folders, where the weights
+    are, and the plan of its device (given the worker's store and the job's mode)."""
+
+    name: str
+    db_path: Path
+    folders: ServerFolders
+    plan: Callable[[Store, str], Any]
+    models_dir: Path | None = None
+    poll_s: float = 0.5
+    progress_every_s: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)  # RunOptions fields for every job (tests: rehearsals)
+
+
+class JobWorker(threading.Thread):
+    """Converts queued songs one after another, each mode's engines loaded once and kept."""
+
+    def __init__(self, config: WorkerConfig, stop: threading.Event) -> None:
+        super().__init__(name=f"ugpu-{config.name}", daemon=True)
+        self.config = config
+        self.stop = stop
+        self._pipelines: dict[str, Any] = {}
+        self._job: JobRow | None = None
+        self._last_write = 0.0
+        self._stages: list[dict[str, Any]] = []
+        self._fallbacks: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        self.store = Store.open(self.config.db_path)
+        self.queue = JobQueue(self.store)
+        try:
+            while not self.stop.is_set():
+                job = self.queue.claim(self.config.name)
+                if job is None:
+                    self.stop.wait(self.config.poll_s)
+                    continue
+                self.convert(job)
+        finally:
+            for pipeline in self._pipelines.values():
+                pipeline.finish("stopped")
+            self.store.close()
+
+    def _pipeline(self, mode: str) -> Any:
+        from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
+
+        if mode not in self._pipelines:
+            options = RunOptions(out_dir=self.config.folders.out, models_dir=self.config.models_dir, **self.config.extra)
+            pipeline = Pipeline(self.config.plan(self.store, mode), options, self.store, self._on_event)
+            pipeline.runner.start("serve")
+            self._pipelines[mode] = pipeline
+        return self._pipelines[mode]
+
+    def convert(self, job: JobRow) -> None:
+        """One job: its song through the pipeline; done, failed or cancelled, never lost."""
+        from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
+        from ultrasinger_gpu_cli.pipeline import SongAlreadyDone
+
+        self._job, self._stages, self._fallbacks = job, [], []
+        out = self.config.folders.out / job.job_id
+        try:
+            pipeline = self._pipeline(job.options.get("mode", "balanced"))
+            self.queue.update(job.job_id, device=pipeline.plan.target.name, stage="starting", progress=0.0)
+            pipeline.options = replace(pipeline.options, out_dir=out, language=job.options.get("language"))
+            try:
+                report = pipeline.run_song(Path(job.input_path))
+                folder = report.folder
+            except SongAlreadyDone:  # converted before a crash could mark it done
+                folder = next(p for p in out.iterdir() if p.is_dir())
+            finished = self.queue.finish(job.job_id, "done", folder=str(folder), stage=None, progress=1.0,
+                                         stages_json=_json(self._stages), fallbacks_json=_json(self._fallbacks))  # fmt: skip
+            if not finished:  # cancelled at the very end
+                shutil.rmtree(out, ignore_errors=True)
+        except JobCancelled:
+            shutil.rmtree(out, ignore_errors=True)
+        except UgpuError as exc:
+            self.queue.finish(job.job_id, "failed", error=exc.message + (f" ({exc.hint})" if exc.hint else ""),
+                              fallbacks_json=_json(self._fallbacks))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a song that fails never stops the worker
+            log = write_crash_log(exc)
+            self.queue.finish(job.job_id, "failed", error=f"{describe(exc)} (details: {log})",
+                              fallbacks_json=_json(self._fallbacks))  # fmt: skip
+        finally:
+            self._job = None
+            for idle in self._pipelines.values():  # `ugpu monitor` and the page: nothing runs on this worker now
+                self.store.update_run(idle.run_id, song=None, stage=None, progress=None, speed=None)
+            current = self.queue.get(job.job_id)
+            if job.uploaded and current is not None and current.status in FINISHED:
+                shutil.rmtree(Path(job.input_path).parent, ignore_errors=True)
+
+    def _on_event(self, event: Any) -> None:
+        from ultrasinger_gpu_cli import events as ev
+
+        job = self._job
+        if job is None:
+            return
+        if isinstance(event, ev.StageStarted):
+            self._write(job, force=True, stage=event.stage, progress=0.0, speed_x=None)
+        elif isinstance(event, ev.StageProgress):
+            self._write(job, stage=event.stage, progress=round(event.fraction, 4), speed_x=event.speed_x)
+        elif isinstance(event, ev.StageFinished):
+            self._stages.append(event.run.to_dict())
+            self._write(job, force=True, stages_json=_json(self._stages), device=event.run.cuda_device or event.run.device)
+        elif isinstance(event, ev.FallbackEvent):
+            self._fallbacks.append(event.to_dict())
+            self._write(job, force=True, fallbacks_json=_json(self._fallbacks))
+
+    def _write(self, job: JobRow, *, force: bool = False, **values: Any) -> None:
+        """Progress into the store, at most every ``progress_every_s``; a cancelled job stops here."""
+        now = time.monotonic()
+        if not force and now - self._last_write < self.config.progress_every_s:
+            return
+        self._last_write = now
+        current = self.queue.get(job.job_id)
+        if current is None or current.status == "cancelled":
+            raise JobCancelled(job.job_id)
+        self.queue.update(job.job_id, **values)
+
+
+def _json(data: object) -> str:
+    import json
+
+    return json.dumps(data)
