@@ -32,7 +32,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[engines,faster-whisper,tensorflow,server,test]'
+	$(BIN)/python -m pip install --quiet -e '.[engines,faster-whisper,tensorflow,server,cluster,test]'
 	@touch $@
 
 # ffmpeg decodes every input; install it where it is missing (Debian/Ubuntu).

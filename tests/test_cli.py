@@ -358,3 +358,10 @@ def test_stats_per_gpu_fallbacks_trend_and_csv_export(runner):
     assert [c["gpu"] for c in only] == ["GPU 1"]
     csv_out = run(runner, "stats", "--export", "csv").stdout.splitlines()
     assert csv_out[0].startswith("log_id,gpu_id,vram_used_mb") and len(csv_out) == 5
+
+
+def test_errors_print_brackets_verbatim(runner, env, tmp_path):
+    """Messages and hints are text, never markup: "[live]" in a file name and "[server]" in an
+    install command reach the user as written."""
+    result = run(runner, "run", str(tmp_path / "Band - Song [live].mp3"), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 1 and "Song [live].mp3" in result.stderr

@@ -63,10 +63,12 @@ def handles_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UgpuError as exc:
-            console = err_console()
-            console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+            from rich.markup import escape
+
+            console = err_console()  # the text is the user's (file names, commands): never markup
+            console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True, soft_wrap=True)
             if exc.hint:
-                console.print(f"[dim]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+                console.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console().print("interrupted", style="yellow")

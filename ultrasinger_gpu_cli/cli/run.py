@@ -49,6 +49,11 @@ def run(
     whisper_backend: Annotated[Optional[str], typer.Option("--whisper-backend", help="Whisper backend for this run (ugpu models list shows them).", show_default=False)] = None,
     pitch_backend: Annotated[Optional[str], typer.Option("--pitch-backend", help="Pitch backend for this run: swiftf0 or torchcrepe (ugpu models list shows them).", show_default=False)] = None,
     rap: Annotated[bool, typer.Option("--rap", help="Words with no stable pitch become rap notes (R); unvoiced syllables stay freestyle (F).")] = False,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="Convert on several GPUs at once: all, or indices / UUIDs (0,2); one worker process per card.", show_default=False)] = None,
+    per_gpu: Annotated[str, typer.Option("--per-gpu", help="Workers per GPU with --gpus: auto (as many pipelines as the card's VRAM holds) or a number.")] = "auto",
+    use_ray: Annotated[bool, typer.Option("--ray", help="Convert on a Ray cluster (RAY_ADDRESS, else a local one started for the run).")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster to use (ray start --head prints it).", show_default=False)] = None,
+    shared_input: Annotated[bool, typer.Option("--shared-input", help="With --ray: every node sees the songs at the same path (else their bytes travel).")] = False,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
     from ultrasinger_gpu_cli.detection import plan_for
@@ -75,8 +80,21 @@ def run(
                          format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,
                          fetch_missing=not offline, overwrite=overwrite, rap=rap, lyrics=lyrics)  # fmt: skip
+    if gpus is not None and (use_ray or ray_address):
+        raise InvalidSettingError("--gpus runs workers on this machine and --ray on a cluster: choose one")
     with RunDisplay(err_console()) as display:
-        result = convert_songs(paths, plan, options, store, on_event=display)
+        if use_ray or ray_address:
+            from ultrasinger_gpu_cli.usecases.cluster import run_on_ray
+
+            result = run_on_ray(paths, options, store, mode=mode.value, vram_limit_gb=vram_limit, flags=flags or None,
+                                address=ray_address, shared_input=shared_input, on_event=display)  # fmt: skip
+        elif gpus is not None:
+            from ultrasinger_gpu_cli.usecases.scale import plan_slots, run_parallel
+
+            slots = plan_slots(store, gpus, per_gpu, mode=mode.value, vram_limit_gb=vram_limit, flags=flags or None)
+            result = run_parallel(paths, slots, options, store, on_event=display)
+        else:
+            result = convert_songs(paths, plan, options, store, on_event=display)
     if json_out:
         emit_json(result.to_dict())
     elif result.reports:

@@ -25,12 +25,16 @@ def serve(
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Uploads and results (default: 'serve' beside the database).", show_default=False)] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="Allow this web origin to call the API (CORS is off without it).", show_default=False)] = None,
     models_dir: ModelsDirParam = None,
+    use_ray: Annotated[bool, typer.Option("--ray", help="Convert the jobs on a Ray cluster (RAY_ADDRESS, else a local one).")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster for the jobs.", show_default=False)] = None,
 ) -> None:
     """Serve the design's API, a job queue and a web page: drop songs, watch the GPU, download charts."""
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
     if missing:
         raise InvalidSettingError(f"ugpu serve needs {', '.join(missing)}, which is not installed",
                                   hint="pip install 'ultrasinger-gpu-cli[server]'")  # fmt: skip
+    if (use_ray or ray_address) and importlib.util.find_spec("ray") is None:
+        raise InvalidSettingError("--ray needs Ray, which is not installed", hint="pip install 'ultrasinger-gpu-cli[cluster]'")
     if music_root is not None and not music_root.is_dir():
         raise InvalidSettingError(f"--music-root {music_root}: no such folder")
     from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
@@ -43,7 +47,8 @@ def serve(
     config = ServeConfig(db_path=store.path, data_root=(data_dir or store.path.parent / "serve").resolve(), host=host,
                          port=port, token=token, workers=workers, max_upload_mb=max_upload_mb, queue_limit=queue_limit,
                          music_root=music_root.resolve() if music_root else None, cors_origin=list(cors_origin or []),
-                         models_dir=resolve_models_dir(models_dir))  # fmt: skip
+                         models_dir=resolve_models_dir(models_dir), ray=use_ray or ray_address is not None,
+                         ray_address=ray_address)  # fmt: skip
     store.close()
     import uvicorn
 

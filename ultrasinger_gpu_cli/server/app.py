@@ -56,6 +56,8 @@ class ServeConfig:
     cors_origin: list[str] = field(default_factory=list)
     models_dir: Path | None = None
     run_extra: dict[str, Any] = field(default_factory=dict)  # RunOptions for every job (tests: rehearsals)
+    ray: bool = False  # jobs run on Ray actors
+    ray_address: str | None = None
 
     @property
     def folders(self) -> ServerFolders:
@@ -126,16 +128,23 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with _store(config) as store:
             Jobs(store, folders).queue.requeue_running()  # a crash or kill -9 left them running: resume them
+        ray = await run_in_threadpool(_start_ray, config) if config.ray else None
         if start_workers:
-            for name, plan in await run_in_threadpool(_worker_plans, config):
+            plans = await run_in_threadpool(_worker_plans, config)
+            if ray is not None:  # one server worker per actor: per cluster GPU, or --workers
+                count = config.workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
+                plans = [(f"ray-{i}", plans[0][1]) for i in range(count)]
+            for name, plan in plans:
                 worker = JobWorker(WorkerConfig(name, config.db_path, folders, plan, config.models_dir,
-                                                extra=dict(config.run_extra)), stop)  # fmt: skip
+                                                extra=dict(config.run_extra), ray=ray is not None), stop)  # fmt: skip
                 worker.start()
                 workers.append(worker)
         yield
         stop.set()
         for worker in workers:
             await run_in_threadpool(worker.join, 30)
+        if ray is not None:
+            ray.shutdown()
 
     app = FastAPI(title="ugpu", version=__version__, lifespan=lifespan,
                   description="UltraStar karaoke from songs on your NVIDIA GPU: the design's GPU API and a job queue.")  # fmt: skip
@@ -363,6 +372,23 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
 
 
 # -- helpers (run in the thread pool) ------------------------------------------------------------------
+def _start_ray(config: ServeConfig) -> Any:
+    """The Ray cluster the jobs run on: ``--ray-address``, else ``RAY_ADDRESS``, else a local one."""
+    import os
+
+    from ultrasinger_gpu_cli.usecases.cluster import NAMESPACE, import_ray
+
+    ray = import_ray()
+    if not ray.is_initialized():
+        where = config.ray_address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            ray.init(address=where, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001
+            raise UgpuError(f"cannot reach the Ray cluster at {where}: {exc}") from exc
+    return ray
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 

@@ -51,45 +51,77 @@ class BatchResult:
             raise UgpuError(f"{len(self.failures)} of {self.songs} song(s) failed: {listing}")
 
 
-def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Store | None,
-                  on_event: OnEvent = ignore) -> BatchResult:
-    """Convert ``paths`` with one set of loaded engines. A song that fails, for any reason, is
-    recorded and the next one runs; Ctrl-C marks the run interrupted."""
+def prepare(options: RunOptions) -> None:
+    """What every batch checks before any model loads: the output folder, the timings and lyrics
+    files; and what a killed run left half-written is swept."""
     check_output_dir(options.out_dir)  # before any model loads
     if options.timings is not None:
         load_timings(options.timings)  # a bad timings file stops at once, naming what is wrong
     if options.lyrics is not None:
         load_lyrics(options.lyrics)  # so does a bad lyrics file
-    pipeline = Pipeline(plan, options, store, on_event=on_event)
+
+
+def sweep(options: RunOptions) -> None:
     for folder in (options.out_dir, options.cache_dir):
         if folder is not None and Path(folder).is_dir():
             sweep_partials(folder)  # what a killed run left half-written
+
+
+@dataclass(frozen=True)
+class SongOutcome:
+    """One song's end: its report, or why it failed, or that it was converted before."""
+
+    path: Path
+    report: SongReport | None = None
+    failure: SongFailure | None = None
+    already_done: SongFailure | None = None
+
+    def add_to(self, result: BatchResult) -> None:
+        if self.report is not None:
+            result.reports.append(self.report)
+        elif self.failure is not None:
+            result.failures.append(self.failure)
+        elif self.already_done is not None:
+            result.already_done.append(self.already_done)
+
+
+def convert_one(pipeline: Pipeline, path: Path, on_event: OnEvent = ignore) -> SongOutcome:
+    """One song through a started pipeline; any failure is the song's, never the batch's (except
+    missing or damaged weights, the same for every song: raised, with the fix)."""
+    try:
+        return SongOutcome(path, report=pipeline.run_song(path))
+    except (ModelMissingError, ModelDamagedError):
+        raise
+    except SongAlreadyDone as exc:
+        on_event(Notice(str(path), f"{exc.message} (--overwrite converts it again)"))
+        return SongOutcome(path, already_done=SongFailure(path, exc.message))
+    except UgpuError as exc:
+        message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+    except OSError as exc:  # writing the song's folder: a full disk, a name the file system refuses
+        message = f"cannot write {exc.filename or pipeline.options.out_dir}: {exc.strerror or exc}"
+    except Exception as exc:  # noqa: BLE001 - one song's bug never stops the others
+        log = write_crash_log(exc)
+        message = f"unexpected error ({describe(exc)}); details in {log}"
+        on_event(SongFailed(str(path), message))
+        return SongOutcome(path, failure=SongFailure(path, message, log))
+    on_event(SongFailed(str(path), message))
+    return SongOutcome(path, failure=SongFailure(path, message))
+
+
+def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Store | None,
+                  on_event: OnEvent = ignore) -> BatchResult:
+    """Convert ``paths`` with one set of loaded engines. A song that fails, for any reason, is
+    recorded and the next one runs; Ctrl-C marks the run interrupted."""
+    prepare(options)
+    pipeline = Pipeline(plan, options, store, on_event=on_event)
+    sweep(options)
     for component in pipeline.components_needed():
         pipeline.runner.check_models(component)  # fetched on first use, or a clear error before any song
     result = BatchResult(pipeline.run_id, plan.mode)
     pipeline.start()
     try:
         for path in paths:
-            try:
-                result.reports.append(pipeline.run_song(path))
-            except (ModelMissingError, ModelDamagedError):
-                raise  # the same for every song: stop, with the fix
-            except SongAlreadyDone as exc:
-                result.already_done.append(SongFailure(path, exc.message))
-                on_event(Notice(str(path), f"{exc.message} (--overwrite converts it again)"))
-            except UgpuError as exc:
-                message = exc.message + (f" ({exc.hint})" if exc.hint else "")
-                result.failures.append(SongFailure(path, message))
-                on_event(SongFailed(str(path), message))
-            except OSError as exc:  # writing the song's folder: a full disk, a name the file system refuses
-                message = f"cannot write {exc.filename or options.out_dir}: {exc.strerror or exc}"
-                result.failures.append(SongFailure(path, message))
-                on_event(SongFailed(str(path), message))
-            except Exception as exc:  # noqa: BLE001 - one song's bug never stops the others
-                log = write_crash_log(exc)
-                message = f"unexpected error ({describe(exc)}); details in {log}"
-                result.failures.append(SongFailure(path, message, log))
-                on_event(SongFailed(str(path), message))
+            convert_one(pipeline, path, on_event).add_to(result)
     except KeyboardInterrupt:
         pipeline.finish("interrupted")
         raise

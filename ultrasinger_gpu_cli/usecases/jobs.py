@@ -225,6 +225,7 @@ class WorkerConfig:
     poll_s: float = 0.5
     progress_every_s: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)  # RunOptions fields for every job (tests: rehearsals)
+    ray: bool = False  # convert on a Ray actor (``ugpu serve --ray``) instead of in this process
 
 
 class JobWorker(threading.Thread):
@@ -235,6 +236,7 @@ class JobWorker(threading.Thread):
         self.config = config
         self.stop = stop
         self._pipelines: dict[str, Any] = {}
+        self._ray_stages: dict[str, Any] = {}
         self._job: JobRow | None = None
         self._last_write = 0.0
         self._stages: list[dict[str, Any]] = []
@@ -253,14 +255,40 @@ class JobWorker(threading.Thread):
         finally:
             for pipeline in self._pipelines.values():
                 pipeline.finish("stopped")
+            for stage in self._ray_stages.values():
+                stage.close()
             self.store.close()
 
+    def _options(self) -> Any:
+        """Every job's run options: weights fetched on first use unless ugpu is offline, as ``ugpu run``."""
+        from ultrasinger_gpu_cli.downloads import offline
+        from ultrasinger_gpu_cli.pipeline import RunOptions
+
+        extra = {"fetch_missing": not offline(), **self.config.extra}
+        return RunOptions(out_dir=self.config.folders.out, models_dir=self.config.models_dir, **extra)
+
+    def _ray_stage(self, mode: str) -> Any:
+        from ultrasinger_gpu_cli.usecases.cluster import RayStage
+
+        if mode not in self._ray_stages:
+            self._ray_stages[mode] = RayStage(f"{self.config.name}-{mode}", mode, self._options())
+        return self._ray_stages[mode]
+
+    def _convert_on_ray(self, job: JobRow, out: Path) -> Path:
+        stage = self._ray_stage(job.options.get("mode", "balanced"))
+        outcome = stage.convert(Path(job.input_path), out, self._on_event, job.options.get("language"))
+        if outcome.report is None:
+            failed = outcome.failure or outcome.already_done
+            raise UgpuError(failed.error if failed is not None else "the Ray actor returned no song")
+        return outcome.report.folder
+
     def _pipeline(self, mode: str) -> Any:
-        from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
+        from ultrasinger_gpu_cli.pipeline import Pipeline
 
         if mode not in self._pipelines:
-            options = RunOptions(out_dir=self.config.folders.out, models_dir=self.config.models_dir, **self.config.extra)
-            pipeline = Pipeline(self.config.plan(self.store, mode), options, self.store, self._on_event)
+            pipeline = Pipeline(self.config.plan(self.store, mode), self._options(), self.store, self._on_event)
+            for component in pipeline.components_needed():
+                pipeline.runner.check_models(component)  # fetched on first use, or the job fails with the fix
             pipeline.runner.start("serve")
             self._pipelines[mode] = pipeline
         return self._pipelines[mode]
@@ -273,14 +301,17 @@ class JobWorker(threading.Thread):
         self._job, self._stages, self._fallbacks = job, [], []
         out = self.config.folders.out / job.job_id
         try:
-            pipeline = self._pipeline(job.options.get("mode", "balanced"))
-            self.queue.update(job.job_id, device=pipeline.plan.target.name, stage="starting", progress=0.0)
-            pipeline.options = replace(pipeline.options, out_dir=out, language=job.options.get("language"))
-            try:
-                report = pipeline.run_song(Path(job.input_path))
-                folder = report.folder
-            except SongAlreadyDone:  # converted before a crash could mark it done
-                folder = next(p for p in out.iterdir() if p.is_dir())
+            if self.config.ray:
+                self.queue.update(job.job_id, device="ray", stage="starting", progress=0.0)
+                folder = self._convert_on_ray(job, out)
+            else:
+                pipeline = self._pipeline(job.options.get("mode", "balanced"))
+                self.queue.update(job.job_id, device=pipeline.plan.target.name, stage="starting", progress=0.0)
+                pipeline.options = replace(pipeline.options, out_dir=out, language=job.options.get("language"))
+                try:
+                    folder = pipeline.run_song(Path(job.input_path)).folder
+                except SongAlreadyDone:  # converted before a crash could mark it done
+                    folder = next(p for p in out.iterdir() if p.is_dir())
             finished = self.queue.finish(job.job_id, "done", folder=str(folder), stage=None, progress=1.0,
                                          stages_json=_json(self._stages), fallbacks_json=_json(self._fallbacks))  # fmt: skip
             if not finished:  # cancelled at the very end

@@ -89,7 +89,7 @@ function renderJobs(jobs) {
       el("td", {}, el("div", { class: "progress" }, el("div", { style: `width:${(fraction * 100).toFixed(0)}%` }))),
       el("td", { text: job.speed_x ? job.speed_x.toFixed(2) : "" }),
       el("td", { text: job.device || "" }),
-      el("td", { text: job.fallbacks.map((f) => `${f.stage}: ${f.from_setting} → ${f.to_setting}`).join("; ") }),
+      el("td", { text: job.fallbacks.map((f) => `${f.stage}: ${f.from} → ${f.to}`).join("; ") }),
       actions));
   }
 }

@@ -1,0 +1,138 @@
+"""Many GPUs and many machines (issue 14): ``ugpu run --gpus`` with one worker process per card
+(a fake NVML of two cards, CPU plans), packing on a large card, and a real local Ray cluster;
+the same files as a serial run, and a worker or actor killed mid-song loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.audio_factory import song, write_wav
+from tests.conftest import CU128_ARCHS
+from tests.fake_nvml import h100, rtx_5060_ti
+from ultrasinger_gpu_cli.cli import app
+from ultrasinger_gpu_cli.errors import InvalidSettingError
+from ultrasinger_gpu_cli.events import StageStarted
+from ultrasinger_gpu_cli.pipeline import RunOptions
+from ultrasinger_gpu_cli.resolver import CPU_TARGET, resolve
+from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.usecases.batch import convert_songs
+from ultrasinger_gpu_cli.usecases.scale import plan_slots, run_parallel
+
+
+def _songs(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_wav(folder / f"Band{i} - Song{i}.wav", song(seconds), 44_100) for i, seconds in enumerate((4.0, 5.0, 6.0))]
+
+
+def _charts(out: Path) -> dict[str, str]:
+    """Every song folder's files, and each chart's text."""
+    found = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        names = sorted(p.name for p in folder.iterdir())
+        found[folder.name] = (names, (folder / f"{folder.name}.txt").read_text(encoding="utf-8"))
+    return found
+
+
+@pytest.fixture(scope="module")
+def serial(models_dir, tmp_path_factory):
+    """The songs converted one after another, in a store (and stage cache) of their own (no
+    test shortcuts such as ``fast_whisper``: the workers are other processes and have none)."""
+    root = tmp_path_factory.mktemp("serial")
+    songs = _songs(root / "songs")
+    with Store.open(root / "db" / "ugpu.db") as store:
+        result = convert_songs(songs, resolve(CPU_TARGET), RunOptions(root / "out", "en", models_dir=models_dir, fetch_missing=True), store)
+    assert not result.failures
+    return songs, _charts(root / "out"), models_dir
+
+
+def test_two_gpu_workers_write_what_a_serial_run_writes_and_a_killed_worker_loses_nothing(
+    serial, fake_gpus, tmp_path
+):  # fmt: skip
+    songs, expected, models = serial
+    fake_gpus(rtx_5060_ti(), h100())  # two cards; this machine's PyTorch cannot run them: CPU plans
+    killed: list[int] = []
+    with Store.open(tmp_path / "db" / "ugpu.db") as store:
+        slots = plan_slots(store, "all", "auto")
+        assert [s.name for s in slots.slots] == ["GPU 0", "GPU 1"]
+        assert all(not s.plan.uses_gpu for s in slots.slots) and len(slots.notes) == 2
+
+        def on_event(event):  # kill the worker that runs a song's Whisper stage, once
+            if isinstance(event, StageStarted) and event.stage == "whisper" and not killed:
+                rows = store.query("SELECT pid FROM runs WHERE status = 'running' AND song = ?", (event.song,))
+                if rows:
+                    killed.append(rows[0]["pid"])
+                    os.kill(rows[0]["pid"], signal.SIGKILL)
+
+        options = RunOptions(out_dir=tmp_path / "out", language="en", models_dir=models, fetch_missing=True)
+        result = run_parallel(songs, slots, options, store, on_event=on_event)
+        events = store.recent_fallbacks()
+    assert killed, "no worker was killed"
+    assert not result.failures and sorted(r.source.name for r in result.reports) == sorted(s.name for s in songs)
+    assert _charts(tmp_path / "out") == expected
+    (lost,) = [e for e in events if e.stage == "worker"]
+    assert "exit code -9" in lost.reason and lost.song is not None
+
+
+def test_packing_several_pipelines_on_a_large_card(fake_gpus, fake_torch, tmp_path):
+    fake_gpus(h100(), rtx_5060_ti())
+    fake_torch(CU128_ARCHS, "12.8", "2.8.0+cu128")
+    with Store.open(tmp_path / "ugpu.db") as store:
+        packed = plan_slots(store, "0", "auto")  # 80 GB: several pipelines at the plan's estimate
+        assert len(packed.slots) > 1 and all(s.plan.uses_gpu for s in packed.slots)
+        assert "workers, each planned for" in packed.notes[0]
+        whole = plan_slots(store, "0", "1").slots[0].plan
+        assert packed.slots[0].plan.vram_budget_mb < whole.vram_budget_mb  # each capped to its share
+        two = plan_slots(store, "GPU-5060ti-0000", "2")
+        assert [s.name for s in two.slots] == ["GPU 1 #1", "GPU 1 #2"]
+        with pytest.raises(InvalidSettingError, match="valid choices: all, 0, 1"):
+            plan_slots(store, "0,7")
+        with pytest.raises(InvalidSettingError, match="--per-gpu"):
+            plan_slots(store, "all", "0")
+
+
+def test_the_cli_refuses_gpus_with_ray_and_ray_without_ray_installed(env, tmp_path, monkeypatch):
+    (song_file,) = _songs(tmp_path / "songs")[:1]
+    both = CliRunner().invoke(app, ["run", str(song_file), "--gpus", "all", "--ray", "-o", str(tmp_path / "o")])
+    assert both.exit_code == 2 and "choose one" in both.stderr
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    missing = CliRunner().invoke(app, ["run", str(song_file), "--ray", "-o", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "pip install 'ultrasinger-gpu-cli[cluster]'" in missing.stderr
+
+
+def test_a_local_ray_cluster_writes_what_a_serial_run_writes_and_survives_a_killed_actor(serial, tmp_path):
+    ray = pytest.importorskip("ray", reason="the [cluster] extra (make test installs it)")
+    from ultrasinger_gpu_cli.usecases.cluster import NAMESPACE, run_on_ray
+
+    songs, expected, models = serial
+    ray.init(num_cpus=2, num_gpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
+    killed: list[str] = []
+    try:
+
+        def on_event(event):  # an actor killed in the middle of a song, once
+            if isinstance(event, StageStarted) and event.stage == "whisper" and not killed:
+                killed.append(event.song)
+                ray.kill(ray.get_actor("ugpu-song-0", namespace=NAMESPACE), no_restart=False)
+
+        with Store.open(tmp_path / "db" / "ugpu.db") as store:
+            options = RunOptions(out_dir=tmp_path / "out", language="en", models_dir=models, fetch_missing=True)
+            result = run_on_ray(songs, options, store, on_event=on_event)
+    finally:
+        ray.shutdown()
+    assert killed
+    assert not result.failures and sorted(r.source.name for r in result.reports) == sorted(s.name for s in songs)
+    assert _charts(tmp_path / "out") == expected

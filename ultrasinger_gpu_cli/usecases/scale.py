@@ -1,0 +1,258 @@
+"""Many GPUs on one machine (``ugpu run --gpus``): one worker process per chosen card (several
+on a card whose VRAM holds more than one pipeline), each bound to its card by UUID and planned
+for it, all taking songs from one queue the parent keeps.
+
+* A worker loads its models once and converts song after song; the parent hands out the next
+  song when one finishes, so fast cards take more songs.
+* A worker that dies mid-song (a lost GPU, a killed process) loses nothing: its song goes back
+  to the front of the queue for another worker, or for a CPU worker started for the purpose
+  when none is left, and the loss is recorded as a fallback event. The stage cache makes the
+  retried song resume.
+* Each worker's pipeline writes its song folders atomically under ``-o`` and its own ``runs``
+  row (so ``ugpu monitor`` shows every worker); the parent merges their events into one
+  progress display and one :class:`BatchResult`.
+
+Core code: no CLI here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
+from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, ignore
+from ultrasinger_gpu_cli.facts import GpuInfo
+from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
+from ultrasinger_gpu_cli.resolver import CPU_TARGET, Plan, resolve
+from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
+
+MAX_PER_GPU = 8
+MAX_TRIES = 3  # a song whose worker died this many times fails (instead of killing every worker in turn)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker: its name and the plan for its card (or the CPU)."""
+
+    name: str
+    plan: Plan
+    threads: int | None = None  # CPU threads for its engines (None: the libraries' default)
+
+
+@dataclass(frozen=True)
+class Slots:
+    slots: list[Slot]
+    notes: list[str] = field(default_factory=list)  # packing and why, for people
+
+
+def pipeline_peak_mb(plan: Plan) -> int | None:
+    """The VRAM one worker's pipeline may hold: a worker keeps every stage's model loaded from
+    song to song, so the stages' estimates add up (the CUDA context counted once). Conservative:
+    two stages never run at once in one worker."""
+    from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB
+
+    peaks = [c.estimated_vram_mb for c in plan.components.values() if c.estimated_vram_mb and c.value("device") == "cuda"]
+    return sum(peaks) - CUDA_CONTEXT_MB * (len(peaks) - 1) if peaks else None
+
+
+def choose_gpus(text: str, gpus: list[GpuInfo]) -> list[GpuInfo]:
+    """``all``, or indices and UUIDs separated by commas (``0,2``, ``GPU-3f2...``)."""
+    usable = [g for g in gpus if not g.lost]
+    if text.strip().lower() == "all":
+        return usable
+    chosen: list[GpuInfo] = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        match = [g for g in usable if str(g.index) == item or (g.uuid or "").lower() == item.lower()]
+        if not match:
+            valid = ", ".join([str(g.index) for g in usable] + [g.uuid for g in usable if g.uuid]) or "none (no usable GPU)"
+            raise InvalidSettingError(f"invalid GPU {item!r} in --gpus; valid choices: all, {valid}")
+        if match[0] not in chosen:
+            chosen.append(match[0])
+    if not chosen:
+        raise InvalidSettingError("--gpus names no GPU; give all, or indices / UUIDs separated by commas")
+    return chosen
+
+
+def plan_slots(store: Store | None, gpus_text: str, per_gpu: str = "auto", *, mode: str = "balanced",
+               vram_limit_gb: float | None = None, flags: dict | None = None) -> Slots:  # fmt: skip
+    """The workers ``--gpus`` and ``--per-gpu`` ask for, each with the plan for its own card.
+
+    ``per_gpu`` is ``auto`` (as many pipelines as the card's VRAM budget holds at the plan's
+    estimate, each then planned for its share of the card) or a number. On a machine with no
+    usable GPU, ``--gpus all`` is the CPU (``--per-gpu N`` gives N CPU workers)."""
+    from ultrasinger_gpu_cli.detection import plan_for
+    from ultrasinger_gpu_cli.nvml import get_nvml
+    from ultrasinger_gpu_cli.usecases.plan import run_target
+
+    if per_gpu != "auto" and not (per_gpu.isdigit() and 1 <= int(per_gpu) <= MAX_PER_GPU):
+        raise InvalidSettingError(f"invalid --per-gpu {per_gpu!r}; give auto or a whole number from 1 to {MAX_PER_GPU}")
+    gpus = get_nvml().gpus()
+    notes: list[str] = []
+    if not [g for g in gpus if not g.lost] and gpus_text.strip().lower() == "all":
+        count = 1 if per_gpu == "auto" else int(per_gpu)
+        cores = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else os.cpu_count()
+        threads = max(1, (cores or 1) // count)  # the cores shared out, never oversubscribed
+        plan = plan_for(store, run_target(store, 0), mode, vram_limit_gb, flags)
+        notes.append(f"no usable GPU: {count} CPU worker(s), {threads} thread(s) each")
+        names = ["CPU"] if count == 1 else [f"CPU #{i + 1}" for i in range(count)]
+        return Slots([Slot(name, plan, threads) for name in names], notes)
+    slots: list[Slot] = []
+    for gpu in choose_gpus(gpus_text, gpus):
+        target = run_target(store, gpu.uuid or str(gpu.index))
+        plan = plan_for(store, target, mode, vram_limit_gb, flags)
+        peak, budget = pipeline_peak_mb(plan), plan.vram_budget_mb
+        count = int(per_gpu) if per_gpu != "auto" else 1
+        if per_gpu == "auto" and plan.uses_gpu and peak and budget:
+            count = max(1, min(MAX_PER_GPU, budget // peak))
+        if count > 1 and plan.uses_gpu:
+            share = (vram_limit_gb or target.vram_total_gb) / count
+            plan = plan_for(store, target, mode, share, flags)  # each worker capped to its share of the card
+            notes.append(f"GPU {gpu.index} ({gpu.name}): {count} workers, each planned for {share:.1f} GB of it "
+                         f"(one pipeline needs about {peak} MB of the {budget} MB budget)")  # fmt: skip
+        elif not plan.uses_gpu:
+            notes.append(f"GPU {gpu.index} ({gpu.name}): its worker runs on the CPU ({plan.target.name})")
+        base = f"GPU {gpu.index}"
+        slots += [Slot(base if count == 1 else f"{base} #{i + 1}", plan) for i in range(count)]
+    return Slots(slots, notes)
+
+
+# -- the worker process ---------------------------------------------------------------------------------
+def _worker(slot: Slot, options: RunOptions, db_path: str | None, tasks: Any, messages: Any) -> None:
+    """Runs in its own process: one pipeline, songs from ``tasks`` until ``None``."""
+    if slot.threads:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(slot.threads)
+    store = Store.open(db_path) if db_path else None
+    try:
+        if slot.threads:
+            import torch
+
+            torch.set_num_threads(slot.threads)
+        pipeline = Pipeline(slot.plan, options, store, on_event=lambda e: messages.put(("event", slot.name, e)))
+        pipeline.start()
+        messages.put(("ready", slot.name, os.getpid()))
+        while (path := tasks.get()) is not None:
+            messages.put(("outcome", slot.name, convert_one(pipeline, path, lambda e: messages.put(("event", slot.name, e)))))
+        pipeline.finish("done")
+    except UgpuError as exc:  # weights missing or damaged: the same for every song
+        messages.put(("fatal", slot.name, exc))
+    finally:
+        if store is not None:
+            store.close()
+
+
+@dataclass
+class _Worker:
+    slot: Slot
+    process: Any
+    tasks: Any
+    song: Path | None = None
+    ready: bool = False
+    gone: bool = False
+
+
+def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: Store | None,
+                 on_event: OnEvent = ignore, *, cpu_plan: Plan | None = None) -> BatchResult:  # fmt: skip
+    """Convert ``paths`` on the workers of ``slots``; the result covers every song."""
+    prepare(options)
+    sweep(options)
+    for slot in {id(s.plan): s for s in slots.slots}.values():  # weights checked (or fetched) once, before any worker
+        checking = Pipeline(slot.plan, options, store)
+        for component in checking.components_needed():
+            checking.runner.check_models(component)
+    for note in slots.notes:
+        on_event(Notice(None, note))
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
+    messages = context.Queue()
+    db_path = str(store.path) if store is not None else None
+    workers: dict[str, _Worker] = {}
+
+    def start(slot: Slot) -> None:
+        tasks = context.Queue()
+        process = context.Process(target=_worker, args=(slot, options, db_path, tasks, messages), name=f"ugpu {slot.name}",
+                                  daemon=True)  # fmt: skip
+        process.start()
+        workers[slot.name] = _Worker(slot, process, tasks)
+
+    for slot in slots.slots:
+        start(slot)
+    pending: deque[Path] = deque(paths)
+    tries: dict[Path, int] = {}
+    result = BatchResult(uuid.uuid4().hex, slots.slots[0].plan.mode)
+    done = 0
+    fatal: UgpuError | None = None
+    try:
+        while done < len(paths) and fatal is None:
+            for worker in workers.values():
+                if worker.ready and worker.song is None and not worker.gone and pending:
+                    worker.song = pending.popleft()
+                    worker.tasks.put(worker.song)
+            try:
+                kind, name, payload = messages.get(timeout=0.5)
+            except queue.Empty:
+                for worker in [w for w in workers.values() if not w.gone and w.process.exitcode is not None]:
+                    done += _lost(worker, workers, pending, tries, result, store, on_event)
+                if pending and not any(not w.gone for w in workers.values()):
+                    plan = cpu_plan or resolve(CPU_TARGET, slots.slots[0].plan.mode)
+                    on_event(Notice(None, "no worker is left: a CPU worker takes the remaining songs"))
+                    start(Slot(f"CPU (spare {len(workers)})", plan))
+                continue
+            worker = workers[name]
+            if kind == "event":
+                on_event(payload)
+            elif kind == "ready":
+                worker.ready = True
+            elif kind == "outcome":
+                outcome: SongOutcome = payload
+                outcome.add_to(result)
+                worker.song = None
+                done += 1
+            elif kind == "fatal":
+                fatal = payload
+    finally:
+        for worker in workers.values():
+            if not worker.gone and worker.process.exitcode is None:
+                worker.tasks.put(None)
+        for worker in workers.values():
+            worker.process.join(timeout=60)
+            if worker.process.exitcode is None:
+                worker.process.kill()
+    if fatal is not None:
+        raise fatal
+    return result
+
+
+def _lost(worker: _Worker, workers: dict[str, _Worker], pending: deque[Path], tries: dict[Path, int],
+          result: BatchResult, store: Store | None, on_event: OnEvent) -> int:  # fmt: skip
+    """A worker process ended on its own: its song goes back to the queue (or fails after
+    :data:`MAX_TRIES`). Returns how many songs that finished (0 or 1)."""
+    worker.gone = True
+    song = worker.song
+    worker.song = None
+    code = worker.process.exitcode
+    others = [w.slot.name for w in workers.values() if not w.gone]
+    plan = worker.slot.plan
+    device = "cuda" if plan.uses_gpu else "cpu"
+    event = FallbackEvent("worker", worker.slot.name, others[0] if others else "a CPU worker",
+                          f"the worker process ended (exit code {code}) during the song: the GPU was lost or the "
+                          "process was killed; the song is converted again, resuming from the stage cache",
+                          None if song is None else str(song), device, plan.target.gpu)  # fmt: skip
+    if song is None:
+        return 0
+    if store is not None:
+        store.record_fallback(event, run_id=result.run_id)
+    on_event(event)
+    tries[song] = tries.get(song, 0) + 1
+    if tries[song] >= MAX_TRIES:
+        result.failures.append(SongFailure(song, f"its worker process ended {tries[song]} times during the song"))
+        return 1
+    pending.appendleft(song)
+    return 0
