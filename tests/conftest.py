@@ -100,3 +100,16 @@ def words(tmp_path):
     path = tmp_path / "words.json"
     path.write_text(json.dumps([{"word": f"la{i}", "start": s, "end": s + n} for i, (s, n, _) in enumerate(SHORT_NOTES)]))
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session (2 CPUs, 2 declared GPUs): starting Ray twice in one
+    process on a busy 2-core machine can time out."""
+    ray = pytest.importorskip("ray", reason="the [cluster] extra (make test installs it)")
+    from ultrasinger_gpu_cli.usecases.cluster import NAMESPACE
+
+    ray.init(num_cpus=2, num_gpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
+    yield ray
+    ray.shutdown()

@@ -128,7 +128,7 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with _store(config) as store:
             Jobs(store, folders).queue.requeue_running()  # a crash or kill -9 left them running: resume them
-        ray = await run_in_threadpool(_start_ray, config) if config.ray else None
+        ray, started = await run_in_threadpool(_start_ray, config) if config.ray else (None, False)
         if start_workers:
             plans = await run_in_threadpool(_worker_plans, config)
             if ray is not None:  # one server worker per actor: per cluster GPU, or --workers
@@ -143,7 +143,7 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
         stop.set()
         for worker in workers:
             await run_in_threadpool(worker.join, 30)
-        if ray is not None:
+        if started:  # a cluster the server started goes with it; one it joined stays
             ray.shutdown()
 
     app = FastAPI(title="ugpu", version=__version__, lifespan=lifespan,
@@ -372,21 +372,23 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
 
 
 # -- helpers (run in the thread pool) ------------------------------------------------------------------
-def _start_ray(config: ServeConfig) -> Any:
-    """The Ray cluster the jobs run on: ``--ray-address``, else ``RAY_ADDRESS``, else a local one."""
+def _start_ray(config: ServeConfig) -> tuple[Any, bool]:
+    """The Ray cluster the jobs run on: ``--ray-address``, else ``RAY_ADDRESS``, else a local one
+    (or the one this process already joined); and whether the server started it."""
     import os
 
     from ultrasinger_gpu_cli.usecases.cluster import NAMESPACE, import_ray
 
     ray = import_ray()
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         where = config.ray_address or os.environ.get("RAY_ADDRESS") or None
         try:
             ray.init(address=where, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             raise UgpuError(f"cannot reach the Ray cluster at {where}: {exc}") from exc
-    return ray
+    return ray, started
 
 
 def _text(value: Any) -> str | None:
