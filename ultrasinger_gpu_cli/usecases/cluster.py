@@ -31,7 +31,7 @@ from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.events import Notice, OnEvent, SongStarted, ignore
-from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongReport
+from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
 from ultrasinger_gpu_cli.store import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
 from ultrasinger_gpu_cli.usecases.scale import pipeline_peak_mb

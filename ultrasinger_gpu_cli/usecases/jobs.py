@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.errors import AudioError, InvalidSettingError, UgpuError
+from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.store import JobQueue, JobRow, Store
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
