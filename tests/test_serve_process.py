@@ -100,6 +100,11 @@ def test_a_real_server_converts_an_upload_and_guards_a_public_address(env, tmp_p
             assert done["status"] == "done", done
             check_ultrastar_zip(client.get(done["download"]).content)
             assert client.get("/api/gpu/monitor").json()["gpu_detected"] is False
+        port = server.url.rsplit(":", 1)[1]  # a second server on the same port: a clear error, exit 1
+        taken = subprocess.run([sys.executable, "-m", "ultrasinger_gpu_cli", "serve", "--port", port], capture_output=True,
+                               text=True, timeout=60, cwd=ROOT)  # fmt: skip
+        assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr, taken.stderr
+        assert "Traceback" not in taken.stderr
     finally:
         server.stop()
     assert "Traceback" not in server.output

@@ -114,13 +114,16 @@ class StageRunner:
         backend = spec(component).backend(settings.backend)
         backend.check_installed()
         status = backend.model_status(settings.model, self.options.models_dir)
-        if not status.present and self.options.fetch_missing and backend.pull is not None and (
-                backend.pull_offline or not offline()):  # fmt: skip
+        # A conversion from weights already here (faster-whisper, TensorFlow CREPE) is no download:
+        # it runs even with --offline, but fetches nothing it converts from.
+        can_fetch = self.options.fetch_missing and not offline()
+        if not status.present and backend.pull is not None and (can_fetch or backend.pull_offline):
+            extra = {"download": can_fetch} if backend.pull_offline else {}
 
             def progress(done: int, total: int | None) -> None:
                 self.emit(ModelFetch(component, settings.model, done, total))
 
-            backend.pull(status, self.options.models_dir, progress=progress)
+            backend.pull(status, self.options.models_dir, progress=progress, **extra)
             status = backend.model_status(settings.model, self.options.models_dir)
             self.emit(ModelFetch(component, settings.model, 0, None, finished=True, converted=backend.pull_offline))
         require_present(status, fetch=backend.ships_with or None)

@@ -40,6 +40,7 @@ def serve(
     from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.server.app import ServeConfig, create_app, needs_token, new_token
 
+    _check_port(host, port)
     store = open_store(ctx)
     generated = token is None and needs_token(host)
     if generated:
@@ -73,6 +74,26 @@ def serve(
 
     server.startup = startup  # type: ignore[method-assign]
     server.run()
+
+
+def _check_port(host: str, port: int) -> None:
+    """A clear error before anything starts when the address can't be bound."""
+    import socket
+
+    from ultrasinger_gpu_cli.errors import UgpuError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InvalidSettingError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UgpuError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                            hint="another ugpu serve may be running there; choose another --port (0: any free one)") from None  # fmt: skip
 
 
 #: This group's commands, in the order ``ugpu --help`` lists them.

