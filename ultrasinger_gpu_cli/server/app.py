@@ -102,8 +102,9 @@ def _worker_plans(config: ServeConfig) -> list[tuple[str, Any]]:
 
     with _store(config) as store:
         first = run_target(store, 0)
+        on_gpus = bool(first.is_gpu and first.torch_can_run)
         count = 1
-        if first.is_gpu and config.workers is None:
+        if on_gpus and config.workers is None:  # one per card PyTorch runs
             from ultrasinger_gpu_cli.nvml import get_nvml
 
             count = max(1, get_nvml().device_count())
@@ -115,7 +116,7 @@ def _worker_plans(config: ServeConfig) -> list[tuple[str, Any]]:
 
         return plan
 
-    names = [f"gpu{s}" if first.is_gpu else "cpu" for s in selectors]
+    names = [f"gpu{s}" if on_gpus else "cpu" for s in selectors]
     return [(f"{n}-{i}" if len(selectors) > 1 else n, planner(s)) for i, (n, s) in enumerate(zip(names, selectors))]
 
 
