@@ -105,7 +105,8 @@ def words(tmp_path):
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the session (2 CPUs, 2 declared GPUs): starting Ray twice in one
-    process on a busy 2-core machine can time out."""
+    process on a busy 2-core machine can time out. It starts before any test's private data dir:
+    ugpu hands its actors the test's database and models folder explicitly."""
     ray = pytest.importorskip("ray", reason="the [cluster] extra (make test installs it)")
     from ultrasinger_gpu_cli.usecases.cluster import NAMESPACE
 

@@ -120,7 +120,10 @@ def test_a_local_ray_cluster_writes_what_a_serial_run_writes_and_survives_a_kill
     songs, expected, models = serial
     killed: list[str] = []
 
+    seen = []
+
     def on_event(event):  # an actor killed in the middle of a song, once
+        seen.append(event)
         if isinstance(event, StageStarted) and event.stage == "whisper" and not killed:
             killed.append(event.song)
             ray.kill(ray.get_actor("ugpu-song-0", namespace=NAMESPACE), no_restart=False)
@@ -129,6 +132,6 @@ def test_a_local_ray_cluster_writes_what_a_serial_run_writes_and_survives_a_kill
         options = RunOptions(out_dir=tmp_path / "out", language="en", models_dir=models, fetch_missing=True)
         result = run_on_ray(songs, options, store, on_event=on_event)
     assert ray.is_initialized()  # a cluster ugpu did not start is left running
-    assert killed
+    assert killed, seen
     assert not result.failures and sorted(r.source.name for r in result.reports) == sorted(s.name for s in songs)
     assert _charts(tmp_path / "out") == expected

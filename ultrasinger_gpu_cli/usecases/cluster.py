@@ -12,8 +12,8 @@
   ``max_task_retries``); the content-hash stage cache, on storage the nodes share (always, on a
   local cluster), makes the retried song resume instead of restart.
 * Every actor's events come back through a Ray queue into the same progress display; each
-  actor's pipeline writes its ``runs`` row into its node's database (the driver's on a local
-  cluster), so ``ugpu monitor`` shows them.
+  actor's pipeline writes its ``runs`` row into the driver's database where its node sees that
+  file (a local cluster, shared storage), else into its node's own, so ``ugpu monitor`` shows them.
 
 Ray is the optional extra ``[cluster]``; without it ``--ray`` says how to install it.
 """
@@ -53,10 +53,13 @@ class SongActor:
     """One pipeline on one Ray worker (made a Ray actor by :func:`run_on_ray`)."""
 
     def __init__(self, name: str, mode: str, vram_limit_gb: float | None, flags: dict | None, options: RunOptions,
-                 events: Any) -> None:  # fmt: skip
+                 events: Any, db_path: str | None = None) -> None:  # fmt: skip
         self.name = name
         self.events = events
-        self.store = Store.open()  # this node's database (the driver's on a local cluster)
+        # The driver's database where this node sees it (a local cluster, shared storage): the same
+        # runs rows, performance log and stage cache; else this node's own.
+        shared = db_path is not None and Path(db_path).parent.is_dir()
+        self.store = Store.open(db_path if shared else None)
         plan = self._plan(mode, vram_limit_gb, flags)
         self.work = Path(tempfile.mkdtemp(prefix="ugpu-ray-"))
         self.pipeline = Pipeline(plan, replace(options, out_dir=self.work / "out", cache_dir=None), self.store,
@@ -172,14 +175,16 @@ def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, m
             raise UgpuError(f"cannot reach the Ray cluster at {where}: {exc}",
                             hint="ray start --head on the head node, or leave --ray-address out for a local cluster") from exc  # fmt: skip
     try:
-        return _run(ray, Queue, paths, options, plan, mode, vram_limit_gb, flags, shared_input, on_event)
+        db_path = str(store.path) if store is not None else None
+        return _run(ray, Queue, paths, options, plan, mode, vram_limit_gb, flags, shared_input, on_event, db_path)
     finally:
         if started:
             ray.shutdown()
 
 
 def _run(ray: Any, queue_type: Any, paths: list[Path], options: RunOptions, plan: Any, mode: str,
-         vram_limit_gb: float | None, flags: dict | None, shared_input: bool, on_event: OnEvent) -> BatchResult:  # fmt: skip
+         vram_limit_gb: float | None, flags: dict | None, shared_input: bool, on_event: OnEvent,
+         db_path: str | None) -> BatchResult:  # fmt: skip
     resources = ray.cluster_resources()
     gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
     peak = pipeline_peak_mb(plan)
@@ -202,7 +207,7 @@ def _run(ray: Any, queue_type: Any, paths: list[Path], options: RunOptions, plan
     actor_class = ray.remote(num_gpus=fraction, num_cpus=0 if fraction else 1, max_restarts=RETRIES,
                              max_task_retries=RETRIES)(SongActor)  # fmt: skip
     actors = [actor_class.options(name=f"ugpu-song-{i}", namespace=NAMESPACE).remote(
-        f"ray-{i}", mode, vram_limit_gb, flags, options, events) for i in range(count)]  # fmt: skip
+        f"ray-{i}", mode, vram_limit_gb, flags, options, events, db_path) for i in range(count)]  # fmt: skip
     result = BatchResult(f"ray-{int(time.time())}", mode)
     pending = list(paths)
     running: dict[Any, tuple[Any, Path]] = {}
@@ -233,11 +238,11 @@ class RayStage:
     """One Ray actor for a long-lived caller (a ``ugpu serve --ray`` worker): songs in, song
     folders out, the actor's events relayed while it works."""
 
-    def __init__(self, name: str, mode: str, options: RunOptions) -> None:
+    def __init__(self, name: str, mode: str, options: RunOptions, db_path: str | None = None) -> None:
         ray = import_ray()
         from ray.util.queue import Queue
 
-        self.ray, self.name, self.mode, self.options = ray, name, mode, options
+        self.ray, self.name, self.mode, self.options, self.db_path = ray, name, mode, options, db_path
         self.events = Queue(maxsize=10_000)
         self.actor: Any = None
 
@@ -247,7 +252,7 @@ class RayStage:
             actor_class = self.ray.remote(num_gpus=1 if gpus >= 1 else 0, num_cpus=0 if gpus >= 1 else 1,
                                           max_restarts=RETRIES, max_task_retries=RETRIES)(SongActor)  # fmt: skip
             self.actor = actor_class.options(namespace=NAMESPACE).remote(self.name, self.mode, None, None, self.options,
-                                                                          self.events)  # fmt: skip
+                                                                          self.events, self.db_path)  # fmt: skip
         return self.actor
 
     def convert(self, source: Path, out_dir: Path, on_event: OnEvent, language: str | None = None) -> SongOutcome:

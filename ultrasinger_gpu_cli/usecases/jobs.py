@@ -271,7 +271,7 @@ class JobWorker(threading.Thread):
         from ultrasinger_gpu_cli.usecases.cluster import RayStage
 
         if mode not in self._ray_stages:
-            self._ray_stages[mode] = RayStage(f"{self.config.name}-{mode}", mode, self._options())
+            self._ray_stages[mode] = RayStage(f"{self.config.name}-{mode}", mode, self._options(), str(self.config.db_path))
         return self._ray_stages[mode]
 
     def _convert_on_ray(self, job: JobRow, out: Path) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -125,25 +124,37 @@ def plan_slots(store: Store | None, gpus_text: str, per_gpu: str = "auto", *, mo
 
 
 # -- the worker process ---------------------------------------------------------------------------------
-def _worker(slot: Slot, options: RunOptions, db_path: str | None, tasks: Any, messages: Any) -> None:
-    """Runs in its own process: one pipeline, songs from ``tasks`` until ``None``."""
+def _worker(slot: Slot, options: RunOptions, db_path: str | None, conn: Any) -> None:
+    """Runs in its own process: one pipeline, songs from its pipe until ``None``. Each worker has
+    a pipe of its own (never a queue shared with the others: a worker killed while writing to a
+    shared queue would leave its lock held and block every other worker)."""
+    import threading
+
     if slot.threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(slot.threads)
+    lock = threading.Lock()  # events may come from the engines' threads
+
+    def send(kind: str, payload: Any) -> None:
+        with lock:
+            conn.send((kind, payload))
+
     store = Store.open(db_path) if db_path else None
     try:
         if slot.threads:
             import torch
 
             torch.set_num_threads(slot.threads)
-        pipeline = Pipeline(slot.plan, options, store, on_event=lambda e: messages.put(("event", slot.name, e)))
+        pipeline = Pipeline(slot.plan, options, store, on_event=lambda e: send("event", e))
         pipeline.start()
-        messages.put(("ready", slot.name, os.getpid()))
-        while (path := tasks.get()) is not None:
-            messages.put(("outcome", slot.name, convert_one(pipeline, path, lambda e: messages.put(("event", slot.name, e)))))
+        send("ready", os.getpid())
+        while (path := conn.recv()) is not None:
+            send("outcome", convert_one(pipeline, path, lambda e: send("event", e)))
         pipeline.finish("done")
     except UgpuError as exc:  # weights missing or damaged: the same for every song
-        messages.put(("fatal", slot.name, exc))
+        send("fatal", exc)
+    except (EOFError, BrokenPipeError):  # the parent is gone: so is the run
+        pass
     finally:
         if store is not None:
             store.close()
@@ -153,7 +164,7 @@ def _worker(slot: Slot, options: RunOptions, db_path: str | None, tasks: Any, me
 class _Worker:
     slot: Slot
     process: Any
-    tasks: Any
+    conn: Any
     song: Path | None = None
     ready: bool = False
     gone: bool = False
@@ -162,6 +173,8 @@ class _Worker:
 def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: Store | None,
                  on_event: OnEvent = ignore, *, cpu_plan: Plan | None = None) -> BatchResult:  # fmt: skip
     """Convert ``paths`` on the workers of ``slots``; the result covers every song."""
+    from multiprocessing.connection import wait
+
     prepare(options)
     sweep(options)
     for slot in {id(s.plan): s for s in slots.slots}.values():  # weights checked (or fetched) once, before any worker
@@ -171,16 +184,16 @@ def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: St
     for note in slots.notes:
         on_event(Notice(None, note))
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
-    messages = context.Queue()
     db_path = str(store.path) if store is not None else None
-    workers: dict[str, _Worker] = {}
+    workers: list[_Worker] = []
 
     def start(slot: Slot) -> None:
-        tasks = context.Queue()
-        process = context.Process(target=_worker, args=(slot, options, db_path, tasks, messages), name=f"ugpu {slot.name}",
+        mine, theirs = context.Pipe(duplex=True)
+        process = context.Process(target=_worker, args=(slot, options, db_path, theirs), name=f"ugpu {slot.name}",
                                   daemon=True)  # fmt: skip
         process.start()
-        workers[slot.name] = _Worker(slot, process, tasks)
+        theirs.close()  # the parent keeps its end only: the worker's death reads as end-of-file
+        workers.append(_Worker(slot, process, mine))
 
     for slot in slots.slots:
         start(slot)
@@ -191,46 +204,53 @@ def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: St
     fatal: UgpuError | None = None
     try:
         while done < len(paths) and fatal is None:
-            for worker in workers.values():
-                if worker.ready and worker.song is None and not worker.gone and pending:
+            alive = [w for w in workers if not w.gone]
+            for worker in alive:
+                if worker.ready and worker.song is None and pending:
                     worker.song = pending.popleft()
-                    worker.tasks.put(worker.song)
-            try:
-                kind, name, payload = messages.get(timeout=0.5)
-            except queue.Empty:
-                for worker in [w for w in workers.values() if not w.gone and w.process.exitcode is not None]:
-                    done += _lost(worker, workers, pending, tries, result, store, on_event)
-                if pending and not any(not w.gone for w in workers.values()):
-                    plan = cpu_plan or resolve(CPU_TARGET, slots.slots[0].plan.mode)
-                    on_event(Notice(None, "no worker is left: a CPU worker takes the remaining songs"))
-                    start(Slot(f"CPU (spare {len(workers)})", plan))
+                    worker.conn.send(worker.song)
+            if pending and not alive:
+                plan = cpu_plan or resolve(CPU_TARGET, slots.slots[0].plan.mode)
+                on_event(Notice(None, "no worker is left: a CPU worker takes the remaining songs"))
+                start(Slot(f"CPU (spare {len(workers)})", plan))
                 continue
-            worker = workers[name]
-            if kind == "event":
-                on_event(payload)
-            elif kind == "ready":
-                worker.ready = True
-            elif kind == "outcome":
-                outcome: SongOutcome = payload
-                outcome.add_to(result)
-                worker.song = None
-                done += 1
-            elif kind == "fatal":
-                fatal = payload
+            for conn in wait([w.conn for w in alive], timeout=0.5):
+                worker = next(w for w in alive if w.conn is conn)
+                try:
+                    kind, payload = conn.recv()
+                except (EOFError, OSError):  # the process ended: killed, crashed, its GPU lost
+                    worker.process.join(timeout=10)
+                    done += _lost(worker, workers, pending, tries, result, store, on_event)
+                    continue
+                if kind == "event":
+                    on_event(payload)
+                elif kind == "ready":
+                    worker.ready = True
+                elif kind == "outcome":
+                    outcome: SongOutcome = payload
+                    outcome.add_to(result)
+                    worker.song = None
+                    done += 1
+                elif kind == "fatal":
+                    fatal = payload
     finally:
-        for worker in workers.values():
-            if not worker.gone and worker.process.exitcode is None:
-                worker.tasks.put(None)
-        for worker in workers.values():
+        for worker in workers:
+            if not worker.gone:
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+        for worker in workers:
             worker.process.join(timeout=60)
             if worker.process.exitcode is None:
                 worker.process.kill()
+            worker.conn.close()
     if fatal is not None:
         raise fatal
     return result
 
 
-def _lost(worker: _Worker, workers: dict[str, _Worker], pending: deque[Path], tries: dict[Path, int],
+def _lost(worker: _Worker, workers: list[_Worker], pending: deque[Path], tries: dict[Path, int],
           result: BatchResult, store: Store | None, on_event: OnEvent) -> int:  # fmt: skip
     """A worker process ended on its own: its song goes back to the queue (or fails after
     :data:`MAX_TRIES`). Returns how many songs that finished (0 or 1)."""
@@ -238,7 +258,7 @@ def _lost(worker: _Worker, workers: dict[str, _Worker], pending: deque[Path], tr
     song = worker.song
     worker.song = None
     code = worker.process.exitcode
-    others = [w.slot.name for w in workers.values() if not w.gone]
+    others = [w.slot.name for w in workers if not w.gone]
     plan = worker.slot.plan
     device = "cuda" if plan.uses_gpu else "cpu"
     event = FallbackEvent("worker", worker.slot.name, others[0] if others else "a CPU worker",
