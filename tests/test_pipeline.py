@@ -215,8 +215,9 @@ def test_resume_after_kill_minus_9_skips_finished_stages_and_gives_the_same_resu
 
 
 def test_ctrl_c_stops_cleanly_with_exit_130(env, tmp_path):
-    # Three songs: the run lasts long enough for the interrupt to land mid-run on any machine.
-    sources = [str(write_wav(tmp_path / f"Long - Song {n}.wav", song(60.0 + n), 44_100)) for n in range(3)]
+    # Six songs: the run lasts long enough for the interrupt to land mid-run on any machine (with
+    # SwiftF0 on the CPU a song here takes ~5 s; three of them once finished before the signal).
+    sources = [str(write_wav(tmp_path / f"Long - Song {n}.wav", song(60.0 + n), 44_100)) for n in range(6)]
     _, timings = _known_melody(tmp_path)
     proc = _ugpu("run", *sources, "--timings", str(timings), "-o", str(tmp_path / "out"), env={**os.environ})
     deadline = time.time() + 120
