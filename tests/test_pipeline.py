@@ -186,8 +186,10 @@ def test_several_songs_load_each_model_once_and_bad_ones_do_not_stop_the_others(
 
 def _ugpu(*args: str, env: dict) -> subprocess.Popen:
     code = "import sys; from ultrasinger_gpu_cli.cli import main; sys.argv = ['ugpu', *sys.argv[1:]]; main()"
+    # SIGINT restored to its default: a test run started in the background (nohup ... &) passes
+    # it on ignored, and Python then never turns it into KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def test_resume_after_kill_minus_9_skips_finished_stages_and_gives_the_same_result(env, tmp_path):
