@@ -218,6 +218,12 @@ class Pipeline:
         needed += [] if self.options.timings else ["whisper"]
         return [*needed, "crepe"]
 
+    def check_models(self) -> None:
+        """Every needed stage's weights are here, or fetched (converted) now, or a clear error
+        says how to get them: before any song."""
+        for component in self.components_needed():
+            self.runner.check_models(component)
+
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.runner.start("run")

@@ -427,7 +427,8 @@ def _monitor(config: ServeConfig) -> dict[str, Any]:
 
     with _store(config) as store:
         snapshot = Monitor(store=store).snapshot(processes=False)
-        budgets = {w["target"].get("gpu_index"): w["vram_budget_mb"] for w in _plans(config)["workers"]}
+    # The plans give each card's budget: only worth resolving where there is a card to show.
+    budgets = {w["target"].get("gpu_index"): w["vram_budget_mb"] for w in _plans(config)["workers"]} if snapshot.gpus else {}
     records = [{**r, "vram_budget_mb": budgets.get(r.get("gpu_index"))} for r in snapshot.ndjson_records()]
     first = records[0]
     return {"vram_used": first["vram_used"], "vram_free": first["vram_free"], "gpu_utilization": first["gpu_utilization"],

@@ -115,8 +115,7 @@ def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Sto
     prepare(options)
     pipeline = Pipeline(plan, options, store, on_event=on_event)
     sweep(options)
-    for component in pipeline.components_needed():
-        pipeline.runner.check_models(component)  # fetched on first use, or a clear error before any song
+    pipeline.check_models()  # fetched on first use, or a clear error before any song
     result = BatchResult(pipeline.run_id, plan.mode)
     pipeline.start()
     try:

@@ -162,9 +162,7 @@ def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, m
     prepare(options)
     sweep(options)
     plan = plan_for(store, run_target(store, 0), mode, vram_limit_gb, flags)
-    checking = Pipeline(plan, options, store)
-    for component in checking.components_needed():
-        checking.runner.check_models(component)  # weights missing here are missing on a local cluster too
+    Pipeline(plan, options, store).check_models()  # weights missing here are missing on a local cluster too
     started = not ray.is_initialized()
     if started:
         where = address or os.environ.get("RAY_ADDRESS") or None

@@ -287,8 +287,7 @@ class JobWorker(threading.Thread):
 
         if mode not in self._pipelines:
             pipeline = Pipeline(self.config.plan(self.store, mode), self._options(), self.store, self._on_event)
-            for component in pipeline.components_needed():
-                pipeline.runner.check_models(component)  # fetched on first use, or the job fails with the fix
+            pipeline.check_models()  # fetched on first use, or the job fails with the fix
             pipeline.runner.start("serve")
             self._pipelines[mode] = pipeline
         return self._pipelines[mode]

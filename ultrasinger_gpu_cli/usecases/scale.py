@@ -178,9 +178,7 @@ def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: St
     prepare(options)
     sweep(options)
     for slot in {id(s.plan): s for s in slots.slots}.values():  # weights checked (or fetched) once, before any worker
-        checking = Pipeline(slot.plan, options, store)
-        for component in checking.components_needed():
-            checking.runner.check_models(component)
+        Pipeline(slot.plan, options, store).check_models()
     for note in slots.notes:
         on_event(Notice(None, note))
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
