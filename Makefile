@@ -12,7 +12,7 @@ SONG ?=
 MODE ?= balanced
 OUT ?= karaoke
 
-.PHONY: help install test run bench quality gpu-wheels gpu-check completions clean ffmpeg browser serve
+.PHONY: help install test run bench quality quality-real gpu-wheels gpu-check completions clean ffmpeg browser serve
 
 help:
 	@echo "make run SONG=path/to/song.mp3 [MODE=aggressive] [OUT=karaoke]"
@@ -22,6 +22,7 @@ help:
 	@echo "make serve        create .venv on first use, install, start the server and its page on http://127.0.0.1:8765/"
 	@echo "make bench        benchmarks against the reference pipeline (DEVICE=cuda on a GPU)"
 	@echo "make quality      chart quality on synthesised songs: tempo error, notes inside the voice, re-pitch diff"
+	@echo "make quality-real [SONGS='dir ...']  charts against hand-made ones on real songs (../shared/real), beside the raw libraries"
 	@echo "make gpu-wheels   the wheels a lent GPU machine lacks, in .whl/ (for Python 3.12), with their size"
 	@echo "make gpu-check OUT=dir  GPU acceptance: detect, CUDA tests, 16 GB emulation, real OOM, fp16, GPU bench"
 	@echo "make completions  regenerate completions/ (bash, zsh, fish, PowerShell)"
@@ -72,6 +73,12 @@ bench: ffmpeg $(VENV)/.installed
 # Chart quality on synthesised songs (issue 11): tempo, notes inside the voice, re-pitch diff.
 quality: ffmpeg $(VENV)/.installed
 	$(BIN)/python -m benchmarks.quality
+
+# Charts against hand-made ones on real songs (issue 21): every song folder under ../shared/real and
+# SONGS (folders holding a chart and its audio), ugpu's three modes beside the raw libraries.
+SONGS ?=
+quality-real: ffmpeg $(VENV)/.installed
+	$(BIN)/python -m benchmarks.quality_real $(SONGS)
 
 # GPU acceptance (README: "GPU acceptance"). gpu-wheels prepares, here, what the lent GPU machine
 # lacks (it has no package index); gpu-check runs there, or on any CUDA machine with ugpu installed.

@@ -191,7 +191,7 @@ def test_optimize_save_stores_the_plan(runner, fake_gpus):
     saved = json.loads(result.stdout)["saved_config_ids"]
     assert set(saved) == {"whisper", "demucs", "crepe"}
     assert rows("SELECT COUNT(*) FROM component_config WHERE kind = 'plan' AND is_active") == [(3,)]
-    assert rows("SELECT COUNT(*) FROM optimization_setting") == [(18,)]  # every parameter of every component
+    assert rows("SELECT COUNT(*) FROM optimization_setting") == [(19,)]  # every parameter of every component
 
 
 def test_optimize_never_imports_torch():
@@ -231,7 +231,7 @@ def test_component_show_save_reset_round_trip(runner, fake_gpus):
     data = json.loads(saved.stdout)
     assert data["action"] == "saved" and data["device_override"] == "cpu"
     assert {k: v["source"] for k, v in data["settings"].items() if k != "compute_type"} == {
-        "model": "override", "batch_size": "override", "device": "override", "backend": "tier",
+        "model": "override", "batch_size": "override", "device": "override", "backend": "tier", "beam_size": "tier",
     }  # fmt: skip
 
     # From now on every command honours it, shown with source "override".

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tests.audio_factory import drum_song, melody, midi_to_hz, write_wav
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.notes import KEEP_LENGTH, build_song, lyrics_text, phrase_starts
+from ultrasinger_gpu_cli.notes import MIN_CHART_BPM, build_song, grid_multiple, lyrics_text, phrase_starts
 from ultrasinger_gpu_cli.tempo import Tempo, detect_tempo
 from ultrasinger_gpu_cli.ultrastar import read_chart, repitch
 from ultrasinger_gpu_cli.words import Word
@@ -101,20 +101,31 @@ def test_tempo_is_within_two_percent_and_the_grid_starts_at_a_beat(bpm, pattern)
     assert min(phase, period - phase) <= 0.015, (tempo.first_beat_s, offset, period)
 
 
-def test_the_grid_multiple_keeps_the_shortest_note_and_gap_is_a_beat():
+def test_the_grid_is_a_hand_chart_s_and_gap_is_a_beat():
     # Short notes at 140 BPM: a 16th is 107 ms, the notes are 170 ms with 60 ms gaps.
     starts = [1.0 + k * 0.23 for k in range(12)]
     words = [Word(f"la{k} ", s, s + 0.17) for k, s in enumerate(starts)]
     times, freq, conf = track_of([(s, s + 0.17, 261.63) for s in starts])
     tempo = Tempo(140.0, first_beat_s=0.2)
     song = build_song(words, times, freq, conf, tempo=tempo, title="T", artist="A", split_syllables=False)
-    assert song.bpm in (280.0, 560.0, 1120.0)  # a multiple of the tempo
+    assert song.bpm == 280.0  # the coarsest multiple of the tempo at 200 or more, as hand charts
     assert (song.gap_ms / 1000 - 0.2) % tempo.beat_s == pytest.approx(0, abs=1e-3) or \
         (song.gap_ms / 1000 - 0.2) % tempo.beat_s == pytest.approx(tempo.beat_s, abs=1e-3)  # fmt: skip
-    for n in song.notes:
-        assert n.length_beats * song.beat_s >= KEEP_LENGTH * 0.17
-    for a, b in zip(song.notes, song.notes[1:]):
-        assert b.start_beat > a.end_beat  # the 60 ms gaps survive
+    for n in song.notes:  # every note at least a beat; a beat is at most half a 170 ms note here
+        assert n.length_beats >= 2
+    for (a_start, a_end), (b_start, _) in zip(song.note_times(), song.note_times()[1:]):
+        assert b_start >= a_end  # no overlap
+
+
+def test_the_grid_goes_finer_only_where_notes_would_be_shorter_than_a_beat():
+    tempo = Tempo(100.0)  # x2 = 200: beats of 75 ms
+    assert MIN_CHART_BPM == 200
+    long_notes = [(k * 0.5, k * 0.5 + 0.3) for k in range(20)]
+    assert grid_multiple(tempo, 0.0, long_notes) == 2
+    short = [(k * 0.2, k * 0.2 + 0.05) for k in range(20)]  # 50 ms notes: 37.5 ms beats at x4 hold them
+    assert grid_multiple(tempo, 0.0, short) == 4
+    one_fragment = long_notes + [(11.0, 11.02)]  # one tracker fragment in 21 notes does not make the grid finer
+    assert grid_multiple(tempo, 0.0, one_fragment) == 2
 
 
 # -- notes follow the voice ------------------------------------------------------------------------
@@ -298,14 +309,51 @@ def test_lyrics_every_word_once_in_order_with_line_breaks_as_phrases(env, fast_w
     assert 1 <= lines <= 4  # the three lyrics lines are phrase hints (a one-word line would merge)
 
 
-def test_lyrics_map_onto_the_heard_words_chunk_by_chunk():
-    from ultrasinger_gpu_cli.lyrics import assign_to_chunks
+def _heard(spec: str, start: float = 0.0, step: float = 0.5) -> list[Word]:
+    return [Word(f" {w}", start + k * step, start + k * step + 0.4) for k, w in enumerate(spec.split())]
+
+
+def test_lyrics_match_the_heard_words_in_order_and_keep_the_song_s_order():
+    from ultrasinger_gpu_cli.lyrics import match_heard
 
     user = "one two three four five six".split()
-    heard = [("one", 0), ("too", 0), ("three", 0), ("four", 1), ("fife", 1), ("six", 1)]
-    assert assign_to_chunks(user, heard, 2, [(0, 5), (6, 10)]) == [0, 0, 0, 1, 1, 1]
-    # Nothing heard: shared out by the chunks' lengths.
-    assert assign_to_chunks(user, [], 2, [(0, 3), (3, 9)]) == [0, 0, 1, 1, 1, 1]
+    heard = _heard("one too three four fife six")
+    assert match_heard(user, heard) == {0: 0, 2: 2, 3: 3, 4: 4, 5: 5}  # "fife" is near "five", "too" not "two"
+    # A chorus sung three times, written once before the verse that follows it: the lyrics keep
+    # their order; the repeats before the verse are skipped as one stretch, not word by word.
+    chorus, verse = "la la land is where we go", "then the night came down"
+    heard = _heard(f"{chorus} {chorus} {verse} {chorus}", step=0.5)
+    matched = match_heard(f"{chorus} {verse}".split(), heard)
+    verse_at = [k for k, w in enumerate(heard) if w.text.strip() == "then"][0]
+    assert [matched[k] for k in range(7, 12)] == list(range(verse_at, verse_at + 5))
+    assert all(matched[k] < verse_at for k in range(7))
+    # Written once where it is sung three times at the end: it goes to the first occurrence.
+    matched = match_heard(f"{verse} {chorus}".split(), _heard(f"{verse} {chorus} {chorus} {chorus}"))
+    assert [matched[k] for k in range(5, 12)] == list(range(5, 12))
+    # The chorus heard only in part the first time, in full when it returns (the verse between
+    # not heard at all): a longest-block match puts the first chorus on its return and crams the
+    # rest after it; in order and in time, the first chorus keeps the part heard where it is sung.
+    first = "la la land is".split()
+    heard = _heard(" ".join(first) + " mumble", step=0.5) + _heard(chorus, start=30.0)
+    matched = match_heard(f"{chorus} {verse} {chorus}".split(), heard)
+    assert [matched[k] for k in range(4)] == [0, 1, 2, 3]  # the first chorus where it was first sung
+    assert [matched[k] for k in range(12, 19)] == list(range(5, 12))  # the return on the return
+    # A word that is not alike never pairs, even to save a skip ("soon" is not "22").
+    assert match_heard(["you", "soon", "to"], _heard("you 22 to")) == {0: 0, 2: 2}
+
+
+def test_no_lyrics_word_is_squeezed_below_a_sung_syllable():
+    from ultrasinger_gpu_cli.lyrics import MIN_SYLLABLE_S, unsqueeze
+
+    crowded = [Word("a", 1.0, 1.01), Word("wonderful", 1.01, 1.02), Word("day", 1.02, 1.03), Word("then", 3.0, 3.4)]
+    out = unsqueeze(crowded, 10.0)
+    assert [w.text for w in out] == ["a", "wonderful", "day", "then"]
+    for w, syllables in zip(out, (1, 3, 1, 1)):
+        assert w.end_s - w.start_s >= syllables * MIN_SYLLABLE_S - 1e-9
+    assert all(b.start_s >= a.end_s - 1e-9 for a, b in zip(out, out[1:]))
+    assert out[0].start_s == 1.0 and out[-1].start_s == 3.0  # only the crowded ones moved
+    at_the_end = unsqueeze([Word("last", 9.99, 10.0), Word("words", 10.0, 10.0)], 10.0)
+    assert at_the_end[-1].end_s <= 10.0 and at_the_end[0].end_s - at_the_end[0].start_s >= MIN_SYLLABLE_S - 1e-9
 
 
 @pytest.mark.parametrize(("content", "words"), [(b"", "no words"), (b"\n  \n[ar:x]\n", "no words"),
@@ -335,3 +383,101 @@ def test_the_chart_sings_whispers_words_in_order(env, fast_whisper, tmp_path):
     words = [w["word"].strip() for seg in heard["segments"] for w in seg if w["word"].strip()]
     assert words, "the random Whisper heard nothing: nothing to check"
     assert lyrics_text(chart.notes).split() == " ".join(words).split()
+
+
+# -- onsets: Whisper's late starts moved onto the voice (issue 21) ----------------------------------
+def test_a_recognised_word_starts_where_the_voice_does():
+    from ultrasinger_gpu_cli.onsets import SEARCH_BEFORE_S, refine_starts, voice_onsets
+
+    # Sung: 1.00-1.60 at C4, legato into 1.60-2.20 at E4; a pause; 3.00-3.50 at G4.
+    times, freq, conf = track_of([(1.0, 1.6, midi_to_hz(60)), (1.6, 2.2, midi_to_hz(64)), (3.0, 3.5, midi_to_hz(67))])
+    onsets = voice_onsets(times, freq, conf > 0.5)
+    assert list(np.round(onsets.voicing, 2)) == [1.0, 3.0] and list(np.round(onsets.levels, 2)) == [1.0, 1.6, 3.0]
+    # Whisper's marks, each ~100 ms late, and one word with no onset in reach (it keeps its start).
+    late = [Word(" one", 1.1, 1.6), Word(" two", 1.72, 2.2), Word(" three", 3.12, 3.5), Word(" hum", 5.0, 5.4)]
+    moved = refine_starts(late, onsets)
+    assert [round(w.start_s, 2) for w in moved] == [1.0, 1.6, 3.0, 5.0]
+    assert all(a.end_s <= b.start_s for a, b in zip(moved, moved[1:]))
+    # Never further back than the search reaches, nor onto the word before.
+    far = refine_starts([Word(" far", 1.0 + SEARCH_BEFORE_S + 0.1, 1.9)], onsets)
+    assert far[0].start_s == pytest.approx(1.4)
+    crowded = refine_starts([Word(" a", 0.98, 1.05), Word(" b", 1.1, 1.5)], onsets)
+    assert crowded[1].start_s >= crowded[0].start_s + 0.06
+
+
+def test_the_pipeline_moves_recognised_words_only():
+    words = [Word(" la", 1.1, 1.6), Word(" lo", 3.12, 3.5)]
+    times, freq, conf = track_of([(1.0, 1.6, midi_to_hz(60)), (3.0, 3.5, midi_to_hz(67))])
+    for refine, first in ((True, 1.0), (False, 1.1)):
+        song = build_song(words, times, freq, conf, tempo=Tempo(150.0, 0.0), title="T", artist="A", refine_onsets=refine)
+        assert song.note_times()[0][0] == pytest.approx(first, abs=song.beat_s / 2 + 1e-9)
+
+
+# -- pitch per note: held frames, confidence, the voice's range (issue 21) ---------------------------
+def test_a_note_s_pitch_is_the_held_one_not_the_median_of_a_scoop():
+    from ultrasinger_gpu_cli.notes import note_pitch
+
+    scoop = np.linspace(60.0, 63.6, 16)  # sliding up into the note: 24 semitones a second (10 ms frames)
+    held = 64 + 0.2 * np.sin(np.arange(10) / 2)  # then holding E4 with a little vibrato
+    midi = np.concatenate([scoop, held])
+    assert round(float(np.median(midi))) == 63  # a plain median lands a semitone flat
+    assert round(note_pitch(midi, step_s=0.01)) == 64
+    # Unsure frames count less: a confident E4 beats as many doubtful F#4 frames.
+    assert round(note_pitch(np.r_[np.full(8, 64.0), np.full(8, 66.0)], np.r_[np.full(8, 0.95), np.full(8, 0.55)])) == 64
+
+
+def test_a_bass_line_the_tracker_followed_does_not_make_the_note():
+    # Eight sung notes around A3; inside the sixth, the tracker follows a bass line two octaves
+    # and a third down for most of the note, the voice's own frames only at its end.
+    notes = [(1.0 + k * 0.5, 0.4, 57 + (k % 3)) for k in range(8)]
+    times, freq, conf = track_of([(s, s + n, midi_to_hz(m)) for s, n, m in notes])
+    s6 = notes[5][0]
+    freq[(times >= s6) & (times < s6 + 0.3)] = midi_to_hz(33)
+    words = [Word(f" la{k}", s, s + n) for k, (s, n, _) in enumerate(notes)]
+    song = build_song(words, times, freq, conf, tempo=120, title="T", artist="A", split_syllables=False)
+    assert [n.midi for n in song.notes] == [m for _, _, m in notes]
+
+
+# -- re-pitch keeps a melisma on the chart's own grid (issue 21) ------------------------------------
+def test_repitch_splits_a_sung_melisma_on_the_chart_s_grid():
+    from ultrasinger_gpu_cli.notes import repitch_parts
+    from ultrasinger_gpu_cli.ultrastar import chart_song
+
+    # 14 syllables; six of them carry two pitches each (0.5 s + 0.5 s): 20 sung pitches.
+    sung, lines, t = [], ["#VERSION:1.1.0", "#TITLE:M", "#ARTIST:A", "#MP3:a.mp3", "#BPM:300", "#GAP:1000"], 1.0
+    for k in range(14):
+        pitches = [60 + (k * 3) % 12, 62 + (k * 3) % 12] if k % 7 in (1, 3, 5) else [60 + (k * 5) % 12]
+        length = 0.5 * len(pitches)
+        sung += [(t + 0.5 * j, 0.5, p) for j, p in enumerate(pitches)]
+        lines.append(f": {round((t - 1.0) / 0.05)} {round(length / 0.05)} 0 la{k} ")
+        t += length + 0.1
+    chart = read_chart("\n".join(lines + ["E"]) + "\n")
+    times, freq, conf = track_of([(s, s + n - 0.01, midi_to_hz(m)) for s, n, m in sung], duration=t + 1)
+    parts = repitch_parts(chart, times, freq, conf)
+    out = read_chart(repitch(chart, parts, audio="a.mp3"))
+    assert [n.pitch + 60 for n in out.notes] == [m for _, _, m in sung]  # 20 of 20, in order
+    assert sum(n.text.strip() == "~" for n in out.notes) == 6 and out.notes[-1].text == "la13 "
+    assert all(n.length_beats >= 1 for n in out.notes)
+    # The parts cover each syllable's beats exactly: a "~" starts where its syllable's first part ends.
+    assert all(a.end_beat == b.start_beat for a, b in zip(out.notes, out.notes[1:]) if b.text.strip() == "~")
+    assert out.notes[-1].end_beat == chart.notes[-1].end_beat
+    assert len(chart_song(chart, parts, title="M", artist="A", language=None).notes) == 20
+
+
+# -- eval: the chart's octave, both word spacings, word onsets (issue 21) ---------------------------
+def test_eval_finds_the_chart_s_octave_and_reads_both_word_spacings():
+    from ultrasinger_gpu_cli.evaluation import score
+
+    head = "#VERSION:1.1.0\n#TITLE:T\n#ARTIST:A\n#BPM:300\n#GAP:1000\n"
+    # The hand chart writes a word's space before its syllable, and a melisma's letters on "~n".
+    hand = read_chart(head + ": 0 4 7 Hel\n: 4 4 9 lo\n: 10 4 7  my\n: 16 4 5  dar\n: 20 4 4 ling\n: 24 2 4 ~s\n- 30\n"
+                      ": 32 4 2 Yes\nE\n")  # fmt: skip
+    assert [w.text for w in hand.lyric_words()] == ["Hello", "my", "darlings", "Yes"]
+    # The same melody an octave up, the space after each word, 50 ms late, no note for "~s".
+    gen = read_chart(head + ": 1 4 19 Hel\n: 5 4 21 lo \n: 11 4 19 my \n: 17 4 17 dar\n: 21 6 16 lings \n- 30\n"
+                     ": 33 4 14 Yes \nE\n")  # fmt: skip
+    s = score(gen, hand)
+    assert s.octave_offset == 1 and s.pitch_exact == 1.0 and s.note_f1 == s.note_f1_octave
+    assert s.note_precision == 1.0 and s.note_recall == pytest.approx(6 / 7)
+    assert s.words_matched == 1.0 and s.word_onset_median_ms == pytest.approx(50, abs=1) and s.words_within_100ms == 1.0
+    assert s.lyric_similarity == 1.0 and s.bpm == s.reference_bpm == 300

@@ -2,14 +2,23 @@
 
 Per song, against the reference chart:
 
-* **note match rate**: the share of the reference's sung notes that a generated note matches
-  one to one, with its onset within :data:`ONSET_TOLERANCE_S` and the same pitch (semitone);
-* **median onset error** (ms) over the notes matched by onset alone;
-* **pitch accuracy**, with and without the octave: over the reference's sung time that a
-  generated sung note also covers, the share where the two pitches agree;
+* **words**: the two charts' words are matched by a monotonic alignment of their text (case and
+  punctuation ignored, near spellings allowed), so a word counts where it is sung, not where it
+  falls in the list; over the matched words, the median and mean **onset error**; the share of
+  the reference's words matched, and the share whose onset lies within 100 ms, 300 ms and 1 s;
+* **notes**: precision, recall and F1 of the generated sung notes against the reference's, one
+  to one, onset within :data:`ONSET_TOLERANCE_S`, the same pitch class (``note_f1``) and the same
+  pitch once the chart's octave is allowed for (``note_f1_octave``); ``note_f1_onset`` by onset
+  alone. **The chart's octave**: a hand chart writes the melody in an octave of the charter's
+  choosing, so the octave offset between the charts (the whole octaves that make most of the
+  sung time agree) is found first and reported (``octave_offset``);
+* **pitch**: over the reference's sung time that a generated note also covers, the share where
+  the pitches agree (the octave offset applied) and where their pitch classes agree; over the
+  onset-matched notes, exact, within a semitone and the same pitch class (for a re-pitched
+  chart, where every note is matched, this is the re-pitch accuracy);
 * **coverage**: the share of the reference's sung time that generated notes cover;
-* **lyric similarity**: the matching share of the two charts' word sequences (case and
-  punctuation ignored), from 0 to 1.
+* **lyric similarity**: the matching share of the two word sequences, from 0 to 1;
+* **the grid**: both charts' ``#BPM`` and lines per minute.
 
 Charts are matched by file name (the stem, case ignored) when folders are given. Pure core:
 no CLI imports.
@@ -18,19 +27,21 @@ no CLI imports.
 from __future__ import annotations
 
 import difflib
-import re
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from ultrasinger_gpu_cli.errors import UgpuError
-from ultrasinger_gpu_cli.notes import lyrics_text
 from ultrasinger_gpu_cli.timings import decode_text
 from ultrasinger_gpu_cli.ultrastar import PITCHED, Chart, ChartNote, read_chart
+from ultrasinger_gpu_cli.wordmatch import match, normalise
+from ultrasinger_gpu_cli.words import Word
 
 ONSET_TOLERANCE_S = 0.1
 FRAME_S = 0.01  # time resolution of pitch accuracy and coverage
+WITHIN_S = (0.1, 0.3, 1.0)  # word onset shares reported
 
 
 class EvaluationError(UgpuError):
@@ -40,21 +51,60 @@ class EvaluationError(UgpuError):
 
 
 @dataclass(frozen=True)
+class WordOnsets:
+    """Word onsets of a generated word list against the reference's (times in ms, shares 0-1)."""
+
+    reference_words: int
+    generated_words: int
+    words_matched: float  # share of the reference's words
+    median_error_ms: float | None
+    mean_error_ms: float | None
+    within_100ms: float  # shares of the reference's words
+    within_300ms: float
+    within_1s: float
+
+
+@dataclass(frozen=True)
 class ChartScore:
     name: str
     generated: str
     reference: str
     reference_notes: int
     generated_notes: int
-    note_match_rate: float
-    median_onset_error_ms: float | None
-    pitch_accuracy: float | None
+    note_match_rate: float  # recall at the same pitch, the chart's octave allowed for
+    median_onset_error_ms: float | None  # notes matched by onset
+    pitch_accuracy: float | None  # sung time, the chart's octave allowed for
     pitch_accuracy_any_octave: float | None
     coverage: float
     lyric_similarity: float
+    octave_offset: int  # whole octaves the generated chart sits above the reference
+    note_precision: float
+    note_recall: float
+    note_f1: float  # onset and pitch class
+    note_f1_octave: float  # onset and pitch (octave offset applied)
+    note_f1_onset: float  # onset alone
+    notes_matched: int  # by onset
+    pitch_exact: float | None  # over onset-matched notes
+    pitch_within_1: float | None
+    pitch_class: float | None
+    reference_words: int
+    words_matched: float
+    word_onset_median_ms: float | None
+    word_onset_mean_ms: float | None
+    words_within_100ms: float
+    words_within_300ms: float
+    words_within_1s: float
+    bpm: float
+    reference_bpm: float
+    lines_per_minute: float
+    reference_lines_per_minute: float
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+#: The fields averaged over songs.
+MEAN_FIELDS = tuple(f.name for f in fields(ChartScore) if f.name not in ("name", "generated", "reference"))
 
 
 @dataclass(frozen=True)
@@ -68,9 +118,7 @@ class Evaluation:
         return float(np.mean(values)) if values else None
 
     def to_dict(self) -> dict[str, object]:
-        fields = ("note_match_rate", "median_onset_error_ms", "pitch_accuracy", "pitch_accuracy_any_octave",
-                  "coverage", "lyric_similarity")  # fmt: skip
-        return {"songs": [s.to_dict() for s in self.scores], "mean": {f: self.mean(f) for f in fields},
+        return {"songs": [s.to_dict() for s in self.scores], "mean": {f: self.mean(f) for f in MEAN_FIELDS},
                 "unmatched_generated": list(self.unmatched_generated),
                 "unmatched_reference": list(self.unmatched_reference)}  # fmt: skip
 
@@ -86,36 +134,95 @@ def load_chart(path: Path) -> Chart:
     return chart
 
 
-def _words(chart: Chart) -> list[str]:
-    text = lyrics_text(chart.notes)
-    return [w for w in (re.sub(r"[^\w']", "", w.casefold()) for w in text.split()) if w]
+# -- words ---------------------------------------------------------------------------------------------
+def word_onsets(generated: Sequence[Word], reference: Sequence[Word]) -> WordOnsets:
+    """Onset errors of generated words against the reference's, matched in order by their text
+    (:func:`.wordmatch.match`; the nearer of two equal candidates)."""
+    pairs = match([w.text for w in generated], [w.text for w in reference], times_a=[w.start_s for w in generated],
+                  times_b=[w.start_s for w in reference])  # fmt: skip
+    errors = np.array([abs(generated[g].start_s - reference[r].start_s) for g, r in pairs])
+    n = len(reference)
+
+    def share(limit: float) -> float:
+        return float((errors <= limit + 1e-9).sum() / n) if n else 0.0
+
+    return WordOnsets(
+        reference_words=n, generated_words=len(generated), words_matched=len(pairs) / n if n else 0.0,
+        median_error_ms=float(np.median(errors) * 1000) if len(errors) else None,
+        mean_error_ms=float(np.mean(errors) * 1000) if len(errors) else None,
+        within_100ms=share(WITHIN_S[0]), within_300ms=share(WITHIN_S[1]), within_1s=share(WITHIN_S[2]),
+    )  # fmt: skip
 
 
+def _lyric_words(chart: Chart) -> list[str]:
+    return [w for w in (normalise(w.text) for w in chart.lyric_words()) if w]
+
+
+# -- notes -----------------------------------------------------------------------------------------------
 def _sung(chart: Chart) -> list[ChartNote]:
     return [n for n in chart.notes if n.kind in PITCHED]
 
 
 def _frames(notes: list[ChartNote], n_frames: int) -> np.ndarray:
-    """A pitch per frame (MIDI), NaN where no note sounds."""
+    """A pitch per frame (half-steps from C4), NaN where no note sounds."""
     out = np.full(n_frames, np.nan)
     for n in notes:
-        out[int(round(n.start_s / FRAME_S)) : int(round(n.end_s / FRAME_S))] = n.pitch + 60
+        out[int(round(n.start_s / FRAME_S)) : int(round(n.end_s / FRAME_S))] = n.pitch
     return out
+
+
+def octave_offset(differences: np.ndarray) -> int:
+    """The whole octaves that make most of the differences (half-steps) zero (0 on a tie or
+    when none is a whole octave)."""
+    octaves = differences[differences % 12 == 0] // 12
+    if len(octaves) == 0:
+        return 0
+    values, counts = np.unique(octaves, return_counts=True)
+    best = counts.max()
+    return int(min(values[counts == best], key=abs))
+
+
+def match_notes(generated: Sequence[ChartNote], reference: Sequence[ChartNote],
+                same: object = None) -> list[tuple[int, int]]:  # fmt: skip
+    """One-to-one (generated, reference) pairs with onsets within :data:`ONSET_TOLERANCE_S`,
+    nearest first; ``same(g, r)``, where given, must hold too."""
+    starts = np.array([n.start_s for n in generated])
+    candidates = []
+    for j, r in enumerate(reference):
+        lo, hi = np.searchsorted(starts, [r.start_s - ONSET_TOLERANCE_S - 1e-9, r.start_s + ONSET_TOLERANCE_S + 1e-9])
+        for i in range(lo, hi):
+            if same is None or same(generated[i], r):  # type: ignore[operator]
+                candidates.append((abs(generated[i].start_s - r.start_s), i, j))
+    used_g: set[int] = set()
+    used_r: set[int] = set()
+    pairs = []
+    for _, i, j in sorted(candidates):
+        if i not in used_g and j not in used_r:
+            used_g.add(i)
+            used_r.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
+def _f1(matched: int, n_generated: int, n_reference: int) -> tuple[float, float, float]:
+    precision = matched / n_generated if n_generated else 0.0
+    recall = matched / n_reference if n_reference else 0.0
+    return precision, recall, (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+
+
+def _lines_per_minute(chart: Chart) -> float:
+    sung = list(chart.notes)
+    if not sung:
+        return 0.0
+    lines = 1 + sum(1 for n in sung[1:] if n.phrase_start)
+    span = max(sung[-1].end_s - sung[0].start_s, 1.0)
+    return lines / span * 60
 
 
 def score(generated: Chart, reference: Chart, *, name: str = "", generated_path: str = "",
           reference_path: str = "") -> ChartScore:  # fmt: skip
-    ref, gen = _sung(reference), _sung(generated)
-    # One-to-one onset matching, nearest first.
-    pairs = sorted((abs(g.start_s - r.start_s), i, j) for i, r in enumerate(ref) for j, g in enumerate(gen)
-                   if abs(g.start_s - r.start_s) <= ONSET_TOLERANCE_S)  # fmt: skip
-    used_r, used_g, matched = set(), set(), []
-    for distance, i, j in pairs:
-        if i not in used_r and j not in used_g:
-            used_r.add(i)
-            used_g.add(j)
-            matched.append((distance, ref[i], gen[j]))
-    same_pitch = sum(1 for _, r, g in matched if r.pitch == g.pitch)
+    ref = sorted(_sung(reference), key=lambda n: n.start_s)
+    gen = sorted(_sung(generated), key=lambda n: n.start_s)
     end = max([n.end_s for n in reference.notes + generated.notes] or [0.0])
     n_frames = int(np.ceil(end / FRAME_S)) + 1
     ref_pitch, gen_pitch = _frames(ref, n_frames), _frames(gen, n_frames)
@@ -125,15 +232,41 @@ def score(generated: Chart, reference: Chart, *, name: str = "", generated_path:
     ref_sung = ~np.isnan(ref_pitch)
     both = ref_sung & ~np.isnan(gen_pitch)
     difference = np.round(gen_pitch[both] - ref_pitch[both]).astype(int)
+    onset_pairs = match_notes(gen, ref)
+    if onset_pairs:  # the chart's octave: from the matched notes where there are any, else the sung time
+        offset = octave_offset(np.array([gen[i].pitch - ref[j].pitch for i, j in onset_pairs]))
+    else:
+        offset = octave_offset(difference)
+    shift = 12 * offset
+    note_diffs = np.array([gen[i].pitch - shift - ref[j].pitch for i, j in onset_pairs])
+    by_class = match_notes(gen, ref, lambda g, r: (g.pitch - r.pitch) % 12 == 0)
+    by_pitch = match_notes(gen, ref, lambda g, r: g.pitch - shift == r.pitch)
+    precision, recall, f1 = _f1(len(by_class), len(gen), len(ref))
+    words = word_onsets(generated.lyric_words(), reference.lyric_words())
     return ChartScore(
         name=name, generated=generated_path, reference=reference_path,
         reference_notes=len(ref), generated_notes=len(gen),
-        note_match_rate=same_pitch / len(ref) if ref else 0.0,
-        median_onset_error_ms=float(np.median([d for d, _, _ in matched]) * 1000) if matched else None,
-        pitch_accuracy=float(np.mean(difference == 0)) if both.any() else None,
+        note_match_rate=len(by_pitch) / len(ref) if ref else 0.0,
+        median_onset_error_ms=float(np.median([abs(gen[i].start_s - ref[j].start_s) for i, j in onset_pairs]) * 1000)
+        if onset_pairs else None,
+        pitch_accuracy=float(np.mean(difference - shift == 0)) if both.any() else None,
         pitch_accuracy_any_octave=float(np.mean(difference % 12 == 0)) if both.any() else None,
         coverage=float((ref_sung & gen_any).sum() / ref_sung.sum()) if ref_sung.any() else 0.0,
-        lyric_similarity=difflib.SequenceMatcher(None, _words(generated), _words(reference), autojunk=False).ratio(),
+        lyric_similarity=difflib.SequenceMatcher(None, _lyric_words(generated), _lyric_words(reference),
+                                                 autojunk=False).ratio(),
+        octave_offset=offset,
+        note_precision=precision, note_recall=recall, note_f1=f1,
+        note_f1_octave=_f1(len(by_pitch), len(gen), len(ref))[2],
+        note_f1_onset=_f1(len(onset_pairs), len(gen), len(ref))[2],
+        notes_matched=len(onset_pairs),
+        pitch_exact=float(np.mean(note_diffs == 0)) if len(note_diffs) else None,
+        pitch_within_1=float(np.mean(np.abs(note_diffs) <= 1)) if len(note_diffs) else None,
+        pitch_class=float(np.mean(note_diffs % 12 == 0)) if len(note_diffs) else None,
+        reference_words=words.reference_words, words_matched=words.words_matched,
+        word_onset_median_ms=words.median_error_ms, word_onset_mean_ms=words.mean_error_ms,
+        words_within_100ms=words.within_100ms, words_within_300ms=words.within_300ms, words_within_1s=words.within_1s,
+        bpm=generated.bpm, reference_bpm=reference.bpm,
+        lines_per_minute=_lines_per_minute(generated), reference_lines_per_minute=_lines_per_minute(reference),
     )  # fmt: skip
 
 

@@ -1,10 +1,15 @@
 """``--lyrics``: the user's own words instead of speech recognition, timed on the vocals.
 
 * **Plain text**: one line per sung line (the breaks become phrase hints). Whisper transcribes
-  the vocals as usual; the user's words are mapped onto the transcribed words (a sequence
-  alignment on the normalised words), which tells each voiced chunk its own part of the text;
-  then the same Whisper model aligns that text to the chunk's audio word by word (its
-  cross-attention alignment, the one that times transcribed words: no extra weights).
+  the vocals as usual; the user's words are matched onto the words it heard **in order and in
+  time** (:func:`match_heard`: a monotonic alignment where skipping heard words costs their
+  time, so a line that repeats goes to the occurrence that keeps the song's order, and a repeat
+  the lyrics leave out is skipped as one stretch). A matched word takes the time Whisper heard
+  it at. The words between two matches (Whisper missed or misheard them) are timed in the
+  stretch between their neighbours: by the same Whisper model's alignment of their text to that
+  audio (its cross-attention, no extra weights) where the stretch is long enough to need it,
+  else shared out by letters. No word is left shorter than a sung syllable
+  (:func:`unsqueeze`).
 * **LRC** (``[mm:ss.xx] line``): the line times say where each line is sung, so no
   transcription is needed; each line is aligned in the audio from its time to the next line's.
 
@@ -14,17 +19,21 @@ the model work (:meth:`WhisperEngine.align`).
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.notes import rule_syllables
+from ultrasinger_gpu_cli.wordmatch import match
 from ultrasinger_gpu_cli.words import Word
 
 MAX_BYTES = 1 * 2**20  # lyrics are kilobytes
 MAX_WINDOW_S = 30.0  # one Whisper window
+SKIP_COST_PER_S = 0.05  # a matched word is worth skipping 20 s of heard words between two matches, no more
+MIN_SYLLABLE_S = 0.1  # no word is shorter than this per syllable
+ALIGN_MIN_S = 1.0  # a stretch shorter than this between matched words is shared by letters, not aligned
 _LRC_TIME = re.compile(r"\[(\d{1,3}):(\d{1,2}(?:[.:]\d{1,3})?)\]")
 _LRC_TAG = re.compile(r"^\[[a-zA-Z#]+:[^\]]*\]$")  # [ar:...], [ti:...], [offset:...]
 _WORD_TIME = re.compile(r"<\d{1,3}:\d{1,2}(?:[.:]\d{1,3})?>")  # enhanced LRC word times
@@ -108,47 +117,43 @@ def _parse(text: str) -> list[LyricsLine]:
     return plain + [LyricsLine(line.words) for line in timed]  # mixed: the times are not trusted
 
 
-def _norm(word: str) -> str:
-    return re.sub(r"[^\w]", "", word.casefold())
+def match_heard(user: list[str], heard: list[Word]) -> dict[int, int]:
+    """The user's words matched onto the heard ones in order: {user index: heard index}. Leaving
+    heard words unmatched between two matches costs :data:`SKIP_COST_PER_S` per second they
+    span, so one matched word never pulls the lyrics across a stretch of the song."""
+    if not user or not heard:
+        return {}
+    starts = [w.start_s for w in heard]
+    spans = [b - a for a, b in zip(starts, starts[1:])] + [heard[-1].end_s - heard[-1].start_s]
+    pairs = match(user, [w.text for w in heard], skip_cost_b=[SKIP_COST_PER_S * max(0.0, s) for s in spans])
+    return dict(pairs)
 
 
-def assign_to_chunks(user: list[str], heard: list[tuple[str, int]], n_chunks: int,
-                     chunks: list[tuple[float, float]]) -> list[int]:  # fmt: skip
-    """The chunk of each user word: from the transcribed word it maps onto (``heard`` = (word,
-    chunk)); a word that maps onto none goes with the word before it (the first ones: after).
-    Without any transcribed word, the words are shared out by the chunks' lengths."""
-    if not user:
-        return []
-    if not heard:
-        total = sum(e - s for s, e in chunks) or 1.0
-        out, edge, k = [], 0.0, 0
-        for i in range(len(user)):
-            position = (i + 0.5) / len(user) * total
-            while k < n_chunks - 1 and position > edge + (chunks[k][1] - chunks[k][0]):
-                edge += chunks[k][1] - chunks[k][0]
-                k += 1
-            out.append(k)
-        return out
-    matcher = difflib.SequenceMatcher(None, [_norm(w) for w in user], [_norm(w) for w, _ in heard], autojunk=False)
-    found: list[int | None] = [None] * len(user)
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            found[block.a + k] = heard[block.b + k][1]
-    # An unmatched word stays with the words before it (the first ones: with the first match).
-    out: list[int] = []
-    previous = next((c for c in found if c is not None), 0)
-    for chunk in found:
-        previous = previous if chunk is None else chunk
-        out.append(previous)
-    return _monotone(out)
+def _syllable_count(word: str) -> int:
+    return max(1, len(rule_syllables(word)))
 
 
-def _monotone(chunks: list[int]) -> list[int]:
-    """Lyrics are sung in order: a word never goes to an earlier chunk than the word before it."""
-    out, high = [], 0
-    for c in chunks:
-        high = max(high, c)
-        out.append(high)
+def unsqueeze(words: list[Word], duration_s: float) -> list[Word]:
+    """No word shorter than a sung syllable (:data:`MIN_SYLLABLE_S` per syllable): where words
+    were crowded into too little time, the later ones move on into the free time after them
+    (and, at the end of the song, the earlier ones back into the time before)."""
+    if not words:
+        return words
+    need = [MIN_SYLLABLE_S * _syllable_count(w.text) for w in words]
+    starts = [w.start_s for w in words]
+    for k in range(1, len(words)):
+        starts[k] = max(starts[k], starts[k - 1] + need[k - 1])
+    limit = max(duration_s, words[-1].end_s)
+    if starts[-1] + need[-1] > limit:  # pushed past the end: back from the end
+        starts[-1] = limit - need[-1]
+        for k in range(len(words) - 2, -1, -1):
+            starts[k] = min(starts[k], starts[k + 1] - need[k])
+    out = []
+    for k, w in enumerate(words):
+        start = max(0.0, starts[k])
+        nxt = starts[k + 1] if k + 1 < len(words) else limit
+        end = min(max(w.end_s, start + need[k]), max(nxt, start + need[k]))
+        out.append(Word(w.text, start, end, w.probability, w.word_end, w.phrase_start))
     return out
 
 
@@ -227,15 +232,52 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
         return AlignedLyrics(language, timed_words(texts, aligned, windows))
     transcript = engine.run(audio, lambda f, t: progress(0.5 * f, t), language=language)
     language = language or transcript.language
-    chunks = list(transcript.chunks)
-    if not chunks:  # no voice found: the whole song is one stretch per 30 s
-        chunks = [(s, min(duration, s + MAX_WINDOW_S)) for s in range(0, max(1, int(duration)), int(MAX_WINDOW_S))]
-    heard = [(w.text.strip(), _chunk_of(w.start_s, chunks)) for s in transcript.segments for w in s.words]
-    where = assign_to_chunks(user, heard, len(chunks), chunks)
-    texts = [[w for w, c in zip(user, where) if c == k] for k in range(len(chunks))]
-    language, aligned = engine.align(audio, chunks, [" ".join(t) for t in texts], language=language,
-                                     progress=lambda f, t: progress(0.5 + 0.5 * f, t))  # fmt: skip
-    flat = [w for words in timed_words(texts, aligned, chunks) for w in words]
+    heard = [w for seg in transcript.segments for w in seg.words if w.text.strip()]
+    timed: list[Word | None] = [None] * len(user)
+    for i, j in match_heard(user, heard).items():
+        timed[i] = Word(user[i], heard[j].start_s, heard[j].end_s)
+    chunks = list(transcript.chunks) or [(0.0, duration)]
+    # The words between two matches, timed in the stretch between their neighbours: those of the
+    # line before's last matched word follow it, those of the line after's first precede it, at
+    # the song's own pace; whole lines Whisper missed are aligned in what is left.
+    pace = _pace([w for w in timed if w is not None])
+    to_align: list[tuple[list[int], tuple[float, float]]] = []
+    for first, last in _unmatched_runs(timed):
+        before = timed[first - 1] if first > 0 else None
+        after = timed[last + 1] if last + 1 < len(user) else None
+        low = before.end_s if before else _voice_start(chunks, after.start_s if after else duration)
+        high = after.start_s if after else _voice_end(chunks, before.end_s if before else 0.0, duration)
+        indices = list(range(first, last + 1))
+        if high - low < ALIGN_MIN_S:  # Whisper ran them into their neighbours: they share the neighbours' time
+            together = ([first - 1] if before else []) + indices + ([last + 1] if after else [])
+            start = before.start_s if before else max(0.0, high - ALIGN_MIN_S)
+            _share(timed, user, together, start, after.end_s if after else min(duration, start + ALIGN_MIN_S))
+            continue
+        head = [k for k in indices if before and line_of[k] == line_of[first - 1]]
+        tail = [k for k in indices if after and line_of[k] == line_of[last + 1] and k not in head]
+        if head:
+            end = min(high, low + pace * sum(_syllable_count(user[k]) for k in head))
+            _share(timed, user, head, low, end)
+            low = end
+        if tail:
+            start = max(low, high - pace * sum(_syllable_count(user[k]) for k in tail))
+            _share(timed, user, tail, start, high)
+            high = start
+        middle = [k for k in indices if k not in head and k not in tail]
+        if middle and high - low < ALIGN_MIN_S:
+            _share(timed, user, middle, low, max(low, high))
+        elif middle:
+            to_align += _windows(low, high, middle, chunks)
+    if to_align:
+        windows = [window for _, window in to_align]
+        texts = [[user[k] for k in indices] for indices, _ in to_align]
+        language, aligned = engine.align(audio, windows, [" ".join(t) for t in texts], language=language,
+                                         progress=lambda f, t: progress(0.5 + 0.5 * f, t))  # fmt: skip
+        for (indices, _), words in zip(to_align, timed_words(texts, aligned, windows)):
+            for k, word in zip(indices, words):
+                timed[k] = word
+    progress(1.0, duration)
+    flat = unsqueeze([w for w in timed if w is not None], duration)
     # Back to the user's lines: a line's first word starts a phrase.
     lines: list[list[Word]] = [[] for _ in lyrics.lines]
     for word, line in zip(flat, line_of):
@@ -243,8 +285,70 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
     return AlignedLyrics(language, [line for line in lines if line])
 
 
-def _chunk_of(t: float, chunks: list[tuple[float, float]]) -> int:
-    for k, (s, e) in enumerate(chunks):
-        if t < e:
-            return k
-    return len(chunks) - 1
+def _unmatched_runs(timed: list[Word | None]) -> list[tuple[int, int]]:
+    """(first, last) index of each run of words with no time yet."""
+    runs, first = [], None
+    for k, word in enumerate(timed + [Word("", 0, 0)]):
+        if word is None and first is None:
+            first = k
+        elif word is not None and first is not None:
+            runs.append((first, k - 1))
+            first = None
+    return runs
+
+
+def _pace(words: list[Word]) -> float:
+    """The song's pace: the median time per syllable of the words Whisper heard (within
+    :data:`MIN_SYLLABLE_S` and a second)."""
+    per = [(w.end_s - w.start_s) / _syllable_count(w.text) for w in words if w.end_s > w.start_s]
+    return float(min(1.0, max(MIN_SYLLABLE_S, sorted(per)[len(per) // 2]))) if per else 0.3
+
+
+def _share(timed: list[Word | None], user: list[str], indices: list[int], low: float, high: float) -> None:
+    """The words at ``indices`` share [low, high] by their letters."""
+    weights = [max(1, sum(ch.isalpha() for ch in user[k])) for k in indices]
+    total, at = float(sum(weights)), low
+    for k, weight in zip(indices, weights):
+        end = at + (high - low) * weight / total
+        timed[k] = Word(user[k], at, end)
+        at = end
+
+
+def _voice_start(chunks: list[tuple[float, float]], before: float) -> float:
+    """Where the voice starts, in reach before ``before`` (for words before the first match)."""
+    starts = [s for s, _ in chunks if s < before]
+    return max(starts[0] if starts else 0.0, before - MAX_WINDOW_S)
+
+
+def _voice_end(chunks: list[tuple[float, float]], after: float, duration: float) -> float:
+    """Where the voice ends, in reach after ``after`` (for words after the last match)."""
+    ends = [e for _, e in chunks if e > after]
+    return min(ends[-1] if ends else duration, after + MAX_WINDOW_S, duration)
+
+
+def _windows(low: float, high: float, indices: list[int],
+             chunks: list[tuple[float, float]]) -> list[tuple[list[int], tuple[float, float]]]:  # fmt: skip
+    """The stretch [low, high] as Whisper windows (at most :data:`MAX_WINDOW_S` each) with the
+    words each is given: a longer stretch is cut to the voiced chunks inside it, which share the
+    words by their voiced time."""
+    if high - low <= MAX_WINDOW_S:
+        return [(indices, (low, high))]
+    pieces: list[tuple[float, float]] = []
+    for s, e in chunks:
+        s, e = max(s, low), min(e, high)
+        while e - s > MAX_WINDOW_S:
+            pieces.append((s, s + MAX_WINDOW_S))
+            s += MAX_WINDOW_S
+        if e - s > ALIGN_MIN_S:
+            pieces.append((s, e))
+    if not pieces:
+        return [(indices, (low, low + MAX_WINDOW_S))]
+    total = sum(e - s for s, e in pieces)
+    out, done, at = [], 0, 0.0
+    for n, (s, e) in enumerate(pieces):
+        at += e - s
+        upto = len(indices) if n == len(pieces) - 1 else round(len(indices) * at / total)
+        if upto > done:
+            out.append((indices[done:upto], (s, e)))
+            done = upto
+    return out

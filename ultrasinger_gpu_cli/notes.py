@@ -3,7 +3,8 @@
 Pure functions, no heavy imports (README, "How notes are made").
 
 1. **Words.** No word is dropped: a zero-length word gets :data:`MIN_WORD_S` where its
-   neighbours leave room, else it joins the word before it.
+   neighbours leave room, else it joins the word before it. A recognised word's start moves
+   onto the voice's onset near it (:mod:`.onsets`): Whisper marks words late.
 2. **Syllables** come from the language's hyphenation dictionary (pyphen) where there is one,
    else from the vowel-group rule (:func:`rule_syllables`); a word's time is shared out by
    letters.
@@ -11,16 +12,20 @@ Pure functions, no heavy imports (README, "How notes are made").
    pitch frames inside the syllable's time, so notes don't cover silence. A syllable with no
    voiced frame is a freestyle note (``F``) with its text. With ``rap=True`` a word with no
    stable pitch becomes rap notes (``R``).
-4. **Pitch, octave-robust.** Frames an octave (or two) from the syllable's median are folded
-   onto it before the median is taken; a syllable splits into ``~`` continuations only at a
-   pitch change that is not an octave jump and lasts :data:`MIN_SPLIT_S`.
+4. **Pitch** (:func:`note_pitch`): octave flips folded, the held frames only (attack and release
+   left out), the pitch the voice dwells on longest, each frame weighted by the tracker's
+   confidence; then, once the middle of the voice's range is known, frames more than
+   :data:`VOICE_SPAN` from it (a bass line the tracker followed) are left out. A syllable
+   splits into ``~`` continuations where the voice holds a new pitch (not an octave jump) for
+   :data:`MIN_SPLIT_S`; a re-pitched chart's notes split the same way on its own grid
+   (:func:`repitch_parts`).
 5. **Phrases** break at pauses of :data:`PHRASE_PAUSE_S`, at Whisper segment starts and lyrics
    lines, after sentence ends, and wherever a line would run past :data:`MAX_LINE_S` or
    :data:`MAX_LINE_SYLLABLES`, at the line's largest gap. No line is left a single syllable.
-6. **The grid.** ``#BPM`` is the song's tempo times the smallest multiple (1, 2, 4 or 8) at
-   which every sung note keeps :data:`KEEP_LENGTH` of its length after snapping and reaches no
-   more than :data:`MAX_OVERHANG` of it into silence; ``#GAP`` is a beat of the song's beat grid,
-   so notes line up with the beats in an editor.
+6. **The grid** (:func:`grid_multiple`). ``#BPM`` is the song's tempo times the smallest multiple
+   (1, 2, 4 or 8) that puts it at :data:`MIN_CHART_BPM` or more, as hand charts do, finer only
+   where more than :data:`FINER_SHARE` of the notes would be shorter than a beat; ``#GAP`` is a
+   beat of the song's beat grid, so notes line up with the beats in an editor.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli.tempo import Tempo
-from ultrasinger_gpu_cli.ultrastar import Note, Song
+from ultrasinger_gpu_cli.ultrastar import PITCHED, Chart, Note, Song
 from ultrasinger_gpu_cli.words import Word
 
 VOWELS = set("aeiouyäöüáéíóúàèìòùâêîôûãõåæøœëïÿAEIOUYÄÖÜÁÉÍÓÚÀÈÌÒÙÂÊÎÔÛÃÕÅÆØŒËÏŸ")
@@ -44,12 +49,15 @@ MAX_LINE_S = 8.0  # a line longer than this is split at its largest gap
 MAX_LINE_SYLLABLES = 12
 MIN_SPLIT_S = 0.15  # a pitch run must last this long to become its own ~ note
 MIN_WORD_S = 0.06  # what a zero-length word gets, where its neighbours leave room
-KEEP_LENGTH = 0.8  # every sung note keeps at least this share of its length on the grid ...
-MAX_OVERHANG = 0.1  # ... and covers at most this share of its length again in silence
 GRID_MULTIPLES = (1, 2, 4, 8)  # #BPM = tempo x this: a beat is a 16th, 32nd, 64th or 128th note
 SENTENCE_END = re.compile(r"[.!?…。！？]['\"»”)]*$")
 STABLE_COVERAGE = 0.5  # rap: a syllable's pitch is stable when this much of it is voiced ...
 STABLE_SHARE = 0.6  # ... and this share of its voiced frames lie within a semitone of its pitch
+STABLE_SLOPE = 20.0  # semitones per second: faster than this the voice is moving, not holding a note
+DENSITY_WIDTH = 0.5  # semitones: a note's pitch is the peak of its frames' density at this width
+VOICE_SPAN = 12  # semitones either side of the voice's middle: a singer's two-octave range
+MIN_CHART_BPM = 200.0  # hand charts' #BPM lies between about 200 and 600: a beat of 75 to 25 ms
+FINER_SHARE = 0.1  # the grid goes finer only while more than this share of the notes are shorter than a beat
 
 
 # -- syllables -----------------------------------------------------------------------------------
@@ -223,19 +231,61 @@ def fold_octaves(midi: np.ndarray) -> np.ndarray:
     return np.where(near, folded, midi)
 
 
-def pitch_of(midi: np.ndarray) -> int:
-    """A note's MIDI pitch: the median of its frames, octave flips folded."""
-    return int(np.round(np.median(fold_octaves(midi))))
+def stable_frames(midi: np.ndarray, step_s: float) -> np.ndarray:
+    """The frames where the voice holds its pitch: it moves slower than :data:`STABLE_SLOPE`
+    semitones a second to both neighbours (frames ``step_s`` apart): the attack's scoop and the
+    release's fall are left out, a vibrato of half a semitone kept."""
+    if len(midi) < 3:
+        return np.ones(len(midi), dtype=bool)
+    calm = np.abs(np.diff(midi)) < STABLE_SLOPE * step_s
+    keep = np.ones(len(midi), dtype=bool)
+    keep[1:] &= calm
+    keep[:-1] &= calm
+    return keep
+
+
+def note_pitch(midi: np.ndarray, weight: np.ndarray | None = None, step_s: float = 0.016) -> float:
+    """A sung note's pitch (fractional MIDI): octave flips folded, then the pitch the voice dwells
+    on longest in its held frames (:func:`stable_frames`), each frame counting by the tracker's
+    confidence: the peak of their density, smoothed over :data:`DENSITY_WIDTH` semitones. Unlike
+    a plain median, a scoop into the note or a fall out of it does not pull the pitch off."""
+    midi = fold_octaves(np.asarray(midi, dtype=float))
+    weight = np.ones(len(midi)) if weight is None else np.asarray(weight, dtype=float)
+    if len(midi) == 0:
+        raise ValueError("a note's pitch needs voiced frames")
+    held = stable_frames(midi, step_s)
+    if held.sum() >= 2:
+        midi, weight = midi[held], weight[held]
+    if len(midi) < 3:
+        return float(np.median(midi))
+    grid = np.arange(np.floor(midi.min()) - 1, np.ceil(midi.max()) + 1, 0.05)
+    density = (weight[None, :] * np.exp(-0.5 * ((grid[:, None] - midi[None, :]) / DENSITY_WIDTH) ** 2)).sum(axis=1)
+    return float(grid[int(np.argmax(density))])
+
+
+def voice_centre(pitches: Sequence[float], durations: Sequence[float]) -> float | None:
+    """The middle of the voice's range: the duration-weighted median of its notes' pitches."""
+    if not pitches:
+        return None
+    order = np.argsort(pitches)
+    values, weights = np.asarray(pitches, dtype=float)[order], np.asarray(durations, dtype=float)[order] + 1e-9
+    cumulative = np.cumsum(weights)
+    return float(values[np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 @dataclass(frozen=True)
 class PitchTrackView:
-    """The pitch frames a chart is made from (times in seconds, Hz, periodicity)."""
+    """The pitch frames a chart is made from (times in seconds, Hz, periodicity).
+
+    ``centre`` (MIDI), once known, is the middle of the voice's range: a note's frames more than
+    :data:`VOICE_SPAN` semitones from it (a bass line or an instrument the tracker followed on a
+    mix, or a leak of one into the vocals) are left out where the note has others."""
 
     times: np.ndarray
     frequency: np.ndarray
     confidence: np.ndarray
     threshold: float = CONFIDENCE
+    centre: float | None = None
 
     @functools.cached_property
     def voiced(self) -> np.ndarray:
@@ -245,13 +295,31 @@ class PitchTrackView:
     def step_s(self) -> float:
         return float(np.median(np.diff(self.times))) if len(self.times) > 1 else 0.01
 
+    @functools.cached_property
+    def midi(self) -> np.ndarray:
+        return hz_to_midi(self.frequency)
+
     def inside(self, start_s: float, end_s: float) -> np.ndarray:
-        return self.voiced & (self.times >= start_s) & (self.times < end_s)
+        """The voiced frames in [start, end), within the voice's range where it has any there."""
+        inside = self.voiced & (self.times >= start_s) & (self.times < end_s)
+        if self.centre is not None and inside.any():
+            in_range = inside & (np.abs(self.midi - self.centre) <= VOICE_SPAN)
+            if in_range.sum() >= 2:
+                return in_range
+        return inside
 
     def pitch_between(self, start_s: float, end_s: float) -> int | None:
-        """The octave-robust pitch of the voiced frames in [start, end), or None."""
+        """The pitch of the voiced frames in [start, end) (:func:`note_pitch`), or None."""
         inside = self.inside(start_s, end_s)
-        return pitch_of(hz_to_midi(self.frequency[inside])) if inside.any() else None
+        if not inside.any():
+            return None
+        pitch = note_pitch(self.midi[inside], self.confidence[inside], self.step_s)
+        if self.centre is not None and abs(pitch - self.centre) > VOICE_SPAN:  # only out-of-range frames: fold them in
+            pitch -= 12 * np.round((pitch - self.centre) / 12)
+        return int(np.round(pitch))
+
+    def with_centre(self, centre: float | None) -> PitchTrackView:
+        return replace(self, centre=centre)
 
 
 @dataclass(frozen=True)
@@ -283,10 +351,11 @@ def listen(unit: Word, track: PitchTrackView) -> SyllableVoice:
     if not inside.any():
         return SyllableVoice(unit, unit.start_s, unit.end_s, (), False, False)
     times = track.times[inside]
-    midi = fold_octaves(hz_to_midi(track.frequency[inside]))
+    midi = fold_octaves(track.midi[inside])
     start_s = max(unit.start_s, float(times[0]))
     end_s = min(unit.end_s, float(times[-1]) + track.step_s)
-    pitch = int(np.round(np.median(midi)))
+    pitch = track.pitch_between(unit.start_s, unit.end_s)
+    assert pitch is not None
     coverage = len(times) * track.step_s / max(unit.end_s - unit.start_s, track.step_s)
     stable = coverage >= STABLE_COVERAGE and float(np.mean(np.abs(midi - pitch) <= 1.0)) >= STABLE_SHARE
     runs = [r for r in _runs(times, midi) if r[1] - r[0] >= MIN_SPLIT_S]
@@ -302,8 +371,26 @@ def listen(unit: Word, track: PitchTrackView) -> SyllableVoice:
     for k, (run_start, _end, m) in enumerate(merged):
         s = start_s if k == 0 else run_start
         e = end_s if k == len(merged) - 1 else merged[k + 1][0]
-        parts.append((s, e, m))
-    return SyllableVoice(unit, start_s, end_s, tuple(parts), True, stable)
+        parts.append((s, e, track.pitch_between(s, e) or m))
+    joined: list[tuple[float, float, int]] = []
+    for part in parts:  # parts the held pitch puts on one note join again
+        if joined and joined[-1][2] == part[2]:
+            joined[-1] = (joined[-1][0], part[1], part[2])
+        else:
+            joined.append(part)
+    return SyllableVoice(unit, start_s, end_s, tuple(joined), True, stable)
+
+
+def listen_all(units: Sequence[Word], track: PitchTrackView) -> tuple[list[SyllableVoice], PitchTrackView]:
+    """Every syllable's voice, in two passes: the first finds the middle of the voice's range
+    (:func:`voice_centre` of the notes heard), the second hears each note again within an octave
+    of it (:attr:`PitchTrackView.centre`). Returns the voices and the track with its centre."""
+    first = [listen(u, track) for u in units]
+    centre = voice_centre([p[2] for v in first for p in v.parts], [p[1] - p[0] for v in first for p in v.parts])
+    if centre is None:
+        return first, track
+    ranged = track.with_centre(centre)
+    return [listen(u, ranged) for u in units], ranged
 
 
 # -- phrases ---------------------------------------------------------------------------------------
@@ -361,23 +448,16 @@ def phrase_starts(voices: Sequence[SyllableVoice]) -> list[int]:
 
 # -- the chart -------------------------------------------------------------------------------------
 def grid_multiple(tempo: Tempo, gap_s: float, spans: Sequence[tuple[float, float]]) -> int:
-    """The smallest multiple of the tempo at which every sung note, snapped to the grid, keeps
-    :data:`KEEP_LENGTH` of its length and reaches into the silence around it by no more than
-    :data:`MAX_OVERHANG` of it (the finest, 8, where no multiple does)."""
-    spans = [(s, e) for s, e in spans if e > s]
-    for multiple in GRID_MULTIPLES:
-        beat_s = tempo.beat_s / 4 / multiple
-        ok = True
-        for s, e in spans:
-            start = round((s - gap_s) / beat_s)
-            end = max(start + 1, round((e - gap_s) / beat_s))
-            a, b = gap_s + start * beat_s, gap_s + end * beat_s
-            kept = min(b, e) - max(a, s)
-            overhang = max(0.0, s - a) + max(0.0, b - e)
-            if kept < KEEP_LENGTH * (e - s) - 1e-9 or overhang > MAX_OVERHANG * (e - s) + 1e-9:
-                ok = False
-                break
-        if ok:
+    """The multiple of the tempo that makes ``#BPM``, as hand charts choose it: the coarsest at
+    which a beat is at most a 16th note at :data:`MIN_CHART_BPM` (75 ms), and finer only while
+    more than :data:`FINER_SHARE` of the sung notes are shorter than a beat (a charter's rule:
+    every note at least a beat; the finest, 8, at most). A coarse grid is one an editor can read
+    and a singer can follow; it moves each onset by at most half a beat (``make quality-real``
+    reports what that costs)."""
+    lengths = np.array([e - s for s, e in spans if e > s])
+    coarsest = next((m for m in GRID_MULTIPLES if tempo.bpm * m >= MIN_CHART_BPM - 1e-9), GRID_MULTIPLES[-1])
+    for multiple in (m for m in GRID_MULTIPLES if m >= coarsest):
+        if (lengths < tempo.beat_s / 4 / multiple).sum() <= FINER_SHARE * len(lengths):
             return multiple
     return GRID_MULTIPLES[-1]
 
@@ -385,16 +465,22 @@ def grid_multiple(tempo: Tempo, gap_s: float, spans: Sequence[tuple[float, float
 def build_song(
     words: Sequence[Word], times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray, *,
     tempo: Tempo | float, title: str, artist: str, language: str | None = None, split_syllables: bool = True,
-    rap: bool = False,
+    rap: bool = False, refine_onsets: bool = False,
 ) -> Song:  # fmt: skip
-    """The chart: notes on the song's beat grid, no overlaps, phrase ends a singer can read."""
+    """The chart: notes on the song's beat grid, no overlaps, phrase ends a singer can read.
+    ``refine_onsets`` (words a recogniser timed): each word starts at the voice's onset near its
+    given start (:mod:`.onsets`)."""
     tempo = tempo if isinstance(tempo, Tempo) else Tempo(float(tempo))
+    track = PitchTrackView(np.asarray(times), np.asarray(frequency), np.asarray(confidence))
+    if refine_onsets:
+        from ultrasinger_gpu_cli.onsets import refine_starts, voice_onsets
+
+        words = refine_starts(place_words(words), voice_onsets(track.times, track.frequency, track.voiced))
     units = split_words(words, language) if split_syllables else place_words(words)
     song = Song(title=title, artist=artist, bpm=tempo.bpm, gap_ms=0, language=language)
     if not units:
         return song
-    track = PitchTrackView(np.asarray(times), np.asarray(frequency), np.asarray(confidence))
-    voices = [listen(u, track) for u in units]
+    voices, track = listen_all(units, track)
     rap_words = _rap_words(voices) if rap else set()
     gap_s = tempo.beat_at_or_before(voices[0].start_s)
     multiple = grid_multiple(tempo, gap_s, [(p[0], p[1]) for v in voices for p in v.parts])
@@ -433,6 +519,42 @@ def build_song(
         ends.append(min(end_beat, nxt))
     song.phrase_ends = ends
     return song
+
+
+#: A re-pitched note: its parts as (start beat, length in beats, MIDI) on the chart's own grid;
+#: more than one where the voice moves to a new held pitch inside the note (a melisma: ``~`` notes).
+NoteParts = tuple[tuple[int, int, int], ...]
+
+
+def repitch_parts(chart: Chart, times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray) -> list[NoteParts | None]:
+    """The new pitches of a chart's notes, heard the way :func:`build_song` hears syllables (held
+    frames, the voice's range, melismas), with the chart's notes and grid kept: a note whose
+    voice moves to a new held pitch is split at the beat nearest the change, every part at least
+    a beat long. ``None`` for a note with no voice under it, and for freestyle and rap notes."""
+    track = PitchTrackView(np.asarray(times), np.asarray(frequency), np.asarray(confidence))
+    sung = [i for i, n in enumerate(chart.notes) if n.kind in PITCHED]
+    voices, _ = listen_all([Word(chart.notes[i].text, chart.notes[i].start_s, chart.notes[i].end_s) for i in sung], track)
+    out: list[NoteParts | None] = [None] * len(chart.notes)
+    beat_s = 60 / (chart.bpm * 4)
+    for i, voice in zip(sung, voices):
+        if not voice.voiced:
+            continue
+        note = chart.notes[i]
+        cuts = [note.start_beat]
+        for s, _e, _m in voice.parts[1:]:
+            cuts.append(min(note.end_beat - 1, max(cuts[-1] + 1, int(round((s - chart.gap_s) / beat_s)))))
+        cuts.append(note.end_beat)
+        parts: list[tuple[int, int, int]] = []
+        for k, (_s, _e, midi) in enumerate(voice.parts):
+            start, end = cuts[k], cuts[k + 1]
+            if end <= start:
+                continue
+            if parts and parts[-1][2] == midi:
+                parts[-1] = (parts[-1][0], end - parts[-1][0], midi)
+            else:
+                parts.append((start, end - start, int(midi)))
+        out[i] = tuple(parts) if parts else None
+    return out
 
 
 def _rap_words(voices: Sequence[SyllableVoice]) -> set[int]:

@@ -37,6 +37,7 @@ from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.store import Store
 from ultrasinger_gpu_cli.lyrics import align_lyrics, load_lyrics
+from ultrasinger_gpu_cli.onsets import SEARCH_BEFORE_S
 from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.words import Word
 
@@ -364,7 +365,7 @@ class Pipeline:
             language = language or timings.language
         else:
             wkey = _key(dkey, "whisper", plan["whisper"].value("backend"), plan["whisper"].model, language,
-                        sha256_of(lyrics.path) if lyrics else None)  # fmt: skip
+                        plan["whisper"].value("beam_size"), sha256_of(lyrics.path) if lyrics else None)  # fmt: skip
             cached_json = self._cache_path(wkey, ".json")
             data = self._load_json(cached_json)
             segments = _segments(data) if data is not None else None
@@ -395,8 +396,9 @@ class Pipeline:
         if not units:
             self.emit(Notice(song, f"no vocals found in {source}: the UltraStar file will have no notes"))
 
-        # 3. CREPE where there are words
-        regions = [(max(0.0, u.start_s - 0.05), u.end_s + 0.05) for u in units]
+        # 3. CREPE where there are words (and, for recognised words, where their onsets may be: onsets.py)
+        before = SEARCH_BEFORE_S if timings is None else 0.0
+        regions = [(max(0.0, u.start_s - 0.05 - before), u.end_s + 0.05) for u in units]
         c = plan["crepe"].typed()
         ckey = _key(dkey, "crepe", c.backend, c.model, c.step_size, regions)  # type: ignore[attr-defined]
         cached = self._load_arrays(ckey, "times", "frequency", "confidence")
@@ -416,8 +418,7 @@ class Pipeline:
         # 4. Notes and files: a given chart keeps its grid and changes its pitches only
         chart = timings.chart if timings is not None else None
         if chart is not None:
-            track = notes.PitchTrackView(times, freq, conf)
-            midi = [track.pitch_between(n.start_s, n.end_s) for n in chart.notes]
+            midi = notes.repitch_parts(chart, times, freq, conf)
             song_notes = ultrastar.chart_song(chart, midi, title=title, artist=artist, language=language)
 
             def render(audio: str, vocals: str | None, instrumental: str | None) -> str:
@@ -429,7 +430,7 @@ class Pipeline:
 
             song_notes = notes.build_song(units, times, freq, conf, tempo=detect_tempo(scan.mono22, 22_050), title=title,
                                           artist=artist, language=language, split_syllables=not are_syllables,
-                                          rap=self.options.rap)  # fmt: skip
+                                          rap=self.options.rap, refine_onsets=timings is None)  # fmt: skip
 
             def render(audio: str, vocals: str | None, instrumental: str | None) -> str:
                 return ultrastar.to_ultrastar(song_notes, audio=audio, vocals=vocals, instrumental=instrumental,

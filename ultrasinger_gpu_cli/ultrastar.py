@@ -127,6 +127,10 @@ class ChartNote:
     end_s: float
     phrase_start: bool
 
+    @property
+    def end_beat(self) -> int:
+        return self.start_beat + self.length_beats
+
 
 @dataclass(frozen=True)
 class Chart:
@@ -140,19 +144,38 @@ class Chart:
     gap_s: float
 
     def words(self) -> list[Word]:
-        """The syllables with their times; a ``~`` continuation extends the syllable before it."""
+        """The syllables with their times; a ``~`` continuation extends the syllable before it.
+
+        A word ends where the chart says so in either way charters write it: a space after the
+        syllable (``: 4 2 7 it ``), or before the next one (``: 6 2 7  was``); a phrase end and
+        the last note end one too."""
         out: list[Word] = []
         phrase = True
-        for n in self.notes:
+        notes = self.notes
+        for i, n in enumerate(notes):
             phrase = phrase or n.phrase_start
-            if n.text.strip() == "~" and out:
+            nxt = notes[i + 1] if i + 1 < len(notes) else None
+            ends = (n.text.endswith(" ") or nxt is None or nxt.phrase_start
+                    or (nxt.text.startswith(" ") and not nxt.text.strip().startswith("~")))  # fmt: skip
+            if n.text.strip().startswith("~") and out:  # a continuation ("~", or "~n": the letters sung on it)
                 prev = out[-1]
-                out[-1] = Word(prev.text, prev.start_s, n.end_s, word_end=prev.word_end or n.text.endswith(" "),
+                out[-1] = Word(prev.text + n.text.strip()[1:], prev.start_s, n.end_s, word_end=ends,
                                phrase_start=prev.phrase_start)  # fmt: skip
                 continue
-            out.append(Word(n.text.rstrip() or n.text, n.start_s, n.end_s,
-                            word_end=n.text.endswith(" ") or n.text.startswith("~"), phrase_start=phrase))  # fmt: skip
+            out.append(Word(n.text.strip() or n.text, n.start_s, n.end_s, word_end=ends, phrase_start=phrase))
             phrase = False
+        return out
+
+    def lyric_words(self) -> list[Word]:
+        """Whole words: each word's syllables joined, from its first syllable's start to its last's end."""
+        out: list[Word] = []
+        open_word: list[Word] = []
+        for syllable in self.words():
+            open_word.append(syllable)
+            if syllable.word_end:
+                out.append(Word("".join(s.text for s in open_word), open_word[0].start_s, open_word[-1].end_s,
+                                phrase_start=open_word[0].phrase_start))  # fmt: skip
+                open_word = []
         return out
 
 
@@ -209,22 +232,42 @@ def read_chart(text: str) -> Chart:
     return Chart(lines, headers, tuple(notes), bpm, gap)
 
 
-def repitch(chart: Chart, midi: Sequence[int | None], *, audio: str, vocals: str | None = None,
-            instrumental: str | None = None, version: str | None = None) -> str:  # fmt: skip
+def _parts(note: ChartNote, new: int | Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    return [(note.start_beat, note.length_beats, new)] if isinstance(new, int) else [tuple(p) for p in new]  # type: ignore[misc]
+
+
+def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | None], *, audio: str,
+            vocals: str | None = None, instrumental: str | None = None, version: str | None = None) -> str:  # fmt: skip
     """The chart with new pitches and nothing else changed: every note's type, start, length
     and syllable, the phrase ends and every other header stay as written. A sung note with no
     new pitch (``None``: no voice under it) keeps its own; freestyle and rap notes keep theirs.
-    Only the audio headers name the new files (``#AUDIO``, ``#VOCALS``, ``#INSTRUMENTAL`` are
-    added to a 1.x chart that lacks them). ``version`` (asked for explicitly) converts the
-    headers to that format version: ``#VERSION``, the 1.x audio headers, ``#BPM``'s decimal mark."""
-    lines = list(chart.lines)
+    A note given as several parts (a melisma the voice sings inside it) becomes that many notes
+    covering exactly its beats: the syllable on the first, ``~`` on the others, the word's
+    trailing space on the last. Only the audio headers name the new files (``#AUDIO``,
+    ``#VOCALS``, ``#INSTRUMENTAL`` are added to a 1.x chart that lacks them). ``version`` (asked
+    for explicitly) converts the headers to that format version: ``#VERSION``, the 1.x audio
+    headers, ``#BPM``'s decimal mark."""
+    lines: list[str | list[str]] = list(chart.lines)
     for note, new in zip(chart.notes, midi):
         if new is None or note.kind not in PITCHED:
             continue
-        raw = lines[note.line]
+        raw = chart.lines[note.line]
         cr = "\r" if raw.endswith("\r") else ""
         kind, start, length, _pitch, *rest = raw.rstrip("\r").split(" ", 4)
-        lines[note.line] = " ".join([kind, start, length, str(new - 60), *rest]) + cr
+        parts = _parts(note, new)
+        if len(parts) == 1 and parts[0][:2] == (note.start_beat, note.length_beats):
+            lines[note.line] = " ".join([kind, start, length, str(parts[0][2] - 60), *rest]) + cr
+            continue
+        offset = note.start_beat - int(start)  # #RELATIVE charts: beats written from the line's start
+        text = rest[0] if rest else ""
+        split = []
+        for k, (beat, beats, pitch) in enumerate(parts):
+            syllable = (text.rstrip(" ") or "~") if k == 0 else "~"
+            if k == len(parts) - 1 and text.endswith(" "):
+                syllable += " "
+            split.append(" ".join([kind, str(beat - offset), str(beats), str(pitch - 60), syllable]) + cr)
+        lines[note.line] = split
+    lines = [line for item in lines for line in (item if isinstance(item, list) else [item])]
     values = {"MP3": audio, "AUDIO": audio, "VOCALS": vocals, "INSTRUMENTAL": instrumental}
     seen: set[str] = set()
     last_audio = None
@@ -268,15 +311,18 @@ def _convert_headers(lines: list[str], version: str) -> list[str]:
     return [f"#VERSION:{version}{cr}", *out]
 
 
-def chart_song(chart: Chart, midi: Sequence[int | None], *, title: str, artist: str, language: str | None) -> Song:
+def chart_song(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | None], *, title: str, artist: str, language: str | None) -> Song:
     """The re-pitched chart as a :class:`Song` (for the MIDI file and the report)."""
     bpm = chart.bpm
     song = Song(title=title, artist=artist, bpm=bpm, gap_ms=int(round(chart.gap_s * 1000)), language=language)
     for note, new in zip(chart.notes, midi):
-        pitch = new if new is not None and note.kind in PITCHED else note.pitch + 60
-        song.notes.append(Note(note.start_beat, note.length_beats, pitch, note.text, note.kind))
-        if note.phrase_start and len(song.notes) > 1:
-            song.phrase_ends.append(song.notes[-2].end_beat)
+        if note.phrase_start and song.notes:
+            song.phrase_ends.append(song.notes[-1].end_beat)
+        if new is None or note.kind not in PITCHED:
+            song.notes.append(Note(note.start_beat, note.length_beats, note.pitch + 60, note.text, note.kind))
+            continue
+        for k, (beat, beats, pitch) in enumerate(_parts(note, new)):
+            song.notes.append(Note(beat, beats, pitch, note.text if k == 0 else "~", note.kind))
     return song
 
 

@@ -124,9 +124,10 @@ def whisper(
     model: Annotated[Optional[WhisperModelChoice], typer.Option("--model", help="Whisper model.", show_default=False)] = None,  # type: ignore[valid-type]
     compute_type: Annotated[Optional[ComputeChoice], typer.Option("--compute-type", show_default=False)] = None,  # type: ignore[valid-type]
     language: Annotated[Optional[str], typer.Option("--language", help="Language code (e.g. en, de); detected when omitted.", show_default=False)] = None,
+    beam_size: Annotated[Optional[int], typer.Option("--beam-size", help="Hypotheses of the beam search (1: greedy).", show_default=False)] = None,
 ) -> ComponentFlags:
     """Whisper lyrics with word timings on AUDIO (JSON, SRT, LRC), or its settings (/gpu/whisper)."""
-    return {"model": value(model), "compute_type": value(compute_type)}, StageOptions(language=language)
+    return {"model": value(model), "compute_type": value(compute_type), "beam_size": beam_size}, StageOptions(language=language)
 
 
 @component_command("demucs")

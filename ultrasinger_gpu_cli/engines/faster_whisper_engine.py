@@ -30,16 +30,29 @@ from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, damaged, require_
 from ultrasinger_gpu_cli.words import Word
 
 FOLDER = "faster-whisper"
+VOCABULARY = ("vocabulary.json", "vocabulary.txt")  # CTranslate2 reads either
+OPTIONAL = ("preprocessor_config.json",)
+
+
+def model_files(root: Path) -> tuple[Path, ...]:
+    """The files a CTranslate2 Whisper folder needs, as faster-whisper reads it: ``model.bin``,
+    ``config.json``, the vocabulary (``vocabulary.json``, or ``vocabulary.txt`` as Systran's
+    published folders have it), ``tokenizer.json`` (offline there is no other tokenizer), and
+    ``preprocessor_config.json`` only where the folder has one (the mel bins are the model's own
+    otherwise: :attr:`ctranslate2.models.Whisper.n_mels`)."""
+    vocabulary = next((root / n for n in VOCABULARY if (root / n).is_file()), root / VOCABULARY[0])
+    optional = [root / n for n in OPTIONAL if (root / n).is_file()]
+    return (root / "model.bin", root / "config.json", vocabulary, root / "tokenizer.json", *optional)
 
 
 def faster_whisper_status(model: str, directory: Path | None) -> ModelStatus:
-    from ultrasinger_gpu_cli.engines.whisper_ct2 import FILES
     from ultrasinger_gpu_cli.models import _cache_home
 
     root = (directory or _cache_home()) / FOLDER / model
     where = f"models dir {directory}" if directory is not None else "ugpu cache"
-    return ModelStatus("whisper", model, where, tuple(ModelFile(root / name) for name in FILES),
-                       "converted from the openai-whisper checkpoint", backend="faster-whisper")  # fmt: skip
+    return ModelStatus("whisper", model, where, tuple(ModelFile(path) for path in model_files(root)),
+                       "a CTranslate2 folder (faster-whisper's, or converted from the openai-whisper checkpoint)",
+                       backend="faster-whisper")  # fmt: skip
 
 
 def pull_faster_whisper(status: ModelStatus, directory: Path | None = None, progress: object = None,
@@ -137,7 +150,7 @@ class FasterWhisperEngine(WhisperEngine):
         import whisper
 
         mels, frames = [], []
-        n_mels = self._model.feature_extractor.mel_filters.shape[0]
+        n_mels = self._model.model.n_mels  # the model's own: a folder need not say it
         for start, end in batch:
             piece = torch.from_numpy(audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
             frames.append(min(3000, piece.shape[-1] // whisper.audio.HOP_LENGTH))
@@ -173,7 +186,8 @@ class FasterWhisperEngine(WhisperEngine):
         pending = list(range(n))
         for index, temperature in enumerate(self.temperatures):
             subset = features if len(pending) == n else _select(features, pending)
-            options = {"beam_size": 1} if temperature == 0 else {"sampling_temperature": temperature, "sampling_topk": 0}
+            beams = max(1, getattr(self.settings, "beam_size", 1))
+            options = {"beam_size": beams} if temperature == 0 else {"sampling_temperature": temperature, "sampling_topk": 0}
             results = self._model.model.generate(subset, [prompt] * len(pending), max_length=max_length,
                                                  suppress_blank=True, suppress_tokens=self._suppress(tokenizer),
                                                  return_scores=True, return_no_speech_prob=True, **options)  # fmt: skip

@@ -285,9 +285,10 @@ class WhisperEngine(Engine[WhisperSettings]):
     def _options(self, language: str, temperature: float):
         import whisper
 
+        beams = max(1, getattr(self.settings, "beam_size", 1))
         return whisper.DecodingOptions(
             task="transcribe", language=language, temperature=temperature, sample_len=self.sample_len,
-            without_timestamps=True, fp16=self.fp16,
+            without_timestamps=True, fp16=self.fp16, beam_size=beams if temperature == 0 and beams > 1 else None,
         )  # fmt: skip
 
     def _is_silence(self, result) -> bool:
@@ -313,8 +314,12 @@ class WhisperEngine(Engine[WhisperSettings]):
         final: list[tuple[Any, float] | None] = [None] * features.shape[0]
         pending = list(range(features.shape[0]))
         for t_index, temperature in enumerate(self.temperatures):
+            options = self._options(language, temperature)
             with torch.inference_mode():
-                results = whisper.decode(self._model, features[pending], self._options(language, temperature))
+                if options.beam_size:  # openai-whisper's beam search runs one audio at a time (its batches break)
+                    results = [whisper.decode(self._model, features[i : i + 1], options)[0] for i in pending]
+                else:
+                    results = whisper.decode(self._model, features[pending], options)
             last = t_index == len(self.temperatures) - 1
             retry = []
             for index, result in zip(pending, results):

