@@ -173,6 +173,7 @@ def main() -> int:
     from ultrasinger_gpu_cli import notes
     from ultrasinger_gpu_cli.cli import app
     from ultrasinger_gpu_cli.evaluation import load_chart, score, word_onsets
+    from ultrasinger_gpu_cli.ultrastar import read_chart
 
     saved = CliRunner().invoke(app, ["whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"])
     assert saved.exit_code == 0, saved.output
@@ -183,7 +184,7 @@ def main() -> int:
         hand = load_chart(song.chart)
         started = time.perf_counter()
         raw = word_onsets(reference_words(song, reference_model), hand.lyric_words())
-        naive = score(load_chart_text(naive_repitch(song)), hand)
+        naive = score(read_chart(naive_repitch(song)), hand)
         print(f"{song.name}: ugpu run (auto, --lyrics, --timings) ...", file=sys.stderr)
         out = work / "out" / song.name
         lyrics = work / f"{song.name}.lyrics.txt"
@@ -238,12 +239,6 @@ def main() -> int:
     ]  # fmt: skip
     print("\n".join(lines))
     return 0
-
-
-def load_chart_text(text: str):
-    from ultrasinger_gpu_cli.ultrastar import read_chart
-
-    return read_chart(text)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import UgpuError
-from ultrasinger_gpu_cli.notes import rule_syllables
+from ultrasinger_gpu_cli.notes import rule_syllables, share_by_letters
 from ultrasinger_gpu_cli.wordmatch import match
 from ultrasinger_gpu_cli.words import Word
 
@@ -306,12 +306,9 @@ def _pace(words: list[Word]) -> float:
 
 def _share(timed: list[Word | None], user: list[str], indices: list[int], low: float, high: float) -> None:
     """The words at ``indices`` share [low, high] by their letters."""
-    weights = [max(1, sum(ch.isalpha() for ch in user[k])) for k in indices]
-    total, at = float(sum(weights)), low
-    for k, weight in zip(indices, weights):
-        end = at + (high - low) * weight / total
-        timed[k] = Word(user[k], at, end)
-        at = end
+    bounds = share_by_letters(low, high, [user[k] for k in indices])
+    for n, k in enumerate(indices):
+        timed[k] = Word(user[k], float(bounds[n]), float(bounds[n + 1]))
 
 
 def _voice_start(chunks: list[tuple[float, float]], before: float) -> float:

@@ -183,7 +183,7 @@ def place_words(words: Sequence[Word]) -> list[Word]:
     return out
 
 
-def _share_by_letters(start_s: float, end_s: float, pieces: Sequence[str]) -> np.ndarray:
+def share_by_letters(start_s: float, end_s: float, pieces: Sequence[str]) -> np.ndarray:
     weights = np.array([max(1, sum(ch.isalpha() for ch in p)) for p in pieces], dtype=float)
     return start_s + np.concatenate(([0.0], np.cumsum(weights) / weights.sum())) * (end_s - start_s)
 
@@ -196,7 +196,7 @@ def _one_word_each(words: Sequence[Word]) -> list[Word]:
         if len(tokens) <= 1:
             out.append(w)
             continue
-        bounds = _share_by_letters(w.start_s, w.end_s, tokens)
+        bounds = share_by_letters(w.start_s, w.end_s, tokens)
         out += [replace(w, text=t, start_s=float(bounds[k]), end_s=float(bounds[k + 1]),
                         phrase_start=w.phrase_start and k == 0) for k, t in enumerate(tokens)]  # fmt: skip
     return out
@@ -207,7 +207,7 @@ def split_words(words: Sequence[Word], language: str | None = None) -> list[Word
     out = []
     for w in _one_word_each(place_words(words)):
         parts = syllables(w.text.strip(), language)
-        bounds = _share_by_letters(w.start_s, w.end_s, parts)
+        bounds = share_by_letters(w.start_s, w.end_s, parts)
         for k, part in enumerate(parts):
             out.append(Word(part, float(bounds[k]), float(bounds[k + 1]), word_end=k == len(parts) - 1,
                             phrase_start=w.phrase_start and k == 0))
@@ -371,7 +371,8 @@ def listen(unit: Word, track: PitchTrackView) -> SyllableVoice:
     for k, (run_start, _end, m) in enumerate(merged):
         s = start_s if k == 0 else run_start
         e = end_s if k == len(merged) - 1 else merged[k + 1][0]
-        parts.append((s, e, track.pitch_between(s, e) or m))
+        heard = track.pitch_between(s, e)
+        parts.append((s, e, m if heard is None else heard))
     joined: list[tuple[float, float, int]] = []
     for part in parts:  # parts the held pitch puts on one note join again
         if joined and joined[-1][2] == part[2]:

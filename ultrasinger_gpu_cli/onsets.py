@@ -36,6 +36,7 @@ MIN_WORD_S = 0.06  # a sung syllable is at least this long
 MIN_LEVEL_S = 0.048  # a voiced stretch or a pitch level shorter than this is no onset
 LEVEL_STEP = 0.8  # semitones from the level's median: the voice has moved to a new note
 SMOOTH_FRAMES = 5  # a median over this many frames irons out the tracker's single-frame jitter
+LEVEL_MEMORY_S = 0.25  # a level is the median of its last quarter second (bounded work on a long held note)
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,14 @@ def _smoothed(midi: np.ndarray, voiced: np.ndarray) -> np.ndarray:
 
 def voice_onsets(times: np.ndarray, frequency: np.ndarray, voiced: np.ndarray) -> VoiceOnsets:
     """The track's onsets: where a voiced stretch of at least :data:`MIN_LEVEL_S` starts, and where
-    the voice settles on a new pitch level (more than :data:`LEVEL_STEP` from the level before)
-    for at least as long."""
+    the voice settles on a new pitch level (more than :data:`LEVEL_STEP` from the level's last
+    :data:`LEVEL_MEMORY_S`) for at least as long."""
     times = np.asarray(times, dtype=float)
     if len(times) < 2 or not voiced.any():
         return VoiceOnsets(np.zeros(0), np.zeros(0))
     step = float(np.median(np.diff(times)))
     min_frames = max(1, int(round(MIN_LEVEL_S / step)))
+    memory = max(min_frames, int(round(LEVEL_MEMORY_S / step)))
     midi = np.where(voiced, 69 + 12 * np.log2(np.maximum(frequency, 1e-6) / 440.0), np.nan)
     smooth = _smoothed(midi, voiced)
     segments: list[tuple[int, int, bool]] = []  # (first, end, starts after an unvoiced gap)
@@ -80,7 +82,7 @@ def voice_onsets(times: np.ndarray, frequency: np.ndarray, voiced: np.ndarray) -
             continue
         if first is None:
             first, level = i, [smooth[i]]
-        elif abs(smooth[i] - float(np.median(level))) > LEVEL_STEP:
+        elif abs(smooth[i] - float(np.median(level[-memory:]))) > LEVEL_STEP:
             segments.append((first, i, first == 0 or not voiced[first - 1]))
             first, level = i, [smooth[i]]
         else:

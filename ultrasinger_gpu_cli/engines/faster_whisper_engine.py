@@ -186,8 +186,7 @@ class FasterWhisperEngine(WhisperEngine):
         pending = list(range(n))
         for index, temperature in enumerate(self.temperatures):
             subset = features if len(pending) == n else _select(features, pending)
-            beams = max(1, getattr(self.settings, "beam_size", 1))
-            options = {"beam_size": beams} if temperature == 0 else {"sampling_temperature": temperature, "sampling_topk": 0}
+            options = {"beam_size": self.beams} if temperature == 0 else {"sampling_temperature": temperature, "sampling_topk": 0}
             results = self._model.model.generate(subset, [prompt] * len(pending), max_length=max_length,
                                                  suppress_blank=True, suppress_tokens=self._suppress(tokenizer),
                                                  return_scores=True, return_no_speech_prob=True, **options)  # fmt: skip

@@ -150,6 +150,11 @@ class WhisperEngine(Engine[WhisperSettings]):
         self._model = model.to(device)
 
     @property
+    def beams(self) -> int:
+        """Hypotheses of the beam search at temperature 0 (1: greedy)."""
+        return max(1, self.settings.beam_size)
+
+    @property
     def fp16(self) -> bool:
         return self.binding.is_cuda and self.settings.compute_type == "float16"
 
@@ -285,7 +290,7 @@ class WhisperEngine(Engine[WhisperSettings]):
     def _options(self, language: str, temperature: float):
         import whisper
 
-        beams = max(1, getattr(self.settings, "beam_size", 1))
+        beams = self.beams
         return whisper.DecodingOptions(
             task="transcribe", language=language, temperature=temperature, sample_len=self.sample_len,
             without_timestamps=True, fp16=self.fp16, beam_size=beams if temperature == 0 and beams > 1 else None,
