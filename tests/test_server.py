@@ -29,7 +29,7 @@ def _config(tmp_path: Path, models: Path | None = None, **kwargs) -> ServeConfig
 
 
 def _client(config: ServeConfig, *, workers: bool = False) -> TestClient:
-    return TestClient(create_app(config, start_workers=workers))
+    return TestClient(create_app(config, start_workers=workers), base_url="http://127.0.0.1:8765")
 
 
 def _wav(tmp_path: Path, name: str = "Band - Song.wav", seconds: float = 4.0) -> Path:

@@ -27,6 +27,12 @@ import numpy as np
 
 from ultrasinger_gpu_cli.errors import AudioError
 
+#: The longest song ugpu decodes, in minutes (``UGPU_MAX_MINUTES`` or ``--max-minutes`` change it):
+#: memory and disk grow with the length (the stems, the mono copies), and a small file can
+#: decode to hours (a FLAC of silence compresses 2 hours into 1 MB).
+DEFAULT_MAX_MINUTES = 120.0
+ENV_MAX_MINUTES = "UGPU_MAX_MINUTES"
+
 WHISPER_RATE = 16_000
 DEMUCS_RATE = 44_100
 INSTALL_FFMPEG = "install ffmpeg: `sudo apt-get install ffmpeg` (Debian/Ubuntu), `brew install ffmpeg` (macOS), `winget install ffmpeg` (Windows)"
@@ -63,6 +69,29 @@ class Audio:
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg")
 
 
+class AudioTooLongError(AudioError):
+    """A song longer than the limit ugpu decodes (a usage error: the limit can be raised)."""
+
+    exit_code = 2
+
+
+def max_seconds(minutes: float | None = None) -> float:
+    """The decode limit in seconds: ``minutes`` if given, else ``UGPU_MAX_MINUTES``, else the default."""
+    if minutes is None:
+        try:
+            minutes = float(os.environ.get(ENV_MAX_MINUTES, "") or DEFAULT_MAX_MINUTES)
+        except ValueError:
+            minutes = DEFAULT_MAX_MINUTES
+    if not minutes > 0 or minutes != minutes:
+        minutes = DEFAULT_MAX_MINUTES
+    return min(float(minutes), 24 * 60.0) * 60.0
+
+
+def too_long(path: Path, limit_s: float) -> AudioTooLongError:
+    return AudioTooLongError(f"{path.name}: longer than {limit_s / 60:g} min, the longest song ugpu converts",
+                             hint=f"cut the song, or raise the limit with --max-minutes or {ENV_MAX_MINUTES}")  # fmt: skip
+
+
 def ffmpeg_path() -> str | None:
     return shutil.which("ffmpeg")
 
@@ -82,9 +111,18 @@ def check_input(path: Path) -> None:
         raise AudioError(f"{path}: no such file")
     if path.is_dir():
         raise AudioError(f"{path}: is a directory, not an audio file")
+    import stat
+
+    from ultrasinger_gpu_cli.textfiles import kind_of
+
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise AudioError(f"{path}: {kind_of(mode)}, not an audio file", hint="give the song's file itself")
     if not os.access(path, os.R_OK):
         raise AudioError(f"{path}: permission denied")
     if path.stat().st_size == 0:
+        if str(path.resolve()).startswith(("/proc/", "/sys/")):
+            raise AudioError(f"{path}: a file of the kernel's ({path.resolve().parts[1]}), not an audio file")
         raise AudioError(f"{path}: the file is empty (0 bytes)")
 
 
@@ -100,19 +138,34 @@ def _ffmpeg_reason(stderr: str) -> str:
     return lines[-1] if lines else "ffmpeg could not decode it"
 
 
-def probe(path: Path) -> None:
+def probe(path: Path, limit_s: float | None = None) -> None:
     """Refuse a file ffmpeg cannot decode an audio track from (it decodes the first half second),
-    naming the file and why; cheap enough to run on every upload."""
+    or whose container says it is longer than ``limit_s``, naming the file and why; cheap enough
+    to run on every upload. (A container can lie about its length: decoding stops at the limit too.)"""
+    import re
+
     check_input(path)
+    limit_s = max_seconds() if limit_s is None else limit_s
     ffmpeg = ffmpeg_path()
     if ffmpeg is None:
-        decode(path)  # soundfile's formats only; refuses the rest with the install hint
+        import soundfile
+
+        if path.suffix.lower() not in SOUNDFILE_SUFFIXES:
+            decode(path)  # refuses with the install hint
+        try:
+            if soundfile.info(str(path)).duration > limit_s:
+                raise too_long(path, limit_s)
+        except (soundfile.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"{path.name}: cannot decode: {exc}", hint="upload an audio or video file") from exc
         return
-    result = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-protocol_whitelist", "file", "-i", str(path),
-                             "-map", "0:a:0", "-t", "0.5", "-f", "null", "-"], capture_output=True, text=True,
-                            errors="replace", timeout=60)  # fmt: skip
+    result = subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-v", "info", "-protocol_whitelist", "file",
+                             "-i", file_url(path), "-map", "0:a:0", "-t", "0.5", "-f", "null", "-"],
+                            capture_output=True, text=True, errors="replace", timeout=60)  # fmt: skip
     if result.returncode != 0:
         raise AudioError(f"{path.name}: {_ffmpeg_reason(result.stderr)}", hint="upload an audio or video file")
+    found = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", result.stderr)
+    if found and int(found.group(1)) * 3600 + int(found.group(2)) * 60 + float(found.group(3)) > limit_s:
+        raise too_long(path, limit_s)
 
 
 def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channels: int = 2) -> Audio:
@@ -128,8 +181,11 @@ def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channel
             f"{', '.join(s.lstrip('.').upper() for s in SOUNDFILE_SUFFIXES)} files",
             hint=INSTALL_FFMPEG + "; or convert the file to WAV or FLAC",
         )
+    limit_s = max_seconds()
+    command = _ffmpeg_command(ffmpeg, path, sample_rate, channels)
+    command[-1:-1] = ["-t", f"{limit_s + 1:.0f}"]
     try:
-        proc = subprocess.run(_ffmpeg_command(ffmpeg, path, sample_rate, channels), capture_output=True, check=False)
+        proc = subprocess.run(command, capture_output=True, check=False)
     except OSError as exc:
         raise AudioError(f"{path}: could not run ffmpeg: {exc}") from exc
     if proc.returncode != 0:
@@ -138,6 +194,8 @@ def decode(path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channel
     usable = data.size - data.size % channels
     if usable == 0:
         raise AudioError(f"{path}: the audio is zero-length (no samples)")
+    if usable // channels > limit_s * sample_rate:
+        raise too_long(path, limit_s)
     samples = data[:usable].reshape(-1, channels).T.copy()  # writable, (channels, n)
     return finite(Audio(samples, sample_rate, path))
 
@@ -298,8 +356,9 @@ class AudioStream:
     bounded memory. Non-finite samples become silence (counted in ``replaced_samples``)."""
 
     def __init__(self, path: str | os.PathLike[str], sample_rate: int = DEMUCS_RATE, channels: int = 2,
-                 block_s: float = BLOCK_S) -> None:  # fmt: skip
+                 block_s: float = BLOCK_S, limit_s: float | None = None) -> None:  # fmt: skip
         self.path = Path(path)
+        self.limit_s = max_seconds() if limit_s is None else limit_s
         self.sample_rate = sample_rate
         self.channels = channels
         self.block = max(1, int(block_s * sample_rate))
@@ -317,6 +376,8 @@ class AudioStream:
             self.replaced_samples += int(bad.sum())
             block[bad] = 0.0
         self.samples += block.shape[1]
+        if self.samples > self.limit_s * self.sample_rate:
+            raise too_long(self.path, self.limit_s)
         return block
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -331,7 +392,9 @@ class AudioStream:
 
     def _ffmpeg_blocks(self, ffmpeg: str) -> Iterator[np.ndarray]:
         try:
-            proc = subprocess.Popen(_ffmpeg_command(ffmpeg, self.path, self.sample_rate, self.channels), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            command = _ffmpeg_command(ffmpeg, self.path, self.sample_rate, self.channels)
+            command[-1:-1] = ["-t", f"{self.limit_s + 1:.0f}"]  # ffmpeg itself stops past the limit
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as exc:
             raise AudioError(f"{self.path}: could not run ffmpeg: {exc}") from exc
         frame = 4 * self.channels

@@ -63,9 +63,42 @@ def _host(url: str) -> str:
     return urllib.request.urlparse(url).netloc or url
 
 
+def _is_local(exc: BaseException, item: Download) -> bool:
+    """The error is this machine's disk (the models folder), not the network."""
+    import errno
+
+    if isinstance(exc, urllib.error.URLError) or isinstance(exc, (socket.timeout, TimeoutError, ConnectionError)):
+        return False
+    local = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    return getattr(exc, "errno", None) in local or str(getattr(exc, "filename", "")) in (str(item.partial), str(item.target))
+
+
+def _local(item: Download, exc: OSError) -> DownloadError:
+    from ultrasinger_gpu_cli.errors import from_os_error
+
+    known = from_os_error(exc)
+    if known is not None:
+        return DownloadError(f"downloading {item.what}: {known.message}", hint=known.hint)
+    folder = item.target.parent
+    return DownloadError(f"cannot save {item.what} in the models folder {folder}: {exc.strerror or exc}",
+                         hint="make the folder writable, or point --models-dir / UGPU_MODELS at one you can write")  # fmt: skip
+
+
 def fetch(item: Download, progress: DownloadProgress | None = None, *, timeout_s: float = TIMEOUT_S) -> Path:
-    """Download ``item.url`` to ``item.target`` (resuming a partial one), verify, rename into place."""
-    item.target.parent.mkdir(parents=True, exist_ok=True)
+    """Download ``item.url`` to ``item.target`` (resuming a partial one), verify, rename into place.
+    Offline (``UGPU_OFFLINE``, ``HF_HUB_OFFLINE``) nothing goes to the network: only a ``file:``
+    mirror is read."""
+    if offline() and not item.url.startswith("file:"):
+        raise DownloadError(f"{item.what} would be downloaded from {_host(item.url)}, but ugpu is offline "
+                            "(UGPU_OFFLINE=1 or HF_HUB_OFFLINE=1)",
+                            hint="unset UGPU_OFFLINE / HF_HUB_OFFLINE to download, or copy the weights into "
+                                 "--models-dir / UGPU_MODELS from a machine that has them")  # fmt: skip
+    try:
+        item.target.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(item.target.parent, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(item.target.parent))
+    except OSError as exc:
+        raise _local(item, exc) from exc
     have = item.partial.stat().st_size if item.partial.exists() else 0
     request = urllib.request.Request(item.url, headers={"User-Agent": "ugpu"})
     if have and item.url.startswith(("http://", "https://")):
@@ -94,6 +127,8 @@ def fetch(item: Download, progress: DownloadProgress | None = None, *, timeout_s
                     if progress:
                         progress(done, total)
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+        if _is_local(exc, item):
+            raise _local(item, exc) from exc
         reason = getattr(exc, "reason", None) or exc
         raise DownloadError(
             f"downloading {item.what} from {_host(item.url)} failed: {reason}",

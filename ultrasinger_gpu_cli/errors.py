@@ -74,3 +74,28 @@ class EngineError(UgpuError):
 
 class GpuUnavailableError(EngineError):
     """The plan says cuda but PyTorch cannot use a GPU now: no batch size fixes it (fallback: the CPU)."""
+
+
+def from_os_error(exc: BaseException) -> UgpuError | None:
+    """An operating-system error that is the user's to fix, as the core's error naming the path and
+    the fix: a full disk (naming the folder that filled), a name too long for the file system, a
+    path with a NUL byte. None for anything else."""
+    import errno
+    import os
+
+    if isinstance(exc, ValueError) and "null" in str(exc).lower() and ("byte" in str(exc) or "character" in str(exc)):
+        return InvalidSettingError("a path or value holds a NUL byte (\\0), which no file name can hold",
+                                   hint="check the command line and the environment for stray characters")  # fmt: skip
+    if not isinstance(exc, OSError):
+        return None
+    name = exc.filename if isinstance(exc.filename, str) else None
+    if exc.errno == errno.ENAMETOOLONG:
+        shown = f"{name[:60]}…{name[-20:]}" if name and len(name) > 90 else (name or "a path")
+        return InvalidSettingError(f"{shown}: the path is too long for the file system ({len(name or '')} characters)",
+                                   hint="give a shorter path")  # fmt: skip
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        folder = os.path.dirname(os.path.abspath(name)) if name else "the output folder"
+        what = "full" if exc.errno == errno.ENOSPC else "over its quota"
+        return OutputError(f"the disk holding {folder} is {what}: ugpu could not write there",
+                           hint=f"free space on it, or write somewhere else (-o, --db, UGPU_MODELS)")  # fmt: skip
+    return None

@@ -26,7 +26,6 @@ no CLI imports.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -34,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.timings import MAX_BYTES as MAX_CHART_BYTES
 from ultrasinger_gpu_cli.timings import decode_text
 from ultrasinger_gpu_cli.ultrastar import PITCHED, Chart, ChartNote, read_chart
-from ultrasinger_gpu_cli.wordmatch import match, normalise
+from ultrasinger_gpu_cli.wordmatch import match, normalise, ratio
 from ultrasinger_gpu_cli.words import Word
 
 ONSET_TOLERANCE_S = 0.1
@@ -154,8 +154,9 @@ def word_onsets(generated: Sequence[Word], reference: Sequence[Word]) -> WordOns
     )  # fmt: skip
 
 
-def _lyric_words(chart: Chart) -> list[str]:
-    return [w for w in (normalise(w.text) for w in chart.lyric_words()) if w]
+def _lyric_words(chart: Chart) -> tuple[list[str], list[float]]:
+    words = [(normalise(w.text), w.start_s) for w in chart.lyric_words()]
+    return [w for w, _ in words if w], [t for w, t in words if w]
 
 
 # -- notes -----------------------------------------------------------------------------------------------
@@ -243,6 +244,7 @@ def score(generated: Chart, reference: Chart, *, name: str = "", generated_path:
     by_pitch = match_notes(gen, ref, lambda g, r: g.pitch - shift == r.pitch)
     precision, recall, f1 = _f1(len(by_class), len(gen), len(ref))
     words = word_onsets(generated.lyric_words(), reference.lyric_words())
+    (gen_words, gen_times), (ref_words, ref_times) = _lyric_words(generated), _lyric_words(reference)
     return ChartScore(
         name=name, generated=generated_path, reference=reference_path,
         reference_notes=len(ref), generated_notes=len(gen),
@@ -252,8 +254,7 @@ def score(generated: Chart, reference: Chart, *, name: str = "", generated_path:
         pitch_accuracy=float(np.mean(difference - shift == 0)) if both.any() else None,
         pitch_accuracy_any_octave=float(np.mean(difference % 12 == 0)) if both.any() else None,
         coverage=float((ref_sung & gen_any).sum() / ref_sung.sum()) if ref_sung.any() else 0.0,
-        lyric_similarity=difflib.SequenceMatcher(None, _lyric_words(generated), _lyric_words(reference),
-                                                 autojunk=False).ratio(),
+        lyric_similarity=ratio(gen_words, ref_words, gen_times, ref_times),
         octave_offset=offset,
         note_precision=precision, note_recall=recall, note_f1=f1,
         note_f1_octave=_f1(len(by_pitch), len(gen), len(ref))[2],
@@ -276,10 +277,31 @@ def _charts_in(path: Path) -> dict[str, Path]:
         return {path.stem.casefold(): path}
     found: dict[str, Path] = {}
     for candidate in sorted(path.rglob("*.txt")):
-        head = candidate.read_bytes()[:4096]
+        head = _head(candidate)
         if b"#BPM" in head.upper() or b"#\x00B\x00P\x00M" in head.upper():
             found.setdefault(candidate.stem.casefold(), candidate)
     return found
+
+
+def _head(path: Path) -> bytes:
+    """A chart candidate's first 4 KB: regular files only, never blocking (a FIFO, a link to a
+    device, a huge sparse file are not charts)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return b""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CHART_BYTES:
+            return b""
+        return os.read(fd, 4096)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def evaluate(generated: Path, reference: Path) -> Evaluation:

@@ -33,6 +33,11 @@ MAX_BYTES = 1 * 2**20  # lyrics are kilobytes
 MAX_WINDOW_S = 30.0  # one Whisper window
 SKIP_COST_PER_S = 0.05  # a matched word is worth skipping 20 s of heard words between two matches, no more
 MIN_SYLLABLE_S = 0.1  # no word is shorter than this per syllable
+#: What a voice can sing: fast rap reaches about 7 words and 10 syllables a second; a sung line
+#: lasts a second or more. Lyrics beyond this for the song's length are not this song's (and
+#: would cost minutes of alignment).
+MAX_WORDS_PER_S = 8.0
+MIN_LINE_S = 1.0
 ALIGN_MIN_S = 1.0  # a stretch shorter than this between matched words is shared by letters, not aligned
 _LRC_TIME = re.compile(r"\[(\d{1,3}):(\d{1,2}(?:[.:]\d{1,3})?)\]")
 _LRC_TAG = re.compile(r"^\[[a-zA-Z#]+:[^\]]*\]$")  # [ar:...], [ti:...], [offset:...]
@@ -67,28 +72,10 @@ class Lyrics:
 
 def load_lyrics(path: Path) -> Lyrics:
     """Read a lyrics file (plain text or LRC); :class:`LyricsError` says what is wrong and how to fix it."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise LyricsError(f"{path}: {size / 2**20:.1f} MB is not a lyrics file", hint="give a .txt or .lrc file of the song's words")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise LyricsError(f"{path}: cannot read the lyrics file: {exc.strerror}") from exc
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            text = data.decode("utf-16")
-        except UnicodeDecodeError as exc:
-            raise LyricsError(f"{path}: starts like UTF-16 but is not ({exc.reason})", hint="save the lyrics as UTF-8") from exc
-    elif b"\x00" in data:
-        raise LyricsError(f"{path}: a binary file, not lyrics", hint="give a plain-text .txt or .lrc file, saved as UTF-8")
-    else:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise LyricsError(f"{path}: not UTF-8 (byte {exc.start} is {data[exc.start]:#04x})",
-                              hint="save the lyrics as UTF-8 (in most editors: Save as, Encoding: UTF-8)") from exc  # fmt: skip
+    from ultrasinger_gpu_cli.textfiles import read_text
+
+    text, _ = read_text(path, cap_bytes=MAX_BYTES, what="lyrics file", error=LyricsError,
+                        hint="give a plain-text .txt or .lrc file of the song's words, saved as UTF-8")  # fmt: skip
     lines = _parse(text)
     if not any(line.words for line in lines):
         raise LyricsError(f"{path}: the lyrics file has no words", hint="one sung line per line of text")
@@ -224,6 +211,11 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
                           hint="use --whisper-backend openai-whisper or faster-whisper with --lyrics")  # fmt: skip
     duration = len(audio) / sample_rate
     user = lyrics.words
+    most_words, most_lines = int(MAX_WORDS_PER_S * duration) + 40, int(duration / MIN_LINE_S) + 10
+    if len(user) > most_words or len(lyrics.lines) > most_lines:
+        raise LyricsError(f"{lyrics.path}: {len(user)} words on {len(lyrics.lines)} lines for a song of {duration:.0f} s, "
+                          f"more than a voice sings (at most {most_words} words, {most_lines} lines)",
+                          hint="give this song's lyrics only, one sung line per line")  # fmt: skip
     line_of = [i for i, line in enumerate(lyrics.lines) for _ in line.words]
     if lyrics.timed:
         windows = line_windows(lyrics, duration)

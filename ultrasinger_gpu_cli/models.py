@@ -282,6 +282,59 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _ct2_problem(path: Path) -> str | None:
+    """What is wrong with a CTranslate2 ``model.bin``, or None. Its layout: a format version, the
+    spec's name and revision, then each variable (name, rank, dims, dtype, byte count, bytes),
+    then the aliases. Every variable's bytes must be there and the file must end where the
+    layout does: a truncated or padded download is found without loading it."""
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            def read(n: int) -> bytes:
+                data = fh.read(n)
+                if len(data) < n:
+                    raise EOFError
+                return data
+
+            def text() -> bytes:
+                (n,) = struct.unpack("<H", read(2))
+                return read(n).rstrip(b"\0")
+
+            (version,) = struct.unpack("<I", read(4))
+            if not 1 <= version <= 100:
+                return "not a CTranslate2 model"
+            spec_name = text() if version >= 2 else b"Spec"
+            if not spec_name.endswith(b"Spec"):
+                return "not a CTranslate2 model"
+            if version < 4:
+                return None  # an old layout: only its header is checked
+            read(4)  # the spec's revision
+            (count,) = struct.unpack("<I", read(4))
+            for _ in range(count):
+                text()
+                (rank,) = struct.unpack("<B", read(1))
+                read(4 * rank)
+                read(1)  # dtype
+                (length,) = struct.unpack("<I", read(4))
+                fh.seek(length, 1)
+                if fh.tell() > size:
+                    raise EOFError
+            (aliases,) = struct.unpack("<I", read(4))
+            for _ in range(aliases):
+                text()
+                text()
+            end = fh.tell()
+    except EOFError:
+        return "truncated: the file ends inside the model (an interrupted download or copy)"
+    except OSError as exc:
+        return f"not readable ({exc.strerror})"
+    if end != size:
+        return f"{size - end} bytes after the model's end: not the file CTranslate2 wrote"
+    return None
+
+
 def check_structure(path: Path) -> str | None:
     """What is wrong with a model file whose checksum is not known, or None: PyTorch checkpoints
     are zip archives whose every member's CRC is checked; a bag's yaml must parse."""
@@ -293,12 +346,8 @@ def check_structure(path: Path) -> str | None:
         except (OSError, ValueError) as exc:
             return f"not readable JSON ({exc})"
         return None
-    if path.name == "model.bin":  # a CTranslate2 model: a format version, then the spec's name
-        head = path.read_bytes()[:64]
-        name_length = int.from_bytes(head[4:6], "little") if len(head) >= 6 else 0
-        if len(head) < 6 or not 1 <= int.from_bytes(head[:4], "little") <= 100 or not head[6 : 6 + name_length].rstrip(b"\0").endswith(b"Spec"):
-            return "not a CTranslate2 model"
-        return None
+    if path.name == "model.bin":  # a CTranslate2 model: walked variable by variable to its end
+        return _ct2_problem(path)
     if path.suffix in (".yaml", ".yml"):
         try:
             _read_bag(path)

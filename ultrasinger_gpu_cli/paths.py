@@ -108,3 +108,19 @@ def sweep_partials(root: str | os.PathLike[str], *, depth: int = 2) -> list[Path
                     next_level.append(entry)
         folders = next_level
     return removed
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """``a`` and ``b`` are one file (the same path, a link, a hard link, another spelling)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).absolute().resolve() == Path(b).absolute().resolve()
+
+
+def refuse_overwriting_inputs(outputs: list[Path], inputs: list[Path], *, hint: str) -> None:
+    """No command writes over one of its own inputs: :class:`OutputError` naming both, before any work."""
+    for output in outputs:
+        for given in inputs:
+            if same_file(output, given):
+                raise OutputError(f"{output}: ugpu would write this output over its input {given}", hint=hint)

@@ -30,12 +30,15 @@ import numpy as np
 from ultrasinger_gpu_cli import audio as audio_io
 from ultrasinger_gpu_cli import notes, ultrastar
 from ultrasinger_gpu_cli.diagnostics import Rehearsal
-from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.errors import OutputError, UgpuError
 from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, SongFinished, SongStarted, StageFinished, StageRun, ignore
 from ultrasinger_gpu_cli.models import sha256_of
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
+from ultrasinger_gpu_cli.paths import refuse_overwriting_inputs
+from ultrasinger_gpu_cli.songfolders import BUSY, MARKER, Claim, claim
 from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.textfiles import read_json_or_none
 from ultrasinger_gpu_cli.lyrics import align_lyrics, load_lyrics
 from ultrasinger_gpu_cli.onsets import SEARCH_BEFORE_S
 from ultrasinger_gpu_cli.timings import load_timings
@@ -59,6 +62,7 @@ class RunOptions:
     overwrite: bool = False  # convert a song again that its folder already holds
     rap: bool = False  # words with no stable pitch become rap notes (R)
     lyrics: Path | None = None  # the user's words (plain text or LRC) instead of speech recognition
+    max_minutes: float | None = None  # the longest song decoded (None: UGPU_MAX_MINUTES, else 120)
 
 
 @dataclass
@@ -105,8 +109,6 @@ def song_identity(path: Path) -> tuple[str, str]:
     return tags.get("artist", "Unknown Artist"), tags.get("title", stem)
 
 
-#: In every song folder ugpu writes: whose song it holds (the source's content hash).
-MARKER = ".ugpu-song.json"
 
 
 @dataclass(frozen=True)
@@ -138,23 +140,39 @@ class SongAlreadyDone(UgpuError):
     """This song (the same content) is already converted in its folder; ``--overwrite`` redoes it."""
 
 
-def _marker_hash(folder: Path) -> str | None:
-    try:
-        return str(json.loads((folder / MARKER).read_text(encoding="utf-8"))["content_sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+class SongBusy(UgpuError):
+    """This song (the same content) is being converted into its folder by another process now."""
 
 
 def _remove_listed(folder: Path, report: Path) -> None:
     """Before a deliberate re-run: remove the files the last run wrote (and only those)."""
-    try:
-        listed = json.loads(report.read_text(encoding="utf-8")).get("files", {}).values()
-    except (OSError, ValueError, AttributeError):
-        listed = []
+    data = read_json_or_none(report)
+    files = data.get("files") if isinstance(data, dict) else None
+    listed = [str(p) for p in files.values()] if isinstance(files, dict) else []
     for path in [*listed, str(report)]:
         target = Path(path)
         if target.parent.resolve() == folder:
             target.unlink(missing_ok=True)
+
+
+#: Room kept free on a disk beyond what a song writes there (the chart, MIDI, report, cache entries).
+SPARE_BYTES = 16 * 2**20
+
+
+def _stems_bytes(samples: int) -> int:
+    """Two 16-bit stereo WAV stems of ``samples`` frames."""
+    return 2 * samples * 2 * 2 + 2 * 4096
+
+
+def _remove_claimed(folder: Path) -> None:
+    """A song folder claimed for a song that then failed: removed when it holds nothing but the
+    claim (the song's files are written last, so a failure leaves only the marker)."""
+    try:
+        if all(p.name == MARKER for p in folder.iterdir()):
+            (folder / MARKER).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass
 
 
 def _stems_match(stems: tuple[Path, Path], cached: dict[str, np.ndarray]) -> bool:
@@ -291,8 +309,8 @@ class Pipeline:
         if not path.exists():
             return None
         try:
-            wrapped = json.loads(path.read_text(encoding="utf-8"))
-            data = wrapped["data"]
+            wrapped = read_json_or_none(path, cap_bytes=256 * 2**20)
+            data = wrapped["data"]  # type: ignore[index]
             if wrapped.get("sha256") != _digest_json(data):
                 raise ValueError("checksum")
             return data
@@ -315,7 +333,19 @@ class Pipeline:
         artist, title = song_identity(source)
         content = sha256_of(source)
         out_dir = self.options.out_dir.resolve()
-        folder, name = self._song_folder(source, out_dir, ultrastar.safe_name(f"{artist} - {title}"), content)
+        held, name = self._song_folder(source, out_dir, ultrastar.safe_name(f"{artist} - {title}"), content)
+        try:
+            self._refuse_inputs(source, held.folder, name)
+            return self._convert(source, held.folder, name, content, artist, title, started)
+        except BaseException:
+            if held.fresh:  # nothing of this song is kept: the folder is free for the next run
+                _remove_claimed(held.folder)
+            raise
+        finally:
+            held.release()
+
+    def _convert(self, source: Path, folder: Path, name: str, content: str, artist: str, title: str,
+                 started: float) -> SongReport:  # fmt: skip
         song = source.name
         self.emit(SongStarted(song, folder))
         timings = load_timings(self.options.timings) if self.options.timings else None
@@ -324,7 +354,7 @@ class Pipeline:
             self.emit(Notice(song, warning))
 
         # The song streams through in blocks: memory stays flat however long it is.
-        stream = audio_io.AudioStream(source, audio_io.DEMUCS_RATE, 2)
+        stream = audio_io.AudioStream(source, audio_io.DEMUCS_RATE, 2, limit_s=audio_io.max_seconds(self.options.max_minutes))
         scan = self._scan(stream)
         if stream.notice:
             self.emit(Notice(song, stream.notice))
@@ -334,11 +364,12 @@ class Pipeline:
         plan = self.plan.components
         stems: tuple[Path, Path] | None = None
 
+        self._check_room(folder, scan.samples, source)
         # 1. Demucs: vocals and instrumental stems written as they come, the vocals kept as 16 kHz mono
         if self.options.separate:
             d = plan["demucs"].typed()
             dkey = _key(content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
-            stems = self._stem_paths(dkey)
+            stems = self._stem_paths(dkey, scan.samples)
             cached = self._load_arrays(dkey, "vocals16", "stems_sha256")
             if cached is not None and not (len(cached["vocals16"]) == scan.samples16 and _stems_match(stems, cached)):
                 self._drop_damaged(self._cache_path(dkey, ".npz"))
@@ -445,27 +476,50 @@ class Pipeline:
         self.emit(SongFinished(song, report))
         return report
 
-    def _song_folder(self, source: Path, out_dir: Path, name: str, content: str) -> tuple[Path, str]:
-        """The folder for this song, never a different song's: ``Artist - Title``, else the first
-        free ``Artist - Title (2)``, ``(3)``... The marker file each folder gets says whose it is.
-        The same song again: resumed when unfinished; when finished, skipped unless ``overwrite``."""
+    def _song_folder(self, source: Path, out_dir: Path, name: str, content: str) -> tuple[Claim, str]:
+        """The folder for this song, claimed atomically (:mod:`songfolders`), never a different
+        song's: ``Artist - Title``, else the first free ``Artist - Title (2)``, ``(3)``... The same
+        song again: resumed when unfinished; when finished, skipped unless ``overwrite``; while
+        another process converts it, refused."""
+        out_dir.mkdir(parents=True, exist_ok=True)
         for number in range(1, 1000):
             candidate = name if number == 1 else ultrastar.safe_name(f"{name} ({number})")
             folder = (out_dir / candidate).resolve()
             if folder.parent != out_dir:  # never a path outside -o
                 raise UgpuError(f"{source}: the song name {candidate!r} would leave the output folder")
-            if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
-                return folder, candidate
-            if not (folder.is_dir() and _marker_hash(folder) == content):
+            held = claim(folder, content, source.name)
+            if held == BUSY:
+                raise SongBusy(f"{source}: another ugpu process is converting this song into {folder} right now",
+                               hint="wait for it to finish; its result will be there")  # fmt: skip
+            if not isinstance(held, Claim):
                 continue  # another song's folder, or something not ugpu's: never touched
             report = folder / f"{candidate}.report.json"
-            if not report.is_file():
-                return folder, candidate  # this song, unfinished: finish it
+            if held.fresh or not report.is_file():
+                return held, candidate  # new, or this song unfinished: finish it
             if not self.options.overwrite:
+                held.release()
                 raise SongAlreadyDone(f"{source}: already converted in {folder}", hint="--overwrite converts it again")
+            try:
+                self._refuse_inputs(source, folder, candidate, listed_in=report)
+            except BaseException:
+                held.release()
+                raise
             _remove_listed(folder, report)
-            return folder, candidate
+            return held, candidate
         raise UgpuError(f"{source}: 999 folders named {name!r} already exist in {out_dir}")
+
+    def _refuse_inputs(self, source: Path, folder: Path, name: str, listed_in: Path | None = None) -> None:
+        """No file this song writes (or removes, on ``--overwrite``) is one of its inputs: the
+        song, ``--timings`` (a chart re-pitched where it lies), ``--lyrics``."""
+        outputs = [folder / f"{name}{suffix}" for suffix in (source.suffix.lower(), ".flac", " [Vocals].wav",
+                                                            " [Instrumental].wav", ".mid", ".txt", ".report.json")]  # fmt: skip
+        if listed_in is not None:
+            data = read_json_or_none(listed_in)
+            files = data.get("files") if isinstance(data, dict) else None
+            outputs += [Path(str(p)) for p in files.values()] if isinstance(files, dict) else []
+            outputs.append(listed_in)
+        inputs = [p for p in (source, self.options.timings, self.options.lyrics) if p is not None]
+        refuse_overwriting_inputs(outputs, inputs, hint="give -o another folder, or copy the input elsewhere first")
 
     def _scan(self, stream: audio_io.AudioStream) -> Scan:
         """The first pass over the song: the mono reference's mean and standard deviation (Demucs
@@ -523,14 +577,20 @@ class Pipeline:
             raise
         return StreamedSeparation(np.concatenate(parts16), scan.silent)
 
-    def _stem_paths(self, key: str) -> tuple[Path, Path]:
+    def _stem_paths(self, key: str, samples: int = 0) -> tuple[Path, Path]:
         """Where Demucs' stems go while the song is made (and stay, for a resume): the cache, or a
-        work folder in the output when the cache can't be written."""
+        work folder in the output when the cache can't be written or hasn't room for them (the
+        cache is a convenience: a full cache disk costs resuming, never the song)."""
         folder = self.options.cache_dir
         assert folder is not None
+        needed = _stems_bytes(samples)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if not os.access(folder, os.W_OK):
+                raise PermissionError
+            if needed and shutil.disk_usage(folder).free < needed + SPARE_BYTES:
+                self.emit(Notice(None, f"the resume cache's disk ({folder}) has no room for this song's stems "
+                                       f"({needed / 2**20:.0f} MB): they are made in the output folder instead"))  # fmt: skip
                 raise PermissionError
         except OSError:
             if self._work_dir is None:
@@ -538,10 +598,22 @@ class Pipeline:
             folder = self._work_dir
         return folder / f"{key}.vocals.wav", folder / f"{key}.instrumental.wav"
 
+    def _check_room(self, folder: Path, samples: int, source: Path) -> None:
+        """Before any compute: the output's disk holds what this song writes there (the stems, the
+        audio, twice the stems while they are made there), or an :class:`OutputError` naming it."""
+        stems = _stems_bytes(samples) if self.options.separate else 0
+        needed = stems + source.stat().st_size + SPARE_BYTES
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return
+        if free < needed:
+            raise OutputError(f"the disk holding {folder} has {free / 2**20:.0f} MB free; this song needs about "
+                              f"{needed / 2**20:.0f} MB there", hint="free space on it, or give -o another disk")  # fmt: skip
+
     def _write_files(self, source: Path, folder: Path, name: str, song: ultrastar.Song, render: ChartText,
                      stems: tuple[Path, Path] | None, content: str) -> dict[str, Path]:  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
-        audio_io.write_text(folder / MARKER, json.dumps({"content_sha256": content, "source": source.name}))
         files: dict[str, Path] = {}
         if source.suffix.lower() in AUDIO_SUFFIXES:
             audio_name = f"{name}{source.suffix.lower()}"

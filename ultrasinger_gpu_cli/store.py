@@ -168,19 +168,81 @@ READ_ONLY_HINT = "make it writable (chmod u+w {path}, and its folder), or point 
 
 
 def _writable(path: Path) -> bool:
-    """Can this process write the database file and create its journal beside it? Tried for real
-    (opening for writing, creating a file beside it): permissions, read-only mounts, immutable
-    files and dropped capabilities all show up here."""
+    """Can this process write the database file and create its journal beside it? Asked of the
+    kernel with ``access(2)`` (permissions, read-only mounts, immutable files and dropped
+    capabilities all answer there) and tried for real in the folder (a probe file beside it).
+
+    The database file itself is never opened here: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, SQLite's included (sqlite.org/howtocorrupt.html, 2.2), and
+    another process would then checkpoint and delete the WAL under this process's connections."""
     import tempfile
 
+    effective = os.access in os.supports_effective_ids
+    if not os.access(path, os.R_OK | os.W_OK, effective_ids=effective):
+        return False
     try:
-        os.close(os.open(path, os.O_RDWR))
         fd, probe = tempfile.mkstemp(prefix=".ugpu-db-check-", dir=path.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError:
         return False
     return True
+
+
+DAMAGED_HINT = ("move the file aside (ugpu starts a new one), or recover it with: sqlite3 {path} .recover | sqlite3 "
+                "recovered.db; or point ugpu at another file with --db or UGPU_DB")
+
+
+def failure(exc: sqlite3.Error, path: Path, doing: str = "use") -> StoreError:
+    """What went wrong with the database, as the user can act on it: locked by another process,
+    a full disk (naming the folder), read-only, damaged, or an I/O error."""
+    text = str(exc)
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        return StoreError(f"the ugpu database {path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s",
+                          hint="wait for the other ugpu to finish (ugpu monitor shows runs), or use another file "
+                               "with --db or UGPU_DB")  # fmt: skip
+    if "full" in low:
+        return StoreError(f"the disk holding the ugpu database is full ({path.parent})",
+                          hint=f"free space in {path.parent}, or point ugpu at another disk with --db or UGPU_DB")  # fmt: skip
+    if "readonly" in low or "read-only" in low:
+        return StoreError(f"the ugpu database {path} is read-only: ugpu cannot save to it",
+                          hint=READ_ONLY_HINT.format(path=path))  # fmt: skip
+    if "i/o error" in low:
+        return StoreError(f"the disk failed while ugpu tried to {doing} the database {path} ({text})",
+                          hint="check the disk (dmesg), or point ugpu at another file with --db or UGPU_DB")  # fmt: skip
+    return StoreError(f"{path} is not a usable ugpu database ({text}); it was left untouched",
+                      hint=DAMAGED_HINT.format(path=path))
+
+
+def number(value: Any) -> float | None:
+    """A stored number as a float; None for NULL and for what another program wrote there that is
+    not a finite number (SQLite keeps any value in any column)."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        out = float(value)
+    except ValueError:
+        return None
+    return out if math.isfinite(out) else None
+
+
+def integer(value: Any) -> int | None:
+    out = number(value)
+    return None if out is None or abs(out) > 2**62 else int(out)
+
+
+def stored_json(text: Any, default: Any) -> Any:
+    """A JSON column; ``default`` when it is missing, not JSON, or not of the default's type."""
+    if not isinstance(text, (str, bytes)):
+        return default
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return default
+    return value if isinstance(value, type(default)) else default
 
 
 def _new_id() -> str:
@@ -293,8 +355,7 @@ class Store:
                                      hint=READ_ONLY_HINT.format(path=db_path))  # fmt: skip
             except sqlite3.DatabaseError as exc:
                 conn.close()
-                raise StoreError(f"{db_path} is not a usable ugpu database ({exc}); it was left untouched",
-                                 hint="move the file aside, or point ugpu at another one with --db or UGPU_DB") from exc  # fmt: skip
+                raise failure(exc, db_path, "read") from exc
             except StoreError:
                 conn.close()
                 raise
@@ -310,10 +371,7 @@ class Store:
             store._migrate()
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise StoreError(
-                f"{db_path} is not a usable ugpu database ({exc}); it was left untouched",
-                hint="move the file aside, or point ugpu at another one with --db or UGPU_DB",
-            ) from exc
+            raise failure(exc, db_path, "open") from exc
         except StoreError:
             conn.close()
             raise
@@ -357,14 +415,26 @@ class Store:
                 self.read_only = True
                 raise StoreError(f"the ugpu database {self.path} is read-only: ugpu cannot save to it",
                                  hint=READ_ONLY_HINT.format(path=self.path)) from exc  # fmt: skip
-            raise StoreError(f"the ugpu database {self.path} stayed locked: {exc}") from exc
+            raise failure(exc, self.path, "write") from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:  # SQLite may have rolled back already (a full disk, an I/O error)
+                pass
+            if isinstance(exc, sqlite3.Error):
+                raise failure(exc, self.path, "write") from exc
             raise
         else:
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise failure(exc, self.path, "write") from exc
 
     def close(self) -> None:
         self._conn.close()
@@ -376,8 +446,11 @@ class Store:
         self.close()
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """Read-only access for reports and tests."""
-        return self._conn.execute(sql, params).fetchall()
+        """Read-only access for reports and tests; a damaged page or a lock is a :class:`StoreError`."""
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise failure(exc, self.path, "read") from exc
 
     # -- GPUs and the framework probe -----------------------------------------------------------
     def record_gpus(self, gpus: list[GpuInfo] | tuple[GpuInfo, ...], cuda_version: str | None, driver: str | None) -> None:
@@ -485,7 +558,11 @@ class Store:
         )
         out: dict[str, dict[str, Any]] = {}
         for row in rows:
-            out.setdefault(row["component_name"], {})[row["parameter_name"]] = json.loads(row["parameter_value"])
+            try:
+                value = json.loads(row["parameter_value"])
+            except (TypeError, ValueError, RecursionError):
+                continue  # a value another program wrote: not the user's override
+            out.setdefault(str(row["component_name"]), {})[str(row["parameter_name"])] = value
         return out
 
     def save_override(self, target: str, component: str, values: dict[str, Any], *, gpu_id: str | None = None) -> dict[str, Any]:
@@ -600,7 +677,7 @@ class Store:
             "AND processing_speed_multiplier IS NOT NULL ORDER BY logged_at DESC LIMIT 200",
             (component,),
         )
-        speeds = [float(r[0]) for r in rows]
+        speeds = [x for x in (number(r[0]) for r in rows) if x is not None]
         return statistics.median(speeds) if speeds else None
 
     def finish_run(self, run_id: str, status: str, report: dict[str, Any] | None = None) -> None:
@@ -655,20 +732,20 @@ class Store:
         fallbacks, and the trend of x real time and peak VRAM over the runs."""
         grouped: dict[tuple[str, str], list[sqlite3.Row]] = {}
         for row in self.performance_rows(component, since, gpu):
-            grouped.setdefault((row["component"], _where(row["device"], row["gpu_index"])), []).append(row)
+            grouped.setdefault((str(row["component"]), _where(row["device"], row["gpu_index"])), []).append(row)
         fallback_sql = "SELECT stage, device, gpu_index, COUNT(*) FROM fallback_events" + (
             " WHERE created_at >= ?" if since else "")  # fmt: skip
         fallbacks: dict[tuple[str, str], int] = {}
         for stage, device, index, count in self.query(fallback_sql + " GROUP BY stage, device, gpu_index",
                                                       (since,) if since else ()):  # fmt: skip
-            key = (stage, _where(device, index))
+            key = (str(stage), _where(device, index))
             fallbacks[key] = fallbacks.get(key, 0) + int(count)
         out = []
         for (name, where), rows in sorted(grouped.items()):
-            speeds = [float(r["processing_speed_multiplier"]) for r in rows
-                      if r["processing_speed_multiplier"] is not None and not r["skipped"]]  # fmt: skip
-            vram = [int(r["vram_used_mb"]) for r in rows if r["vram_used_mb"] is not None]
-            temps = [int(r["temperature_celsius"]) for r in rows if r["temperature_celsius"] is not None]
+            speeds = [x for x in (number(r["processing_speed_multiplier"]) for r in rows if not r["skipped"])
+                      if x is not None]  # fmt: skip
+            vram = [x for x in (integer(r["vram_used_mb"]) for r in rows) if x is not None]
+            temps = [x for x in (integer(r["temperature_celsius"]) for r in rows) if x is not None]
             out.append(
                 ComponentStats(
                     component=name,
@@ -679,10 +756,10 @@ class Store:
                     p95_speed_x=_percentile(speeds, 0.95) if speeds else None,
                     peak_vram_mb=max(vram) if vram else None,
                     max_temperature_c=max(temps) if temps else None,
-                    devices=tuple(sorted({r["device"] for r in rows if r["device"]})),
+                    devices=tuple(sorted({str(r["device"]) for r in rows if r["device"]})),
                     fallbacks=fallbacks.get((name, where), 0),
                     speed_trend=tuple(round(x, 3) for x in speeds),
-                    vram_trend=tuple(r["vram_used_mb"] for r in rows),
+                    vram_trend=tuple(integer(r["vram_used_mb"]) for r in rows),
                 )
             )
         return out
@@ -721,11 +798,16 @@ class JobRow:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRow:
-        return cls(row["job_id"], row["status"], row["name"], row["input_path"], bool(row["uploaded"]),
-                   json.loads(row["options_json"] or "{}"), row["created_at"], row["started_at"], row["finished_at"],
-                   row["updated_at"], row["worker"], row["stage"], row["progress"], row["speed_x"], row["device"],
-                   json.loads(row["stages_json"] or "[]"), json.loads(row["fallbacks_json"] or "[]"), row["error"],
-                   row["folder"], int(row["attempts"]))  # fmt: skip
+        def text(name: str) -> str | None:
+            value = row[name]
+            return None if value is None else str(value)
+
+        return cls(str(row["job_id"]), str(row["status"]), str(row["name"]), str(row["input_path"]),
+                   bool(row["uploaded"]), stored_json(row["options_json"], {}), str(row["created_at"]),
+                   text("started_at"), text("finished_at"), str(row["updated_at"]), text("worker"), text("stage"),
+                   number(row["progress"]), number(row["speed_x"]), text("device"), stored_json(row["stages_json"], []),
+                   stored_json(row["fallbacks_json"], []), text("error"), text("folder"),
+                   integer(row["attempts"]) or 0)  # fmt: skip
 
 
 class JobQueue:
@@ -735,24 +817,33 @@ class JobQueue:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def add(self, job_id: str, *, name: str, input_path: Path, uploaded: bool, options: dict[str, Any]) -> JobRow:
+    def add(self, job_id: str, *, name: str, input_path: Path, uploaded: bool, options: dict[str, Any],
+            limit: int | None = None) -> JobRow | None:  # fmt: skip
+        """Queue a job; None when ``limit`` jobs are already waiting or running (counted and inserted
+        in one write transaction, so concurrent submissions never pass the limit together)."""
         with self.store._write() as conn:
+            if limit is not None:
+                active = conn.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+                if int(active) >= limit:
+                    return None
             conn.execute(
                 "INSERT INTO jobs (job_id, name, input_path, uploaded, options_json, seq) "
                 "VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs))",
                 (job_id, name, str(input_path), uploaded, json.dumps(options)),
             )
-        job = self.get(job_id)
-        assert job is not None
-        return job
+        return self.get(job_id)
 
     def get(self, job_id: str) -> JobRow | None:
         rows = self.store.query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
         return JobRow.from_row(rows[0]) if rows else None
 
-    def list(self, limit: int = 200) -> list[JobRow]:
-        rows = self.store.query("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
+    def list(self, limit: int = 200, offset: int = 0) -> list[JobRow]:
+        """Newest first, one page."""
+        rows = self.store.query("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset))
         return [JobRow.from_row(r) for r in rows]
+
+    def count(self) -> int:
+        return int(self.store.query("SELECT COUNT(*) FROM jobs")[0][0])
 
     def active_count(self) -> int:
         return int(self.store.query("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")[0][0])
@@ -808,11 +899,53 @@ class JobQueue:
         return [r["job_id"] for r in rows]
 
 
-def _where(device: str | None, gpu_index: int | None) -> str:
+class QueueOwner:
+    """The one server that works a database's job queue: an exclusive ``flock`` on a lock file
+    beside the database (``<db>.serve-lock``, never the database file itself: closing a
+    descriptor of the database would drop SQLite's own locks), held while the server runs. A
+    second server on the same database is refused, naming the first's PID; the lock goes with
+    the process however it ends (``kill -9`` included), so the next server takes over the jobs
+    the last one left running."""
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, db_path: Path) -> QueueOwner:
+        lock = db_path.with_name(db_path.name + ".serve-lock")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: one server per database is the user's to keep
+            return cls(lock, None)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create {lock} beside the ugpu database: {exc.strerror}",
+                             hint=READ_ONLY_HINT.format(path=db_path.parent))  # fmt: skip
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(f"another ugpu serve (PID {other}) is already serving the job queue of {db_path}",
+                             hint="stop that server first, or give this one its own database with --db") from None  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(lock, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _where(device: Any, gpu_index: Any) -> str:
     """Where a stage ran, as stats group it: "GPU <index>", "cuda" (index unknown), or "cpu"."""
-    if device == "cuda" and gpu_index is not None:
-        return f"GPU {gpu_index}"
-    return device or "cpu"
+    index = integer(gpu_index)
+    if device == "cuda" and index is not None:
+        return f"GPU {index}"
+    return str(device) if device else "cpu"
 
 
 def _statements(sql: str) -> list[str]:

@@ -32,26 +32,10 @@ class Timings:
 
 def decode_text(path: Path) -> tuple[str, str | None]:
     """The file's text and a warning when it had to be read as cp1252."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise TimingsError(f"{path}: {size / 2**20:.0f} MB is not a timings file (an UltraStar .txt or a words JSON)")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TimingsError(f"{path}: cannot read the timings file: {exc.strerror}") from exc
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8", "replace"), None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            return data.decode("utf-16"), None
-        except UnicodeDecodeError as exc:
-            raise TimingsError(f"{path}: starts with a UTF-16 byte order mark but is not UTF-16 ({exc.reason})") from exc
-    if b"\x00" in data:
-        raise TimingsError(f"{path}: a binary file, not a timings file", hint="give an UltraStar .txt or a words JSON")
-    try:
-        return data.decode("utf-8"), None
-    except UnicodeDecodeError:
-        return data.decode("cp1252", "replace"), f"{path} is not UTF-8: read as cp1252 (Windows-1252), as the games do"
+    from ultrasinger_gpu_cli.textfiles import read_text
+
+    return read_text(path, cap_bytes=MAX_BYTES, what="timings file", error=TimingsError, cp1252=True,
+                     hint="give an UltraStar .txt or a words JSON")  # fmt: skip
 
 
 def _number(value: Any, where: str, path: Path) -> float:

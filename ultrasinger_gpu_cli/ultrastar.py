@@ -57,6 +57,14 @@ def _number(value: float, comma: bool) -> str:
     return text.replace(".", ",") if comma else text
 
 
+def _file_header(name: str) -> str:
+    """A file header's value: the file's name as it is on disk. A name a header cannot hold (a
+    folder in it, a line break) is a bug in the caller, not something to cut silently."""
+    if not name or name != clean_text(name) or "/" in name or "\\" in name:
+        raise ValueError(f"not a file name a chart header can hold: {name!r}")
+    return name
+
+
 def to_ultrastar(
     song: Song, *, audio: str, vocals: str | None = None, instrumental: str | None = None,
     version: str = "1.1.0", creator: str = "ugpu",
@@ -64,18 +72,19 @@ def to_ultrastar(
     """The file's text: UTF-8, ``#VERSION`` first, notes, phrase ends, ``E``.
 
     Every header value is one line without control characters, whatever a tag or a file name
-    held; the file headers name the files given (ugpu's own), never a tag's text.
+    held; the file headers name the files given (ugpu's own, already named to fit the file
+    system) exactly as they are on disk: never cut again, never a tag's text.
     """
     old = version.startswith("0.")
-    audio = fit_name(audio)
+    audio = _file_header(audio)
     headers = [f"#VERSION:{version}", f"#TITLE:{clean_text(song.title) or 'Unknown Title'}",
                f"#ARTIST:{clean_text(song.artist) or 'Unknown Artist'}", f"#MP3:{audio}"]  # fmt: skip
     if not old:
         headers.append(f"#AUDIO:{audio}")
         if vocals:
-            headers.append(f"#VOCALS:{fit_name(vocals)}")
+            headers.append(f"#VOCALS:{_file_header(vocals)}")
         if instrumental:
-            headers.append(f"#INSTRUMENTAL:{fit_name(instrumental)}")
+            headers.append(f"#INSTRUMENTAL:{_file_header(instrumental)}")
     headers += [f"#BPM:{_number(song.bpm, old)}", f"#GAP:{song.gap_ms}"]
     language = clean_text(LANGUAGES.get(song.language, song.language)) if song.language else ""
     if language:
@@ -277,7 +286,7 @@ def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | 
         key = raw[1:].split(":", 1)[0].strip().upper()
         if key in values and values[key]:
             cr = "\r" if raw.endswith("\r") else ""
-            lines[i] = f"{raw.split(':', 1)[0]}:{fit_name(values[key])}{cr}"
+            lines[i] = f"{raw.split(':', 1)[0]}:{_file_header(values[key])}{cr}"
             seen.add(key)
             last_audio = i
     target = version or chart.headers.get("VERSION", "0")
@@ -285,9 +294,9 @@ def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | 
         missing = [k for k in AUDIO_HEADERS if k not in seen and values[k]]
         at = (last_audio + 1) if last_audio is not None else 1
         cr = "\r" if lines and lines[0].endswith("\r") else ""
-        lines[at:at] = [f"#{k}:{fit_name(values[k])}{cr}" for k in missing]  # type: ignore[arg-type]
+        lines[at:at] = [f"#{k}:{_file_header(values[k])}{cr}" for k in missing]  # type: ignore[arg-type]
     elif "MP3" not in seen:
-        lines.insert(0, f"#MP3:{fit_name(audio)}")
+        lines.insert(0, f"#MP3:{_file_header(audio)}")
     if version is not None and version != chart.headers.get("VERSION", "0.3.0"):
         lines = _convert_headers(lines, version)
     return "\n".join(lines)
@@ -339,8 +348,12 @@ def _varlen(value: int) -> bytes:
 
 
 def to_midi(song: Song, ticks_per_quarter: int = 480) -> bytes:
-    """A type-0 standard MIDI file of the melody at the song's tempo."""
+    """A type-0 standard MIDI file of the melody at the song's tempo; at 120 BPM where the song's
+    does not fit MIDI's fields (a tempo of at most 2^24 µs per quarter, deltas of 28 bits)."""
     quarter_s = 60.0 / song.bpm
+    last_s = max([end for _, end in song.note_times()] or [0.0])
+    if quarter_s * 1_000_000 > 0xFFFFFF or last_s / quarter_s * ticks_per_quarter > 0x0FFFFFFF:
+        quarter_s = 0.5
     tempo = int(round(quarter_s * 1_000_000))
     events = [(0, bytes([0xFF, 0x51, 0x03]) + tempo.to_bytes(3, "big"))]
     for (start, end), note in zip(song.note_times(), song.notes):

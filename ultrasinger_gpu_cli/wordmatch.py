@@ -18,7 +18,9 @@ import numpy as np
 
 SPELLING = 0.75  # two words whose letters agree this much are the same word (a recogniser's spelling)
 NEAR_BONUS = 0.2  # at most this much more for a pair of words at the same time (1 s apart: half of it)
-MAX_CELLS = 16_000_000  # larger problems are matched by difflib's blocks (linear memory)
+MAX_CELLS = 16_000_000  # larger problems: pairs within WINDOW_S of each other only (timed), else in blocks
+WINDOW_S = 30.0  # two timed words further apart than this are not the same sung word
+BLOCK = 2_000  # untimed and large: matched block by block along the diagonal
 
 
 def normalise(word: str) -> str:
@@ -60,8 +62,9 @@ def match(a: Sequence[str], b: Sequence[str], *, times_a: Sequence[float] | None
     if not na or not nb:
         return []
     if len(na) * len(nb) > MAX_CELLS:
-        matcher = difflib.SequenceMatcher(None, na, nb, autojunk=False)
-        return [(m.a + k, m.b + k) for m in matcher.get_matching_blocks() for k in range(m.size)]
+        if times_a is not None and times_b is not None:
+            return _sparse_match(na, nb, np.asarray(times_a, dtype=float), np.asarray(times_b, dtype=float))
+        return _blockwise(na, nb)
     weights = _weights(na, nb)
     if times_a is not None and times_b is not None:
         ta, tb = np.asarray(times_a, dtype=float), np.asarray(times_b, dtype=float)
@@ -90,3 +93,74 @@ def match(a: Sequence[str], b: Sequence[str], *, times_a: Sequence[float] | None
             pairs.append((i - 1, j - 1))
             i, j = i - 1, j - 1
     return pairs[::-1]
+
+
+def _sparse_match(na: list[str], nb: list[str], ta: np.ndarray, tb: np.ndarray) -> list[tuple[int, int]]:
+    """Large timed sequences: the heaviest monotonic chain over the pairs of alike words at most
+    :data:`WINDOW_S` apart (a weighted longest increasing subsequence over a Fenwick tree of
+    prefix maxima): O(pairs · log n) time and memory, whatever the lengths."""
+    order_b = np.maximum.accumulate(tb)  # searchable even where a chart's times step back
+    cache: dict[tuple[str, str], float] = {}
+    pairs: list[tuple[int, int, float]] = []
+    for i, word in enumerate(na):
+        lo, hi = np.searchsorted(order_b, [ta[i] - WINDOW_S, ta[i] + WINDOW_S])
+        for j in range(int(lo), int(hi)):
+            key = (word, nb[j])
+            if key not in cache:
+                cache[key] = 1.0 + 1e-6 if word == nb[j] else 0.999 * similarity(word, nb[j])
+            if cache[key] > 0:
+                pairs.append((i, j, cache[key] * (1 + NEAR_BONUS / (1 + abs(tb[j] - ta[i])))))
+    pairs.sort(key=lambda p: (p[0], -p[1]))  # a row's pairs never chain with each other
+    size = len(nb) + 1
+    tree_value = [0.0] * (size + 1)
+    tree_at = [-1] * (size + 1)
+    before = [-1] * len(pairs)
+    total = [0.0] * len(pairs)
+    for k, (_, j, weight) in enumerate(pairs):
+        best, at, x = 0.0, -1, j  # the best chain ending at a column < j
+        while x > 0:
+            if tree_value[x] > best:
+                best, at = tree_value[x], tree_at[x]
+            x -= x & -x
+        total[k], before[k] = best + weight, at
+        x = j + 1
+        while x <= size:
+            if total[k] > tree_value[x]:
+                tree_value[x], tree_at[x] = total[k], k
+            x += x & -x
+    k = max(range(len(pairs)), key=total.__getitem__) if pairs else -1
+    out = []
+    while k >= 0:
+        out.append((pairs[k][0], pairs[k][1]))
+        k = before[k]
+    return out[::-1]
+
+
+def _blockwise(na: list[str], nb: list[str]) -> list[tuple[int, int]]:
+    """Large untimed sequences: matched a block at a time along their diagonal (each block by
+    the full alignment), linear in the lengths."""
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(na) and j < len(nb):
+        width_a = min(BLOCK, len(na) - i)
+        width_b = min(int(BLOCK * len(nb) / len(na)) + 1, len(nb) - j)
+        pairs = match(na[i : i + width_a], nb[j : j + width_b])
+        if not pairs:
+            i, j = i + width_a, j + width_b
+            continue
+        keep = pairs[: max(1, len(pairs) * 3 // 4)]  # the block's tail is matched again with what follows
+        out += [(i + a, j + b) for a, b in keep]
+        i, j = i + keep[-1][0] + 1, j + keep[-1][1] + 1
+    return out
+
+
+def ratio(a: Sequence[str], b: Sequence[str], times_a: Sequence[float], times_b: Sequence[float]) -> float:
+    """How alike two timed word sequences are: 2 · equal words matched in order / both lengths
+    (difflib's ratio where the sequences are small; bounded work on long ones)."""
+    if not a and not b:
+        return 1.0
+    if len(a) * len(b) <= MAX_CELLS // 16:
+        return difflib.SequenceMatcher(None, list(a), list(b), autojunk=False).ratio()
+    pairs = _sparse_match(list(a), list(b), np.asarray(times_a, dtype=float), np.asarray(times_b, dtype=float))
+    equal = sum(1 for i, j in pairs if a[i] == b[j])
+    return 2 * equal / (len(a) + len(b))

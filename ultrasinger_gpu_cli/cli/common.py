@@ -63,22 +63,47 @@ def handles_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UgpuError as exc:
-            from rich.markup import escape
-
-            console = err_console()  # the text is the user's (file names, commands): never markup
-            console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True, soft_wrap=True)
-            if exc.hint:
-                console.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
+            report(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console().print("interrupted", style="yellow")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:  # `ugpu ... --json | head`: the reader has gone, and so does ugpu, quietly
+            _quiet_stdout()
+            raise typer.Exit(0) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback reaches a user
-            unexpected(exc)
+            from ultrasinger_gpu_cli.errors import from_os_error
+
+            known = from_os_error(exc)
+            if known is None:
+                unexpected(exc)
+            report(known)
+            raise typer.Exit(known.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def report(exc: UgpuError) -> None:
+    """The error and its hint on stderr (the text is the user's: file names, commands; never markup)."""
+    from rich.markup import escape
+
+    console = err_console()
+    console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True, soft_wrap=True)
+    if exc.hint:
+        console.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
+
+
+def _quiet_stdout() -> None:
+    """stdout points at nothing from now on, so the interpreter's last flush cannot fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _terminate_like_interrupt() -> None:

@@ -54,6 +54,7 @@ def run(
     use_ray: Annotated[bool, typer.Option("--ray", help="Convert on a Ray cluster (RAY_ADDRESS, else a local one started for the run).")] = False,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster to use (ray start --head prints it).", show_default=False)] = None,
     shared_input: Annotated[bool, typer.Option("--shared-input", help="With --ray: every node sees the songs at the same path (else their bytes travel).")] = False,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="The longest song converted, in minutes (longer ones stop with exit 2) [default: UGPU_MAX_MINUTES, else 120].", min=0.01, max=1440, show_default=False)] = None,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
     from ultrasinger_gpu_cli.detection import plan_for
@@ -63,14 +64,17 @@ def run(
     from ultrasinger_gpu_cli.usecases.batch import convert_songs
     from ultrasinger_gpu_cli.usecases.plan import run_target
 
+    from ultrasinger_gpu_cli.components.whisper import check_language
+
+    language = check_language(language)
     paths = _read_songs(songs)
     if not paths:
         raise InvalidSettingError("no songs given (stdin was empty)")
-    if timings is not None and not timings.is_file():
+    if timings is not None and not timings.exists():
         raise UgpuError(f"{timings}: no such timings file")
     if lyrics is not None and timings is not None:
         raise InvalidSettingError("--lyrics and --timings both give the words: use one of them")
-    if lyrics is not None and not lyrics.is_file():
+    if lyrics is not None and not lyrics.exists():
         raise InvalidSettingError(f"{lyrics}: no such lyrics file")
     rehearsed = rehearsal(rehearse_fault)
     store = open_store(ctx)
@@ -79,7 +83,8 @@ def run(
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,
-                         fetch_missing=not offline, overwrite=overwrite, rap=rap, lyrics=lyrics)  # fmt: skip
+                         fetch_missing=not offline, overwrite=overwrite, rap=rap, lyrics=lyrics,
+                         max_minutes=max_minutes)  # fmt: skip
     if gpus is not None and (use_ray or ray_address):
         raise InvalidSettingError("--gpus runs workers on this machine and --ray on a cluster: choose one")
     with RunDisplay(err_console()) as display:

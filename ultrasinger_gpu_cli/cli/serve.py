@@ -27,6 +27,7 @@ def serve(
     models_dir: ModelsDirParam = None,
     use_ray: Annotated[bool, typer.Option("--ray", help="Convert the jobs on a Ray cluster (RAY_ADDRESS, else a local one).")] = False,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster for the jobs.", show_default=False)] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="The longest song a job may be, in minutes (413 above) [default: UGPU_MAX_MINUTES, else 120].", min=0.01, max=1440, show_default=False)] = None,
 ) -> None:
     """Serve the design's API, a job queue and a web page: drop songs, watch the GPU, download charts."""
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
@@ -40,8 +41,15 @@ def serve(
     from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.server.app import ServeConfig, create_app, needs_token, new_token
 
+    from ultrasinger_gpu_cli.store import QueueOwner
+
+    if token is not None and not token.strip():
+        raise InvalidSettingError("--token is empty: an empty token would let anyone in",
+                                  hint="give --token a secret, or leave it out to have one generated")  # fmt: skip
     _check_port(host, port)
     store = open_store(ctx)
+    owner = QueueOwner.acquire(store.path)  # one server per queue: a second one stops here, saying why
+    ctx.call_on_close(owner.release)
     generated = token is None and needs_token(host)
     if generated:
         token = new_token()
@@ -49,7 +57,7 @@ def serve(
                          port=port, token=token, workers=workers, max_upload_mb=max_upload_mb, queue_limit=queue_limit,
                          music_root=music_root.resolve() if music_root else None, cors_origin=list(cors_origin or []),
                          models_dir=resolve_models_dir(models_dir), ray=use_ray or ray_address is not None,
-                         ray_address=ray_address)  # fmt: skip
+                         ray_address=ray_address, owner=owner, max_minutes=max_minutes)  # fmt: skip
     store.close()
     import uvicorn
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ultrasinger_gpu_cli.components.whisper import check_language
+
 from ultrasinger_gpu_cli.cli.common import GpuParam, JsonParam, LimitParam, ModeChoice, ModelsDirParam, ModeParam
 from ultrasinger_gpu_cli.cli.common import OfflineParam, RehearseParam, choice, emit_json, err_console, open_store
 from ultrasinger_gpu_cli.cli.common import rehearsal, value, with_shared_options
@@ -127,7 +129,7 @@ def whisper(
     beam_size: Annotated[Optional[int], typer.Option("--beam-size", help="Hypotheses of the beam search (1: greedy).", show_default=False)] = None,
 ) -> ComponentFlags:
     """Whisper lyrics with word timings on AUDIO (JSON, SRT, LRC), or its settings (/gpu/whisper)."""
-    return {"model": value(model), "compute_type": value(compute_type), "beam_size": beam_size}, StageOptions(language=language)
+    return {"model": value(model), "compute_type": value(compute_type), "beam_size": beam_size}, StageOptions(language=check_language(language))
 
 
 @component_command("demucs")

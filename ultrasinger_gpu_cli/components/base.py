@@ -237,6 +237,7 @@ class StageIO:
     call: Callable[[Engine, Any, Progress, StageOptions], Any]
     write: Callable[[Any, Path, str, StageOptions], StageOutputs]
     empty: Callable[[Any], bool] = lambda result: False  # the stage found no voice: nothing was computed
+    outputs: Callable[[str, StageOptions], tuple[str, ...]] = lambda stem, options: ()  # the names write() uses
 
 
 # -- the spec ---------------------------------------------------------------------------------

@@ -44,11 +44,15 @@ def _call(engine: Any, samples: Any, progress: Any, options: StageOptions) -> An
     return engine.run(samples, progress, gate=options.gate)
 
 
+def _outputs(stem: str, options: StageOptions) -> tuple[str, ...]:
+    return (f"{stem}.f0.csv",)
+
+
 def _write(track: Any, folder: Path, stem: str, options: StageOptions) -> StageOutputs:
     from ultrasinger_gpu_cli.audio import write_text
 
     computed = int(track.computed.sum())
-    files = {"csv": write_text(folder / f"{stem}.f0.csv", track.to_csv())}
+    files = {"csv": write_text(folder / _outputs(stem, options)[0], track.to_csv())}
     return StageOutputs(files, computed == 0, {"frames": len(track.times), "frames_computed": computed})
 
 
@@ -74,7 +78,7 @@ CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
     estimate_vram_mb=estimate_vram_mb,
     tier_reason=tier_reason,
     precision=precision,
-    io=StageIO(SAMPLE_RATE, 1, _call, _write, lambda track: not track.computed.any()),
+    io=StageIO(SAMPLE_RATE, 1, _call, _write, lambda track: not track.computed.any(), _outputs),
     table_columns=(("CREPE", "model", "{}"), ("step", "step_size", "{} ms"), ("CREPE frames/batch", "batch_size", "{}")),
     # Measured (BENCHMARKS.md, "Pitch backends"): on the project's known melodies SwiftF0 gets every
     # note CREPE tiny gets, closer in cents, about 20x faster on this CPU. GPUs keep CREPE full.

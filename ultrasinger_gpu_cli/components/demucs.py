@@ -53,13 +53,17 @@ def _call(engine: Any, samples: Any, progress: Any, options: StageOptions) -> An
     return engine.run(samples, progress)
 
 
+def _outputs(stem: str, options: StageOptions) -> tuple[str, ...]:
+    return f"{stem} [Vocals].{options.audio_format}", f"{stem} [Instrumental].{options.audio_format}"
+
+
 def _write(sep: Any, folder: Path, stem: str, options: StageOptions) -> StageOutputs:
     from ultrasinger_gpu_cli.audio import write_audio
 
-    fmt = options.audio_format
+    vocals, instrumental = _outputs(stem, options)
     files = {
-        "vocals": write_audio(folder / f"{stem} [Vocals].{fmt}", sep.vocals, sep.sample_rate),
-        "instrumental": write_audio(folder / f"{stem} [Instrumental].{fmt}", sep.instrumental, sep.sample_rate),
+        "vocals": write_audio(folder / vocals, sep.vocals, sep.sample_rate),
+        "instrumental": write_audio(folder / instrumental, sep.instrumental, sep.sample_rate),
     }
     return StageOutputs(files, sep.silent)
 
@@ -85,7 +89,7 @@ DEMUCS: ComponentSpec[DemucsSettings] = ComponentSpec(
     estimate_vram_mb=estimate_vram_mb,
     tier_reason=tier_reason,
     precision=precision,
-    io=StageIO(DEMUCS_SAMPLE_RATE, 2, _call, _write, lambda separation: separation.silent),
+    io=StageIO(DEMUCS_SAMPLE_RATE, 2, _call, _write, lambda separation: separation.silent, _outputs),
     mode_chunk_parameter="chunk_size",
     hardware_limit=hardware_limit,
     table_columns=(("Demucs model", "model", "{}"), ("chunk (samples)", "chunk_size", "{}"), ("overlap", "overlap", "{}"),

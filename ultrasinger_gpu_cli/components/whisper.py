@@ -18,6 +18,27 @@ MODELS = (
 #: Smaller models to step down to when a model does not fit, largest first.
 STEP_DOWN = ("large-v3-turbo", "medium", "small", "base", "tiny")
 SAMPLE_RATE = 16_000
+#: The languages Whisper's tokenizer knows (every backend shares them), as their codes.
+LANGUAGES = tuple(
+    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr ht hu hy "
+    "id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc pa pl ps pt ro ru "
+    "sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo zh yue".split()
+)
+
+
+def check_language(code: str | None) -> str | None:
+    """A language code as Whisper takes it (case does not matter), None for "detect it"; an
+    unknown or empty code is refused before any model loads, with the list."""
+    from ultrasinger_gpu_cli.errors import InvalidSettingError
+
+    if code is None:
+        return None
+    wanted = code.strip().lower()
+    if wanted not in LANGUAGES:
+        what = f"--language {code[:20]!r} is not a language Whisper knows" if code.strip() else "--language is empty"
+        raise InvalidSettingError(what,
+                                  hint=f"leave --language out to detect it, or give one of: {' '.join(LANGUAGES)}")  # fmt: skip
+    return wanted
 
 # Rough memory model: it only has to keep every cell of the tier table clear of the budget.
 # Weights in millions of parameters; activations per batch item in MB (fp16).
@@ -103,15 +124,20 @@ def _call(engine: Any, samples: Any, progress: Any, options: StageOptions) -> An
     return engine.run(samples, progress, language=options.language)
 
 
+def _outputs(stem: str, options: StageOptions) -> tuple[str, ...]:
+    return f"{stem}.words.json", f"{stem}.srt", f"{stem}.lrc"
+
+
 def _write(transcript: Any, folder: Path, stem: str, options: StageOptions) -> StageOutputs:
     from ultrasinger_gpu_cli.audio import write_text
     from ultrasinger_gpu_cli.formats import to_lrc, to_srt
 
     text = json.dumps(transcript.to_dict(), indent=2, ensure_ascii=False)
+    words, srt, lrc = _outputs(stem, options)
     files = {
-        "json": write_text(folder / f"{stem}.words.json", text),
-        "srt": write_text(folder / f"{stem}.srt", to_srt(transcript.segments)),
-        "lrc": write_text(folder / f"{stem}.lrc", to_lrc(transcript.segments)),
+        "json": write_text(folder / words, text),
+        "srt": write_text(folder / srt, to_srt(transcript.segments)),
+        "lrc": write_text(folder / lrc, to_lrc(transcript.segments)),
     }
     details: dict[str, SettingValue] = {"language": transcript.language or "", "segments": len(transcript.segments),
                                         "words": len(transcript.words)}  # fmt: skip
@@ -143,7 +169,7 @@ WHISPER: ComponentSpec[WhisperSettings] = ComponentSpec(
     estimate_vram_mb=estimate_vram_mb,
     tier_reason=tier_reason,
     precision=precision,
-    io=StageIO(SAMPLE_RATE, 1, _call, _write, lambda transcript: transcript.no_vocals),
+    io=StageIO(SAMPLE_RATE, 1, _call, _write, lambda transcript: transcript.no_vocals, _outputs),
     step_down_models=STEP_DOWN,
     table_columns=(("Whisper model", "model", "{}"), ("Whisper batch", "batch_size", "{}")),
     # Measured (BENCHMARKS.md, "Whisper backends"): on the CPU, CTranslate2 int8 runs the same

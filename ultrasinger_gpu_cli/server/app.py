@@ -21,22 +21,26 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
 from ultrasinger_gpu_cli import __version__
+from ultrasinger_gpu_cli.audio import AudioTooLongError
 from ultrasinger_gpu_cli.errors import AudioError, InvalidSettingError, StoreError, UgpuError
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.store import QueueOwner, Store
 from ultrasinger_gpu_cli.usecases.jobs import (
     FINISHED, JobNotFound, JobOptions, Jobs, JobWorker, PathRefused, QueueFull, ServerFolders, UploadTooLarge,
     WorkerConfig, job_view,
 )  # fmt: skip
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+#: Every request body but an upload: JSON of a few fields.
+JSON_LIMIT_BYTES = 64 * 1024
 STATIC = "ultrasinger_gpu_cli.server"
-_STATUS = ((InvalidSettingError, 422), (JobNotFound, 404), (QueueFull, 429), (UploadTooLarge, 413), (AudioError, 415),
+_STATUS = ((AudioTooLongError, 413), (InvalidSettingError, 422), (JobNotFound, 404), (QueueFull, 429), (UploadTooLarge, 413), (AudioError, 415),
            (PathRefused, 403), (StoreError, 503))  # fmt: skip
 
 
@@ -58,6 +62,15 @@ class ServeConfig:
     run_extra: dict[str, Any] = field(default_factory=dict)  # RunOptions for every job (tests: rehearsals)
     ray: bool = False  # jobs run on Ray actors
     ray_address: str | None = None
+    max_minutes: float | None = None  # the longest song a job may be (None: UGPU_MAX_MINUTES, else 120)
+    owner: QueueOwner | None = None  # the queue's lock, when the caller took it before the server starts
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not self.token.strip():
+            raise InvalidSettingError("the token is empty: an empty token would let anyone in",
+                                      hint="give --token a secret (or leave it out to have one generated)")  # fmt: skip
+        if self.token is None and needs_token(self.host):
+            raise InvalidSettingError(f"serving on {self.host} (beyond loopback) needs a token", hint="--token SECRET")
 
     @property
     def folders(self) -> ServerFolders:
@@ -82,7 +95,7 @@ class InitializeRequest(BaseModel):
 
     force_detection: bool = False
     optimization_mode: Literal["conservative", "balanced", "aggressive"] = "balanced"
-    vram_limit: Optional[float] = Field(default=None, gt=0, le=1024)
+    vram_limit: Optional[float] = Field(default=None, gt=0, le=1024, allow_inf_nan=False)
 
 
 class PathJobRequest(BaseModel):
@@ -127,8 +140,12 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with _store(config) as store:
-            Jobs(store, folders).queue.requeue_running()  # a crash or kill -9 left them running: resume them
+        owner = config.owner or await run_in_threadpool(QueueOwner.acquire, config.db_path)
+        app.state.owner = owner
+        with _store(config) as store:  # this server owns the queue: what a dead one left running resumes here
+            jobs = Jobs(store, folders)
+            jobs.queue.requeue_running()
+            jobs.sweep_inbox()
         ray, started = await run_in_threadpool(_start_ray, config) if config.ray else (None, False)
         if start_workers:
             plans = await run_in_threadpool(_worker_plans, config)
@@ -136,8 +153,9 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
                 count = config.workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
                 plans = [(f"ray-{i}", plans[0][1]) for i in range(count)]
             for name, plan in plans:
+                extra = {"max_minutes": config.max_minutes, **config.run_extra}
                 worker = JobWorker(WorkerConfig(name, config.db_path, folders, plan, config.models_dir,
-                                                extra=dict(config.run_extra), ray=ray is not None), stop)  # fmt: skip
+                                                extra=extra, ray=ray is not None), stop)  # fmt: skip
                 worker.start()
                 workers.append(worker)
         yield
@@ -146,6 +164,8 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
             await run_in_threadpool(worker.join, 30)
         if started:  # a cluster the server started goes with it; one it joined stays
             ray.shutdown()
+        if config.owner is None:
+            owner.release()
 
     app = FastAPI(title="ugpu", version=__version__, lifespan=lifespan,
                   description="UltraStar karaoke from songs on your NVIDIA GPU: the design's GPU API and a job queue.")  # fmt: skip
@@ -158,21 +178,20 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip
 
     limit_bytes = config.max_upload_mb * 2**20
-
-    @app.middleware("http")
-    async def refuse_large_uploads(request: Request, call_next: Any) -> Response:
-        """Before a byte is parsed: an upload whose declared size is over the limit (plus a
-        megabyte for the form around it) is refused."""
-        length = request.headers.get("content-length")
-        if request.method == "POST" and length and length.isdigit() and int(length) > limit_bytes + 2**20:
-            return JSONResponse({"detail": f"the upload is larger than the server's limit of {config.max_upload_mb} MB",
-                                 "hint": "ugpu serve --max-upload-mb N"}, status_code=413)  # fmt: skip
-        return await call_next(request)
+    app.add_middleware(Guard, config=config, upload_limit_bytes=limit_bytes + 2**20)
 
     @app.exception_handler(UgpuError)
     async def ugpu_error(request: Request, exc: UgpuError) -> JSONResponse:
         status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
         return JSONResponse({"detail": exc.message, "hint": exc.hint}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """What is wrong, by field, without echoing the client's values (NaN and Infinity are not JSON)."""
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg', 'invalid')}"
+                    for e in exc.errors()]  # fmt: skip
+        return JSONResponse({"detail": "; ".join(problems)[:2000] or "invalid request", "hint": "see /docs"},
+                            status_code=422)  # fmt: skip
 
     def authorised(request: Request) -> None:
         if config.token is None:
@@ -181,14 +200,15 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
         given = header[7:] if header.lower().startswith("bearer ") else None
         if given is None and request.url.path.endswith(("/events", "/stream")):
             given = request.query_params.get("token")  # EventSource cannot send headers
-        if given is None or not secrets.compare_digest(given.encode(), config.token.encode()):
+        if not given or not secrets.compare_digest(given.encode(), config.token.encode()):
             raise HTTPException(401, "a valid token is needed: Authorization: Bearer TOKEN",
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
     api = Depends(authorised)
 
     def jobs_of(store: Store) -> Jobs:
-        return Jobs(store, folders, queue_limit=config.queue_limit, max_upload_bytes=limit_bytes)
+        return Jobs(store, folders, queue_limit=config.queue_limit, max_upload_bytes=limit_bytes,
+                    max_minutes=config.max_minutes)  # fmt: skip
 
     # -- the page --------------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -301,9 +321,10 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
             await upload.close()
 
     @app.get("/api/jobs", dependencies=[api])
-    def list_jobs() -> dict[str, Any]:
+    def list_jobs(limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """One page of jobs, newest first: ``jobs``, ``total``, ``next_offset`` (None on the last page)."""
         with _store(config) as store:
-            return {"jobs": jobs_of(store).list()}
+            return jobs_of(store).page(limit, offset)
 
     @app.get("/api/jobs/{job_id}", dependencies=[api])
     def get_job(job_id: str) -> dict[str, Any]:
@@ -370,6 +391,131 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
         return _plans(config)
 
     return app
+
+
+class BodyTooLarge(HTTPException):
+    """A request body past its limit, found while it streams in (an HTTPException, so FastAPI's
+    body parsing passes it on as it is)."""
+
+
+class Guard:
+    """The server's outer wall, before any route (a pure ASGI middleware):
+
+    * **Host** (loopback binds): only 127.0.0.1, localhost and [::1] are answered, so a page
+      whose DNS name is rebound to 127.0.0.1 gets 403, not the API.
+    * **Origin**: a browser request from another web origin (one not given with ``--cors-origin``)
+      gets 403, whatever its method or content type (forms post cross-site without a preflight).
+    * **Body size**, counted as it streams (chunked bodies included): an upload over
+      ``--max-upload-mb`` and any other body over 64 KB stop with 413 at the limit.
+    * **A server error** is a 500 with one line on the server's stderr naming the crash log; no
+      traceback is printed, none reaches the client."""
+
+    def __init__(self, app: Any, config: ServeConfig, upload_limit_bytes: int) -> None:
+        self.app = app
+        self.config = config
+        self.upload_limit = upload_limit_bytes
+        self.loopback = not needs_token(config.host)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refused = self._refusal(scope, headers)
+        if refused is not None:
+            await _send_json(send, refused[0], {"detail": refused[1]})
+            return
+        upload = (scope["method"] == "POST" and scope["path"] == "/api/jobs"
+                  and headers.get("content-type", "").startswith("multipart/"))  # fmt: skip
+        limit = self.upload_limit if upload else JSON_LIMIT_BYTES
+        declared = headers.get("content-length", "")
+        too_large = ({"detail": f"the upload is larger than the server's limit of {self.config.max_upload_mb} MB",
+                      "hint": "ugpu serve --max-upload-mb N"} if upload else
+                     {"detail": f"the request body is larger than the server takes ({_size(limit)})",
+                      "hint": "send the JSON the API documents at /docs"})  # fmt: skip
+        if declared.isdigit() and int(declared) > limit:
+            await _send_json(send, 413, too_large)
+            return
+        received = 0
+        overflow = False
+
+        async def counted() -> dict[str, Any]:
+            nonlocal received, overflow
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    overflow = True
+                    raise BodyTooLarge(413, too_large["detail"])
+            return message
+
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if overflow:  # the rest of the body is never read: the connection closes after the 413
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except BodyTooLarge:
+            if not started:
+                await _send_json(send, 413, too_large)
+        except Exception as exc:  # noqa: BLE001 - one line and a crash log, never a traceback
+            import sys
+
+            from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
+
+            log = write_crash_log(exc)
+            print(f"ugpu serve: internal error on {scope['method']} {scope['path']}: {describe(exc)} (details: {log})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if not started:
+                await _send_json(send, 500, {"detail": "the server hit an unexpected error", "log": str(log)})
+
+    def _refusal(self, scope: dict[str, Any], headers: dict[str, str]) -> tuple[int, str] | None:
+        host = headers.get("host", "")
+        name = _host_name(host)
+        if self.loopback and name not in LOOPBACK:
+            return 403, f"this server answers to 127.0.0.1, localhost and [::1] only, not {host[:100]!r}"
+        origin = headers.get("origin")
+        if origin is not None and origin in self.config.cors_origin:
+            return None
+        if origin is not None and origin != "null":
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(origin)
+                same = parts.netloc.lower() == host.lower() and parts.scheme in ("http", "https")
+            except ValueError:
+                same = False
+            if not same:
+                return 403, f"requests from the web origin {origin[:100]!r} are refused (ugpu serve --cors-origin allows one)"
+        elif origin == "null" or headers.get("sec-fetch-site") == "cross-site":
+            return 403, "cross-site requests are refused (ugpu serve --cors-origin allows an origin)"
+        return None
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port; brackets of an IPv6 address removed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _size(limit: int) -> str:
+    return f"{limit / 2**20:.0f} MB" if limit >= 2**20 else f"{limit // 1024} KB"
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            (b"connection", b"close")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": data})
 
 
 # -- helpers (run in the thread pool) ------------------------------------------------------------------

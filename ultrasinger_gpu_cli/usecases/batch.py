@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
-from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, UgpuError
+from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, UgpuError, from_os_error
 from ultrasinger_gpu_cli.paths import check_output_dir, sweep_partials
 from ultrasinger_gpu_cli.lyrics import load_lyrics
 from ultrasinger_gpu_cli.timings import load_timings
@@ -22,6 +22,7 @@ class SongFailure:
     song: Path
     error: str
     log: Path | None = None  # the traceback of an unexpected error
+    exit_code: int = 1  # the song's error's: 2 for a usage error (too long, bad lyrics)
 
     def to_dict(self) -> dict[str, str | None]:
         return {"song": str(self.song), "error": self.error, "log": None if self.log is None else str(self.log)}
@@ -45,10 +46,14 @@ class BatchResult:
                 "already_done": [f.to_dict() for f in self.already_done]}  # fmt: skip
 
     def raise_for_failures(self) -> None:
-        """The batch's exit: one error listing every song that failed (exit code 1)."""
+        """The batch's exit: one error listing every song that failed; exit code 1, or 2 when every
+        failure was a usage error (a song over the length limit, say)."""
         if self.failures:
             listing = "; ".join(f"{f.song}: {f.error}" for f in self.failures)
-            raise UgpuError(f"{len(self.failures)} of {self.songs} song(s) failed: {listing}")
+            error = UgpuError(f"{len(self.failures)} of {self.songs} song(s) failed: {listing}")
+            if all(f.exit_code == 2 for f in self.failures):
+                error.exit_code = 2
+            raise error
 
 
 def prepare(options: RunOptions) -> None:
@@ -97,8 +102,12 @@ def convert_one(pipeline: Pipeline, path: Path, on_event: OnEvent = ignore) -> S
         return SongOutcome(path, already_done=SongFailure(path, exc.message))
     except UgpuError as exc:
         message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        on_event(SongFailed(str(path), message))
+        return SongOutcome(path, failure=SongFailure(path, message, exit_code=exc.exit_code))
     except OSError as exc:  # writing the song's folder: a full disk, a name the file system refuses
-        message = f"cannot write {exc.filename or pipeline.options.out_dir}: {exc.strerror or exc}"
+        known = from_os_error(exc)
+        message = (known.message + (f" ({known.hint})" if known.hint else "") if known is not None
+                   else f"cannot write {exc.filename or pipeline.options.out_dir}: {exc.strerror or exc}")  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - one song's bug never stops the others
         log = write_crash_log(exc)
         message = f"unexpected error ({describe(exc)}); details in {log}"

@@ -23,8 +23,8 @@ from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.store import JobQueue, JobRow, Store
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 FINISHED = ("done", "failed", "cancelled")
+MAX_PAGE = 500
 
 
 class JobNotFound(UgpuError):
@@ -83,9 +83,9 @@ class JobOptions:
         mode = mode or "balanced"
         if mode not in MODE_TABLE:
             raise InvalidSettingError(f"invalid mode {mode!r}; valid choices: {', '.join(MODE_TABLE)}")
-        if language is not None and language != "" and not LANGUAGE.match(language):
-            raise InvalidSettingError(f"invalid language {language!r}; give a code such as en or de, or none to detect it")
-        return cls(mode, language or None)
+        from ultrasinger_gpu_cli.components.whisper import check_language
+
+        return cls(mode, check_language(language) if language else None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "language": self.language}
@@ -120,7 +120,10 @@ class Jobs:
     """The job use cases over one store."""
 
     def __init__(self, store: Store, folders: ServerFolders, *, queue_limit: int = 100,
-                 max_upload_bytes: int = 500 * 2**20) -> None:  # fmt: skip
+                 max_upload_bytes: int = 500 * 2**20, max_minutes: float | None = None) -> None:  # fmt: skip
+        from ultrasinger_gpu_cli.audio import max_seconds
+
+        self.max_seconds = max_seconds(max_minutes)
         self.queue = JobQueue(store)
         self.folders = folders
         self.queue_limit = queue_limit
@@ -128,10 +131,19 @@ class Jobs:
 
     # -- submitting ---------------------------------------------------------------------------------
     def _room(self) -> None:
-        active = self.queue.active_count()
-        if active >= self.queue_limit:
-            raise QueueFull(f"the queue is full ({active} of {self.queue_limit} songs waiting or running)",
-                            hint="try again when some have finished")  # fmt: skip
+        """A quick refusal before an upload is read; :meth:`_add` decides, atomically."""
+        if self.queue.active_count() >= self.queue_limit:
+            raise self._full()
+
+    def _full(self) -> QueueFull:
+        return QueueFull(f"the queue is full ({self.queue_limit} songs waiting or running)",
+                         hint="try again when some have finished")  # fmt: skip
+
+    def _add(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        job = self.queue.add(job_id, limit=self.queue_limit, **fields)
+        if job is None:
+            raise self._full()
+        return job_view(job)
 
     def submit_upload(self, filename: str, chunks: Iterable[bytes], options: JobOptions) -> dict[str, Any]:
         """An uploaded song: stored under the server's inbox with a name of its own, size-limited,
@@ -152,9 +164,8 @@ class Jobs:
                         raise UploadTooLarge(f"the upload is larger than the server's limit of "
                                              f"{self.max_upload_bytes // 2**20} MB", hint="ugpu serve --max-upload-mb N")  # fmt: skip
                     out.write(chunk)
-            probe(target)
-            return job_view(self.queue.add(job_id, name=target.name, input_path=target, uploaded=True,
-                                           options=options.to_dict()))  # fmt: skip
+            probe(target, self.max_seconds)
+            return self._add(job_id, name=target.name, input_path=target, uploaded=True, options=options.to_dict())
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -173,10 +184,9 @@ class Jobs:
             raise PathRefused(f"{relative!r} is outside the music folder")
         if not candidate.is_file():
             raise JobNotFound(f"{relative!r}: no such file in the music folder")
-        probe(candidate)
-        self._room()
-        return job_view(self.queue.add(uuid.uuid4().hex, name=candidate.name, input_path=candidate, uploaded=False,
-                                       options=options.to_dict()))  # fmt: skip
+        probe(candidate, self.max_seconds)
+        return self._add(uuid.uuid4().hex, name=candidate.name, input_path=candidate, uploaded=False,
+                         options=options.to_dict())  # fmt: skip
 
     # -- reading and cancelling -----------------------------------------------------------------------
     def get(self, job_id: str) -> JobRow:
@@ -185,14 +195,46 @@ class Jobs:
             raise JobNotFound(f"no job {job_id!r}")
         return job
 
-    def list(self) -> list[dict[str, Any]]:
-        return [job_view(j) for j in self.queue.list()]
+    def list(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        return [job_view(j) for j in self.queue.list(limit, offset)]
+
+    def page(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """One page of jobs, newest first, with the total and where the next page starts."""
+        if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= 2**62:
+            raise InvalidSettingError(f"limit must be 1 to {MAX_PAGE} and offset 0 or more")
+        total = self.queue.count()
+        jobs = self.list(limit, offset)
+        following = offset + len(jobs)
+        return {"jobs": jobs, "total": total, "limit": limit, "offset": offset,
+                "next_offset": following if following < total else None}  # fmt: skip
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        self.get(job_id)
+        """Queued or running -> cancelled. A queued upload's file goes at once (a running job's
+        worker removes it when it stops)."""
+        before = self.get(job_id)
         job = self.queue.cancel(job_id)
         assert job is not None
+        if before.status == "queued" and job.status == "cancelled" and job.uploaded:
+            self.remove_upload(job)
         return job_view(job)
+
+    def sweep_inbox(self) -> list[str]:
+        """At the server's start (no upload in flight): inbox folders whose job finished, or that
+        no job owns (an upload cut off by a crash), are removed."""
+        removed = []
+        for folder in sorted(self.folders.inbox.iterdir()):
+            job = self.queue.get(folder.name) if JOB_ID.match(folder.name) else None
+            if job is None or job.status in FINISHED:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+        return removed
+
+    def remove_upload(self, job: JobRow) -> None:
+        """An uploaded song's inbox folder (only ever under the inbox)."""
+        folder = Path(job.input_path).parent.resolve()
+        inbox = self.folders.inbox.resolve()
+        if folder.parent == inbox:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def result_zip(self, job_id: str, target: Path) -> tuple[Path, str]:
         """The job's UltraStar folder as a zip at ``target``, and the zip's download name; only
@@ -330,7 +372,7 @@ class JobWorker(threading.Thread):
                 self.store.update_run(idle.run_id, song=None, stage=None, progress=None, speed=None)
             current = self.queue.get(job.job_id)
             if job.uploaded and current is not None and current.status in FINISHED:
-                shutil.rmtree(Path(job.input_path).parent, ignore_errors=True)
+                Jobs(self.store, self.config.folders).remove_upload(current)
 
     def _on_event(self, event: Any) -> None:
         from ultrasinger_gpu_cli import events as ev

@@ -57,6 +57,8 @@ class Pulled:
 def pull_models(statuses: list[ModelStatus], models_dir: Path | None = None, *, force: bool = False) -> list[Pulled]:
     """Download what is missing (with ``force``, everything again), through each backend's
     downloader (needs internet)."""
+    from ultrasinger_gpu_cli.downloads import offline
+
     out = []
     for status in statuses:
         backend = spec(status.engine).backend(status.backend)
@@ -69,10 +71,16 @@ def pull_models(statuses: list[ModelStatus], models_dir: Path | None = None, *, 
                 for f in status.files:
                     f.path.unlink(missing_ok=True)
             try:
-                backend.pull(status, models.models_dir(models_dir))
+                extra = {"download": not offline()} if backend.pull_offline else {}
+                backend.pull(status, models.models_dir(models_dir), **extra)
             except OSError as exc:
+                from ultrasinger_gpu_cli.errors import from_os_error
+
+                known = from_os_error(exc)
+                if known is not None:
+                    raise known from exc
                 raise UgpuError(f"downloading {status.engine} {status.model} failed: {exc}",
-                                hint="check the internet connection") from exc  # fmt: skip
+                                hint="check the internet connection, and that the models folder is writable") from exc  # fmt: skip
             out.append(Pulled(status, "downloaded"))
     return out
 

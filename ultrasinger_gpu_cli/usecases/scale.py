@@ -140,6 +140,7 @@ def _worker(slot: Slot, options: RunOptions, db_path: str | None, conn: Any) -> 
             conn.send((kind, payload))
 
     store = Store.open(db_path) if db_path else None
+    pipeline = None
     try:
         if slot.threads:
             import torch
@@ -155,6 +156,12 @@ def _worker(slot: Slot, options: RunOptions, db_path: str | None, conn: Any) -> 
         send("fatal", exc)
     except (EOFError, BrokenPipeError):  # the parent is gone: so is the run
         pass
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the group: the parent says it, once
+        if pipeline is not None:
+            try:
+                pipeline.finish("interrupted")
+            except Exception:  # noqa: BLE001 - going anyway; the parent marks the run
+                pass
     finally:
         if store is not None:
             store.close()

@@ -14,8 +14,8 @@ from typing import Any
 
 from ultrasinger_gpu_cli import audio as audio_io
 from ultrasinger_gpu_cli.components import SettingValue, StageOptions, spec
-from ultrasinger_gpu_cli.errors import OutputError
-from ultrasinger_gpu_cli.paths import check_output_dir, fit_name, sweep_partials
+from ultrasinger_gpu_cli.errors import OutputError, from_os_error
+from ultrasinger_gpu_cli.paths import check_output_dir, fit_name, refuse_overwriting_inputs, sweep_partials
 from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, StageRun, ignore
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.models import sha256_of
@@ -67,6 +67,8 @@ def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, 
     component_spec = spec(component)
     audio_io.check_input(source)
     target = check_output_dir(out_dir if out_dir is not None else source.parent)
+    refuse_overwriting_inputs([target / name for name in component_spec.io.outputs(output_stem(source), options)],
+                              [source], hint="give -o another folder, or rename the input")  # fmt: skip
     if target.is_dir():
         sweep_partials(target, depth=0)
     runner = StageRunner(plan, store, runner_options, on_event)
@@ -85,6 +87,9 @@ def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, 
         try:
             written = io.write(result, _make_dir(target), output_stem(source), options)
         except OSError as exc:
+            known = from_os_error(exc)
+            if known is not None:
+                raise known from exc
             raise OutputError(f"{exc.filename or target}: cannot write the output ({exc.strerror})",
                               hint="check the free space and permissions of the output folder") from exc  # fmt: skip
     except KeyboardInterrupt:
