@@ -632,3 +632,38 @@ def test_verify_finds_a_truncated_ctranslate2_model(tmp_path):
     padded.parent.mkdir()
     padded.write_bytes(real.read_bytes() + b"\0" * 10)
     assert "after the model's end" in (check_structure(padded) or "")
+
+
+def test_ctrl_c_on_a_multi_gpu_run_is_one_message_and_exit_130(env, tmp_path):
+    """Ctrl-C reaches every process of the terminal's group: the workers stop quietly, the parent
+    says "interrupted" once (two fake cards; this machine's PyTorch gives them CPU plans)."""
+    import signal
+
+    from tests.test_pipeline import _known_melody
+
+    sources = [str(write_wav(tmp_path / f"Long - Song {n}.wav", song(60.0 + n), 44_100)) for n in range(4)]
+    _, timings = _known_melody(tmp_path)
+    db = tmp_path / "db" / "ugpu.db"
+    code = ("import sys; from tests.fake_nvml import h100, make_fake_nvml, rtx_5060_ti; from ultrasinger_gpu_cli import nvml; "
+            "nvml.use_backend(make_fake_nvml([rtx_5060_ti(), h100()])); from ultrasinger_gpu_cli.cli import main; "
+            "sys.argv = ['ugpu', *sys.argv[1:]]; main()")  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", code, "--db", str(db), "run", *sources, "--gpus", "all",
+                                "--timings", str(timings), "-o", str(tmp_path / "out")], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:  # both workers converting
+        if db.exists():
+            try:
+                with Store.open(db) as store:
+                    if len(store.query("SELECT 1 FROM runs WHERE status = 'running' AND stage IS NOT NULL")) >= 2:
+                        break
+            except Exception:  # noqa: BLE001 - the database is being made
+                pass
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.count("interrupted") == 1, stderr
