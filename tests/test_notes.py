@@ -481,3 +481,43 @@ def test_eval_finds_the_chart_s_octave_and_reads_both_word_spacings():
     assert s.note_precision == 1.0 and s.note_recall == pytest.approx(6 / 7)
     assert s.words_matched == 1.0 and s.word_onset_median_ms == pytest.approx(50, abs=1) and s.words_within_100ms == 1.0
     assert s.lyric_similarity == 1.0 and s.bpm == s.reference_bpm == 300
+
+
+# -- the song's key (keys.py) ------------------------------------------------------------------------
+C_MAJOR_TUNE = [60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62]  # up and down the C major scale
+
+
+def _keyed_song(pitches: list[float]) -> list[int]:
+    starts = [1.0 + 0.5 * k for k in range(len(pitches))]
+    times, freq, conf = track_of([(s, s + 0.4, midi_to_hz(p)) for s, p in zip(starts, pitches)], duration=2 + 0.5 * len(pitches))
+    words = [Word(f" la{k}", s, s + 0.4) for k, s in enumerate(starts)]
+    song = build_song(words, times, freq, conf, tempo=120, title="T", artist="A", split_syllables=False)
+    return [n.midi for n in song.notes]
+
+
+def test_a_note_sung_between_two_tones_is_written_as_the_key_s_tone_it_leans_to():
+    flat = list(map(float, C_MAJOR_TUNE))
+    flat[2] = 63.4  # E4 sung 60 cents flat: the nearest semitone is D#4, outside C major
+    flat[9] = 68.4  # A4 sung 60 cents flat: nearest G#4
+    assert _keyed_song(flat) == C_MAJOR_TUNE
+    # No key, no change: the same two notes in a chromatic run stay where the voice put them.
+    chromatic = [60.0, 61.0, 62.0, 63.4, 64.0, 65.0, 66.0, 67.0, 68.4, 69.0, 70.0, 71.0]
+    assert _keyed_song(chromatic) == [60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71]
+
+
+def test_a_tone_outside_the_key_sung_in_tune_is_meant_and_kept():
+    tune = list(map(float, C_MAJOR_TUNE))
+    tune[4] = 66.0  # a sharp fourth, sung squarely
+    assert _keyed_song(tune) == [*C_MAJOR_TUNE[:4], 66, *C_MAJOR_TUNE[5:]]
+
+
+def test_a_song_that_changes_key_is_read_in_each_stretch_s_own_key():
+    from ultrasinger_gpu_cli.keys import KEY_WINDOW_S, SungKey
+
+    c_major = [(2.0 * k, 2.0 * k + 1.5, C_MAJOR_TUNE[k % len(C_MAJOR_TUNE)]) for k in range(40)]
+    d_flat = [(100.0 + 2.0 * k, 101.5 + 2.0 * k, C_MAJOR_TUNE[k % len(C_MAJOR_TUNE)] + 1) for k in range(40)]
+    key = SungKey.of(c_major + d_flat)
+    assert key.write(61.3, 20.0) == 62  # C#/Db sung sharp in C major: D
+    assert key.write(61.3, 100.0 + KEY_WINDOW_S + 10) == 61  # in D-flat major, Db itself
+    assert key.write(62.4, 100.0 + KEY_WINDOW_S + 10) == 63  # D is outside it: Eb, where the voice leans
+    assert SungKey.of([]).write(61.4, 1.0) == 61  # no notes, no key: the nearest semitone

@@ -15,7 +15,8 @@ Pure functions, no heavy imports (README, "How notes are made").
 4. **Pitch** (:func:`note_pitch`): octave flips folded, the held frames only (attack and release
    left out), the pitch the voice dwells on longest, each frame weighted by the tracker's
    confidence; then, once the middle of the voice's range is known, frames more than
-   :data:`VOICE_SPAN` from it (a bass line the tracker followed) are left out. A syllable
+   :data:`VOICE_SPAN` from it (a bass line the tracker followed) are left out; once the song's
+   key is known, a pitch between two semitones is written in it (:mod:`.keys`). A syllable
    splits into ``~`` continuations where the voice holds a new pitch (not an octave jump) for
    :data:`MIN_SPLIT_S`; a re-pitched chart's notes split the same way on its own grid
    (:func:`repitch_parts`).
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ultrasinger_gpu_cli.keys import SungKey
 from ultrasinger_gpu_cli.tempo import Tempo
 from ultrasinger_gpu_cli.ultrastar import PITCHED, Chart, Note, Song
 from ultrasinger_gpu_cli.words import Word
@@ -286,6 +288,7 @@ class PitchTrackView:
     confidence: np.ndarray
     threshold: float = CONFIDENCE
     centre: float | None = None
+    key: SungKey | None = None
 
     @functools.cached_property
     def voiced(self) -> np.ndarray:
@@ -309,17 +312,17 @@ class PitchTrackView:
         return inside
 
     def pitch_between(self, start_s: float, end_s: float) -> int | None:
-        """The pitch of the voiced frames in [start, end) (:func:`note_pitch`), or None."""
+        """The pitch of the voiced frames in [start, end) (:func:`note_pitch`), or None; once the
+        song's key is known, written in it (:meth:`SungKey.write`)."""
         inside = self.inside(start_s, end_s)
         if not inside.any():
             return None
         pitch = note_pitch(self.midi[inside], self.confidence[inside], self.step_s)
         if self.centre is not None and abs(pitch - self.centre) > VOICE_SPAN:  # only out-of-range frames: fold them in
             pitch -= 12 * np.round((pitch - self.centre) / 12)
+        if self.key is not None:
+            return self.key.write(pitch, (start_s + end_s) / 2)
         return int(np.round(pitch))
-
-    def with_centre(self, centre: float | None) -> PitchTrackView:
-        return replace(self, centre=centre)
 
 
 @dataclass(frozen=True)
@@ -383,15 +386,18 @@ def listen(unit: Word, track: PitchTrackView) -> SyllableVoice:
 
 
 def listen_all(units: Sequence[Word], track: PitchTrackView) -> tuple[list[SyllableVoice], PitchTrackView]:
-    """Every syllable's voice, in two passes: the first finds the middle of the voice's range
+    """Every syllable's voice, in three passes: the first finds the middle of the voice's range
     (:func:`voice_centre` of the notes heard), the second hears each note again within an octave
-    of it (:attr:`PitchTrackView.centre`). Returns the voices and the track with its centre."""
+    of it (:attr:`PitchTrackView.centre`) and so finds the song's key (:class:`.keys.SungKey`),
+    the third writes each note in that key. Returns the voices and the track with both."""
     first = [listen(u, track) for u in units]
     centre = voice_centre([p[2] for v in first for p in v.parts], [p[1] - p[0] for v in first for p in v.parts])
     if centre is None:
         return first, track
-    ranged = track.with_centre(centre)
-    return [listen(u, ranged) for u in units], ranged
+    ranged = replace(track, centre=centre)
+    second = [listen(u, ranged) for u in units]
+    keyed = replace(ranged, key=SungKey.of([p for v in second for p in v.parts]))
+    return [listen(u, keyed) for u in units], keyed
 
 
 # -- phrases ---------------------------------------------------------------------------------------
