@@ -55,7 +55,7 @@ def fake_torch(monkeypatch) -> Callable[..., TorchInfo]:
             device_count=1 if cuda_available else 0, arch_list=tuple(arch_list),
         )  # fmt: skip
         monkeypatch.setattr(frameworks, "probe_torch", lambda gpu_present=True: info)
-        monkeypatch.setattr(frameworks, "probe_tensorflow", lambda: TensorflowInfo(installed=False))
+        monkeypatch.setattr(frameworks, "probe_tensorflow", lambda gpu_present=True: TensorflowInfo(installed=False))
         return info
 
     return install

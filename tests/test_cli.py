@@ -146,7 +146,7 @@ def test_detect_uses_the_cache_and_force_re_probes(runner, fake_gpus, monkeypatc
 
     calls = []
     monkeypatch.setattr(frameworks, "probe_torch", lambda gpu_present=True: calls.append(1) or TorchInfo(installed=False))
-    monkeypatch.setattr(frameworks, "probe_tensorflow", lambda: TensorflowInfo(installed=False))
+    monkeypatch.setattr(frameworks, "probe_tensorflow", lambda gpu_present=True: TensorflowInfo(installed=False))
     fake_gpus(h100())
     first = json.loads(run(runner, "detect", "--json").stdout)
     second = json.loads(run(runner, "detect", "--json").stdout)

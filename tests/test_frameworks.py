@@ -85,3 +85,58 @@ def test_real_torch_probe_on_this_machine():
     assert info.version
     assert info.cuda_available is False or info.cuda_build is not None
     assert (without_gpu.version, without_gpu.cuda_build) == (info.version, info.cuda_build)
+
+
+# -- the TensorFlow probe (issue 22: no framework log lines, detect fast) ---------------------------------
+def _child(code: str, **env: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})  # fmt: skip
+
+
+def test_without_a_gpu_tensorflow_is_not_imported_to_learn_its_version():
+    done = _child("import sys\nfrom ultrasinger_gpu_cli.frameworks import probe_tensorflow\n"
+                  "info = probe_tensorflow(gpu_present=False)\n"
+                  "print(info.installed, info.version, 'tensorflow' in sys.modules)")  # fmt: skip
+    installed, version, imported = done.stdout.split()
+    assert done.returncode == 0 and imported == "False"
+    assert installed == "True" and version[0].isdigit()  # `make install` installs tensorflow-cpu
+
+
+def test_with_a_gpu_tensorflow_is_probed_in_a_child_and_its_log_lines_stay_there():
+    # TensorFlow's C++ logging writes absl/oneDNN lines to stderr while it loads, whatever
+    # TF_CPP_MIN_LOG_LEVEL the parent set: the probe's own process keeps them.
+    done = _child("import sys\nfrom ultrasinger_gpu_cli.frameworks import probe_tensorflow\n"
+                  "info = probe_tensorflow(gpu_present=True)\n"
+                  "print(info.version, info.error, 'tensorflow' in sys.modules)", TF_CPP_MIN_LOG_LEVEL="0")  # fmt: skip
+    version, error, imported = done.stdout.split()
+    assert done.returncode == 0 and version[0].isdigit() and error == "None" and imported == "False"
+    assert done.stderr == ""
+
+
+def test_a_tensorflow_that_fails_to_import_is_a_finding_not_a_crash(tmp_path, monkeypatch):
+    from ultrasinger_gpu_cli import frameworks
+
+    broken = tmp_path / "tensorflow"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('libcudart.so.12: cannot open shared object file')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    info = frameworks.probe_tensorflow(gpu_present=True)
+    assert info.installed and "libcudart.so.12" in (info.error or "")
+
+
+def test_cold_detect_prints_no_framework_log_lines(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ugpu = Path(sys.executable).with_name("ugpu")
+    done = subprocess.run([str(ugpu), "detect"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "UGPU_DB": str(tmp_path / "fresh.db"), "TF_CPP_MIN_LOG_LEVEL": "0"})  # fmt: skip
+    assert done.returncode == 0
+    assert not [line for line in done.stderr.splitlines() if "absl" in line or "oneDNN" in line or line.startswith(("I0000", "W0000"))]

@@ -9,6 +9,7 @@ versions (read from package metadata, which is cheap). Nothing here is imported 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import importlib.util
 import os
 import re
@@ -98,25 +99,50 @@ def probe_torch(gpu_present: bool = True) -> TorchInfo:
         return TorchInfo(installed=True, version=_installed_version("torch"), error=f"{type(exc).__name__}: {exc}")
 
 
-def probe_tensorflow() -> TensorflowInfo:
+#: What the TensorFlow probe runs in its own process: TensorFlow's C++ logging (absl, oneDNN) writes
+#: to the process's stderr while it loads, before any Python setting can stop it.
+_TF_PROBE = """
+import json, os
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf
+build = tf.sysconfig.get_build_info() or {}
+print(json.dumps({"version": tf.__version__, "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+                  "ccs": [str(c) for c in build.get("cuda_compute_capabilities") or ()]}))
+"""
+TF_PROBE_TIMEOUT_S = 120.0
+
+
+def probe_tensorflow(gpu_present: bool = True) -> TensorflowInfo:
+    """What the installed TensorFlow can do. Without an NVIDIA GPU only its version matters, read
+    without importing it; with one, it is imported in a child process (seconds, once: detection
+    caches the answer), so its log lines never reach the user's terminal."""
+    import subprocess
+
     if importlib.util.find_spec("tensorflow") is None:
         return TensorflowInfo(installed=False)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    version = _installed_version("tensorflow", "tensorflow-cpu", "tf-nightly")
+    if not gpu_present:
+        return TensorflowInfo(installed=True, version=version)
     try:
-        import tensorflow as tf
-
-        gpus = tuple(d.name for d in tf.config.list_physical_devices("GPU"))
-        build = tf.sysconfig.get_build_info() or {}
-        ccs = build.get("cuda_compute_capabilities") or ()
-        return TensorflowInfo(
-            installed=True, version=tf.__version__, gpus=gpus, cuda_compute_capabilities=tuple(str(c) for c in ccs)
-        )
-    except Exception as exc:  # noqa: BLE001
-        return TensorflowInfo(installed=True, version=_installed_version("tensorflow"), error=f"{type(exc).__name__}: {exc}")
+        done = subprocess.run([sys.executable, "-c", _TF_PROBE], capture_output=True, text=True,
+                              timeout=TF_PROBE_TIMEOUT_S, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return TensorflowInfo(installed=True, version=version, error=f"{type(exc).__name__}: {exc}")
+    lines = done.stdout.strip().splitlines()
+    try:
+        found = json.loads(lines[-1]) if done.returncode == 0 and lines else None
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return TensorflowInfo(installed=True, version=version, error=f"importing tensorflow failed: {last}")
+    return TensorflowInfo(installed=True, version=str(found.get("version") or version),
+                          gpus=tuple(map(str, found.get("gpus") or ())),
+                          cuda_compute_capabilities=tuple(map(str, found.get("ccs") or ())))  # fmt: skip
 
 
 def probe_frameworks(gpu_present: bool = True) -> FrameworkInfo:
-    return FrameworkInfo(torch=probe_torch(gpu_present), tensorflow=probe_tensorflow(), probed_at=time.time())
+    return FrameworkInfo(torch=probe_torch(gpu_present), tensorflow=probe_tensorflow(gpu_present), probed_at=time.time())
 
 
 def _parse_arch(entry: str) -> tuple[str, int, int, str] | None:
