@@ -101,6 +101,47 @@ def test_tempo_is_within_two_percent_and_the_grid_starts_at_a_beat(bpm, pattern)
     assert min(phase, period - phase) <= 0.015, (tempo.first_beat_s, offset, period)
 
 
+def test_the_tempo_estimate_reads_librosa_s_tempogram_a_block_at_a_time(monkeypatch):
+    # The blockwise mean equals librosa's own tempogram averaged (so its tempo and the beats are
+    # the same), across block boundaries and for a length no block divides.
+    import librosa
+
+    from ultrasinger_gpu_cli import tempo as tempo_module
+
+    rng = np.random.default_rng(7)
+    envelope = np.abs(rng.standard_normal(5000)) + (np.arange(5000) % 21 == 0) * 4.0
+    whole = librosa.feature.tempogram(onset_envelope=envelope, sr=22_050, hop_length=512,
+                                      win_length=int(8.0 * 22_050 / 512)).mean(axis=-1)  # fmt: skip
+    monkeypatch.setattr(tempo_module, "BLOCK_FRAMES", 700)
+    assert np.allclose(tempo_module.mean_tempogram(envelope, 22_050)[:, 0], whole, rtol=1e-9, atol=1e-12)
+    reference = librosa.feature.tempo(onset_envelope=envelope, sr=22_050, hop_length=512, start_bpm=120.0)
+    blockwise = librosa.feature.tempo(tg=tempo_module.mean_tempogram(envelope, 22_050), sr=22_050, hop_length=512,
+                                      start_bpm=120.0)  # fmt: skip
+    assert blockwise == reference
+
+
+def test_the_tempo_s_memory_does_not_grow_with_the_song(monkeypatch):
+    # librosa's beat_track alone builds a 344 x frames tempogram (~35 MB a song minute, several
+    # copies): the tempo estimate must never ask librosa for more than a block of it.
+    import librosa.feature
+
+    from ultrasinger_gpu_cli import tempo as tempo_module
+
+    widest = []
+    real = librosa.feature.tempogram
+
+    def spy(**kwargs):
+        out = real(**kwargs)
+        widest.append(out.shape[-1])
+        return out
+
+    monkeypatch.setattr(librosa.feature, "tempogram", spy)
+    monkeypatch.setattr(tempo_module, "BLOCK_FRAMES", 256)
+    song = drum_song(120, 40.0, pattern="kick-clap")
+    assert tempo_module.detect_tempo(song, 22_050).bpm > 0
+    assert widest and max(widest) <= 256
+
+
 def test_the_grid_is_a_hand_chart_s_and_gap_is_a_beat():
     # Short notes at 140 BPM: a 16th is 107 ms, the notes are 170 ms with 60 ms gaps.
     starts = [1.0 + k * 0.23 for k in range(12)]

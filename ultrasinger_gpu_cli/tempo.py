@@ -18,7 +18,8 @@ DEFAULT_BPM = 120.0
 #: Frames whose spectra are computed at once: memory stays bounded whatever the song's length.
 BLOCK_FRAMES = 2048
 FRAME, HOP = 2048, 512
-FINE_FRAME, FINE_HOP = 512, 64  # the attacks' envelope that places the grid's phase
+FINE_FRAME, FINE_HOP = 512, 64
+TEMPOGRAM_S = 8.0  # librosa.feature.tempo's autocorrelation window (its ac_size)  # the attacks' envelope that places the grid's phase
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,25 @@ def fine_period(beat_times: np.ndarray) -> float:
     return float(slope)
 
 
+def mean_tempogram(envelope: np.ndarray, rate: int) -> np.ndarray:
+    """librosa's tempogram of the onset envelope averaged over the song (what its tempo estimate
+    reads), computed a block of frames at a time: the same windows (librosa's 8-second
+    autocorrelation, centred, the envelope ramped to zero at its ends), one column.
+    ``librosa.beat.beat_track`` left to itself builds the whole tempogram, 344 values per
+    envelope frame and several copies of it: about 35 MB per minute of song."""
+    from librosa.feature import tempogram
+
+    win = int(TEMPOGRAM_S * rate / HOP)  # librosa.feature.tempo's ac_size in frames
+    padded = np.pad(envelope, (win // 2, win // 2), mode="linear_ramp", end_values=(0, 0))
+    total = np.zeros(win)
+    for first in range(0, len(envelope), BLOCK_FRAMES):
+        last = min(len(envelope), first + BLOCK_FRAMES)
+        block = tempogram(onset_envelope=padded[first : last + win - 1], sr=rate, hop_length=HOP, win_length=win,
+                          center=False)  # fmt: skip
+        total += block.sum(axis=-1)
+    return (total / len(envelope))[:, None]
+
+
 def detect_tempo(mono: np.ndarray, rate: int) -> Tempo:
     """The song's quarter-note tempo and beat grid; 120 BPM from 0 s for silence or very short audio."""
     if len(mono) < rate * 4:
@@ -85,8 +105,8 @@ def detect_tempo(mono: np.ndarray, rate: int) -> Tempo:
     import librosa
 
     envelope = np.concatenate([[0.0], flux])  # flux[i] is the change into frame i + 1
-    _, frames = librosa.beat.beat_track(onset_envelope=envelope, sr=rate, hop_length=HOP, start_bpm=DEFAULT_BPM,
-                                        trim=True)  # fmt: skip
+    bpm = librosa.feature.tempo(tg=mean_tempogram(envelope, rate), sr=rate, hop_length=HOP, start_bpm=DEFAULT_BPM)
+    _, frames = librosa.beat.beat_track(onset_envelope=envelope, sr=rate, hop_length=HOP, bpm=bpm, trim=True)
     frames = np.asarray(frames, dtype=float)
     if len(frames) < 4:
         return Tempo(DEFAULT_BPM)
