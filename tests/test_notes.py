@@ -101,45 +101,63 @@ def test_tempo_is_within_two_percent_and_the_grid_starts_at_a_beat(bpm, pattern)
     assert min(phase, period - phase) <= 0.015, (tempo.first_beat_s, offset, period)
 
 
-def test_the_tempo_estimate_reads_librosa_s_tempogram_a_block_at_a_time(monkeypatch):
-    # The blockwise mean equals librosa's own tempogram averaged (so its tempo and the beats are
-    # the same), across block boundaries and for a length no block divides.
+@pytest.mark.parametrize(("bpm", "pattern"), [(72, "kick"), (90, "kick-clap"), (128, "clap"), (174, "kick"), (200, "clap")])
+def test_tempo_and_beats_are_librosa_s_own_without_librosa(bpm, pattern, monkeypatch):
+    # tempo.py computes librosa 0.11's beat_track (tempo from the mean tempogram, Ellis' dynamic
+    # programme, trimming) in numpy: the same tempo and the same beat frames, also when the
+    # tempogram is read in blocks that do not divide the song.
     import librosa
 
     from ultrasinger_gpu_cli import tempo as tempo_module
 
-    rng = np.random.default_rng(7)
-    envelope = np.abs(rng.standard_normal(5000)) + (np.arange(5000) % 21 == 0) * 4.0
-    whole = librosa.feature.tempogram(onset_envelope=envelope, sr=22_050, hop_length=512,
-                                      win_length=int(8.0 * 22_050 / 512)).mean(axis=-1)  # fmt: skip
-    monkeypatch.setattr(tempo_module, "BLOCK_FRAMES", 700)
-    assert np.allclose(tempo_module.mean_tempogram(envelope, 22_050)[:, 0], whole, rtol=1e-9, atol=1e-12)
-    reference = librosa.feature.tempo(onset_envelope=envelope, sr=22_050, hop_length=512, start_bpm=120.0)
-    blockwise = librosa.feature.tempo(tg=tempo_module.mean_tempogram(envelope, 22_050), sr=22_050, hop_length=512,
-                                      start_bpm=120.0)  # fmt: skip
-    assert blockwise == reference
+    monkeypatch.setattr(tempo_module, "BLOCK_FRAMES", 333)
+    envelope = np.concatenate([[0.0], tempo_module.onset_flux(drum_song(bpm, 20.0, pattern=pattern, offset_s=0.37))])
+    reference_bpm = float(librosa.feature.tempo(onset_envelope=envelope, sr=22_050, hop_length=512, start_bpm=120.0)[0])
+    _, reference = librosa.beat.beat_track(onset_envelope=envelope, sr=22_050, hop_length=512, start_bpm=120.0, trim=True)
+    found_bpm = tempo_module.tempo_of(tempo_module.mean_tempogram(envelope, 22_050), 22_050)
+    assert found_bpm == reference_bpm
+    assert tempo_module.track_beats(envelope, found_bpm, 22_050).tolist() == reference.tolist()
 
 
-def test_the_tempo_s_memory_does_not_grow_with_the_song(monkeypatch):
-    # librosa's beat_track alone builds a 344 x frames tempogram (~35 MB a song minute, several
-    # copies): the tempo estimate must never ask librosa for more than a block of it.
-    import librosa.feature
+def test_a_real_voice_gets_librosa_s_beats_too():
+    import librosa
 
+    from ultrasinger_gpu_cli import audio as audio_io
     from ultrasinger_gpu_cli import tempo as tempo_module
 
-    widest = []
-    real = librosa.feature.tempogram
+    voice = Path(__file__).resolve().parents[2] / "shared" / "real" / "torchcrepe-test" / "test.wav"
+    if not voice.is_file():
+        pytest.skip("../shared/real is not beside this checkout")
+    decoded = audio_io.decode(voice, 22_050, 1)
+    mono = np.asarray(getattr(decoded, "samples", decoded), dtype=np.float32).reshape(-1)
+    envelope = np.concatenate([[0.0], tempo_module.onset_flux(mono)])
+    reference_bpm, reference = librosa.beat.beat_track(onset_envelope=envelope, sr=22_050, hop_length=512, trim=True)
+    found_bpm = tempo_module.tempo_of(tempo_module.mean_tempogram(envelope, 22_050), 22_050)
+    assert found_bpm == float(np.atleast_1d(reference_bpm)[0])
+    assert tempo_module.track_beats(envelope, found_bpm, 22_050).tolist() == reference.tolist()
 
-    def spy(**kwargs):
-        out = real(**kwargs)
-        widest.append(out.shape[-1])
-        return out
 
-    monkeypatch.setattr(librosa.feature, "tempogram", spy)
-    monkeypatch.setattr(tempo_module, "BLOCK_FRAMES", 256)
-    song = drum_song(120, 40.0, pattern="kick-clap")
-    assert tempo_module.detect_tempo(song, 22_050).bpm > 0
-    assert widest and max(widest) <= 256
+def test_tempo_compiles_nothing_and_its_memory_does_not_grow_with_the_song():
+    # librosa's numba kernels compiled in every new process (~2.5 s of a cold run) and its
+    # tempogram held 344 values per envelope frame (~35 MB per song minute, several copies).
+    import subprocess
+    import sys
+
+    code = ("import sys, tracemalloc, numpy as np\n"
+            "from ultrasinger_gpu_cli import tempo\n"
+            "peaks = []\n"
+            "for frames in (13_000, 52_000):  # 5 and 20 minutes of envelope\n"
+            "    envelope = np.abs(np.random.default_rng(3).standard_normal(frames)) + (np.arange(frames) % 23 == 0) * 4.0\n"
+            "    tracemalloc.start()\n"
+            "    tempo.mean_tempogram(envelope, 22_050)\n"
+            "    peaks.append(tracemalloc.get_traced_memory()[1] / 1e6)\n"
+            "    tracemalloc.stop()\n"
+            "tempo.detect_tempo(np.sin(np.arange(22_050 * 6) / 7).astype(np.float32), 22_050)\n"
+            "print(round(peaks[1] - peaks[0], 1), 'numba' in sys.modules, 'librosa' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    growth_mb, numba, librosa = done.stdout.split()
+    assert done.returncode == 0 and (numba, librosa) == ("False", "False")
+    assert float(growth_mb) < 5  # the whole tempogram: 15 more minutes, 39,000 x 344 x 8 bytes = 107 MB more
 
 
 def test_the_grid_is_a_hand_chart_s_and_gap_is_a_beat():

@@ -1,8 +1,10 @@
-"""Tempo and beat grid of a song: librosa's beat tracker, refined to a fine tempo.
+"""Tempo and beat grid of a song: librosa's beat tracker (computed here in numpy), refined to a
+fine tempo.
 
 The onset envelope (spectral flux of the log spectrum) is computed a block of frames at a time,
 so memory stays bounded whatever the song's length; librosa's dynamic-programming beat tracker
-places the beats on it. Its tempo is quantised to whole envelope frames (123.05 or 117.45
+(:func:`track_beats`, on the tempo of :func:`mean_tempogram`, also read in blocks) places the
+beats on it, with no JIT to compile in each process. Its tempo is quantised to whole envelope frames (123.05 or 117.45
 near 120 BPM at 43 frames a second); the beat period written is instead the least-squares slope of the tracked beat
 times against their index, which is precise to a fraction of a frame over a song's many beats.
 The grid's phase is then moved onto the attacks with a short-window envelope.
@@ -76,23 +78,116 @@ def fine_period(beat_times: np.ndarray) -> float:
     return float(slope)
 
 
-def mean_tempogram(envelope: np.ndarray, rate: int) -> np.ndarray:
-    """librosa's tempogram of the onset envelope averaged over the song (what its tempo estimate
-    reads), computed a block of frames at a time: the same windows (librosa's 8-second
-    autocorrelation, centred, the envelope ramped to zero at its ends), one column.
-    ``librosa.beat.beat_track`` left to itself builds the whole tempogram, 344 values per
-    envelope frame and several copies of it: about 35 MB per minute of song."""
-    from librosa.feature import tempogram
+# -- librosa's tempo estimate and beat tracker, without librosa ---------------------------------------
+# The same computations as librosa 0.11's ``beat.beat_track(onset_envelope=...)`` (Ellis' dynamic
+# programme on the tempo of the mean tempogram, log-normal prior around 120 BPM), in numpy: librosa's
+# numba kernels compile in every new process (about 2.5 s of a cold run here; some are never
+# cached), and its tempogram of the whole song held 344 values per envelope frame. A test checks
+# the beats equal librosa's own on songs of every tempo.
+TEMPOGRAM_S = 8.0  # the tempogram's autocorrelation window (librosa's ac_size)
+MAX_BPM = 320.0  # no tempo above this (librosa's max_tempo)
+TIGHTNESS = 100.0  # how closely beats keep the tempo (librosa's default)
+_TINY = np.finfo(np.float64).tiny
 
-    win = int(TEMPOGRAM_S * rate / HOP)  # librosa.feature.tempo's ac_size in frames
-    padded = np.pad(envelope, (win // 2, win // 2), mode="linear_ramp", end_values=(0, 0))
+
+def _periodic_hann(n: int) -> np.ndarray:
+    """scipy's ``get_window("hann", n, fftbins=True)``, computed its way (bit for bit)."""
+    fac = np.linspace(-np.pi, np.pi, n + 1)
+    w = np.zeros(n + 1)
+    w += 0.5 * np.cos(0 * fac)
+    w += 0.5 * np.cos(1 * fac)
+    return w[:-1]
+
+
+def mean_tempogram(envelope: np.ndarray, rate: int) -> np.ndarray:
+    """The onset envelope's tempogram averaged over the song (what the tempo estimate reads):
+    for every envelope frame, the autocorrelation of the :data:`TEMPOGRAM_S` around it (centred,
+    the envelope ramped to zero at its ends, a periodic Hann window), normalised to its peak;
+    computed a block of frames at a time, so memory stays flat however long the song is."""
+    import scipy.fft
+
+    win = int(TEMPOGRAM_S * rate / HOP)
+    padded = np.pad(np.asarray(envelope, dtype=np.float64), (win // 2, win // 2), mode="linear_ramp", end_values=(0, 0))
+    window = _periodic_hann(win)
+    n_pad = scipy.fft.next_fast_len(2 * win - 1, real=True)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, win)
     total = np.zeros(win)
     for first in range(0, len(envelope), BLOCK_FRAMES):
-        last = min(len(envelope), first + BLOCK_FRAMES)
-        block = tempogram(onset_envelope=padded[first : last + win - 1], sr=rate, hop_length=HOP, win_length=win,
-                          center=False)  # fmt: skip
-        total += block.sum(axis=-1)
-    return (total / len(envelope))[:, None]
+        block = frames[first : min(len(envelope), first + BLOCK_FRAMES)] * window
+        spectrum = np.fft.rfft(block, n=n_pad, axis=-1)
+        autocorrelation = np.fft.irfft(spectrum.real**2 + spectrum.imag**2, n=n_pad, axis=-1)[:, :win]
+        peak = np.max(np.abs(autocorrelation), axis=-1, keepdims=True)
+        peak[peak < _TINY] = 1.0
+        total += (autocorrelation / peak).sum(axis=0)
+    return total / len(envelope)
+
+
+def tempo_of(mean_tg: np.ndarray, rate: int, start_bpm: float = DEFAULT_BPM) -> float:
+    """The tempo (BPM) the mean tempogram peaks at, weighted by a log-normal prior (one octave
+    wide) around ``start_bpm``; nothing above :data:`MAX_BPM`."""
+    lags = np.arange(len(mean_tg), dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        bpms = np.where(lags > 0, 60.0 * rate / (HOP * np.maximum(lags, 1.0)), np.inf)
+        logprior = -0.5 * ((np.log2(bpms) - np.log2(start_bpm)) / 1.0) ** 2
+    logprior[: int(np.argmax(bpms < MAX_BPM))] = -np.inf
+    return float(bpms[int(np.argmax(np.log1p(1e6 * mean_tg) + logprior))])
+
+
+def track_beats(envelope: np.ndarray, bpm: float, rate: int) -> np.ndarray:
+    """The beat frames of the onset envelope at ``bpm``: Ellis' dynamic programme (each beat's
+    score is the smoothed onset strength plus the best earlier beat's, penalised by how far the
+    gap is from the tempo's, in log time), the last beat the last strong local maximum, weak
+    leading and trailing beats trimmed."""
+    envelope = np.asarray(envelope, dtype=np.float64)
+    n = len(envelope)
+    per_beat = float(np.round(rate / HOP * 60.0 / bpm))
+    onsets = envelope / (envelope.std(ddof=1) + _TINY)
+    window = np.exp(-0.5 * (np.arange(-per_beat, per_beat + 1) * 32.0 / per_beat) ** 2)
+    local = np.convolve(onsets, window, mode="same") if n >= len(window) else np.convolve(onsets, window)[len(window) // 2 :][:n]
+    # The programme: frame i's predecessor lies between round(per_beat / 2) and 2 * per_beat frames
+    # back, so a block of that many frames depends only on frames before it.
+    near = int(np.round(per_beat / 2))
+    gaps = np.arange(near, int(2 * per_beat) + 1)
+    penalty = TIGHTNESS * (np.log(gaps.astype(np.float64)) - np.log(per_beat)) ** 2
+    cumscore = np.empty(n)
+    backlink = np.full(n, -1, dtype=np.int64)
+    step = max(1, near)
+    for first in range(0, n, step):
+        rows = np.arange(first, min(n, first + step))
+        locs = rows[:, None] - gaps[None, :]
+        valid = locs >= 0
+        scores = np.where(valid, cumscore[np.maximum(locs, 0)] - penalty[None, :], -np.inf)
+        best = np.argmax(scores, axis=1)  # the first best: the nearest predecessor, as the loop finds it
+        found = valid[np.arange(len(rows)), best]
+        cumscore[rows] = local[rows] + np.where(found, scores[np.arange(len(rows)), best], 0.0)
+        backlink[rows] = np.where(found, locs[np.arange(len(rows)), best], -1)
+    start = int(np.argmax(local >= 0.01 * local.max()))  # no beat before the onsets begin
+    backlink[:start] = -1
+    # The last beat: the last local maximum of the cumulative score at half their median or more.
+    peaks = np.zeros(n, dtype=bool)
+    if n > 2:
+        peaks[1:-1] = (cumscore[1:-1] > cumscore[:-2]) & (cumscore[1:-1] >= cumscore[2:])
+    if n > 1:
+        peaks[-1] = cumscore[-1] > cumscore[-2]
+    tail = n - 1
+    if peaks.any():
+        strong = np.flatnonzero(peaks & (cumscore >= 0.5 * np.median(cumscore[peaks])))
+        tail = int(strong[-1]) if len(strong) else n - 1
+    beats = np.zeros(n, dtype=bool)
+    frame = tail
+    while frame >= 0:
+        beats[frame] = True
+        frame = int(backlink[frame])
+    # Weak beats at the ends go: the frames up to the first (and from the last) whose smoothed
+    # onset strength exceeds half the RMS of the beats' smoothed strengths.
+    smooth = np.convolve(local[beats], np.hanning(5))[2 : n + 2]
+    threshold = 0.5 * float(np.sqrt(np.mean(smooth**2)))
+    above = np.flatnonzero(local > threshold)
+    if len(above) == 0:
+        return np.zeros(0, dtype=int)
+    beats[: above[0]] = False
+    beats[above[-1] + 1 :] = False
+    return np.flatnonzero(beats)
 
 
 def detect_tempo(mono: np.ndarray, rate: int) -> Tempo:
@@ -102,12 +197,8 @@ def detect_tempo(mono: np.ndarray, rate: int) -> Tempo:
     flux = onset_flux(np.asarray(mono, dtype=np.float32))
     if len(flux) < 8 or not np.isfinite(flux).all() or flux.std() < 1e-9:
         return Tempo(DEFAULT_BPM)
-    import librosa
-
     envelope = np.concatenate([[0.0], flux])  # flux[i] is the change into frame i + 1
-    bpm = librosa.feature.tempo(tg=mean_tempogram(envelope, rate), sr=rate, hop_length=HOP, start_bpm=DEFAULT_BPM)
-    _, frames = librosa.beat.beat_track(onset_envelope=envelope, sr=rate, hop_length=HOP, bpm=bpm, trim=True)
-    frames = np.asarray(frames, dtype=float)
+    frames = track_beats(envelope, tempo_of(mean_tempogram(envelope, rate), rate), rate).astype(float)
     if len(frames) < 4:
         return Tempo(DEFAULT_BPM)
     # A frame's time is its window's centre.
