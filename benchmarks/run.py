@@ -173,7 +173,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM; Python {platform.python_version()}; {versions}"
 
 
-def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | None, memory: list[dict] | None = None) -> str:
+def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | None, memory: list[dict] | None = None,
+           cold: dict | None = None) -> str:  # fmt: skip
     today = dt.date.today().isoformat()
     lines = [
         f"### {device.upper()} — {today}",
@@ -196,6 +197,10 @@ def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | N
         lines += ["", "Long songs in bounded memory (`ugpu run` with word timings: decode, Demucs, CREPE, the files; "
                   "one process each):", "", "| audio | peak RSS | stems on disk | x real time |", "|---|---|---|---|"]
         lines += [f"| {m['minutes']:g} min | {m['peak_rss_mb']} MB | {m['stems_mb']} MB | {m['speed_x']:.2f} |" for m in memory]
+    if cold:
+        from benchmarks.cold_run import render as render_cold
+
+        lines += ["", render_cold(cold).rstrip("\n")]
     if cheap:
         lines += ["", f"Cheap paths: `ugpu --help` {cheap['help_s']:.2f} s, `ugpu detect --json` {cheap['detect_first_s']:.2f} s "
               f"first (framework probe) / {cheap['detect_cached_s']:.2f} s cached, `ugpu optimize --json` "
@@ -226,6 +231,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--memory", default="5,20", help="minutes of audio for the peak-memory rows ('' skips them)")
     parser.add_argument("--memory-60", action="store_true", help="also 60 minutes (slow on a CPU)")
+    parser.add_argument("--cold-runs", type=int, default=3,
+                        help="cold `ugpu run` processes on a 4-minute real song, CPU only (0 skips them)")
     parser.add_argument("--whisper-tokens", type=int, default=32,
                         help="tokens decoded per Whisper chunk on both sides (random weights never stop by themselves)")
     args = parser.parse_args()
@@ -271,7 +278,12 @@ def main() -> None:
                 "ref_vram": max((x["peak_vram_mb"] or 0) for x in runs["reference"]) or None,
                 "check": _check(stage, runs["ugpu"][-1], runs["reference"][-1]),
             })  # fmt: skip
-    text = render(args.device, rows, {} if args.no_cheap else cheap_parts(), args.repeat, gpu, memory)
+    cold = None
+    if args.cold_runs > 0 and args.device == "cpu":
+        from benchmarks.cold_run import cold_run
+
+        cold = cold_run(args.cold_runs)
+    text = render(args.device, rows, {} if args.no_cheap else cheap_parts(), args.repeat, gpu, memory, cold)
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"device": args.device, "gpu": gpu, "repeat": args.repeat, "rows": rows,

@@ -46,6 +46,7 @@ class StageRun:
     cached: bool = False
     cache_key: str | None = None
     skipped: bool = False  # no voice: nothing was computed, so no speed to speak of
+    load_seconds: float = 0.0  # loading the engine's model first (0 when this process had it loaded)
 
     @property
     def speed_x(self) -> float | None:
@@ -58,7 +59,8 @@ class StageRun:
             "cuda_device": self.cuda_device, "gpu_index": None if self.gpu is None else self.gpu.index,
             "gpu_id": None if self.gpu is None else self.gpu.uuid,
             "settings": {"cache_key": self.cache_key} if self.settings is None else self.settings.values(),
-            "wall_seconds": round(self.wall_seconds, 3), "audio_seconds": round(self.audio_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3), "load_seconds": round(self.load_seconds, 3),
+            "audio_seconds": round(self.audio_seconds, 3),
             "speed_x": None if self.speed_x is None else round(self.speed_x, 3), "peak_vram_mb": self.peak_vram_mb,
             "gpu_peak_vram_used_mb": self.sampled.peak_vram_used_mb,
             "gpu_mean_utilization_percent": self.sampled.mean_utilization_percent,

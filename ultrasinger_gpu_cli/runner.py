@@ -172,7 +172,9 @@ class StageRunner:
             self.emit(event)
 
         def attempt(settings: StageSettings) -> tuple[R, StageRun]:
+            loading = time.perf_counter()
             engine = self.engine(component, settings)
+            load_seconds = time.perf_counter() - loading
             binding = engine.binding
             started = time.perf_counter()
 
@@ -193,7 +195,7 @@ class StageRunner:
             run = StageRun(
                 component, settings.backend, engine.model_name, binding.kind, wall, audio_seconds, settings, peak,
                 binding.gpu, binding.name if binding.is_cuda else None, sampler.summary,
-                skipped=spec(component).io.empty(result),
+                skipped=spec(component).io.empty(result), load_seconds=load_seconds,
             )  # fmt: skip
             return result, run
 
