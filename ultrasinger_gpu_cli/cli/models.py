@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -27,6 +28,9 @@ def _query(handler):
     def run(values: dict[str, Any], query: dict[str, Any]) -> None:
         from ultrasinger_gpu_cli.usecases.models import model_statuses
 
+        if values.get("source") is not None:  # `pull --from PATH`: the weights say what they are
+            handler([], {**values, "model": query["model"]}, query["models_dir"])
+            return
         statuses = model_statuses(open_store(values["ctx"]), query["components"], model=query["model"],
                                   backend=query["backend"], mode=query["mode"].value, models_dir=query["models_dir"])  # fmt: skip
         handler(statuses, values, query["models_dir"])
@@ -69,9 +73,18 @@ def _verify(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
 
 
 def _pull(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
-    from ultrasinger_gpu_cli.usecases.models import pull_models
+    from ultrasinger_gpu_cli.usecases.models import import_model, pull_models
 
     console = err_console()
+    if values.get("source") is not None:
+        imported = import_model(values["source"], models_dir, model=values.get("model"), force=values["force"])
+        if values.get("json_out"):
+            emit_json({"imported": [{"component": i.component, "backend": i.backend, "model": i.model,
+                                     "files": [str(f) for f in i.files], "checked": i.checked} for i in imported]})  # fmt: skip
+        for i in imported:
+            console.print(f"{i.component} {i.model} ({i.backend}): imported to {i.files[0].parent} ({i.checked})",
+                          style="green", highlight=False)  # fmt: skip
+        return
     for status in statuses:
         if not status.present or values["force"]:
             console.print(f"{status.engine} {status.model} ({status.backend}): fetching ...", highlight=False)
@@ -98,6 +111,11 @@ def models_verify(ctx: typer.Context, json_out: JsonParam = False) -> None:
 def models_pull(
     ctx: typer.Context,
     force: Annotated[bool, typer.Option("--force", help="Fetch again even when present (a damaged file).")] = False,
+    source: Annotated[Optional[Path], typer.Option("--from", help="Import weights you already have instead: a "
+                      "faster-whisper folder, an openai-whisper .pt, Demucs .th files (checked, copied, no network).",
+                      show_default=False)] = None,
+    json_out: JsonParam = False,
 ) -> None:
     """Download the missing weights (needs internet): into the libraries' caches, or with --models-dir
-    into that folder's layout, to copy to an offline machine."""
+    into that folder's layout, to copy to an offline machine. --from PATH imports weights already on
+    the disk instead."""

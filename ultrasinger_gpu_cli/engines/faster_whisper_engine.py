@@ -45,14 +45,34 @@ def model_files(root: Path) -> tuple[Path, ...]:
     return (root / "model.bin", root / "config.json", vocabulary, root / "tokenizer.json", *optional)
 
 
+def hub_repository(model: str) -> str:
+    """The Hugging Face repository faster-whisper downloads ``model`` from (its own table)."""
+    try:
+        from faster_whisper.utils import _MODELS
+
+        return str(_MODELS.get(model) or f"Systran/faster-whisper-{model}")
+    except ImportError:
+        return f"Systran/faster-whisper-{model}"
+
+
 def faster_whisper_status(model: str, directory: Path | None) -> ModelStatus:
-    from ultrasinger_gpu_cli.models import _cache_home
+    """The CTranslate2 folder: ``DIR/faster-whisper/<model>`` (or ugpu's cache), else the one
+    faster-whisper downloaded into the Hugging Face hub's cache, used where it is."""
+    from ultrasinger_gpu_cli.models import _cache_home, hf_hub_cache, hf_published_sha256, hf_snapshot
 
     root = (directory or _cache_home()) / FOLDER / model
     where = f"models dir {directory}" if directory is not None else "ugpu cache"
-    return ModelStatus("whisper", model, where, tuple(ModelFile(path) for path in model_files(root)),
-                       "a CTranslate2 folder (faster-whisper's, or converted from the openai-whisper checkpoint)",
-                       backend="faster-whisper")  # fmt: skip
+    note = "a CTranslate2 folder (faster-whisper's, or converted from the openai-whisper checkpoint)"
+    own = ModelStatus("whisper", model, where, tuple(ModelFile(path) for path in model_files(root)), note,
+                      backend="faster-whisper")  # fmt: skip
+    if own.present:
+        return own
+    snapshot = hf_snapshot(hub_repository(model))
+    if snapshot is not None:
+        files = tuple(ModelFile(path, published_sha256=hf_published_sha256(path)) for path in model_files(snapshot))
+        if all(f.present for f in files):
+            return ModelStatus("whisper", model, f"Hugging Face cache {hf_hub_cache()}", files, note, backend="faster-whisper")
+    return own
 
 
 def pull_faster_whisper(status: ModelStatus, directory: Path | None = None, progress: object = None,
