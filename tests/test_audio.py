@@ -145,3 +145,29 @@ def test_without_ffmpeg_wav_and_flac_are_read_through_soundfile(tmp_path, monkey
     with pytest.raises(AudioError, match="ffmpeg is not installed.*WAV, FLAC") as info:
         decode(mp3, 16_000, 1)
     assert str(mp3) in str(info.value) and "ffmpeg" in info.value.hint
+
+
+def test_a_song_kept_in_memory_is_the_blocks_joined(monkeypatch):
+    # The scan keeps the whole song (22 kHz and 16 kHz mono) in segments that are unmapped as
+    # they are joined: the same samples as concatenating the blocks, across segment boundaries.
+    from ultrasinger_gpu_cli.audio import SampleBuffer
+
+    monkeypatch.setattr(SampleBuffer, "SEGMENT", 1000)
+    rng = np.random.default_rng(5)
+    blocks = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(0, 2500, 40)]
+    buffer = SampleBuffer()
+    for block in blocks:
+        buffer.append(block)
+    assert np.array_equal(buffer.array(), np.concatenate(blocks))
+    assert len(buffer.array()) == 0  # emptied by the first call
+    assert SampleBuffer().array().dtype == np.float32
+
+
+def test_frame_levels_are_measured_a_block_at_a_time(monkeypatch):
+    from ultrasinger_gpu_cli import vad
+
+    audio = np.random.default_rng(6).standard_normal(16_000 * 7 + 123).astype(np.float32) * 0.1
+    whole = vad.frame_db(audio, 16_000)
+    monkeypatch.setattr(vad, "BLOCK_FRAMES", 37)
+    assert np.array_equal(vad.frame_db(audio, 16_000), whole) and len(whole) == len(audio) // 320
+    assert len(vad.frame_db(audio[:100], 16_000)) == 0

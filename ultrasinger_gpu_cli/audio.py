@@ -351,6 +351,48 @@ class Resampler:
         return out
 
 
+class SampleBuffer:
+    """Mono samples appended block by block, for a whole song kept in memory once.
+
+    Blocks go into segments of :attr:`SEGMENT` samples, each big enough to be its own memory map,
+    and :meth:`array` copies them out segment by segment, unmapping each as it goes: the song is
+    resident about once (a list of 30-second blocks and their concatenation held it twice, and
+    the allocator kept the freed blocks: a two-hour song took 3.3 GB where 1.1 GB is the data)."""
+
+    SEGMENT = 1 << 24  # 16 Mi samples, 64 MB of float32: above any allocator's heap threshold
+
+    def __init__(self) -> None:
+        self._full: list[np.ndarray] = []
+        self._segment = np.empty(0, dtype=np.float32)
+        self._used = 0
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        while len(block):
+            if self._used == len(self._segment):
+                if len(self._segment):
+                    self._full.append(self._segment)
+                self._segment, self._used = np.empty(self.SEGMENT, dtype=np.float32), 0
+            take = min(len(block), len(self._segment) - self._used)
+            self._segment[self._used : self._used + take] = block[:take]
+            self._used += take
+            block = block[take:]
+
+    def array(self) -> np.ndarray:
+        """All the samples, as one array (the buffer is empty afterwards)."""
+        parts = [*self._full, self._segment[: self._used]]
+        self._full, self._segment, self._used = [], np.empty(0, dtype=np.float32), 0
+        out = np.empty(sum(len(p) for p in parts), dtype=np.float32)
+        at = 0
+        parts.reverse()
+        while parts:
+            part = parts.pop()
+            out[at : at + len(part)] = part
+            at += len(part)
+            del part  # the segment is unmapped here, before the next is copied
+        return out
+
+
 class AudioStream:
     """A file decoded in blocks ``(channels, n)`` at ``sample_rate``: what :func:`decode` gives, in
     bounded memory. Non-finite samples become silence (counted in ``replaced_samples``)."""

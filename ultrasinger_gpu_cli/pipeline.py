@@ -528,8 +528,7 @@ class Pipeline:
         n = 0
         r22 = audio_io.Resampler(audio_io.DEMUCS_RATE, 22_050)
         r16 = None if self.options.separate else audio_io.Resampler(audio_io.DEMUCS_RATE, audio_io.WHISPER_RATE)
-        mono22: list[np.ndarray] = []
-        mono16: list[np.ndarray] = []
+        mono22, mono16 = audio_io.SampleBuffer(), audio_io.SampleBuffer()
         for block in stream:
             mono = block.mean(axis=0, dtype=np.float32)
             s1 += float(mono.sum(dtype=np.float64))
@@ -538,6 +537,7 @@ class Pipeline:
             mono22.append(r22.push(mono))
             if r16 is not None:
                 mono16.append(r16.push(mono))
+            del block, mono
         mono22.append(r22.finish())
         if r16 is not None:
             mono16.append(r16.finish())
@@ -545,8 +545,7 @@ class Pipeline:
         std = float(np.sqrt(max(0.0, (s2 - n * mean * mean) / (n - 1)))) if n > 1 else 0.0
         silent = n < 2 or not np.isfinite(std) or std < 1e-8
         samples16 = -(-n * audio_io.WHISPER_RATE // audio_io.DEMUCS_RATE)
-        return Scan(n, mean, std, silent, np.concatenate(mono22),
-                    np.concatenate(mono16) if r16 is not None else np.zeros(0, np.float32), samples16)  # fmt: skip
+        return Scan(n, mean, std, silent, mono22.array(), mono16.array(), samples16)
 
     def _separate(self, engine: Any, stream: audio_io.AudioStream, scan: Scan, stems: tuple[Path, Path],
                   progress: Callable[[float, float], None]) -> StreamedSeparation:  # fmt: skip

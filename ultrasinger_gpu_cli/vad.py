@@ -11,15 +11,21 @@ import numpy as np
 FRAME_S = 0.02
 
 
+BLOCK_FRAMES = 10_000  # frames measured at once: memory stays flat whatever the song's length
+
+
 def frame_db(audio: np.ndarray, sample_rate: int, frame_s: float = FRAME_S) -> np.ndarray:
-    """RMS level of consecutive frames in dBFS."""
+    """RMS level of consecutive frames in dBFS, computed :data:`BLOCK_FRAMES` at a time (a
+    float64 copy of a whole two-hour song would take 2 GB)."""
     hop = max(1, int(sample_rate * frame_s))
     n = len(audio) // hop
-    if n == 0:
-        return np.zeros(0, dtype=np.float32)
-    frames = audio[: n * hop].reshape(n, hop).astype(np.float64)
-    rms = np.sqrt(np.mean(frames * frames, axis=1))
-    return (20 * np.log10(np.maximum(rms, 1e-10))).astype(np.float32)
+    out = np.zeros(n, dtype=np.float32)
+    for first in range(0, n, BLOCK_FRAMES):
+        count = min(BLOCK_FRAMES, n - first)
+        frames = audio[first * hop : (first + count) * hop].reshape(count, hop).astype(np.float64)
+        rms = np.sqrt(np.mean(frames * frames, axis=1))
+        out[first : first + count] = 20 * np.log10(np.maximum(rms, 1e-10))
+    return out
 
 
 def voiced_regions(
