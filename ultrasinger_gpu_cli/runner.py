@@ -62,7 +62,10 @@ def stage_seed(*parts: object) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's generators (whisper's temperature sampling uses torch's)."""
+    """Seed Python's, numpy's and torch's generators (whisper's temperature sampling uses torch's),
+    and CTranslate2's where it is installed (faster-whisper's temperature fallback samples with it:
+    unseeded, two runs of one song could write different words)."""
+    import importlib.util
     import random
 
     import numpy as np
@@ -71,6 +74,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if importlib.util.find_spec("ctranslate2") is not None:
+        import ctranslate2
+
+        ctranslate2.set_random_seed(seed % 2**32)
 
 
 class StageRunner:
