@@ -9,8 +9,8 @@ versions (read from package metadata, which is cheap). Nothing here is imported 
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import importlib.util
+import json
 import os
 import re
 import sys

@@ -144,8 +144,13 @@ def _whisper_urls() -> dict[str, str]:
     return dict(whisper._MODELS)  # the library's own table of names, URLs and SHA-256s
 
 
+def whisper_name(name: str) -> str:
+    """The checkpoint's name for a model name (``turbo`` is ``large-v3-turbo``)."""
+    return canonical_whisper(name) if name == "turbo" else name
+
+
 def whisper_status(name: str, directory: Path | None) -> ModelStatus:
-    name = canonical_whisper(name) if name == "turbo" else name
+    name = whisper_name(name)
     if directory is not None:
         path = directory / "whisper" / f"{name}.pt"
         published = WHISPER_SHA256.get(name)
@@ -218,6 +223,13 @@ def _read_bag(yaml_file: Path) -> tuple[tuple[str, ...], tuple[tuple[float, ...]
     return tuple(models), rows
 
 
+def torch_hub_checkpoints() -> Path:
+    """torch hub's checkpoints folder, where demucs downloads its models."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def demucs_bag(name: str, directory: Path | None) -> DemucsBag:
     if directory is not None:
         repo = directory / "demucs"
@@ -234,12 +246,11 @@ def demucs_bag(name: str, directory: Path | None) -> DemucsBag:
         files = {s: local.get(s, ModelFile(repo / f"{s}.th", published_sha256=DEMUCS_SHA256_PREFIX.get(s))) for s in sigs}
         return DemucsBag(name, sigs, weights, files, f"models dir {directory}")
     import demucs.pretrained
-    import torch.hub
 
     yaml_file = demucs.pretrained.REMOTE_ROOT / f"{name}.yaml"
     sigs, weights = _read_bag(yaml_file) if yaml_file.is_file() else ((name,), None)
     remote = _remote_files()
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    hub = torch_hub_checkpoints()
     files = {}
     for sig in sigs:
         url = remote.get(sig)

@@ -63,10 +63,11 @@ def stage_seed(*parts: object) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's generators (whisper's temperature sampling uses torch's),
-    and CTranslate2's where it is installed (faster-whisper's temperature fallback samples with it:
-    unseeded, two runs of one song could write different words)."""
-    import importlib.util
+    and CTranslate2's where an engine loaded it (faster-whisper's temperature fallback samples with
+    it: unseeded, two runs of one song could write different words). Stages are seeded after their
+    engine is loaded, so nothing is imported here for a stage that does not use it."""
     import random
+    import sys
 
     import numpy as np
     import torch
@@ -74,9 +75,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if importlib.util.find_spec("ctranslate2") is not None:
-        import ctranslate2
-
+    ctranslate2 = sys.modules.get("ctranslate2")
+    if ctranslate2 is not None:
         ctranslate2.set_random_seed(seed % 2**32)
 
 

@@ -4,9 +4,10 @@ fine tempo.
 The onset envelope (spectral flux of the log spectrum) is computed a block of frames at a time,
 so memory stays bounded whatever the song's length; librosa's dynamic-programming beat tracker
 (:func:`track_beats`, on the tempo of :func:`mean_tempogram`, also read in blocks) places the
-beats on it, with no JIT to compile in each process. Its tempo is quantised to whole envelope frames (123.05 or 117.45
-near 120 BPM at 43 frames a second); the beat period written is instead the least-squares slope of the tracked beat
-times against their index, which is precise to a fraction of a frame over a song's many beats.
+beats on it, with no JIT to compile in each process. Its tempo is quantised to whole envelope
+frames (123.05 or 117.45 near 120 BPM at 43 frames a second); the beat period written is instead
+the least-squares slope of the tracked beat times against their index, which is precise to a
+fraction of a frame over a song's many beats.
 The grid's phase is then moved onto the attacks with a short-window envelope.
 """
 
@@ -20,8 +21,7 @@ DEFAULT_BPM = 120.0
 #: Frames whose spectra are computed at once: memory stays bounded whatever the song's length.
 BLOCK_FRAMES = 2048
 FRAME, HOP = 2048, 512
-FINE_FRAME, FINE_HOP = 512, 64
-TEMPOGRAM_S = 8.0  # librosa.feature.tempo's autocorrelation window (its ac_size)  # the attacks' envelope that places the grid's phase
+FINE_FRAME, FINE_HOP = 512, 64  # the attacks' envelope that places the grid's phase
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,15 @@ def _faster_whisper_name(folder: Path) -> str | None:
     return None
 
 
+_AGAIN = "copy it again from where it came from"
+
+
+def _refuse_damaged(path: Path) -> None:
+    problem = models.check_structure(path)
+    if problem:
+        raise UgpuError(f"{path}: {problem}", hint=_AGAIN)
+
+
 def import_model(source: Path, models_dir: Path | None = None, *, model: str | None = None,
                  force: bool = False) -> list[Imported]:  # fmt: skip
     """Import weights the user already has, without the network: a faster-whisper folder (as
@@ -156,85 +165,81 @@ def import_model(source: Path, models_dir: Path | None = None, *, model: str | N
     Demucs ``.th`` files (one, or a folder of them with its bag ``.yaml``). Each file is checked
     (its published SHA-256 where one exists, else its structure) before it is copied, whole, to
     where ugpu looks: the models folder, or the libraries' caches."""
-    from ultrasinger_gpu_cli.checksums import DEMUCS_SHA256_PREFIX, WHISPER_SHA256
-    from ultrasinger_gpu_cli.engines.faster_whisper_engine import FOLDER, model_files
-
     source = source.expanduser()
     if not source.exists():
         raise UgpuError(f"{source}: no such file or folder", hint="give the folder or file holding the weights")
-    home = models_dir or models._cache_home()
-    if source.is_dir() and (source / "model.bin").is_file():  # faster-whisper
-        name = model or _faster_whisper_name(source)
-        if not name:
-            raise InvalidSettingError(f"{source}: which Whisper model is this folder? Its path does not say",
-                             hint=f"ugpu models pull --from {source} --model tiny.en (its name)")  # fmt: skip
-        files = model_files(source)
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise UgpuError(f"{source}: not a faster-whisper folder: {', '.join(missing)} missing",
-                             hint="a CTranslate2 Whisper folder has model.bin, config.json, tokenizer.json and a vocabulary")  # fmt: skip
-        for f in files:
-            problem = models.check_structure(f)
-            if problem:
-                raise UgpuError(f"{f}: {problem}", hint="copy the folder again from where it came from")
-        target = home / FOLDER / name
-        if target.exists() and any(target.iterdir()) and not force:
-            raise UgpuError(f"{target} already holds faster-whisper {name}", hint="add --force to replace it")
-        written = []
-        for f in files:
-            _atomic_copy(f, target / f.name)
-            written.append(target / f.name)
-        return [Imported("whisper", "faster-whisper", name, tuple(written), "structure (no published checksum)")]
-    if source.is_file() and source.suffix == ".pt":  # openai-whisper
-        digest = models.sha256_of(source)
-        published = next((n for n, d in WHISPER_SHA256.items() if d == digest), None)
-        if model is not None and published is not None and canonical_name(model) != published:
-            raise InvalidSettingError(f"{source} is Whisper {published} (by its SHA-256), not {model}", hint=f"--model {published}")
-        name = published or (canonical_name(model) if model else None)
-        if name is None:
-            raise InvalidSettingError(f"{source}: not a published Whisper checkpoint (its SHA-256 matches none)",
-                             hint=f"ugpu models pull --from {source} --model NAME imports it anyway, checked for structure")  # fmt: skip
-        if published is None:
-            problem = models.check_structure(source)
-            if problem:
-                raise UgpuError(f"{source}: {problem}", hint="copy the file again from where it came from")
-        target = models.whisper_status(name, models_dir).files[0].path
-        if target.is_file() and not force and models.sha256_of(target) == digest:
-            return [Imported("whisper", "openai-whisper", name, (target,), "already there (same SHA-256)")]
-        _atomic_copy(source, target)
-        return [Imported("whisper", "openai-whisper", name, (target,), "published SHA-256" if published else "structure")]
+    if source.is_dir() and (source / "model.bin").is_file():
+        return [_import_faster_whisper(source, models_dir, model, force)]
+    if source.is_file() and source.suffix == ".pt":
+        return [_import_whisper_checkpoint(source, models_dir, model, force)]
     checkpoints = sorted(source.glob("*.th")) if source.is_dir() else [source] if source.suffix == ".th" else []
-    if checkpoints:  # demucs
-        if models_dir is not None:
-            repo = models_dir / "demucs"
-        else:
-            import torch.hub
-
-            repo = Path(torch.hub.get_dir()) / "checkpoints"
-        out = []
-        for th in checkpoints:
-            sig, _, prefix = th.stem.partition("-")
-            expected = prefix or DEMUCS_SHA256_PREFIX.get(sig)
-            if expected:
-                digest = models.sha256_of(th)
-                if not digest.startswith(expected):
-                    raise UgpuError(f"{th}: SHA-256 {digest[:12]}... does not match {expected}",
-                                     hint="copy the file again from where it came from")  # fmt: skip
-            else:
-                problem = models.check_structure(th)
-                if problem:
-                    raise UgpuError(f"{th}: {problem}", hint="copy the file again from where it came from")
-            _atomic_copy(th, repo / th.name)
-            out.append(Imported("demucs", "demucs", sig, (repo / th.name,), "published SHA-256" if expected else "structure"))
-        for bag in sorted(source.glob("*.yaml")) if source.is_dir() and models_dir is not None else []:
-            models._read_bag(bag)  # a damaged bag is refused
-            _atomic_copy(bag, repo / bag.name)
-        return out
+    if checkpoints:
+        return _import_demucs(source, checkpoints, models_dir)
     raise UgpuError(f"{source}: not weights ugpu can import",
-                     hint="a faster-whisper folder (with model.bin), an openai-whisper .pt, or Demucs .th files")  # fmt: skip
+                    hint="a faster-whisper folder (with model.bin), an openai-whisper .pt, or Demucs .th files")  # fmt: skip
 
 
-def canonical_name(model: str) -> str:
-    from ultrasinger_gpu_cli.components.whisper import canonical
+def _import_faster_whisper(source: Path, models_dir: Path | None, model: str | None, force: bool) -> Imported:
+    from ultrasinger_gpu_cli.engines.faster_whisper_engine import FOLDER, model_files
 
-    return canonical(model) if model == "turbo" else model
+    name = model or _faster_whisper_name(source)
+    if not name:
+        raise InvalidSettingError(f"{source}: which Whisper model is this folder? Its path does not say",
+                                  hint=f"ugpu models pull --from {source} --model tiny.en (its name)")  # fmt: skip
+    files = model_files(source)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise UgpuError(f"{source}: not a faster-whisper folder: {', '.join(missing)} missing",
+                        hint="a CTranslate2 Whisper folder has model.bin, config.json, tokenizer.json and a vocabulary")  # fmt: skip
+    for f in files:
+        _refuse_damaged(f)
+    target = (models_dir or models._cache_home()) / FOLDER / name
+    if target.exists() and any(target.iterdir()) and not force:
+        raise UgpuError(f"{target} already holds faster-whisper {name}", hint="add --force to replace it")
+    for f in files:
+        _atomic_copy(f, target / f.name)
+    return Imported("whisper", "faster-whisper", name, tuple(target / f.name for f in files),
+                    "structure (no published checksum)")  # fmt: skip
+
+
+def _import_whisper_checkpoint(source: Path, models_dir: Path | None, model: str | None, force: bool) -> Imported:
+    from ultrasinger_gpu_cli.checksums import WHISPER_SHA256
+
+    digest = models.sha256_of(source)
+    published = next((n for n, d in WHISPER_SHA256.items() if d == digest), None)
+    given = models.whisper_name(model) if model else None
+    if given is not None and published is not None and given != published:
+        raise InvalidSettingError(f"{source} is Whisper {published} (by its SHA-256), not {model}", hint=f"--model {published}")
+    name = published or given
+    if name is None:
+        raise InvalidSettingError(f"{source}: not a published Whisper checkpoint (its SHA-256 matches none)",
+                                  hint=f"ugpu models pull --from {source} --model NAME imports it anyway, checked for structure")  # fmt: skip
+    if published is None:
+        _refuse_damaged(source)
+    target = models.whisper_status(name, models_dir).files[0].path
+    if target.is_file() and not force and models.sha256_of(target) == digest:
+        return Imported("whisper", "openai-whisper", name, (target,), "already there (same SHA-256)")
+    _atomic_copy(source, target)
+    return Imported("whisper", "openai-whisper", name, (target,), "published SHA-256" if published else "structure")
+
+
+def _import_demucs(source: Path, checkpoints: list[Path], models_dir: Path | None) -> list[Imported]:
+    from ultrasinger_gpu_cli.checksums import DEMUCS_SHA256_PREFIX
+
+    repo = models_dir / "demucs" if models_dir is not None else models.torch_hub_checkpoints()
+    out = []
+    for th in checkpoints:
+        sig, _, prefix = th.stem.partition("-")
+        expected = prefix or DEMUCS_SHA256_PREFIX.get(sig)
+        if expected:
+            digest = models.sha256_of(th)
+            if not digest.startswith(expected):
+                raise UgpuError(f"{th}: SHA-256 {digest[:12]}... does not match {expected}", hint=_AGAIN)
+        else:
+            _refuse_damaged(th)
+        _atomic_copy(th, repo / th.name)
+        out.append(Imported("demucs", "demucs", sig, (repo / th.name,), "published SHA-256" if expected else "structure"))
+    for bag in sorted(source.glob("*.yaml")) if source.is_dir() and models_dir is not None else []:
+        models._read_bag(bag)  # a damaged bag is refused
+        _atomic_copy(bag, repo / bag.name)
+    return out
