@@ -18,7 +18,7 @@ from ultrasinger_gpu_cli.events import FallbackEvent
 from ultrasinger_gpu_cli.facts import GpuIdentity
 from ultrasinger_gpu_cli.store import Store
 
-COMMANDS = ["detect", "optimize", "whisper", "demucs", "crepe", "run", "fallback", "stats", "monitor", "serve", "models", "eval"]
+COMMANDS = ["detect", "optimize", "whisper", "demucs", "crepe", "run", "fallback", "stats", "monitor", "serve", "models", "eval", "preview"]
 
 
 @pytest.fixture

@@ -76,7 +76,8 @@ def test_full_pipeline_writes_every_file_and_logs(env, fast_whisper, tmp_path):
     assert result.exit_code == 0, result.output
     (report,) = json.loads(result.stdout)["songs"]
     files = {k: Path(v) for k, v in report["files"].items()}
-    assert set(files) == {"audio", "vocals", "instrumental", "midi", "ultrastar", "report"}
+    assert set(files) == {"audio", "vocals", "instrumental", "midi", "ultrastar", "report", "pitch", "preview"}
+    assert files["preview"].name == "preview.png" and files["preview"].read_bytes()[:4] == b"\x89PNG"
     folder = tmp_path / "out" / "Band - Tune"
     assert all(p.parent == folder and p.stat().st_size > 0 for p in files.values())
     text = files["ultrastar"].read_text(encoding="utf-8")

@@ -151,7 +151,7 @@ def _browser(downloads: Path):
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
-                     "--disable-gpu"):  # fmt: skip
+                     "--disable-gpu", "--autoplay-policy=no-user-gesture-required", "--mute-audio"):  # fmt: skip
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
@@ -200,6 +200,26 @@ def test_the_page_in_a_real_browser_uploads_watches_and_downloads(env, tmp_path)
         assert [p.name for p in zips] == ["Band - Song.zip"]
         check_ultrastar_zip(zips[0].read_bytes())
         assert driver.find_element(By.ID, "message").get_attribute("class") != "error"
+
+        # The job view: the chart ugpu drew, the song playing, a cursor moving over the notes.
+        driver.execute_script("document.querySelector('#jobs tr[data-job-id] .view').click()")
+        loaded = "const i = document.querySelector('#viewer-pages img'); return !!i && i.complete && i.naturalWidth"
+        wait.until(lambda d: d.execute_script(loaded))
+        assert driver.execute_script(loaded) == 1600  # the preview.png ugpu run wrote, fetched with the token
+        assert driver.execute_script("return document.querySelector('#viewer').hidden") is False
+        driver.execute_script("const a = document.querySelector('#viewer-audio'); a.currentTime = 0; a.play()")
+        now = "return [document.querySelector('#viewer-audio').currentTime, " \
+              "document.querySelector('#viewer-pages .cursor').hidden, " \
+              "parseFloat(document.querySelector('#viewer-pages .cursor').style.left)]"
+        wait.until(lambda d: d.execute_script(now)[0] > 0.4)
+        first = driver.execute_script(now)
+        wait.until(lambda d: d.execute_script(now)[0] > first[0] + 1.0)
+        second = driver.execute_script(now)
+        assert first[1] is False and second[1] is False  # the cursor is shown while the song plays
+        assert second[2] > first[2] + 1.0  # and moves right with it (a 20-s row: 5% of its width a second)
+        driver.save_screenshot(str(tmp_path / "job-view.png"))
+        if os.environ.get("UGPU_UPDATE_SCREENSHOT"):
+            shutil.copy(tmp_path / "job-view.png", DOCS / "serve-job-view.png")
     finally:
         if driver is not None:
             driver.quit()

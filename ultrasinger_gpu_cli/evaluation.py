@@ -20,14 +20,15 @@ Per song, against the reference chart:
 * **lyric similarity**: the matching share of the two word sequences, from 0 to 1;
 * **the grid**: both charts' ``#BPM`` and lines per minute.
 
-Charts are matched by file name (the stem, case ignored) when folders are given. Pure core:
-no CLI imports.
+Charts are matched by file name (the stem, case ignored) when folders are given. A duet (either
+chart) is scored per singer: each singer's part against the same singer's part. Pure core: no
+CLI imports.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import numpy as np
 from ultrasinger_gpu_cli.errors import UgpuError
 from ultrasinger_gpu_cli.timings import MAX_BYTES as MAX_CHART_BYTES
 from ultrasinger_gpu_cli.timings import decode_text
-from ultrasinger_gpu_cli.ultrastar import PITCHED, Chart, ChartNote, read_chart
+from ultrasinger_gpu_cli.ultrastar import P1, P2, PITCHED, Chart, ChartNote, read_chart
 from ultrasinger_gpu_cli.wordmatch import match, normalise, ratio
 from ultrasinger_gpu_cli.words import Word
 
@@ -98,13 +99,14 @@ class ChartScore:
     reference_bpm: float
     lines_per_minute: float
     reference_lines_per_minute: float
+    singer: str | None = None  # a duet's singer (P1, P2) this score is for; None: the whole chart
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
 #: The fields averaged over songs.
-MEAN_FIELDS = tuple(f.name for f in fields(ChartScore) if f.name not in ("name", "generated", "reference"))
+MEAN_FIELDS = tuple(f.name for f in fields(ChartScore) if f.name not in ("name", "generated", "reference", "singer"))
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,21 @@ def match_notes(generated: Sequence[ChartNote], reference: Sequence[ChartNote],
     return pairs
 
 
+def chart_octave(generated: Chart, reference: Chart) -> int:
+    """The whole octaves the generated chart's melody sits above the reference's: from the notes
+    matched by onset where there are any, else from the sung time both cover."""
+    ref = sorted(_sung(reference), key=lambda n: n.start_s)
+    gen = sorted(_sung(generated), key=lambda n: n.start_s)
+    pairs = match_notes(gen, ref)
+    if pairs:
+        return octave_offset(np.array([gen[i].pitch - ref[j].pitch for i, j in pairs]))
+    end = max([n.end_s for n in ref + gen] or [0.0])
+    n_frames = int(np.ceil(end / FRAME_S)) + 1
+    ref_pitch, gen_pitch = _frames(ref, n_frames), _frames(gen, n_frames)
+    both = ~np.isnan(ref_pitch) & ~np.isnan(gen_pitch)
+    return octave_offset(np.round(gen_pitch[both] - ref_pitch[both]).astype(int))
+
+
 def _f1(matched: int, n_generated: int, n_reference: int) -> tuple[float, float, float]:
     precision = matched / n_generated if n_generated else 0.0
     recall = matched / n_reference if n_reference else 0.0
@@ -234,10 +251,7 @@ def score(generated: Chart, reference: Chart, *, name: str = "", generated_path:
     both = ref_sung & ~np.isnan(gen_pitch)
     difference = np.round(gen_pitch[both] - ref_pitch[both]).astype(int)
     onset_pairs = match_notes(gen, ref)
-    if onset_pairs:  # the chart's octave: from the matched notes where there are any, else the sung time
-        offset = octave_offset(np.array([gen[i].pitch - ref[j].pitch for i, j in onset_pairs]))
-    else:
-        offset = octave_offset(difference)
+    offset = chart_octave(generated, reference)
     shift = 12 * offset
     note_diffs = np.array([gen[i].pitch - shift - ref[j].pitch for i, j in onset_pairs])
     by_class = match_notes(gen, ref, lambda g, r: (g.pitch - r.pitch) % 12 == 0)
@@ -271,15 +285,23 @@ def score(generated: Chart, reference: Chart, *, name: str = "", generated_path:
     )  # fmt: skip
 
 
+def chart_files(folder: Path, *, recursive: bool = True) -> list[Path]:
+    """The UltraStar charts in a folder (``.txt`` files whose head has ``#BPM``), in name order."""
+    found = []
+    for candidate in sorted(folder.rglob("*.txt") if recursive else folder.glob("*.txt")):
+        head = _head(candidate)
+        if b"#BPM" in head.upper() or b"#\x00B\x00P\x00M" in head.upper():
+            found.append(candidate)
+    return found
+
+
 def _charts_in(path: Path) -> dict[str, Path]:
     """The UltraStar charts under a folder, by name (stem, case ignored); a file: itself."""
     if path.is_file():
         return {path.stem.casefold(): path}
     found: dict[str, Path] = {}
-    for candidate in sorted(path.rglob("*.txt")):
-        head = _head(candidate)
-        if b"#BPM" in head.upper() or b"#\x00B\x00P\x00M" in head.upper():
-            found.setdefault(candidate.stem.casefold(), candidate)
+    for candidate in chart_files(path):
+        found.setdefault(candidate.stem.casefold(), candidate)
     return found
 
 
@@ -322,6 +344,17 @@ def evaluate(generated: Path, reference: Path) -> Evaluation:
         if not pairs:
             raise EvaluationError(f"no chart in {generated} has the name of a chart in {reference}",
                                   hint="charts are matched by file name: 'Artist - Title.txt' in both")  # fmt: skip
-    scores = tuple(score(load_chart(g), load_chart(r), name=name, generated_path=str(g), reference_path=str(r))
-                   for name, g, r in pairs)  # fmt: skip
+    scores = tuple(s for name, g, r in pairs for s in score_song(load_chart(g), load_chart(r), name=name,
+                                                                   generated_path=str(g), reference_path=str(r)))  # fmt: skip
     return Evaluation(scores, tuple(gen_only), tuple(ref_only))
+
+
+def score_song(generated: Chart, reference: Chart, *, name: str = "", generated_path: str = "",
+               reference_path: str = "") -> list[ChartScore]:  # fmt: skip
+    """One score per chart; where either chart is a duet, one per singer (each singer's part of
+    both charts: a solo chart is compared with each part of a duet)."""
+    if not (generated.duet or reference.duet):
+        return [score(generated, reference, name=name, generated_path=generated_path, reference_path=reference_path)]
+    return [replace(score(generated.part(section), reference.part(section), name=f"{name} [{label}]",
+                          generated_path=generated_path, reference_path=reference_path), singer=label)
+            for section, label in ((P1, "P1"), (P2, "P2"))]  # fmt: skip

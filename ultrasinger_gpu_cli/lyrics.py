@@ -20,12 +20,13 @@ the model work (:meth:`WhisperEngine.align`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import UgpuError
 from ultrasinger_gpu_cli.notes import rule_syllables, share_by_letters
+from ultrasinger_gpu_cli.ultrastar import BOTH, P1, P2, SOLO
 from ultrasinger_gpu_cli.wordmatch import match
 from ultrasinger_gpu_cli.words import Word
 
@@ -42,6 +43,8 @@ ALIGN_MIN_S = 1.0  # a stretch shorter than this between matched words is shared
 _LRC_TIME = re.compile(r"\[(\d{1,3}):(\d{1,2}(?:[.:]\d{1,3})?)\]")
 _LRC_TAG = re.compile(r"^\[[a-zA-Z#]+:[^\]]*\]$")  # [ar:...], [ti:...], [offset:...]
 _WORD_TIME = re.compile(r"<\d{1,3}:\d{1,2}(?:[.:]\d{1,3})?>")  # enhanced LRC word times
+_SINGER_TAG = re.compile(r"^(?:\[\s*(P\s*1|P\s*2|P\s*1\s*&\s*P\s*2|P\s*3)\s*\]|(P\s*1|P\s*2|P\s*1\s*&\s*P\s*2|P\s*3)\s*:)\s*",
+                         re.IGNORECASE)  # fmt: skip
 
 
 class LyricsError(UgpuError):
@@ -54,6 +57,7 @@ class LyricsError(UgpuError):
 class LyricsLine:
     words: tuple[str, ...]
     time_s: float | None = None  # LRC: when the line starts
+    singer: int = SOLO  # a duet's: P1, P2 or BOTH (tagged lines); SOLO otherwise
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,14 @@ class Lyrics:
     @property
     def words(self) -> list[str]:
         return [w for line in self.lines for w in line.words]
+
+    @property
+    def duet(self) -> bool:
+        return any(line.singer != SOLO for line in self.lines)
+
+    def sung_by(self, lines: list[list[Word]]) -> list[list[Word]]:
+        """Each line's words marked with the line's singer (``lines`` in the lyrics' order)."""
+        return [[replace(w, singer=line.singer) for w in words] for line, words in zip(self.lines, lines)]
 
 
 def load_lyrics(path: Path) -> Lyrics:
@@ -86,22 +98,40 @@ def _seconds(minutes: str, seconds: str) -> float:
     return int(minutes) * 60 + float(seconds.replace(":", "."))
 
 
+def singer_tag(text: str) -> tuple[int | None, str]:
+    """A duet tag at the start of a line (``P1:``, ``P2:``, ``P1&P2:``, or a ``[P1]``-style
+    header, as lyric sites write them; case and spaces ignored): (the singer, the rest of the
+    line); (None, the line) where there is none."""
+    found = _SINGER_TAG.match(text)
+    if not found:
+        return None, text
+    tag = re.sub(r"\s", "", (found.group(1) or found.group(2)).upper())
+    singer = {"P1": P1, "P2": P2}.get(tag, BOTH)
+    return singer, text[found.end():].strip()
+
+
 def _parse(text: str) -> list[LyricsLine]:
     timed: list[LyricsLine] = []
     plain: list[LyricsLine] = []
+    singer: int | None = None  # a tag holds for its line and those after it, up to the next tag
     for raw in text.splitlines():
         line = raw.strip()
         if not line or _LRC_TAG.match(line):
             continue
         times = [_seconds(m, s) for m, s in _LRC_TIME.findall(line)]
-        words = tuple(_WORD_TIME.sub(" ", _LRC_TIME.sub(" ", line)).split())
-        if times:
-            timed += [LyricsLine(words, t) for t in times]  # a line sung more than once has more than one time
-        else:
-            plain.append(LyricsLine(words))
-    if timed and not plain:
-        return sorted(timed, key=lambda line: line.time_s or 0.0)
-    return plain + [LyricsLine(line.words) for line in timed]  # mixed: the times are not trusted
+        tagged, rest = singer_tag(_LRC_TIME.sub(" ", line).strip())
+        singer = singer if tagged is None else tagged
+        words = tuple(_WORD_TIME.sub(" ", rest).split())
+        who = SOLO if singer is None else singer
+        if times:  # a line sung more than once has more than one time
+            timed += [LyricsLine(words, t, who) for t in times]
+        elif words or tagged is None:
+            plain.append(LyricsLine(words, singer=who))
+    lines = sorted(timed, key=lambda line: line.time_s or 0.0) if timed and not plain else \
+        plain + [replace(line, time_s=None) for line in timed]  # mixed: the times are not trusted
+    if any(line.singer != SOLO for line in lines):  # a duet: untagged lines before the first tag are sung by both
+        lines = [replace(line, singer=BOTH) if line.singer == SOLO else line for line in lines]
+    return lines
 
 
 def match_heard(user: list[str], heard: list[Word]) -> dict[int, int]:
@@ -221,7 +251,7 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
         windows = line_windows(lyrics, duration)
         texts = [list(line.words) for line in lyrics.lines]
         language, aligned = engine.align(audio, windows, [" ".join(t) for t in texts], language=language, progress=progress)
-        return AlignedLyrics(language, timed_words(texts, aligned, windows))
+        return AlignedLyrics(language, lyrics.sung_by(timed_words(texts, aligned, windows)))
     transcript = engine.run(audio, lambda f, t: progress(0.5 * f, t), language=language)
     language = language or transcript.language
     heard = [w for seg in transcript.segments for w in seg.words if w.text.strip()]
@@ -274,7 +304,7 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
     lines: list[list[Word]] = [[] for _ in lyrics.lines]
     for word, line in zip(flat, line_of):
         lines[line].append(word)
-    return AlignedLyrics(language, [line for line in lines if line])
+    return AlignedLyrics(language, [line for line in lyrics.sung_by(lines) if line])
 
 
 def _unmatched_runs(timed: list[Word | None]) -> list[tuple[int, int]]:

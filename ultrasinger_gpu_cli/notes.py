@@ -212,7 +212,7 @@ def split_words(words: Sequence[Word], language: str | None = None) -> list[Word
         bounds = share_by_letters(w.start_s, w.end_s, parts)
         for k, part in enumerate(parts):
             out.append(Word(part, float(bounds[k]), float(bounds[k + 1]), word_end=k == len(parts) - 1,
-                            phrase_start=w.phrase_start and k == 0))
+                            phrase_start=w.phrase_start and k == 0, singer=w.singer))
     return out
 
 
@@ -400,9 +400,23 @@ def listen_all(units: Sequence[Word], track: PitchTrackView) -> tuple[list[Sylla
     return [listen(u, keyed) for u in units], keyed
 
 
+def listen_singers(units: Sequence[Word], track: PitchTrackView) -> list[SyllableVoice]:
+    """:func:`listen_all` for each singer of a duet apart (each voice has its own range; lines
+    both sing are heard as a third voice), in the units' order; one singer: :func:`listen_all`."""
+    singers = sorted({u.singer for u in units})
+    if len(singers) <= 1:
+        return listen_all(units, track)[0]
+    voices: list[SyllableVoice | None] = [None] * len(units)
+    for singer in singers:
+        mine = [i for i, u in enumerate(units) if u.singer == singer]
+        for i, voice in zip(mine, listen_all([units[i] for i in mine], track)[0]):
+            voices[i] = voice
+    return voices  # type: ignore[return-value]
+
+
 # -- phrases ---------------------------------------------------------------------------------------
 def _hard_break(prev: SyllableVoice, cur: SyllableVoice) -> bool:
-    return (cur.unit.phrase_start or cur.start_s - prev.end_s >= PHRASE_PAUSE_S
+    return (cur.unit.phrase_start or cur.unit.singer != prev.unit.singer or cur.start_s - prev.end_s >= PHRASE_PAUSE_S
             or (prev.unit.word_end and bool(SENTENCE_END.search(prev.unit.text.rstrip()))))  # fmt: skip
 
 
@@ -487,16 +501,20 @@ def build_song(
     song = Song(title=title, artist=artist, bpm=tempo.bpm, gap_ms=0, language=language)
     if not units:
         return song
-    voices, track = listen_all(units, track)
+    voices = listen_singers(units, track)
     rap_words = _rap_words(voices) if rap else set()
-    gap_s = tempo.beat_at_or_before(voices[0].start_s)
+    # #GAP: the grid's beat at or before the earliest sung time (words need not come in order) ...
+    first_s = min(min([v.start_s] + [p[0] for p in v.parts]) for v in voices)
+    gap_s = tempo.beat_at_or_before(first_s)
     multiple = grid_multiple(tempo, gap_s, [(p[0], p[1]) for v in voices for p in v.parts])
     song.bpm = round(tempo.bpm * multiple, 2)
-    song.gap_ms = int(round(gap_s * 1000))
     beat_s = song.beat_s
+    if gap_s > first_s:  # ... which lies before the audio's start: back on the chart's finer grid, never before 0
+        gap_s -= min(np.ceil((gap_s - first_s) / beat_s - 1e-9), np.floor(gap_s / beat_s + 1e-9)) * beat_s
+    song.gap_ms = int(round(gap_s * 1000))
 
-    def beat(t: float) -> int:
-        return int(round((t - gap_s) / beat_s))
+    def beat(t: float) -> int:  # no note before #GAP: a chart's notes lie inside the audio
+        return max(0, int(round((t - gap_s) / beat_s)))
 
     sung = [p[2] for v in voices for p in v.parts]
     free_pitch = int(np.round(np.median(sung))) if sung else 60  # freestyle notes: the song's middle
@@ -517,7 +535,7 @@ def build_song(
                 prev.length_beats = max(1, start - prev.start_beat)
                 start = max(start, prev.end_beat)
             length = max(1, beat(e) - start)
-            song.notes.append(Note(start, length, int(midi), text, kind))
+            song.notes.append(Note(start, length, int(midi), text, kind, v.unit.singer))
         word += v.unit.word_end
     # A phrase end must not sit inside the next phrase's first note.
     ends = []
@@ -540,7 +558,8 @@ def repitch_parts(chart: Chart, times: np.ndarray, frequency: np.ndarray, confid
     a beat long. ``None`` for a note with no voice under it, and for freestyle and rap notes."""
     track = PitchTrackView(np.asarray(times), np.asarray(frequency), np.asarray(confidence))
     sung = [i for i, n in enumerate(chart.notes) if n.kind in PITCHED]
-    voices, _ = listen_all([Word(chart.notes[i].text, chart.notes[i].start_s, chart.notes[i].end_s) for i in sung], track)
+    voices = listen_singers([Word(chart.notes[i].text, chart.notes[i].start_s, chart.notes[i].end_s,
+                                  singer=chart.notes[i].singer) for i in sung], track)  # fmt: skip
     out: list[NoteParts | None] = [None] * len(chart.notes)
     beat_s = 60 / (chart.bpm * 4)
     for i, voice in zip(sung, voices):

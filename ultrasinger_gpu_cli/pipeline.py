@@ -44,6 +44,7 @@ from ultrasinger_gpu_cli.onsets import SEARCH_BEFORE_S
 from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.words import Word
 
+PREVIEW_NAME = "preview.png"
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".m4a", ".opus", ".flac", ".wav", ".aac"}
 
 
@@ -63,6 +64,8 @@ class RunOptions:
     rap: bool = False  # words with no stable pitch become rap notes (R)
     lyrics: Path | None = None  # the user's words (plain text or LRC) instead of speech recognition
     max_minutes: float | None = None  # the longest song decoded (None: UGPU_MAX_MINUTES, else 120)
+    singers: tuple[str, str] | None = None  # a duet's singers' names (None: "Singer 1", "Singer 2")
+    preview: bool = True  # draw preview.png, the chart as a piano roll, into the song folder
 
 
 @dataclass
@@ -199,9 +202,10 @@ def _digest_json(data: object) -> str:
 def _segments(data: dict[str, Any]) -> list[list[Word]] | None:
     """Whisper's cached words, or None when the entry is not what ugpu wrote."""
     try:
-        return [[Word(str(w["word"]), float(w["start"]), float(w["end"]), w.get("probability")) for w in seg]
+        return [[Word(str(w["word"]), float(w["start"]), float(w["end"]), w.get("probability"),
+                      singer=int(w.get("singer", 0))) for w in seg]
                 for seg in data["segments"]]  # fmt: skip
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
@@ -462,6 +466,11 @@ class Pipeline:
             song_notes = notes.build_song(units, times, freq, conf, tempo=detect_tempo(scan.mono22, 22_050), title=title,
                                           artist=artist, language=language, split_syllables=not are_syllables,
                                           rap=self.options.rap, refine_onsets=timings is None)  # fmt: skip
+            if song_notes.duet:
+                song_notes.singers = self.options.singers or ultrastar.DEFAULT_SINGERS
+            elif self.options.singers:
+                self.emit(Notice(song, "--singers names a duet's singers: the lyrics have no P1:/P2: tags, "
+                                       "so the chart is not a duet"))  # fmt: skip
 
             def render(audio: str, vocals: str | None, instrumental: str | None) -> str:
                 return ultrastar.to_ultrastar(song_notes, audio=audio, vocals=vocals, instrumental=instrumental,
@@ -469,12 +478,38 @@ class Pipeline:
 
         bpm = song_notes.bpm
         files = self._write_files(source, folder, name, song_notes, render, stems, content)
+        files.update(self._write_pictures(song, folder, name, files["ultrastar"], (times, freq, conf), f"{artist} - {title}"))
         report = SongReport(source, folder, files, title, artist, bpm, language, len(song_notes.notes), stages, fallbacks,
                             time.perf_counter() - started)  # fmt: skip
         files["report"] = audio_io.write_text(folder / f"{name}.report.json",
                                               json.dumps({**report.to_dict(), "run_id": self.run_id}, indent=2))  # fmt: skip
         self.emit(SongFinished(song, report))
         return report
+
+    def _write_pictures(self, song: str, folder: Path, name: str, chart_path: Path,
+                        track: tuple[np.ndarray, np.ndarray, np.ndarray], title: str) -> dict[str, Path]:  # fmt: skip
+        """The pitch track beside the chart, and the chart drawn as ``preview.png`` (unless
+        ``--no-preview``): a preview that cannot be drawn is said, never the song's failure."""
+        from ultrasinger_gpu_cli import preview
+
+        pitch_path = folder / f"{name}{preview.PITCH_SUFFIX}"
+        preview.save_pitch_track(pitch_path, *track)
+        files = {"pitch": pitch_path}
+        if not self.options.preview:
+            return files
+        try:
+            chart = ultrastar.read_chart(chart_path.read_text(encoding="utf-8"))
+            pages = preview.render(chart, folder / PREVIEW_NAME, pitch=preview.load_pitch_track(pitch_path), title=title)
+        except ImportError as exc:
+            self.emit(Notice(song, f"no preview.png: {exc.name or 'matplotlib'} is not installed "
+                                   "(pip install 'ultrasinger-gpu-cli[preview]')"))  # fmt: skip
+            return files
+        except (UgpuError, OSError, ValueError) as exc:
+            self.emit(Notice(song, f"no preview.png: {exc}"))
+            return files
+        for k, page in enumerate(pages):
+            files["preview" if k == 0 else f"preview-{k + 1}"] = page.path
+        return files
 
     def _song_folder(self, source: Path, out_dir: Path, name: str, content: str) -> tuple[Claim, str]:
         """The folder for this song, claimed atomically (:mod:`songfolders`), never a different
@@ -512,7 +547,9 @@ class Pipeline:
         """No file this song writes (or removes, on ``--overwrite``) is one of its inputs: the
         song, ``--timings`` (a chart re-pitched where it lies), ``--lyrics``."""
         outputs = [folder / f"{name}{suffix}" for suffix in (source.suffix.lower(), ".flac", " [Vocals].wav",
-                                                            " [Instrumental].wav", ".mid", ".txt", ".report.json")]  # fmt: skip
+                                                            " [Instrumental].wav", ".mid", ".txt", ".report.json",
+                                                            ".pitch.npz")]  # fmt: skip
+        outputs.append(folder / PREVIEW_NAME)
         if listed_in is not None:
             data = read_json_or_none(listed_in)
             files = data.get("files") if isinstance(data, dict) else None

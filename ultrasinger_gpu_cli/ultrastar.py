@@ -1,13 +1,21 @@
 """The UltraStar file (format 1.1.0, or 0.3.0 for old games) and MIDI: writing, reading, and
 re-pitching a chart in place. Pure functions, no heavy imports. How the notes themselves are
-made from words and pitch is :mod:`.notes`."""
+made from words and pitch is :mod:`.notes`.
+
+**Duets**: a chart with ``P1`` and ``P2`` sections, one per singer, both on the same beat grid
+(each section's beats count from the same ``#GAP``); a line both sing is written in both
+sections. The singers' names are ``#P1``/``#P2`` in format 1.x and ``#DUETSINGERP1``/
+``#DUETSINGERP2`` in 0.x (both are read). A note's ``singer`` is :data:`SOLO` in a chart that is
+not a duet, else :data:`P1`, :data:`P2` or :data:`BOTH` (a ``P3`` section, as some editors
+write lines sung together)."""
 
 from __future__ import annotations
 
 import math
+import re
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 
 from ultrasinger_gpu_cli.paths import clean_text, fit_name
@@ -20,6 +28,15 @@ LANGUAGES = {
 }  # fmt: skip
 
 
+SOLO, P1, P2, BOTH = 0, 1, 2, 3  # who sings a note: the one singer, the first, the second, both
+DEFAULT_SINGERS = ("Singer 1", "Singer 2")
+
+
+def sings(singer: int, section: int) -> bool:
+    """A note of ``singer`` belongs in duet section ``section`` (:data:`P1` or :data:`P2`)."""
+    return singer == section or singer == BOTH
+
+
 @dataclass
 class Note:
     start_beat: int
@@ -27,6 +44,7 @@ class Note:
     midi: int
     text: str
     kind: str = ":"  # ":" normal, "*" golden, "F" freestyle, "R" rap
+    singer: int = SOLO
 
     @property
     def end_beat(self) -> int:
@@ -42,6 +60,11 @@ class Song:
     notes: list[Note] = field(default_factory=list)
     phrase_ends: list[int] = field(default_factory=list)  # beats of "- " lines
     language: str | None = None
+    singers: tuple[str, str] = DEFAULT_SINGERS  # a duet's singers' names (P1, P2)
+
+    @property
+    def duet(self) -> bool:
+        return any(n.singer != SOLO for n in self.notes)
 
     @property
     def beat_s(self) -> float:
@@ -90,17 +113,45 @@ def to_ultrastar(
     if language:
         headers.append(f"#LANGUAGE:{language}")
     headers.append(f"#CREATOR:{clean_text(creator)}")
+    if song.duet:
+        keys = ("DUETSINGERP1", "DUETSINGERP2") if old else ("P1", "P2")
+        headers += [f"#{key}:{clean_text(name) or default}"
+                    for key, name, default in zip(keys, song.singers, DEFAULT_SINGERS)]  # fmt: skip
     lines = list(headers)
-    ends = sorted(song.phrase_ends)
+    if not song.duet:
+        lines += _note_lines(song.notes, song.phrase_ends)
+    else:
+        for section in (P1, P2):
+            mine = [n for n in song.notes if sings(n.singer, section)]
+            lines.append(f"P{section}")
+            lines += _note_lines(mine, _section_ends(mine, song.phrase_ends))
+    lines.append("E")
+    return "\n".join(lines) + "\n"
+
+
+def _note_lines(notes: Sequence[Note], phrase_ends: Sequence[int]) -> list[str]:
+    lines = []
+    ends = sorted(phrase_ends)
     e = 0
-    for note in song.notes:
+    for note in notes:
         while e < len(ends) and ends[e] <= note.start_beat:
             lines.append(f"- {ends[e]}")
             e += 1
         text = clean_text(note.text) + (" " if note.text.endswith(" ") else "")
         lines.append(f"{note.kind} {note.start_beat} {note.length_beats} {note.midi - 60} {text or '~'}")
-    lines.append("E")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _section_ends(notes: Sequence[Note], phrase_ends: Sequence[int]) -> list[int]:
+    """One singer's phrase ends: between two of their notes wherever the song's lines break there
+    (at the first break, never inside their earlier note)."""
+    ends = sorted(phrase_ends)
+    out = []
+    for a, b in zip(notes, notes[1:]):
+        inside = [e for e in ends if a.start_beat < e <= b.start_beat]
+        if inside:
+            out.append(min(max(inside[0], a.end_beat), b.start_beat))
+    return out
 
 
 #: Song times a chart may use: from the start of the audio to a day in.
@@ -135,6 +186,7 @@ class ChartNote:
     start_s: float
     end_s: float
     phrase_start: bool
+    singer: int = SOLO
 
     @property
     def end_beat(self) -> int:
@@ -152,40 +204,84 @@ class Chart:
     bpm: float
     gap_s: float
 
+    @property
+    def duet(self) -> bool:
+        return any(n.singer != SOLO for n in self.notes)
+
+    @property
+    def singers(self) -> tuple[str, str]:
+        """A duet's singers' names as the chart gives them (either format's headers), else the defaults."""
+        h = self.headers
+        return (h.get("P1") or h.get("DUETSINGERP1") or DEFAULT_SINGERS[0],
+                h.get("P2") or h.get("DUETSINGERP2") or DEFAULT_SINGERS[1])  # fmt: skip
+
+    def part(self, section: int) -> Chart:
+        """One singer's notes of a duet (lines both sing included); a chart that is not a duet: itself."""
+        if not self.duet:
+            return self
+        return replace(self, notes=tuple(n for n in self.notes if sings(n.singer, section)))
+
+    def sections(self) -> list[tuple[int, tuple[ChartNote, ...]]]:
+        """(section, its notes in the file's order): one :data:`SOLO` section, or a duet's P1 and P2."""
+        if not self.duet:
+            return [(SOLO, self.notes)]
+        return [(s, self.part(s).notes) for s in (P1, P2)]
+
     def words(self) -> list[Word]:
         """The syllables with their times; a ``~`` continuation extends the syllable before it.
 
         A word ends where the chart says so in either way charters write it: a space after the
         syllable (``: 4 2 7 it ``), or before the next one (``: 6 2 7  was``); a phrase end and
-        the last note end one too."""
-        out: list[Word] = []
-        phrase = True
-        notes = self.notes
-        for i, n in enumerate(notes):
-            phrase = phrase or n.phrase_start
-            nxt = notes[i + 1] if i + 1 < len(notes) else None
-            ends = (n.text.endswith(" ") or nxt is None or nxt.phrase_start
-                    or (nxt.text.startswith(" ") and not nxt.text.strip().startswith("~")))  # fmt: skip
-            if n.text.strip().startswith("~") and out:  # a continuation ("~", or "~n": the letters sung on it)
-                prev = out[-1]
-                out[-1] = Word(prev.text + n.text.strip()[1:], prev.start_s, n.end_s, word_end=ends,
-                               phrase_start=prev.phrase_start)  # fmt: skip
-                continue
-            out.append(Word(n.text.strip() or n.text, n.start_s, n.end_s, word_end=ends, phrase_start=phrase))
-            phrase = False
-        return out
+        the last note end one too. A duet: each singer's syllables read in their own section,
+        then all in the order they are sung (a ``P3`` line both sing, once)."""
+        return self._by_section(_syllables)
 
     def lyric_words(self) -> list[Word]:
         """Whole words: each word's syllables joined, from its first syllable's start to its last's end."""
+        return self._by_section(lambda notes: _whole_words(_syllables(notes)))
+
+    def _by_section(self, read: Callable[[tuple[ChartNote, ...]], list[Word]]) -> list[Word]:
+        if not self.duet:
+            return read(self.notes)
+        seen: set[int] = set()
         out: list[Word] = []
-        open_word: list[Word] = []
-        for syllable in self.words():
-            open_word.append(syllable)
-            if syllable.word_end:
-                out.append(Word("".join(s.text for s in open_word), open_word[0].start_s, open_word[-1].end_s,
-                                phrase_start=open_word[0].phrase_start))  # fmt: skip
-                open_word = []
-        return out
+        for _section, notes in self.sections():
+            out += read(tuple(n for n in notes if n.line not in seen))
+            seen.update(n.line for n in notes)
+        return sorted(out, key=lambda w: w.start_s)
+
+
+def _syllables(notes: tuple[ChartNote, ...]) -> list[Word]:
+    out: list[Word] = []
+    phrase = True
+    for i, n in enumerate(notes):
+        phrase = phrase or n.phrase_start
+        nxt = notes[i + 1] if i + 1 < len(notes) else None
+        ends = (n.text.endswith(" ") or nxt is None or nxt.phrase_start
+                or (nxt.text.startswith(" ") and not nxt.text.strip().startswith("~")))  # fmt: skip
+        if n.text.strip().startswith("~") and out:  # a continuation ("~", or "~n": the letters sung on it)
+            prev = out[-1]
+            out[-1] = Word(prev.text + n.text.strip()[1:], prev.start_s, n.end_s, word_end=ends,
+                           phrase_start=prev.phrase_start)  # fmt: skip
+            continue
+        out.append(Word(n.text.strip() or n.text, n.start_s, n.end_s, word_end=ends, phrase_start=phrase))
+        phrase = False
+    return out
+
+
+def _whole_words(syllables: list[Word]) -> list[Word]:
+    out: list[Word] = []
+    open_word: list[Word] = []
+    for syllable in syllables:
+        open_word.append(syllable)
+        if syllable.word_end:
+            out.append(Word("".join(s.text for s in open_word), open_word[0].start_s, open_word[-1].end_s,
+                            phrase_start=open_word[0].phrase_start))  # fmt: skip
+            open_word = []
+    return out
+
+
+_DUET_SECTION = re.compile(r"^P ?[123]\s*$")
 
 
 def read_chart(text: str) -> Chart:
@@ -194,10 +290,11 @@ def read_chart(text: str) -> Chart:
     start or past a day."""
     lines = tuple(text.lstrip("\ufeff").split("\n"))
     headers: dict[str, str] = {}
-    raw_notes: list[tuple[int, str, int, int, int, str, bool]] = []
+    raw_notes: list[tuple[int, str, int, int, int, str, bool, int]] = []
     relative = None
     offset = 0
     phrase = True
+    singer = SOLO
     for index, raw in enumerate(lines):
         line = raw.rstrip("\r")
         number = index + 1
@@ -216,8 +313,12 @@ def read_chart(text: str) -> Chart:
                 raise ValueError(f"line {number}: a note's length must be at least 1 beat: {line[:60]!r}")
             if relative is None:
                 relative = headers.get("RELATIVE", "").strip().lower() in ("yes", "true", "1")
-            raw_notes.append((index, line[0], start + offset, length, pitch, parts[4] if len(parts) > 4 else "", phrase))
+            raw_notes.append((index, line[0], start + offset, length, pitch, parts[4] if len(parts) > 4 else "", phrase,
+                              singer))  # fmt: skip
             phrase = False
+        elif _DUET_SECTION.match(line):  # a duet's section: its beats count from the song's start again
+            singer = int(line.replace(" ", "")[1])
+            phrase, offset = True, 0
         elif line.startswith("-"):
             phrase = True
             if relative:
@@ -232,12 +333,12 @@ def read_chart(text: str) -> Chart:
     gap = _header_number(headers, "GAP", "0", -MAX_SONG_S * 1000, MAX_SONG_S * 1000) / 1000
     beat_s = 60 / (bpm * 4)
     notes = []
-    for index, kind, start, length, pitch, syllable, starts_phrase in raw_notes:
+    for index, kind, start, length, pitch, syllable, starts_phrase, sung_by in raw_notes:
         start_s, end_s = gap + start * beat_s, gap + (start + length) * beat_s
         if start_s < 0 or end_s > MAX_SONG_S:
             where = "before the start of the audio" if start_s < 0 else "more than a day in"
             raise ValueError(f"line {index + 1}: the note at beat {start} lies {where} ({start_s:.2f} s with #BPM and #GAP)")
-        notes.append(ChartNote(index, kind, start, length, pitch, syllable, start_s, end_s, starts_phrase))
+        notes.append(ChartNote(index, kind, start, length, pitch, syllable, start_s, end_s, starts_phrase, sung_by))
     return Chart(lines, headers, tuple(notes), bpm, gap)
 
 
@@ -323,15 +424,16 @@ def _convert_headers(lines: list[str], version: str) -> list[str]:
 def chart_song(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | None], *, title: str, artist: str, language: str | None) -> Song:
     """The re-pitched chart as a :class:`Song` (for the MIDI file and the report)."""
     bpm = chart.bpm
-    song = Song(title=title, artist=artist, bpm=bpm, gap_ms=int(round(chart.gap_s * 1000)), language=language)
+    song = Song(title=title, artist=artist, bpm=bpm, gap_ms=int(round(chart.gap_s * 1000)), language=language,
+                singers=chart.singers)  # fmt: skip
     for note, new in zip(chart.notes, midi):
         if note.phrase_start and song.notes:
             song.phrase_ends.append(song.notes[-1].end_beat)
         if new is None or note.kind not in PITCHED:
-            song.notes.append(Note(note.start_beat, note.length_beats, note.pitch + 60, note.text, note.kind))
+            song.notes.append(Note(note.start_beat, note.length_beats, note.pitch + 60, note.text, note.kind, note.singer))
             continue
         for k, (beat, beats, pitch) in enumerate(_parts(note, new)):
-            song.notes.append(Note(beat, beats, pitch, note.text if k == 0 else "~", note.kind))
+            song.notes.append(Note(beat, beats, pitch, note.text if k == 0 else "~", note.kind, note.singer))
     return song
 
 

@@ -20,6 +20,7 @@ class Word:
     probability: float | None = None
     word_end: bool = True
     phrase_start: bool = False
+    singer: int = 0  # a duet's singer (ultrastar.P1, P2, BOTH); 0: the one singer
 
     @property
     def duration_s(self) -> float:
@@ -33,4 +34,6 @@ class Word:
         out: dict[str, Any] = {"word": self.text, "start": self.start_s, "end": self.end_s}
         if self.probability is not None:
             out["probability"] = round(self.probability, 4)
+        if self.singer:
+            out["singer"] = self.singer
         return out

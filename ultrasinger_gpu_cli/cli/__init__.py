@@ -4,7 +4,7 @@ case (:mod:`ultrasinger_gpu_cli.usecases`) and renders the result (:mod:`..rende
 * ``plan``: detect, optimize         * ``stages``: whisper, demucs, crepe
 * ``run``: the whole pipeline        * ``monitor``: live GPU state
 * ``models``: list, verify, pull     * ``history``: stats, fallback
-* ``evaluate``: eval (charts against hand-made ones)
+* ``evaluate``: eval (charts against hand-made ones), preview (a chart as a picture)
 """
 
 from __future__ import annotations

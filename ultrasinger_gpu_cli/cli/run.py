@@ -27,6 +27,13 @@ def _read_songs(songs: list[str]) -> list[Path]:
     return out
 
 
+def _singers(text: str) -> tuple[str, str]:
+    names = [name.strip() for name in text.split(",")]
+    if len(names) != 2 or not all(names):
+        raise InvalidSettingError(f"--singers {text!r}: give the two singers' names, comma-separated: 'Name A,Name B'")
+    return names[0], names[1]
+
+
 @handles_errors
 def run(
     ctx: typer.Context,
@@ -54,6 +61,8 @@ def run(
     use_ray: Annotated[bool, typer.Option("--ray", help="Convert on a Ray cluster (RAY_ADDRESS, else a local one started for the run).")] = False,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster to use (ray start --head prints it).", show_default=False)] = None,
     shared_input: Annotated[bool, typer.Option("--shared-input", help="With --ray: every node sees the songs at the same path (else their bytes travel).")] = False,
+    singers: Annotated[Optional[str], typer.Option("--singers", help="A duet's singers' names, 'Name A,Name B' (the lyrics tag their lines P1:, P2:, P1&P2:) [default: Singer 1, Singer 2].", show_default=False)] = None,
+    no_preview: Annotated[bool, typer.Option("--no-preview", help="Do not draw preview.png (the chart as a piano roll) into each song folder.")] = False,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="The longest song converted, in minutes (longer ones stop with exit 2) [default: UGPU_MAX_MINUTES, else 120].", min=0.01, max=1440, show_default=False)] = None,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
@@ -76,6 +85,7 @@ def run(
         raise InvalidSettingError("--lyrics and --timings both give the words: use one of them")
     if lyrics is not None and not lyrics.exists():
         raise InvalidSettingError(f"{lyrics}: no such lyrics file")
+    names = _singers(singers) if singers is not None else None
     rehearsed = rehearsal(rehearse_fault)
     store = open_store(ctx)
     flags = {component: {"backend": name} for component, name in (("whisper", whisper_backend), ("crepe", pitch_backend)) if name}
@@ -84,7 +94,7 @@ def run(
                          format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,
                          fetch_missing=not offline, overwrite=overwrite, rap=rap, lyrics=lyrics,
-                         max_minutes=max_minutes)  # fmt: skip
+                         max_minutes=max_minutes, singers=names, preview=not no_preview)  # fmt: skip
     if gpus is not None and (use_ray or ray_address):
         raise InvalidSettingError("--gpus runs workers on this machine and --ray on a cluster: choose one")
     with RunDisplay(err_console()) as display:

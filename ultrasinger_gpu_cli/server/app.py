@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
 import secrets
 import tempfile
 import threading
@@ -18,9 +19,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -349,6 +351,20 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
             raise
         return FileResponse(path, media_type="application/zip", filename=name,
                             background=BackgroundTask(target.unlink, missing_ok=True))  # fmt: skip
+
+    @app.get("/api/jobs/{job_id}/view", dependencies=[api])
+    def job_preview(job_id: str) -> dict[str, Any]:
+        """A finished job's chart as the page shows it: the preview's pages with their layouts, and the audio."""
+        with _store(config) as store:
+            return jobs_of(store).view(job_id)
+
+    @app.get("/api/jobs/{job_id}/files/{kind}", dependencies=[api])
+    def job_file(job_id: str, kind: Annotated[str, PathParam(pattern=r"^(audio|preview(-[0-9]{1,3})?)$")]) -> FileResponse:
+        """One file of a finished job: its audio or a page of its preview."""
+        with _store(config) as store:
+            path = jobs_of(store).result_file(job_id, kind)
+        media = "image/png" if kind.startswith("preview") else mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
 
     @app.get("/api/jobs/{job_id}/events", dependencies=[api])
     async def job_events(job_id: str, request: Request) -> StreamingResponse:

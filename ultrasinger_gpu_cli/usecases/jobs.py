@@ -21,6 +21,7 @@ from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.store import JobQueue, JobRow, Store
+from ultrasinger_gpu_cli.textfiles import read_json_or_none
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FINISHED = ("done", "failed", "cancelled")
@@ -236,21 +237,62 @@ class Jobs:
         if folder.parent == inbox:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def result_zip(self, job_id: str, target: Path) -> tuple[Path, str]:
-        """The job's UltraStar folder as a zip at ``target``, and the zip's download name; only
-        from the server's output folder."""
+    def result_folder(self, job_id: str) -> Path:
+        """A finished job's UltraStar folder, only ever under the server's output folder."""
         job = self.get(job_id)
         if job.status != "done" or not job.folder:
-            raise JobNotFound(f"job {job_id} has no result to download (it is {job.status})")
+            raise JobNotFound(f"job {job_id} has no result (it is {job.status})")
         out = self.folders.out.resolve()
         folder = Path(job.folder).resolve()
         if not folder.is_relative_to(out) or not folder.is_dir():
             raise JobNotFound(f"job {job_id}'s result is no longer there")
+        return folder
+
+    def result_file(self, job_id: str, kind: str) -> Path:
+        """One file of a finished job's folder, by the name its report gives it (``audio``,
+        ``preview``, ``preview-2``...): a plain file inside the folder, never a link out of it."""
+        folder = self.result_folder(job_id)
+        files = _report_files(folder)
+        path = files.get(kind)
+        if path is None or path.is_symlink() or not path.is_file() or path.resolve().parent != folder:
+            raise JobNotFound(f"job {job_id} has no {kind} file")
+        return path
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        """What the page's job view shows: the preview's pages (each with the layout a cursor
+        needs, :func:`..preview.read_layout`) and the song's audio."""
+        from ultrasinger_gpu_cli.preview import read_layout
+
+        folder = self.result_folder(job_id)
+        files = _report_files(folder)
+        pages = []
+        for kind in sorted((k for k in files if k == "preview" or k.startswith("preview-")),
+                           key=lambda k: int(k.split("-")[1]) if "-" in k else 1):  # fmt: skip
+            layout = read_layout(self.result_file(job_id, kind))
+            if layout is not None:
+                pages.append({"url": f"/api/jobs/{job_id}/files/{kind}", **layout})
+        audio = f"/api/jobs/{job_id}/files/audio" if "audio" in files else None
+        return {"id": job_id, "pages": pages, "audio": audio}
+
+    def result_zip(self, job_id: str, target: Path) -> tuple[Path, str]:
+        """The job's UltraStar folder as a zip at ``target``, and the zip's download name; only
+        from the server's output folder."""
+        folder = self.result_folder(job_id)
         with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(folder.rglob("*")):
                 if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(folder):
                     archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
         return target, f"{folder.name}.zip"
+
+
+def _report_files(folder: Path) -> dict[str, Path]:
+    """The files a song folder's report lists, by kind (inside the folder only)."""
+    reports = sorted(folder.glob("*.report.json"))
+    data = read_json_or_none(reports[0]) if reports else None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {str(k): folder / Path(str(v)).name for k, v in files.items() if isinstance(v, str)}
 
 
 # -- workers -----------------------------------------------------------------------------------------

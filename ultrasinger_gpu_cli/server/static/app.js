@@ -1,4 +1,5 @@
-// ugpu's page: drop songs, watch the queue and the GPUs (server-sent events), download results.
+// ugpu's page: drop songs, watch the queue and the GPUs (server-sent events), look at a chart while
+// its song plays, download results.
 // No framework and no CDN: it works offline, served by `ugpu serve`.
 "use strict";
 
@@ -73,9 +74,11 @@ function renderJobs(jobs) {
     const fraction = job.status === "done" ? 1 : job.progress || 0;
     const actions = el("td");
     if (job.status === "done") {
+      const look = el("button", { class: "view", text: "view" });
+      look.addEventListener("click", () => view(job));
       const link = el("button", { class: "download", text: "download" });
       link.addEventListener("click", () => download(job));
-      actions.append(link);
+      actions.append(look, " ", link);
     } else if (job.status === "queued" || job.status === "running") {
       const cancel = el("button", { class: "cancel", text: "cancel" });
       cancel.addEventListener("click", () => api(`/api/jobs/${job.id}`, { method: "DELETE" }));
@@ -104,6 +107,68 @@ async function download(job) {
   document.body.append(link);
   link.click();
   setTimeout(() => { URL.revokeObjectURL(link.href); link.remove(); }, 10000);
+}
+
+// -- the job view: the chart as ugpu drew it, the song playing, a cursor over the notes -------------------
+let viewing = null;
+
+async function blobUrl(path) {
+  const response = await api(path);
+  if (!response.ok) throw new Error(await detail(response));
+  return URL.createObjectURL(await response.blob());
+}
+
+function closeView() {
+  const audio = $("#viewer-audio");
+  audio.pause();
+  for (const url of (viewing ? viewing.urls : [])) URL.revokeObjectURL(url);
+  audio.removeAttribute("src");
+  viewing = null;
+  $("#viewer").hidden = true;
+}
+
+async function view(job) {
+  const response = await api(`/api/jobs/${job.id}/view`);
+  if (!response.ok) { say(await detail(response), true); return; }
+  const data = await response.json();
+  closeView();
+  const shown = { id: job.id, pages: [], urls: [] };
+  const box = $("#viewer-pages");
+  box.replaceChildren();
+  try {
+    for (const page of data.pages) {
+      const url = await blobUrl(page.url);
+      shown.urls.push(url);
+      const cursor = el("div", { class: "cursor", hidden: "" });
+      box.append(el("div", { class: "page" }, el("img", { src: url, alt: `the chart of ${job.name}` }), cursor));
+      shown.pages.push({ rows: page.rows, cursor });
+    }
+    if (!data.pages.length) box.append(el("p", { class: "muted", text: "this song has no preview (it ran with --no-preview)" }));
+    if (data.audio) {
+      const url = await blobUrl(data.audio);
+      shown.urls.push(url);
+      $("#viewer-audio").src = url;
+    }
+  } catch (e) { say(`${job.name}: ${e.message}`, true); }
+  viewing = shown;
+  $("#viewer-title").textContent = job.name;
+  $("#viewer").hidden = false;
+  $("#viewer").scrollIntoView({ block: "start" });
+}
+
+function moveCursor() {
+  if (viewing) {
+    const t = $("#viewer-audio").currentTime;
+    for (const page of viewing.pages) {
+      const row = page.rows.find((r) => t >= r.start_s && t < r.end_s);
+      page.cursor.hidden = !row;
+      if (!row) continue;
+      const x = row.left + (t - row.start_s) / (row.end_s - row.start_s) * (row.right - row.left);
+      Object.assign(page.cursor.style, { left: `${(x * 100).toFixed(3)}%`, top: `${(row.top * 100).toFixed(3)}%`,
+        height: `${((row.bottom - row.top) * 100).toFixed(3)}%` });
+    }
+  }
+  requestAnimationFrame(moveCursor);
 }
 
 async function upload(files) {
@@ -150,6 +215,8 @@ $("#file-input").addEventListener("change", (e) => { upload([...e.target.files])
 for (const name of ["dragenter", "dragover"]) drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
 for (const name of ["dragleave", "drop"]) drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.remove("over"); });
 drop.addEventListener("drop", (e) => upload([...e.dataTransfer.files]));
+$("#viewer-close").addEventListener("click", closeView);
+requestAnimationFrame(moveCursor);
 
 function connect() {
   const events = new EventSource("/api/stream" + (token ? `?token=${encodeURIComponent(token)}` : ""));
