@@ -212,6 +212,19 @@ def test_timings_re_pitches_a_duet_chart_keeping_both_sections(env, tmp_path):
     assert [line for line in out.split("\n") if not line.startswith((":", "#"))] == ["P1", "P2", "E", ""]
 
 
+def test_format_version_converts_a_duet_s_singer_headers():
+    from ultrasinger_gpu_cli.ultrastar import repitch
+
+    text = "#VERSION:1.1.0\n#TITLE:T\n#ARTIST:A\n#MP3:a.mp3\n#BPM:300.5\n#GAP:0\n#P1:Ann\n#P2:Bob\nP1\n: 0 4 0 a \nP2\n: 8 4 2 b \nE\n"
+    chart = read_chart(text)
+    old = repitch(chart, [None, None], audio="a.mp3", version="0.3.0")
+    strict_read(old)
+    assert "#DUETSINGERP1:Ann" in old and "#DUETSINGERP2:Bob" in old and "#P1:" not in old and "#BPM:300,5" in old
+    back = repitch(read_chart(old), [None, None], audio="a.mp3", version="1.1.0")
+    strict_read(back)
+    assert "#P1:Ann" in back and "#P2:Bob" in back and "DUETSINGER" not in back
+
+
 def test_bad_singers_are_refused(env, tmp_path):
     result = invoke("run", str(tmp_path / "x.wav"), "--singers", "Ann", "-o", str(tmp_path))
     assert result.exit_code == 2 and "--singers 'Ann'" in result.output

@@ -403,6 +403,10 @@ def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | 
     return "\n".join(lines)
 
 
+_DUET_NAMES_OLD = {"P1": "DUETSINGERP1", "P2": "DUETSINGERP2"}  # 1.x -> 0.x
+_DUET_NAMES_NEW = {v: k for k, v in _DUET_NAMES_OLD.items()}
+
+
 def _convert_headers(lines: list[str], version: str) -> list[str]:
     old = version.startswith("0.")
     out = []
@@ -416,6 +420,9 @@ def _convert_headers(lines: list[str], version: str) -> list[str]:
         if key == "BPM":
             value = raw.rstrip("\r").split(":", 1)[1].strip()
             raw = f"{raw.split(':', 1)[0]}:{value.replace('.', ',') if old else value.replace(',', '.')}{cr}"
+        singer = _DUET_NAMES_OLD.get(key) if old else _DUET_NAMES_NEW.get(key)  # a duet's singers, in the version's header
+        if singer is not None:
+            raw = f"#{singer}:{raw.rstrip(chr(13)).split(':', 1)[1]}{cr}"
         out.append(raw)
     cr = "\r" if out and out[0].endswith("\r") else ""
     return [f"#VERSION:{version}{cr}", *out]
