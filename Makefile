@@ -12,7 +12,7 @@ SONG ?=
 MODE ?= balanced
 OUT ?= karaoke
 
-.PHONY: help install test run bench quality quality-real gpu-wheels gpu-check completions clean ffmpeg browser serve
+.PHONY: help install test run bench quality quality-real gpu-wheels gpu-check completions clean ffmpeg browser capsh serve
 
 help:
 	@echo "make run SONG=path/to/song.mp3 [MODE=aggressive] [OUT=karaoke]"
@@ -52,9 +52,17 @@ browser:
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
 	  else echo "chromium and chromedriver are missing: the browser test will be skipped" >&2; fi; }
 
+# capsh: the tests that run as root (CI) drop the capabilities that let root read and write any file.
+capsh:
+	@command -v capsh >/dev/null 2>&1 || [ -x /usr/sbin/capsh ] || [ -x /sbin/capsh ] || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends libcap2-bin >/dev/null; \
+	  else echo "capsh is missing: the tests that need it will be skipped" >&2; fi; }
+
 install: $(VENV)/.installed
 
-test: ffmpeg browser $(VENV)/.installed
+test: ffmpeg browser capsh $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 serve: ffmpeg $(VENV)/.installed

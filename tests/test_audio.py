@@ -8,9 +8,13 @@ import subprocess
 import numpy as np
 import pytest
 
+from pathlib import Path
+
 from tests.audio_factory import encode, song, sung_note, write_wav
 from ultrasinger_gpu_cli import audio as audio_io
 from ultrasinger_gpu_cli.errors import AudioError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _peak_hz(x: np.ndarray, rate: int) -> float:
@@ -112,13 +116,27 @@ def test_short_and_silent_inputs_decode(tmp_path):
     assert not audio_io.decode(silent, 16_000, 1).samples.any()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
-def test_unreadable_file(tmp_path, tone_wav):  # pragma: no cover - CI runs as root
+def test_unreadable_file(tmp_path, tone_wav):
+    """A file the user may not read: a clear error naming why. As root (how CI runs) the decode
+    runs without the capabilities that let root read any file, so the check happens there too."""
+    import shlex
+    import shutil
+    import sys
+
     locked = tmp_path / "locked.wav"
     locked.write_bytes(tone_wav.read_bytes())
     locked.chmod(0)
-    with pytest.raises(AudioError, match="permission denied"):
-        audio_io.decode(locked)
+    code = ("import sys\nfrom ultrasinger_gpu_cli import audio\nfrom ultrasinger_gpu_cli.errors import AudioError\n"
+            "try:\n    audio.decode(sys.argv[1])\nexcept AudioError as exc:\n    print('AudioError:', exc)\n")  # fmt: skip
+    command = [sys.executable, "-c", code, str(locked)]
+    if os.geteuid() == 0:
+        capsh = shutil.which("capsh")
+        if capsh is None:
+            pytest.skip("capsh is needed to make a file root cannot read (make test installs it)")
+        command = [capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", shlex.join(command)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "AudioError:" in result.stdout and "permission denied" in result.stdout, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_without_ffmpeg_wav_and_flac_are_read_through_soundfile(tmp_path, monkeypatch):

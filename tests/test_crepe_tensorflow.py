@@ -18,7 +18,7 @@ from ultrasinger_gpu_cli.cli import app
 from ultrasinger_gpu_cli.components import CREPE
 from ultrasinger_gpu_cli.errors import GpuUnavailableError, ModelDamagedError
 from ultrasinger_gpu_cli.facts import GpuIdentity
-from ultrasinger_gpu_cli.fallback import fallback_worthy
+from ultrasinger_gpu_cli.failures import fallback_worthy
 from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
 
 pytest.importorskip("tensorflow", reason="the [tensorflow] extra (make test installs it)")

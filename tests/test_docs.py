@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrasinger_gpu_cli.tiers import tiers_markdown
+from ultrasinger_gpu_cli.components import tiers_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -299,11 +299,15 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("args", HOSTILE, ids=lambda a: " ".join(a)[:40])
-def test_hostile_command_lines_never_print_a_traceback(env, args):
-    result = ugpu(*args, timeout=120)
+def test_hostile_command_lines_never_print_a_traceback(env, args, tmp_path):
+    logs = tmp_path / "logs"
+    result = ugpu(*args, timeout=120, env={"UGPU_LOG_DIR": str(logs)})
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
     assert result.returncode in (0, 1, 2, 3), output
+    # Each is an error ugpu expects and explains, not one its last line of defence caught.
+    assert "unexpected error" not in output, output
+    assert not logs.exists() or not any(logs.iterdir()), output
 
 
 # -- the first run on a fresh machine --------------------------------------------------------------------

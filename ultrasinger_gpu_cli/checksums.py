@@ -7,6 +7,9 @@ Copied from the libraries' release tables (openai-whisper 20250625's download ta
 
 from __future__ import annotations
 
+#: Other names of Whisper checkpoints (openai-whisper's ``turbo`` is ``large-v3-turbo``).
+WHISPER_ALIASES = {"turbo": "large-v3-turbo"}
+
 #: Whisper checkpoints: model name -> SHA-256.
 WHISPER_SHA256 = {
     "tiny.en": "d3dd57d32accea0b295c96e26691aa14d8822fac7d9d27d5dc00b4ca2826dd03",

@@ -9,23 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from ultrasinger_gpu_cli.components import StageSettings
-from ultrasinger_gpu_cli.facts import GpuIdentity
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ultrasinger_gpu_cli.pipeline import SongReport
-
-
-@dataclass(frozen=True)
-class GpuSummary:
-    """What the NVML sampler saw on the stage's card while it ran (``None``: n/a)."""
-
-    samples: int = 0
-    peak_vram_used_mb: int | None = None
-    mean_utilization_percent: float | None = None
-    max_temperature_c: int | None = None
+from ultrasinger_gpu_cli.facts import GpuIdentity, GpuSummary
 
 
 @dataclass(frozen=True)
@@ -130,6 +117,32 @@ class Notice:
 
     song: str | None
     message: str
+
+
+@dataclass
+class SongReport:
+    """One song's result: its folder and files, what ran where, and how long it took."""
+
+    source: Path
+    folder: Path
+    files: dict[str, Path]
+    title: str
+    artist: str
+    bpm: float
+    language: str | None
+    notes: int
+    stages: list[StageRun] = field(default_factory=list)
+    fallbacks: list[FallbackEvent] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source), "folder": str(self.folder),
+            "files": {k: str(v) for k, v in self.files.items()}, "title": self.title, "artist": self.artist,
+            "bpm": self.bpm, "language": self.language, "notes": self.notes,
+            "stages": [s.to_dict() for s in self.stages], "fallbacks": [f.to_dict() for f in self.fallbacks],
+            "wall_seconds": round(self.wall_seconds, 3),
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,16 @@ def sm_name(compute_capability: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class GpuSummary:
+    """What the NVML sampler saw on the stage's card while it ran (``None``: n/a)."""
+
+    samples: int = 0
+    peak_vram_used_mb: int | None = None
+    mean_utilization_percent: float | None = None
+    max_temperature_c: int | None = None
+
+
+@dataclass(frozen=True)
 class GpuIdentity:
     """Which GPU: the one identity every module uses (NVML index, UUID, PCI bus id, name).
 

@@ -10,15 +10,14 @@ Pure logic: the stage runner (:mod:`.runner`) supplies the attempt.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from ultrasinger_gpu_cli.components import StageSettings, spec
 from ultrasinger_gpu_cli.devices import free_memory
-from ultrasinger_gpu_cli.errors import EngineError, GpuUnavailableError
+from ultrasinger_gpu_cli.errors import EngineError
+from ultrasinger_gpu_cli.failures import is_gpu_fatal, is_int8_unsupported, is_oom
 from ultrasinger_gpu_cli.events import FallbackEvent
 
 T = TypeVar("T")
@@ -61,44 +60,6 @@ def ladder(stage: str, plan_settings: S, cpu_settings: S) -> list[Rung[S]]:
     if plan_settings.device == "cuda":
         rungs.append(Rung(cpu_settings, "the CPU, with the CPU plan's settings"))
     return rungs
-
-
-def is_oom(exc: BaseException) -> bool:
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
-def is_int8_unsupported(exc: BaseException) -> bool:
-    """cuBLAS refused an int8 GEMM on this card: float16 still runs."""
-    return "cublas_status_not_supported" in str(exc).lower()
-
-
-def is_gpu_fatal(exc: BaseException) -> bool:
-    """Errors no batch size fixes: the card can't run this build, or the driver failed."""
-    if isinstance(exc, GpuUnavailableError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, AssertionError)) and any(
-        key in text
-        for key in ("no kernel image", "cuda error", "cudnn_status", "cublas_status", "driver", "not compatible",
-                    "torch not compiled with cuda")
-    )  # fmt: skip
-
-
-def fallback_worthy(exc: BaseException) -> bool:
-    """An error the ladder handles (out of memory, a GPU that can't run it), not a damaged file."""
-    return is_oom(exc) or is_gpu_fatal(exc)
-
-
-#: What loading a damaged weights file raises (torch.load, pickle, zip, yaml...).
-LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
-                                                AttributeError, IndexError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 def run_with_fallback(

@@ -29,8 +29,7 @@ from typing import Any
 
 from ultrasinger_gpu_cli.downloads import Download, DownloadProgress, fetch
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError
-from ultrasinger_gpu_cli.checksums import DEMUCS_SHA256_PREFIX, WHISPER_SHA256
-from ultrasinger_gpu_cli.components.whisper import canonical as canonical_whisper
+from ultrasinger_gpu_cli.checksums import DEMUCS_SHA256_PREFIX, WHISPER_ALIASES, WHISPER_SHA256
 
 ENV_MODELS = "UGPU_MODELS"
 DEMUCS_ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"
@@ -146,7 +145,7 @@ def _whisper_urls() -> dict[str, str]:
 
 def whisper_name(name: str) -> str:
     """The checkpoint's name for a model name (``turbo`` is ``large-v3-turbo``)."""
-    return canonical_whisper(name) if name == "turbo" else name
+    return WHISPER_ALIASES.get(name, name)
 
 
 def whisper_status(name: str, directory: Path | None) -> ModelStatus:

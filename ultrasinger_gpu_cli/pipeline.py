@@ -31,7 +31,8 @@ from ultrasinger_gpu_cli import audio as audio_io
 from ultrasinger_gpu_cli import notes, ultrastar
 from ultrasinger_gpu_cli.diagnostics import Rehearsal
 from ultrasinger_gpu_cli.errors import OutputError, UgpuError
-from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, SongFinished, SongStarted, StageFinished, StageRun, ignore
+from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, SongFinished, SongReport, SongStarted, StageFinished
+from ultrasinger_gpu_cli.events import StageRun, ignore
 from ultrasinger_gpu_cli.models import sha256_of
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
@@ -66,30 +67,6 @@ class RunOptions:
     max_minutes: float | None = None  # the longest song decoded (None: UGPU_MAX_MINUTES, else 120)
     singers: tuple[str, str] | None = None  # a duet's singers' names (None: "Singer 1", "Singer 2")
     preview: bool = True  # draw preview.png, the chart as a piano roll, into the song folder
-
-
-@dataclass
-class SongReport:
-    source: Path
-    folder: Path
-    files: dict[str, Path]
-    title: str
-    artist: str
-    bpm: float
-    language: str | None
-    notes: int
-    stages: list[StageRun] = field(default_factory=list)
-    fallbacks: list[FallbackEvent] = field(default_factory=list)
-    wall_seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": str(self.source), "folder": str(self.folder),
-            "files": {k: str(v) for k, v in self.files.items()}, "title": self.title, "artist": self.artist,
-            "bpm": self.bpm, "language": self.language, "notes": self.notes,
-            "stages": [s.to_dict() for s in self.stages], "fallbacks": [f.to_dict() for f in self.fallbacks],
-            "wall_seconds": round(self.wall_seconds, 3),
-        }  # fmt: skip
 
 
 #: Writes the chart's text, given the names of the song's audio, vocals and instrumental files.

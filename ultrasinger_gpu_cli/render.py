@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ultrasinger_gpu_cli.evaluation import Evaluation
     from ultrasinger_gpu_cli.models import ModelStatus
-    from ultrasinger_gpu_cli.pipeline import SongReport
+    from ultrasinger_gpu_cli.events import SongReport
     from ultrasinger_gpu_cli.usecases.models import BackendInfo
     from ultrasinger_gpu_cli.usecases.plan import Ladders
     from ultrasinger_gpu_cli.usecases.stages import StageOutcome

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from ultrasinger_gpu_cli.events import GpuSummary
+from ultrasinger_gpu_cli.facts import GpuSummary
 from ultrasinger_gpu_cli.nvml import Nvml, get_nvml
 
 

@@ -90,22 +90,3 @@ def tier_by_key(key: str) -> Tier:
         if tier.key == key:
             return tier
     raise KeyError(key)
-
-
-def tiers_markdown() -> str:
-    """The tier table as Markdown, one column per component parameter the specs list; the
-    README carries exactly this (a test checks)."""
-    from ultrasinger_gpu_cli.components import table_columns
-
-    columns = table_columns()
-    lines = ["| tier | " + " | ".join(header for header, _ in columns) + " |",
-             "|---|" + "---|" * len(columns)]  # fmt: skip
-    for t in ALL_TIERS:
-        lines.append(f"| {t.label} | " + " | ".join(cell(t) for _, cell in columns) + " |")
-    lines.append("")
-    lines.append("| mode | batch factor | VRAM share | Demucs chunk | effect |")
-    lines.append("|---|---|---|---|---|")
-    for m in MODE_TABLE.values():
-        chunk = m.demucs_chunk or "tier's"
-        lines.append(f"| {m.key} | x{m.batch_factor:g} | {m.vram_fraction:.0%} | {chunk} | {m.why} |")
-    return "\n".join(lines)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ultrasinger_gpu_cli.components.base import Backend, ComponentSpec, ParameterValues, SettingValue, StageOptions
-from ultrasinger_gpu_cli.components.base import StageOutputs, StageSettings
+from ultrasinger_gpu_cli.components.base import Backend, ComponentSpec, StageOptions, StageOutputs
 from ultrasinger_gpu_cli.components.crepe import CREPE, CrepeSettings
 from ultrasinger_gpu_cli.components.demucs import DEMUCS, DemucsSettings
+from ultrasinger_gpu_cli.components.settings import ParameterValues, SettingValue, StageSettings
 from ultrasinger_gpu_cli.components.whisper import WHISPER, WhisperSettings
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.tiers import Tier
+from ultrasinger_gpu_cli.tiers import ALL_TIERS, MODE_TABLE, Tier
 
 #: In the design's order (its API responses list whisper, demucs, crepe).
 SPECS: dict[str, ComponentSpec] = {s.name: s for s in (WHISPER, DEMUCS, CREPE)}
@@ -42,8 +42,25 @@ def table_columns() -> list[tuple[str, Callable[[Tier], str]]]:
     return out
 
 
+def tiers_markdown() -> str:
+    """The tier table as Markdown, one column per component parameter the specs list; the
+    README carries exactly this (a test checks)."""
+    columns = table_columns()
+    lines = ["| tier | " + " | ".join(header for header, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]  # fmt: skip
+    for t in ALL_TIERS:
+        lines.append(f"| {t.label} | " + " | ".join(cell(t) for _, cell in columns) + " |")
+    lines.append("")
+    lines.append("| mode | batch factor | VRAM share | Demucs chunk | effect |")
+    lines.append("|---|---|---|---|---|")
+    for m in MODE_TABLE.values():
+        chunk = m.demucs_chunk or "tier's"
+        lines.append(f"| {m.key} | x{m.batch_factor:g} | {m.vram_fraction:.0%} | {chunk} | {m.why} |")
+    return "\n".join(lines)
+
+
 __all__ = [
     "COMPONENTS", "CREPE", "DEMUCS", "PIPELINE_ORDER", "SPECS", "WHISPER", "Backend", "ComponentSpec", "CrepeSettings",
     "DemucsSettings", "ParameterValues", "SettingValue", "StageOptions", "StageOutputs", "StageSettings",
-    "WhisperSettings", "spec", "table_columns",
+    "WhisperSettings", "spec", "table_columns", "tiers_markdown",
 ]  # fmt: skip

@@ -11,10 +11,11 @@ import importlib
 import importlib.util
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Generic, Union
 
+from ultrasinger_gpu_cli.components.settings import ParameterValues, S, SettingValue, StageSettings
 from ultrasinger_gpu_cli.errors import InvalidSettingError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,40 +24,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from ultrasinger_gpu_cli.models import ModelStatus
     from ultrasinger_gpu_cli.tiers import Tier
 
-#: One setting's value as users give it and the store keeps it.
-SettingValue = Union[str, int, float]
-#: Settings of one component given by name (a stored override, flags): partial, validated.
-ParameterValues = dict[str, SettingValue]
 
 DEVICES = ("cuda", "cpu")
 COMPUTE_TYPES = ("float16", "float32", "int8", "int8_float16")  # what any backend runs; each declares its own
 TORCH_COMPUTE_TYPES = ("float16", "float32")
 
 
-@dataclass(frozen=True)
-class StageSettings:
-    """Settings every component has. Subclasses add their own; all are frozen and validated
-    (built by :meth:`ComponentSpec.settings`)."""
-
-    backend: str
-    model: str
-    device: str
-    batch_size: int
-    compute_type: str
-
-    @property
-    def label(self) -> str:
-        """How a rung of the fallback ladder is named: ``cuda batch 8``."""
-        return f"{self.device} batch {self.batch_size}"
-
-    def values(self) -> ParameterValues:
-        return asdict(self)
-
-    def but(self, **changes: SettingValue) -> StageSettings:
-        return replace(self, **changes)
-
-
-S = TypeVar("S", bound=StageSettings)
 
 
 @dataclass(frozen=True)
@@ -116,11 +89,14 @@ def _float_range(label: str, value: Any, low: float, high: float) -> float:
     return number
 
 
+#: Every component's spec by name, registered as it is made: the choices a registry extends (the
+#: backends, and the models they bring) are read from here when asked, not fixed at import.
+REGISTERED: dict[str, ComponentSpec[Any]] = {}
+
+
 def _registered_backends(component: str) -> Callable[[], tuple[str, ...]]:
     def names() -> tuple[str, ...]:
-        from ultrasinger_gpu_cli.components import SPECS
-
-        return SPECS[component].backend_names()
+        return REGISTERED[component].backend_names()
 
     return names
 
@@ -129,9 +105,7 @@ def model_parameter(component: str, label: str, models: tuple[str, ...], **kwarg
     """The ``model`` parameter: the component's own models, and those its backends bring."""
 
     def names() -> tuple[str, ...]:
-        from ultrasinger_gpu_cli.components import SPECS
-
-        return SPECS[component].all_models()
+        return REGISTERED[component].all_models()
 
     return Parameter("model", label, "choice", models, dynamic_choices=names, **kwargs)
 
@@ -270,6 +244,9 @@ class ComponentSpec(Generic[S]):
     hardware_limit: Callable[[S], tuple[str, SettingValue, str] | None] | None = None  # (parameter, value, why)
     table_columns: tuple[tuple[str, str, str], ...] = ()  # the README's tier table: (header, parameter, format)
     tier_backends: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # tier key -> (backend, why)
+
+    def __post_init__(self) -> None:
+        REGISTERED[self.name] = self
 
     # -- parameters -------------------------------------------------------------------------
     def parameter(self, name: str) -> Parameter:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
-from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters, model_parameter
+from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, StageIO, StageOptions, StageOutputs
+from ultrasinger_gpu_cli.components.base import common_parameters, model_parameter
+from ultrasinger_gpu_cli.components.settings import SettingValue, StageSettings
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, DEMUCS_MAX_CHUNK, DEMUCS_MIN_CHUNK, DEMUCS_SAMPLE_RATE, Tier
 
 MODELS = ("htdemucs_ft", "htdemucs", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q")

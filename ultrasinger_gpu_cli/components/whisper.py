@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, SettingValue, StageIO
-from ultrasinger_gpu_cli.components.base import StageOptions, StageOutputs, StageSettings, common_parameters, model_parameter
+from ultrasinger_gpu_cli.checksums import WHISPER_ALIASES
+from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, StageIO, StageOptions, StageOutputs
+from ultrasinger_gpu_cli.components.base import common_parameters, model_parameter
+from ultrasinger_gpu_cli.components.settings import SettingValue, StageSettings
 from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
 
 MODELS = (
@@ -66,8 +68,9 @@ _DECODER = {"tiny": (4, 384), "base": (6, 512), "small": (12, 768), "medium": (2
 
 
 def canonical(name: str) -> str:
+    """The model's size class: English-only models are their multilingual twin's size."""
     name = name.removesuffix(".en")
-    return "large-v3-turbo" if name == "turbo" else name
+    return WHISPER_ALIASES.get(name, name)
 
 
 def estimate_vram_mb(s: WhisperSettings) -> int:

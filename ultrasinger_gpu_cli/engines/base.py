@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from ultrasinger_gpu_cli.components.base import StageSettings
+from ultrasinger_gpu_cli.components.settings import StageSettings
 from ultrasinger_gpu_cli.devices import DeviceBinding, free_memory
 
 #: ``progress(fraction_done, audio_seconds_done)``

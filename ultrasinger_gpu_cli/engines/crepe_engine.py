@@ -22,7 +22,7 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
-from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
+from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.models import crepe_status, crepe_weights, damaged
 from ultrasinger_gpu_cli.vad import frames_to_compute
 

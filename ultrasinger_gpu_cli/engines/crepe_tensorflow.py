@@ -28,7 +28,7 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.engines.crepe_engine import WINDOW, CrepeEngine
 from ultrasinger_gpu_cli.errors import EngineError, GpuUnavailableError
-from ultrasinger_gpu_cli.fallback import LOAD_ERRORS
+from ultrasinger_gpu_cli.failures import LOAD_ERRORS
 from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, crepe_weights, damaged
 
 FOLDER = "crepe-tensorflow"

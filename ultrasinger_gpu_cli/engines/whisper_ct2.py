@@ -129,7 +129,7 @@ def convert(checkpoint: Path, target: Path, quantization: str | None = None) -> 
     from ctranslate2.specs import whisper_spec
     from whisper.tokenizer import get_tokenizer
 
-    from ultrasinger_gpu_cli.fallback import LOAD_ERRORS
+    from ultrasinger_gpu_cli.failures import LOAD_ERRORS
     from ultrasinger_gpu_cli.models import damaged
 
     try:

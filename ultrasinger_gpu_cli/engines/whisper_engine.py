@@ -25,7 +25,7 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.whisper import WhisperSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
-from ultrasinger_gpu_cli.fallback import LOAD_ERRORS, fallback_worthy
+from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.models import damaged, pull_whisper, whisper_checkpoint, whisper_status
 from ultrasinger_gpu_cli.words import Word
 from ultrasinger_gpu_cli.vad import chunk_regions, voiced_regions

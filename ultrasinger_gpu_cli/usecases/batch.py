@@ -12,7 +12,8 @@ from ultrasinger_gpu_cli.paths import check_output_dir, sweep_partials
 from ultrasinger_gpu_cli.lyrics import load_lyrics
 from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.events import Notice, OnEvent, SongFailed, ignore
-from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongAlreadyDone, SongReport
+from ultrasinger_gpu_cli.events import SongReport
+from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongAlreadyDone
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.store import Store
 

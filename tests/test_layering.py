@@ -1,0 +1,164 @@
+"""The package's layers (issue 23), read from the source: every import counts (module level,
+inside functions, under ``TYPE_CHECKING``), so a cycle or an upward import cannot hide in a
+function. No import cycles; the song's pure code imports nothing above it; the GPU and weights
+modules never import the run; engines never import the run or the store; planning never
+imports a backend; only the edges (CLI, server, their views) import the edges, and only they
+and the use cases import the use cases."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "ultrasinger_gpu_cli"
+
+#: The rooms by the stretch of the song's way they belong to (top-level module names).
+SONG = {"audio", "evaluation", "formats", "keys", "lyrics", "notes", "onsets", "paths", "preview", "tempo", "textfiles",
+        "timings", "ultrastar", "vad", "wordmatch", "words"}  # fmt: skip
+GPU = {"nvml", "facts", "devices", "frameworks", "monitoring", "processes", "sampler"}
+WEIGHTS = {"models", "downloads", "checksums"}
+RUN = {"pipeline", "runner", "fallback", "events", "songfolders", "diagnostics"}
+PLAN = {"resolver", "tiers"}
+EDGES = {"cli", "server", "render", "__main__"}
+LEAVES = {"errors", "failures", "crashlog"}  # anyone may import these
+
+
+def modules(root: Path = ROOT / PACKAGE) -> dict[str, Path]:
+    out = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imports(found: dict[str, Path]) -> dict[str, set[tuple[str, int]]]:
+    """module -> {(imported package module, line)}, every import statement anywhere in the file."""
+    graph: dict[str, set[tuple[str, int]]] = {m: set() for m in found}
+    for name, path in found.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in found:
+                    target = target.rpartition(".")[0]
+                if target and target not in (name, PACKAGE):
+                    graph[name].add((target, node.lineno))
+    return graph
+
+
+def cycles(graph: dict[str, set[tuple[str, int]]]) -> list[list[str]]:
+    """The import cycles: strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w, _ in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def room(module: str) -> str:
+    """The top-level room of a package module: ``ultrasinger_gpu_cli.cli.run`` -> ``cli``."""
+    return module.split(".")[1] if module.count(".") else module
+
+
+def broken(graph: dict[str, set[tuple[str, int]]]) -> list[str]:
+    """Every import that runs against the layers, as ``module:line -> target (rule)``."""
+    rules = [
+        ("the song's pure code imports only itself", lambda m: room(m) in SONG,
+         lambda t: room(t) in SONG | LEAVES),
+        ("GPU and weights modules import only each other", lambda m: room(m) in GPU | WEIGHTS,
+         lambda t: room(t) in GPU | WEIGHTS | LEAVES),
+        ("engines never import the run, the store or planning", lambda m: room(m) == "engines",
+         lambda t: room(t) not in RUN | PLAN | {"store", "usecases", "detection"}),
+        ("planning never imports a backend or the run", lambda m: room(m) in PLAN,
+         lambda t: not (room(t) == "engines" or room(t) in RUN)),
+        ("components never import a backend", lambda m: room(m) == "components",
+         lambda t: room(t) != "engines" or t == f"{PACKAGE}.engines.base"),
+        ("the run never imports the use cases", lambda m: room(m) in RUN, lambda t: room(t) != "usecases"),
+        ("only the edges import the edges", lambda m: room(m) not in EDGES, lambda t: room(t) not in EDGES),
+        ("only the edges and the use cases import the use cases", lambda m: room(m) not in EDGES | {"usecases"},
+         lambda t: room(t) != "usecases"),
+    ]  # fmt: skip
+    out = []
+    for module, targets in sorted(graph.items()):
+        for why, applies, allowed in rules:
+            if applies(module):
+                out += [f"{module}:{line} -> {target} ({why})" for target, line in sorted(targets)
+                        if target.startswith(PACKAGE + ".") and not allowed(target)]  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return imports(modules())
+
+
+def test_no_import_cycles(graph):
+    assert cycles(graph) == []
+
+
+def test_every_import_runs_down_the_layers(graph):
+    assert broken(graph) == []
+
+
+def test_every_module_is_in_a_room():
+    rooms = SONG | GPU | WEIGHTS | RUN | PLAN | EDGES | LEAVES
+    rooms |= {"components", "engines", "usecases", "store", "detection", "reports", "__init__"}
+    assert sorted({room(m) for m in modules() if m != PACKAGE} - rooms) == []
+
+
+def test_the_walker_sees_cycles_and_upward_imports_wherever_they_hide(tmp_path):
+    """The checks can fail: an upward import inside a function, and one under TYPE_CHECKING that
+    closes a cycle, are both found in a copy of the package."""
+    copy = tmp_path / PACKAGE
+    found = modules()
+    for name, path in found.items():
+        target = copy / path.relative_to(ROOT / PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    tempo = copy / "tempo.py"
+    tempo.write_text(tempo.read_text(encoding="utf-8") + "\n\ndef _late():\n    from ultrasinger_gpu_cli import pipeline\n")
+    words = copy / "words.py"
+    words.write_text(words.read_text(encoding="utf-8")
+                     + "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ultrasinger_gpu_cli.notes import build_song\n")  # fmt: skip
+    graph = imports(modules(copy))
+    assert any(m.startswith(f"{PACKAGE}.tempo:") and "pipeline" in m for m in broken(graph))
+    assert any(f"{PACKAGE}.words" in group and f"{PACKAGE}.notes" in group for group in cycles(graph))
