@@ -141,3 +141,20 @@ def test_eval_writes_an_overlay_per_song(tmp_path):
     assert Path(image) == tmp_path / "overlays" / "Artist - Title.png"
     layout = preview.read_layout(Path(image))
     assert _close(_pixel(_read_png(Path(image)), layout, 1.4, 60), preview.NOTE_COLOUR, tolerance=60)
+
+
+def test_run_writes_the_pitch_track_and_no_preview_when_asked(env, words, tmp_path):
+    from tests.audio_factory import melody, write_wav
+    from tests.conftest import SHORT_NOTES
+
+    source = write_wav(tmp_path / "Band - Short.wav", melody(SHORT_NOTES, 4.5, 44_100)[None], 44_100)
+    for flags, out in (([], "with"), (["--no-preview"], "without")):
+        result = invoke("run", str(source), "--no-separation", "--timings", str(words), "-o", str(tmp_path / out),
+                        "--json", *flags)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        files = json.loads(result.stdout)["songs"][0]["files"]
+        folder = tmp_path / out / "Band - Short"
+        assert Path(files["pitch"]) == folder / "Band - Short.pitch.npz"
+        track = preview.load_pitch_track(Path(files["pitch"]))
+        assert track is not None and abs(np.nanmedian(track.midi[(track.times_s > 1.4) & (track.times_s < 1.8)]) - 64) < 0.5
+        assert ("preview" in files) == (out == "with") and (folder / "preview.png").exists() == (out == "with")
