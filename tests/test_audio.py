@@ -13,6 +13,7 @@ from pathlib import Path
 from tests.audio_factory import encode, song, sung_note, write_wav
 from ultrasinger_gpu_cli import audio as audio_io
 from ultrasinger_gpu_cli.errors import AudioError
+from ultrasinger_gpu_cli.files import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +102,7 @@ def test_missing_ffmpeg_is_a_clear_error(tmp_path, tone_wav, monkeypatch):
 def test_atomic_writes_leave_nothing_on_failure(tmp_path):
     target = tmp_path / "out" / "vocals.wav"
     with pytest.raises(RuntimeError):
-        with audio_io.atomic_path(target) as tmp:
+        with atomic_path(target) as tmp:
             tmp.write_bytes(b"half a file")
             raise RuntimeError("killed")
     assert not target.exists() and list(target.parent.iterdir()) == []

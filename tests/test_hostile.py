@@ -351,7 +351,7 @@ def mirror(models_dir, tmp_path, monkeypatch):
 
     from tests.model_factory import FT_SIGNATURES
     from ultrasinger_gpu_cli import models
-    from ultrasinger_gpu_cli.models import sha256_of
+    from ultrasinger_gpu_cli.files import sha256_of
 
     served = tmp_path / "mirror"
     checkpoint = models_dir / "whisper" / "small.pt"

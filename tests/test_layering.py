@@ -20,10 +20,10 @@ SONG = {"audio", "evaluation", "formats", "keys", "lyrics", "notes", "onsets", "
         "timings", "ultrastar", "vad", "wordmatch", "words"}  # fmt: skip
 GPU = {"nvml", "facts", "devices", "frameworks", "monitoring", "processes", "sampler"}
 WEIGHTS = {"models", "downloads", "checksums"}
-RUN = {"pipeline", "runner", "fallback", "events", "songfolders", "diagnostics"}
+RUN = {"pipeline", "runner", "fallback", "events", "songfolders", "stagecache", "diagnostics"}
 PLAN = {"resolver", "tiers"}
 EDGES = {"cli", "server", "render", "__main__"}
-LEAVES = {"errors", "failures", "crashlog"}  # anyone may import these
+LEAVES = {"errors", "failures", "crashlog", "files"}  # anyone may import these
 
 
 def modules(root: Path = ROOT / PACKAGE) -> dict[str, Path]:

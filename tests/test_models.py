@@ -11,6 +11,7 @@ from ultrasinger_gpu_cli import models
 from ultrasinger_gpu_cli.components import SPECS
 from ultrasinger_gpu_cli.engines import create
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError
+from ultrasinger_gpu_cli.files import sha256_of
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def _demucs_repo(repo: Path, models_dir: Path) -> tuple[bytes, str]:
     """A demucs repo folder: the vocals model named with its digest, and the bag (its bytes, digest)."""
     repo.mkdir()
     data = (models_dir / "demucs" / "04573f0d.th").read_bytes()
-    digest = models.sha256_of(models_dir / "demucs" / "04573f0d.th")
+    digest = sha256_of(models_dir / "demucs" / "04573f0d.th")
     (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data)
     (repo / "htdemucs_ft.yaml").write_text((models_dir / "demucs" / "htdemucs_ft.yaml").read_text())
     return data, digest
@@ -106,7 +107,7 @@ def test_pull_into_a_models_dir_through_whispers_own_downloader(tmp_path, models
     import whisper
 
     checkpoint = models_dir / "whisper" / "tiny.pt"
-    digest = models.sha256_of(checkpoint)
+    digest = sha256_of(checkpoint)
     mirror = tmp_path / "mirror" / digest
     mirror.mkdir(parents=True)
     (mirror / "tiny.pt").write_bytes(checkpoint.read_bytes())
@@ -153,7 +154,7 @@ def test_models_pull_command_fills_a_models_dir(tmp_path, models_dir, monkeypatc
     from ultrasinger_gpu_cli.cli import app
 
     checkpoint = models_dir / "whisper" / "tiny.pt"
-    mirror = tmp_path / "m" / models.sha256_of(checkpoint)
+    mirror = tmp_path / "m" / sha256_of(checkpoint)
     mirror.mkdir(parents=True)
     (mirror / "tiny.pt").write_bytes(checkpoint.read_bytes())
     monkeypatch.setitem(whisper._MODELS, "tiny", (mirror / "tiny.pt").as_uri())
@@ -252,7 +253,7 @@ def test_pull_from_imports_a_faster_whisper_folder_checked_and_whole(tmp_path, m
     assert imported.exit_code == 0, imported.output
     target = tmp_path / "xdg" / "faster-whisper" / "tiny.en"
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
-    assert models.sha256_of(target / "model.bin") == models.sha256_of(source / "model.bin")
+    assert sha256_of(target / "model.bin") == sha256_of(source / "model.bin")
     again = CliRunner().invoke(app, ["models", "pull", "--from", str(source), "--model", "tiny.en"])
     assert again.exit_code == 1 and "--force" in again.stderr
     # A hub snapshot says its name; a truncated model.bin is refused and nothing is written.

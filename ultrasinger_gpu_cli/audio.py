@@ -8,7 +8,7 @@
 * :func:`resample` is a polyphase (Kaiser-windowed) resampler for in-memory rate changes, so a
   song decoded once at 44.1 kHz feeds Whisper and CREPE at 16 kHz without a second decode.
 * Every file is written to a temporary name beside the target and renamed into place, so a
-  truncated output never looks finished (:func:`atomic_path`).
+  truncated output never looks finished (:func:`.files.atomic_path`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ultrasinger_gpu_cli.errors import AudioError
+from ultrasinger_gpu_cli.files import atomic_path
 
 #: The longest song ugpu decodes, in minutes (``UGPU_MAX_MINUTES`` or ``--max-minutes`` change it):
 #: memory and disk grow with the length (the stems, the mono copies), and a small file can
@@ -251,26 +251,6 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
     g = gcd(from_rate, to_rate)
     return resample_poly(x, to_rate // g, from_rate // g, axis=-1).astype(np.float32)
-
-
-@contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it into place only on success."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text(target: str | os.PathLike[str], text: str) -> Path:
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8", newline="\n")
-    return Path(target)
 
 
 def write_audio(target: str | os.PathLike[str], samples: np.ndarray, sample_rate: int) -> Path:

@@ -19,7 +19,6 @@ libraries' own loaders.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Any
 
 from ultrasinger_gpu_cli.downloads import Download, DownloadProgress, fetch
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError
+from ultrasinger_gpu_cli.files import sha256_of
 from ultrasinger_gpu_cli.checksums import DEMUCS_SHA256_PREFIX, WHISPER_ALIASES, WHISPER_SHA256
 
 ENV_MODELS = "UGPU_MODELS"
@@ -325,14 +325,6 @@ def require_present(status: ModelStatus, fetch: str | None = None) -> None:
         + (f" --backend {status.backend}" if status.backend else "") + f" --model {status.model}`"
         + ("" if status.location.startswith("models dir") else "; or point --models-dir / UGPU_MODELS at a folder that has it"),
     )
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _ct2_problem(path: Path) -> str | None:

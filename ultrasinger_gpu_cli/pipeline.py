@@ -13,31 +13,31 @@ runner or an HTTP API can drive it the same way.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ultrasinger_gpu_cli import audio as audio_io
 from ultrasinger_gpu_cli import notes, ultrastar
 from ultrasinger_gpu_cli.diagnostics import Rehearsal
+from ultrasinger_gpu_cli.engines.base import Progress
 from ultrasinger_gpu_cli.errors import OutputError, UgpuError
 from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, SongFinished, SongReport, SongStarted, StageFinished
 from ultrasinger_gpu_cli.events import StageRun, ignore
-from ultrasinger_gpu_cli.models import sha256_of
+from ultrasinger_gpu_cli.files import atomic_path, sha256_of, write_text
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.paths import refuse_overwriting_inputs
 from ultrasinger_gpu_cli.songfolders import BUSY, MARKER, Claim, claim
+from ultrasinger_gpu_cli.stagecache import StageCache, cache_key
 from ultrasinger_gpu_cli.store import Store
 from ultrasinger_gpu_cli.textfiles import read_json_or_none
 from ultrasinger_gpu_cli.lyrics import align_lyrics, load_lyrics
@@ -45,6 +45,8 @@ from ultrasinger_gpu_cli.onsets import SEARCH_BEFORE_S
 from ultrasinger_gpu_cli.timings import load_timings
 from ultrasinger_gpu_cli.words import Word
 
+T = TypeVar("T")
+R = TypeVar("R")
 PREVIEW_NAME = "preview.png"
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".m4a", ".opus", ".flac", ".wav", ".aac"}
 
@@ -71,10 +73,6 @@ class RunOptions:
 
 #: Writes the chart's text, given the names of the song's audio, vocals and instrumental files.
 ChartText = Callable[[str, "str | None", "str | None"], str]
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def song_identity(path: Path) -> tuple[str, str]:
@@ -163,19 +161,6 @@ def _stems_match(stems: tuple[Path, Path], cached: dict[str, np.ndarray]) -> boo
         return False
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def _digest_json(data: object) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
 def _segments(data: dict[str, Any]) -> list[list[Word]] | None:
     """Whisper's cached words, or None when the entry is not what ugpu wrote."""
     try:
@@ -184,6 +169,16 @@ def _segments(data: dict[str, Any]) -> list[list[Word]] | None:
                 for seg in data["segments"]]  # fmt: skip
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def _checked_words(data: Any) -> dict[str, Any] | None:
+    """A cached Whisper entry, where it is what ugpu writes."""
+    return data if isinstance(data, dict) and "language" in data and _segments(data) is not None else None
+
+
+def _words_data(language: str | None, segments: list[list[Word]]) -> dict[str, Any]:
+    """Whisper's words as the resume cache keeps them."""
+    return {"language": language, "segments": [[w.to_dict() for w in seg] for seg in segments]}
 
 
 def words_from_segments(segments: list[list[Word]]) -> list[Word]:
@@ -205,7 +200,7 @@ class Pipeline:
         if options.cache_dir is None:
             base = store.path.parent if store is not None else options.out_dir
             options.cache_dir = base / "cache"
-        self._cache_warned = False
+        self.cache = StageCache(options.cache_dir, lambda message: self.emit(Notice(None, message)))
         self._work_dir: Path | None = None
 
     @property
@@ -245,66 +240,23 @@ class Pipeline:
         smaller model, a later run should try the plan again rather than reuse the stand-in."""
         return stage.settings is not None and stage.settings.model == self.plan.components[component].model
 
-    def _cache_path(self, key: str, suffix: str) -> Path:
-        assert self.options.cache_dir is not None
-        return self.options.cache_dir / f"{key}{suffix}"
-
-    def _save_arrays(self, key: str, **arrays: np.ndarray) -> None:
-        def save() -> None:
-            with audio_io.atomic_path(self._cache_path(key, ".npz")) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **arrays, __sha256__=np.array(_digest(arrays)))
-
-        self._cache_write(save)
-
-    def _cache_write(self, write: Callable[[], object]) -> None:
-        """The resume cache is a convenience: a cache folder that can't be written costs resuming,
-        never the song (said once)."""
-        try:
-            write()
-        except OSError as exc:
-            if not self._cache_warned:
-                self._cache_warned = True
-                self.emit(Notice(None, f"cannot write the resume cache in {self.options.cache_dir} ({exc.strerror}): "
-                                       "an interrupted run will start its songs again"))  # fmt: skip
-
-    def _load_arrays(self, key: str, *names: str) -> dict[str, np.ndarray] | None:
-        """A cached stage result, checked: its checksum and its arrays. A damaged entry is dropped
-        with a warning and computed again; it never breaks the song."""
-        path = self._cache_path(key, ".npz")
-        if not path.exists():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files if k != "__sha256__"}
-                stored = str(data["__sha256__"]) if "__sha256__" in data.files else None
-            ok = stored == _digest(arrays) and all(n in arrays for n in names)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            ok = False
-        if ok:
-            return arrays
-        self._drop_damaged(path)
-        return None
-
-    def _load_json(self, path: Path) -> dict[str, Any] | None:
-        if not path.exists():
-            return None
-        try:
-            wrapped = read_json_or_none(path, cap_bytes=256 * 2**20)
-            data = wrapped["data"]  # type: ignore[index]
-            if wrapped.get("sha256") != _digest_json(data):
-                raise ValueError("checksum")
-            return data
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            self._drop_damaged(path)
-            return None
-
-    def _drop_damaged(self, path: Path) -> None:
-        self.emit(Notice(None, f"the resume cache entry {path.name} was damaged: it was removed and is computed again"))
-        try:
-            path.unlink()
-        except OSError:
-            pass
+    def _stage(self, component: str, key: str, song: str, duration: float, *, load: Callable[[], T | None],
+               compute: Callable[[Any, Progress], R], keep: Callable[[R], T], save: Callable[[T], None],
+               stages: list[StageRun], fallbacks: list[FallbackEvent]) -> T:  # fmt: skip
+        """One stage of one song, from the resume cache where it holds the result (``load``),
+        else computed through the stage runner (``compute``, kept as ``keep`` gives it) and saved
+        when it came from the planned model; the stage's run and fallbacks are appended."""
+        hit = load()
+        if hit is not None:
+            stages.append(self._cached(component, key, song, duration))
+            return hit
+        result, stage, events = self.runner.run(component, song, duration, compute, seed=stage_seed(key))
+        kept = keep(result)
+        if self._as_planned(component, stage):
+            save(kept)
+        stages.append(stage)
+        fallbacks += events
+        return kept
 
     # -- one song -------------------------------------------------------------------------------------
     def run_song(self, source: Path) -> SongReport:
@@ -349,24 +301,22 @@ class Pipeline:
         # 1. Demucs: vocals and instrumental stems written as they come, the vocals kept as 16 kHz mono
         if self.options.separate:
             d = plan["demucs"].typed()
-            dkey = _key(content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
+            dkey = cache_key(content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
             stems = self._stem_paths(dkey, scan.samples)
-            cached = self._load_arrays(dkey, "vocals16", "stems_sha256")
-            if cached is not None and not (len(cached["vocals16"]) == scan.samples16 and _stems_match(stems, cached)):
-                self._drop_damaged(self._cache_path(dkey, ".npz"))
-                cached = None
-            if cached is not None:
-                vocals16 = cached["vocals16"]
-                stages.append(self._cached("demucs", dkey, song, duration))
-            else:
-                sep, stage, events = self.runner.run(
-                    "demucs", song, duration, lambda e, p: self._separate(e, stream, scan, stems, p), seed=stage_seed(dkey)
-                )  # fmt: skip
-                vocals16 = sep.vocals16
-                if self._as_planned("demucs", stage):
-                    self._save_arrays(dkey, vocals16=vocals16, stems_sha256=np.array([sha256_of(p) for p in stems]))
-                stages.append(stage)
-                fallbacks += events
+            sep_stems = stems
+
+            def cached_vocals() -> np.ndarray | None:
+                cached = self.cache.load_arrays(dkey, "vocals16", "stems_sha256")
+                if cached is not None and not (len(cached["vocals16"]) == scan.samples16 and _stems_match(sep_stems, cached)):
+                    self.cache.drop(self.cache.path(dkey, ".npz"))  # the stems it was made with are gone or changed
+                    return None
+                return cached["vocals16"] if cached is not None else None
+
+            vocals16 = self._stage(
+                "demucs", dkey, song, duration, load=cached_vocals,
+                compute=lambda e, p: self._separate(e, stream, scan, sep_stems, p), keep=lambda sep: sep.vocals16,
+                save=lambda v: self.cache.save_arrays(dkey, vocals16=v, stems_sha256=np.array([sha256_of(p) for p in sep_stems])),
+                stages=stages, fallbacks=fallbacks)  # fmt: skip
         else:
             dkey, vocals16 = content, scan.mono16
 
@@ -376,33 +326,26 @@ class Pipeline:
             units, are_syllables = timings.words, timings.are_syllables
             language = language or timings.language
         else:
-            wkey = _key(dkey, "whisper", plan["whisper"].value("backend"), plan["whisper"].model, language,
-                        plan["whisper"].value("beam_size"), sha256_of(lyrics.path) if lyrics else None)  # fmt: skip
-            cached_json = self._cache_path(wkey, ".json")
-            data = self._load_json(cached_json)
-            segments = _segments(data) if data is not None else None
-            if segments is not None:
-                stages.append(self._cached("whisper", wkey, song, duration))
+            wkey = cache_key(dkey, "whisper", plan["whisper"].value("backend"), plan["whisper"].model, language,
+                             plan["whisper"].value("beam_size"), sha256_of(lyrics.path) if lyrics else None)  # fmt: skip
+            if lyrics is not None:  # the user's words, timed on the vocals by the same model
+                def transcribe(e: Any, p: Progress) -> Any:
+                    return align_lyrics(e, vocals16, lyrics, p, language=language, sample_rate=audio_io.WHISPER_RATE)
+
+                def words_of(aligned: Any) -> dict[str, Any]:
+                    return _words_data(aligned.language, [list(line) for line in aligned.lines])
             else:
-                if lyrics is not None:  # the user's words, timed on the vocals by the same model
-                    aligned, stage, events = self.runner.run(
-                        "whisper", song, duration, lambda e, p: align_lyrics(e, vocals16, lyrics, p, language=language,
-                                                                             sample_rate=audio_io.WHISPER_RATE),
-                        seed=stage_seed(wkey))  # fmt: skip
-                    language_found, segments = aligned.language, [list(line) for line in aligned.lines]
-                else:
-                    tr, stage, events = self.runner.run("whisper", song, duration,
-                                                        lambda e, p: e.run(vocals16, p, language=language),
-                                                        seed=stage_seed(wkey))  # fmt: skip
-                    language_found, segments = tr.language, [list(s.words) for s in tr.segments]
-                data = {"language": language_found, "segments": [[w.to_dict() for w in seg] for seg in segments]}
-                if self._as_planned("whisper", stage):
-                    wrapped = {"sha256": _digest_json(data), "data": data}
-                    self._cache_write(lambda: audio_io.write_text(cached_json, json.dumps(wrapped)))
-                stages.append(stage)
-                fallbacks += events
+                def transcribe(e: Any, p: Progress) -> Any:
+                    return e.run(vocals16, p, language=language)
+
+                def words_of(transcript: Any) -> dict[str, Any]:
+                    return _words_data(transcript.language, [list(s.words) for s in transcript.segments])
+
+            data = self._stage("whisper", wkey, song, duration, load=lambda: _checked_words(self.cache.load_json(wkey)),
+                               compute=transcribe, keep=words_of, save=lambda d: self.cache.save_json(wkey, d),
+                               stages=stages, fallbacks=fallbacks)  # fmt: skip
             language = data["language"]
-            units = words_from_segments(segments)
+            units = words_from_segments(_segments(data) or [])
             are_syllables = False
 
         if not units:
@@ -412,20 +355,17 @@ class Pipeline:
         before = SEARCH_BEFORE_S if timings is None else 0.0
         regions = [(max(0.0, u.start_s - 0.05 - before), u.end_s + 0.05) for u in units]
         c = plan["crepe"].typed()
-        ckey = _key(dkey, "crepe", c.backend, c.model, c.step_size, regions)  # type: ignore[attr-defined]
-        cached = self._load_arrays(ckey, "times", "frequency", "confidence")
-        if cached is not None:
-            times, freq, conf = cached["times"], cached["frequency"], cached["confidence"]
-            stages.append(self._cached("crepe", ckey, song, duration))
-        else:
-            track, stage, events = self.runner.run("crepe", song, duration,
-                                                   lambda e, p: e.run(vocals16, p, regions=regions),
-                                                   seed=stage_seed(ckey))  # fmt: skip
-            times, freq, conf = track.times, track.frequency, track.confidence
-            if self._as_planned("crepe", stage):
-                self._save_arrays(ckey, times=times, frequency=freq, confidence=conf)
-            stages.append(stage)
-            fallbacks += events
+        ckey = cache_key(dkey, "crepe", c.backend, c.model, c.step_size, regions)  # type: ignore[attr-defined]
+
+        def cached_track() -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+            cached = self.cache.load_arrays(ckey, "times", "frequency", "confidence")
+            return (cached["times"], cached["frequency"], cached["confidence"]) if cached is not None else None
+
+        times, freq, conf = self._stage(
+            "crepe", ckey, song, duration, load=cached_track, compute=lambda e, p: e.run(vocals16, p, regions=regions),
+            keep=lambda track: (track.times, track.frequency, track.confidence),
+            save=lambda t: self.cache.save_arrays(ckey, times=t[0], frequency=t[1], confidence=t[2]),
+            stages=stages, fallbacks=fallbacks)  # fmt: skip
 
         # 4. Notes and files: a given chart keeps its grid and changes its pitches only
         chart = timings.chart if timings is not None else None
@@ -458,7 +398,7 @@ class Pipeline:
         files.update(self._write_pictures(song, folder, name, files["ultrastar"], (times, freq, conf), f"{artist} - {title}"))
         report = SongReport(source, folder, files, title, artist, bpm, language, len(song_notes.notes), stages, fallbacks,
                             time.perf_counter() - started)  # fmt: skip
-        files["report"] = audio_io.write_text(folder / f"{name}.report.json",
+        files["report"] = write_text(folder / f"{name}.report.json",
                                               json.dumps({**report.to_dict(), "run_id": self.run_id}, indent=2))  # fmt: skip
         self.emit(SongFinished(song, report))
         return report
@@ -630,7 +570,7 @@ class Pipeline:
         files: dict[str, Path] = {}
         if source.suffix.lower() in AUDIO_SUFFIXES:
             audio_name = f"{name}{source.suffix.lower()}"
-            with audio_io.atomic_path(folder / audio_name) as tmp:
+            with atomic_path(folder / audio_name) as tmp:
                 shutil.copyfile(source, tmp)
         else:  # a video: keep its audio track, streamed into a FLAC
             audio_name = f"{name}.flac"
@@ -647,12 +587,12 @@ class Pipeline:
         if stems is not None:
             vocals_name, instrumental_name = f"{name} [Vocals].wav", f"{name} [Instrumental].wav"
             for key, stem, target in (("vocals", stems[0], vocals_name), ("instrumental", stems[1], instrumental_name)):
-                with audio_io.atomic_path(folder / target) as tmp:
+                with atomic_path(folder / target) as tmp:
                     shutil.copyfile(stem, tmp)
                 files[key] = folder / target
-        with audio_io.atomic_path(folder / f"{name}.mid") as tmp:
+        with atomic_path(folder / f"{name}.mid") as tmp:
             tmp.write_bytes(ultrastar.to_midi(song))
         files["midi"] = folder / f"{name}.mid"
         text = render(audio_name, vocals_name, instrumental_name)
-        files["ultrastar"] = audio_io.write_text(folder / f"{name}.txt", text)
+        files["ultrastar"] = write_text(folder / f"{name}.txt", text)
         return files

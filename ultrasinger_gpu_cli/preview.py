@@ -86,7 +86,7 @@ class Page:
 
 def save_pitch_track(path: Path, times_s: np.ndarray, frequency_hz: np.ndarray, confidence: np.ndarray) -> None:
     """The pitch frames beside the chart (float32: a few hundred KB a song)."""
-    from ultrasinger_gpu_cli.audio import atomic_path
+    from ultrasinger_gpu_cli.files import atomic_path
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
@@ -161,7 +161,7 @@ def render(chart: Chart, target: Path, *, pitch: PitchTrack | None = None, refer
     from matplotlib.patches import Patch
 
     from ultrasinger_gpu_cli.evaluation import chart_octave
-    from ultrasinger_gpu_cli.audio import atomic_path
+    from ultrasinger_gpu_cli.files import atomic_path
 
     notes = sorted(chart.notes, key=lambda n: n.start_s)
     shift = 0

@@ -50,7 +50,7 @@ def _outputs(stem: str, options: StageOptions) -> tuple[str, ...]:
 
 
 def _write(track: Any, folder: Path, stem: str, options: StageOptions) -> StageOutputs:
-    from ultrasinger_gpu_cli.audio import write_text
+    from ultrasinger_gpu_cli.files import write_text
 
     computed = int(track.computed.sum())
     files = {"csv": write_text(folder / _outputs(stem, options)[0], track.to_csv())}

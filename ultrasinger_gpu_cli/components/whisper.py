@@ -132,7 +132,7 @@ def _outputs(stem: str, options: StageOptions) -> tuple[str, ...]:
 
 
 def _write(transcript: Any, folder: Path, stem: str, options: StageOptions) -> StageOutputs:
-    from ultrasinger_gpu_cli.audio import write_text
+    from ultrasinger_gpu_cli.files import write_text
     from ultrasinger_gpu_cli.formats import to_lrc, to_srt
 
     text = json.dumps(transcript.to_dict(), indent=2, ensure_ascii=False)

@@ -9,6 +9,7 @@ from ultrasinger_gpu_cli import models
 from ultrasinger_gpu_cli.components import COMPONENTS, PIPELINE_ORDER, spec
 from ultrasinger_gpu_cli.detection import plan_for, quick_target
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
+from ultrasinger_gpu_cli.files import sha256_of
 from ultrasinger_gpu_cli.models import ModelStatus
 from ultrasinger_gpu_cli.store import Store
 
@@ -205,7 +206,7 @@ def _import_faster_whisper(source: Path, models_dir: Path | None, model: str | N
 def _import_whisper_checkpoint(source: Path, models_dir: Path | None, model: str | None, force: bool) -> Imported:
     from ultrasinger_gpu_cli.checksums import WHISPER_SHA256
 
-    digest = models.sha256_of(source)
+    digest = sha256_of(source)
     published = next((n for n, d in WHISPER_SHA256.items() if d == digest), None)
     given = models.whisper_name(model) if model else None
     if given is not None and published is not None and given != published:
@@ -217,7 +218,7 @@ def _import_whisper_checkpoint(source: Path, models_dir: Path | None, model: str
     if published is None:
         _refuse_damaged(source)
     target = models.whisper_status(name, models_dir).files[0].path
-    if target.is_file() and not force and models.sha256_of(target) == digest:
+    if target.is_file() and not force and sha256_of(target) == digest:
         return Imported("whisper", "openai-whisper", name, (target,), "already there (same SHA-256)")
     _atomic_copy(source, target)
     return Imported("whisper", "openai-whisper", name, (target,), "published SHA-256" if published else "structure")
@@ -232,7 +233,7 @@ def _import_demucs(source: Path, checkpoints: list[Path], models_dir: Path | Non
         sig, _, prefix = th.stem.partition("-")
         expected = prefix or DEMUCS_SHA256_PREFIX.get(sig)
         if expected:
-            digest = models.sha256_of(th)
+            digest = sha256_of(th)
             if not digest.startswith(expected):
                 raise UgpuError(f"{th}: SHA-256 {digest[:12]}... does not match {expected}", hint=_AGAIN)
         else:

@@ -18,7 +18,7 @@ from ultrasinger_gpu_cli.errors import OutputError, from_os_error
 from ultrasinger_gpu_cli.paths import check_output_dir, fit_name, refuse_overwriting_inputs, sweep_partials
 from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, StageRun, ignore
 from ultrasinger_gpu_cli.resolver import Plan
-from ultrasinger_gpu_cli.models import sha256_of
+from ultrasinger_gpu_cli.files import sha256_of
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.store import Store
 
