@@ -28,8 +28,7 @@ def fallback(
 
     ladders = fallback_ladders(open_store(ctx), gpu=gpu, mode=mode.value, vram_limit_gb=vram_limit, limit=limit)
     if json_out:
-        emit_json({"ladders": {c: [{"settings": r.settings.values(), "label": r.label, "why": r.why} for r in rungs]
-                               for c, rungs in ladders.ladders.items()}, "events": [e.to_dict() for e in ladders.events]})  # fmt: skip
+        emit_json(ladders.to_dict())
         return
     from ultrasinger_gpu_cli.render import fallback_view
 

@@ -39,10 +39,10 @@ def _query(handler):
 
 
 def _list(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
-    from ultrasinger_gpu_cli.usecases.models import backends_listing
+    from ultrasinger_gpu_cli.usecases.models import backends_listing, listing_response
 
     if values["json_out"]:
-        emit_json({"models": [s.to_dict() for s in statuses], "backends": [b.to_dict() for b in backends_listing()]})
+        emit_json(listing_response(statuses))
         return
     from ultrasinger_gpu_cli.render import backends_table, models_table
 

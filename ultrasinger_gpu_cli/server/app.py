@@ -267,10 +267,7 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
         from ultrasinger_gpu_cli.usecases.plan import fallback_ladders
 
         with _store(config) as store:
-            ladders = fallback_ladders(store, mode=mode)
-            return {"ladders": {c: [{"settings": r.settings.values(), "label": r.label, "why": r.why} for r in rungs]
-                                for c, rungs in ladders.ladders.items()},
-                    "events": [e.to_dict() for e in ladders.events]}  # fmt: skip
+            return fallback_ladders(store, mode=mode).to_dict()
 
     @app.get("/api/gpu/stats", dependencies=[api])
     def stats(component: Optional[str] = None, since: Optional[str] = None) -> dict[str, Any]:
@@ -282,11 +279,11 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
 
     @app.get("/api/models", dependencies=[api])
     def models() -> dict[str, Any]:
-        from ultrasinger_gpu_cli.usecases.models import backends_listing, model_statuses
+        from ultrasinger_gpu_cli.usecases.models import listing_response, model_statuses
 
         with _store(config) as store:
             statuses = model_statuses(store, models_dir=config.models_dir)
-        return {"models": [s.to_dict() for s in statuses], "backends": [b.to_dict() for b in backends_listing()]}
+        return listing_response(statuses)
 
     # -- jobs -----------------------------------------------------------------------------------------
     @app.post("/api/jobs", status_code=201, dependencies=[api])
@@ -536,22 +533,11 @@ async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
 
 # -- helpers (run in the thread pool) ------------------------------------------------------------------
 def _start_ray(config: ServeConfig) -> tuple[Any, bool]:
-    """The Ray cluster the jobs run on: ``--ray-address``, else ``RAY_ADDRESS``, else a local one
-    (or the one this process already joined); and whether the server started it."""
-    import os
+    """The Ray cluster the jobs run on (``--ray-address``, else ``RAY_ADDRESS``, else a local
+    one), and whether the server started it."""
+    from ultrasinger_gpu_cli.usecases.cluster import join_ray
 
-    from ultrasinger_gpu_cli.usecases.cluster import NAMESPACE, import_ray
-
-    ray = import_ray()
-    started = not ray.is_initialized()
-    if started:
-        where = config.ray_address or os.environ.get("RAY_ADDRESS") or None
-        try:
-            ray.init(address=where, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001
-            raise UgpuError(f"cannot reach the Ray cluster at {where}: {exc}") from exc
-    return ray, started
+    return join_ray(config.ray_address)
 
 
 def _text(value: Any) -> str | None:

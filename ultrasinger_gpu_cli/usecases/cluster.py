@@ -149,6 +149,23 @@ def _deliver(outcome: SongOutcome, files: dict[str, bytes], source: Path, out_di
     return SongOutcome(source, report=replace(report, source=source, folder=target, files=moved))
 
 
+def join_ray(address: str | None) -> tuple[Any, bool]:
+    """The Ray cluster songs run on (the one place ugpu calls ``ray.init``): ``address``, else
+    ``RAY_ADDRESS``, else a local one; or the one this process already joined. Returns Ray and
+    whether this call started it (the caller shuts down what it started)."""
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        where = address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            ray.init(address=where, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
+            raise UgpuError(f"cannot reach the Ray cluster at {where}: {exc}",
+                            hint="ray start --head on the head node, or leave the address out for a local cluster") from exc  # fmt: skip
+    return ray, started
+
+
 def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, mode: str = "balanced",
                vram_limit_gb: float | None = None, flags: dict | None = None, address: str | None = None,
                shared_input: bool = False, on_event: OnEvent = ignore) -> BatchResult:  # fmt: skip
@@ -163,15 +180,7 @@ def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, m
     sweep(options)
     plan = plan_for(store, run_target(store, 0), mode, vram_limit_gb, flags)
     Pipeline(plan, options, store).check_models()  # weights missing here are missing on a local cluster too
-    started = not ray.is_initialized()
-    if started:
-        where = address or os.environ.get("RAY_ADDRESS") or None
-        try:
-            ray.init(address=where, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
-            raise UgpuError(f"cannot reach the Ray cluster at {where}: {exc}",
-                            hint="ray start --head on the head node, or leave --ray-address out for a local cluster") from exc  # fmt: skip
+    ray, started = join_ray(address)
     try:
         db_path = str(store.path) if store is not None else None
         return _run(ray, Queue, paths, options, plan, mode, vram_limit_gb, flags, shared_input, on_event, db_path)

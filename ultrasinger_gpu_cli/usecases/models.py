@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ultrasinger_gpu_cli import models
 from ultrasinger_gpu_cli.components import COMPONENTS, PIPELINE_ORDER, spec
@@ -112,6 +113,11 @@ def backends_listing() -> list[BackendInfo]:
             out.append(BackendInfo(name, backend_name, backend_name == component.default_backend,
                                    not backend.missing_requirements(), backend.install, backend.summary))  # fmt: skip
     return out
+
+
+def listing_response(statuses: list[ModelStatus]) -> dict[str, Any]:
+    """``ugpu models list --json`` and ``GET /api/models``: the weights and the backends."""
+    return {"models": [s.to_dict() for s in statuses], "backends": [b.to_dict() for b in backends_listing()]}
 
 
 # -- weights the user already has: ugpu models pull --from PATH -------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ultrasinger_gpu_cli.components import SPECS, ParameterValues, spec
 from ultrasinger_gpu_cli.detection import GpuSelector, detect, hypothetical_target, plan_for, quick_target, target_from_detection
@@ -120,6 +121,12 @@ class Ladders:
     plan: Plan
     ladders: dict[str, list[Rung]]
     events: list[RecordedFallback]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``/gpu/fallback``'s document (``ugpu fallback --json`` and the server's route)."""
+        return {"ladders": {c: [{"settings": r.settings.values(), "label": r.label, "why": r.why} for r in rungs]
+                            for c, rungs in self.ladders.items()},
+                "events": [e.to_dict() for e in self.events]}  # fmt: skip
 
 
 def fallback_ladders(store: Store, *, gpu: GpuSelector = 0, mode: str = "balanced", vram_limit_gb: float | None = None,
