@@ -338,3 +338,15 @@ def test_a_cuda_plan_without_a_usable_gpu_moves_each_stage_to_the_cpu(env, fast_
     cache = (Path(os.environ["UGPU_DB"]).parent / "cache")
     assert len(list(cache.glob("*.npz"))) == 1  # demucs ran its planned model; whisper and crepe used CPU stand-ins
     assert not list(cache.glob("*.json"))
+
+
+def test_a_pipeline_leaves_its_options_as_given(tmp_path):
+    """One RunOptions can serve several pipelines (workers, actors): building one changes nothing in it."""
+    from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.resolver import CPU_TARGET, resolve
+
+    options = RunOptions(out_dir=tmp_path / "out")
+    before = repr(options)
+    pipeline = Pipeline(resolve(CPU_TARGET, "balanced"), options)
+    assert repr(options) == before and options.cache_dir is None
+    assert pipeline.cache.folder == tmp_path / "out" / "cache"  # no database: the cache sits in the output

@@ -37,7 +37,7 @@ from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.paths import refuse_overwriting_inputs
 from ultrasinger_gpu_cli.songfolders import BUSY, MARKER, Claim, claim
-from ultrasinger_gpu_cli.stagecache import StageCache, cache_key
+from ultrasinger_gpu_cli.stagecache import StageCache, cache_key, resume_cache_dir
 from ultrasinger_gpu_cli.store import Store
 from ultrasinger_gpu_cli.textfiles import read_json_or_none
 from ultrasinger_gpu_cli.lyrics import align_lyrics, load_lyrics
@@ -197,10 +197,8 @@ class Pipeline:
         self.emit = on_event
         self.runner = StageRunner(plan, store, RunnerOptions(options.fallback, options.models_dir, options.rehearsal,
                                                              options.fetch_missing), on_event)  # fmt: skip
-        if options.cache_dir is None:
-            base = store.path.parent if store is not None else options.out_dir
-            options.cache_dir = base / "cache"
-        self.cache = StageCache(options.cache_dir, lambda message: self.emit(Notice(None, message)))
+        folder = resume_cache_dir(options.cache_dir, store.path if store is not None else None, options.out_dir)
+        self.cache = StageCache(folder, lambda message: self.emit(Notice(None, message)))
         self._work_dir: Path | None = None
 
     @property
@@ -534,8 +532,7 @@ class Pipeline:
         """Where Demucs' stems go while the song is made (and stay, for a resume): the cache, or a
         work folder in the output when the cache can't be written or hasn't room for them (the
         cache is a convenience: a full cache disk costs resuming, never the song)."""
-        folder = self.options.cache_dir
-        assert folder is not None
+        folder = self.cache.folder
         needed = _stems_bytes(samples)
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,14 @@ from ultrasinger_gpu_cli.textfiles import read_json_or_none
 MAX_JSON_BYTES = 256 * 2**20
 
 
+def resume_cache_dir(given: Path | None, store_path: Path | None, out_dir: Path) -> Path:
+    """Where the resume cache is: the folder given, else ``cache/`` beside the database, else
+    ``cache/`` in the output folder (no database)."""
+    if given is not None:
+        return Path(given)
+    return (store_path.parent if store_path is not None else Path(out_dir)) / "cache"
+
+
 def cache_key(*parts: Any) -> str:
     """An entry's name from what the result depends on."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]

@@ -11,10 +11,10 @@ from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, Ugp
 from ultrasinger_gpu_cli.paths import check_output_dir, sweep_partials
 from ultrasinger_gpu_cli.lyrics import load_lyrics
 from ultrasinger_gpu_cli.timings import load_timings
-from ultrasinger_gpu_cli.events import Notice, OnEvent, SongFailed, ignore
-from ultrasinger_gpu_cli.events import SongReport
+from ultrasinger_gpu_cli.events import Notice, OnEvent, SongFailed, SongReport, ignore
 from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongAlreadyDone
 from ultrasinger_gpu_cli.resolver import Plan
+from ultrasinger_gpu_cli.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.store import Store
 
 
@@ -67,10 +67,12 @@ def prepare(options: RunOptions) -> None:
         load_lyrics(options.lyrics)  # so does a bad lyrics file
 
 
-def sweep(options: RunOptions) -> None:
-    for folder in (options.out_dir, options.cache_dir):
-        if folder is not None and Path(folder).is_dir():
-            sweep_partials(folder)  # what a killed run left half-written
+def sweep(options: RunOptions, store: Store | None) -> None:
+    """What a killed run left half-written, in the output folder and the resume cache."""
+    cache = resume_cache_dir(options.cache_dir, store.path if store is not None else None, options.out_dir)
+    for folder in (options.out_dir, cache):
+        if Path(folder).is_dir():
+            sweep_partials(folder)
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Sto
     recorded and the next one runs; Ctrl-C marks the run interrupted."""
     prepare(options)
     pipeline = Pipeline(plan, options, store, on_event=on_event)
-    sweep(options)
+    sweep(options, store)
     pipeline.check_models()  # fetched on first use, or a clear error before any song
     result = BatchResult(pipeline.run_id, plan.mode)
     pipeline.start()

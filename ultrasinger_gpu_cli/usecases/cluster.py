@@ -177,7 +177,7 @@ def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, m
     from ultrasinger_gpu_cli.usecases.plan import run_target
 
     prepare(options)
-    sweep(options)
+    sweep(options, store)
     plan = plan_for(store, run_target(store, 0), mode, vram_limit_gb, flags)
     Pipeline(plan, options, store).check_models()  # weights missing here are missing on a local cluster too
     ray, started = join_ray(address)

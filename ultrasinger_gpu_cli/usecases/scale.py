@@ -183,7 +183,7 @@ def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: St
     from multiprocessing.connection import wait
 
     prepare(options)
-    sweep(options)
+    sweep(options, store)
     for slot in {id(s.plan): s for s in slots.slots}.values():  # weights checked (or fetched) once, before any worker
         Pipeline(slot.plan, options, store).check_models()
     for note in slots.notes:
