@@ -17,7 +17,8 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
-from ultrasinger_gpu_cli.engines.crepe_engine import CrepeEngine, PitchTrack
+from ultrasinger_gpu_cli.engines.crepe_engine import CrepeEngine
+from ultrasinger_gpu_cli.pitch import PitchTrack
 from ultrasinger_gpu_cli.models import crepe_status
 
 SEEN: list[tuple[Any, ...]] = []  # what the engines saw, in order

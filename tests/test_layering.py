@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "ultrasinger_gpu_cli"
 
 #: The rooms by the stretch of the song's way they belong to (top-level module names).
-SONG = {"audio", "evaluation", "formats", "keys", "lyrics", "notes", "onsets", "paths", "preview", "tempo", "textfiles",
-        "timings", "ultrastar", "vad", "wordmatch", "words"}  # fmt: skip
+SONG = {"audio", "evaluation", "formats", "keys", "lyrics", "notes", "onsets", "paths", "pitch", "preview", "tempo",
+        "textfiles", "timings", "ultrastar", "vad", "wordmatch", "words"}  # fmt: skip
 GPU = {"nvml", "facts", "devices", "frameworks", "monitoring", "processes", "sampler"}
 WEIGHTS = {"models", "downloads", "checksums"}
 RUN = {"pipeline", "runner", "fallback", "events", "songfolders", "stagecache", "diagnostics"}

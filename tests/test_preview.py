@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from ultrasinger_gpu_cli import preview
 from ultrasinger_gpu_cli.cli import app
+from ultrasinger_gpu_cli.notes import hz_to_midi
+from ultrasinger_gpu_cli.pitch import PitchTrack
 from ultrasinger_gpu_cli.ultrastar import Note, Song, read_chart, to_ultrastar
 
 pytest.importorskip("matplotlib")
@@ -83,7 +85,7 @@ def test_the_pitch_track_is_drawn_under_the_notes_and_a_reference_over_them_in_i
     chart_path = _chart(tmp_path / "Artist - Title.txt", song)
     times = np.arange(0, 30, 0.01)
     hz = np.where((times > 8) & (times < 12), 440.0, 0.0)  # a held A4 where the chart has no note
-    preview.save_pitch_track(tmp_path / "Artist - Title.pitch.npz", times, hz, (hz > 0).astype(float))
+    PitchTrack(times, hz, (hz > 0).astype(float)).save(tmp_path / "Artist - Title.pitch.npz")
     # The hand chart: the same melody an octave lower, and one note of its own at 15 s.
     reference = _song([(s, n, m - 12, t, k) for s, n, m, t, k in NOTES] + [(15.0, 1.0, 57, "ref ", ":")])
     ref_path = _chart(tmp_path / "hand.txt", reference)
@@ -155,6 +157,7 @@ def test_run_writes_the_pitch_track_and_no_preview_when_asked(env, words, tmp_pa
         files = json.loads(result.stdout)["songs"][0]["files"]
         folder = tmp_path / out / "Band - Short"
         assert Path(files["pitch"]) == folder / "Band - Short.pitch.npz"
-        track = preview.load_pitch_track(Path(files["pitch"]))
-        assert track is not None and abs(np.nanmedian(track.midi[(track.times_s > 1.4) & (track.times_s < 1.8)]) - 64) < 0.5
+        track = PitchTrack.load(Path(files["pitch"]))
+        held = (track.times > 1.4) & (track.times < 1.8) & (track.confidence > 0.5)
+        assert track is not None and abs(np.median(hz_to_midi(track.frequency[held])) - 64) < 0.5
         assert ("preview" in files) == (out == "with") and (folder / "preview.png").exists() == (out == "with")

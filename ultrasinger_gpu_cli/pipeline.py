@@ -36,6 +36,7 @@ from ultrasinger_gpu_cli.files import atomic_path, sha256_of, write_text
 from ultrasinger_gpu_cli.resolver import Plan
 from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.paths import refuse_overwriting_inputs
+from ultrasinger_gpu_cli.pitch import PitchTrack
 from ultrasinger_gpu_cli.songfolders import BUSY, MARKER, Claim, claim
 from ultrasinger_gpu_cli.stagecache import StageCache, cache_key, resume_cache_dir
 from ultrasinger_gpu_cli.store import Store
@@ -408,13 +409,14 @@ class Pipeline:
         from ultrasinger_gpu_cli import preview
 
         pitch_path = folder / f"{name}{preview.PITCH_SUFFIX}"
-        preview.save_pitch_track(pitch_path, *track)
+        heard = PitchTrack(*track)
+        heard.save(pitch_path)
         files = {"pitch": pitch_path}
         if not self.options.preview:
             return files
         try:
             chart = ultrastar.read_chart(chart_path.read_text(encoding="utf-8"))
-            pages = preview.render(chart, folder / PREVIEW_NAME, pitch=preview.load_pitch_track(pitch_path), title=title)
+            pages = preview.render(chart, folder / PREVIEW_NAME, pitch=heard, title=title)
         except ImportError as exc:
             self.emit(Notice(song, f"no preview.png: {exc.name or 'matplotlib'} is not installed "
                                    "(pip install 'ultrasinger-gpu-cli[preview]')"))  # fmt: skip

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.pitch import PitchTrack
 from ultrasinger_gpu_cli.ultrastar import BOTH, P1, P2, PITCHED, Chart, ChartNote
 
 ROW_S = 20.0  # seconds of song per row
@@ -47,14 +48,6 @@ class PreviewError(UgpuError):
     """A chart that cannot be drawn, or a file that cannot be written."""
 
     exit_code = 2
-
-
-@dataclass(frozen=True)
-class PitchTrack:
-    """The voice's pitch as the run heard it: MIDI per frame, NaN where it is not voiced."""
-
-    times_s: np.ndarray
-    midi: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -84,36 +77,19 @@ class Page:
         return {"width_px": self.width_px, "height_px": self.height_px, "rows": [asdict(r) for r in self.rows]}
 
 
-def save_pitch_track(path: Path, times_s: np.ndarray, frequency_hz: np.ndarray, confidence: np.ndarray) -> None:
-    """The pitch frames beside the chart (float32: a few hundred KB a song)."""
-    from ultrasinger_gpu_cli.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, times_s=np.asarray(times_s, np.float32),
-                                frequency_hz=np.asarray(frequency_hz, np.float32),
-                                confidence=np.asarray(confidence, np.float32))  # fmt: skip
-
-
-def load_pitch_track(path: Path) -> PitchTrack | None:
-    """The pitch frames ``ugpu run`` wrote, voiced ones only (as the chart was made); None when
-    the file is missing or is not one."""
-    from ultrasinger_gpu_cli.notes import PitchTrackView
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            view = PitchTrackView(data["times_s"].astype(float), data["frequency_hz"].astype(float),
-                                  data["confidence"].astype(float))  # fmt: skip
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    midi = np.where(view.voiced, view.midi, np.nan)
-    return PitchTrack(view.times, midi)
-
-
 def pitch_track_of(chart_path: Path) -> PitchTrack | None:
     """The pitch track written beside a chart (``NAME.pitch.npz`` for ``NAME.txt``), if there is one."""
     path = chart_path.with_name(chart_path.stem + PITCH_SUFFIX)
-    return load_pitch_track(path) if path.is_file() else None
+    return PitchTrack.load(path) if path.is_file() else None
+
+
+def _voiced_midi(pitch: PitchTrack) -> tuple[np.ndarray, np.ndarray]:
+    """(times, MIDI) of the frames the notes were made from (the voiced ones), NaN elsewhere."""
+    from ultrasinger_gpu_cli.notes import PitchTrackView
+
+    view = PitchTrackView(np.asarray(pitch.times, float), np.asarray(pitch.frequency, float),
+                          np.asarray(pitch.confidence, float))  # fmt: skip
+    return view.times, np.where(view.voiced, view.midi, np.nan)
 
 
 def page_paths(target: Path, pages: int) -> list[Path]:
@@ -121,10 +97,10 @@ def page_paths(target: Path, pages: int) -> list[Path]:
     return [target if k == 0 else target.with_name(f"{target.stem}-{k + 1}{target.suffix}") for k in range(pages)]
 
 
-def _song_end(chart: Chart, reference: Chart | None, pitch: PitchTrack | None) -> float:
+def _song_end(chart: Chart, reference: Chart | None, heard: tuple[np.ndarray, np.ndarray] | None) -> float:
     ends = [n.end_s for n in chart.notes] + [n.end_s for n in (reference.notes if reference else ())]
-    if pitch is not None and len(pitch.times_s) and np.isfinite(pitch.midi).any():
-        ends.append(float(pitch.times_s[np.isfinite(pitch.midi)][-1]))
+    if heard is not None and np.isfinite(heard[1]).any():
+        ends.append(float(heard[0][np.isfinite(heard[1])][-1]))
     return max(ends or [1.0])
 
 
@@ -169,7 +145,8 @@ def render(chart: Chart, target: Path, *, pitch: PitchTrack | None = None, refer
     if reference is not None:
         shift = -12 * chart_octave(chart, reference)  # the reference moved onto the chart's octave
         ref_notes = sorted((n for n in reference.notes if n.kind in PITCHED), key=lambda n: n.start_s)
-    end = _song_end(chart, reference, pitch)
+    heard = _voiced_midi(pitch) if pitch is not None else None
+    end = _song_end(chart, reference, heard)
     rows = max(1, math.ceil(end / row_s))
     sung = [n.pitch + 60 for n in notes if n.kind in PITCHED] + [n.pitch + 60 - shift for n in ref_notes]
     overall = (min(sung), max(sung)) if sung else (55, 72)
@@ -206,9 +183,9 @@ def render(chart: Chart, target: Path, *, pitch: PitchTrack | None = None, refer
             ax.hlines(np.arange(int(np.ceil(low)), int(high) + 1), start_s, stop_s, colors="#e5e7eb", linewidths=0.5,
                       zorder=0)  # fmt: skip
             ax.vlines(np.arange(start_s + 5.0, stop_s, 5.0), low, high, colors="#e5e7eb", linewidths=0.6, zorder=0)
-            if pitch is not None:
-                inside = (pitch.times_s >= start_s) & (pitch.times_s < stop_s)
-                ax.plot(pitch.times_s[inside], pitch.midi[inside], ".", markersize=1.5, color=_TRACK, alpha=0.6,
+            if heard is not None:
+                inside = (heard[0] >= start_s) & (heard[0] < stop_s)
+                ax.plot(heard[0][inside], heard[1][inside], ".", markersize=1.5, color=_TRACK, alpha=0.6,
                         zorder=1, rasterized=True)  # fmt: skip
             if theirs:
                 ax.add_collection(PolyCollection([_box(n.start_s, n.end_s, n.pitch + 60 - shift, 0.42) for n in theirs],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 import types
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
+from ultrasinger_gpu_cli.pitch import PitchTrack
 from ultrasinger_gpu_cli.models import crepe_status, crepe_weights, damaged
 from ultrasinger_gpu_cli.vad import frames_to_compute
 
@@ -72,21 +72,6 @@ def _fixed_dither(torchcrepe: Any) -> None:
                                    random_state=numpy.random.RandomState(0))  # fmt: skip
     cents = torchcrepe.CENTS_PER_BIN * torch.arange(360) + 1997.3794084376191
     decoder.weights = (cents + cents.new_tensor(noise))[None, :, None]
-
-
-@dataclass
-class PitchTrack:
-    times: np.ndarray  # seconds, one per frame
-    frequency: np.ndarray  # Hz; 0 where not computed
-    confidence: np.ndarray  # periodicity in [0, 1]; 0 where not computed
-    computed: np.ndarray  # bool: frames that went through the network
-    step_ms: int
-
-    def to_csv(self) -> str:
-        """crepe's own CSV layout: ``time,frequency,confidence``."""
-        lines = ["time,frequency,confidence"]
-        lines += [f"{t:.3f},{f:.3f},{c:.6f}" for t, f, c in zip(self.times, self.frequency, self.confidence)]
-        return "\n".join(lines) + "\n"
 
 
 class CrepeEngine(Engine[CrepeSettings]):

@@ -22,7 +22,7 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
-from ultrasinger_gpu_cli.engines.crepe_engine import PitchTrack
+from ultrasinger_gpu_cli.pitch import PitchTrack
 from ultrasinger_gpu_cli.errors import ModelMissingError
 from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, recorded_sha256
 from ultrasinger_gpu_cli.vad import frames_to_compute
