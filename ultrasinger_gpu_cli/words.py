@@ -1,8 +1,9 @@
-"""The one word type, from Whisper (or a timings file) to the notes of the chart."""
+"""The one word type, from Whisper (or a timings file) to the notes of the chart, and what Whisper
+hears: its segments of words and a song's transcript."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -37,3 +38,48 @@ class Word:
         if self.singer:
             out["singer"] = self.singer
         return out
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: list[Word] = field(default_factory=list)
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    temperature: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "words": [w.to_dict() for w in self.words],
+            "avg_logprob": self.avg_logprob,
+            "no_speech_prob": self.no_speech_prob,
+            "temperature": self.temperature,
+        }
+
+
+@dataclass
+class Transcript:
+    language: str | None
+    segments: list[Segment]
+    chunks: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for s in self.segments for w in s.words]
+
+    @property
+    def no_vocals(self) -> bool:
+        return not self.chunks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "language": self.language,
+            "segments": [s.to_dict() for s in self.segments],
+            "chunks": [list(c) for c in self.chunks],
+            "no_vocals_found": self.no_vocals,
+        }

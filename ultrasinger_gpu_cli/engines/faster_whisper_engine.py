@@ -24,10 +24,10 @@ import numpy as np
 
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.errors import ModelMissingError
-from ultrasinger_gpu_cli.engines.whisper_engine import SAMPLE_RATE, Segment, WhisperEngine
+from ultrasinger_gpu_cli.engines.whisper_engine import SAMPLE_RATE, WhisperEngine
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint, whisper_status
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.words import Segment, Word
 
 FOLDER = "faster-whisper"
 VOCABULARY = ("vocabulary.json", "vocabulary.txt")  # CTranslate2 reads either

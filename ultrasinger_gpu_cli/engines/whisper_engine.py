@@ -17,7 +17,6 @@ fp16 on CUDA, fp32 on the CPU (so whisper never warns about fp16 on the CPU).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,56 +26,11 @@ from ultrasinger_gpu_cli.components.whisper import WhisperSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.models import damaged, pull_whisper, whisper_checkpoint, whisper_status
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.words import Segment, Transcript, Word
 from ultrasinger_gpu_cli.vad import chunk_regions, voiced_regions
 
 SAMPLE_RATE = 16_000
 MAX_CHUNK_S = 30.0
-
-
-@dataclass
-class Segment:
-    start: float
-    end: float
-    text: str
-    words: list[Word] = field(default_factory=list)
-    avg_logprob: float | None = None
-    no_speech_prob: float | None = None
-    temperature: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "end": self.end,
-            "text": self.text,
-            "words": [w.to_dict() for w in self.words],
-            "avg_logprob": self.avg_logprob,
-            "no_speech_prob": self.no_speech_prob,
-            "temperature": self.temperature,
-        }
-
-
-@dataclass
-class Transcript:
-    language: str | None
-    segments: list[Segment]
-    chunks: list[tuple[float, float]] = field(default_factory=list)
-
-    @property
-    def words(self) -> list[Word]:
-        return [w for s in self.segments for w in s.words]
-
-    @property
-    def no_vocals(self) -> bool:
-        return not self.chunks
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "language": self.language,
-            "segments": [s.to_dict() for s in self.segments],
-            "chunks": [list(c) for c in self.chunks],
-            "no_vocals_found": self.no_vocals,
-        }
 
 
 class _EncodedWhisper:
