@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ultrasinger_gpu_cli import audio as audio_io
-from ultrasinger_gpu_cli import notes, ultrastar
+from ultrasinger_gpu_cli import notes, preview, ultrastar
 from ultrasinger_gpu_cli.diagnostics import Rehearsal
 from ultrasinger_gpu_cli.engines.base import Progress
 from ultrasinger_gpu_cli.errors import OutputError, UgpuError
@@ -48,7 +48,6 @@ from ultrasinger_gpu_cli.words import Word
 
 T = TypeVar("T")
 R = TypeVar("R")
-PREVIEW_NAME = "preview.png"
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".m4a", ".opus", ".flac", ".wav", ".aac"}
 
 
@@ -123,13 +122,19 @@ class SongBusy(UgpuError):
     """This song (the same content) is being converted into its folder by another process now."""
 
 
-def _remove_listed(folder: Path, report: Path) -> None:
-    """Before a deliberate re-run: remove the files the last run wrote (and only those)."""
+def listed_files(report: Path) -> dict[str, Path]:
+    """The files a song's report lists, by kind (``audio``, ``ultrastar``, ``preview``...); none
+    where the report is missing or is not ugpu's."""
     data = read_json_or_none(report)
     files = data.get("files") if isinstance(data, dict) else None
-    listed = [str(p) for p in files.values()] if isinstance(files, dict) else []
-    for path in [*listed, str(report)]:
-        target = Path(path)
+    if not isinstance(files, dict):
+        return {}
+    return {str(k): Path(v) for k, v in files.items() if isinstance(v, str)}
+
+
+def _remove_listed(folder: Path, report: Path) -> None:
+    """Before a deliberate re-run: remove the files the last run wrote (and only those)."""
+    for target in [*listed_files(report).values(), report]:
         if target.parent.resolve() == folder:
             target.unlink(missing_ok=True)
 
@@ -406,8 +411,6 @@ class Pipeline:
                         track: tuple[np.ndarray, np.ndarray, np.ndarray], title: str) -> dict[str, Path]:  # fmt: skip
         """The pitch track beside the chart, and the chart drawn as ``preview.png`` (unless
         ``--no-preview``): a preview that cannot be drawn is said, never the song's failure."""
-        from ultrasinger_gpu_cli import preview
-
         pitch_path = folder / f"{name}{preview.PITCH_SUFFIX}"
         heard = PitchTrack(*track)
         heard.save(pitch_path)
@@ -416,7 +419,7 @@ class Pipeline:
             return files
         try:
             chart = ultrastar.read_chart(chart_path.read_text(encoding="utf-8"))
-            pages = preview.render(chart, folder / PREVIEW_NAME, pitch=heard, title=title)
+            pages = preview.render(chart, folder / preview.PREVIEW_NAME, pitch=heard, title=title)
         except ImportError as exc:
             self.emit(Notice(song, f"no preview.png: {exc.name or 'matplotlib'} is not installed "
                                    "(pip install 'ultrasinger-gpu-cli[preview]')"))  # fmt: skip
@@ -465,13 +468,10 @@ class Pipeline:
         song, ``--timings`` (a chart re-pitched where it lies), ``--lyrics``."""
         outputs = [folder / f"{name}{suffix}" for suffix in (source.suffix.lower(), ".flac", " [Vocals].wav",
                                                             " [Instrumental].wav", ".mid", ".txt", ".report.json",
-                                                            ".pitch.npz")]  # fmt: skip
-        outputs.append(folder / PREVIEW_NAME)
+                                                            preview.PITCH_SUFFIX)]  # fmt: skip
+        outputs.append(folder / preview.PREVIEW_NAME)
         if listed_in is not None:
-            data = read_json_or_none(listed_in)
-            files = data.get("files") if isinstance(data, dict) else None
-            outputs += [Path(str(p)) for p in files.values()] if isinstance(files, dict) else []
-            outputs.append(listed_in)
+            outputs += [*listed_files(listed_in).values(), listed_in]
         inputs = [p for p in (source, self.options.timings, self.options.lyrics) if p is not None]
         refuse_overwriting_inputs(outputs, inputs, hint="give -o another folder, or copy the input elsewhere first")
 

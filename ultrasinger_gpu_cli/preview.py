@@ -36,11 +36,11 @@ ROWS_PER_PAGE = 15  # five minutes an image at 20 s a row
 CHAR_PX = 4.0  # the width of a syllable's letter, in pixels
 WIDTH_IN, ROW_IN, HEAD_IN, DPI = 16.0, 1.55, 0.75, 100
 LAYOUT_KEY = "ugpu-layout"
-PITCH_SUFFIX = ".pitch.npz"
+PREVIEW_NAME = "preview.png"  # what ``ugpu run`` writes into each song folder
+PITCH_SUFFIX = ".pitch.npz"  # the pitch track beside the chart: ``NAME.pitch.npz``
 _NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _SINGER_COLOURS = {P1: "#2563eb", P2: "#dc2626", BOTH: "#7c3aed"}
 NOTE_COLOUR, GOLDEN_COLOUR, REFERENCE_COLOUR = "#2563eb", "#f5b700", "#16a34a"
-_NOTE, _GOLDEN, _REFERENCE = NOTE_COLOUR, GOLDEN_COLOUR, REFERENCE_COLOUR
 _RAP, _FREE, _TRACK = "#9333ea", "#9ca3af", "#374151"
 
 
@@ -106,9 +106,9 @@ def _song_end(chart: Chart, reference: Chart | None, heard: tuple[np.ndarray, np
 
 def _colour(note: ChartNote, duet: bool) -> tuple[str, str, str | None, str]:
     """(face, edge, hatch, line style) of a note."""
-    base = _SINGER_COLOURS.get(note.singer, _NOTE) if duet else _NOTE
+    base = _SINGER_COLOURS.get(note.singer, NOTE_COLOUR) if duet else NOTE_COLOUR
     if note.kind in ("*", "G"):
-        return _GOLDEN, "#92400e", None, "solid"
+        return GOLDEN_COLOUR, "#92400e", None, "solid"
     if note.kind == "R":
         return _RAP, "#581c87", "////", "solid"
     if note.kind == "F":
@@ -124,6 +124,65 @@ def _bars(notes: list[ChartNote], start_s: float, end_s: float) -> list[ChartNot
     return [n for n in notes if n.end_s > start_s and n.start_s < end_s]
 
 
+def _draw_row(ax: Any, start_s: float, stop_s: float, mine: list[ChartNote], theirs: list[ChartNote], *, shift: int,
+              heard: tuple[np.ndarray, np.ndarray] | None, overall: tuple[int, int], duet: bool) -> tuple[float, float]:  # fmt: skip
+    """One row: its grid, the pitch heard, the reference's notes, the chart's notes with their
+    syllables, the line starts. Returns the row's pitch span (low, high)."""
+    from matplotlib.collections import PolyCollection
+
+    row_s = stop_s - start_s
+    here = [n.pitch + 60 for n in mine if n.kind in PITCHED] + [n.pitch + 60 - shift for n in theirs]
+    low, high = (min(here), max(here)) if here else overall
+    low, high = low - 2, max(high + 3, low + 12)
+    ax.set_xlim(start_s, stop_s)
+    ax.set_ylim(low, high)
+    octaves = [p for p in range(int(np.ceil(low)), int(high) + 1) if p % 12 in (0, 7)]
+    ax.set_yticks(octaves, [f"{_NAMES[p % 12]}{p // 12 - 1}" for p in octaves], fontsize=7)
+    ax.set_xticks(np.arange(start_s, stop_s + 1e-6, 5.0))
+    ax.tick_params(axis="x", labelsize=7, pad=1.5)
+    ax.tick_params(axis="y", length=0)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    # The grid as two collections (a semitone a line; every 5 s), not as ticks: far cheaper to draw.
+    ax.hlines(np.arange(int(np.ceil(low)), int(high) + 1), start_s, stop_s, colors="#e5e7eb", linewidths=0.5,
+              zorder=0)  # fmt: skip
+    ax.vlines(np.arange(start_s + 5.0, stop_s, 5.0), low, high, colors="#e5e7eb", linewidths=0.6, zorder=0)
+    if heard is not None:
+        inside = (heard[0] >= start_s) & (heard[0] < stop_s)
+        ax.plot(heard[0][inside], heard[1][inside], ".", markersize=1.5, color=_TRACK, alpha=0.6,
+                zorder=1, rasterized=True)  # fmt: skip
+    if theirs:
+        ax.add_collection(PolyCollection([_box(n.start_s, n.end_s, n.pitch + 60 - shift, 0.42) for n in theirs],
+                                         facecolors=REFERENCE_COLOUR, edgecolors=REFERENCE_COLOUR, alpha=0.35,
+                                         linewidths=0.8, zorder=2))  # fmt: skip
+    groups: dict[tuple[str | None, str], tuple[list[Any], list[str], list[str]]] = {}
+    starts = []
+    seconds_per_char = row_s / (WIDTH_IN * DPI * 0.95) * CHAR_PX
+    ends = [start_s - 1.0, start_s - 1.0]  # where the last label above and below a bar ends
+    for n in mine:
+        y = n.pitch + 60 if n.kind in PITCHED or n.kind == "R" else low + 1
+        face, edge, hatch, style = _colour(n, duet)
+        verts, faces, edges = groups.setdefault((hatch, style), ([], [], []))
+        verts.append(_box(n.start_s, n.end_s, y, 0.4))
+        faces.append(face)
+        edges.append(edge)
+        if n.phrase_start and n.start_s >= start_s:
+            starts.append(n.start_s)
+        text = n.text.strip()
+        if text and text != "~":  # above the bar, or below it where the last label above is still running
+            at = max(n.start_s, start_s)
+            slot = 0 if at >= ends[0] else 1 if at >= ends[1] else int(ends[1] < ends[0])
+            ends[slot] = at + len(text) * seconds_per_char
+            ax.text(at, y + 0.55 if slot == 0 else y - 0.55, text, fontsize=6.5, ha="left",
+                    va="bottom" if slot == 0 else "top", clip_on=True, zorder=4, color="#111827")  # fmt: skip
+    for (hatch, style), (verts, faces, edges) in groups.items():
+        ax.add_collection(PolyCollection(verts, facecolors=faces, edgecolors=edges, hatch=hatch, linestyles=style,
+                                         linewidths=0.6, alpha=0.9, zorder=3))  # fmt: skip
+    if starts:
+        ax.vlines(starts, low, high, colors="#64748b", linestyles=":", linewidths=0.8, zorder=0)
+    return low, high
+
+
 def render(chart: Chart, target: Path, *, pitch: PitchTrack | None = None, reference: Chart | None = None,
            title: str | None = None, reference_label: str = "reference", row_s: float = ROW_S) -> list[Page]:  # fmt: skip
     """Draw ``chart`` into ``target`` (``.png`` or ``.svg``; more pages beside it for a long
@@ -133,7 +192,6 @@ def render(chart: Chart, target: Path, *, pitch: PitchTrack | None = None, refer
         raise PreviewError(f"{target}: a preview is a .png or an .svg file", hint="-o preview.png or -o preview.svg")
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib.collections import PolyCollection
     from matplotlib.patches import Patch
 
     from ultrasinger_gpu_cli.evaluation import chart_octave
@@ -165,65 +223,16 @@ def render(chart: Chart, target: Path, *, pitch: PitchTrack | None = None, refer
         for k, ax in enumerate(axes):
             start_s = (first + k) * row_s
             stop_s = start_s + row_s
-            mine = _bars(notes, start_s, stop_s)
-            theirs = _bars(ref_notes, start_s, stop_s)
-            here = [n.pitch + 60 for n in mine if n.kind in PITCHED] + [n.pitch + 60 - shift for n in theirs]
-            low, high = (min(here), max(here)) if here else overall
-            low, high = low - 2, max(high + 3, low + 12)
-            ax.set_xlim(start_s, stop_s)
-            ax.set_ylim(low, high)
-            octaves = [p for p in range(int(np.ceil(low)), int(high) + 1) if p % 12 in (0, 7)]
-            ax.set_yticks(octaves, [f"{_NAMES[p % 12]}{p // 12 - 1}" for p in octaves], fontsize=7)
-            ax.set_xticks(np.arange(start_s, stop_s + 1e-6, 5.0))
-            ax.tick_params(axis="x", labelsize=7, pad=1.5)
-            ax.tick_params(axis="y", length=0)
-            for side in ("top", "right"):
-                ax.spines[side].set_visible(False)
-            # The grid as two collections (a semitone a line; every 5 s), not as ticks: far cheaper to draw.
-            ax.hlines(np.arange(int(np.ceil(low)), int(high) + 1), start_s, stop_s, colors="#e5e7eb", linewidths=0.5,
-                      zorder=0)  # fmt: skip
-            ax.vlines(np.arange(start_s + 5.0, stop_s, 5.0), low, high, colors="#e5e7eb", linewidths=0.6, zorder=0)
-            if heard is not None:
-                inside = (heard[0] >= start_s) & (heard[0] < stop_s)
-                ax.plot(heard[0][inside], heard[1][inside], ".", markersize=1.5, color=_TRACK, alpha=0.6,
-                        zorder=1, rasterized=True)  # fmt: skip
-            if theirs:
-                ax.add_collection(PolyCollection([_box(n.start_s, n.end_s, n.pitch + 60 - shift, 0.42) for n in theirs],
-                                                 facecolors=_REFERENCE, edgecolors=_REFERENCE, alpha=0.35,
-                                                 linewidths=0.8, zorder=2))  # fmt: skip
-            groups: dict[tuple[str | None, str], tuple[list[Any], list[str], list[str]]] = {}
-            starts = []
-            seconds_per_char = row_s / (WIDTH_IN * DPI * 0.95) * CHAR_PX
-            ends = [start_s - 1.0, start_s - 1.0]  # where the last label above and below a bar ends
-            for n in mine:
-                y = n.pitch + 60 if n.kind in PITCHED or n.kind == "R" else low + 1
-                face, edge, hatch, style = _colour(n, duet)
-                verts, faces, edges = groups.setdefault((hatch, style), ([], [], []))
-                verts.append(_box(n.start_s, n.end_s, y, 0.4))
-                faces.append(face)
-                edges.append(edge)
-                if n.phrase_start and n.start_s >= start_s:
-                    starts.append(n.start_s)
-                text = n.text.strip()
-                if text and text != "~":  # above the bar, or below it where the last label above is still running
-                    at = max(n.start_s, start_s)
-                    slot = 0 if at >= ends[0] else 1 if at >= ends[1] else int(ends[1] < ends[0])
-                    ends[slot] = at + len(text) * seconds_per_char
-                    ax.text(at, y + 0.55 if slot == 0 else y - 0.55, text, fontsize=6.5, ha="left",
-                            va="bottom" if slot == 0 else "top", clip_on=True, zorder=4, color="#111827")  # fmt: skip
-            for (hatch, style), (verts, faces, edges) in groups.items():
-                ax.add_collection(PolyCollection(verts, facecolors=faces, edgecolors=edges, hatch=hatch, linestyles=style,
-                                                 linewidths=0.6, alpha=0.9, zorder=3))  # fmt: skip
-            if starts:
-                ax.vlines(starts, low, high, colors="#64748b", linestyles=":", linewidths=0.8, zorder=0)
+            low, high = _draw_row(ax, start_s, stop_s, _bars(notes, start_s, stop_s), _bars(ref_notes, start_s, stop_s),
+                                  shift=shift, heard=heard, overall=overall, duet=duet)  # fmt: skip
             box = ax.get_position()
             layout.append(RowLayout(start_s, stop_s, float(box.x0), float(box.x1), float(1 - box.y1), float(1 - box.y0),
                                     float(low), float(high)))  # fmt: skip
         axes[-1].set_xlabel("seconds", fontsize=7, labelpad=1)
-        handles = [Patch(facecolor=_NOTE, edgecolor="#1e293b", label="note")] if not duet else [
+        handles = [Patch(facecolor=NOTE_COLOUR, edgecolor="#1e293b", label="note")] if not duet else [
             Patch(facecolor=_SINGER_COLOURS[s], label=name)
             for s, name in ((P1, chart.singers[0]), (P2, chart.singers[1]), (BOTH, "both"))]  # fmt: skip
-        handles += [Patch(facecolor=_GOLDEN, edgecolor="#92400e", label="golden"),
+        handles += [Patch(facecolor=GOLDEN_COLOUR, edgecolor="#92400e", label="golden"),
                     Patch(facecolor=_RAP, hatch="////", edgecolor="#581c87", label="rap"),
                     Patch(facecolor="none", hatch="xx", edgecolor=_FREE, linestyle="dashed", label="freestyle"),
                     Line2D([], [], color="#64748b", linestyle=":", label="line starts")]  # fmt: skip
@@ -231,7 +240,7 @@ def render(chart: Chart, target: Path, *, pitch: PitchTrack | None = None, refer
             handles.append(Line2D([], [], color=_TRACK, marker=".", linestyle="none", label="pitch heard"))
         if reference is not None:
             moved = f" ({-shift // 12:+d} octave)" if shift else ""
-            handles.append(Patch(facecolor=_REFERENCE, alpha=0.35, edgecolor=_REFERENCE, label=reference_label + moved))
+            handles.append(Patch(facecolor=REFERENCE_COLOUR, alpha=0.35, edgecolor=REFERENCE_COLOUR, label=reference_label + moved))
         fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=7.5, frameon=False,
                    bbox_to_anchor=(0.995, 1 - 0.38 / height))  # fmt: skip
         head = title or f"{chart.headers.get('ARTIST', '?')} - {chart.headers.get('TITLE', '?')}"

@@ -21,7 +21,6 @@ from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.store import JobQueue, JobRow, Store
-from ultrasinger_gpu_cli.textfiles import read_json_or_none
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FINISHED = ("done", "failed", "cancelled")
@@ -286,13 +285,12 @@ class Jobs:
 
 
 def _report_files(folder: Path) -> dict[str, Path]:
-    """The files a song folder's report lists, by kind (inside the folder only)."""
+    """The files a song folder's report lists, by kind, taken as names inside the folder."""
+    from ultrasinger_gpu_cli.pipeline import listed_files
+
     reports = sorted(folder.glob("*.report.json"))
-    data = read_json_or_none(reports[0]) if reports else None
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, dict):
-        return {}
-    return {str(k): folder / Path(str(v)).name for k, v in files.items() if isinstance(v, str)}
+    listed = listed_files(reports[0]) if reports else {}
+    return {kind: folder / path.name for kind, path in listed.items()}
 
 
 # -- workers -----------------------------------------------------------------------------------------

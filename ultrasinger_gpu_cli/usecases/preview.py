@@ -8,9 +8,6 @@ from pathlib import Path
 from ultrasinger_gpu_cli import preview
 from ultrasinger_gpu_cli.evaluation import Evaluation, chart_files, load_chart
 
-DEFAULT_NAME = "preview.png"
-
-
 def find_chart(target: Path) -> Path:
     """The chart a path means: a chart file itself, or the one chart in a song folder."""
     if not target.exists():
@@ -32,9 +29,10 @@ def preview_chart(target: Path, output: Path | None = None, *, reference: Path |
     """Draw the chart at ``target`` into ``output`` (default: ``preview.png`` beside the chart)."""
     chart_path = find_chart(target)
     chart = load_chart(chart_path)
-    other = load_chart(find_chart(reference)) if reference is not None else None
-    out = output if output is not None else chart_path.parent / DEFAULT_NAME
-    label = "reference" if reference is None else f"reference: {find_chart(reference).name}"
+    reference_path = find_chart(reference) if reference is not None else None
+    other = load_chart(reference_path) if reference_path is not None else None
+    out = output if output is not None else chart_path.parent / preview.PREVIEW_NAME
+    label = "reference" if reference_path is None else f"reference: {reference_path.name}"
     return preview.render(chart, out, pitch=preview.pitch_track_of(chart_path), reference=other, reference_label=label,
                           row_s=row_s)  # fmt: skip
 
