@@ -130,3 +130,30 @@ def test_lyrics_survive_a_chorus_sung_three_times(real_models, tmp_path, written
     assert len(late) <= 0.05 * len(expected), late  # each word within 1 s of where it is sung, on 95%
     for a, b in zip(got, got[1:]):
         assert b.start_s >= a.start_s  # in order, none squeezed into another
+
+
+@pytest.mark.parametrize("cut_s", [15.3, 16.0])
+def test_a_chunk_cut_inside_sung_words_loses_none_and_hears_none_twice(real_models, tmp_path, cut_s):
+    """Whisper's chunks are cut inside sung audio where the voice goes on past 30 s. A cut inside
+    the last line of the verse and chorus ("For Mister Fancy Pants"): each side reads a second of
+    the other, so the line is heard once, word for word, up to its last word (cut without the
+    overlap, tiny.en drops "Pants" at 16.0 s and hears "from us But that's his pants" at 15.3 s)."""
+    import numpy as np
+
+    from ultrasinger_gpu_cli import audio as audio_io
+    from ultrasinger_gpu_cli.components.whisper import WhisperSettings
+    from ultrasinger_gpu_cli.engines.faster_whisper_engine import FasterWhisperEngine
+
+    song = _cut(FANCY / "audio.mp3", [(VERSE[0], CHORUS[1])], tmp_path / "verse-chorus.wav")
+    samples = np.asarray(audio_io.decode(song, 16_000, 1).samples, dtype=np.float32).reshape(-1)
+    settings = WhisperSettings(backend="faster-whisper", model="tiny.en", device="cpu", batch_size=2,
+                               compute_type="int8", beam_size=5)  # fmt: skip
+    engine = FasterWhisperEngine(settings, real_models)
+    duration = len(samples) / 16_000
+    heard = engine.run(samples, language="en", chunks=[(0.0, cut_s), (cut_s, duration)]).words
+    last_line = [w for w in _section_words((VERSE[0], CHORUS[1]), 0.0) if w.start_s >= 14.8]
+    assert [w.text.strip(" ,.") for w in last_line] == ["For", "Mister", "Fancy", "Pants"]
+    tail = [w for w in heard if w.start_s >= 14.8]
+    assert len(tail) == len(last_line), [(w.text, round(w.start_s, 2)) for w in heard]
+    assert abs(tail[-1].start_s - last_line[-1].start_s) < 0.5, [(w.text, round(w.start_s, 2)) for w in tail]
+    assert all(b.start_s >= a.start_s for a, b in zip(heard, heard[1:]))

@@ -183,3 +183,40 @@ def test_faster_whisper_s_temperature_fallback_samples_the_same_after_the_same_s
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
     assert runs[0].stdout == runs[1].stdout
     assert len(set(runs[0].stdout.split("], ["))) > 1  # it does sample: the draws differ within one seed
+
+
+def test_windows_reach_into_a_neighbour_only_at_a_cut_and_never_past_30_s():
+    from ultrasinger_gpu_cli.vad import overlapped
+
+    chunks = [(0.0, 20.0), (20.0, 48.0), (50.0, 60.0)]  # a cut at 20 s; a silence between 48 and 50 s
+    assert overlapped(chunks, 1.0, 61.0) == [(0.0, 21.0), (19.0, 48.0), (50.0, 60.0)]  # 29 s: one second of room
+    assert overlapped([(0.0, 30.0), (30.0, 40.0)], 1.0, 40.0) == [(0.0, 30.0), (29.0, 40.0)]
+
+
+def test_a_chunk_keeps_its_own_words_and_a_phrase_heard_on_both_sides_of_a_cut_once():
+    from ultrasinger_gpu_cli.engines.whisper_engine import _join_at_cut
+    from ultrasinger_gpu_cli.words import Segment, Word
+
+    def texts(segments):
+        return [(w.text.strip(), w.start_s) for s in segments for w in s.words]
+
+    # The window before a cut at 20 s heard "so far" in its overlap and stretched "so" over the pause.
+    before = Segment(10.0, 20.9, "coming home so far", [Word(" coming", 10.0, 11.0), Word(" home", 11.0, 12.0),
+                                                         Word(" so", 12.0, 17.0), Word(" far", 17.0, 17.2)])  # fmt: skip
+    after = Segment(19.0, 24.0, "oh so far away", [Word(" oh", 19.2, 19.8), Word(" so", 19.9, 20.3),
+                                                      Word(" far", 20.4, 20.7), Word(" away", 20.7, 21.5)])  # fmt: skip
+    song: list[Segment] = []
+    _join_at_cut(song, before, float("-inf"), 20.0)
+    _join_at_cut(song, after, 20.0, float("inf"))
+    # "so" (19.9 s, before the cut) and "far" are kept as the window after heard them; "oh" is before its chunk.
+    assert texts(song) == [("coming", 10.0), ("home", 11.0), ("so", 19.9), ("far", 20.4), ("away", 20.7)]
+    assert song[0].end == 12.0 and song[1].text == "so far away"
+    # No echo: each side keeps the words that start in its own chunk; a word the cut fell in,
+    # heard whole before the cut (19.5-20.6 s), is not heard again after it.
+    song = []
+    _join_at_cut(song, Segment(10.0, 21.0, "we were there", [Word(" we", 18.0, 18.5), Word(" were", 18.6, 19.4),
+                                                              Word(" there", 19.5, 20.6), Word(" and", 20.7, 21.0)]),
+                 float("-inf"), 20.0)  # fmt: skip
+    _join_at_cut(song, Segment(19.0, 22.0, "air and back", [Word(" air", 20.05, 20.5), Word(" and", 20.6, 21.0),
+                                                             Word(" back", 21.0, 21.5)]), 20.0, float("inf"))  # fmt: skip
+    assert texts(song) == [("we", 18.0), ("were", 18.6), ("there", 19.5), ("and", 20.6), ("back", 21.0)]

@@ -102,6 +102,21 @@ def chunk_regions(
     return chunks
 
 
+def overlapped(chunks: list[tuple[float, float]], overlap_s: float, duration_s: float,
+               max_s: float = 30.0) -> list[tuple[float, float]]:  # fmt: skip
+    """The windows Whisper reads for ``chunks``: where two chunks touch (a cut inside sung
+    audio), each window reaches ``overlap_s`` into its neighbour, so the word the cut falls in is
+    heard whole by the window it starts in; never past ``max_s`` or the song."""
+    windows = []
+    for i, (start, end) in enumerate(chunks):
+        room = max(0.0, (max_s - (end - start)) / 2)
+        reach = min(overlap_s, room)
+        left = i > 0 and abs(chunks[i - 1][1] - start) < 1e-6
+        right = i + 1 < len(chunks) and abs(chunks[i + 1][0] - end) < 1e-6
+        windows.append((max(0.0, start - reach) if left else start, min(duration_s, end + reach) if right else end))
+    return windows
+
+
 def frame_mask(regions: list[tuple[float, float]], n_frames: int, hop_s: float) -> np.ndarray:
     """Boolean mask of frames (centred at ``i * hop_s``) that fall inside any region."""
     times = np.arange(n_frames) * hop_s

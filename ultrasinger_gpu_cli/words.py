@@ -50,6 +50,27 @@ class Segment:
     no_speech_prob: float | None = None
     temperature: float = 0.0
 
+    def within(self, start_s: float, end_s: float, heard_until_s: float = float("-inf")) -> Segment | None:
+        """The part of a segment heard in an overlapping window that belongs to its own chunk:
+        the words that start in ``[start_s, end_s)`` and whose middle lies after
+        ``heard_until_s`` (the end of the words already kept from the window before: one voice
+        sings one word at a time). None where no word is left."""
+        kept = [w for w in self.words if start_s <= w.start_s < end_s and (w.start_s + w.end_s) / 2 >= heard_until_s]
+        if len(kept) == len(self.words):
+            return self
+        if not kept:
+            return None
+        return replace(self, start=min(max(self.start, start_s), kept[0].start_s),
+                       end=max(min(self.end, end_s), kept[-1].end_s), text="".join(w.text for w in kept).strip(),
+                       words=kept)  # fmt: skip
+
+    def without_last(self, count: int) -> Segment | None:
+        """The segment less its last ``count`` words (None where none is left)."""
+        kept = self.words[: len(self.words) - count]
+        if not kept:
+            return None
+        return replace(self, end=kept[-1].end_s, text="".join(w.text for w in kept).strip(), words=kept)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "start": self.start,

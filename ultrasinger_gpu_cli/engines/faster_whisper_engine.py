@@ -130,7 +130,7 @@ class FasterWhisperEngine(WhisperEngine):
             raise damaged(folder / "model.bin", "whisper", self.settings.model, exc, "faster-whisper") from exc
 
     def _transcribe_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], language: str | None,
-                          last_speech: float) -> tuple[list[Segment], str, float]:  # fmt: skip
+                          last_speech: float) -> tuple[list[Segment | None], str, float]:  # fmt: skip
         features, frames = self._features(audio, batch)
         if language is None:
             language = self._language(features)
@@ -138,13 +138,13 @@ class FasterWhisperEngine(WhisperEngine):
         decoded = self._generate(features, tokenizer)
         keep = [i for i, d in enumerate(decoded) if not self._silent(d) and d.tokens]
         words = self._words(features, frames, batch, decoded, keep, tokenizer, last_speech)
-        found = []
+        found: list[Segment | None] = [None] * len(batch)
         for i in keep:
             seg_words, (start, end) = words.get(i, ([], batch[i]))
             if seg_words:
                 last_speech = seg_words[-1].end_s
-            found.append(Segment(round(start, 3), round(end, 3), decoded[i].text.strip(), seg_words,
-                                 decoded[i].avg_logprob, decoded[i].no_speech_prob, 0.0))  # fmt: skip
+            found[i] = Segment(round(start, 3), round(end, 3), decoded[i].text.strip(), seg_words,
+                               decoded[i].avg_logprob, decoded[i].no_speech_prob, 0.0)  # fmt: skip
         return found, language, last_speech
 
     def _align_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], texts: list[str], language: str | None,

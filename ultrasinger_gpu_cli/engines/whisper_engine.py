@@ -27,10 +27,14 @@ from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.models import damaged, pull_whisper, whisper_checkpoint, whisper_status
 from ultrasinger_gpu_cli.words import Segment, Transcript, Word
-from ultrasinger_gpu_cli.vad import chunk_regions, voiced_regions
+from ultrasinger_gpu_cli.wordmatch import normalise
+from ultrasinger_gpu_cli.vad import chunk_regions, overlapped, voiced_regions
 
 SAMPLE_RATE = 16_000
 MAX_CHUNK_S = 30.0
+#: How far a window reaches into the next chunk where a chunk was cut inside sung audio: a sung
+#: word rarely lasts longer, so the word the cut falls in is heard whole on one side.
+CUT_OVERLAP_S = 1.0
 
 
 class _EncodedWhisper:
@@ -66,6 +70,43 @@ def half_weights(model: Any) -> Any:
         for name, param in module.named_parameters(recurse=False):
             param.data = param.data.half()
     return model
+
+
+#: The longest phrase looked for on both sides of a cut (words).
+SEAM_WORDS = 4
+
+
+def _join_at_cut(segments: list[Segment], segment: Segment, start_s: float, end_s: float) -> None:
+    """Add a window's segment to the song's, keeping the words that start in its own chunk
+    ``[start_s, end_s)`` (an open side where the window does not overlap).
+
+    At a cut, the window before and the window after both heard the audio around it. The words
+    that end the chunk before may be the words the window after heard in its first second
+    (before or after the cut): the window before heard them trailing off its end, where Whisper
+    can stretch a word over the pause before it (a word timed 11 s early was seen); the window
+    after heard them with their onset inside it. Such a phrase is kept once, as the window after
+    heard it."""
+    def heard_until() -> float:
+        return segments[-1].words[-1].end_s if segments and segments[-1].words else float("-inf")
+
+    start = start_s
+    if start_s > float("-inf") and segments and segments[-1].words:
+        before = [normalise(w.text) for w in segments[-1].words[-SEAM_WORDS:]]
+        heard = [normalise(w.text) for w in segment.words]
+        near = [j for j, w in enumerate(segment.words) if w.start_s < start_s + CUT_OVERLAP_S]
+        echo = next(((count, j) for count in range(min(len(before), SEAM_WORDS), 0, -1) for j in near
+                     if all(before[-count:]) and heard[j : j + count] == before[-count:]), None)  # fmt: skip
+        if echo is not None:
+            count, j = echo
+            trimmed = segments[-1].without_last(count)
+            if trimmed is None:
+                segments.pop()
+            else:
+                segments[-1] = trimmed
+            start = segment.words[j].start_s
+    kept = segment.within(start, end_s, heard_until())
+    if kept is not None:
+        segments.append(kept)
 
 
 def _probability(value: float) -> float:
@@ -120,22 +161,33 @@ class WhisperEngine(Engine[WhisperSettings]):
         language: str | None = None,
         chunks: list[tuple[float, float]] | None = None,
     ) -> Transcript:
-        """Transcribe mono 16 kHz ``audio``. ``chunks`` (seconds) replaces the voice detection."""
+        """Transcribe mono 16 kHz ``audio``. ``chunks`` (seconds) replaces the voice detection.
+
+        Where two chunks touch (the voice went on past 30 s and the chunk was cut inside it),
+        Whisper reads each with :data:`CUT_OVERLAP_S` of its neighbour, and each chunk keeps the
+        words that start inside it: the word the cut falls in is heard whole once, not broken in
+        two halves that Whisper may both drop."""
         self.ensure_loaded()
         audio = np.asarray(audio, dtype=np.float32)
         duration = len(audio) / SAMPLE_RATE
         if chunks is None:
-            chunks = chunk_regions(voiced_regions(audio, SAMPLE_RATE), audio, SAMPLE_RATE, MAX_CHUNK_S)
+            regions = voiced_regions(audio, SAMPLE_RATE)
+            chunks = chunk_regions(regions, audio, SAMPLE_RATE, MAX_CHUNK_S - 2 * CUT_OVERLAP_S)
         if not chunks:
             progress(1.0, duration)
             return Transcript(language, [], [])
+        windows = overlapped(chunks, CUT_OVERLAP_S, duration, MAX_CHUNK_S)
         segments: list[Segment] = []
         batch_size = max(1, self.settings.batch_size)
         last_speech = 0.0
         for first in range(0, len(chunks), batch_size):
-            batch = chunks[first : first + batch_size]
+            batch = windows[first : first + batch_size]
             found, language, last_speech = self._transcribe_batch(audio, batch, language, last_speech)
-            segments += found
+            for (start, end), window, segment in zip(chunks[first : first + batch_size], batch, found):
+                if segment is not None:
+                    # Only the sides that reach into a neighbour are trimmed.
+                    own = (start if window[0] < start else float("-inf"), end if window[1] > end else float("inf"))
+                    _join_at_cut(segments, segment, *own)
             done = min(len(chunks), first + batch_size)
             progress(done / len(chunks), chunks[done - 1][1])
         progress(1.0, duration)
@@ -197,10 +249,11 @@ class WhisperEngine(Engine[WhisperSettings]):
 
     # -- steps ------------------------------------------------------------------------------------
     def _transcribe_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], language: str | None,
-                          last_speech: float) -> tuple[list[Segment], str, float]:  # fmt: skip
-        """One batch of chunks: encoded once, decoded together, words aligned. Returns the
-        segments, the language (detected on the first batch when not given) and the end of the
-        last speech (whisper's word-timing rules use it)."""
+                          last_speech: float) -> tuple[list[Segment | None], str, float]:  # fmt: skip
+        """One batch of windows: encoded once, decoded together, words aligned. Returns one
+        segment per window (None where Whisper heard nothing), the language (detected on the
+        first batch when not given) and the end of the last speech (whisper's word-timing rules
+        use it)."""
         features, frames = self._encode(audio, batch)
         if language is None:
             language = self._detect_language(features)
@@ -208,8 +261,7 @@ class WhisperEngine(Engine[WhisperSettings]):
         found = []
         for (start, end), n_frames, feats, (result, temperature) in zip(batch, frames, features, results):
             segment, last_speech = self._align(result, temperature, feats, n_frames, start, end, language, last_speech)
-            if segment is not None:
-                found.append(segment)
+            found.append(segment)
         return found, language, last_speech
 
     def _encode(self, audio: np.ndarray, batch: list[tuple[float, float]]):
