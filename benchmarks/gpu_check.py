@@ -218,7 +218,7 @@ def step_models(c: Check) -> dict[str, Any]:
         build.whisper_weights(root, "small")  # the ladder's step down from large-v3-turbo on a 4 GB card
     c.models = root
     mix, _ = build.song(20.0 if c.dry_run else 180.0)
-    from ultrasinger_gpu_cli.audio import write_audio
+    from ultrasinger_gpu_cli.song.audio import write_audio
 
     c.song = write_audio(c.work / "Check - Song.wav", mix, build.RATE)
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
@@ -236,10 +236,10 @@ def _fast_whisper() -> None:
 def _convert(c: Check, name: str, *, mode: str, limit: float | None, flags: dict | None = None,
              rehearse: str | None = None) -> tuple[Any, Any, Any]:  # fmt: skip
     """One ``ugpu run`` of the check's song, in this process: (report, plan, run_id)."""
-    from ultrasinger_gpu_cli.detection import plan_for
-    from ultrasinger_gpu_cli.diagnostics import Fault, Rehearsal
-    from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
-    from ultrasinger_gpu_cli.store import Store
+    from ultrasinger_gpu_cli.plan.detection import plan_for
+    from ultrasinger_gpu_cli.run.diagnostics import Fault, Rehearsal
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.store.db import Store
     from ultrasinger_gpu_cli.usecases.plan import run_target
 
     assert c.song is not None and c.models is not None
@@ -325,7 +325,7 @@ def step_emulate(c: Check) -> dict[str, Any]:
 
 def step_oom(c: Check) -> dict[str, Any]:
     """A real out-of-memory (a rehearsed one in the dry run: the CPU has no VRAM to run out of)."""
-    from ultrasinger_gpu_cli.store import Store
+    from ultrasinger_gpu_cli.store.db import Store
 
     flags = {"demucs": {"batch_size": 64, "chunk_size": 343980}, "whisper": {"model": "large-v3-turbo"}}
     report, plan, run_id = _convert(c, "oom", mode="balanced", limit=None if c.dry_run else 4, flags=flags,
@@ -348,11 +348,11 @@ def step_precision(c: Check) -> dict[str, Any]:
     import numpy as np
 
     from benchmarks import build
-    from ultrasinger_gpu_cli import devices
-    from ultrasinger_gpu_cli.audio import resample
+    from ultrasinger_gpu_cli.gpu import devices
+    from ultrasinger_gpu_cli.song.audio import resample
     from ultrasinger_gpu_cli.components import WHISPER
     from ultrasinger_gpu_cli.engines import create
-    from ultrasinger_gpu_cli.vad import chunk_regions, voiced_regions
+    from ultrasinger_gpu_cli.song.vad import chunk_regions, voiced_regions
 
     _fast_whisper()
     _, voice = build.song(60.0)

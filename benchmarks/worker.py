@@ -22,8 +22,8 @@ SAMPLE_LEN = int(os.environ.get("UGPU_BENCH_WHISPER_TOKENS", "32"))
 
 
 def _plan(device: str) -> dict:
-    from ultrasinger_gpu_cli.detection import quick_target
-    from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+    from ultrasinger_gpu_cli.plan.detection import quick_target
+    from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
     target = PlanTarget("CPU") if device == "cpu" else quick_target(None)
     return {c: p.values() for c, p in resolve(target).components.items()}
@@ -77,7 +77,7 @@ def demucs(side: str, device: str, out: Path) -> dict:
 
 
 def _vocals16k() -> np.ndarray:
-    from ultrasinger_gpu_cli.audio import resample
+    from ultrasinger_gpu_cli.song.audio import resample
 
     return resample(song()[1], RATE, 16_000)
 
@@ -198,7 +198,7 @@ def e2e(side: str, device: str, out: Path) -> dict:
 
     import torch
 
-    from ultrasinger_gpu_cli.audio import resample, write_audio
+    from ultrasinger_gpu_cli.song.audio import resample, write_audio
 
     mix, _ = song()
     root = models_dir()
@@ -207,10 +207,10 @@ def e2e(side: str, device: str, out: Path) -> dict:
     plan_settings = _plan(device)
     t0 = time.perf_counter()
     if side == "ugpu":
-        from ultrasinger_gpu_cli.detection import quick_target
+        from ultrasinger_gpu_cli.plan.detection import quick_target
         from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
-        from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
-        from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+        from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+        from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
         WhisperEngine.sample_len, WhisperEngine.temperatures = SAMPLE_LEN, (0.0,)
         WhisperEngine.compression_ratio_threshold = WhisperEngine.logprob_threshold = None
@@ -227,7 +227,7 @@ def e2e(side: str, device: str, out: Path) -> dict:
         from demucs.apply import apply_model
         from demucs.pretrained import get_model
 
-        from ultrasinger_gpu_cli.audio import decode
+        from ultrasinger_gpu_cli.song.audio import decode
         from ultrasinger_gpu_cli.engines.crepe_engine import import_torchcrepe
 
         d, c = plan_settings["demucs"], plan_settings["crepe"]
@@ -260,8 +260,8 @@ def memory(side: str, device: str, out: Path) -> dict:
     """Peak RSS of ``ugpu run`` on a long song (``memory-<minutes>``; the song is written by the
     parent, so it is not counted): Demucs, CREPE and the files, from given word timings."""
     from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine  # noqa: F401 - not used: timings given
-    from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
-    from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
     source = Path(sys.argv[5])
     folder = out.parent / f"{out.stem}-work"

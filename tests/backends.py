@@ -18,8 +18,8 @@ from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.engines.crepe_engine import CrepeEngine
-from ultrasinger_gpu_cli.pitch import PitchTrack
-from ultrasinger_gpu_cli.models import crepe_status
+from ultrasinger_gpu_cli.song.pitch import PitchTrack
+from ultrasinger_gpu_cli.weights.models import crepe_status
 
 SEEN: list[tuple[Any, ...]] = []  # what the engines saw, in order
 ON_RUN: list[Any] = []  # callbacks a test hangs on the probe's run
@@ -27,8 +27,8 @@ ON_RUN: list[Any] = []  # callbacks a test hangs on the probe's run
 
 class FlakyEngine(CrepeEngine):
     def run(self, audio: np.ndarray, progress: Progress = no_progress, **kwargs: Any) -> PitchTrack:
-        from ultrasinger_gpu_cli.monitoring import Monitor
-        from ultrasinger_gpu_cli.store import Store
+        from ultrasinger_gpu_cli.gpu.monitoring import Monitor
+        from ultrasinger_gpu_cli.store.db import Store
 
         with Store.open(os.environ["UGPU_DB"]) as store:
             live = [(r.stage, r.alive) for r in Monitor(store=store).snapshot(processes=False).runs]

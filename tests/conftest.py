@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.fake_nvml import FakeCard, make_fake_nvml
-from ultrasinger_gpu_cli import frameworks, nvml
-from ultrasinger_gpu_cli.facts import TensorflowInfo, TorchInfo
+from ultrasinger_gpu_cli.gpu import frameworks, nvml
+from ultrasinger_gpu_cli.gpu.facts import TensorflowInfo, TorchInfo
 
 #: What a PyTorch cu126 build reports: no sm_120, so it cannot run an RTX 5060 Ti.
 CU126_ARCHS = ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90")

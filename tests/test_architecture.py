@@ -24,12 +24,12 @@ from tests.conftest import CU128_ARCHS
 from tests.fake_nvml import FakeCard
 from ultrasinger_gpu_cli.cli import app
 from ultrasinger_gpu_cli.components import CREPE, SPECS
-from ultrasinger_gpu_cli.devices import CudaDevice, cuda_ordinal
+from ultrasinger_gpu_cli.gpu.devices import CudaDevice, cuda_ordinal
 from ultrasinger_gpu_cli.errors import GpuUnavailableError
-from ultrasinger_gpu_cli.facts import GpuIdentity
-from ultrasinger_gpu_cli.fallback import ladder
-from ultrasinger_gpu_cli.resolver import CPU_TARGET, resolve
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
+from ultrasinger_gpu_cli.run.fallback import ladder
+from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
+from ultrasinger_gpu_cli.store.db import Store
 
 
 def invoke(*args: str):
@@ -238,8 +238,8 @@ def test_a_gpu_hidden_from_pytorch_falls_back_to_the_cpu(two_cards_cuda_reversed
 def test_every_real_gpu_binds_to_the_cuda_device_with_its_uuid():  # pragma: no cover - GPU machines only
     import torch
 
-    from ultrasinger_gpu_cli.devices import bind, normalise_uuid
-    from ultrasinger_gpu_cli.nvml import get_nvml
+    from ultrasinger_gpu_cli.gpu.devices import bind, normalise_uuid
+    from ultrasinger_gpu_cli.gpu.nvml import get_nvml
 
     gpus = [g for g in get_nvml().gpus() if not g.lost]
     assert gpus, "NVML sees no GPU although PyTorch does"

@@ -11,7 +11,7 @@ import pytest
 from pathlib import Path
 
 from tests.audio_factory import encode, song, sung_note, write_wav
-from ultrasinger_gpu_cli import audio as audio_io
+from ultrasinger_gpu_cli.song import audio as audio_io
 from ultrasinger_gpu_cli.errors import AudioError
 from ultrasinger_gpu_cli.files import atomic_path
 
@@ -127,7 +127,7 @@ def test_unreadable_file(tmp_path, tone_wav):
     locked = tmp_path / "locked.wav"
     locked.write_bytes(tone_wav.read_bytes())
     locked.chmod(0)
-    code = ("import sys\nfrom ultrasinger_gpu_cli import audio\nfrom ultrasinger_gpu_cli.errors import AudioError\n"
+    code = ("import sys\nfrom ultrasinger_gpu_cli.song import audio\nfrom ultrasinger_gpu_cli.errors import AudioError\n"
             "try:\n    audio.decode(sys.argv[1])\nexcept AudioError as exc:\n    print('AudioError:', exc)\n")  # fmt: skip
     command = [sys.executable, "-c", code, str(locked)]
     if os.geteuid() == 0:
@@ -169,7 +169,7 @@ def test_without_ffmpeg_wav_and_flac_are_read_through_soundfile(tmp_path, monkey
 def test_a_song_kept_in_memory_is_the_blocks_joined(monkeypatch):
     # The scan keeps the whole song (22 kHz and 16 kHz mono) in segments that are unmapped as
     # they are joined: the same samples as concatenating the blocks, across segment boundaries.
-    from ultrasinger_gpu_cli.audio import SampleBuffer
+    from ultrasinger_gpu_cli.song.audio import SampleBuffer
 
     monkeypatch.setattr(SampleBuffer, "SEGMENT", 1000)
     rng = np.random.default_rng(5)
@@ -183,7 +183,7 @@ def test_a_song_kept_in_memory_is_the_blocks_joined(monkeypatch):
 
 
 def test_frame_levels_are_measured_a_block_at_a_time(monkeypatch):
-    from ultrasinger_gpu_cli import vad
+    from ultrasinger_gpu_cli.song import vad
 
     audio = np.random.default_rng(6).standard_normal(16_000 * 7 + 123).astype(np.float32) * 0.1
     whole = vad.frame_db(audio, 16_000)

@@ -14,9 +14,9 @@ from tests.conftest import CU128_ARCHS
 from tests.fake_nvml import card_6gb_no_temp, h100, lost_card, rtx_5060_ti
 from ultrasinger_gpu_cli import __version__
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.events import FallbackEvent
-from ultrasinger_gpu_cli.facts import GpuIdentity
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.failures import FallbackEvent
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
+from ultrasinger_gpu_cli.store.db import Store
 
 COMMANDS = ["detect", "optimize", "whisper", "demucs", "crepe", "run", "fallback", "stats", "monitor", "serve", "models", "eval", "preview"]
 
@@ -141,8 +141,8 @@ def test_detect_mode_and_vram_limit_are_accepted(runner, fake_gpus, fake_torch):
 
 
 def test_detect_uses_the_cache_and_force_re_probes(runner, fake_gpus, monkeypatch):
-    from ultrasinger_gpu_cli import frameworks
-    from ultrasinger_gpu_cli.facts import TensorflowInfo, TorchInfo
+    from ultrasinger_gpu_cli.gpu import frameworks
+    from ultrasinger_gpu_cli.gpu.facts import TensorflowInfo, TorchInfo
 
     calls = []
     monkeypatch.setattr(frameworks, "probe_torch", lambda gpu_present=True: calls.append(1) or TorchInfo(installed=False))

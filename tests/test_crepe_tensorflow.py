@@ -13,13 +13,13 @@ from tests.audio_factory import melody, write_wav
 from tests.conftest import CU128_ARCHS
 from tests.fake_nvml import rtx_5060_ti
 from tests.test_pipeline import NOTES
-from ultrasinger_gpu_cli import devices, frameworks
+from ultrasinger_gpu_cli.gpu import devices, frameworks
 from ultrasinger_gpu_cli.cli import app
 from ultrasinger_gpu_cli.components import CREPE
 from ultrasinger_gpu_cli.errors import GpuUnavailableError, ModelDamagedError
-from ultrasinger_gpu_cli.facts import GpuIdentity
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
 from ultrasinger_gpu_cli.failures import fallback_worthy
-from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
 pytest.importorskip("tensorflow", reason="the [tensorflow] extra (make test installs it)")
 

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from tests.audio_factory import melody, write_wav
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.lyrics import _parse, singer_tag
-from ultrasinger_gpu_cli.notes import build_song, lyrics_text
-from ultrasinger_gpu_cli.ultrastar import BOTH, P1, P2, SOLO, read_chart, to_ultrastar
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.lyrics import _parse, singer_tag
+from ultrasinger_gpu_cli.song.notes import build_song, lyrics_text
+from ultrasinger_gpu_cli.song.ultrastar import BOTH, P1, P2, SOLO, read_chart, to_ultrastar
+from ultrasinger_gpu_cli.song.words import Word
 
 
 def invoke(*args: str):
@@ -213,7 +213,7 @@ def test_timings_re_pitches_a_duet_chart_keeping_both_sections(env, tmp_path):
 
 
 def test_format_version_converts_a_duet_s_singer_headers():
-    from ultrasinger_gpu_cli.ultrastar import repitch
+    from ultrasinger_gpu_cli.song.ultrastar import repitch
 
     text = "#VERSION:1.1.0\n#TITLE:T\n#ARTIST:A\n#MP3:a.mp3\n#BPM:300.5\n#GAP:0\n#P1:Ann\n#P2:Bob\nP1\n: 0 4 0 a \nP2\n: 8 4 2 b \nE\n"
     chart = read_chart(text)

@@ -215,7 +215,7 @@ def test_torchcrepe_imports_although_torchaudio_is_broken_here():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_engines_on_cuda_use_the_gpu_and_agree_with_the_cpu(models_dir, fast_whisper):  # pragma: no cover - GPU only
-    from ultrasinger_gpu_cli import devices
+    from ultrasinger_gpu_cli.gpu import devices
 
     binding = devices.bind(None)
     devices.start_measuring(binding)
@@ -234,7 +234,7 @@ def test_engines_on_cuda_use_the_gpu_and_agree_with_the_cpu(models_dir, fast_whi
 def test_float16_whisper_loads_without_a_float32_copy_on_the_card(models_dir):  # pragma: no cover - GPU only
     """Seen on an H200: whisper.load_model(device="cuda") held the checkpoint and a float32 model
     on the card at once (3x the float16 weights), so turbo could not load under a 4 GB cap."""
-    from ultrasinger_gpu_cli import devices
+    from ultrasinger_gpu_cli.gpu import devices
 
     binding = devices.bind(None)
     devices.free_memory()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import CU126_ARCHS, CU128_ARCHS
-from ultrasinger_gpu_cli.facts import GpuInfo, TensorflowInfo, TorchInfo
-from ultrasinger_gpu_cli.frameworks import (
+from ultrasinger_gpu_cli.gpu.facts import GpuInfo, TensorflowInfo, TorchInfo
+from ultrasinger_gpu_cli.gpu.frameworks import (
     arch_supports,
     check_compatibility,
     probe_torch,
@@ -98,7 +98,7 @@ def _child(code: str, **env: str):
 
 
 def test_without_a_gpu_tensorflow_is_not_imported_to_learn_its_version():
-    done = _child("import sys\nfrom ultrasinger_gpu_cli.frameworks import probe_tensorflow\n"
+    done = _child("import sys\nfrom ultrasinger_gpu_cli.gpu.frameworks import probe_tensorflow\n"
                   "info = probe_tensorflow(gpu_present=False)\n"
                   "print(info.installed, info.version, 'tensorflow' in sys.modules)")  # fmt: skip
     installed, version, imported = done.stdout.split()
@@ -109,7 +109,7 @@ def test_without_a_gpu_tensorflow_is_not_imported_to_learn_its_version():
 def test_with_a_gpu_tensorflow_is_probed_in_a_child_and_its_log_lines_stay_there():
     # TensorFlow's C++ logging writes absl/oneDNN lines to stderr while it loads, whatever
     # TF_CPP_MIN_LOG_LEVEL the parent set: the probe's own process keeps them.
-    done = _child("import sys\nfrom ultrasinger_gpu_cli.frameworks import probe_tensorflow\n"
+    done = _child("import sys\nfrom ultrasinger_gpu_cli.gpu.frameworks import probe_tensorflow\n"
                   "info = probe_tensorflow(gpu_present=True)\n"
                   "print(info.version, info.error, 'tensorflow' in sys.modules)", TF_CPP_MIN_LOG_LEVEL="0")  # fmt: skip
     version, error, imported = done.stdout.split()
@@ -118,7 +118,7 @@ def test_with_a_gpu_tensorflow_is_probed_in_a_child_and_its_log_lines_stay_there
 
 
 def test_a_tensorflow_that_fails_to_import_is_a_finding_not_a_crash(tmp_path, monkeypatch):
-    from ultrasinger_gpu_cli import frameworks
+    from ultrasinger_gpu_cli.gpu import frameworks
 
     broken = tmp_path / "tensorflow"
     broken.mkdir()

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from tests.conftest import SHORT_NOTES
 from tests.audio_factory import melody, song, write_wav
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.store.db import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = SHORT_NOTES
@@ -350,7 +350,7 @@ def mirror(models_dir, tmp_path, monkeypatch):
     import whisper
 
     from tests.model_factory import FT_SIGNATURES
-    from ultrasinger_gpu_cli import models
+    from ultrasinger_gpu_cli.weights import models
     from ultrasinger_gpu_cli.files import sha256_of
 
     served = tmp_path / "mirror"

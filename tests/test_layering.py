@@ -15,15 +15,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "ultrasinger_gpu_cli"
 
-#: The rooms by the stretch of the song's way they belong to (top-level module names).
-SONG = {"audio", "evaluation", "formats", "keys", "lyrics", "notes", "onsets", "paths", "pitch", "preview", "tempo",
-        "textfiles", "timings", "ultrastar", "vad", "wordmatch", "words"}  # fmt: skip
-GPU = {"nvml", "facts", "devices", "frameworks", "monitoring", "processes", "sampler"}
-WEIGHTS = {"models", "downloads", "checksums"}
-RUN = {"pipeline", "runner", "fallback", "events", "songfolders", "stagecache", "diagnostics"}
-PLAN = {"resolver", "tiers"}
-EDGES = {"cli", "server", "render", "__main__"}
+#: The wings (the package's folders, one per stretch of the song's way) and the few modules at the top.
+SONG = {"song"}
+GPU = {"gpu"}
+WEIGHTS = {"weights"}
+RUN = {"run"}
+PLAN = {"plan"}
+STORE = {"store"}
+EDGES = {"cli", "server", "__main__"}
 LEAVES = {"errors", "failures", "crashlog", "files"}  # anyone may import these
+WINGS = SONG | GPU | WEIGHTS | RUN | PLAN | STORE | EDGES | LEAVES | {"components", "engines", "usecases", "__init__"}
 
 
 def modules(root: Path = ROOT / PACKAGE) -> dict[str, Path]:
@@ -95,7 +96,7 @@ def cycles(graph: dict[str, set[tuple[str, int]]]) -> list[list[str]]:
 
 
 def room(module: str) -> str:
-    """The top-level room of a package module: ``ultrasinger_gpu_cli.cli.run`` -> ``cli``."""
+    """The wing of a package module: ``ultrasinger_gpu_cli.song.notes`` -> ``song``."""
     return module.split(".")[1] if module.count(".") else module
 
 
@@ -106,8 +107,10 @@ def broken(graph: dict[str, set[tuple[str, int]]]) -> list[str]:
          lambda t: room(t) in SONG | LEAVES),
         ("GPU and weights modules import only each other", lambda m: room(m) in GPU | WEIGHTS,
          lambda t: room(t) in GPU | WEIGHTS | LEAVES),
+        ("the store never imports the run, the engines or the edges", lambda m: room(m) in STORE,
+         lambda t: room(t) not in RUN | {"engines", "usecases"}),
         ("engines never import the run, the store or planning", lambda m: room(m) == "engines",
-         lambda t: room(t) not in RUN | PLAN | {"store", "usecases", "detection"}),
+         lambda t: room(t) not in RUN | PLAN | STORE | {"usecases"}),
         ("planning never imports a backend or the run", lambda m: room(m) in PLAN,
          lambda t: not (room(t) == "engines" or room(t) in RUN)),
         ("components never import a backend", lambda m: room(m) == "components",
@@ -139,10 +142,14 @@ def test_every_import_runs_down_the_layers(graph):
     assert broken(graph) == []
 
 
-def test_every_module_is_in_a_room():
-    rooms = SONG | GPU | WEIGHTS | RUN | PLAN | EDGES | LEAVES
-    rooms |= {"components", "engines", "usecases", "store", "detection", "reports", "__init__"}
-    assert sorted({room(m) for m in modules() if m != PACKAGE} - rooms) == []
+def test_every_module_is_in_a_wing():
+    assert sorted({room(m) for m in modules() if m != PACKAGE} - WINGS) == []
+
+
+def test_every_wing_says_what_lives_there():
+    for path in (ROOT / PACKAGE).iterdir():
+        if path.is_dir() and (path / "__init__.py").is_file():
+            assert ast.get_docstring(ast.parse((path / "__init__.py").read_text(encoding="utf-8"))), path
 
 
 def test_the_walker_sees_cycles_and_upward_imports_wherever_they_hide(tmp_path):
@@ -154,11 +161,11 @@ def test_the_walker_sees_cycles_and_upward_imports_wherever_they_hide(tmp_path):
         target = copy / path.relative_to(ROOT / PACKAGE)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
-    tempo = copy / "tempo.py"
-    tempo.write_text(tempo.read_text(encoding="utf-8") + "\n\ndef _late():\n    from ultrasinger_gpu_cli import pipeline\n")
-    words = copy / "words.py"
+    tempo = copy / "song" / "tempo.py"
+    tempo.write_text(tempo.read_text(encoding="utf-8") + "\n\ndef _late():\n    from ultrasinger_gpu_cli.run import pipeline\n")
+    words = copy / "song" / "words.py"
     words.write_text(words.read_text(encoding="utf-8")
-                     + "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ultrasinger_gpu_cli.notes import build_song\n")  # fmt: skip
+                     + "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ultrasinger_gpu_cli.song.notes import build_song\n")  # fmt: skip
     graph = imports(modules(copy))
-    assert any(m.startswith(f"{PACKAGE}.tempo:") and "pipeline" in m for m in broken(graph))
-    assert any(f"{PACKAGE}.words" in group and f"{PACKAGE}.notes" in group for group in cycles(graph))
+    assert any(m.startswith(f"{PACKAGE}.song.tempo:") and "pipeline" in m for m in broken(graph))
+    assert any(f"{PACKAGE}.song.words" in group and f"{PACKAGE}.song.notes" in group for group in cycles(graph))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrasinger_gpu_cli import models
+from ultrasinger_gpu_cli.weights import models
 from ultrasinger_gpu_cli.components import SPECS
 from ultrasinger_gpu_cli.engines import create
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from tests.fake_nvml import FakeCard, h100, make_fake_nvml, rtx_5060_ti
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.monitoring import Monitor, Thresholds
-from ultrasinger_gpu_cli.nvml import Nvml
-from ultrasinger_gpu_cli.render import monitor_view, sparkline
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.gpu.monitoring import Monitor, Thresholds
+from ultrasinger_gpu_cli.gpu.nvml import Nvml
+from ultrasinger_gpu_cli.cli.render import monitor_view, sparkline
+from ultrasinger_gpu_cli.store.db import Store
 
 
 def render(snapshot, history, width: int) -> str:

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from tests.audio_factory import drum_song, melody, midi_to_hz, write_wav
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.notes import MIN_CHART_BPM, build_song, grid_multiple, lyrics_text, phrase_starts
-from ultrasinger_gpu_cli.tempo import Tempo, detect_tempo
-from ultrasinger_gpu_cli.ultrastar import read_chart, repitch
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.notes import MIN_CHART_BPM, build_song, grid_multiple, lyrics_text, phrase_starts
+from ultrasinger_gpu_cli.song.tempo import Tempo, detect_tempo
+from ultrasinger_gpu_cli.song.ultrastar import read_chart, repitch
+from ultrasinger_gpu_cli.song.words import Word
 
 # (start s, length s, MIDI): one syllable each; gaps of 60 ms between repeated notes.
 MELODY = [(1.0, 0.6, 57), (1.8, 0.5, 60), (2.5, 0.8, 64), (3.35, 0.5, 64), (4.2, 0.9, 67), (6.0, 0.6, 65),
@@ -108,7 +108,7 @@ def test_tempo_and_beats_are_librosa_s_own_without_librosa(bpm, pattern, monkeyp
     # tempogram is read in blocks that do not divide the song.
     import librosa
 
-    from ultrasinger_gpu_cli import tempo as tempo_module
+    from ultrasinger_gpu_cli.song import tempo as tempo_module
 
     monkeypatch.setattr(tempo_module, "BLOCK_FRAMES", 333)
     envelope = np.concatenate([[0.0], tempo_module.onset_flux(drum_song(bpm, 20.0, pattern=pattern, offset_s=0.37))])
@@ -122,8 +122,8 @@ def test_tempo_and_beats_are_librosa_s_own_without_librosa(bpm, pattern, monkeyp
 def test_a_real_voice_gets_librosa_s_beats_too():
     import librosa
 
-    from ultrasinger_gpu_cli import audio as audio_io
-    from ultrasinger_gpu_cli import tempo as tempo_module
+    from ultrasinger_gpu_cli.song import audio as audio_io
+    from ultrasinger_gpu_cli.song import tempo as tempo_module
 
     voice = Path(__file__).resolve().parents[2] / "shared" / "real" / "torchcrepe-test" / "test.wav"
     if not voice.is_file():
@@ -144,7 +144,7 @@ def test_tempo_compiles_nothing_and_its_memory_does_not_grow_with_the_song():
     import sys
 
     code = ("import sys, tracemalloc, numpy as np\n"
-            "from ultrasinger_gpu_cli import tempo\n"
+            "from ultrasinger_gpu_cli.song import tempo\n"
             "peaks = []\n"
             "for frames in (13_000, 52_000):  # 5 and 20 minutes of envelope\n"
             "    envelope = np.abs(np.random.default_rng(3).standard_normal(frames)) + (np.arange(frames) % 23 == 0) * 4.0\n"
@@ -225,7 +225,7 @@ def test_no_word_is_dropped_zero_length_words_included():
 
 # -- phrases ---------------------------------------------------------------------------------------
 def _voices(words):
-    from ultrasinger_gpu_cli.notes import PitchTrackView, listen, split_words
+    from ultrasinger_gpu_cli.song.notes import PitchTrackView, listen, split_words
 
     times, freq, conf = track_of([(0.0, 60.0, 220.0)], duration=60.0)
     return [listen(u, PitchTrackView(times, freq, conf)) for u in split_words(words)]
@@ -286,7 +286,7 @@ def test_rap_writes_r_for_unstable_pitch_and_freestyle_stays_f(tmp_path):
     rap = build_song(words, times, freq, conf, tempo=120, title="T", artist="A", split_syllables=False, rap=True)
     assert [n.kind for n in plain.notes] == [":", ":", "F"]
     assert [n.kind for n in rap.notes] == [":", "R", "F"]
-    from ultrasinger_gpu_cli.ultrastar import to_ultrastar
+    from ultrasinger_gpu_cli.song.ultrastar import to_ultrastar
 
     text = to_ultrastar(rap, audio="a.mp3")
     assert "\nR " in text and "\nF " in text
@@ -373,7 +373,7 @@ def _heard(spec: str, start: float = 0.0, step: float = 0.5) -> list[Word]:
 
 
 def test_lyrics_match_the_heard_words_in_order_and_keep_the_song_s_order():
-    from ultrasinger_gpu_cli.lyrics import match_heard
+    from ultrasinger_gpu_cli.song.lyrics import match_heard
 
     user = "one two three four five six".split()
     heard = _heard("one too three four fife six")
@@ -402,7 +402,7 @@ def test_lyrics_match_the_heard_words_in_order_and_keep_the_song_s_order():
 
 
 def test_no_lyrics_word_is_squeezed_below_a_sung_syllable():
-    from ultrasinger_gpu_cli.lyrics import MIN_SYLLABLE_S, unsqueeze
+    from ultrasinger_gpu_cli.song.lyrics import MIN_SYLLABLE_S, unsqueeze
 
     crowded = [Word("a", 1.0, 1.01), Word("wonderful", 1.01, 1.02), Word("day", 1.02, 1.03), Word("then", 3.0, 3.4)]
     out = unsqueeze(crowded, 10.0)
@@ -446,7 +446,7 @@ def test_the_chart_sings_whispers_words_in_order(env, fast_whisper, tmp_path):
 
 # -- onsets: Whisper's late starts moved onto the voice (issue 21) ----------------------------------
 def test_a_recognised_word_starts_where_the_voice_does():
-    from ultrasinger_gpu_cli.onsets import SEARCH_BEFORE_S, refine_starts, voice_onsets
+    from ultrasinger_gpu_cli.song.onsets import SEARCH_BEFORE_S, refine_starts, voice_onsets
 
     # Sung: 1.00-1.60 at C4, legato into 1.60-2.20 at E4; a pause; 3.00-3.50 at G4.
     times, freq, conf = track_of([(1.0, 1.6, midi_to_hz(60)), (1.6, 2.2, midi_to_hz(64)), (3.0, 3.5, midi_to_hz(67))])
@@ -474,7 +474,7 @@ def test_the_pipeline_moves_recognised_words_only():
 
 # -- pitch per note: held frames, confidence, the voice's range (issue 21) ---------------------------
 def test_a_note_s_pitch_is_the_held_one_not_the_median_of_a_scoop():
-    from ultrasinger_gpu_cli.notes import note_pitch
+    from ultrasinger_gpu_cli.song.notes import note_pitch
 
     scoop = np.linspace(60.0, 63.6, 16)  # sliding up into the note: 24 semitones a second (10 ms frames)
     held = 64 + 0.2 * np.sin(np.arange(10) / 2)  # then holding E4 with a little vibrato
@@ -499,8 +499,8 @@ def test_a_bass_line_the_tracker_followed_does_not_make_the_note():
 
 # -- re-pitch keeps a melisma on the chart's own grid (issue 21) ------------------------------------
 def test_repitch_splits_a_sung_melisma_on_the_chart_s_grid():
-    from ultrasinger_gpu_cli.notes import repitch_parts
-    from ultrasinger_gpu_cli.ultrastar import chart_song
+    from ultrasinger_gpu_cli.song.notes import repitch_parts
+    from ultrasinger_gpu_cli.song.ultrastar import chart_song
 
     # 14 syllables; six of them carry two pitches each (0.5 s + 0.5 s): 20 sung pitches.
     sung, lines, t = [], ["#VERSION:1.1.0", "#TITLE:M", "#ARTIST:A", "#MP3:a.mp3", "#BPM:300", "#GAP:1000"], 1.0
@@ -525,7 +525,7 @@ def test_repitch_splits_a_sung_melisma_on_the_chart_s_grid():
 
 # -- eval: the chart's octave, both word spacings, word onsets (issue 21) ---------------------------
 def test_eval_finds_the_chart_s_octave_and_reads_both_word_spacings():
-    from ultrasinger_gpu_cli.evaluation import score
+    from ultrasinger_gpu_cli.song.evaluation import score
 
     head = "#VERSION:1.1.0\n#TITLE:T\n#ARTIST:A\n#BPM:300\n#GAP:1000\n"
     # The hand chart writes a word's space before its syllable, and a melisma's letters on "~n".
@@ -571,7 +571,7 @@ def test_a_tone_outside_the_key_sung_in_tune_is_meant_and_kept():
 
 
 def test_a_song_that_changes_key_is_read_in_each_stretch_s_own_key():
-    from ultrasinger_gpu_cli.keys import KEY_WINDOW_S, SungKey
+    from ultrasinger_gpu_cli.song.keys import KEY_WINDOW_S, SungKey
 
     c_major = [(2.0 * k, 2.0 * k + 1.5, C_MAJOR_TUNE[k % len(C_MAJOR_TUNE)]) for k in range(40)]
     d_flat = [(100.0 + 2.0 * k, 101.5 + 2.0 * k, C_MAJOR_TUNE[k % len(C_MAJOR_TUNE)] + 1) for k in range(40)]

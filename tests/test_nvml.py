@@ -6,7 +6,7 @@ import pynvml
 import pytest
 
 from tests.fake_nvml import card_6gb_no_temp, h100, lost_card, make_fake_nvml, rtx_5060_ti
-from ultrasinger_gpu_cli.nvml import Nvml, format_cuda_version, get_nvml
+from ultrasinger_gpu_cli.gpu.nvml import Nvml, format_cuda_version, get_nvml
 
 
 def test_real_machine_without_nvidia_driver_reports_unavailable_without_raising():

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from tests.audio_factory import encode, melody, song, write_wav
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.fallback import Rung, StageFailed, ladder, run_with_fallback
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.run.fallback import Rung, StageFailed, ladder, run_with_fallback
+from ultrasinger_gpu_cli.store.db import Store
 
 
 def invoke(*args: str, input: str | None = None):
@@ -313,10 +313,10 @@ def test_silent_song_finishes_with_no_vocals_found(env, fast_whisper, tmp_path):
 
 def test_a_cuda_plan_without_a_usable_gpu_moves_each_stage_to_the_cpu(env, fast_whisper, tmp_path):
     """The ladder's last step, for real: the plan says cuda, PyTorch here has no CUDA."""
-    from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
-    from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
-    from ultrasinger_gpu_cli.facts import GpuIdentity
+    from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
 
     plan = resolve(PlanTarget("RTX 5060 Ti", 16311, "12.0", GpuIdentity(0, "GPU-x"), torch_can_run=True))
     assert {c.device for c in plan.components.values()} == {"cuda"}
@@ -342,8 +342,8 @@ def test_a_cuda_plan_without_a_usable_gpu_moves_each_stage_to_the_cpu(env, fast_
 
 def test_a_pipeline_leaves_its_options_as_given(tmp_path):
     """One RunOptions can serve several pipelines (workers, actors): building one changes nothing in it."""
-    from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
-    from ultrasinger_gpu_cli.resolver import CPU_TARGET, resolve
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
 
     options = RunOptions(out_dir=tmp_path / "out")
     before = repr(options)

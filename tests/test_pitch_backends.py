@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from tests.audio_factory import melody, midi_to_hz, sung_note, write_wav
 from tests.test_pipeline import NOTES, _known_melody, _notes_in
-from ultrasinger_gpu_cli import devices
+from ultrasinger_gpu_cli.gpu import devices
 from ultrasinger_gpu_cli.cli import app
 from ultrasinger_gpu_cli.components import CREPE
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.facts import GpuIdentity
-from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
+from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
 RTX_5060_TI = PlanTarget("NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", GpuIdentity(0, "GPU-5060ti"), torch_can_run=True)
 
@@ -114,7 +114,7 @@ def test_bad_and_missing_backends_are_refused_with_the_choices_and_the_install_c
     assert missing.exit_code == 2 and "pip install swift-f0" in missing.stderr
     assert not (tmp_path / "o" / "Known - Melody").exists()
     # Not installed, the CPU tier keeps torchcrepe (and says so by its reason).
-    from ultrasinger_gpu_cli.resolver import resolve as plan
+    from ultrasinger_gpu_cli.plan.resolver import resolve as plan
 
     assert plan(PlanTarget("CPU: test")).components["crepe"].value("backend") == "torchcrepe"
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ultrasinger_gpu_cli import preview
+from ultrasinger_gpu_cli.song import preview
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.notes import hz_to_midi
-from ultrasinger_gpu_cli.pitch import PitchTrack
-from ultrasinger_gpu_cli.ultrastar import Note, Song, read_chart, to_ultrastar
+from ultrasinger_gpu_cli.song.notes import hz_to_midi
+from ultrasinger_gpu_cli.song.pitch import PitchTrack
+from ultrasinger_gpu_cli.song.ultrastar import Note, Song, read_chart, to_ultrastar
 
 pytest.importorskip("matplotlib")
 

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.evaluation import load_chart, word_onsets
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.evaluation import load_chart, word_onsets
+from ultrasinger_gpu_cli.song.words import Word
 
 def _shared_real() -> Path:
     """``shared/real`` beside the checkout (or inside it, or above it); ``UGPU_REAL_SONGS`` names another."""
@@ -140,7 +140,7 @@ def test_a_chunk_cut_inside_sung_words_loses_none_and_hears_none_twice(real_mode
     overlap, tiny.en drops "Pants" at 16.0 s and hears "from us But that's his pants" at 15.3 s)."""
     import numpy as np
 
-    from ultrasinger_gpu_cli import audio as audio_io
+    from ultrasinger_gpu_cli.song import audio as audio_io
     from ultrasinger_gpu_cli.components.whisper import WhisperSettings
     from ultrasinger_gpu_cli.engines.faster_whisper_engine import FasterWhisperEngine
 

@@ -6,9 +6,9 @@ import pytest
 
 from ultrasinger_gpu_cli.components import SPECS
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.facts import GpuIdentity
-from ultrasinger_gpu_cli.resolver import PlanTarget, resolve, validate_setting
-from ultrasinger_gpu_cli.tiers import ALL_TIERS, GPU_TIERS, MODES, tier_for_vram
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
+from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve, validate_setting
+from ultrasinger_gpu_cli.plan.tiers import ALL_TIERS, GPU_TIERS, MODES, tier_for_vram
 
 RTX_5060_TI = PlanTarget("NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", GpuIdentity(0, "GPU-5060ti"), torch_can_run=True)
 

@@ -16,10 +16,10 @@ from tests.conftest import CU128_ARCHS
 from tests.fake_nvml import h100, rtx_5060_ti
 from ultrasinger_gpu_cli.cli import app
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.events import StageStarted
-from ultrasinger_gpu_cli.pipeline import RunOptions
-from ultrasinger_gpu_cli.resolver import CPU_TARGET, resolve
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.run.events import StageStarted
+from ultrasinger_gpu_cli.run.pipeline import RunOptions
+from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
+from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import convert_songs
 from ultrasinger_gpu_cli.usecases.scale import plan_slots, run_parallel
 

@@ -19,7 +19,8 @@ from tests.audio_factory import song, write_wav  # noqa: E402
 from tests.conftest import CU128_ARCHS  # noqa: E402
 from tests.fake_nvml import h100, rtx_5060_ti  # noqa: E402
 from ultrasinger_gpu_cli.server.app import ServeConfig, create_app, needs_token  # noqa: E402
-from ultrasinger_gpu_cli.store import JobQueue, Store  # noqa: E402
+from ultrasinger_gpu_cli.store.jobs import JobQueue  # noqa: E402
+from ultrasinger_gpu_cli.store.db import Store
 
 TOKEN = "s3cret-token"
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tests.audio_factory import encode, melody, song, write_wav
 from ultrasinger_gpu_cli.cli import app
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.store.db import Store
 
 
 @pytest.fixture(scope="module")

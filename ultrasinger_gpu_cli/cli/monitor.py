@@ -76,8 +76,8 @@ def monitor(
     import time
 
     from ultrasinger_gpu_cli.errors import InvalidSettingError
-    from ultrasinger_gpu_cli.monitoring import Monitor, Thresholds
-    from ultrasinger_gpu_cli.render import alert_line, live_screen, monitor_dashboard, monitor_view
+    from ultrasinger_gpu_cli.gpu.monitoring import Monitor, Thresholds
+    from ultrasinger_gpu_cli.cli.render import alert_line, live_screen, monitor_dashboard, monitor_view
 
     if not (math.isfinite(interval) and 0.1 <= interval <= 3600):
         raise InvalidSettingError(f"invalid --interval {interval!r}; it must be a number of seconds from 0.1 to 3600")

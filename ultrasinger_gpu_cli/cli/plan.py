@@ -25,14 +25,14 @@ def detect(
     gpu: GpuParam = "0",
 ) -> None:
     """Detect the GPUs, their drivers, and whether the installed PyTorch can run them (/gpu/detect)."""
-    from ultrasinger_gpu_cli.reports import initialize_response
+    from ultrasinger_gpu_cli.usecases.reports import initialize_response
     from ultrasinger_gpu_cli.usecases.plan import detect_machine
 
     found = detect_machine(open_store(ctx), gpu=gpu, mode=mode.value, vram_limit_gb=vram_limit, force=force)
     if json_out:
         emit_json(initialize_response(found.detection, found.plan, force_detection=force))
     else:
-        from ultrasinger_gpu_cli.render import detection_view
+        from ultrasinger_gpu_cli.cli.render import detection_view
 
         err_console().print(detection_view(found.detection, found.plan))
     if require_gpu and not found.uses_gpu:
@@ -59,11 +59,11 @@ def optimize(
 ) -> None:
     """Show the settings ugpu uses for Whisper, Demucs and CREPE on this card, with reasons (/gpu/optimize)."""
     if tiers:
-        from ultrasinger_gpu_cli.render import tier_table
+        from ultrasinger_gpu_cli.cli.render import tier_table
 
         err_console().print(tier_table())
         return
-    from ultrasinger_gpu_cli.reports import optimize_response
+    from ultrasinger_gpu_cli.usecases.reports import optimize_response
     from ultrasinger_gpu_cli.usecases.plan import Assumed
     from ultrasinger_gpu_cli.usecases.plan import optimize as run_optimize
 
@@ -73,7 +73,7 @@ def optimize(
     if json_out:
         emit_json(optimize_response(result.plan, cuda_version=result.cuda_version, saved=result.saved))
         return
-    from ultrasinger_gpu_cli.render import plan_view
+    from ultrasinger_gpu_cli.cli.render import plan_view
 
     err_console().print(plan_view(result.plan))
     if result.saved:

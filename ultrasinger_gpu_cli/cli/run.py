@@ -66,10 +66,10 @@ def run(
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="The longest song converted, in minutes (longer ones stop with exit 2) [default: UGPU_MAX_MINUTES, else 120].", min=0.01, max=1440, show_default=False)] = None,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
-    from ultrasinger_gpu_cli.detection import plan_for
-    from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
-    from ultrasinger_gpu_cli.pipeline import RunOptions
-    from ultrasinger_gpu_cli.render import RunDisplay, summary_table
+    from ultrasinger_gpu_cli.plan.detection import plan_for
+    from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
+    from ultrasinger_gpu_cli.run.pipeline import RunOptions
+    from ultrasinger_gpu_cli.cli.render import RunDisplay, summary_table
     from ultrasinger_gpu_cli.usecases.batch import convert_songs
     from ultrasinger_gpu_cli.usecases.plan import run_target
 

@@ -38,10 +38,10 @@ def serve(
         raise InvalidSettingError("--ray needs Ray, which is not installed", hint="pip install 'ultrasinger-gpu-cli[cluster]'")
     if music_root is not None and not music_root.is_dir():
         raise InvalidSettingError(f"--music-root {music_root}: no such folder")
-    from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
+    from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.server.app import ServeConfig, create_app, needs_token, new_token
 
-    from ultrasinger_gpu_cli.store import QueueOwner
+    from ultrasinger_gpu_cli.store.jobs import QueueOwner
 
     if token is not None and not token.strip():
         raise InvalidSettingError("--token is empty: an empty token would let anyone in",

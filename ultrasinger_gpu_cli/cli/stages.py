@@ -54,12 +54,12 @@ def _component(ctx: typer.Context, component: str, *, audio: Optional[Path], fla
              options=options, no_fallback=no_fallback, rehearsed=rehearsed, fetch=not offline)  # fmt: skip
         return
     if json_out:
-        from ultrasinger_gpu_cli.reports import configure_component_response
+        from ultrasinger_gpu_cli.usecases.reports import configure_component_response
 
         emit_json(configure_component_response(configured.plan, component, override=configured.override,
                                                action=configured.action))  # fmt: skip
         return
-    from ultrasinger_gpu_cli.render import component_view
+    from ultrasinger_gpu_cli.cli.render import component_view
 
     console = err_console()
     if configured.action:
@@ -69,9 +69,9 @@ def _component(ctx: typer.Context, component: str, *, audio: Optional[Path], fla
 
 def _run(component: str, audio: Path, plan: Any, store: Any, *, output: Optional[Path], models_dir: Optional[Path],
          json_out: bool, options: StageOptions, no_fallback: bool, rehearsed: Any, fetch: bool = True) -> None:  # fmt: skip
-    from ultrasinger_gpu_cli.models import models_dir as resolve_models_dir
-    from ultrasinger_gpu_cli.render import configured_notes, stage_display, stage_summary
-    from ultrasinger_gpu_cli.runner import RunnerOptions
+    from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
+    from ultrasinger_gpu_cli.cli.render import configured_notes, stage_display, stage_summary
+    from ultrasinger_gpu_cli.run.runner import RunnerOptions
     from ultrasinger_gpu_cli.usecases.stages import run_stage
 
     console = err_console()

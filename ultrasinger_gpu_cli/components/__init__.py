@@ -16,7 +16,7 @@ from ultrasinger_gpu_cli.components.demucs import DEMUCS, DemucsSettings
 from ultrasinger_gpu_cli.components.settings import ParameterValues, SettingValue, StageSettings
 from ultrasinger_gpu_cli.components.whisper import WHISPER, WhisperSettings
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.tiers import ALL_TIERS, MODE_TABLE, Tier
+from ultrasinger_gpu_cli.plan.tiers import ALL_TIERS, MODE_TABLE, Tier
 
 #: In the design's order (its API responses list whisper, demucs, crepe).
 SPECS: dict[str, ComponentSpec] = {s.name: s for s in (WHISPER, DEMUCS, CREPE)}

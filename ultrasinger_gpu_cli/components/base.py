@@ -19,10 +19,10 @@ from ultrasinger_gpu_cli.components.settings import ParameterValues, S, SettingV
 from ultrasinger_gpu_cli.errors import InvalidSettingError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ultrasinger_gpu_cli.devices import DeviceBinding
+    from ultrasinger_gpu_cli.gpu.devices import DeviceBinding
     from ultrasinger_gpu_cli.engines.base import Engine, Progress
-    from ultrasinger_gpu_cli.models import ModelStatus
-    from ultrasinger_gpu_cli.tiers import Tier
+    from ultrasinger_gpu_cli.weights.models import ModelStatus
+    from ultrasinger_gpu_cli.plan.tiers import Tier
 
 
 DEVICES = ("cuda", "cpu")

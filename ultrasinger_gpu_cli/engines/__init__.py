@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ultrasinger_gpu_cli.components import StageSettings, spec
-from ultrasinger_gpu_cli.devices import DeviceBinding
+from ultrasinger_gpu_cli.gpu.devices import DeviceBinding
 from ultrasinger_gpu_cli.engines.base import Engine, Progress
 
 __all__ = ["Engine", "Progress", "create"]

@@ -1,7 +1,7 @@
 """The engine interface: load once, run on arrays with a progress callback, unload.
 
 An engine is one backend of one component (``components/<name>.py`` registers it). It never
-prints and never times itself: the stage runner (:mod:`ultrasinger_gpu_cli.runner`) measures
+prints and never times itself: the stage runner (:mod:`ultrasinger_gpu_cli.run.runner`) measures
 every run the same way. It reports progress through the callback and raises typed errors.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ultrasinger_gpu_cli.components.settings import StageSettings
-from ultrasinger_gpu_cli.devices import DeviceBinding, free_memory
+from ultrasinger_gpu_cli.gpu.devices import DeviceBinding, free_memory
 
 #: ``progress(fraction_done, audio_seconds_done)``
 Progress = Callable[[float, float], None]
@@ -46,7 +46,7 @@ class Engine(ABC, Generic[S]):
         """Where this engine runs: the CPU, or the CUDA ordinal of the GPU the user named."""
         if self._binding is None:
             if self.settings.device == "cuda":
-                from ultrasinger_gpu_cli.devices import bind
+                from ultrasinger_gpu_cli.gpu.devices import bind
 
                 self._binding = bind(None)  # used as a library: torch's current device
             else:

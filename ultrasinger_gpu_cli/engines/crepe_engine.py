@@ -22,9 +22,9 @@ from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
-from ultrasinger_gpu_cli.pitch import PitchTrack
-from ultrasinger_gpu_cli.models import crepe_status, crepe_weights, damaged
-from ultrasinger_gpu_cli.vad import frames_to_compute
+from ultrasinger_gpu_cli.song.pitch import PitchTrack
+from ultrasinger_gpu_cli.weights.models import crepe_status, crepe_weights, damaged
+from ultrasinger_gpu_cli.song.vad import frames_to_compute
 
 SAMPLE_RATE = 16_000
 WINDOW = 1024

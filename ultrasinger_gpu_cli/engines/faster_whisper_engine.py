@@ -26,8 +26,8 @@ from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.errors import ModelMissingError
 from ultrasinger_gpu_cli.engines.whisper_engine import SAMPLE_RATE, WhisperEngine
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
-from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint, whisper_status
-from ultrasinger_gpu_cli.words import Segment, Word
+from ultrasinger_gpu_cli.weights.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint, whisper_status
+from ultrasinger_gpu_cli.song.words import Segment, Word
 
 FOLDER = "faster-whisper"
 VOCABULARY = ("vocabulary.json", "vocabulary.txt")  # CTranslate2 reads either
@@ -58,7 +58,7 @@ def hub_repository(model: str) -> str:
 def faster_whisper_status(model: str, directory: Path | None) -> ModelStatus:
     """The CTranslate2 folder: ``DIR/faster-whisper/<model>`` (or ugpu's cache), else the one
     faster-whisper downloaded into the Hugging Face hub's cache, used where it is."""
-    from ultrasinger_gpu_cli.models import _cache_home, hf_hub_cache, hf_published_sha256, hf_snapshot
+    from ultrasinger_gpu_cli.weights.models import _cache_home, hf_hub_cache, hf_published_sha256, hf_snapshot
 
     root = (directory or _cache_home()) / FOLDER / model
     where = f"models dir {directory}" if directory is not None else "ugpu cache"
@@ -79,9 +79,9 @@ def pull_faster_whisper(status: ModelStatus, directory: Path | None = None, prog
                         download: bool = True) -> list[Path]:  # fmt: skip
     """Convert the openai-whisper checkpoint into the CTranslate2 folder, offline; where the
     checkpoint is not here, fetch it first (online only, and only when ``download``)."""
-    from ultrasinger_gpu_cli.downloads import offline
+    from ultrasinger_gpu_cli.weights.downloads import offline
     from ultrasinger_gpu_cli.engines.whisper_ct2 import convert
-    from ultrasinger_gpu_cli.models import pull_whisper
+    from ultrasinger_gpu_cli.weights.models import pull_whisper
 
     source = whisper_status(status.model, directory)
     if not source.present:

@@ -22,10 +22,10 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
-from ultrasinger_gpu_cli.pitch import PitchTrack
+from ultrasinger_gpu_cli.song.pitch import PitchTrack
 from ultrasinger_gpu_cli.errors import ModelMissingError
-from ultrasinger_gpu_cli.models import ModelFile, ModelStatus, recorded_sha256
-from ultrasinger_gpu_cli.vad import frames_to_compute
+from ultrasinger_gpu_cli.weights.models import ModelFile, ModelStatus, recorded_sha256
+from ultrasinger_gpu_cli.song.vad import frames_to_compute
 
 SAMPLE_RATE = 16_000
 HOP = 256  # samples: a frame every 16 ms

@@ -130,7 +130,7 @@ def convert(checkpoint: Path, target: Path, quantization: str | None = None) -> 
     from whisper.tokenizer import get_tokenizer
 
     from ultrasinger_gpu_cli.failures import LOAD_ERRORS
-    from ultrasinger_gpu_cli.models import damaged
+    from ultrasinger_gpu_cli.weights.models import damaged
 
     try:
         model = whisper.load_model(str(checkpoint), device="cpu").float()

@@ -25,10 +25,10 @@ from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.whisper import WhisperSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
-from ultrasinger_gpu_cli.models import damaged, pull_whisper, whisper_checkpoint, whisper_status
-from ultrasinger_gpu_cli.words import Segment, Transcript, Word
-from ultrasinger_gpu_cli.wordmatch import normalise
-from ultrasinger_gpu_cli.vad import chunk_regions, overlapped, voiced_regions
+from ultrasinger_gpu_cli.weights.models import damaged, pull_whisper, whisper_checkpoint, whisper_status
+from ultrasinger_gpu_cli.song.words import Segment, Transcript, Word
+from ultrasinger_gpu_cli.song.wordmatch import normalise
+from ultrasinger_gpu_cli.song.vad import chunk_regions, overlapped, voiced_regions
 
 SAMPLE_RATE = 16_000
 MAX_CHUNK_S = 30.0

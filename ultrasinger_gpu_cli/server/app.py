@@ -2,7 +2,7 @@
 
 An edge, like the CLI: every route parses its request, calls a use case
 (:mod:`ultrasinger_gpu_cli.usecases`) and returns the same documents ``--json`` prints
-(:mod:`ultrasinger_gpu_cli.reports`). Errors of the core's hierarchy become status codes with
+(:mod:`ultrasinger_gpu_cli.usecases.reports`). Errors of the core's hierarchy become status codes with
 the message and its fix; no traceback ever reaches a client.
 """
 
@@ -30,9 +30,10 @@ from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
 from ultrasinger_gpu_cli import __version__
-from ultrasinger_gpu_cli.audio import AudioTooLongError
+from ultrasinger_gpu_cli.song.audio import AudioTooLongError
 from ultrasinger_gpu_cli.errors import AudioError, InvalidSettingError, StoreError, UgpuError
-from ultrasinger_gpu_cli.store import QueueOwner, Store
+from ultrasinger_gpu_cli.store.jobs import QueueOwner
+from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.jobs import (
     FINISHED, JobNotFound, JobOptions, Jobs, JobWorker, PathRefused, QueueFull, ServerFolders, UploadTooLarge,
     WorkerConfig, job_view,
@@ -112,7 +113,7 @@ def _store(config: ServeConfig) -> Store:
 
 def _worker_plans(config: ServeConfig) -> list[tuple[str, Any]]:
     """One worker per GPU PyTorch can run (or ``--workers`` on the first one / the CPU): (name, plan(store, mode))."""
-    from ultrasinger_gpu_cli.detection import plan_for
+    from ultrasinger_gpu_cli.plan.detection import plan_for
     from ultrasinger_gpu_cli.usecases.plan import run_target
 
     with _store(config) as store:
@@ -120,7 +121,7 @@ def _worker_plans(config: ServeConfig) -> list[tuple[str, Any]]:
         on_gpus = bool(first.is_gpu and first.torch_can_run)
         count = 1
         if on_gpus and config.workers is None:  # one per card PyTorch runs
-            from ultrasinger_gpu_cli.nvml import get_nvml
+            from ultrasinger_gpu_cli.gpu.nvml import get_nvml
 
             count = max(1, get_nvml().device_count())
     selectors = list(range(count)) if config.workers is None else [0] * config.workers
@@ -227,7 +228,7 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
     # -- the design's GPU API ----------------------------------------------------------------------------
     @app.post("/api/gpu/initialize", dependencies=[api])
     def initialize(body: InitializeRequest = InitializeRequest()) -> dict[str, Any]:
-        from ultrasinger_gpu_cli.reports import initialize_response
+        from ultrasinger_gpu_cli.usecases.reports import initialize_response
         from ultrasinger_gpu_cli.usecases.plan import detect_machine
 
         with _store(config) as store:
@@ -241,8 +242,8 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
 
     @app.post("/api/gpu/configure_component", dependencies=[api])
     def configure(body: ConfigureRequest) -> dict[str, Any]:
-        from ultrasinger_gpu_cli.detection import plan_for, quick_target
-        from ultrasinger_gpu_cli.reports import configure_component_response
+        from ultrasinger_gpu_cli.plan.detection import plan_for, quick_target
+        from ultrasinger_gpu_cli.usecases.reports import configure_component_response
         from ultrasinger_gpu_cli.usecases.plan import configure_component, validated_flags
 
         flags = {"model": body.model, "batch_size": body.batch_size, "device": body.device_override}
@@ -255,7 +256,7 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
     @app.get("/api/gpu/optimize", dependencies=[api])
     def optimize(mode: Literal["conservative", "balanced", "aggressive"] = "balanced",
                  vram_limit: Optional[float] = None) -> dict[str, Any]:  # fmt: skip
-        from ultrasinger_gpu_cli.reports import optimize_response
+        from ultrasinger_gpu_cli.usecases.reports import optimize_response
         from ultrasinger_gpu_cli.usecases.plan import optimize as plan_optimize
 
         with _store(config) as store:
@@ -271,7 +272,7 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
 
     @app.get("/api/gpu/stats", dependencies=[api])
     def stats(component: Optional[str] = None, since: Optional[str] = None) -> dict[str, Any]:
-        from ultrasinger_gpu_cli.reports import stats_response
+        from ultrasinger_gpu_cli.usecases.reports import stats_response
         from ultrasinger_gpu_cli.usecases.history import component_stats
 
         with _store(config) as store:
@@ -556,7 +557,7 @@ def _read_job(config: ServeConfig, job_id: str, jobs_of: Any) -> dict[str, Any]:
 
 def _plans(config: ServeConfig) -> dict[str, Any]:
     """Each worker's plan, with every setting's reason (what the page shows)."""
-    from ultrasinger_gpu_cli.reports import component_report
+    from ultrasinger_gpu_cli.usecases.reports import component_report
 
     out = []
     with _store(config) as store:
@@ -571,7 +572,7 @@ def _plans(config: ServeConfig) -> dict[str, Any]:
 def _monitor(config: ServeConfig) -> dict[str, Any]:
     """The design's monitor fields (of the first GPU, or the host), every GPU under ``gpus``, each
     with the plan's VRAM budget for its card."""
-    from ultrasinger_gpu_cli.monitoring import Monitor
+    from ultrasinger_gpu_cli.gpu.monitoring import Monitor
 
     with _store(config) as store:
         snapshot = Monitor(store=store).snapshot(processes=False)

@@ -8,14 +8,14 @@ from typing import Any
 
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, UgpuError, from_os_error
-from ultrasinger_gpu_cli.paths import check_output_dir, sweep_partials
-from ultrasinger_gpu_cli.lyrics import load_lyrics
-from ultrasinger_gpu_cli.timings import load_timings
-from ultrasinger_gpu_cli.events import Notice, OnEvent, SongFailed, SongReport, ignore
-from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions, SongAlreadyDone
-from ultrasinger_gpu_cli.resolver import Plan
-from ultrasinger_gpu_cli.stagecache import resume_cache_dir
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.song.paths import check_output_dir, sweep_partials
+from ultrasinger_gpu_cli.song.lyrics import load_lyrics
+from ultrasinger_gpu_cli.song.timings import load_timings
+from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFailed, SongReport, ignore
+from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions, SongAlreadyDone
+from ultrasinger_gpu_cli.plan.resolver import Plan
+from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
+from ultrasinger_gpu_cli.store.db import Store
 
 
 @dataclass(frozen=True)

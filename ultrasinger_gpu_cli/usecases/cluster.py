@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
-from ultrasinger_gpu_cli.events import Notice, OnEvent, SongStarted, ignore
-from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongStarted, ignore
+from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
 from ultrasinger_gpu_cli.usecases.scale import pipeline_peak_mb
 
@@ -70,13 +70,13 @@ class SongActor:
         """The plan for the card Ray gave this actor (by UUID), or the CPU's."""
         import ray
 
-        from ultrasinger_gpu_cli.detection import plan_for
-        from ultrasinger_gpu_cli.resolver import CPU_TARGET, resolve
+        from ultrasinger_gpu_cli.plan.detection import plan_for
+        from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
         from ultrasinger_gpu_cli.usecases.plan import run_target
 
         if not ray.get_gpu_ids():
             return resolve(CPU_TARGET, mode, overrides=self.store.overrides("cpu"), flags=flags)
-        from ultrasinger_gpu_cli.devices import torch_cuda_devices
+        from ultrasinger_gpu_cli.gpu.devices import torch_cuda_devices
 
         visible = torch_cuda_devices()
         if not visible or not visible[0].uuid:
@@ -123,7 +123,7 @@ class SongActor:
 def _deliver(outcome: SongOutcome, files: dict[str, bytes], source: Path, out_dir: Path) -> SongOutcome:
     """Write a song folder that came back from an actor under ``-o``: into a partial folder,
     renamed into place (a song folder of the same name is replaced only if it is this song's)."""
-    from ultrasinger_gpu_cli.ultrastar import safe_name
+    from ultrasinger_gpu_cli.song.ultrastar import safe_name
 
     if outcome.report is None:  # named by the driver's path, not the actor's copy
         failure, done = outcome.failure, outcome.already_done
@@ -173,7 +173,7 @@ def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, m
     ray = import_ray()
     from ray.util.queue import Queue
 
-    from ultrasinger_gpu_cli.detection import plan_for
+    from ultrasinger_gpu_cli.plan.detection import plan_for
     from ultrasinger_gpu_cli.usecases.plan import run_target
 
     prepare(options)

@@ -7,7 +7,8 @@ from typing import TextIO
 
 from ultrasinger_gpu_cli.components import spec
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.store import ComponentStats, Store
+from ultrasinger_gpu_cli.store.stats import ComponentStats
+from ultrasinger_gpu_cli.store.db import Store
 
 
 def _check(component: str | None, since: str | None = None) -> None:

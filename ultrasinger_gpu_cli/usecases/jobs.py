@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
-from ultrasinger_gpu_cli.store import JobQueue, JobRow, Store
+from ultrasinger_gpu_cli.store.jobs import JobQueue, JobRow
+from ultrasinger_gpu_cli.store.db import Store
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FINISHED = ("done", "failed", "cancelled")
@@ -78,7 +79,7 @@ class JobOptions:
 
     @classmethod
     def parse(cls, mode: str | None = None, language: str | None = None) -> JobOptions:
-        from ultrasinger_gpu_cli.tiers import MODE_TABLE
+        from ultrasinger_gpu_cli.plan.tiers import MODE_TABLE
 
         mode = mode or "balanced"
         if mode not in MODE_TABLE:
@@ -104,7 +105,7 @@ def job_view(job: JobRow) -> dict[str, Any]:
 
 def _safe_file_name(name: str) -> str:
     """An uploaded file's name, as a name only: no folders, no separators, no control characters."""
-    from ultrasinger_gpu_cli.ultrastar import safe_name
+    from ultrasinger_gpu_cli.song.ultrastar import safe_name
 
     base = re.split(r"[\\/]", name or "")[-1]
     base = "".join(c for c in base if c.isprintable()).strip(" .")
@@ -121,7 +122,7 @@ class Jobs:
 
     def __init__(self, store: Store, folders: ServerFolders, *, queue_limit: int = 100,
                  max_upload_bytes: int = 500 * 2**20, max_minutes: float | None = None) -> None:  # fmt: skip
-        from ultrasinger_gpu_cli.audio import max_seconds
+        from ultrasinger_gpu_cli.song.audio import max_seconds
 
         self.max_seconds = max_seconds(max_minutes)
         self.queue = JobQueue(store)
@@ -148,7 +149,7 @@ class Jobs:
     def submit_upload(self, filename: str, chunks: Iterable[bytes], options: JobOptions) -> dict[str, Any]:
         """An uploaded song: stored under the server's inbox with a name of its own, size-limited,
         checked by ffmpeg, then queued. Nothing is kept of a refused upload."""
-        from ultrasinger_gpu_cli.audio import probe
+        from ultrasinger_gpu_cli.song.audio import probe
 
         self._room()
         job_id = uuid.uuid4().hex
@@ -172,7 +173,7 @@ class Jobs:
 
     def submit_path(self, relative: str, options: JobOptions) -> dict[str, Any]:
         """A song under the music folder, by its path relative to it (never anything outside)."""
-        from ultrasinger_gpu_cli.audio import probe
+        from ultrasinger_gpu_cli.song.audio import probe
 
         root = self.folders.music_root
         if root is None:
@@ -260,7 +261,7 @@ class Jobs:
     def view(self, job_id: str) -> dict[str, Any]:
         """What the page's job view shows: the preview's pages (each with the layout a cursor
         needs, :func:`..preview.read_layout`) and the song's audio."""
-        from ultrasinger_gpu_cli.preview import read_layout
+        from ultrasinger_gpu_cli.song.preview import read_layout
 
         folder = self.result_folder(job_id)
         files = _report_files(folder)
@@ -286,7 +287,7 @@ class Jobs:
 
 def _report_files(folder: Path) -> dict[str, Path]:
     """The files a song folder's report lists, by kind, taken as names inside the folder."""
-    from ultrasinger_gpu_cli.pipeline import listed_files
+    from ultrasinger_gpu_cli.run.pipeline import listed_files
 
     reports = sorted(folder.glob("*.report.json"))
     listed = listed_files(reports[0]) if reports else {}
@@ -343,8 +344,8 @@ class JobWorker(threading.Thread):
 
     def _options(self) -> Any:
         """Every job's run options: weights fetched on first use unless ugpu is offline, as ``ugpu run``."""
-        from ultrasinger_gpu_cli.downloads import offline
-        from ultrasinger_gpu_cli.pipeline import RunOptions
+        from ultrasinger_gpu_cli.weights.downloads import offline
+        from ultrasinger_gpu_cli.run.pipeline import RunOptions
 
         extra = {"fetch_missing": not offline(), **self.config.extra}
         return RunOptions(out_dir=self.config.folders.out, models_dir=self.config.models_dir, **extra)
@@ -365,7 +366,7 @@ class JobWorker(threading.Thread):
         return outcome.report.folder
 
     def _pipeline(self, mode: str) -> Any:
-        from ultrasinger_gpu_cli.pipeline import Pipeline
+        from ultrasinger_gpu_cli.run.pipeline import Pipeline
 
         if mode not in self._pipelines:
             pipeline = Pipeline(self.config.plan(self.store, mode), self._options(), self.store, self._on_event)
@@ -377,7 +378,7 @@ class JobWorker(threading.Thread):
     def convert(self, job: JobRow) -> None:
         """One job: its song through the pipeline; done, failed or cancelled, never lost."""
         from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
-        from ultrasinger_gpu_cli.pipeline import SongAlreadyDone
+        from ultrasinger_gpu_cli.run.pipeline import SongAlreadyDone
 
         self._job, self._stages, self._fallbacks = job, [], []
         out = self.config.folders.out / job.job_id
@@ -415,7 +416,7 @@ class JobWorker(threading.Thread):
                 Jobs(self.store, self.config.folders).remove_upload(current)
 
     def _on_event(self, event: Any) -> None:
-        from ultrasinger_gpu_cli import events as ev
+        from ultrasinger_gpu_cli.run import events as ev
 
         job = self._job
         if job is None:

@@ -6,13 +6,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli import models
+from ultrasinger_gpu_cli.weights import models
 from ultrasinger_gpu_cli.components import COMPONENTS, PIPELINE_ORDER, spec
-from ultrasinger_gpu_cli.detection import plan_for, quick_target
+from ultrasinger_gpu_cli.plan.detection import plan_for, quick_target
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.files import sha256_of
-from ultrasinger_gpu_cli.models import ModelStatus
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.weights.models import ModelStatus
+from ultrasinger_gpu_cli.store.db import Store
 
 
 def model_statuses(store: Store, components: list[str] | None = None, *, model: str | None = None,
@@ -59,7 +59,7 @@ class Pulled:
 def pull_models(statuses: list[ModelStatus], models_dir: Path | None = None, *, force: bool = False) -> list[Pulled]:
     """Download what is missing (with ``force``, everything again), through each backend's
     downloader (needs internet)."""
-    from ultrasinger_gpu_cli.downloads import offline
+    from ultrasinger_gpu_cli.weights.downloads import offline
 
     out = []
     for status in statuses:
@@ -210,7 +210,7 @@ def _import_faster_whisper(source: Path, models_dir: Path | None, model: str | N
 
 
 def _import_whisper_checkpoint(source: Path, models_dir: Path | None, model: str | None, force: bool) -> Imported:
-    from ultrasinger_gpu_cli.checksums import WHISPER_SHA256
+    from ultrasinger_gpu_cli.weights.checksums import WHISPER_SHA256
 
     digest = sha256_of(source)
     published = next((n for n, d in WHISPER_SHA256.items() if d == digest), None)
@@ -231,7 +231,7 @@ def _import_whisper_checkpoint(source: Path, models_dir: Path | None, model: str
 
 
 def _import_demucs(source: Path, checkpoints: list[Path], models_dir: Path | None) -> list[Imported]:
-    from ultrasinger_gpu_cli.checksums import DEMUCS_SHA256_PREFIX
+    from ultrasinger_gpu_cli.weights.checksums import DEMUCS_SHA256_PREFIX
 
     repo = models_dir / "demucs" if models_dir is not None else models.torch_hub_checkpoints()
     out = []

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ultrasinger_gpu_cli.components import SPECS, ParameterValues, spec
-from ultrasinger_gpu_cli.detection import GpuSelector, detect, hypothetical_target, plan_for, quick_target, target_from_detection
+from ultrasinger_gpu_cli.plan.detection import GpuSelector, detect, hypothetical_target, plan_for, quick_target, target_from_detection
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.facts import Detection
-from ultrasinger_gpu_cli.fallback import Rung, ladder
-from ultrasinger_gpu_cli.nvml import get_nvml
-from ultrasinger_gpu_cli.resolver import CPU_TARGET, Plan, PlanTarget, resolve
-from ultrasinger_gpu_cli.store import RecordedFallback, Store
+from ultrasinger_gpu_cli.gpu.facts import Detection
+from ultrasinger_gpu_cli.run.fallback import Rung, ladder
+from ultrasinger_gpu_cli.gpu.nvml import get_nvml
+from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, PlanTarget, resolve
+from ultrasinger_gpu_cli.store.stats import RecordedFallback
+from ultrasinger_gpu_cli.store.db import Store
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ultrasinger_gpu_cli import preview
-from ultrasinger_gpu_cli.evaluation import Evaluation, chart_files, load_chart
+from ultrasinger_gpu_cli.song import preview
+from ultrasinger_gpu_cli.song.evaluation import Evaluation, chart_files, load_chart
 
 def find_chart(target: Path) -> Path:
     """The chart a path means: a chart file itself, or the one chart in a song folder."""
@@ -40,7 +40,7 @@ def preview_chart(target: Path, output: Path | None = None, *, reference: Path |
 def write_overlays(evaluation: Evaluation, folder: Path) -> list[Path]:
     """``ugpu eval --overlay``: each scored chart drawn with its reference over it, one image per
     song (per singer of a duet) in ``folder``; returns the images written."""
-    from ultrasinger_gpu_cli.ultrastar import P1, P2, safe_name
+    from ultrasinger_gpu_cli.song.ultrastar import P1, P2, safe_name
 
     try:
         folder.mkdir(parents=True, exist_ok=True)

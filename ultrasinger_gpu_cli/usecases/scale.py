@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
-from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, ignore
-from ultrasinger_gpu_cli.facts import GpuInfo
-from ultrasinger_gpu_cli.pipeline import Pipeline, RunOptions
-from ultrasinger_gpu_cli.resolver import CPU_TARGET, Plan, resolve
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.run.events import Notice, OnEvent, ignore
+from ultrasinger_gpu_cli.failures import FallbackEvent
+from ultrasinger_gpu_cli.gpu.facts import GpuInfo
+from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, resolve
+from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
 
 MAX_PER_GPU = 8
@@ -56,7 +57,7 @@ def pipeline_peak_mb(plan: Plan) -> int | None:
     """The VRAM one worker's pipeline may hold: a worker keeps every stage's model loaded from
     song to song, so the stages' estimates add up (the CUDA context counted once). Conservative:
     two stages never run at once in one worker."""
-    from ultrasinger_gpu_cli.tiers import CUDA_CONTEXT_MB
+    from ultrasinger_gpu_cli.plan.tiers import CUDA_CONTEXT_MB
 
     peaks = [c.estimated_vram_mb for c in plan.components.values() if c.estimated_vram_mb and c.value("device") == "cuda"]
     return sum(peaks) - CUDA_CONTEXT_MB * (len(peaks) - 1) if peaks else None
@@ -87,8 +88,8 @@ def plan_slots(store: Store | None, gpus_text: str, per_gpu: str = "auto", *, mo
     ``per_gpu`` is ``auto`` (as many pipelines as the card's VRAM budget holds at the plan's
     estimate, each then planned for its share of the card) or a number. On a machine with no
     usable GPU, ``--gpus all`` is the CPU (``--per-gpu N`` gives N CPU workers)."""
-    from ultrasinger_gpu_cli.detection import plan_for
-    from ultrasinger_gpu_cli.nvml import get_nvml
+    from ultrasinger_gpu_cli.plan.detection import plan_for
+    from ultrasinger_gpu_cli.gpu.nvml import get_nvml
     from ultrasinger_gpu_cli.usecases.plan import run_target
 
     if per_gpu != "auto" and not (per_gpu.isdigit() and 1 <= int(per_gpu) <= MAX_PER_GPU):

@@ -12,15 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli import audio as audio_io
+from ultrasinger_gpu_cli.song import audio as audio_io
 from ultrasinger_gpu_cli.components import SettingValue, StageOptions, spec
 from ultrasinger_gpu_cli.errors import OutputError, from_os_error
-from ultrasinger_gpu_cli.paths import check_output_dir, fit_name, refuse_overwriting_inputs, sweep_partials
-from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, StageRun, ignore
-from ultrasinger_gpu_cli.resolver import Plan
+from ultrasinger_gpu_cli.song.paths import check_output_dir, fit_name, refuse_overwriting_inputs, sweep_partials
+from ultrasinger_gpu_cli.run.events import Notice, OnEvent, StageRun, ignore
+from ultrasinger_gpu_cli.failures import FallbackEvent
+from ultrasinger_gpu_cli.plan.resolver import Plan
 from ultrasinger_gpu_cli.files import sha256_of
-from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.run.runner import RunnerOptions, StageRunner, stage_seed
+from ultrasinger_gpu_cli.store.db import Store
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 
-from ultrasinger_gpu_cli.paths import clean_text, fit_name
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.paths import clean_text, fit_name
+from ultrasinger_gpu_cli.song.words import Word
 
 LANGUAGES = {
     "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from ultrasinger_gpu_cli.errors import UgpuError
-from ultrasinger_gpu_cli.timings import MAX_BYTES as MAX_CHART_BYTES
-from ultrasinger_gpu_cli.timings import decode_text
-from ultrasinger_gpu_cli.ultrastar import P1, P2, PITCHED, Chart, ChartNote, read_chart
-from ultrasinger_gpu_cli.wordmatch import match, normalise, ratio
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.timings import MAX_BYTES as MAX_CHART_BYTES
+from ultrasinger_gpu_cli.song.timings import decode_text
+from ultrasinger_gpu_cli.song.ultrastar import P1, P2, PITCHED, Chart, ChartNote, read_chart
+from ultrasinger_gpu_cli.song.wordmatch import match, normalise, ratio
+from ultrasinger_gpu_cli.song.words import Word
 
 ONSET_TOLERANCE_S = 0.1
 FRAME_S = 0.01  # time resolution of pitch accuracy and coverage

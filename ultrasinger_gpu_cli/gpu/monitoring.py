@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.facts import GpuIdentity, GpuProcess, GpuSample
-from ultrasinger_gpu_cli.nvml import Nvml, get_nvml
-from ultrasinger_gpu_cli.processes import alive as process_alive
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity, GpuProcess, GpuSample
+from ultrasinger_gpu_cli.gpu.nvml import Nvml, get_nvml
+from ultrasinger_gpu_cli.gpu.processes import alive as process_alive
 
 HISTORY = 120  # samples kept per GPU for the sparklines
 

@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from ultrasinger_gpu_cli.keys import SungKey
-from ultrasinger_gpu_cli.tempo import Tempo
-from ultrasinger_gpu_cli.ultrastar import PITCHED, Chart, Note, Song
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.keys import SungKey
+from ultrasinger_gpu_cli.song.tempo import Tempo
+from ultrasinger_gpu_cli.song.ultrastar import PITCHED, Chart, Note, Song
+from ultrasinger_gpu_cli.song.words import Word
 
 VOWELS = set("aeiouyäöüáéíóúàèìòùâêîôûãõåæøœëïÿAEIOUYÄÖÜÁÉÍÓÚÀÈÌÒÙÂÊÎÔÛÃÕÅÆØŒËÏŸ")
 CONFIDENCE = 0.5  # periodicity above which a pitch frame counts as voiced
@@ -494,7 +494,7 @@ def build_song(
     tempo = tempo if isinstance(tempo, Tempo) else Tempo(float(tempo))
     track = PitchTrackView(np.asarray(times), np.asarray(frequency), np.asarray(confidence))
     if refine_onsets:
-        from ultrasinger_gpu_cli.onsets import refine_starts, voice_onsets
+        from ultrasinger_gpu_cli.song.onsets import refine_starts, voice_onsets
 
         words = refine_starts(place_words(words), voice_onsets(track.times, track.frequency, track.voiced))
     units = split_words(words, language) if split_syllables else place_words(words)

@@ -14,20 +14,20 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ultrasinger_gpu_cli.facts import Detection, GpuInfo
-from ultrasinger_gpu_cli import events as ev
-from ultrasinger_gpu_cli.monitoring import Snapshot
-from ultrasinger_gpu_cli.resolver import ComponentPlan, Plan
-from ultrasinger_gpu_cli.store import ComponentStats
-from ultrasinger_gpu_cli.tiers import ALL_TIERS, MODE_TABLE
+from ultrasinger_gpu_cli.gpu.facts import Detection, GpuInfo
+from ultrasinger_gpu_cli.run import events as ev
+from ultrasinger_gpu_cli.gpu.monitoring import Snapshot
+from ultrasinger_gpu_cli.plan.resolver import ComponentPlan, Plan
+from ultrasinger_gpu_cli.store.stats import ComponentStats
+from ultrasinger_gpu_cli.plan.tiers import ALL_TIERS, MODE_TABLE
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
     from rich.progress import Progress
 
-    from ultrasinger_gpu_cli.evaluation import Evaluation
-    from ultrasinger_gpu_cli.models import ModelStatus
-    from ultrasinger_gpu_cli.events import SongReport
+    from ultrasinger_gpu_cli.song.evaluation import Evaluation
+    from ultrasinger_gpu_cli.weights.models import ModelStatus
+    from ultrasinger_gpu_cli.run.events import SongReport
     from ultrasinger_gpu_cli.usecases.models import BackendInfo
     from ultrasinger_gpu_cli.usecases.plan import Ladders
     from ultrasinger_gpu_cli.usecases.stages import StageOutcome

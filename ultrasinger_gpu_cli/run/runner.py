@@ -26,20 +26,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ultrasinger_gpu_cli import devices
+from ultrasinger_gpu_cli.gpu import devices
 from ultrasinger_gpu_cli.components import StageSettings, spec
-from ultrasinger_gpu_cli.devices import DeviceBinding
-from ultrasinger_gpu_cli.diagnostics import Rehearsal, RehearsalEngine
+from ultrasinger_gpu_cli.gpu.devices import DeviceBinding
+from ultrasinger_gpu_cli.run.diagnostics import Rehearsal, RehearsalEngine
 from ultrasinger_gpu_cli.engines.base import Engine
-from ultrasinger_gpu_cli.downloads import offline
-from ultrasinger_gpu_cli.events import FallbackEvent, ModelFetch, Notice, OnEvent, StageFinished, StageProgress, StageRun
-from ultrasinger_gpu_cli.events import StageStarted, ignore
-from ultrasinger_gpu_cli.fallback import ladder, run_with_fallback
-from ultrasinger_gpu_cli.models import require_present
-from ultrasinger_gpu_cli.processes import start_time
-from ultrasinger_gpu_cli.resolver import CPU_TARGET, Plan, resolve
-from ultrasinger_gpu_cli.sampler import NvmlSampler
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.weights.downloads import offline
+from ultrasinger_gpu_cli.run.events import ModelFetch, Notice, OnEvent, StageFinished, StageProgress, StageRun
+from ultrasinger_gpu_cli.failures import FallbackEvent
+from ultrasinger_gpu_cli.run.events import StageStarted, ignore
+from ultrasinger_gpu_cli.run.fallback import ladder, run_with_fallback
+from ultrasinger_gpu_cli.weights.models import require_present
+from ultrasinger_gpu_cli.gpu.processes import start_time
+from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, resolve
+from ultrasinger_gpu_cli.gpu.sampler import NvmlSampler
+from ultrasinger_gpu_cli.store.db import Store
 
 R = TypeVar("R")
 #: What a stage does with its engine: ``call(engine, progress) -> result``.

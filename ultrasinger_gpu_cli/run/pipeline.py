@@ -25,26 +25,27 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ultrasinger_gpu_cli import audio as audio_io
-from ultrasinger_gpu_cli import notes, preview, ultrastar
-from ultrasinger_gpu_cli.diagnostics import Rehearsal
+from ultrasinger_gpu_cli.song import audio as audio_io
+from ultrasinger_gpu_cli.song import notes, preview, ultrastar
+from ultrasinger_gpu_cli.run.diagnostics import Rehearsal
 from ultrasinger_gpu_cli.engines.base import Progress
 from ultrasinger_gpu_cli.errors import OutputError, UgpuError
-from ultrasinger_gpu_cli.events import FallbackEvent, Notice, OnEvent, SongFinished, SongReport, SongStarted, StageFinished
-from ultrasinger_gpu_cli.events import StageRun, ignore
+from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFinished, SongReport, SongStarted, StageFinished
+from ultrasinger_gpu_cli.failures import FallbackEvent
+from ultrasinger_gpu_cli.run.events import StageRun, ignore
 from ultrasinger_gpu_cli.files import atomic_path, sha256_of, write_text
-from ultrasinger_gpu_cli.resolver import Plan
-from ultrasinger_gpu_cli.runner import RunnerOptions, StageRunner, stage_seed
-from ultrasinger_gpu_cli.paths import refuse_overwriting_inputs
-from ultrasinger_gpu_cli.pitch import PitchTrack
-from ultrasinger_gpu_cli.songfolders import BUSY, MARKER, Claim, claim
-from ultrasinger_gpu_cli.stagecache import StageCache, cache_key, resume_cache_dir
-from ultrasinger_gpu_cli.store import Store
-from ultrasinger_gpu_cli.textfiles import read_json_or_none
-from ultrasinger_gpu_cli.lyrics import align_lyrics, load_lyrics
-from ultrasinger_gpu_cli.onsets import SEARCH_BEFORE_S
-from ultrasinger_gpu_cli.timings import load_timings
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.plan.resolver import Plan
+from ultrasinger_gpu_cli.run.runner import RunnerOptions, StageRunner, stage_seed
+from ultrasinger_gpu_cli.song.paths import refuse_overwriting_inputs
+from ultrasinger_gpu_cli.song.pitch import PitchTrack
+from ultrasinger_gpu_cli.run.songfolders import BUSY, MARKER, Claim, claim
+from ultrasinger_gpu_cli.run.stagecache import StageCache, cache_key, resume_cache_dir
+from ultrasinger_gpu_cli.store.db import Store
+from ultrasinger_gpu_cli.song.textfiles import read_json_or_none
+from ultrasinger_gpu_cli.song.lyrics import align_lyrics, load_lyrics
+from ultrasinger_gpu_cli.song.onsets import SEARCH_BEFORE_S
+from ultrasinger_gpu_cli.song.timings import load_timings
+from ultrasinger_gpu_cli.song.words import Word
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -382,7 +383,7 @@ class Pipeline:
                                          version=self.options.format_version)  # fmt: skip
 
         else:
-            from ultrasinger_gpu_cli.tempo import detect_tempo
+            from ultrasinger_gpu_cli.song.tempo import detect_tempo
 
             song_notes = notes.build_song(units, times, freq, conf, tempo=detect_tempo(scan.mono22, 22_050), title=title,
                                           artist=artist, language=language, split_syllables=not are_syllables,

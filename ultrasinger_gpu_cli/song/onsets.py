@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.words import Word
 
 SEARCH_BEFORE_S = 0.3
 SEARCH_AFTER_S = 0.05

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Union
 
 from ultrasinger_gpu_cli.components import StageSettings
-from ultrasinger_gpu_cli.facts import GpuIdentity, GpuSummary
+from ultrasinger_gpu_cli.failures import FallbackEvent
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity, GpuSummary
 
 
 @dataclass(frozen=True)
@@ -91,24 +92,6 @@ class StageFinished(SongEvent):
     """A stage finished (or was taken from the resume cache): its measured run."""
 
     run: StageRun
-
-
-@dataclass(frozen=True)
-class FallbackEvent:
-    """One step down the fallback ladder."""
-
-    stage: str
-    from_setting: str
-    to_setting: str
-    reason: str
-    song: str | None = None
-    device: str | None = None  # where the failed attempt ran ("cuda" or "cpu")
-    gpu: GpuIdentity | None = None  # the card it failed on
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "from": self.from_setting, "to": self.to_setting, "reason": self.reason,
-                "song": self.song, "device": self.device,
-                "gpu_index": None if self.gpu is None else self.gpu.index}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ def check_input(path: Path) -> None:
         raise AudioError(f"{path}: is a directory, not an audio file")
     import stat
 
-    from ultrasinger_gpu_cli.textfiles import kind_of
+    from ultrasinger_gpu_cli.song.textfiles import kind_of
 
     mode = path.stat().st_mode
     if not stat.S_ISREG(mode):

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli import ultrastar
+from ultrasinger_gpu_cli.song import ultrastar
 from ultrasinger_gpu_cli.errors import TimingsError
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.words import Word
 
 MAX_BYTES = 20 * 2**20  # a chart or a words file is kilobytes; refuse to read a video by mistake
 
@@ -32,7 +32,7 @@ class Timings:
 
 def decode_text(path: Path) -> tuple[str, str | None]:
     """The file's text and a warning when it had to be read as cp1252."""
-    from ultrasinger_gpu_cli.textfiles import read_text
+    from ultrasinger_gpu_cli.song.textfiles import read_text
 
     return read_text(path, cap_bytes=MAX_BYTES, what="timings file", error=TimingsError, cp1252=True,
                      hint="give an UltraStar .txt or a words JSON")  # fmt: skip

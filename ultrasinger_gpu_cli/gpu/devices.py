@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ultrasinger_gpu_cli.errors import GpuUnavailableError
-from ultrasinger_gpu_cli.facts import GpuIdentity
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from ultrasinger_gpu_cli.components import StageSettings, spec
-from ultrasinger_gpu_cli.devices import free_memory
+from ultrasinger_gpu_cli.gpu.devices import free_memory
 from ultrasinger_gpu_cli.errors import EngineError
 from ultrasinger_gpu_cli.failures import is_gpu_fatal, is_int8_unsupported, is_oom
-from ultrasinger_gpu_cli.events import FallbackEvent
+from ultrasinger_gpu_cli.failures import FallbackEvent
 
 T = TypeVar("T")
 S = TypeVar("S", bound=StageSettings)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 
-from ultrasinger_gpu_cli.facts import GpuSummary
-from ultrasinger_gpu_cli.nvml import Nvml, get_nvml
+from ultrasinger_gpu_cli.gpu.facts import GpuSummary
+from ultrasinger_gpu_cli.gpu.nvml import Nvml, get_nvml
 
 
 class NvmlSampler:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli.errors import UgpuError
-from ultrasinger_gpu_cli.pitch import PitchTrack
-from ultrasinger_gpu_cli.ultrastar import BOTH, P1, P2, PITCHED, Chart, ChartNote
+from ultrasinger_gpu_cli.song.pitch import PitchTrack
+from ultrasinger_gpu_cli.song.ultrastar import BOTH, P1, P2, PITCHED, Chart, ChartNote
 
 ROW_S = 20.0  # seconds of song per row
 ROWS_PER_PAGE = 15  # five minutes an image at 20 s a row
@@ -85,7 +85,7 @@ def pitch_track_of(chart_path: Path) -> PitchTrack | None:
 
 def _voiced_midi(pitch: PitchTrack) -> tuple[np.ndarray, np.ndarray]:
     """(times, MIDI) of the frames the notes were made from (the voiced ones), NaN elsewhere."""
-    from ultrasinger_gpu_cli.notes import PitchTrackView
+    from ultrasinger_gpu_cli.song.notes import PitchTrackView
 
     view = PitchTrackView(np.asarray(pitch.times, float), np.asarray(pitch.frequency, float),
                           np.asarray(pitch.confidence, float))  # fmt: skip
@@ -194,7 +194,7 @@ def render(chart: Chart, target: Path, *, pitch: PitchTrack | None = None, refer
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    from ultrasinger_gpu_cli.evaluation import chart_octave
+    from ultrasinger_gpu_cli.song.evaluation import chart_octave
     from ultrasinger_gpu_cli.files import atomic_path
 
     notes = sorted(chart.notes, key=lambda n: n.start_s)

@@ -9,12 +9,12 @@ import platform
 from collections.abc import Callable
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.facts import Detection, FrameworkInfo, GpuCompatibility, GpuInfo, HostInfo
-from ultrasinger_gpu_cli import frameworks as fw
-from ultrasinger_gpu_cli.frameworks import check_compatibility, fingerprint, tensorflow_note
-from ultrasinger_gpu_cli.nvml import Nvml, get_nvml
-from ultrasinger_gpu_cli.resolver import Plan, PlanTarget, resolve, validate_vram_gb
-from ultrasinger_gpu_cli.store import Store
+from ultrasinger_gpu_cli.gpu.facts import Detection, FrameworkInfo, GpuCompatibility, GpuInfo, HostInfo
+from ultrasinger_gpu_cli.gpu import frameworks as fw
+from ultrasinger_gpu_cli.gpu.frameworks import check_compatibility, fingerprint, tensorflow_note
+from ultrasinger_gpu_cli.gpu.nvml import Nvml, get_nvml
+from ultrasinger_gpu_cli.plan.resolver import Plan, PlanTarget, resolve, validate_vram_gb
+from ultrasinger_gpu_cli.store.db import Store
 
 
 def _cpu_model() -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli.files import atomic_path, write_text
-from ultrasinger_gpu_cli.textfiles import read_json_or_none
+from ultrasinger_gpu_cli.song.textfiles import read_json_or_none
 
 MAX_JSON_BYTES = 256 * 2**20
 

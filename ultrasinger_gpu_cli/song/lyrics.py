@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import UgpuError
-from ultrasinger_gpu_cli.notes import rule_syllables, share_by_letters
-from ultrasinger_gpu_cli.ultrastar import BOTH, P1, P2, SOLO
-from ultrasinger_gpu_cli.wordmatch import match
-from ultrasinger_gpu_cli.words import Word
+from ultrasinger_gpu_cli.song.notes import rule_syllables, share_by_letters
+from ultrasinger_gpu_cli.song.ultrastar import BOTH, P1, P2, SOLO
+from ultrasinger_gpu_cli.song.wordmatch import match
+from ultrasinger_gpu_cli.song.words import Word
 
 MAX_BYTES = 1 * 2**20  # lyrics are kilobytes
 MAX_WINDOW_S = 30.0  # one Whisper window
@@ -84,7 +84,7 @@ class Lyrics:
 
 def load_lyrics(path: Path) -> Lyrics:
     """Read a lyrics file (plain text or LRC); :class:`LyricsError` says what is wrong and how to fix it."""
-    from ultrasinger_gpu_cli.textfiles import read_text
+    from ultrasinger_gpu_cli.song.textfiles import read_text
 
     text, _ = read_text(path, cap_bytes=MAX_BYTES, what="lyrics file", error=LyricsError,
                         hint="give a plain-text .txt or .lrc file of the song's words, saved as UTF-8")  # fmt: skip

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import GpuLostError
-from ultrasinger_gpu_cli.facts import GpuInfo, GpuProcess, GpuSample
+from ultrasinger_gpu_cli.gpu.facts import GpuInfo, GpuProcess, GpuSample
 
 _NVML_ERROR_GPU_IS_LOST = 15
 

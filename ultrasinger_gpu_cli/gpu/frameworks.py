@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 
-from ultrasinger_gpu_cli.facts import FrameworkInfo, GpuCompatibility, GpuInfo, TensorflowInfo, TorchInfo, sm_name
+from ultrasinger_gpu_cli.gpu.facts import FrameworkInfo, GpuCompatibility, GpuInfo, TensorflowInfo, TorchInfo, sm_name
 
 TORCH_INDEX = "https://download.pytorch.org/whl"
 

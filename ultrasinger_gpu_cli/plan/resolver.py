@@ -20,8 +20,8 @@ from typing import Any
 from ultrasinger_gpu_cli.components import COMPONENTS, SPECS, ComponentSpec, ParameterValues, SettingValue, StageSettings
 from ultrasinger_gpu_cli.components import spec as component_spec
 from ultrasinger_gpu_cli.errors import InvalidSettingError
-from ultrasinger_gpu_cli.facts import GpuIdentity, nominal_gb, sm_name
-from ultrasinger_gpu_cli.tiers import CPU_TIER, MIN_USABLE_GPU_MB, MODE_TABLE, MODES, Tier, tier_for_vram
+from ultrasinger_gpu_cli.gpu.facts import GpuIdentity, nominal_gb, sm_name
+from ultrasinger_gpu_cli.plan.tiers import CPU_TIER, MIN_USABLE_GPU_MB, MODE_TABLE, MODES, Tier, tier_for_vram
 
 SOURCES = ("tier", "mode", "hardware", "override", "flag")
 _LABELS = {"override": "a stored override", "flag": "a flag"}

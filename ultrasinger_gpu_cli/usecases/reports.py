@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ultrasinger_gpu_cli.facts import Detection
-from ultrasinger_gpu_cli.resolver import ComponentPlan, Plan
-from ultrasinger_gpu_cli.store import ComponentStats
+from ultrasinger_gpu_cli.gpu.facts import Detection
+from ultrasinger_gpu_cli.plan.resolver import ComponentPlan, Plan
+from ultrasinger_gpu_cli.store.stats import ComponentStats
 
 
 def _plan_fields(plan: Plan) -> dict[str, Any]:

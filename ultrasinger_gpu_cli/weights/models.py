@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.downloads import Download, DownloadProgress, fetch
+from ultrasinger_gpu_cli.weights.downloads import Download, DownloadProgress, fetch
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError
 from ultrasinger_gpu_cli.files import sha256_of
-from ultrasinger_gpu_cli.checksums import DEMUCS_SHA256_PREFIX, WHISPER_ALIASES, WHISPER_SHA256
+from ultrasinger_gpu_cli.weights.checksums import DEMUCS_SHA256_PREFIX, WHISPER_ALIASES, WHISPER_SHA256
 
 ENV_MODELS = "UGPU_MODELS"
 DEMUCS_ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"

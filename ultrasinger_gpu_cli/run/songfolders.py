@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ultrasinger_gpu_cli.textfiles import read_json_or_none
+from ultrasinger_gpu_cli.song.textfiles import read_json_or_none
 
 try:
     import fcntl
