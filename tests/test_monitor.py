@@ -19,7 +19,8 @@ from tests.fake_nvml import FakeCard, h100, make_fake_nvml, rtx_5060_ti
 from ultrasinger_gpu_cli.cli import app
 from ultrasinger_gpu_cli.gpu.monitoring import Monitor, Thresholds
 from ultrasinger_gpu_cli.gpu.nvml import Nvml
-from ultrasinger_gpu_cli.cli.render import monitor_view, sparkline
+from ultrasinger_gpu_cli.cli.monitor_view import monitor_view
+from ultrasinger_gpu_cli.cli.render import sparkline
 from ultrasinger_gpu_cli.store.db import Store
 
 

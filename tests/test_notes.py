@@ -225,7 +225,8 @@ def test_no_word_is_dropped_zero_length_words_included():
 
 # -- phrases ---------------------------------------------------------------------------------------
 def _voices(words):
-    from ultrasinger_gpu_cli.song.notes import PitchTrackView, listen, split_words
+    from ultrasinger_gpu_cli.song.notes import PitchTrackView, listen
+    from ultrasinger_gpu_cli.song.syllables import split_words
 
     times, freq, conf = track_of([(0.0, 60.0, 220.0)], duration=60.0)
     return [listen(u, PitchTrackView(times, freq, conf)) for u in split_words(words)]

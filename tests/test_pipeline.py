@@ -313,7 +313,8 @@ def test_silent_song_finishes_with_no_vocals_found(env, fast_whisper, tmp_path):
 
 def test_a_cuda_plan_without_a_usable_gpu_moves_each_stage_to_the_cpu(env, fast_whisper, tmp_path):
     """The ladder's last step, for real: the plan says cuda, PyTorch here has no CUDA."""
-    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+    from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
 
     from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
@@ -342,7 +343,8 @@ def test_a_cuda_plan_without_a_usable_gpu_moves_each_stage_to_the_cpu(env, fast_
 
 def test_a_pipeline_leaves_its_options_as_given(tmp_path):
     """One RunOptions can serve several pipelines (workers, actors): building one changes nothing in it."""
-    from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+    from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
 
     options = RunOptions(out_dir=tmp_path / "out")

@@ -17,7 +17,7 @@ from tests.fake_nvml import h100, rtx_5060_ti
 from ultrasinger_gpu_cli.cli import app
 from ultrasinger_gpu_cli.errors import InvalidSettingError
 from ultrasinger_gpu_cli.run.events import StageStarted
-from ultrasinger_gpu_cli.run.pipeline import RunOptions
+from ultrasinger_gpu_cli.run.options import RunOptions
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import convert_songs

@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from tests.audio_factory import song, write_wav  # noqa: E402
 from tests.conftest import CU128_ARCHS  # noqa: E402
 from tests.fake_nvml import h100, rtx_5060_ti  # noqa: E402
-from ultrasinger_gpu_cli.server.app import ServeConfig, create_app, needs_token  # noqa: E402
+from ultrasinger_gpu_cli.server.app import create_app  # noqa: E402
+from ultrasinger_gpu_cli.server.config import ServeConfig, needs_token  # noqa: E402
 from ultrasinger_gpu_cli.store.jobs import JobQueue  # noqa: E402
 from ultrasinger_gpu_cli.store.db import Store
 
@@ -268,15 +269,15 @@ def test_a_job_whose_weights_are_missing_fails_with_the_fix_and_the_worker_goes_
 
 
 def test_one_worker_per_gpu_pytorch_can_run_each_planned_for_its_card(tmp_path, fake_gpus, fake_torch):
-    from ultrasinger_gpu_cli.server.app import _worker_plans
+    from ultrasinger_gpu_cli.server.config import worker_plans
 
     fake_gpus(rtx_5060_ti(), h100())
     config = _config(tmp_path)
     fake_torch(CU128_ARCHS, "12.8", "2.8.0+cu128")
     with Store.open(config.db_path) as store:
-        plans = [(name, plan(store, "balanced")) for name, plan in _worker_plans(config)]
+        plans = [(name, plan(store, "balanced")) for name, plan in worker_plans(config)]
     assert [name for name, _ in plans] == ["gpu0-0", "gpu1-1"]
     assert [p.target.name for _, p in plans] == ["NVIDIA GeForce RTX 5060 Ti", "NVIDIA H100 80GB HBM3"]
     assert plans[0][1].tier.key != plans[1][1].tier.key  # each card its own tier
     fake_torch()  # a cu126 build: it cannot run the RTX 5060 Ti, so one CPU worker
-    assert [name for name, _ in _worker_plans(_config(tmp_path / "other"))] == ["cpu"]
+    assert [name for name, _ in worker_plans(_config(tmp_path / "other"))] == ["cpu"]

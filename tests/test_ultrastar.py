@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ultrasinger_gpu_cli.song.notes import build_song, rule_syllables, syllables
-from ultrasinger_gpu_cli.song.ultrastar import Note, Song, read_chart, safe_name, to_midi, to_ultrastar
+from ultrasinger_gpu_cli.song.notes import build_song
+from ultrasinger_gpu_cli.song.syllables import rule_syllables, syllables
+from ultrasinger_gpu_cli.song.midi import to_midi
+from ultrasinger_gpu_cli.song.ultrastar import Note, Song, read_chart, safe_name, to_ultrastar
 from ultrasinger_gpu_cli.song.words import Word
 
 

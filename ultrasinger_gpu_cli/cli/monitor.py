@@ -77,7 +77,7 @@ def monitor(
 
     from ultrasinger_gpu_cli.errors import InvalidSettingError
     from ultrasinger_gpu_cli.gpu.monitoring import Monitor, Thresholds
-    from ultrasinger_gpu_cli.cli.render import alert_line, live_screen, monitor_dashboard, monitor_view
+    from ultrasinger_gpu_cli.cli.monitor_view import alert_line, live_screen, monitor_dashboard, monitor_view
 
     if not (math.isfinite(interval) and 0.1 <= interval <= 3600):
         raise InvalidSettingError(f"invalid --interval {interval!r}; it must be a number of seconds from 0.1 to 3600")

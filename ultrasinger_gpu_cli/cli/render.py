@@ -15,22 +15,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ultrasinger_gpu_cli.gpu.facts import Detection, GpuInfo
-from ultrasinger_gpu_cli.run import events as ev
-from ultrasinger_gpu_cli.gpu.monitoring import Snapshot
 from ultrasinger_gpu_cli.plan.resolver import ComponentPlan, Plan
 from ultrasinger_gpu_cli.store.stats import ComponentStats
 from ultrasinger_gpu_cli.plan.tiers import ALL_TIERS, MODE_TABLE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rich.console import Console
-    from rich.progress import Progress
-
     from ultrasinger_gpu_cli.song.evaluation import Evaluation
     from ultrasinger_gpu_cli.weights.models import ModelStatus
-    from ultrasinger_gpu_cli.run.events import SongReport
     from ultrasinger_gpu_cli.usecases.models import BackendInfo
     from ultrasinger_gpu_cli.usecases.plan import Ladders
-    from ultrasinger_gpu_cli.usecases.stages import StageOutcome
 
 NA = "n/a"
 _SOURCE_STYLE = {"tier": "dim", "mode": "cyan", "hardware": "yellow", "override": "magenta", "flag": "green"}
@@ -40,14 +33,14 @@ def na(value: Any, fmt: str = "{}") -> str:
     return NA if value is None else fmt.format(value)
 
 
-def _temp(value: int | None) -> Text:
+def temperature(value: int | None) -> Text:
     if value is None:
         return Text(NA, style="dim")
     style = "green" if value < 70 else "yellow" if value < 83 else "bold red"
     return Text(f"{value} °C", style=style)
 
 
-def _kv_table() -> Table:
+def kv_table() -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -58,13 +51,13 @@ def gpu_panel(gpu: GpuInfo, verdict: tuple[bool | None, str, str | None] | None 
     if gpu.lost:
         body = Text(f"lost during detection: {gpu.error or 'no answer from the driver'}", style="bold red")
         return Panel(body, title=f"GPU {gpu.index}: {gpu.name or 'unknown'}", border_style="red")
-    t = _kv_table()
+    t = kv_table()
     t.add_row("UUID", na(gpu.uuid))
     used = na(gpu.vram_used_mb, "{} MB")
     free = na(gpu.vram_free_mb, "{} MB")
     t.add_row("VRAM", f"{na(gpu.vram_total_mb, '{} MB')} total ({gpu.vram_total_gb} GB), {used} used, {free} free")
     t.add_row("Compute capability", f"{na(gpu.compute_capability)} ({na(gpu.sm)})")
-    t.add_row("Temperature", _temp(gpu.temperature_c))
+    t.add_row("Temperature", temperature(gpu.temperature_c))
     t.add_row("Power", f"{na(gpu.power_draw_w, '{:.0f} W')} of {na(gpu.power_limit_w, '{:.0f} W')} limit")
     t.add_row("Utilisation", f"{na(gpu.utilization_gpu_percent, '{} %')} GPU, {na(gpu.utilization_memory_percent, '{} %')} memory")
     pcie_now = f"Gen {na(gpu.pcie_gen)} x{na(gpu.pcie_width)}"
@@ -84,7 +77,7 @@ def gpu_panel(gpu: GpuInfo, verdict: tuple[bool | None, str, str | None] | None 
 def detection_view(detection: Detection, plan: Plan) -> RenderableType:
     parts: list[RenderableType] = []
     if detection.gpus:
-        head = _kv_table()
+        head = kv_table()
         head.add_row("Driver", na(detection.driver_version))
         head.add_row("CUDA (driver)", na(detection.cuda_driver_version))
         parts.append(head)
@@ -94,7 +87,7 @@ def detection_view(detection: Detection, plan: Plan) -> RenderableType:
             parts.append(gpu_panel(gpu, verdict))
     else:
         host = detection.host
-        t = _kv_table()
+        t = kv_table()
         t.add_row("GPU", Text(f"none: {detection.nvml_error or 'NVML found no GPU'}", style="yellow"))
         t.add_row("CPU", host.cpu_model)
         t.add_row("Cores", f"{na(host.cpu_cores_physical)} physical, {na(host.cpu_cores_logical)} logical")
@@ -134,7 +127,7 @@ def frameworks_table(detection: Detection) -> Table:
 
 def plan_view(plan: Plan) -> RenderableType:
     target = plan.target
-    head = _kv_table()
+    head = kv_table()
     what = f"{target.name}" + (f" ({target.vram_total_gb} GB)" if target.is_gpu else "")
     if target.hypothetical:
         what += "  [HYPOTHETICAL: not in this machine]"
@@ -241,7 +234,6 @@ def stats_view(stats: list[ComponentStats], width: int = 120) -> Table:
     return t
 
 
-# -- monitor --------------------------------------------------------------------------------------
 _BLOCKS = "▁▂▃▄▅▆▇█"
 
 
@@ -259,239 +251,6 @@ def sparkline(values: list[float | None] | Any, width: int = 30, top: float | No
         else:
             out.append(_BLOCKS[min(len(_BLOCKS) - 1, max(0, int(v / high * (len(_BLOCKS) - 1) + 0.5)))])
     return "".join(out)
-
-
-def _bar(used: int | None, total: int | None, width: int) -> Text:
-    if used is None or not total:
-        return Text("n/a", style="dim")
-    filled = max(0, min(width, int(round(width * used / total))))
-    pct = used / total
-    style = "green" if pct < 0.75 else "yellow" if pct < 0.9 else "bold red"
-    return Text("█" * filled, style=style) + Text("░" * (width - filled), style="dim")
-
-
-def _gb(mb: int | None) -> str:
-    return NA if mb is None else f"{mb / 1024:.1f}"
-
-
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return NA
-    m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}"
-
-
-def monitor_view(snap: Snapshot, history: dict[int, dict[str, Any]], *, width: int = 120) -> RenderableType:
-    """The dashboard for one snapshot: full layout from 100 columns, compact below."""
-    compact = width < 100
-    parts: list[RenderableType] = []
-    for alert in snap.alerts:
-        parts.append(Text(f"ALERT {alert.kind}: {alert.message}", style="bold red"))
-    if not snap.gpus:
-        parts.append(Text(f"No NVIDIA GPU: {snap.nvml_error or 'NVML sees none'}. Showing the host only.", style="yellow"))
-    ugpu_pids = {r.pid for r in snap.runs if r.pid}
-    for g in snap.gpus:
-        s = g.sample
-        title = f"GPU {s.index}: {g.name or 'unknown'}"
-        if s.lost:
-            parts.append(Text(f"{title}: lost ({s.error})", style="bold red"))
-            continue
-        power = f"{na(s.power_draw_w, '{:.0f}')}/{na(s.power_limit_w, '{:.0f}')} W"
-        if compact:
-            short = (g.name or "unknown").replace("NVIDIA ", "").replace("GeForce ", "")[:18]
-            line = Text(f"GPU{s.index} {short} ") + _bar(s.vram_used_mb, s.vram_total_mb, 10)
-            line += Text(f" {_gb(s.vram_used_mb)}/{_gb(s.vram_total_mb)} GB  util {na(s.utilization_gpu_percent, '{}%')}  ")
-            line += _temp(s.temperature_c) + Text(f"  {power}")
-            parts.append(line)
-            continue
-        t = _kv_table()
-        vram = _bar(s.vram_used_mb, s.vram_total_mb, 40)
-        vram += Text(f"  {_gb(s.vram_used_mb)} used / {_gb(s.vram_free_mb)} free / {_gb(s.vram_total_mb)} GB")
-        t.add_row("VRAM", vram)
-        t.add_row("Utilisation", f"{na(s.utilization_gpu_percent, '{} %')} GPU, {na(s.utilization_memory_percent, '{} %')} memory")
-        t.add_row("Temperature", _temp(s.temperature_c))
-        t.add_row("Power", power)
-        t.add_row("Clocks", f"{na(s.clock_graphics_mhz, '{} MHz')} graphics, {na(s.clock_memory_mhz, '{} MHz')} memory")
-        if g.throttle:
-            t.add_row("Throttling", Text(", ".join(g.throttle), style="yellow"))
-        h = history.get(s.index, {})
-        t.add_row("VRAM history", Text(sparkline(h.get("vram", []), 40, s.vram_total_mb), style="cyan"))
-        t.add_row("Util history", Text(sparkline(h.get("util", []), 40, 100), style="green"))
-        t.add_row("Temp history", Text(sparkline(h.get("temp", []), 40, 100), style="red"))
-        if g.processes:
-            procs = ", ".join(
-                f"{'*' if p.pid in ugpu_pids or g.process_names.get(p.pid) == 'ugpu' else ''}{p.pid} "
-                f"{g.process_names.get(p.pid, '?')} {na(p.vram_used_mb, '{} MB')}"
-                for p in g.processes
-            )
-            t.add_row("Processes", procs + "  (* = ugpu)")
-        else:
-            t.add_row("Processes", Text("none", style="dim"))
-        parts.append(Panel(t, title=title, border_style="cyan", expand=False))
-    runs = [r for r in snap.runs]
-    if runs:
-        if compact:
-            for r in runs:
-                state = "" if r.alive else " (stale: its process is gone)"
-                parts.append(Text(f"run {r.song} · {r.stage} {na(r.progress and round(r.progress * 100), '{}%')} "
-                                  f"{na(r.speed_x, '{:.2f}x')} ETA {_eta(r.eta_s)}{state}"))  # fmt: skip
-        else:
-            table = Table(title="Active ugpu runs", title_justify="left", box=box.SIMPLE_HEAD)
-            for col in ("song", "stage", "progress", "x real time", "ETA", "pid"):
-                table.add_column(col)
-            for r in runs:
-                table.add_row(r.song or NA, r.stage or NA, na(None if r.progress is None else round(r.progress * 100), "{} %"),
-                              na(r.speed_x, "{:.2f}x"), _eta(r.eta_s),
-                              f"{r.pid}" + ("" if r.alive else " (gone)"))  # fmt: skip
-            parts.append(table)
-    else:
-        parts.append(Text("No ugpu run is active.", style="dim"))
-    host = snap.host
-    parts.append(Text(f"Host: CPU {host.cpu_percent:.0f}%  RAM {_gb(host.ram_used_mb)}/{_gb(host.ram_total_mb)} GB"))
-    return Group(*parts)
-
-
-# -- engine runs ----------------------------------------------------------------------------------
-def progress_bar(console: Console) -> Progress:
-    """The progress bar of every engine run: stage, bar, percent, x real time, elapsed."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                    TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=console)  # fmt: skip
-
-
-def _speed(speed_x: float | None) -> str:
-    return f"{speed_x:.2f}x real time" if speed_x else ""
-
-
-def run_line(run: ev.StageRun) -> str:
-    """``whisper small on cpu: 12.0 s of audio in 3.1 s (3.87x real time, peak VRAM 900 MB)``."""
-    vram = f", peak VRAM {run.peak_vram_mb} MB" if run.peak_vram_mb is not None else ""
-    where = run.cuda_device or run.device
-    return (f"{run.stage} {run.model} on {where}: {run.audio_seconds:.1f} s of audio in {run.wall_seconds:.1f} s "
-            f"({_speed(run.speed_x) or 'n/a'}{vram})")  # fmt: skip
-
-
-class RunDisplay:
-    """Renders the typed events of a run: a live progress display on a terminal, plain lines otherwise."""
-
-    def __init__(self, console: Console, *, stage_lines: bool = True) -> None:
-        self.console = console
-        self.stage_lines = stage_lines  # a line per finished stage (a stage command prints its own summary)
-        self.live = console.is_terminal
-        self.progress: Progress | None = None
-        self.task: Any = None
-        self.download_task: Any = None
-        self.download_started: tuple[float, int] | None = None
-
-    def __enter__(self) -> RunDisplay:
-        if self.live:
-            self.progress = progress_bar(self.console)
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(None, None, None)
-
-    def print(self, text: str, style: str | None = None) -> None:
-        (self.progress.console if self.progress else self.console).print(text, style=style, highlight=False)
-
-    def _fetch(self, event: ev.ModelFetch) -> None:
-        """A download line: megabytes, speed and time left (the size and time estimate)."""
-        import time
-
-        if event.finished:
-            if self.progress is not None and self.download_task is not None:
-                self.progress.update(self.download_task, completed=1.0)
-            self.download_task = None
-            downloaded, self.download_started = self.download_started is not None, None
-            done = "downloaded, checksum checked" if downloaded or not event.converted else ""
-            if event.converted:
-                done = f"{done}, then converted" if done else "converted from the weights already here"
-            self.print(f"  {event.component} {event.model}: {done}", style="green")
-            return
-        if self.download_started is None:
-            self.download_started = (time.monotonic(), event.done_bytes)
-            size = f"{event.total_bytes / 2**20:.0f} MB" if event.total_bytes else "size unknown"
-            self.print(f"{event.component} {event.model} is not on this machine: downloading it once ({size})")
-            if self.progress is not None:
-                self.download_task = self.progress.add_task(f"  download {event.component}", total=1.0, speed="")
-        if self.progress is None or self.download_task is None:
-            return
-        start, first = self.download_started
-        rate = (event.done_bytes - first) / max(1e-6, time.monotonic() - start)
-        total = event.total_bytes
-        left = f", ~{(total - event.done_bytes) / rate:.0f} s left" if total and rate > 0 else ""
-        shown = f"{event.done_bytes / 2**20:.0f}/{total / 2**20:.0f} MB" if total else f"{event.done_bytes / 2**20:.0f} MB"
-        self.progress.update(self.download_task, completed=event.done_bytes / total if total else 0.0,
-                             speed=f"{shown}, {rate / 2**20:.1f} MB/s{left}")  # fmt: skip
-
-    def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, ev.ModelFetch):
-            self._fetch(event)
-        elif isinstance(event, ev.SongStarted):
-            self.print(f"[bold]{event.song}[/] -> {event.folder}" if event.folder else f"[bold]{event.song}[/]")
-        elif isinstance(event, ev.StageStarted):
-            if self.progress is not None:
-                self.task = self.progress.add_task(f"  {event.stage}", total=1.0, speed="")
-        elif isinstance(event, ev.StageProgress):
-            if self.progress is not None and self.task is not None:
-                self.progress.update(self.task, completed=min(1.0, event.fraction), speed=_speed(event.speed_x))
-        elif isinstance(event, ev.StageFinished):
-            self._stage_done(event.run)
-        elif isinstance(event, ev.Notice):
-            self.print(f"  [yellow]{event.message}[/]")
-        elif isinstance(event, ev.FallbackEvent):
-            self.print(f"  fallback: {event.stage} {event.from_setting} -> {event.to_setting} ({event.reason})",
-                       style="yellow")  # fmt: skip
-        elif isinstance(event, ev.SongFailed):
-            self.print(f"[bold red]failed:[/] {event.error}")
-
-    def _stage_done(self, run: ev.StageRun) -> None:
-        if run.cached:
-            self.print(f"  {run.stage}: done earlier (resumed from the cache)", style="dim")
-            return
-        if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, completed=1.0)
-            self.task = None
-        if not self.stage_lines:
-            return
-        vram = f", peak VRAM {run.peak_vram_mb} MB" if run.peak_vram_mb is not None else ""
-        where = run.cuda_device or run.device
-        self.print(f"  {run.stage}: {where}, {run.wall_seconds:.1f} s, {_speed(run.speed_x) or 'n/a'}{vram}")
-
-
-def stage_display(console: Console) -> RunDisplay:
-    """One stage command's display: a progress bar on a terminal, fallbacks as they happen."""
-    return RunDisplay(console, stage_lines=False)
-
-
-def stage_summary(outcome: StageOutcome) -> RenderableType:
-    lines = [Text(run_line(outcome.run))]
-    lines += [Text(f"  {kind}: {path}") for kind, path in outcome.files.items()]
-    return Group(*lines)
-
-
-def summary_table(reports: list[SongReport]) -> Table:
-    table = Table(title="Summary", title_justify="left")
-    for col in ("song", "stage", "device", "seconds", "x real time", "peak VRAM", "notes"):
-        table.add_column(col)
-    for report in reports:
-        first = True
-        for stage in report.stages:
-            table.add_row(
-                report.source.name if first else "", stage.stage, stage.cuda_device or stage.device,
-                f"{stage.wall_seconds:.1f}",
-                "cached" if stage.cached else (f"{stage.speed_x:.2f}x" if stage.speed_x else "n/a"),
-                f"{stage.peak_vram_mb} MB" if stage.peak_vram_mb is not None else "n/a",
-                str(report.notes) if first else "",
-            )  # fmt: skip
-            first = False
-        for event in report.fallbacks:
-            table.add_row("", f"[yellow]fallback[/] {event.stage}", f"{event.from_setting} -> {event.to_setting}", "", "",
-                          "", event.reason)  # fmt: skip
-    return table
 
 
 # -- fallback and models ----------------------------------------------------------------------------
@@ -527,23 +286,6 @@ def models_table(statuses: list[ModelStatus], checksums: Mapping[Any, str] | Non
             table.add_row(status.engine, status.backend, status.model, mark, size, f"{f.path}\n[dim]{status.location}[/]",
                           digest)  # fmt: skip
     return table
-
-
-# -- monitor -------------------------------------------------------------------------------------
-def live_screen(console: Console):
-    """The full-screen area ``ugpu monitor --live`` redraws."""
-    from rich.live import Live
-
-    return Live(console=console, screen=True, auto_refresh=False, transient=True)
-
-
-def monitor_dashboard(snap: Snapshot, history: dict[int, dict[str, Any]], *, width: int, interval_s: float) -> RenderableType:
-    footer = Text(f"ugpu monitor · every {interval_s:g} s · q quits", style="dim")
-    return Group(monitor_view(snap, history, width=width), footer)
-
-
-def alert_line(alert: Any) -> str:
-    return f"[bold red]alert[/] {alert.kind}: {alert.message}"
 
 
 def no_stats_yet(db_path: Any) -> Text:

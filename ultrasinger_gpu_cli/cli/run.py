@@ -68,8 +68,8 @@ def run(
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
     from ultrasinger_gpu_cli.plan.detection import plan_for
     from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
-    from ultrasinger_gpu_cli.run.pipeline import RunOptions
-    from ultrasinger_gpu_cli.cli.render import RunDisplay, summary_table
+    from ultrasinger_gpu_cli.run.options import RunOptions
+    from ultrasinger_gpu_cli.cli.run_view import RunDisplay, summary_table
     from ultrasinger_gpu_cli.usecases.batch import convert_songs
     from ultrasinger_gpu_cli.usecases.plan import run_target
 

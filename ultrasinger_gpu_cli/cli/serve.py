@@ -39,7 +39,8 @@ def serve(
     if music_root is not None and not music_root.is_dir():
         raise InvalidSettingError(f"--music-root {music_root}: no such folder")
     from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
-    from ultrasinger_gpu_cli.server.app import ServeConfig, create_app, needs_token, new_token
+    from ultrasinger_gpu_cli.server.app import create_app
+    from ultrasinger_gpu_cli.server.config import ServeConfig, needs_token, new_token
 
     from ultrasinger_gpu_cli.store.jobs import QueueOwner
 

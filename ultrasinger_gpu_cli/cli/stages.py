@@ -70,7 +70,8 @@ def _component(ctx: typer.Context, component: str, *, audio: Optional[Path], fla
 def _run(component: str, audio: Path, plan: Any, store: Any, *, output: Optional[Path], models_dir: Optional[Path],
          json_out: bool, options: StageOptions, no_fallback: bool, rehearsed: Any, fetch: bool = True) -> None:  # fmt: skip
     from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
-    from ultrasinger_gpu_cli.cli.render import configured_notes, stage_display, stage_summary
+    from ultrasinger_gpu_cli.cli.render import configured_notes
+    from ultrasinger_gpu_cli.cli.run_view import stage_display, stage_summary
     from ultrasinger_gpu_cli.run.runner import RunnerOptions
     from ultrasinger_gpu_cli.usecases.stages import run_stage
 

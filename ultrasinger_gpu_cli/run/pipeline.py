@@ -19,15 +19,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from ultrasinger_gpu_cli.song import audio as audio_io
-from ultrasinger_gpu_cli.song import notes, preview, ultrastar
-from ultrasinger_gpu_cli.run.diagnostics import Rehearsal
+from ultrasinger_gpu_cli.song import midi, notes, preview, ultrastar
+from ultrasinger_gpu_cli.song import stream as streams
 from ultrasinger_gpu_cli.engines.base import Progress
 from ultrasinger_gpu_cli.errors import OutputError, UgpuError
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFinished, SongReport, SongStarted, StageFinished
@@ -38,106 +37,19 @@ from ultrasinger_gpu_cli.plan.resolver import Plan
 from ultrasinger_gpu_cli.run.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.song.paths import refuse_overwriting_inputs
 from ultrasinger_gpu_cli.song.pitch import PitchTrack
-from ultrasinger_gpu_cli.run.songfolders import BUSY, MARKER, Claim, claim
-from ultrasinger_gpu_cli.run.stagecache import StageCache, cache_key, resume_cache_dir
+from ultrasinger_gpu_cli.run.options import ChartText, RunOptions
+from ultrasinger_gpu_cli.run.songfolders import BUSY, Claim, SongAlreadyDone, SongBusy, claim, listed_files, remove_claimed, remove_listed
+from ultrasinger_gpu_cli.run.streaming import scan as scan_stream
+from ultrasinger_gpu_cli.run.streaming import separate as separate_stream
+from ultrasinger_gpu_cli.run.stagecache import (StageCache, cache_key, cached_segments, checked_words, resume_cache_dir,
+                                                 words_data, words_from_segments)
 from ultrasinger_gpu_cli.store.db import Store
-from ultrasinger_gpu_cli.song.textfiles import read_json_or_none
 from ultrasinger_gpu_cli.song.lyrics import align_lyrics, load_lyrics
 from ultrasinger_gpu_cli.song.onsets import SEARCH_BEFORE_S
 from ultrasinger_gpu_cli.song.timings import load_timings
-from ultrasinger_gpu_cli.song.words import Word
 
 T = TypeVar("T")
 R = TypeVar("R")
-AUDIO_SUFFIXES = {".mp3", ".ogg", ".m4a", ".opus", ".flac", ".wav", ".aac"}
-
-
-@dataclass
-class RunOptions:
-    out_dir: Path
-    language: str | None = None
-    separate: bool = True
-    timings: Path | None = None
-    format_version: str | None = None  # None: 1.1.0, or a --timings chart's own
-    fallback: bool = True
-    models_dir: Path | None = None
-    cache_dir: Path | None = None
-    rehearsal: Rehearsal | None = None
-    fetch_missing: bool = False  # download missing weights on first use
-    overwrite: bool = False  # convert a song again that its folder already holds
-    rap: bool = False  # words with no stable pitch become rap notes (R)
-    lyrics: Path | None = None  # the user's words (plain text or LRC) instead of speech recognition
-    max_minutes: float | None = None  # the longest song decoded (None: UGPU_MAX_MINUTES, else 120)
-    singers: tuple[str, str] | None = None  # a duet's singers' names (None: "Singer 1", "Singer 2")
-    preview: bool = True  # draw preview.png, the chart as a piano roll, into the song folder
-
-
-#: Writes the chart's text, given the names of the song's audio, vocals and instrumental files.
-ChartText = Callable[[str, "str | None", "str | None"], str]
-
-
-def song_identity(path: Path) -> tuple[str, str]:
-    """(artist, title) from the tags, else from an "Artist - Title" file name, else the name."""
-    tags = audio_io.read_tags(path)
-    if tags.get("artist") and tags.get("title"):
-        return tags["artist"], tags["title"]
-    stem = path.stem
-    if " - " in stem:
-        artist, title = stem.split(" - ", 1)
-        return artist.strip() or "Unknown Artist", title.strip() or stem
-    return tags.get("artist", "Unknown Artist"), tags.get("title", stem)
-
-
-
-
-@dataclass(frozen=True)
-class Scan:
-    """What the first pass over a song found."""
-
-    samples: int  # at 44.1 kHz
-    mean: float  # of the mono reference
-    std: float
-    silent: bool
-    mono22: np.ndarray  # the mix, mono, 22.05 kHz (tempo)
-    mono16: np.ndarray  # the mix, mono, 16 kHz (the vocals when the input is vocals); empty otherwise
-    samples16: int  # the length of any 16 kHz version of the song
-
-    @property
-    def duration_s(self) -> float:
-        return self.samples / audio_io.DEMUCS_RATE
-
-
-@dataclass(frozen=True)
-class StreamedSeparation:
-    """Demucs' result over a streamed song: the stems are on disk; the vocals at 16 kHz mono here."""
-
-    vocals16: np.ndarray
-    silent: bool
-
-
-class SongAlreadyDone(UgpuError):
-    """This song (the same content) is already converted in its folder; ``--overwrite`` redoes it."""
-
-
-class SongBusy(UgpuError):
-    """This song (the same content) is being converted into its folder by another process now."""
-
-
-def listed_files(report: Path) -> dict[str, Path]:
-    """The files a song's report lists, by kind (``audio``, ``ultrastar``, ``preview``...); none
-    where the report is missing or is not ugpu's."""
-    data = read_json_or_none(report)
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, dict):
-        return {}
-    return {str(k): Path(v) for k, v in files.items() if isinstance(v, str)}
-
-
-def _remove_listed(folder: Path, report: Path) -> None:
-    """Before a deliberate re-run: remove the files the last run wrote (and only those)."""
-    for target in [*listed_files(report).values(), report]:
-        if target.parent.resolve() == folder:
-            target.unlink(missing_ok=True)
 
 
 #: Room kept free on a disk beyond what a song writes there (the chart, MIDI, report, cache entries).
@@ -149,49 +61,12 @@ def _stems_bytes(samples: int) -> int:
     return 2 * samples * 2 * 2 + 2 * 4096
 
 
-def _remove_claimed(folder: Path) -> None:
-    """A song folder claimed for a song that then failed: removed when it holds nothing but the
-    claim (the song's files are written last, so a failure leaves only the marker)."""
-    try:
-        if all(p.name == MARKER for p in folder.iterdir()):
-            (folder / MARKER).unlink(missing_ok=True)
-            folder.rmdir()
-    except OSError:
-        pass
-
-
 def _stems_match(stems: tuple[Path, Path], cached: dict[str, np.ndarray]) -> bool:
     """The cached stems are the ones the entry was made with (present and unchanged)."""
     try:
         return [sha256_of(p) for p in stems] == [str(x) for x in cached["stems_sha256"]]
     except OSError:
         return False
-
-
-def _segments(data: dict[str, Any]) -> list[list[Word]] | None:
-    """Whisper's cached words, or None when the entry is not what ugpu wrote."""
-    try:
-        return [[Word(str(w["word"]), float(w["start"]), float(w["end"]), w.get("probability"),
-                      singer=int(w.get("singer", 0))) for w in seg]
-                for seg in data["segments"]]  # fmt: skip
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
-
-
-def _checked_words(data: Any) -> dict[str, Any] | None:
-    """A cached Whisper entry, where it is what ugpu writes."""
-    return data if isinstance(data, dict) and "language" in data and _segments(data) is not None else None
-
-
-def _words_data(language: str | None, segments: list[list[Word]]) -> dict[str, Any]:
-    """Whisper's words as the resume cache keeps them."""
-    return {"language": language, "segments": [[w.to_dict() for w in seg] for seg in segments]}
-
-
-def words_from_segments(segments: list[list[Word]]) -> list[Word]:
-    """Whisper's words, stripped, each segment's first word starting a phrase; empty ones dropped."""
-    return [replace(w, text=w.text.strip(), phrase_start=i == 0)
-            for seg in segments for i, w in enumerate(seg) if w.text.strip()]  # fmt: skip
 
 
 class Pipeline:
@@ -268,7 +143,7 @@ class Pipeline:
         started = time.perf_counter()
         source = Path(source)
         audio_io.check_input(source)
-        artist, title = song_identity(source)
+        artist, title = audio_io.song_identity(source)
         content = sha256_of(source)
         out_dir = self.options.out_dir.resolve()
         held, name = self._song_folder(source, out_dir, ultrastar.safe_name(f"{artist} - {title}"), content)
@@ -277,7 +152,7 @@ class Pipeline:
             return self._convert(source, held.folder, name, content, artist, title, started)
         except BaseException:
             if held.fresh:  # nothing of this song is kept: the folder is free for the next run
-                _remove_claimed(held.folder)
+                remove_claimed(held.folder)
             raise
         finally:
             held.release()
@@ -292,8 +167,8 @@ class Pipeline:
             self.emit(Notice(song, warning))
 
         # The song streams through in blocks: memory stays flat however long it is.
-        stream = audio_io.AudioStream(source, audio_io.DEMUCS_RATE, 2, limit_s=audio_io.max_seconds(self.options.max_minutes))
-        scan = self._scan(stream)
+        stream = streams.AudioStream(source, audio_io.DEMUCS_RATE, 2, limit_s=audio_io.max_seconds(self.options.max_minutes))
+        scan = scan_stream(stream, not self.options.separate)
         if stream.notice:
             self.emit(Notice(song, stream.notice))
         duration = scan.duration_s
@@ -319,7 +194,7 @@ class Pipeline:
 
             vocals16 = self._stage(
                 "demucs", dkey, song, duration, load=cached_vocals,
-                compute=lambda e, p: self._separate(e, stream, scan, sep_stems, p), keep=lambda sep: sep.vocals16,
+                compute=lambda e, p: separate_stream(e, stream, scan, sep_stems, p), keep=lambda sep: sep.vocals16,
                 save=lambda v: self.cache.save_arrays(dkey, vocals16=v, stems_sha256=np.array([sha256_of(p) for p in sep_stems])),
                 stages=stages, fallbacks=fallbacks)  # fmt: skip
         else:
@@ -338,19 +213,19 @@ class Pipeline:
                     return align_lyrics(e, vocals16, lyrics, p, language=language, sample_rate=audio_io.WHISPER_RATE)
 
                 def words_of(aligned: Any) -> dict[str, Any]:
-                    return _words_data(aligned.language, [list(line) for line in aligned.lines])
+                    return words_data(aligned.language, [list(line) for line in aligned.lines])
             else:
                 def transcribe(e: Any, p: Progress) -> Any:
                     return e.run(vocals16, p, language=language)
 
                 def words_of(transcript: Any) -> dict[str, Any]:
-                    return _words_data(transcript.language, [list(s.words) for s in transcript.segments])
+                    return words_data(transcript.language, [list(s.words) for s in transcript.segments])
 
-            data = self._stage("whisper", wkey, song, duration, load=lambda: _checked_words(self.cache.load_json(wkey)),
+            data = self._stage("whisper", wkey, song, duration, load=lambda: checked_words(self.cache.load_json(wkey)),
                                compute=transcribe, keep=words_of, save=lambda d: self.cache.save_json(wkey, d),
                                stages=stages, fallbacks=fallbacks)  # fmt: skip
             language = data["language"]
-            units = words_from_segments(_segments(data) or [])
+            units = words_from_segments(cached_segments(data) or [])
             are_syllables = False
 
         if not units:
@@ -460,7 +335,7 @@ class Pipeline:
             except BaseException:
                 held.release()
                 raise
-            _remove_listed(folder, report)
+            remove_listed(folder, report)
             return held, candidate
         raise UgpuError(f"{source}: 999 folders named {name!r} already exist in {out_dir}")
 
@@ -475,61 +350,6 @@ class Pipeline:
             outputs += [*listed_files(listed_in).values(), listed_in]
         inputs = [p for p in (source, self.options.timings, self.options.lyrics) if p is not None]
         refuse_overwriting_inputs(outputs, inputs, hint="give -o another folder, or copy the input elsewhere first")
-
-    def _scan(self, stream: audio_io.AudioStream) -> Scan:
-        """The first pass over the song: the mono reference's mean and standard deviation (Demucs
-        normalises with them), the mix at 22.05 kHz for the tempo, and at 16 kHz when it is the vocals."""
-        s1 = s2 = 0.0
-        n = 0
-        r22 = audio_io.Resampler(audio_io.DEMUCS_RATE, 22_050)
-        r16 = None if self.options.separate else audio_io.Resampler(audio_io.DEMUCS_RATE, audio_io.WHISPER_RATE)
-        mono22, mono16 = audio_io.SampleBuffer(), audio_io.SampleBuffer()
-        for block in stream:
-            mono = block.mean(axis=0, dtype=np.float32)
-            s1 += float(mono.sum(dtype=np.float64))
-            s2 += float(np.square(mono, dtype=np.float64).sum())
-            n += len(mono)
-            mono22.append(r22.push(mono))
-            if r16 is not None:
-                mono16.append(r16.push(mono))
-            del block, mono
-        mono22.append(r22.finish())
-        if r16 is not None:
-            mono16.append(r16.finish())
-        mean = s1 / n
-        std = float(np.sqrt(max(0.0, (s2 - n * mean * mean) / (n - 1)))) if n > 1 else 0.0
-        silent = n < 2 or not np.isfinite(std) or std < 1e-8
-        samples16 = -(-n * audio_io.WHISPER_RATE // audio_io.DEMUCS_RATE)
-        return Scan(n, mean, std, silent, mono22.array(), mono16.array(), samples16)
-
-    def _separate(self, engine: Any, stream: audio_io.AudioStream, scan: Scan, stems: tuple[Path, Path],
-                  progress: Callable[[float, float], None]) -> StreamedSeparation:  # fmt: skip
-        """Demucs over the streamed song; the stems are written block by block, the vocals kept at 16 kHz mono."""
-        rate = audio_io.DEMUCS_RATE
-        vocals_out, instrumental_out = audio_io.StemWriter(stems[0], rate, 2), audio_io.StemWriter(stems[1], rate, 2)
-        r16 = audio_io.Resampler(rate, audio_io.WHISPER_RATE)
-        parts16: list[np.ndarray] = []
-
-        def emit(mix: np.ndarray, vocals: np.ndarray) -> None:
-            vocals_out.write(vocals)
-            instrumental_out.write(mix - vocals)
-            parts16.append(r16.push(vocals.mean(axis=0)))
-
-        try:
-            if scan.silent:  # nothing to separate: no vocals, the instrumental is the mix
-                for block in stream:
-                    emit(block, np.zeros_like(block))
-                progress(1.0, scan.samples / rate)
-            else:
-                engine.separate_stream(iter(stream), scan.mean, scan.std, emit, progress, total_samples=scan.samples)
-            parts16.append(r16.finish())
-            vocals_out.close()
-            instrumental_out.close()
-        except BaseException:
-            vocals_out.abort()
-            instrumental_out.abort()
-            raise
-        return StreamedSeparation(np.concatenate(parts16), scan.silent)
 
     def _stem_paths(self, key: str, samples: int = 0) -> tuple[Path, Path]:
         """Where Demucs' stems go while the song is made (and stay, for a resume): the cache, or a
@@ -568,15 +388,15 @@ class Pipeline:
                      stems: tuple[Path, Path] | None, content: str) -> dict[str, Path]:  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         files: dict[str, Path] = {}
-        if source.suffix.lower() in AUDIO_SUFFIXES:
+        if source.suffix.lower() in audio_io.AUDIO_SUFFIXES:
             audio_name = f"{name}{source.suffix.lower()}"
             with atomic_path(folder / audio_name) as tmp:
                 shutil.copyfile(source, tmp)
         else:  # a video: keep its audio track, streamed into a FLAC
             audio_name = f"{name}.flac"
-            writer = audio_io.StemWriter(folder / audio_name, audio_io.DEMUCS_RATE, 2)
+            writer = streams.StemWriter(folder / audio_name, audio_io.DEMUCS_RATE, 2)
             try:
-                for block in audio_io.AudioStream(source, audio_io.DEMUCS_RATE, 2):
+                for block in streams.AudioStream(source, audio_io.DEMUCS_RATE, 2):
                     writer.write(block)
                 writer.close()
             except BaseException:
@@ -591,7 +411,7 @@ class Pipeline:
                     shutil.copyfile(stem, tmp)
                 files[key] = folder / target
         with atomic_path(folder / f"{name}.mid") as tmp:
-            tmp.write_bytes(ultrastar.to_midi(song))
+            tmp.write_bytes(midi.to_midi(song))
         files["midi"] = folder / f"{name}.mid"
         text = render(audio_name, vocals_name, instrumental_name)
         files["ultrastar"] = write_text(folder / f"{name}.txt", text)

@@ -10,6 +10,10 @@ stays away; one converting a different song sees a different hash and takes the 
 
 Where ``flock`` does not exist (Windows) the claim is still atomic; only "the same song, at the
 same moment, in two processes" is not detected there.
+
+Also the folder's policy around a run: a song already done there, or being done by another
+process, is said so (:class:`SongAlreadyDone`, :class:`SongBusy`); a deliberate re-run removes
+only the files the last run listed; a claim for a song that then failed is given back.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ultrasinger_gpu_cli.errors import UgpuError
 from ultrasinger_gpu_cli.song.textfiles import read_json_or_none
 
 try:
@@ -129,3 +134,39 @@ def claim(folder: Path, content: str, source_name: str) -> Claim | str:
                 pass
         return Claim(folder, fresh=True, _fd=fd)
     return OTHER
+
+
+class SongAlreadyDone(UgpuError):
+    """This song (the same content) is already converted in its folder; ``--overwrite`` redoes it."""
+
+
+class SongBusy(UgpuError):
+    """This song (the same content) is being converted into its folder by another process now."""
+
+
+def listed_files(report: Path) -> dict[str, Path]:
+    """The files a song's report lists, by kind (``audio``, ``ultrastar``, ``preview``...); none
+    where the report is missing or is not ugpu's."""
+    data = read_json_or_none(report)
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {str(k): Path(v) for k, v in files.items() if isinstance(v, str)}
+
+
+def remove_listed(folder: Path, report: Path) -> None:
+    """Before a deliberate re-run: remove the files the last run wrote (and only those)."""
+    for target in [*listed_files(report).values(), report]:
+        if target.parent.resolve() == folder:
+            target.unlink(missing_ok=True)
+
+
+def remove_claimed(folder: Path) -> None:
+    """A song folder claimed for a song that then failed: removed when it holds nothing but the
+    claim (the song's files are written last, so a failure leaves only the marker)."""
+    try:
+        if all(p.name == MARKER for p in folder.iterdir()):
+            (folder / MARKER).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass

@@ -3,7 +3,8 @@ a run that was interrupted and started again skips what finished and gives the s
 
 Entries are checked when read (a SHA-256 of their content stored with them); a damaged entry is
 dropped with a notice and computed again. The cache is a convenience: a folder that cannot be
-written costs resuming, never the song (said once).
+written costs resuming, never the song (said once). Whisper's words are kept as JSON
+(:func:`words_data`, read back by :func:`checked_words`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from ultrasinger_gpu_cli.files import atomic_path, write_text
 from ultrasinger_gpu_cli.song.textfiles import read_json_or_none
+from ultrasinger_gpu_cli.song.words import Word
 
 MAX_JSON_BYTES = 256 * 2**20
 
@@ -124,3 +127,29 @@ class StageCache:
                 self._warned = True
                 self.notice(f"cannot write the resume cache in {self.folder} ({exc.strerror}): "
                             "an interrupted run will start its songs again")  # fmt: skip
+
+
+def cached_segments(data: dict[str, Any]) -> list[list[Word]] | None:
+    """Whisper's cached words, or None when the entry is not what ugpu wrote."""
+    try:
+        return [[Word(str(w["word"]), float(w["start"]), float(w["end"]), w.get("probability"),
+                      singer=int(w.get("singer", 0))) for w in seg]
+                for seg in data["segments"]]  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def checked_words(data: Any) -> dict[str, Any] | None:
+    """A cached Whisper entry, where it is what ugpu writes."""
+    return data if isinstance(data, dict) and "language" in data and cached_segments(data) is not None else None
+
+
+def words_data(language: str | None, segments: list[list[Word]]) -> dict[str, Any]:
+    """Whisper's words as the resume cache keeps them."""
+    return {"language": language, "segments": [[w.to_dict() for w in seg] for seg in segments]}
+
+
+def words_from_segments(segments: list[list[Word]]) -> list[Word]:
+    """Whisper's words, stripped, each segment's first word starting a phrase; empty ones dropped."""
+    return [replace(w, text=w.text.strip(), phrase_start=i == 0)
+            for seg in segments for i, w in enumerate(seg) if w.text.strip()]  # fmt: skip

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import UgpuError
-from ultrasinger_gpu_cli.song.notes import rule_syllables, share_by_letters
+from ultrasinger_gpu_cli.song.syllables import rule_syllables, share_by_letters
 from ultrasinger_gpu_cli.song.ultrastar import BOTH, P1, P2, SOLO
 from ultrasinger_gpu_cli.song.wordmatch import match
 from ultrasinger_gpu_cli.song.words import Word

@@ -12,7 +12,9 @@ from ultrasinger_gpu_cli.song.paths import check_output_dir, sweep_partials
 from ultrasinger_gpu_cli.song.lyrics import load_lyrics
 from ultrasinger_gpu_cli.song.timings import load_timings
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFailed, SongReport, ignore
-from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions, SongAlreadyDone
+from ultrasinger_gpu_cli.run.pipeline import Pipeline
+from ultrasinger_gpu_cli.run.options import RunOptions
+from ultrasinger_gpu_cli.run.songfolders import SongAlreadyDone
 from ultrasinger_gpu_cli.plan.resolver import Plan
 from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.store.db import Store

@@ -31,7 +31,8 @@ from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongStarted, ignore
-from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+from ultrasinger_gpu_cli.run.pipeline import Pipeline
+from ultrasinger_gpu_cli.run.options import RunOptions
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
 from ultrasinger_gpu_cli.usecases.scale import pipeline_peak_mb

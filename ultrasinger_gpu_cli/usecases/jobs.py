@@ -287,7 +287,7 @@ class Jobs:
 
 def _report_files(folder: Path) -> dict[str, Path]:
     """The files a song folder's report lists, by kind, taken as names inside the folder."""
-    from ultrasinger_gpu_cli.run.pipeline import listed_files
+    from ultrasinger_gpu_cli.run.songfolders import listed_files
 
     reports = sorted(folder.glob("*.report.json"))
     listed = listed_files(reports[0]) if reports else {}
@@ -345,7 +345,7 @@ class JobWorker(threading.Thread):
     def _options(self) -> Any:
         """Every job's run options: weights fetched on first use unless ugpu is offline, as ``ugpu run``."""
         from ultrasinger_gpu_cli.weights.downloads import offline
-        from ultrasinger_gpu_cli.run.pipeline import RunOptions
+        from ultrasinger_gpu_cli.run.options import RunOptions
 
         extra = {"fetch_missing": not offline(), **self.config.extra}
         return RunOptions(out_dir=self.config.folders.out, models_dir=self.config.models_dir, **extra)
@@ -378,7 +378,7 @@ class JobWorker(threading.Thread):
     def convert(self, job: JobRow) -> None:
         """One job: its song through the pipeline; done, failed or cancelled, never lost."""
         from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
-        from ultrasinger_gpu_cli.run.pipeline import SongAlreadyDone
+        from ultrasinger_gpu_cli.run.songfolders import SongAlreadyDone
 
         self._job, self._stages, self._fallbacks = job, [], []
         out = self.config.folders.out / job.job_id

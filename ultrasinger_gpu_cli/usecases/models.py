@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.weights import models
+from ultrasinger_gpu_cli.weights import models, verify
 from ultrasinger_gpu_cli.components import COMPONENTS, PIPELINE_ORDER, spec
 from ultrasinger_gpu_cli.plan.detection import plan_for, quick_target
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
@@ -47,7 +47,7 @@ class Verified:
 
 def verify_models(statuses: list[ModelStatus]) -> list[Verified]:
     """SHA-256 where the digest is published, a structural check (every zip member's CRC) else."""
-    return [Verified(s, *models.verify(s)) for s in statuses]
+    return [Verified(s, *verify.verify(s)) for s in statuses]
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ _AGAIN = "copy it again from where it came from"
 
 
 def _refuse_damaged(path: Path) -> None:
-    problem = models.check_structure(path)
+    problem = verify.check_structure(path)
     if problem:
         raise UgpuError(f"{path}: {problem}", hint=_AGAIN)
 
@@ -247,6 +247,6 @@ def _import_demucs(source: Path, checkpoints: list[Path], models_dir: Path | Non
         _atomic_copy(th, repo / th.name)
         out.append(Imported("demucs", "demucs", sig, (repo / th.name,), "published SHA-256" if expected else "structure"))
     for bag in sorted(source.glob("*.yaml")) if source.is_dir() and models_dir is not None else []:
-        models._read_bag(bag)  # a damaged bag is refused
+        models.read_bag(bag)  # a damaged bag is refused
         _atomic_copy(bag, repo / bag.name)
     return out

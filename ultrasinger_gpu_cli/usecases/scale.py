@@ -29,7 +29,8 @@ from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, ignore
 from ultrasinger_gpu_cli.failures import FallbackEvent
 from ultrasinger_gpu_cli.gpu.facts import GpuInfo
-from ultrasinger_gpu_cli.run.pipeline import Pipeline, RunOptions
+from ultrasinger_gpu_cli.run.pipeline import Pipeline
+from ultrasinger_gpu_cli.run.options import RunOptions
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, resolve
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
