@@ -647,7 +647,7 @@ def test_ctrl_c_on_a_multi_gpu_run_is_one_message_and_exit_130(env, tmp_path):
     sources = [str(write_wav(tmp_path / f"Long - Song {n}.wav", song(60.0 + n), 44_100)) for n in range(4)]
     _, timings = _known_melody(tmp_path)
     db = tmp_path / "db" / "ugpu.db"
-    code = ("import sys; from tests.fake_nvml import h100, make_fake_nvml, rtx_5060_ti; from ultrasinger_gpu_cli import nvml; "
+    code = ("import sys; from tests.fake_nvml import h100, make_fake_nvml, rtx_5060_ti; from ultrasinger_gpu_cli.gpu import nvml; "
             "nvml.use_backend(make_fake_nvml([rtx_5060_ti(), h100()])); from ultrasinger_gpu_cli.cli import main; "
             "sys.argv = ['ugpu', *sys.argv[1:]]; main()")  # fmt: skip
     process = subprocess.Popen([sys.executable, "-c", code, "--db", str(db), "run", *sources, "--gpus", "all",

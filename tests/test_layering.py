@@ -169,3 +169,43 @@ def test_the_walker_sees_cycles_and_upward_imports_wherever_they_hide(tmp_path):
     graph = imports(modules(copy))
     assert any(m.startswith(f"{PACKAGE}.song.tempo:") and "pipeline" in m for m in broken(graph))
     assert any(f"{PACKAGE}.song.words" in group and f"{PACKAGE}.song.notes" in group for group in cycles(graph))
+
+
+#: The store's writers of what runs leave: only the recorder calls them from the run.
+RUN_WRITERS = {"start_run", "update_run", "finish_run", "reap_dead_runs", "log_performance", "record_fallback"}
+
+
+def writes_of_runs(root: Path) -> list[str]:
+    """Calls of the run rows' writers in the run and in the use cases that drive runs (the
+    monitor's own samples are not a run's), other than the recorder's, as ``path:line``."""
+    found = []
+    for path in sorted([*(root / "run").rglob("*.py"), *(root / "usecases").rglob("*.py")]):
+        if path.relative_to(root).as_posix() == "run/recorder.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in RUN_WRITERS:
+                found.append(f"{path.relative_to(root).as_posix()}:{node.lineno} {node.func.attr}")
+    return found
+
+
+def test_only_the_recorder_writes_what_runs_leave(tmp_path):
+    assert writes_of_runs(ROOT / PACKAGE) == []
+    copy = tmp_path / PACKAGE  # the check can fail: a runner that logs a stage itself is found
+    for path in [*(ROOT / PACKAGE / "run").rglob("*.py"), *(ROOT / PACKAGE / "usecases").rglob("*.py")]:
+        target = copy / path.relative_to(ROOT / PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    runner = copy / "run" / "runner.py"
+    runner.write_text(runner.read_text(encoding="utf-8") + "\n\ndef _log(store):\n    store.log_performance(component='x')\n")
+    assert [w for w in writes_of_runs(copy) if w.startswith("run/runner.py")] != []
+
+
+def test_workers_and_actors_never_open_the_database():
+    """A ``--gpus`` worker process and a Ray actor send their events home; neither opens a store."""
+    for relative, names in (("usecases/scale.py", {"_worker"}), ("usecases/cluster.py", {"SongActor"})):
+        tree = ast.parse((ROOT / PACKAGE / relative).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
+                opens = [n.lineno for n in ast.walk(node) if isinstance(n, ast.Attribute) and n.attr == "open"
+                         and isinstance(n.value, ast.Name) and n.value.id == "Store"]  # fmt: skip
+                assert opens == [], f"{relative}: {node.name} opens the database at lines {opens}"

@@ -66,6 +66,7 @@ class FallbackEvent:
     song: str | None = None
     device: str | None = None  # where the failed attempt ran ("cuda" or "cpu")
     gpu: GpuIdentity | None = None  # the card it failed on
+    run_id: str | None = None  # the run it happened in
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "from": self.from_setting, "to": self.to_setting, "reason": self.reason,

@@ -9,6 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from ultrasinger_gpu_cli.failures import FallbackEvent
 from ultrasinger_gpu_cli.run import events as ev
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,7 +109,7 @@ class RunDisplay:
             self._stage_done(event.run)
         elif isinstance(event, ev.Notice):
             self.print(f"  [yellow]{event.message}[/]")
-        elif isinstance(event, ev.FallbackEvent):
+        elif isinstance(event, FallbackEvent):
             self.print(f"  fallback: {event.stage} {event.from_setting} -> {event.to_setting} ({event.reason})",
                        style="yellow")  # fmt: skip
         elif isinstance(event, ev.SongFailed):

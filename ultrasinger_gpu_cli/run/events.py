@@ -72,10 +72,41 @@ class SongStarted(SongEvent):
 
 
 @dataclass(frozen=True)
+class RunStarted:
+    """A stage runner began converting (its ``runs`` row: ``ugpu monitor`` shows it)."""
+
+    run_id: str
+    mode: str
+    gpu: GpuIdentity | None
+    pid: int  # the process that converts (a ``--gpus`` worker's own)
+    pid_started: float | None  # when that process started: a reused PID is not the run
+    kind: str = "run"
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """A stage runner is done: how it ended, and the report it leaves."""
+
+    run_id: str
+    status: str
+    report: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RunIdle:
+    """A serving worker between songs: nothing runs on it now."""
+
+    run_id: str
+
+
+@dataclass(frozen=True)
 class StageStarted(SongEvent):
     """A stage is about to load its engine and run."""
 
     stage: str
+    run_id: str | None = None
+    audio_seconds: float | None = None
+    started_at: float | None = None  # seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,7 @@ class StageProgress(SongEvent):
     stage: str
     fraction: float
     speed_x: float | None
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +124,7 @@ class StageFinished(SongEvent):
     """A stage finished (or was taken from the resume cache): its measured run."""
 
     run: StageRun
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +188,8 @@ class ModelFetch:
     converted: bool = False  # made from weights already here (no download, no published checksum)
 
 
-Event = Union[ModelFetch, SongStarted, StageStarted, StageProgress, StageFinished, FallbackEvent, Notice, SongFinished, SongFailed]
+Event = Union[RunStarted, RunFinished, RunIdle, ModelFetch, SongStarted, StageStarted, StageProgress, StageFinished,
+              FallbackEvent, Notice, SongFinished, SongFailed]
 OnEvent = Callable[[Event], None]
 
 

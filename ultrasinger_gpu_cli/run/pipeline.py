@@ -34,6 +34,7 @@ from ultrasinger_gpu_cli.failures import FallbackEvent
 from ultrasinger_gpu_cli.run.events import StageRun, ignore
 from ultrasinger_gpu_cli.files import atomic_path, sha256_of, write_text
 from ultrasinger_gpu_cli.plan.resolver import Plan
+from ultrasinger_gpu_cli.run.recorder import Recorder
 from ultrasinger_gpu_cli.run.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.song.paths import refuse_overwriting_inputs
 from ultrasinger_gpu_cli.song.pitch import PitchTrack
@@ -76,9 +77,10 @@ class Pipeline:
         self.plan = plan
         self.options = options
         self.store = store
-        self.emit = on_event
-        self.runner = StageRunner(plan, store, RunnerOptions(options.fallback, options.models_dir, options.rehearsal,
-                                                             options.fetch_missing), on_event)  # fmt: skip
+        self.recorder = Recorder(store, on_event)  # the run's rows, then the caller's display
+        self.emit: OnEvent = self.recorder
+        self.runner = StageRunner(plan, RunnerOptions(options.fallback, options.models_dir, options.rehearsal,
+                                                      options.fetch_missing), self.emit)  # fmt: skip
         folder = resume_cache_dir(options.cache_dir, store.path if store is not None else None, options.out_dir)
         self.cache = StageCache(folder, lambda message: self.emit(Notice(None, message)))
         self._work_dir: Path | None = None
@@ -111,7 +113,7 @@ class Pipeline:
     def _cached(self, component: str, key: str, song: str, audio_s: float) -> StageRun:
         """Report a stage whose result came from the resume cache."""
         run = StageRun(component, "-", "-", "cache", 0.0, audio_s, cached=True, cache_key=key)
-        self.emit(StageFinished(song, run))
+        self.emit(StageFinished(song, run, self.run_id))
         return run
 
     # -- cache ----------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@
   same card;
 * one measurement: wall time, torch's peak VRAM, the sampler's peak VRAM, utilisation and
   temperature, as a :class:`~.events.StageRun`;
-* a ``runs`` row with the live state (``ugpu monitor`` shows it), a ``performance_log`` row per
-  stage, a ``fallback_events`` row per step down the ladder;
-* typed events (:mod:`.events`) for whatever displays them.
+* typed events (:mod:`.events`) of its whole life (started, each stage's start, progress and
+  measured run, each step down the ladder, finished), for whatever displays them and for the
+  :class:`~.recorder.Recorder`, which alone writes the ``runs``, ``performance_log`` and
+  ``fallback_events`` rows from them. The runner never touches the database.
 
 Engines are loaded once per runner and kept across songs.
 """
@@ -32,15 +33,14 @@ from ultrasinger_gpu_cli.gpu.devices import DeviceBinding
 from ultrasinger_gpu_cli.run.diagnostics import Rehearsal, RehearsalEngine
 from ultrasinger_gpu_cli.engines.base import Engine
 from ultrasinger_gpu_cli.weights.downloads import offline
-from ultrasinger_gpu_cli.run.events import ModelFetch, Notice, OnEvent, StageFinished, StageProgress, StageRun
 from ultrasinger_gpu_cli.failures import FallbackEvent
-from ultrasinger_gpu_cli.run.events import StageStarted, ignore
+from ultrasinger_gpu_cli.run.events import (ModelFetch, OnEvent, RunFinished, RunStarted, StageFinished, StageProgress,
+                                            StageRun, StageStarted, ignore)  # fmt: skip
 from ultrasinger_gpu_cli.run.fallback import ladder, run_with_fallback
 from ultrasinger_gpu_cli.weights.models import require_present
 from ultrasinger_gpu_cli.gpu.processes import start_time
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, resolve
 from ultrasinger_gpu_cli.gpu.sampler import NvmlSampler
-from ultrasinger_gpu_cli.store.db import Store
 
 R = TypeVar("R")
 #: What a stage does with its engine: ``call(engine, progress) -> result``.
@@ -82,35 +82,23 @@ def seed_everything(seed: int) -> None:
 
 
 class StageRunner:
-    """Runs stages of one plan, with one set of loaded engines and one ``runs`` row."""
+    """Runs stages of one plan, with one set of loaded engines, as one run (``run_id``)."""
 
-    def __init__(self, plan: Plan, store: Store | None, options: RunnerOptions = RunnerOptions(),
-                 on_event: OnEvent = ignore) -> None:  # fmt: skip
+    def __init__(self, plan: Plan, options: RunnerOptions = RunnerOptions(), on_event: OnEvent = ignore) -> None:
         self.plan = plan
-        self.read_only_db = store.path if store is not None and store.read_only else None
-        self.store = None if self.read_only_db else store  # a read-only database: run, but log nothing
         self.options = options
         self.emit = on_event
         self.run_id = uuid.uuid4().hex
         self.cpu_plan = resolve(CPU_TARGET, plan.mode)
         self._engines: dict[tuple[str, str, str, str], Engine] = {}
         self._gpu: DeviceBinding | None = None
-        self._last_live = 0.0
-        self.log_ids: list[str] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, kind: str = "run") -> None:
-        if self.read_only_db is not None:
-            self.emit(Notice(None, f"the ugpu database {self.read_only_db} is read-only: this run is not logged "
-                                   "(make it writable, or use --db / UGPU_DB, to log runs)"))  # fmt: skip
-        if self.store is not None:
-            self.store.reap_dead_runs()  # ghosts of killed runs: interrupted, not running forever
-            self.store.start_run(self.run_id, mode=self.plan.mode, gpu=self.plan.target.gpu, pid=os.getpid(), kind=kind,
-                                 pid_started=start_time())  # fmt: skip
+        self.emit(RunStarted(self.run_id, self.plan.mode, self.plan.target.gpu, os.getpid(), start_time(), kind))
 
     def finish(self, status: str, report: dict[str, Any] | None = None) -> None:
-        if self.store is not None:
-            self.store.finish_run(self.run_id, status, report)
+        self.emit(RunFinished(self.run_id, status, report))
         for engine in self._engines.values():
             engine.unload()
         self._engines.clear()
@@ -172,11 +160,8 @@ class StageRunner:
         events: list[FallbackEvent] = []
 
         def on_fallback(event: FallbackEvent) -> None:
-            if event.device == "cuda":
-                event = replace(event, gpu=self.plan.target.gpu)
+            event = replace(event, run_id=self.run_id, gpu=self.plan.target.gpu if event.device == "cuda" else event.gpu)
             events.append(event)
-            if self.store is not None:
-                self.store.record_fallback(event, run_id=self.run_id)
             self.emit(event)
 
         def attempt(settings: StageSettings) -> tuple[R, StageRun]:
@@ -189,8 +174,7 @@ class StageRunner:
             def progress(fraction: float, seconds: float) -> None:
                 elapsed = time.perf_counter() - started
                 speed = seconds / elapsed if elapsed > 0 and seconds > 0 else None
-                self.emit(StageProgress(song, component, fraction, speed))
-                self._live(song, component, fraction, speed)
+                self.emit(StageProgress(song, component, fraction, speed, self.run_id))
 
             if seed is not None:
                 seed_everything(seed)
@@ -207,36 +191,8 @@ class StageRunner:
             )  # fmt: skip
             return result, run
 
-        self.emit(StageStarted(song, component))
-        if self.store is not None:
-            self.store.update_run(self.run_id, song=song, stage=component, progress=0.0, speed=None,
-                                  audio_seconds=audio_seconds, stage_started_at=time.time())  # fmt: skip
+        self.emit(StageStarted(song, component, self.run_id, audio_seconds, time.time()))
         (result, run), _ = run_with_fallback(component, rungs, attempt, enabled=self.options.fallback,
                                              on_event=on_fallback, song=song)  # fmt: skip
-        self.record(run, song)
-        self.emit(StageFinished(song, run))
+        self.emit(StageFinished(song, run, self.run_id))
         return result, run, events
-
-    def record(self, run: StageRun, song: str) -> str | None:
-        """One ``performance_log`` row: peak VRAM from torch on CUDA, else from the NVML sampler."""
-        if self.store is None:
-            return None
-        util = run.sampled.mean_utilization_percent
-        log_id = self.store.log_performance(
-            skipped=run.skipped,
-            component=run.stage, device=run.device, processing_speed_multiplier=run.speed_x,
-            gpu=run.gpu if run.device == "cuda" else None,
-            vram_used_mb=run.peak_vram_mb if run.peak_vram_mb is not None else run.sampled.peak_vram_used_mb,
-            gpu_utilization_percent=None if util is None else int(round(util)),
-            temperature_celsius=run.sampled.max_temperature_c, run_id=self.run_id, song=song, model_name=run.model,
-            wall_seconds=run.wall_seconds, audio_seconds=run.audio_seconds, backend=run.backend,
-        )  # fmt: skip
-        self.log_ids.append(log_id)
-        return log_id
-
-    def _live(self, song: str, stage: str, fraction: float, speed: float | None) -> None:
-        now = time.monotonic()
-        if self.store is None or (now - self._last_live < 0.5 and fraction < 1.0):
-            return
-        self._last_live = now
-        self.store.update_run(self.run_id, song=song, stage=stage, progress=fraction, speed=speed)

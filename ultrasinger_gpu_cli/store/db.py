@@ -270,19 +270,25 @@ class Store(PerformanceQueries):
         """The user's stored overrides for ``target`` ("cpu" or a GPU's UUID; None: none apply)."""
         if target is None:
             return {}
+        return self.all_overrides(target).get(target, {})
+
+    def all_overrides(self, target: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every target's stored overrides (or one target's): what a process that keeps no
+        database (a Ray actor) is given to plan with."""
         rows = self.query(
-            "SELECT c.component_name, s.parameter_name, s.parameter_value FROM component_config c "
+            "SELECT c.target, c.component_name, s.parameter_name, s.parameter_value FROM component_config c "
             "JOIN optimization_setting s ON s.config_id = c.config_id "
-            "WHERE c.kind = 'override' AND c.is_active AND c.target = ? ORDER BY c.created_at",
-            (target,),
-        )
-        out: dict[str, dict[str, Any]] = {}
+            "WHERE c.kind = 'override' AND c.is_active" + (" AND c.target = ?" if target is not None else "")
+            + " ORDER BY c.created_at",
+            (target,) if target is not None else (),
+        )  # fmt: skip
+        out: dict[str, dict[str, dict[str, Any]]] = {}
         for row in rows:
             try:
                 value = json.loads(row["parameter_value"])
             except (TypeError, ValueError, RecursionError):
                 continue  # a value another program wrote: not the user's override
-            out.setdefault(str(row["component_name"]), {})[str(row["parameter_name"])] = value
+            out.setdefault(str(row["target"]), {}).setdefault(str(row["component_name"]), {})[str(row["parameter_name"])] = value
         return out
 
     def save_override(self, target: str, component: str, values: dict[str, Any], *, gpu_id: str | None = None) -> dict[str, Any]:

@@ -11,9 +11,12 @@
 * An actor that dies is restarted by Ray and its call retried (``max_restarts``,
   ``max_task_retries``); the content-hash stage cache, on storage the nodes share (always, on a
   local cluster), makes the retried song resume instead of restart.
-* Every actor's events come back through a Ray queue into the same progress display; each
-  actor's pipeline writes its ``runs`` row into the driver's database where its node sees that
-  file (a local cluster, shared storage), else into its node's own, so ``ugpu monitor`` shows them.
+* An actor never opens a database: it plans with the stored overrides the driver gives it, and
+  its events come back through a Ray queue (progress may be dropped when the queue is full, a
+  stage's start and end, a fallback and the run's start and end never are), where the driver's
+  recorder writes its ``runs`` row, stages and fallbacks (``ugpu monitor`` shows them) and the
+  display shows them. Its resume cache is the driver's where its node sees that folder (a local
+  cluster, shared storage), else its node's own.
 
 Ray is the optional extra ``[cluster]``; without it ``--ray`` says how to install it.
 """
@@ -30,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
-from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongStarted, ignore
+from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongStarted, StageProgress, ignore
 from ultrasinger_gpu_cli.run.pipeline import Pipeline
 from ultrasinger_gpu_cli.run.options import RunOptions
+from ultrasinger_gpu_cli.run.recorder import Recorder
+from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
 from ultrasinger_gpu_cli.usecases.scale import pipeline_peak_mb
@@ -54,16 +59,18 @@ class SongActor:
     """One pipeline on one Ray worker (made a Ray actor by :func:`run_on_ray`)."""
 
     def __init__(self, name: str, mode: str, vram_limit_gb: float | None, flags: dict | None, options: RunOptions,
-                 events: Any, db_path: str | None = None) -> None:  # fmt: skip
+                 events: Any, overrides: dict[str, Any] | None = None) -> None:  # fmt: skip
+        from ultrasinger_gpu_cli.store.schema import default_db_path
+
         self.name = name
         self.events = events
-        # The driver's database where this node sees it (a local cluster, shared storage): the same
-        # runs rows, performance log and stage cache; else this node's own.
-        shared = db_path is not None and Path(db_path).parent.is_dir()
-        self.store = Store.open(db_path if shared else None)
+        self.overrides = overrides or {}  # the driver's stored overrides, by target
         plan = self._plan(mode, vram_limit_gb, flags)
         self.work = Path(tempfile.mkdtemp(prefix="ugpu-ray-"))
-        self.pipeline = Pipeline(plan, replace(options, out_dir=self.work / "out", cache_dir=None), self.store,
+        # The driver's resume cache where this node sees it (a local cluster, shared storage); else this node's own.
+        shared = options.cache_dir is not None and Path(options.cache_dir).parent.is_dir()
+        cache = options.cache_dir if shared else resume_cache_dir(None, default_db_path(), self.work)
+        self.pipeline = Pipeline(plan, replace(options, out_dir=self.work / "out", cache_dir=cache), None,
                                  on_event=self._emit)  # fmt: skip
         self.pipeline.start()
 
@@ -71,24 +78,28 @@ class SongActor:
         """The plan for the card Ray gave this actor (by UUID), or the CPU's."""
         import ray
 
-        from ultrasinger_gpu_cli.plan.detection import plan_for
         from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
         from ultrasinger_gpu_cli.usecases.plan import run_target
 
         if not ray.get_gpu_ids():
-            return resolve(CPU_TARGET, mode, overrides=self.store.overrides("cpu"), flags=flags)
+            return resolve(CPU_TARGET, mode, overrides=self.overrides.get("cpu", {}), flags=flags)
         from ultrasinger_gpu_cli.gpu.devices import torch_cuda_devices
 
         visible = torch_cuda_devices()
         if not visible or not visible[0].uuid:
-            return resolve(CPU_TARGET, mode, overrides=self.store.overrides("cpu"), flags=flags)
+            return resolve(CPU_TARGET, mode, overrides=self.overrides.get("cpu", {}), flags=flags)
         uuid = visible[0].uuid if visible[0].uuid.startswith("GPU-") else f"GPU-{visible[0].uuid}"
-        return plan_for(self.store, run_target(self.store, uuid), mode, vram_limit_gb, flags)
+        target = run_target(None, uuid)
+        return resolve(target, mode, vram_limit_gb, overrides=self.overrides.get(target.settings_key or "", {}),
+                       flags=flags)  # fmt: skip
 
     def _emit(self, event: Any) -> None:
         try:
-            self.events.put_nowait((self.name, event))
-        except Exception:  # noqa: BLE001 - a full queue drops a progress event, never a song
+            if isinstance(event, StageProgress):
+                self.events.put_nowait((self.name, event))  # a full queue drops progress, never a song
+            else:
+                self.events.put((self.name, event), timeout=60)  # what the driver records waits for room
+        except Exception:  # noqa: BLE001 - the queue actor is gone with the cluster
             pass
 
     def describe(self) -> dict[str, Any]:
@@ -183,16 +194,22 @@ def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, m
     Pipeline(plan, options, store).check_models()  # weights missing here are missing on a local cluster too
     ray, started = join_ray(address)
     try:
-        db_path = str(store.path) if store is not None else None
-        return _run(ray, Queue, paths, options, plan, mode, vram_limit_gb, flags, shared_input, on_event, db_path)
+        return _run(ray, Queue, paths, for_actors(options, store), plan, mode, vram_limit_gb, flags, shared_input,
+                    Recorder(store, on_event), store.all_overrides() if store is not None else {})  # fmt: skip
     finally:
         if started:
             ray.shutdown()
 
 
+def for_actors(options: RunOptions, store: Store | None) -> RunOptions:
+    """The options an actor is given: the resume cache named (beside the driver's database)."""
+    return replace(options, cache_dir=resume_cache_dir(options.cache_dir, store.path if store is not None else None,
+                                                       options.out_dir))  # fmt: skip
+
+
 def _run(ray: Any, queue_type: Any, paths: list[Path], options: RunOptions, plan: Any, mode: str,
          vram_limit_gb: float | None, flags: dict | None, shared_input: bool, on_event: OnEvent,
-         db_path: str | None) -> BatchResult:  # fmt: skip
+         overrides: dict[str, Any]) -> BatchResult:  # fmt: skip
     resources = ray.cluster_resources()
     gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
     peak = pipeline_peak_mb(plan)
@@ -215,7 +232,7 @@ def _run(ray: Any, queue_type: Any, paths: list[Path], options: RunOptions, plan
     actor_class = ray.remote(num_gpus=fraction, num_cpus=0 if fraction else 1, max_restarts=RETRIES,
                              max_task_retries=RETRIES)(SongActor)  # fmt: skip
     actors = [actor_class.options(name=f"ugpu-song-{i}", namespace=NAMESPACE).remote(
-        f"ray-{i}", mode, vram_limit_gb, flags, options, events, db_path) for i in range(count)]  # fmt: skip
+        f"ray-{i}", mode, vram_limit_gb, flags, options, events, overrides) for i in range(count)]  # fmt: skip
     result = BatchResult(f"ray-{int(time.time())}", mode)
     pending = list(paths)
     running: dict[Any, tuple[Any, Path]] = {}
@@ -246,11 +263,12 @@ class RayStage:
     """One Ray actor for a long-lived caller (a ``ugpu serve --ray`` worker): songs in, song
     folders out, the actor's events relayed while it works."""
 
-    def __init__(self, name: str, mode: str, options: RunOptions, db_path: str | None = None) -> None:
+    def __init__(self, name: str, mode: str, options: RunOptions, store: Store | None = None) -> None:
         ray = import_ray()
         from ray.util.queue import Queue
 
-        self.ray, self.name, self.mode, self.options, self.db_path = ray, name, mode, options, db_path
+        self.ray, self.name, self.mode, self.options = ray, name, mode, for_actors(options, store)
+        self.overrides = store.all_overrides() if store is not None else {}
         self.events = Queue(maxsize=10_000)
         self.actor: Any = None
 
@@ -260,7 +278,7 @@ class RayStage:
             actor_class = self.ray.remote(num_gpus=1 if gpus >= 1 else 0, num_cpus=0 if gpus >= 1 else 1,
                                           max_restarts=RETRIES, max_task_retries=RETRIES)(SongActor)  # fmt: skip
             self.actor = actor_class.options(namespace=NAMESPACE).remote(self.name, self.mode, None, None, self.options,
-                                                                          self.events, self.db_path)  # fmt: skip
+                                                                          self.events, self.overrides)  # fmt: skip
         return self.actor
 
     def convert(self, source: Path, out_dir: Path, on_event: OnEvent, language: str | None = None) -> SongOutcome:

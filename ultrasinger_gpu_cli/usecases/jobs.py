@@ -22,6 +22,7 @@ from typing import Any
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.store.jobs import JobQueue, JobRow
 from ultrasinger_gpu_cli.store.db import Store
+from ultrasinger_gpu_cli.run.events import RunIdle
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FINISHED = ("done", "failed", "cancelled")
@@ -326,8 +327,11 @@ class JobWorker(threading.Thread):
         self._fallbacks: list[dict[str, Any]] = []
 
     def run(self) -> None:
+        from ultrasinger_gpu_cli.run.recorder import Recorder
+
         self.store = Store.open(self.config.db_path)
         self.queue = JobQueue(self.store)
+        self.recorder = Recorder(self.store, self._on_event)  # a Ray actor's runs, written here
         try:
             while not self.stop.is_set():
                 job = self.queue.claim(self.config.name)
@@ -354,12 +358,12 @@ class JobWorker(threading.Thread):
         from ultrasinger_gpu_cli.usecases.cluster import RayStage
 
         if mode not in self._ray_stages:
-            self._ray_stages[mode] = RayStage(f"{self.config.name}-{mode}", mode, self._options(), str(self.config.db_path))
+            self._ray_stages[mode] = RayStage(f"{self.config.name}-{mode}", mode, self._options(), self.store)
         return self._ray_stages[mode]
 
     def _convert_on_ray(self, job: JobRow, out: Path) -> Path:
         stage = self._ray_stage(job.options.get("mode", "balanced"))
-        outcome = stage.convert(Path(job.input_path), out, self._on_event, job.options.get("language"))
+        outcome = stage.convert(Path(job.input_path), out, self.recorder, job.options.get("language"))
         if outcome.report is None:
             failed = outcome.failure or outcome.already_done
             raise UgpuError(failed.error if failed is not None else "the Ray actor returned no song")
@@ -410,12 +414,13 @@ class JobWorker(threading.Thread):
         finally:
             self._job = None
             for idle in self._pipelines.values():  # `ugpu monitor` and the page: nothing runs on this worker now
-                self.store.update_run(idle.run_id, song=None, stage=None, progress=None, speed=None)
+                idle.emit(RunIdle(idle.run_id))
             current = self.queue.get(job.job_id)
             if job.uploaded and current is not None and current.status in FINISHED:
                 Jobs(self.store, self.config.folders).remove_upload(current)
 
     def _on_event(self, event: Any) -> None:
+        from ultrasinger_gpu_cli.failures import FallbackEvent
         from ultrasinger_gpu_cli.run import events as ev
 
         job = self._job
@@ -428,7 +433,7 @@ class JobWorker(threading.Thread):
         elif isinstance(event, ev.StageFinished):
             self._stages.append(event.run.to_dict())
             self._write(job, force=True, stages_json=_json(self._stages), device=event.run.cuda_device or event.run.device)
-        elif isinstance(event, ev.FallbackEvent):
+        elif isinstance(event, FallbackEvent):
             self._fallbacks.append(event.to_dict())
             self._write(job, force=True, fallbacks_json=_json(self._fallbacks))
 

@@ -8,9 +8,10 @@ for it, all taking songs from one queue the parent keeps.
   to the front of the queue for another worker, or for a CPU worker started for the purpose
   when none is left, and the loss is recorded as a fallback event. The stage cache makes the
   retried song resume.
-* Each worker's pipeline writes its song folders atomically under ``-o`` and its own ``runs``
-  row (so ``ugpu monitor`` shows every worker); the parent merges their events into one
-  progress display and one :class:`BatchResult`.
+* Each worker's pipeline writes its song folders atomically under ``-o``; it never opens the
+  database: its events come home through its pipe, where the parent's recorder writes each
+  worker's ``runs`` row (so ``ugpu monitor`` shows every worker), its stages and fallbacks, and
+  the parent merges them into one progress display and one :class:`BatchResult`.
 
 Core code: no CLI here.
 """
@@ -21,7 +22,7 @@ import multiprocessing
 import os
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from ultrasinger_gpu_cli.failures import FallbackEvent
 from ultrasinger_gpu_cli.gpu.facts import GpuInfo
 from ultrasinger_gpu_cli.run.pipeline import Pipeline
 from ultrasinger_gpu_cli.run.options import RunOptions
+from ultrasinger_gpu_cli.run.recorder import Recorder
+from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, resolve
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
@@ -126,7 +129,7 @@ def plan_slots(store: Store | None, gpus_text: str, per_gpu: str = "auto", *, mo
 
 
 # -- the worker process ---------------------------------------------------------------------------------
-def _worker(slot: Slot, options: RunOptions, db_path: str | None, conn: Any) -> None:
+def _worker(slot: Slot, options: RunOptions, conn: Any) -> None:
     """Runs in its own process: one pipeline, songs from its pipe until ``None``. Each worker has
     a pipe of its own (never a queue shared with the others: a worker killed while writing to a
     shared queue would leave its lock held and block every other worker)."""
@@ -141,14 +144,13 @@ def _worker(slot: Slot, options: RunOptions, db_path: str | None, conn: Any) -> 
         with lock:
             conn.send((kind, payload))
 
-    store = Store.open(db_path) if db_path else None
     pipeline = None
     try:
         if slot.threads:
             import torch
 
             torch.set_num_threads(slot.threads)
-        pipeline = Pipeline(slot.plan, options, store, on_event=lambda e: send("event", e))
+        pipeline = Pipeline(slot.plan, options, None, on_event=lambda e: send("event", e))
         pipeline.start()
         send("ready", os.getpid())
         while (path := conn.recv()) is not None:
@@ -164,9 +166,6 @@ def _worker(slot: Slot, options: RunOptions, db_path: str | None, conn: Any) -> 
                 pipeline.finish("interrupted")
             except Exception:  # noqa: BLE001 - going anyway; the parent marks the run
                 pass
-    finally:
-        if store is not None:
-            store.close()
 
 
 @dataclass
@@ -191,12 +190,14 @@ def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: St
     for note in slots.notes:
         on_event(Notice(None, note))
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
-    db_path = str(store.path) if store is not None else None
+    record = Recorder(store, on_event)  # the workers' runs, stages and fallbacks: written here only
+    # The workers keep no database, so they are told where the resume cache is (beside the database).
+    options = replace(options, cache_dir=resume_cache_dir(options.cache_dir, store.path if store else None, options.out_dir))
     workers: list[_Worker] = []
 
     def start(slot: Slot) -> None:
         mine, theirs = context.Pipe(duplex=True)
-        process = context.Process(target=_worker, args=(slot, options, db_path, theirs), name=f"ugpu {slot.name}",
+        process = context.Process(target=_worker, args=(slot, options, theirs), name=f"ugpu {slot.name}",
                                   daemon=True)  # fmt: skip
         process.start()
         theirs.close()  # the parent keeps its end only: the worker's death reads as end-of-file
@@ -227,10 +228,10 @@ def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: St
                     kind, payload = conn.recv()
                 except (EOFError, OSError):  # the process ended: killed, crashed, its GPU lost
                     worker.process.join(timeout=10)
-                    done += _lost(worker, workers, pending, tries, result, store, on_event)
+                    done += _lost(worker, workers, pending, tries, result, record)
                     continue
                 if kind == "event":
-                    on_event(payload)
+                    record(payload)
                 elif kind == "ready":
                     worker.ready = True
                 elif kind == "outcome":
@@ -258,7 +259,7 @@ def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: St
 
 
 def _lost(worker: _Worker, workers: list[_Worker], pending: deque[Path], tries: dict[Path, int],
-          result: BatchResult, store: Store | None, on_event: OnEvent) -> int:  # fmt: skip
+          result: BatchResult, record: OnEvent) -> int:  # fmt: skip
     """A worker process ended on its own: its song goes back to the queue (or fails after
     :data:`MAX_TRIES`). Returns how many songs that finished (0 or 1)."""
     worker.gone = True
@@ -271,12 +272,10 @@ def _lost(worker: _Worker, workers: list[_Worker], pending: deque[Path], tries: 
     event = FallbackEvent("worker", worker.slot.name, others[0] if others else "a CPU worker",
                           f"the worker process ended (exit code {code}) during the song: the GPU was lost or the "
                           "process was killed; the song is converted again, resuming from the stage cache",
-                          None if song is None else str(song), device, plan.target.gpu)  # fmt: skip
+                          None if song is None else str(song), device, plan.target.gpu, result.run_id)  # fmt: skip
     if song is None:
         return 0
-    if store is not None:
-        store.record_fallback(event, run_id=result.run_id)
-    on_event(event)
+    record(event)
     tries[song] = tries.get(song, 0) + 1
     if tries[song] >= MAX_TRIES:
         result.failures.append(SongFailure(song, f"its worker process ended {tries[song]} times during the song"))

@@ -20,6 +20,7 @@ from ultrasinger_gpu_cli.run.events import Notice, OnEvent, StageRun, ignore
 from ultrasinger_gpu_cli.failures import FallbackEvent
 from ultrasinger_gpu_cli.plan.resolver import Plan
 from ultrasinger_gpu_cli.files import sha256_of
+from ultrasinger_gpu_cli.run.recorder import Recorder
 from ultrasinger_gpu_cli.run.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.store.db import Store
 
@@ -72,7 +73,8 @@ def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, 
                               [source], hint="give -o another folder, or rename the input")  # fmt: skip
     if target.is_dir():
         sweep_partials(target, depth=0)
-    runner = StageRunner(plan, store, runner_options, on_event)
+    recorder = Recorder(store, on_event)
+    runner = StageRunner(plan, runner_options, recorder)
     runner.check_models(component)
     io = component_spec.io
     decoded = audio_io.decode(source, io.sample_rate, io.channels)
@@ -100,6 +102,6 @@ def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, 
         runner.finish("failed")
         raise
     outcome = StageOutcome(component, source, written.files, run, written.no_vocals_found, dict(written.details),
-                           tuple(events), runner.run_id, runner.log_ids[-1] if runner.log_ids else None)  # fmt: skip
+                           tuple(events), runner.run_id, recorder.last_log_id(runner.run_id))  # fmt: skip
     runner.finish("done", outcome.to_dict())
     return outcome
