@@ -209,3 +209,18 @@ def test_workers_and_actors_never_open_the_database():
                 opens = [n.lineno for n in ast.walk(node) if isinstance(n, ast.Attribute) and n.attr == "open"
                          and isinstance(n.value, ast.Name) and n.value.id == "Store"]  # fmt: skip
                 assert opens == [], f"{relative}: {node.name} opens the database at lines {opens}"
+
+
+def test_pipelines_are_built_in_one_place_and_ray_is_joined_in_one():
+    """One fleet: every way of converting songs gets its pipelines from ``fleet.pipeline_for``;
+    ``ray.init`` is called by ``cluster.join_ray`` alone."""
+    built, joined = set(), set()
+    for path in (ROOT / PACKAGE).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Pipeline":
+                built.add(path.relative_to(ROOT / PACKAGE).as_posix())
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "init"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "ray"):  # fmt: skip
+                joined.add(path.relative_to(ROOT / PACKAGE).as_posix())
+    assert built == {"usecases/fleet.py"}
+    assert joined == {"usecases/cluster.py"}

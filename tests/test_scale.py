@@ -20,7 +20,7 @@ from ultrasinger_gpu_cli.run.events import StageStarted
 from ultrasinger_gpu_cli.run.options import RunOptions
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
 from ultrasinger_gpu_cli.store.db import Store
-from ultrasinger_gpu_cli.usecases.batch import convert_songs
+from ultrasinger_gpu_cli.usecases.fleet import convert_songs
 from ultrasinger_gpu_cli.usecases.scale import plan_slots, run_parallel
 
 

@@ -11,7 +11,7 @@ import typer
 from ultrasinger_gpu_cli.cli.common import GpuParam, LimitParam, ModeChoice, ModelsDirParam, ModeParam, OfflineParam
 from ultrasinger_gpu_cli.cli.common import RehearseParam
 from ultrasinger_gpu_cli.cli.common import choice, emit_json, err_console, handles_errors, open_store, rehearsal
-from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
+from ultrasinger_gpu_cli.errors import InvalidSettingError
 
 FormatVersion = choice("FormatVersion", ("1.1.0", "1.0.0", "0.3.0"))
 
@@ -70,7 +70,7 @@ def run(
     from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.cli.run_view import RunDisplay, summary_table
-    from ultrasinger_gpu_cli.usecases.batch import convert_songs
+    from ultrasinger_gpu_cli.usecases.fleet import convert_songs
     from ultrasinger_gpu_cli.usecases.plan import run_target
 
     from ultrasinger_gpu_cli.components.whisper import check_language
@@ -79,12 +79,6 @@ def run(
     paths = _read_songs(songs)
     if not paths:
         raise InvalidSettingError("no songs given (stdin was empty)")
-    if timings is not None and not timings.exists():
-        raise UgpuError(f"{timings}: no such timings file")
-    if lyrics is not None and timings is not None:
-        raise InvalidSettingError("--lyrics and --timings both give the words: use one of them")
-    if lyrics is not None and not lyrics.exists():
-        raise InvalidSettingError(f"{lyrics}: no such lyrics file")
     names = _singers(singers) if singers is not None else None
     rehearsed = rehearsal(rehearse_fault)
     store = open_store(ctx)

@@ -21,7 +21,7 @@ from ultrasinger_gpu_cli.components import COMPONENTS, SPECS, ComponentSpec, Par
 from ultrasinger_gpu_cli.components import spec as component_spec
 from ultrasinger_gpu_cli.errors import InvalidSettingError
 from ultrasinger_gpu_cli.gpu.facts import GpuIdentity, nominal_gb, sm_name
-from ultrasinger_gpu_cli.plan.tiers import CPU_TIER, MIN_USABLE_GPU_MB, MODE_TABLE, MODES, Tier, tier_for_vram
+from ultrasinger_gpu_cli.plan.tiers import CPU_TIER, CUDA_CONTEXT_MB, MIN_USABLE_GPU_MB, MODE_TABLE, MODES, Tier, tier_for_vram
 
 SOURCES = ("tier", "mode", "hardware", "override", "flag")
 _LABELS = {"override": "a stored override", "flag": "a flag"}
@@ -162,6 +162,14 @@ class Plan:
     @property
     def uses_gpu(self) -> bool:
         return any(c.device == "cuda" for c in self.components.values())
+
+    @property
+    def pipeline_peak_mb(self) -> int | None:
+        """The VRAM one worker's pipeline may hold: a worker keeps every stage's model loaded from
+        song to song, so the stages' estimates add up (the CUDA context counted once).
+        Conservative: two stages never run at once in one worker."""
+        peaks = [c.estimated_vram_mb for c in self.components.values() if c.estimated_vram_mb and c.value("device") == "cuda"]
+        return sum(peaks) - CUDA_CONTEXT_MB * (len(peaks) - 1) if peaks else None
 
     def optimization_applied(self) -> dict[str, dict[str, SettingValue]]:
         """The design's ``optimization_applied``: exactly its keys per component."""

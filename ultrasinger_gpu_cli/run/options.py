@@ -8,7 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ultrasinger_gpu_cli.errors import InvalidSettingError
 from ultrasinger_gpu_cli.run.diagnostics import Rehearsal
+from ultrasinger_gpu_cli.song.lyrics import Lyrics, load_lyrics
+from ultrasinger_gpu_cli.song.timings import Timings, load_timings
 
 
 @dataclass
@@ -33,3 +36,20 @@ class RunOptions:
 
 #: Writes the chart's text, given the names of the song's audio, vocals and instrumental files.
 ChartText = Callable[[str, "str | None", "str | None"], str]
+
+
+@dataclass(frozen=True)
+class SongInputs:
+    """The files every song of a run shares, read once: ``--timings`` and ``--lyrics``."""
+
+    timings: Timings | None = None
+    lyrics: Lyrics | None = None
+
+
+def read_inputs(options: RunOptions) -> SongInputs:
+    """Read (and so check) a run's ``--timings`` and ``--lyrics``, once, before any model loads;
+    a file that cannot be used stops the run, naming the file and what is wrong."""
+    if options.lyrics is not None and options.timings is not None:
+        raise InvalidSettingError("--lyrics and --timings both give the words: use one of them")
+    return SongInputs(load_timings(options.timings) if options.timings is not None else None,
+                      load_lyrics(options.lyrics) if options.lyrics is not None else None)  # fmt: skip

@@ -38,16 +38,15 @@ from ultrasinger_gpu_cli.run.recorder import Recorder
 from ultrasinger_gpu_cli.run.runner import RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.song.paths import refuse_overwriting_inputs
 from ultrasinger_gpu_cli.song.pitch import PitchTrack
-from ultrasinger_gpu_cli.run.options import ChartText, RunOptions
+from ultrasinger_gpu_cli.run.options import ChartText, RunOptions, SongInputs, read_inputs
 from ultrasinger_gpu_cli.run.songfolders import BUSY, Claim, SongAlreadyDone, SongBusy, claim, listed_files, remove_claimed, remove_listed
 from ultrasinger_gpu_cli.run.streaming import scan as scan_stream
 from ultrasinger_gpu_cli.run.streaming import separate as separate_stream
 from ultrasinger_gpu_cli.run.stagecache import (StageCache, cache_key, cached_segments, checked_words, resume_cache_dir,
                                                  words_data, words_from_segments)
 from ultrasinger_gpu_cli.store.db import Store
-from ultrasinger_gpu_cli.song.lyrics import align_lyrics, load_lyrics
+from ultrasinger_gpu_cli.song.lyrics import align_lyrics
 from ultrasinger_gpu_cli.song.onsets import SEARCH_BEFORE_S
-from ultrasinger_gpu_cli.song.timings import load_timings
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,9 +72,12 @@ def _stems_match(stems: tuple[Path, Path], cached: dict[str, np.ndarray]) -> boo
 class Pipeline:
     """Converts songs with one set of loaded engines, through the one stage runner."""
 
-    def __init__(self, plan: Plan, options: RunOptions, store: Store | None = None, on_event: OnEvent = ignore) -> None:
+    def __init__(self, plan: Plan, options: RunOptions, store: Store | None = None, on_event: OnEvent = ignore,
+                 inputs: SongInputs | None = None) -> None:  # fmt: skip
+        """``inputs``: the run's ``--timings`` and ``--lyrics`` as the caller read them (else read here)."""
         self.plan = plan
         self.options = options
+        self.inputs = inputs if inputs is not None else read_inputs(options)
         self.store = store
         self.recorder = Recorder(store, on_event)  # the run's rows, then the caller's display
         self.emit: OnEvent = self.recorder
@@ -141,17 +143,20 @@ class Pipeline:
         return kept
 
     # -- one song -------------------------------------------------------------------------------------
-    def run_song(self, source: Path) -> SongReport:
+    def run_song(self, source: Path, *, out_dir: Path | None = None, language: str | None = None) -> SongReport:
+        """One song into its folder under ``out_dir`` (default: the run's), in ``language``
+        (default: the run's, else detected)."""
         started = time.perf_counter()
         source = Path(source)
         audio_io.check_input(source)
         artist, title = audio_io.song_identity(source)
         content = sha256_of(source)
-        out_dir = self.options.out_dir.resolve()
+        out_dir = Path(out_dir if out_dir is not None else self.options.out_dir).resolve()
         held, name = self._song_folder(source, out_dir, ultrastar.safe_name(f"{artist} - {title}"), content)
         try:
             self._refuse_inputs(source, held.folder, name)
-            return self._convert(source, held.folder, name, content, artist, title, started)
+            return self._convert(source, held.folder, name, content, artist, title, started,
+                                 language or self.options.language)  # fmt: skip
         except BaseException:
             if held.fresh:  # nothing of this song is kept: the folder is free for the next run
                 remove_claimed(held.folder)
@@ -160,11 +165,10 @@ class Pipeline:
             held.release()
 
     def _convert(self, source: Path, folder: Path, name: str, content: str, artist: str, title: str,
-                 started: float) -> SongReport:  # fmt: skip
+                 started: float, language: str | None) -> SongReport:  # fmt: skip
         song = source.name
         self.emit(SongStarted(song, folder))
-        timings = load_timings(self.options.timings) if self.options.timings else None
-        lyrics = load_lyrics(self.options.lyrics) if self.options.lyrics else None
+        timings, lyrics = self.inputs.timings, self.inputs.lyrics
         for warning in timings.warnings if timings else ():
             self.emit(Notice(song, warning))
 
@@ -203,7 +207,6 @@ class Pipeline:
             dkey, vocals16 = content, scan.mono16
 
         # 2. Whisper (or the given timings)
-        language = self.options.language
         if timings is not None:
             units, are_syllables = timings.words, timings.are_syllables
             language = language or timings.language

@@ -1,23 +1,23 @@
-"""``ugpu run``'s batch: every song through one pipeline; a song that fails never stops the rest."""
+"""A batch's outcome and its per-song failure policy: a song that fails never stops the rest
+(:func:`convert_one`, applied wherever a song runs: here, in a worker process, on a Ray actor)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, UgpuError, from_os_error
 from ultrasinger_gpu_cli.song.paths import check_output_dir, sweep_partials
-from ultrasinger_gpu_cli.song.lyrics import load_lyrics
-from ultrasinger_gpu_cli.song.timings import load_timings
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFailed, SongReport, ignore
-from ultrasinger_gpu_cli.run.pipeline import Pipeline
-from ultrasinger_gpu_cli.run.options import RunOptions
+from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs, read_inputs
 from ultrasinger_gpu_cli.run.songfolders import SongAlreadyDone
-from ultrasinger_gpu_cli.plan.resolver import Plan
 from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.store.db import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,11 @@ class BatchResult:
             raise error
 
 
-def prepare(options: RunOptions) -> None:
-    """What every batch checks before any model loads: the output folder, the timings and lyrics
-    files; and what a killed run left half-written is swept."""
+def prepare(options: RunOptions) -> SongInputs:
+    """What every batch checks before any model loads: the output folder; and the timings and
+    lyrics files, read here once for every song (a bad one stops at once, naming what is wrong)."""
     check_output_dir(options.out_dir)  # before any model loads
-    if options.timings is not None:
-        load_timings(options.timings)  # a bad timings file stops at once, naming what is wrong
-    if options.lyrics is not None:
-        load_lyrics(options.lyrics)  # so does a bad lyrics file
+    return read_inputs(options)
 
 
 def sweep(options: RunOptions, store: Store | None) -> None:
@@ -95,11 +92,14 @@ class SongOutcome:
             result.already_done.append(self.already_done)
 
 
-def convert_one(pipeline: Pipeline, path: Path, on_event: OnEvent = ignore) -> SongOutcome:
-    """One song through a started pipeline; any failure is the song's, never the batch's (except
-    missing or damaged weights, the same for every song: raised, with the fix)."""
+def convert_one(pipeline: Pipeline, path: Path, on_event: OnEvent = ignore, *, out_dir: Path | None = None,
+                language: str | None = None) -> SongOutcome:  # fmt: skip
+    """One song through a started pipeline (into ``out_dir``, in ``language``, where this song
+    has its own); any failure is the song's, never the batch's (except missing or damaged
+    weights, the same for every song: raised, with the fix; and a cancellation, which is no
+    error: it is a ``BaseException``)."""
     try:
-        return SongOutcome(path, report=pipeline.run_song(path))
+        return SongOutcome(path, report=pipeline.run_song(path, out_dir=out_dir, language=language))
     except (ModelMissingError, ModelDamagedError):
         raise
     except SongAlreadyDone as exc:
@@ -120,23 +120,3 @@ def convert_one(pipeline: Pipeline, path: Path, on_event: OnEvent = ignore) -> S
         return SongOutcome(path, failure=SongFailure(path, message, log))
     on_event(SongFailed(str(path), message))
     return SongOutcome(path, failure=SongFailure(path, message))
-
-
-def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Store | None,
-                  on_event: OnEvent = ignore) -> BatchResult:
-    """Convert ``paths`` with one set of loaded engines. A song that fails, for any reason, is
-    recorded and the next one runs; Ctrl-C marks the run interrupted."""
-    prepare(options)
-    pipeline = Pipeline(plan, options, store, on_event=on_event)
-    sweep(options, store)
-    pipeline.check_models()  # fetched on first use, or a clear error before any song
-    result = BatchResult(pipeline.run_id, plan.mode)
-    pipeline.start()
-    try:
-        for path in paths:
-            convert_one(pipeline, path, on_event).add_to(result)
-    except KeyboardInterrupt:
-        pipeline.finish("interrupted")
-        raise
-    pipeline.finish("failed" if result.failures else "done", result.to_dict())
-    return result

@@ -29,18 +29,18 @@ import shutil
 import tempfile
 import time
 from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongStarted, StageProgress, ignore
-from ultrasinger_gpu_cli.run.pipeline import Pipeline
-from ultrasinger_gpu_cli.run.options import RunOptions
+from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs, read_inputs
 from ultrasinger_gpu_cli.run.recorder import Recorder
 from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.store.db import Store
-from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
-from ultrasinger_gpu_cli.usecases.scale import pipeline_peak_mb
+from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, prepare, sweep
+from ultrasinger_gpu_cli.usecases.fleet import Fleet, Song, convert, convert_here, pipeline_for
 
 NAMESPACE = "ugpu"
 RETRIES = 3
@@ -56,10 +56,10 @@ def import_ray() -> Any:
 
 
 class SongActor:
-    """One pipeline on one Ray worker (made a Ray actor by :func:`run_on_ray`)."""
+    """One pipeline on one Ray worker (made a Ray actor by :class:`RayFleet`)."""
 
     def __init__(self, name: str, mode: str, vram_limit_gb: float | None, flags: dict | None, options: RunOptions,
-                 events: Any, overrides: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 events: Any, overrides: dict[str, Any] | None = None, inputs: SongInputs | None = None) -> None:  # fmt: skip
         from ultrasinger_gpu_cli.store.schema import default_db_path
 
         self.name = name
@@ -70,8 +70,8 @@ class SongActor:
         # The driver's resume cache where this node sees it (a local cluster, shared storage); else this node's own.
         shared = options.cache_dir is not None and Path(options.cache_dir).parent.is_dir()
         cache = options.cache_dir if shared else resume_cache_dir(None, default_db_path(), self.work)
-        self.pipeline = Pipeline(plan, replace(options, out_dir=self.work / "out", cache_dir=cache), None,
-                                 on_event=self._emit)  # fmt: skip
+        self.pipeline = pipeline_for(plan, replace(options, out_dir=self.work / "out", cache_dir=cache), None,
+                                     self._emit, inputs)  # fmt: skip
         self.pipeline.start()
 
     def _plan(self, mode: str, vram_limit_gb: float | None, flags: dict | None) -> Any:
@@ -110,8 +110,6 @@ class SongActor:
                 language: str | None = None) -> tuple[SongOutcome, dict[str, bytes]]:  # fmt: skip
         """One song: from its bytes (written under its own name) or a path every node sees; the
         outcome and the song folder's files (relative path -> bytes)."""
-        if language is not None:
-            self.pipeline.options = replace(self.pipeline.options, language=language)
         inbox = self.work / "in"
         inbox.mkdir(parents=True, exist_ok=True)
         if shared_path is not None:
@@ -121,7 +119,7 @@ class SongActor:
             source.write_bytes(data or b"")
         shutil.rmtree(self.work / "out", ignore_errors=True)
         try:
-            outcome = convert_one(self.pipeline, source, self._emit)
+            outcome = convert_here(self.pipeline, Song(source, language=language), self._emit)
             files: dict[str, bytes] = {}
             if outcome.report is not None:
                 folder = outcome.report.folder
@@ -178,135 +176,135 @@ def join_ray(address: str | None) -> tuple[Any, bool]:
     return ray, started
 
 
-def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, mode: str = "balanced",
-               vram_limit_gb: float | None = None, flags: dict | None = None, address: str | None = None,
-               shared_input: bool = False, on_event: OnEvent = ignore) -> BatchResult:  # fmt: skip
-    """Convert ``paths`` on a Ray cluster; the result covers every song, written under ``-o``."""
-    ray = import_ray()
-    from ray.util.queue import Queue
-
-    from ultrasinger_gpu_cli.plan.detection import plan_for
-    from ultrasinger_gpu_cli.usecases.plan import run_target
-
-    prepare(options)
-    sweep(options, store)
-    plan = plan_for(store, run_target(store, 0), mode, vram_limit_gb, flags)
-    Pipeline(plan, options, store).check_models()  # weights missing here are missing on a local cluster too
-    ray, started = join_ray(address)
-    try:
-        return _run(ray, Queue, paths, for_actors(options, store), plan, mode, vram_limit_gb, flags, shared_input,
-                    Recorder(store, on_event), store.all_overrides() if store is not None else {})  # fmt: skip
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def for_actors(options: RunOptions, store: Store | None) -> RunOptions:
     """The options an actor is given: the resume cache named (beside the driver's database)."""
     return replace(options, cache_dir=resume_cache_dir(options.cache_dir, store.path if store is not None else None,
                                                        options.out_dir))  # fmt: skip
 
 
-def _run(ray: Any, queue_type: Any, paths: list[Path], options: RunOptions, plan: Any, mode: str,
-         vram_limit_gb: float | None, flags: dict | None, shared_input: bool, on_event: OnEvent,
-         overrides: dict[str, Any]) -> BatchResult:  # fmt: skip
-    resources = ray.cluster_resources()
-    gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-    peak = pipeline_peak_mb(plan)
-    total = plan.target.vram_total_mb
-    fraction = 0.0
-    if gpus > 0 and plan.uses_gpu and peak and total:
-        fraction = min(1.0, math.ceil(peak / total * 20) / 20)  # in steps of 0.05 of a card
-    capacity = int(gpus / fraction + 1e-9) if fraction else max(1, int(cpus))
-    count = max(1, min(len(paths), capacity))
-    on_event(Notice(None, f"Ray: {count} actor(s), each with {fraction:g} of a GPU" if fraction
-                    else f"Ray: {count} actor(s) on CPUs ({plan.target.name} plans no GPU for this driver)"))  # fmt: skip
-    events = queue_type(maxsize=10_000)
-    out_dir = Path(options.out_dir)
+class RayFleet(Fleet):
+    """Songs as calls on Ray actors (``--ray``, ``ugpu serve --ray``): each actor asks Ray for its
+    share of a GPU (the plan's VRAM estimate over the card's), one pipeline each; songs travel as
+    bytes (or paths, ``shared_input``), their folders come back and are written here."""
 
-    def relay(event: Any) -> None:  # an actor's folder is shown as where the driver writes it
-        if isinstance(event, SongStarted) and event.folder is not None:
-            event = replace(event, folder=out_dir / event.folder.name)
-        on_event(event)
+    def __init__(self, options: RunOptions, store: Store | None, on_event: OnEvent = ignore, *,
+                 mode: str = "balanced", vram_limit_gb: float | None = None, flags: dict | None = None,
+                 address: str | None = None, shared_input: bool = False, actors: int | None = None,
+                 names: str | None = "ugpu-song", inputs: SongInputs | None = None) -> None:  # fmt: skip
+        self.options, self.store = for_actors(options, store), store
+        self.overrides = store.all_overrides() if store is not None else {}
+        self.record = Recorder(store, on_event)  # the actors' runs, stages and fallbacks: written here only
+        self.inputs = inputs if inputs is not None else read_inputs(options)
+        self.mode, self.vram_limit_gb, self.flags, self.address = mode, vram_limit_gb, flags, address
+        self.shared_input, self.count, self.names = shared_input, actors, names
+        self.run_id = f"ray-{int(time.time())}"
+        self.pending: list[Song] = []
+        self.running: dict[Any, tuple[Any, Song]] = {}
+        self.actors: list[Any] = []
+        self.free: list[Any] = []
+        self.ray: Any = None
+        self.started = False
 
-    actor_class = ray.remote(num_gpus=fraction, num_cpus=0 if fraction else 1, max_restarts=RETRIES,
-                             max_task_retries=RETRIES)(SongActor)  # fmt: skip
-    actors = [actor_class.options(name=f"ugpu-song-{i}", namespace=NAMESPACE).remote(
-        f"ray-{i}", mode, vram_limit_gb, flags, options, events, overrides) for i in range(count)]  # fmt: skip
-    result = BatchResult(f"ray-{int(time.time())}", mode)
-    pending = list(paths)
-    running: dict[Any, tuple[Any, Path]] = {}
-    idle = list(actors)
-    while pending or running:
-        while idle and pending:
-            actor, path = idle.pop(0), pending.pop(0)
-            data = None if shared_input else path.read_bytes()
-            running[actor.convert.remote(path.name, data, str(path.resolve()) if shared_input else None)] = (actor, path)
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
-        _drain(events, relay)
-        for future in ready:
-            actor, path = running.pop(future)
-            idle.append(actor)
-            try:
-                outcome, files = ray.get(future)
-                _deliver(outcome, files, path, out_dir).add_to(result)
-            except (ray.exceptions.RayError, UgpuError, OSError) as exc:
-                message = f"the Ray worker failed on it after {RETRIES} retries ({str(exc).splitlines()[0][:200]})"
-                result.failures.append(SongFailure(path, message))
-    _drain(events, relay)
-    for actor in actors:
-        ray.kill(actor)
-    return result
+    def start(self) -> None:
+        from ultrasinger_gpu_cli.plan.detection import plan_for
+        from ultrasinger_gpu_cli.usecases.plan import run_target
 
-
-class RayStage:
-    """One Ray actor for a long-lived caller (a ``ugpu serve --ray`` worker): songs in, song
-    folders out, the actor's events relayed while it works."""
-
-    def __init__(self, name: str, mode: str, options: RunOptions, store: Store | None = None) -> None:
-        ray = import_ray()
+        import_ray()
+        self.plan = plan_for(self.store, run_target(self.store, 0), self.mode, self.vram_limit_gb, self.flags)
+        # weights missing here are missing on a local cluster too
+        pipeline_for(self.plan, self.options, self.store, inputs=self.inputs).check_models()
+        self.ray, self.started = join_ray(self.address)
         from ray.util.queue import Queue
 
-        self.ray, self.name, self.mode, self.options = ray, name, mode, for_actors(options, store)
-        self.overrides = store.all_overrides() if store is not None else {}
         self.events = Queue(maxsize=10_000)
-        self.actor: Any = None
 
-    def _actor(self) -> Any:
-        if self.actor is None:
-            gpus = float(self.ray.cluster_resources().get("GPU", 0))
-            actor_class = self.ray.remote(num_gpus=1 if gpus >= 1 else 0, num_cpus=0 if gpus >= 1 else 1,
-                                          max_restarts=RETRIES, max_task_retries=RETRIES)(SongActor)  # fmt: skip
-            self.actor = actor_class.options(namespace=NAMESPACE).remote(self.name, self.mode, None, None, self.options,
-                                                                          self.events, self.overrides)  # fmt: skip
-        return self.actor
+    def submit(self, song: Song) -> None:
+        self.pending.append(song)
 
-    def convert(self, source: Path, out_dir: Path, on_event: OnEvent, language: str | None = None) -> SongOutcome:
-        """``source`` converted on the actor, its folder written under ``out_dir``. An exception
-        from ``on_event`` (a cancelled job) stops the actor: a new one takes the next song."""
-        actor = self._actor()
-        future = actor.convert.remote(source.name, source.read_bytes(), None, language)
+    def _spawn(self) -> None:
+        """The actors, once the songs are known: as many as the cluster holds (or ``actors``), no more than songs."""
+        resources = self.ray.cluster_resources()
+        gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+        peak, total = self.plan.pipeline_peak_mb, self.plan.target.vram_total_mb
+        fraction = 0.0
+        if gpus > 0 and self.plan.uses_gpu and peak and total:
+            fraction = min(1.0, math.ceil(peak / total * 20) / 20)  # in steps of 0.05 of a card
+        capacity = int(gpus / fraction + 1e-9) if fraction else max(1, int(cpus))
+        count = self.count or max(1, min(len(self.pending), capacity))
+        self.record(Notice(None, f"Ray: {count} actor(s), each with {fraction:g} of a GPU" if fraction
+                           else f"Ray: {count} actor(s) on CPUs ({self.plan.target.name} plans no GPU for this driver)"))  # fmt: skip
+        actor_class = self.ray.remote(num_gpus=fraction, num_cpus=0 if fraction else 1, max_restarts=RETRIES,
+                                      max_task_retries=RETRIES)(SongActor)  # fmt: skip
+        for i in range(count):
+            named = {"name": f"{self.names}-{i}"} if self.names else {}
+            self.actors.append(actor_class.options(namespace=NAMESPACE, **named).remote(
+                f"ray-{i}", self.mode, self.vram_limit_gb, self.flags, self.options, self.events, self.overrides,
+                self.inputs))  # fmt: skip
+        self.free = list(self.actors)
 
-        def relay(event: Any) -> None:
+    def _relay(self, song: Song) -> OnEvent:
+        out_dir = Path(song.out_dir or self.options.out_dir)
+
+        def relay(event: Any) -> None:  # an actor's folder is shown as where the driver writes it
             if isinstance(event, SongStarted) and event.folder is not None:
                 event = replace(event, folder=out_dir / event.folder.name)
-            on_event(event)
+            self.record(event)
 
+        return relay
+
+    def outcomes(self) -> Iterator[SongOutcome]:
+        ray = self.ray
+        if not self.actors:
+            self._spawn()
         try:
-            while not self.ray.wait([future], timeout=0.25)[0]:
+            while self.pending or self.running:
+                while self.free and self.pending:
+                    actor, song = self.free.pop(0), self.pending.pop(0)
+                    data = None if self.shared_input else song.path.read_bytes()
+                    shared = str(song.path.resolve()) if self.shared_input else None
+                    self.running[actor.convert.remote(song.path.name, data, shared, song.language)] = (actor, song)
+                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=0.25)
+                relay = self._relay(next(iter(self.running.values()))[1]) if self.running else self.record
                 _drain(self.events, relay)
-            _drain(self.events, relay)
-        except BaseException:
-            self.close()
+                for future in ready:
+                    actor, song = self.running.pop(future)
+                    self.free.append(actor)
+                    try:
+                        outcome, files = ray.get(future)
+                        out_dir = Path(song.out_dir or self.options.out_dir)
+                        out_dir.mkdir(parents=True, exist_ok=True)
+                        yield _deliver(outcome, files, song.path, out_dir)
+                    except (ray.exceptions.RayError, UgpuError, OSError) as exc:
+                        message = f"the Ray worker failed on it after {RETRIES} retries ({str(exc).splitlines()[0][:200]})"
+                        yield SongOutcome(song.path, failure=SongFailure(song.path, message))
+            _drain(self.events, self.record)
+        except BaseException:  # a cancelled job, Ctrl-C: the busy actors stop; new ones take the next songs
+            for actor, _song in self.running.values():
+                ray.kill(actor, no_restart=True)
+                self.actors.remove(actor)
+            self.running.clear()
+            self.free = list(self.actors)
             raise
-        outcome, files = self.ray.get(future)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return _deliver(outcome, files, source, out_dir)
 
-    def close(self) -> None:
-        if self.actor is not None:
-            self.ray.kill(self.actor, no_restart=True)
-            self.actor = None
+    def close(self, status: str, report: dict[str, Any] | None = None) -> None:
+        if self.ray is None:
+            return
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+        self.actors, self.free = [], []
+        if self.started:  # a cluster this fleet started goes with it; one it joined stays
+            self.ray.shutdown()
+
+
+def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, mode: str = "balanced",
+               vram_limit_gb: float | None = None, flags: dict | None = None, address: str | None = None,
+               shared_input: bool = False, on_event: OnEvent = ignore) -> BatchResult:  # fmt: skip
+    """``ugpu run --ray``: ``paths`` on a Ray cluster; the result covers every song, written under ``-o``."""
+    import_ray()
+    inputs = prepare(options)
+    sweep(options, store)
+    return convert(paths, RayFleet(options, store, on_event, mode=mode, vram_limit_gb=vram_limit_gb, flags=flags,
+                                   address=address, shared_input=shared_input, inputs=inputs))  # fmt: skip
 
 
 def _drain(events: Any, on_event: OnEvent) -> None:
@@ -321,4 +319,4 @@ def _drain(events: Any, on_event: OnEvent) -> None:
             on_event(event)
 
 
-__all__ = ["RayStage", "SongActor", "import_ray", "run_on_ray"]
+__all__ = ["RayFleet", "SongActor", "import_ray", "run_on_ray"]

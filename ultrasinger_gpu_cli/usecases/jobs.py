@@ -15,14 +15,13 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.store.jobs import JobQueue, JobRow
 from ultrasinger_gpu_cli.store.db import Store
-from ultrasinger_gpu_cli.run.events import RunIdle
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FINISHED = ("done", "failed", "cancelled")
@@ -45,8 +44,9 @@ class PathRefused(UgpuError):
     """A path outside the music folder, or no music folder at all."""
 
 
-class JobCancelled(Exception):
-    """Raised inside a running job's progress callback when the job was cancelled."""
+class JobCancelled(BaseException):
+    """Raised inside a running job's progress callback when the job was cancelled. A
+    ``BaseException``, as cancellations are: no song's failure policy takes it for an error."""
 
 
 @dataclass(frozen=True)
@@ -319,19 +319,15 @@ class JobWorker(threading.Thread):
         super().__init__(name=f"ugpu-{config.name}", daemon=True)
         self.config = config
         self.stop = stop
-        self._pipelines: dict[str, Any] = {}
-        self._ray_stages: dict[str, Any] = {}
+        self._fleets: dict[str, Any] = {}
         self._job: JobRow | None = None
         self._last_write = 0.0
         self._stages: list[dict[str, Any]] = []
         self._fallbacks: list[dict[str, Any]] = []
 
     def run(self) -> None:
-        from ultrasinger_gpu_cli.run.recorder import Recorder
-
         self.store = Store.open(self.config.db_path)
         self.queue = JobQueue(self.store)
-        self.recorder = Recorder(self.store, self._on_event)  # a Ray actor's runs, written here
         try:
             while not self.stop.is_set():
                 job = self.queue.claim(self.config.name)
@@ -340,10 +336,8 @@ class JobWorker(threading.Thread):
                     continue
                 self.convert(job)
         finally:
-            for pipeline in self._pipelines.values():
-                pipeline.finish("stopped")
-            for stage in self._ray_stages.values():
-                stage.close()
+            for fleet in self._fleets.values():
+                fleet.close("stopped")
             self.store.close()
 
     def _options(self) -> Any:
@@ -354,50 +348,44 @@ class JobWorker(threading.Thread):
         extra = {"fetch_missing": not offline(), **self.config.extra}
         return RunOptions(out_dir=self.config.folders.out, models_dir=self.config.models_dir, **extra)
 
-    def _ray_stage(self, mode: str) -> Any:
-        from ultrasinger_gpu_cli.usecases.cluster import RayStage
+    def _fleet(self, mode: str) -> Any:
+        """This worker's fleet for ``mode``, started on first use and kept (its engines, or its
+        Ray actor, stay loaded from job to job): one pipeline here, or one Ray actor."""
+        if mode not in self._fleets:
+            from ultrasinger_gpu_cli.usecases.fleet import LocalFleet
 
-        if mode not in self._ray_stages:
-            self._ray_stages[mode] = RayStage(f"{self.config.name}-{mode}", mode, self._options(), self.store)
-        return self._ray_stages[mode]
+            if self.config.ray:
+                from ultrasinger_gpu_cli.usecases.cluster import RayFleet
 
-    def _convert_on_ray(self, job: JobRow, out: Path) -> Path:
-        stage = self._ray_stage(job.options.get("mode", "balanced"))
-        outcome = stage.convert(Path(job.input_path), out, self.recorder, job.options.get("language"))
-        if outcome.report is None:
-            failed = outcome.failure or outcome.already_done
-            raise UgpuError(failed.error if failed is not None else "the Ray actor returned no song")
-        return outcome.report.folder
-
-    def _pipeline(self, mode: str) -> Any:
-        from ultrasinger_gpu_cli.run.pipeline import Pipeline
-
-        if mode not in self._pipelines:
-            pipeline = Pipeline(self.config.plan(self.store, mode), self._options(), self.store, self._on_event)
-            pipeline.check_models()  # fetched on first use, or the job fails with the fix
-            pipeline.runner.start("serve")
-            self._pipelines[mode] = pipeline
-        return self._pipelines[mode]
+                fleet = RayFleet(self._options(), self.store, self._on_event, mode=mode, actors=1, names=None)
+            else:
+                fleet = LocalFleet(self.config.plan(self.store, mode), self._options(), self.store, self._on_event,
+                                   kind="serve")  # fmt: skip
+            fleet.start()  # weights fetched on first use, or the job fails with the fix
+            self._fleets[mode] = fleet
+        return self._fleets[mode]
 
     def convert(self, job: JobRow) -> None:
-        """One job: its song through the pipeline; done, failed or cancelled, never lost."""
+        """One job: its song through this worker's fleet, under the one per-song failure policy;
+        done, failed or cancelled, never lost."""
         from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
-        from ultrasinger_gpu_cli.run.songfolders import SongAlreadyDone
+        from ultrasinger_gpu_cli.usecases.fleet import Song
 
         self._job, self._stages, self._fallbacks = job, [], []
         out = self.config.folders.out / job.job_id
         try:
-            if self.config.ray:
-                self.queue.update(job.job_id, device="ray", stage="starting", progress=0.0)
-                folder = self._convert_on_ray(job, out)
+            fleet = self._fleet(job.options.get("mode", "balanced"))
+            self.queue.update(job.job_id, device="ray" if self.config.ray else fleet.plan.target.name, stage="starting",
+                              progress=0.0)  # fmt: skip
+            fleet.submit(Song(Path(job.input_path), out_dir=out, language=job.options.get("language")))
+            outcome = next(iter(fleet.outcomes()))
+            if outcome.report is not None:
+                folder = outcome.report.folder
+            elif outcome.already_done is not None:  # converted before a crash could mark it done
+                folder = next(p for p in out.iterdir() if p.is_dir())
             else:
-                pipeline = self._pipeline(job.options.get("mode", "balanced"))
-                self.queue.update(job.job_id, device=pipeline.plan.target.name, stage="starting", progress=0.0)
-                pipeline.options = replace(pipeline.options, out_dir=out, language=job.options.get("language"))
-                try:
-                    folder = pipeline.run_song(Path(job.input_path)).folder
-                except SongAlreadyDone:  # converted before a crash could mark it done
-                    folder = next(p for p in out.iterdir() if p.is_dir())
+                failure = outcome.failure
+                raise UgpuError(failure.error if failure is not None else "the song gave no result")
             finished = self.queue.finish(job.job_id, "done", folder=str(folder), stage=None, progress=1.0,
                                          stages_json=_json(self._stages), fallbacks_json=_json(self._fallbacks))  # fmt: skip
             if not finished:  # cancelled at the very end
@@ -413,8 +401,8 @@ class JobWorker(threading.Thread):
                               fallbacks_json=_json(self._fallbacks))  # fmt: skip
         finally:
             self._job = None
-            for idle in self._pipelines.values():  # `ugpu monitor` and the page: nothing runs on this worker now
-                idle.emit(RunIdle(idle.run_id))
+            for fleet in self._fleets.values():  # `ugpu monitor` and the page: nothing runs on this worker now
+                fleet.idle()
             current = self.queue.get(job.job_id)
             if job.uploaded and current is not None and current.status in FINISHED:
                 Jobs(self.store, self.config.folders).remove_upload(current)

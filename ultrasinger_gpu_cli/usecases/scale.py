@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,13 @@ from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, ignore
 from ultrasinger_gpu_cli.failures import FallbackEvent
 from ultrasinger_gpu_cli.gpu.facts import GpuInfo
-from ultrasinger_gpu_cli.run.pipeline import Pipeline
-from ultrasinger_gpu_cli.run.options import RunOptions
+from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs, read_inputs
 from ultrasinger_gpu_cli.run.recorder import Recorder
 from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, resolve
 from ultrasinger_gpu_cli.store.db import Store
-from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, convert_one, prepare, sweep
+from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, prepare, sweep
+from ultrasinger_gpu_cli.usecases.fleet import Fleet, Song, convert, convert_here, pipeline_for
 
 MAX_PER_GPU = 8
 MAX_TRIES = 3  # a song whose worker died this many times fails (instead of killing every worker in turn)
@@ -55,16 +56,6 @@ class Slot:
 class Slots:
     slots: list[Slot]
     notes: list[str] = field(default_factory=list)  # packing and why, for people
-
-
-def pipeline_peak_mb(plan: Plan) -> int | None:
-    """The VRAM one worker's pipeline may hold: a worker keeps every stage's model loaded from
-    song to song, so the stages' estimates add up (the CUDA context counted once). Conservative:
-    two stages never run at once in one worker."""
-    from ultrasinger_gpu_cli.plan.tiers import CUDA_CONTEXT_MB
-
-    peaks = [c.estimated_vram_mb for c in plan.components.values() if c.estimated_vram_mb and c.value("device") == "cuda"]
-    return sum(peaks) - CUDA_CONTEXT_MB * (len(peaks) - 1) if peaks else None
 
 
 def choose_gpus(text: str, gpus: list[GpuInfo]) -> list[GpuInfo]:
@@ -112,7 +103,7 @@ def plan_slots(store: Store | None, gpus_text: str, per_gpu: str = "auto", *, mo
     for gpu in choose_gpus(gpus_text, gpus):
         target = run_target(store, gpu.uuid or str(gpu.index))
         plan = plan_for(store, target, mode, vram_limit_gb, flags)
-        peak, budget = pipeline_peak_mb(plan), plan.vram_budget_mb
+        peak, budget = plan.pipeline_peak_mb, plan.vram_budget_mb
         count = int(per_gpu) if per_gpu != "auto" else 1
         if per_gpu == "auto" and plan.uses_gpu and peak and budget:
             count = max(1, min(MAX_PER_GPU, budget // peak))
@@ -129,7 +120,7 @@ def plan_slots(store: Store | None, gpus_text: str, per_gpu: str = "auto", *, mo
 
 
 # -- the worker process ---------------------------------------------------------------------------------
-def _worker(slot: Slot, options: RunOptions, conn: Any) -> None:
+def _worker(slot: Slot, options: RunOptions, inputs: SongInputs, conn: Any) -> None:
     """Runs in its own process: one pipeline, songs from its pipe until ``None``. Each worker has
     a pipe of its own (never a queue shared with the others: a worker killed while writing to a
     shared queue would leave its lock held and block every other worker)."""
@@ -150,11 +141,11 @@ def _worker(slot: Slot, options: RunOptions, conn: Any) -> None:
             import torch
 
             torch.set_num_threads(slot.threads)
-        pipeline = Pipeline(slot.plan, options, None, on_event=lambda e: send("event", e))
+        pipeline = pipeline_for(slot.plan, options, None, lambda e: send("event", e), inputs)
         pipeline.start()
         send("ready", os.getpid())
-        while (path := conn.recv()) is not None:
-            send("outcome", convert_one(pipeline, path, lambda e: send("event", e)))
+        while (song := conn.recv()) is not None:
+            send("outcome", convert_here(pipeline, song, lambda e: send("event", e)))
         pipeline.finish("done")
     except UgpuError as exc:  # weights missing or damaged: the same for every song
         send("fatal", exc)
@@ -173,54 +164,65 @@ class _Worker:
     slot: Slot
     process: Any
     conn: Any
-    song: Path | None = None
+    song: Song | None = None
     ready: bool = False
     gone: bool = False
 
 
-def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: Store | None,
-                 on_event: OnEvent = ignore, *, cpu_plan: Plan | None = None) -> BatchResult:  # fmt: skip
-    """Convert ``paths`` on the workers of ``slots``; the result covers every song."""
-    from multiprocessing.connection import wait
+class ProcessFleet(Fleet):
+    """``--gpus``: a worker process per slot, songs handed out from one queue here as workers
+    come free; the workers' events recorded and shown here."""
 
-    prepare(options)
-    sweep(options, store)
-    for slot in {id(s.plan): s for s in slots.slots}.values():  # weights checked (or fetched) once, before any worker
-        Pipeline(slot.plan, options, store).check_models()
-    for note in slots.notes:
-        on_event(Notice(None, note))
-    context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
-    record = Recorder(store, on_event)  # the workers' runs, stages and fallbacks: written here only
-    # The workers keep no database, so they are told where the resume cache is (beside the database).
-    options = replace(options, cache_dir=resume_cache_dir(options.cache_dir, store.path if store else None, options.out_dir))
-    workers: list[_Worker] = []
+    def __init__(self, slots: Slots, options: RunOptions, store: Store | None, on_event: OnEvent = ignore, *,
+                 cpu_plan: Plan | None = None, inputs: SongInputs | None = None) -> None:  # fmt: skip
+        self.slots, self.store, self.on_event, self.cpu_plan = slots, store, on_event, cpu_plan
+        # The workers keep no database, so they are told where the resume cache is (beside the database).
+        self.options = replace(options, cache_dir=resume_cache_dir(options.cache_dir, store.path if store else None,
+                                                                   options.out_dir))  # fmt: skip
+        self.inputs = inputs if inputs is not None else read_inputs(options)
+        self.record = Recorder(store, on_event)  # the workers' runs, stages and fallbacks: written here only
+        self.run_id, self.mode = uuid.uuid4().hex, slots.slots[0].plan.mode
+        self.context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
+        self.workers: list[_Worker] = []
+        self.pending: deque[Song] = deque()
+        self.tries: dict[Path, int] = {}
+        self.lost: list[SongOutcome] = []
 
-    def start(slot: Slot) -> None:
-        mine, theirs = context.Pipe(duplex=True)
-        process = context.Process(target=_worker, args=(slot, options, theirs), name=f"ugpu {slot.name}",
-                                  daemon=True)  # fmt: skip
+    def start(self) -> None:
+        for slot in {id(s.plan): s for s in self.slots.slots}.values():  # weights checked (or fetched) once, before any worker
+            pipeline_for(slot.plan, self.options, self.store, inputs=self.inputs).check_models()
+        for note in self.slots.notes:
+            self.on_event(Notice(None, note))
+        for slot in self.slots.slots:
+            self._start(slot)
+
+    def _start(self, slot: Slot) -> None:
+        mine, theirs = self.context.Pipe(duplex=True)
+        process = self.context.Process(target=_worker, args=(slot, self.options, self.inputs, theirs),
+                                       name=f"ugpu {slot.name}", daemon=True)  # fmt: skip
         process.start()
         theirs.close()  # the parent keeps its end only: the worker's death reads as end-of-file
-        workers.append(_Worker(slot, process, mine))
+        self.workers.append(_Worker(slot, process, mine))
 
-    for slot in slots.slots:
-        start(slot)
-    pending: deque[Path] = deque(paths)
-    tries: dict[Path, int] = {}
-    result = BatchResult(uuid.uuid4().hex, slots.slots[0].plan.mode)
-    done = 0
-    fatal: UgpuError | None = None
-    try:
-        while done < len(paths) and fatal is None:
-            alive = [w for w in workers if not w.gone]
+    def submit(self, song: Song) -> None:
+        self.pending.append(song)
+
+    def outcomes(self) -> Iterator[SongOutcome]:
+        from multiprocessing.connection import wait
+
+        busy = lambda: any(w.song is not None for w in self.workers if not w.gone)  # noqa: E731
+        while self.pending or busy() or self.lost:
+            while self.lost:
+                yield self.lost.pop(0)
+            alive = [w for w in self.workers if not w.gone]
             for worker in alive:
-                if worker.ready and worker.song is None and pending:
-                    worker.song = pending.popleft()
+                if worker.ready and worker.song is None and self.pending:
+                    worker.song = self.pending.popleft()
                     worker.conn.send(worker.song)
-            if pending and not alive:
-                plan = cpu_plan or resolve(CPU_TARGET, slots.slots[0].plan.mode)
-                on_event(Notice(None, "no worker is left: a CPU worker takes the remaining songs"))
-                start(Slot(f"CPU (spare {len(workers)})", plan))
+            if self.pending and not alive:
+                plan = self.cpu_plan or resolve(CPU_TARGET, self.mode)
+                self.on_event(Notice(None, "no worker is left: a CPU worker takes the remaining songs"))
+                self._start(Slot(f"CPU (spare {len(self.workers)})", plan))
                 continue
             for conn in wait([w.conn for w in alive], timeout=0.5):
                 worker = next(w for w in alive if w.conn is conn)
@@ -228,57 +230,56 @@ def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: St
                     kind, payload = conn.recv()
                 except (EOFError, OSError):  # the process ended: killed, crashed, its GPU lost
                     worker.process.join(timeout=10)
-                    done += _lost(worker, workers, pending, tries, result, record)
+                    self._lose(worker)
                     continue
                 if kind == "event":
-                    record(payload)
+                    self.record(payload)
                 elif kind == "ready":
                     worker.ready = True
                 elif kind == "outcome":
-                    outcome: SongOutcome = payload
-                    outcome.add_to(result)
                     worker.song = None
-                    done += 1
+                    yield payload
                 elif kind == "fatal":
-                    fatal = payload
-    finally:
-        for worker in workers:
+                    raise payload
+
+    def _lose(self, worker: _Worker) -> None:
+        """A worker process ended on its own: its song goes back to the front of the queue (or
+        fails after :data:`MAX_TRIES`), and the loss is recorded as a fallback event."""
+        worker.gone = True
+        song, worker.song = worker.song, None
+        if song is None:
+            return
+        code = worker.process.exitcode
+        others = [w.slot.name for w in self.workers if not w.gone]
+        plan = worker.slot.plan
+        self.record(FallbackEvent("worker", worker.slot.name, others[0] if others else "a CPU worker",
+                                  f"the worker process ended (exit code {code}) during the song: the GPU was lost or the "
+                                  "process was killed; the song is converted again, resuming from the stage cache",
+                                  str(song.path), "cuda" if plan.uses_gpu else "cpu", plan.target.gpu, self.run_id))  # fmt: skip
+        self.tries[song.path] = self.tries.get(song.path, 0) + 1
+        if self.tries[song.path] >= MAX_TRIES:
+            failure = SongFailure(song.path, f"its worker process ended {self.tries[song.path]} times during the song")
+            self.lost.append(SongOutcome(song.path, failure=failure))
+        else:
+            self.pending.appendleft(song)
+
+    def close(self, status: str, report: dict[str, Any] | None = None) -> None:
+        for worker in self.workers:
             if not worker.gone:
                 try:
                     worker.conn.send(None)
                 except OSError:
                     pass
-        for worker in workers:
+        for worker in self.workers:
             worker.process.join(timeout=60)
             if worker.process.exitcode is None:
                 worker.process.kill()
             worker.conn.close()
-    if fatal is not None:
-        raise fatal
-    return result
 
 
-def _lost(worker: _Worker, workers: list[_Worker], pending: deque[Path], tries: dict[Path, int],
-          result: BatchResult, record: OnEvent) -> int:  # fmt: skip
-    """A worker process ended on its own: its song goes back to the queue (or fails after
-    :data:`MAX_TRIES`). Returns how many songs that finished (0 or 1)."""
-    worker.gone = True
-    song = worker.song
-    worker.song = None
-    code = worker.process.exitcode
-    others = [w.slot.name for w in workers if not w.gone]
-    plan = worker.slot.plan
-    device = "cuda" if plan.uses_gpu else "cpu"
-    event = FallbackEvent("worker", worker.slot.name, others[0] if others else "a CPU worker",
-                          f"the worker process ended (exit code {code}) during the song: the GPU was lost or the "
-                          "process was killed; the song is converted again, resuming from the stage cache",
-                          None if song is None else str(song), device, plan.target.gpu, result.run_id)  # fmt: skip
-    if song is None:
-        return 0
-    record(event)
-    tries[song] = tries.get(song, 0) + 1
-    if tries[song] >= MAX_TRIES:
-        result.failures.append(SongFailure(song, f"its worker process ended {tries[song]} times during the song"))
-        return 1
-    pending.appendleft(song)
-    return 0
+def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: Store | None,
+                 on_event: OnEvent = ignore, *, cpu_plan: Plan | None = None) -> BatchResult:  # fmt: skip
+    """``ugpu run --gpus``: ``paths`` on the workers of ``slots``; the result covers every song."""
+    inputs = prepare(options)
+    sweep(options, store)
+    return convert(paths, ProcessFleet(slots, options, store, on_event, cpu_plan=cpu_plan, inputs=inputs))

@@ -1,0 +1,133 @@
+"""One fleet: every way ugpu converts songs is a :class:`Fleet` — one pipeline in this process
+(:class:`LocalFleet`: ``ugpu run``, each ``ugpu serve`` worker), a worker process per GPU
+(:class:`~.scale.ProcessFleet`: ``--gpus``), Ray actors (:class:`~.cluster.RayFleet`: ``--ray``,
+``ugpu serve --ray``). Each has the same small interface (start, submit, outcomes, close), the
+same per-song failure policy (:func:`.batch.convert_one`, wherever the song runs) and builds its
+pipelines in one place (:func:`pipeline_for`); :func:`convert` drives any of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ultrasinger_gpu_cli.plan.resolver import Plan
+from ultrasinger_gpu_cli.run.events import OnEvent, RunIdle, ignore
+from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs
+from ultrasinger_gpu_cli.run.pipeline import Pipeline
+from ultrasinger_gpu_cli.store.db import Store
+from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongOutcome, convert_one, prepare, sweep
+
+
+@dataclass(frozen=True)
+class Song:
+    """A song handed to a fleet: its file, and where this song alone goes (a server job's own
+    folder and language; None: the run's)."""
+
+    path: Path
+    out_dir: Path | None = None
+    language: str | None = None
+
+
+def pipeline_for(plan: Plan, options: RunOptions, store: Store | None = None, on_event: OnEvent = ignore,
+                 inputs: SongInputs | None = None) -> Pipeline:  # fmt: skip
+    """The one place a pipeline is built: a worker's engines, loaded once, for every song it gets."""
+    return Pipeline(plan, options, store, on_event=on_event, inputs=inputs)
+
+
+def convert_here(pipeline: Pipeline, song: Song, on_event: OnEvent) -> SongOutcome:
+    """One song on a started pipeline, under the per-song failure policy."""
+    return convert_one(pipeline, song.path, on_event, out_dir=song.out_dir, language=song.language)
+
+
+class Fleet(ABC):
+    """Workers that convert songs: started once, given songs, their outcomes as they finish."""
+
+    run_id: str
+    mode: str
+
+    @abstractmethod
+    def start(self) -> None:
+        """Check the weights (fetched on first use, or a clear error) and start the workers."""
+
+    @abstractmethod
+    def submit(self, song: Song) -> None:
+        """Queue a song; a free worker takes it."""
+
+    @abstractmethod
+    def outcomes(self) -> Iterator[SongOutcome]:
+        """The outcome of every song submitted, as each finishes, until none is pending."""
+
+    @abstractmethod
+    def close(self, status: str, report: dict[str, Any] | None = None) -> None:
+        """Stop the workers (their engines unloaded) and mark the run ``status``."""
+
+    def idle(self) -> None:
+        """Between the songs of a long-lived fleet (a server worker): nothing runs on it now."""
+
+
+def convert(paths: list[Path], fleet: Fleet) -> BatchResult:
+    """Every song through ``fleet``; a song that fails never stops the rest (missing or damaged
+    weights, the same for every song, stop the run with the fix). Ctrl-C marks it interrupted."""
+    fleet.start()
+    result = BatchResult(fleet.run_id, fleet.mode)
+    try:
+        for path in paths:
+            fleet.submit(Song(path))
+        for outcome in fleet.outcomes():
+            outcome.add_to(result)
+    except KeyboardInterrupt:
+        fleet.close("interrupted")
+        raise
+    except BaseException:
+        fleet.close("failed")
+        raise
+    fleet.close("failed" if result.failures else "done", result.to_dict())
+    return result
+
+
+class LocalFleet(Fleet):
+    """One pipeline in this process, songs one after another."""
+
+    def __init__(self, plan: Plan, options: RunOptions, store: Store | None, on_event: OnEvent = ignore, *,
+                 kind: str = "run", inputs: SongInputs | None = None) -> None:  # fmt: skip
+        self.pipeline = pipeline_for(plan, options, store, on_event, inputs)
+        self.on_event = on_event
+        self.kind = kind
+        self.run_id, self.mode = self.pipeline.run_id, plan.mode
+        self._pending: deque[Song] = deque()
+        self.started = False
+
+    @property
+    def plan(self) -> Plan:
+        return self.pipeline.plan
+
+    def start(self) -> None:
+        self.pipeline.check_models()
+        self.pipeline.runner.start(self.kind)
+        self.started = True
+
+    def submit(self, song: Song) -> None:
+        self._pending.append(song)
+
+    def outcomes(self) -> Iterator[SongOutcome]:
+        while self._pending:
+            yield convert_here(self.pipeline, self._pending.popleft(), self.on_event)
+
+    def idle(self) -> None:
+        self.pipeline.emit(RunIdle(self.run_id))
+
+    def close(self, status: str, report: dict[str, Any] | None = None) -> None:
+        self.pipeline.finish(status, report)
+
+
+def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Store | None,
+                  on_event: OnEvent = ignore) -> BatchResult:  # fmt: skip
+    """``ugpu run``: ``paths`` with one set of loaded engines, here."""
+    inputs = prepare(options)
+    sweep(options, store)
+    return convert(paths, LocalFleet(plan, options, store, on_event, inputs=inputs))
