@@ -104,8 +104,8 @@ class Pipeline:
             self.runner.check_models(component)
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> None:
-        self.runner.start("run")
+    def start(self, kind: str = "run") -> None:
+        self.runner.start(kind)
 
     def finish(self, status: str, report: dict[str, Any] | None = None) -> None:
         self.runner.finish(status, report)

@@ -71,11 +71,12 @@ def seed_everything(seed: int) -> None:
     import sys
 
     import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch = sys.modules.get("torch")  # an engine that samples with torch imported it when it loaded
+    if torch is not None:
+        torch.manual_seed(seed)
     ctranslate2 = sys.modules.get("ctranslate2")
     if ctranslate2 is not None:
         ctranslate2.set_random_seed(seed % 2**32)

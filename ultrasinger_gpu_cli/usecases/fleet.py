@@ -108,7 +108,7 @@ class LocalFleet(Fleet):
 
     def start(self) -> None:
         self.pipeline.check_models()
-        self.pipeline.runner.start(self.kind)
+        self.pipeline.start(self.kind)
         self.started = True
 
     def submit(self, song: Song) -> None:
