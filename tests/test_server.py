@@ -281,3 +281,23 @@ def test_one_worker_per_gpu_pytorch_can_run_each_planned_for_its_card(tmp_path, 
     assert plans[0][1].tier.key != plans[1][1].tier.key  # each card its own tier
     fake_torch()  # a cu126 build: it cannot run the RTX 5060 Ti, so one CPU worker
     assert [name for name, _ in worker_plans(_config(tmp_path / "other"))] == ["cpu"]
+
+
+def test_a_worker_without_the_database_plans_like_one_with_it(tmp_path, fake_gpus, fake_torch):
+    """The one per-worker planner: a Ray actor, given the driver's stored overrides, plans its
+    card exactly as a worker reading the database does; another card's overrides do not leak."""
+    from ultrasinger_gpu_cli.usecases.plan import worker_plan
+
+    fake_gpus(rtx_5060_ti(), h100())
+    fake_torch(CU128_ARCHS, "12.8", "2.8.0+cu128")
+    with Store.open(tmp_path / "ugpu.db") as store:
+        h100_uuid = worker_plan(store, 1).target.gpu.uuid
+        store.save_override(h100_uuid, "whisper", {"batch_size": 3})
+        from_store = worker_plan(store, h100_uuid, "balanced")
+        handed = store.all_overrides()
+        other = worker_plan(store, 0, "balanced")
+    without = worker_plan(None, h100_uuid, "balanced", overrides=handed)
+    assert from_store.components["whisper"].value("batch_size") == 3
+    assert without.components == from_store.components and without.target == from_store.target
+    assert set(handed) == {h100_uuid} and worker_plan(None, 0, "balanced", overrides=handed).components == other.components
+    assert worker_plan(None, None, overrides=handed).target.name == "CPU"

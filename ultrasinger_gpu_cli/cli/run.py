@@ -66,12 +66,11 @@ def run(
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="The longest song converted, in minutes (longer ones stop with exit 2) [default: UGPU_MAX_MINUTES, else 120].", min=0.01, max=1440, show_default=False)] = None,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
-    from ultrasinger_gpu_cli.plan.detection import plan_for
     from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.cli.run_view import RunDisplay, summary_table
     from ultrasinger_gpu_cli.usecases.fleet import convert_songs
-    from ultrasinger_gpu_cli.usecases.plan import run_target
+    from ultrasinger_gpu_cli.usecases.plan import worker_plan
 
     from ultrasinger_gpu_cli.components.whisper import check_language
 
@@ -83,7 +82,7 @@ def run(
     rehearsed = rehearsal(rehearse_fault)
     store = open_store(ctx)
     flags = {component: {"backend": name} for component, name in (("whisper", whisper_backend), ("crepe", pitch_backend)) if name}
-    plan = plan_for(store, run_target(store, gpu), mode.value, vram_limit, flags=flags or None)
+    plan = worker_plan(store, gpu, mode.value, vram_limit, flags or None)
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,

@@ -59,8 +59,7 @@ def open_store(config: ServeConfig) -> Store:
 
 def worker_plans(config: ServeConfig) -> list[tuple[str, Any]]:
     """One worker per GPU PyTorch can run (or ``--workers`` on the first one / the CPU): (name, plan(store, mode))."""
-    from ultrasinger_gpu_cli.plan.detection import plan_for
-    from ultrasinger_gpu_cli.usecases.plan import run_target
+    from ultrasinger_gpu_cli.usecases.plan import run_target, worker_plan
 
     with open_store(config) as store:
         first = run_target(store, 0)
@@ -74,7 +73,7 @@ def worker_plans(config: ServeConfig) -> list[tuple[str, Any]]:
 
     def planner(selector: int):
         def plan(store: Store, mode: str):
-            return plan_for(store, run_target(store, selector), mode)
+            return worker_plan(store, selector, mode)
 
         return plan
 

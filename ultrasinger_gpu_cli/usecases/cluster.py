@@ -78,20 +78,13 @@ class SongActor:
         """The plan for the card Ray gave this actor (by UUID), or the CPU's."""
         import ray
 
-        from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
-        from ultrasinger_gpu_cli.usecases.plan import run_target
-
-        if not ray.get_gpu_ids():
-            return resolve(CPU_TARGET, mode, overrides=self.overrides.get("cpu", {}), flags=flags)
         from ultrasinger_gpu_cli.gpu.devices import torch_cuda_devices
+        from ultrasinger_gpu_cli.usecases.plan import worker_plan
 
-        visible = torch_cuda_devices()
-        if not visible or not visible[0].uuid:
-            return resolve(CPU_TARGET, mode, overrides=self.overrides.get("cpu", {}), flags=flags)
-        uuid = visible[0].uuid if visible[0].uuid.startswith("GPU-") else f"GPU-{visible[0].uuid}"
-        target = run_target(None, uuid)
-        return resolve(target, mode, vram_limit_gb, overrides=self.overrides.get(target.settings_key or "", {}),
-                       flags=flags)  # fmt: skip
+        visible = torch_cuda_devices() if ray.get_gpu_ids() else []
+        uuid = visible[0].uuid if visible and visible[0].uuid else None
+        gpu = None if uuid is None else uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+        return worker_plan(None, gpu, mode, vram_limit_gb, flags, overrides=self.overrides)
 
     def _emit(self, event: Any) -> None:
         try:
@@ -206,11 +199,10 @@ class RayFleet(Fleet):
         self.started = False
 
     def start(self) -> None:
-        from ultrasinger_gpu_cli.plan.detection import plan_for
-        from ultrasinger_gpu_cli.usecases.plan import run_target
+        from ultrasinger_gpu_cli.usecases.plan import worker_plan
 
         import_ray()
-        self.plan = plan_for(self.store, run_target(self.store, 0), self.mode, self.vram_limit_gb, self.flags)
+        self.plan = worker_plan(self.store, 0, self.mode, self.vram_limit_gb, self.flags)
         # weights missing here are missing on a local cluster too
         pipeline_for(self.plan, self.options, self.store, inputs=self.inputs).check_models()
         self.ray, self.started = join_ray(self.address)

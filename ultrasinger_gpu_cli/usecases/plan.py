@@ -35,13 +35,28 @@ def detect_machine(store: Store, *, gpu: GpuSelector = 0, mode: str = "balanced"
     return Detected(detection, plan_for(store, target, mode, vram_limit_gb))
 
 
-def run_target(store: Store, gpu: GpuSelector = 0) -> PlanTarget:
+def run_target(store: Store | None, gpu: GpuSelector = 0) -> PlanTarget:
     """The plan target for commands that run engines: they import torch anyway, so when the
     framework check is not cached yet, run it (``ugpu detect``'s) instead of guessing."""
     target = quick_target(store, gpu)
     if target.is_gpu and target.torch_can_run is None:
         target = target_from_detection(detect(store), gpu)
     return target
+
+
+def worker_plan(store: Store | None, gpu: GpuSelector | None, mode: str = "balanced", vram_limit_gb: float | None = None,
+                flags: dict | None = None, *, overrides: Mapping[str, Any] | None = None) -> Plan:  # fmt: skip
+    """The one per-worker planner: the plan of a worker on the card ``gpu`` names (an NVML index
+    or a UUID; None: the CPU), capped to ``vram_limit_gb``, with the user's stored overrides for
+    that card: from ``store``, or as a driver handed them to a process that keeps no database
+    (``overrides``, by target). ``ugpu run``, ``--gpus`` slots, Ray actors and the server's
+    workers all plan here."""
+    target = CPU_TARGET if gpu is None else run_target(store, gpu)
+    if overrides is not None:
+        given = dict(overrides.get(target.settings_key or "", {}))
+    else:
+        given = store.overrides(target.settings_key) if store is not None else {}
+    return resolve(target, mode, vram_limit_gb, overrides=given, flags=flags)
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,8 @@ def plan_slots(store: Store | None, gpus_text: str, per_gpu: str = "auto", *, mo
     ``per_gpu`` is ``auto`` (as many pipelines as the card's VRAM budget holds at the plan's
     estimate, each then planned for its share of the card) or a number. On a machine with no
     usable GPU, ``--gpus all`` is the CPU (``--per-gpu N`` gives N CPU workers)."""
-    from ultrasinger_gpu_cli.plan.detection import plan_for
     from ultrasinger_gpu_cli.gpu.nvml import get_nvml
-    from ultrasinger_gpu_cli.usecases.plan import run_target
+    from ultrasinger_gpu_cli.usecases.plan import worker_plan
 
     if per_gpu != "auto" and not (per_gpu.isdigit() and 1 <= int(per_gpu) <= MAX_PER_GPU):
         raise InvalidSettingError(f"invalid --per-gpu {per_gpu!r}; give auto or a whole number from 1 to {MAX_PER_GPU}")
@@ -95,21 +94,22 @@ def plan_slots(store: Store | None, gpus_text: str, per_gpu: str = "auto", *, mo
         count = 1 if per_gpu == "auto" else int(per_gpu)
         cores = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else os.cpu_count()
         threads = max(1, (cores or 1) // count)  # the cores shared out, never oversubscribed
-        plan = plan_for(store, run_target(store, 0), mode, vram_limit_gb, flags)
+        plan = worker_plan(store, 0, mode, vram_limit_gb, flags)
         notes.append(f"no usable GPU: {count} CPU worker(s), {threads} thread(s) each")
         names = ["CPU"] if count == 1 else [f"CPU #{i + 1}" for i in range(count)]
         return Slots([Slot(name, plan, threads) for name in names], notes)
     slots: list[Slot] = []
     for gpu in choose_gpus(gpus_text, gpus):
-        target = run_target(store, gpu.uuid or str(gpu.index))
-        plan = plan_for(store, target, mode, vram_limit_gb, flags)
+        selector = gpu.uuid or str(gpu.index)
+        plan = worker_plan(store, selector, mode, vram_limit_gb, flags)
+        target = plan.target
         peak, budget = plan.pipeline_peak_mb, plan.vram_budget_mb
         count = int(per_gpu) if per_gpu != "auto" else 1
         if per_gpu == "auto" and plan.uses_gpu and peak and budget:
             count = max(1, min(MAX_PER_GPU, budget // peak))
         if count > 1 and plan.uses_gpu:
             share = (vram_limit_gb or target.vram_total_gb) / count
-            plan = plan_for(store, target, mode, share, flags)  # each worker capped to its share of the card
+            plan = worker_plan(store, selector, mode, share, flags)  # each worker capped to its share of the card
             notes.append(f"GPU {gpu.index} ({gpu.name}): {count} workers, each planned for {share:.1f} GB of it "
                          f"(one pipeline needs about {peak} MB of the {budget} MB budget)")  # fmt: skip
         elif not plan.uses_gpu:
