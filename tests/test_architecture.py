@@ -95,9 +95,8 @@ def test_the_cli_and_models_listing_pick_up_a_registered_backend(test_backends, 
 def test_an_uninstalled_backend_is_refused_with_the_install_command(test_backends, monkeypatch):
     from ultrasinger_gpu_cli.components.base import Backend
 
-    missing = Backend("test-missing", backends.ProbeEngine, "needs a module nobody has", backends.PROBE.model_status,
-                      requires=("no_such_module_here",), install="pip install no-such-module")  # fmt: skip
-    CREPE.register("test-missing", missing)
+    missing = Backend("test-missing", backends.ProbeEngine, "needs a module nobody has", backends.PROBE.model_status)
+    CREPE.register("test-missing", missing, requires=("no_such_module_here",), install="pip install no-such-module")
     try:
         result = CliRunner().invoke(app, ["crepe", "--backend", "test-missing", "--save"])
     finally:

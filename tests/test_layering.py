@@ -224,3 +224,21 @@ def test_pipelines_are_built_in_one_place_and_ray_is_joined_in_one():
                 joined.add(path.relative_to(ROOT / PACKAGE).as_posix())
     assert built == {"usecases/fleet.py"}
     assert joined == {"usecases/cluster.py"}
+
+
+def test_planning_imports_no_backend_module():
+    """The resolver asks the registration lines whether a backend is installed (its modules are
+    looked up, not imported): planning every tier and mode, a backend given by a flag included,
+    loads no engine module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve; "
+            "from ultrasinger_gpu_cli.plan.detection import hypothetical_target; "
+            "[resolve(t, m) for t in (CPU_TARGET, *(hypothetical_target(g) for g in (4, 6, 8, 12, 16, 24, 48, 80))) "
+            "for m in ('conservative', 'balanced', 'aggressive')]; "
+            "resolve(CPU_TARGET, flags={'whisper': {'backend': 'openai-whisper'}, 'crepe': {'backend': 'torchcrepe'}}); "
+            "print(sorted(m for m in sys.modules if m.startswith('ultrasinger_gpu_cli.engines.')))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("[]", "['ultrasinger_gpu_cli.engines.base']"), done.stdout

@@ -126,29 +126,16 @@ class Backend:
     """A way to run a component: an engine class and where its weights come from.
 
     Each backend module defines one ``BACKEND = Backend(...)``; a component registers the
-    module in one line (:meth:`ComponentSpec.register`).
+    module in one line (:meth:`ComponentSpec.register`), which also says what it needs installed.
     """
 
     name: str
     engine: type[Engine]
     summary: str
     model_status: Callable[[str, Path | None], ModelStatus]
-    requires: tuple[str, ...] = ()  # importable modules
-    install: str = ""  # the command that installs them
     pull: Callable[..., list[Path]] | None = None  # (status, models_dir, progress); None: ships with the package
     ships_with: str = ""  # where the weights come from when pull is None
     pull_offline: bool = False  # pull converts weights already here; it then takes download=False to fetch nothing
-
-    def missing_requirements(self) -> tuple[str, ...]:
-        return tuple(m for m in self.requires if importlib.util.find_spec(m) is None)
-
-    def check_installed(self) -> None:
-        missing = self.missing_requirements()
-        if missing:
-            raise InvalidSettingError(
-                f"the {self.name} backend needs {', '.join(missing)}, which is not installed",
-                hint=self.install or f"pip install {' '.join(missing)}",
-            )
 
     def create(self, settings: StageSettings, models_dir: Path | None = None,
                binding: DeviceBinding | None = None) -> Engine:  # fmt: skip
@@ -162,17 +149,31 @@ BackendPrecision = Union[tuple[str, str], Callable[[Union[str, None]], tuple[str
 @dataclass
 class BackendRef:
     """A registered backend: its name, the module that defines ``BACKEND`` (or the object), and
-    what planning must know without importing it: the models it runs (empty: the component's
-    own), the devices it runs on, and settings it fixes ({parameter: (value, why)})."""
+    what planning must know without importing it: the modules it needs installed and the command
+    that installs them, the models it runs (empty: the component's own), the devices it runs on,
+    and settings it fixes ({parameter: (value, why)})."""
 
     name: str
     source: str | Backend
+    requires: tuple[str, ...] = ()  # importable modules (looked up, never imported, to plan)
+    install: str = ""  # the command that installs them
     models: tuple[str, ...] = ()
     devices: tuple[str, ...] = DEVICES
     fixed: Mapping[str, tuple[SettingValue, str]] = field(default_factory=dict)
     compute_types: tuple[str, ...] = TORCH_COMPUTE_TYPES
     precision: Mapping[str, BackendPrecision] = field(default_factory=dict)  # device -> (compute type, why)
     gpu_problem: Callable[[str | None], str | None] | None = None  # (compute capability) -> why it can't run it
+
+    def missing_requirements(self) -> tuple[str, ...]:
+        return tuple(m for m in self.requires if importlib.util.find_spec(m) is None)
+
+    def check_installed(self) -> None:
+        missing = self.missing_requirements()
+        if missing:
+            raise InvalidSettingError(
+                f"the {self.name} backend needs {', '.join(missing)}, which is not installed",
+                hint=self.install or f"pip install {' '.join(missing)}",
+            )
 
     def load(self) -> Backend:
         if isinstance(self.source, Backend):
@@ -290,15 +291,16 @@ class ComponentSpec(Generic[S]):
         return self.settings({**base, **values})
 
     # -- backends ---------------------------------------------------------------------------
-    def register(self, name: str, source: str | Backend, *, models: tuple[str, ...] = (),
+    def register(self, name: str, source: str | Backend, *, requires: tuple[str, ...] = (), install: str = "",
+                 models: tuple[str, ...] = (),
                  devices: tuple[str, ...] = DEVICES, fixed: Mapping[str, tuple[SettingValue, str]] | None = None,
                  compute_types: tuple[str, ...] = TORCH_COMPUTE_TYPES,
                  precision: Mapping[str, BackendPrecision] | None = None,
                  gpu_problem: Callable[[str | None], str | None] | None = None) -> None:  # fmt: skip
         """The one registration line of a backend (with what planning needs to know of it:
         ``gpu_problem(compute_capability)`` says why it cannot run a card, or None)."""
-        self.backends[name] = BackendRef(name, source, models, devices, dict(fixed or {}), compute_types,
-                                         dict(precision or {}), gpu_problem)  # fmt: skip
+        self.backends[name] = BackendRef(name, source, requires, install, models, devices, dict(fixed or {}),
+                                         compute_types, dict(precision or {}), gpu_problem)  # fmt: skip
 
     def models_of(self, backend: str) -> tuple[str, ...]:
         """The models a backend runs: its own, else the component's."""
@@ -316,13 +318,17 @@ class ComponentSpec(Generic[S]):
     def default_backend(self) -> str:
         return next(iter(self.backends))
 
-    def backend(self, name: str) -> Backend:
+    def ref(self, name: str) -> BackendRef:
+        """A registered backend as planning sees it (its module not imported)."""
         ref = self.backends.get(name)
         if ref is None:
             raise InvalidSettingError(
                 f"invalid {self.name} backend {name!r}; valid choices: {', '.join(self.backends)}"
             )
-        return ref.load()
+        return ref
+
+    def backend(self, name: str) -> Backend:
+        return self.ref(name).load()
 
     def create(self, settings: S, models_dir: Path | None = None, binding: DeviceBinding | None = None) -> Engine:
         """An engine of the settings' backend (not loaded yet)."""

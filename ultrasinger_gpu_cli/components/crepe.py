@@ -87,8 +87,11 @@ CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
 )
 
 # Backends: one line each. The first is the default.
-CREPE.register("torchcrepe", "ultrasinger_gpu_cli.engines.crepe_engine")
-CREPE.register("swiftf0", "ultrasinger_gpu_cli.engines.swiftf0_engine", models=("swiftf0",), devices=("cpu",),
-               fixed={"step_size": (16, "a pitch frame every 16 ms (256 samples at 16 kHz)")})  # fmt: skip
-CREPE.register("tensorflow", "ultrasinger_gpu_cli.engines.crepe_tensorflow", compute_types=("float32",),
-               gpu_problem=tensorflow_gpu_problem)  # fmt: skip
+CREPE.register("torchcrepe", "ultrasinger_gpu_cli.engines.crepe_engine",
+               requires=("torch", "torchcrepe"), install="pip install torchcrepe")
+CREPE.register("swiftf0", "ultrasinger_gpu_cli.engines.swiftf0_engine",
+               requires=("swift_f0", "onnxruntime"), install="pip install swift-f0", models=("swiftf0",),
+               devices=("cpu",), fixed={"step_size": (16, "a pitch frame every 16 ms (256 samples at 16 kHz)")})  # fmt: skip
+CREPE.register("tensorflow", "ultrasinger_gpu_cli.engines.crepe_tensorflow",
+               requires=("tensorflow", "keras", "torchcrepe"), install="pip install 'ultrasinger-gpu-cli[tensorflow]'",
+               compute_types=("float32",), gpu_problem=tensorflow_gpu_problem)  # fmt: skip

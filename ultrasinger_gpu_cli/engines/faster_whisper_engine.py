@@ -270,8 +270,6 @@ BACKEND = Backend(
     engine=FasterWhisperEngine,
     summary="Whisper on CTranslate2 (faster-whisper): int8 on the CPU, float16 on CUDA; the same chunks and words",
     model_status=faster_whisper_status,
-    requires=("faster_whisper", "ctranslate2", "whisper"),
-    install="pip install faster-whisper",
     pull=pull_faster_whisper,
     pull_offline=True,
 )

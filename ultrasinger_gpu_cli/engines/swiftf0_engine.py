@@ -116,7 +116,5 @@ BACKEND = Backend(
     engine=SwiftF0Engine,
     summary="SwiftF0 on onnxruntime (CPU): more accurate than CREPE on singing, ~180x real time per core",
     model_status=swiftf0_status,
-    requires=("swift_f0", "onnxruntime"),
-    install="pip install swift-f0",
     ships_with="ships inside swift-f0 (pip install swift-f0)",
 )

@@ -376,7 +376,5 @@ BACKEND = Backend(
     engine=WhisperEngine,
     summary="openai-whisper: voiced chunks, one encoder pass per batch, batched decoding",
     model_status=whisper_status,
-    requires=("torch", "whisper"),
-    install="pip install openai-whisper",
     pull=pull_whisper,
 )

@@ -253,7 +253,7 @@ def _plan_component(
     b.set("backend", spec.default_backend, f"{spec.default_backend}, the default {spec.title} backend", "tier")
     if tier.key in spec.tier_backends:
         name, why = spec.tier_backends[tier.key]
-        if not spec.backend(name).missing_requirements():
+        if not spec.ref(name).missing_requirements():
             b.set("backend", name, f"{tier.label} tier: {why}", "tier")
     for parameter, value in spec.tier_defaults[tier.key].items():
         reason = spec.tier_reason(parameter, value, tier) or tier.why
@@ -314,7 +314,7 @@ def _apply_backend(b: _Builder, override: ParameterValues, flag: ParameterValues
     backend = str(b.value("backend"))
     ref = spec.backends[backend]
     if b.user_set("backend"):
-        spec.backend(backend).check_installed()  # refused now, with the install command
+        spec.ref(backend).check_installed()  # refused now, with the install command
     else:
         # A tier's backend yields to the user's settings it cannot honour (a CREPE capacity or
         # step size set by a flag): the component's default backend runs them.

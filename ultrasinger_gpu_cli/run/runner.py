@@ -108,8 +108,8 @@ class StageRunner:
         """Before any decoding: the plan's weights are here, or fetched now (``fetch_missing``, not
         offline), or a clear error says where they were looked for and how to get them."""
         settings = self.plan.components[component].typed()
+        spec(component).ref(settings.backend).check_installed()  # before its module is imported
         backend = spec(component).backend(settings.backend)
-        backend.check_installed()
         status = backend.model_status(settings.model, self.options.models_dir)
         # A conversion from weights already here (faster-whisper, TensorFlow CREPE) is no download:
         # it runs even with --offline, but fetches nothing it converts from.

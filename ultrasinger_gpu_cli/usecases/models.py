@@ -109,9 +109,9 @@ def backends_listing() -> list[BackendInfo]:
     for name in COMPONENTS:
         component = spec(name)
         for backend_name in component.backend_names():
-            backend = component.backend(backend_name)
+            ref, backend = component.ref(backend_name), component.backend(backend_name)
             out.append(BackendInfo(name, backend_name, backend_name == component.default_backend,
-                                   not backend.missing_requirements(), backend.install, backend.summary))  # fmt: skip
+                                   not ref.missing_requirements(), ref.install, backend.summary))  # fmt: skip
     return out
 
 

@@ -106,7 +106,7 @@ def validated_flags(component: str, flags: Mapping[str, object], *, save: bool, 
         raise InvalidSettingError("--save and --reset cannot be combined")
     given = spec(component).validate(flags)
     if "backend" in given:
-        spec(component).backend(str(given["backend"])).check_installed()
+        spec(component).ref(str(given["backend"])).check_installed()
     if save and not given:
         raise InvalidSettingError(f"--save needs at least one setting to store (e.g. ugpu {component} --batch-size 8 --save)")
     if reset and audio:
