@@ -71,7 +71,13 @@ def test_two_gpu_workers_write_what_a_serial_run_writes_and_a_killed_worker_lose
         options = RunOptions(out_dir=tmp_path / "out", language="en", models_dir=models, fetch_missing=True)
         result = run_parallel(songs, slots, options, store, on_event=on_event)
         events = store.recent_fallbacks()
+        runs = {r["pid"]: r["status"] for r in store.query("SELECT pid, status FROM runs")}
+        logged = store.query("SELECT COUNT(*) AS n FROM performance_log WHERE run_id IN (SELECT run_id FROM runs)")[0]["n"]
     assert killed, "no worker was killed"
+    # The workers never opened the database: the parent recorded each one's run from its events,
+    # to its end (the killed worker's run is the one left running, its process gone).
+    assert len(runs) >= 2 and {status for pid, status in runs.items() if pid not in killed} == {"done"}
+    assert logged >= 2 * len(songs)
     assert not result.failures and sorted(r.source.name for r in result.reports) == sorted(s.name for s in songs)
     assert _charts(tmp_path / "out") == expected
     (lost,) = [e for e in events if e.stage == "worker"]
@@ -131,7 +137,9 @@ def test_a_local_ray_cluster_writes_what_a_serial_run_writes_and_survives_a_kill
     with Store.open(tmp_path / "db" / "ugpu.db") as store:
         options = RunOptions(out_dir=tmp_path / "out", language="en", models_dir=models, fetch_missing=True)
         result = run_on_ray(songs, options, store, on_event=on_event)
+        statuses = [r["status"] for r in store.query("SELECT status FROM runs")]
     assert ray.is_initialized()  # a cluster ugpu did not start is left running
+    assert "done" in statuses, statuses  # the actors' runs, recorded by the driver from their events, to their end
     assert killed, seen
     assert not result.failures and sorted(r.source.name for r in result.reports) == sorted(s.name for s in songs)
     assert _charts(tmp_path / "out") == expected

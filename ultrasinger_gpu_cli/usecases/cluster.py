@@ -95,6 +95,9 @@ class SongActor:
         except Exception:  # noqa: BLE001 - the queue actor is gone with the cluster
             pass
 
+    def finish(self, status: str) -> None:
+        self.pipeline.finish(status)
+
     def describe(self) -> dict[str, Any]:
         plan = self.pipeline.plan
         return {"name": self.name, "pid": os.getpid(), "target": plan.target.name, "uses_gpu": plan.uses_gpu}
@@ -281,6 +284,11 @@ class RayFleet(Fleet):
     def close(self, status: str, report: dict[str, Any] | None = None) -> None:
         if self.ray is None:
             return
+        try:  # each actor's run ends (its engines unloaded), and says so before it goes
+            self.ray.get([actor.finish.remote(status) for actor in self.actors], timeout=60)
+        except Exception:  # noqa: BLE001 - an actor already gone: Ray has its state
+            pass
+        _drain(self.events, self.record)
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
         self.actors, self.free = [], []

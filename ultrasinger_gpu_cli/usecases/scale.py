@@ -271,10 +271,26 @@ class ProcessFleet(Fleet):
                 except OSError:
                     pass
         for worker in self.workers:
+            self._last_words(worker)
             worker.process.join(timeout=60)
             if worker.process.exitcode is None:
                 worker.process.kill()
             worker.conn.close()
+
+    def _last_words(self, worker: _Worker, timeout_s: float = 60.0) -> None:
+        """What a stopping worker still says (its run's end) is recorded, until its pipe closes."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while not worker.gone and time.monotonic() < deadline:
+            try:
+                if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                    return
+                kind, payload = worker.conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "event":
+                self.record(payload)
 
 
 def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: Store | None,
