@@ -42,7 +42,7 @@ from ultrasinger_gpu_cli.run.options import ChartText, RunOptions, SongInputs, r
 from ultrasinger_gpu_cli.run.songfolders import BUSY, Claim, SongAlreadyDone, SongBusy, claim, listed_files, remove_claimed, remove_listed
 from ultrasinger_gpu_cli.run.streaming import scan as scan_stream
 from ultrasinger_gpu_cli.run.streaming import separate as separate_stream
-from ultrasinger_gpu_cli.run.stagecache import (StageCache, cache_key, cached_segments, checked_words, resume_cache_dir,
+from ultrasinger_gpu_cli.run.stagecache import (StageCache, cache_key, cached_segments, checked_words, run_cache_dir,
                                                  words_data, words_from_segments)
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.song.lyrics import align_lyrics
@@ -83,7 +83,7 @@ class Pipeline:
         self.emit: OnEvent = self.recorder
         self.runner = StageRunner(plan, RunnerOptions(options.fallback, options.models_dir, options.rehearsal,
                                                       options.fetch_missing), self.emit)  # fmt: skip
-        folder = resume_cache_dir(options.cache_dir, store.path if store is not None else None, options.out_dir)
+        folder = run_cache_dir(options, store)
         self.cache = StageCache(folder, lambda message: self.emit(Notice(None, message)))
         self._work_dir: Path | None = None
 

@@ -15,13 +15,17 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ultrasinger_gpu_cli.files import atomic_path, write_text
 from ultrasinger_gpu_cli.song.textfiles import read_json_or_none
 from ultrasinger_gpu_cli.song.words import Word
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ultrasinger_gpu_cli.run.options import RunOptions
+    from ultrasinger_gpu_cli.store.db import Store
 
 MAX_JSON_BYTES = 256 * 2**20
 
@@ -32,6 +36,11 @@ def resume_cache_dir(given: Path | None, store_path: Path | None, out_dir: Path)
     if given is not None:
         return Path(given)
     return (store_path.parent if store_path is not None else Path(out_dir)) / "cache"
+
+
+def run_cache_dir(options: RunOptions, store: Store | None) -> Path:
+    """A run's resume cache: its ``--cache-dir``, else beside its database, else in its output."""
+    return resume_cache_dir(options.cache_dir, store.path if store is not None else None, options.out_dir)
 
 
 def cache_key(*parts: Any) -> str:

@@ -84,7 +84,7 @@ class Store(PerformanceQueries):
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _journal_wal(conn)
             if str(mode).lower() != "wal":  # pragma: no cover - e.g. a read-only medium
                 conn.execute("PRAGMA journal_mode = DELETE")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -418,3 +418,19 @@ class Store(PerformanceQueries):
                 (new_id(), run_id, event.song, event.stage, event.from_setting, event.to_setting, event.reason,
                  event.device, None if gpu is None else gpu.uuid, None if gpu is None else gpu.index),
             )  # fmt: skip
+
+
+def _journal_wal(conn: sqlite3.Connection) -> str:
+    """Switch to WAL and return the journal mode now in force. SQLite does not wait on its busy
+    handler for this switch: two processes opening a new database at once can see "database is
+    locked" at once, so the switch is tried again until the busy timeout has passed."""
+    import time
+
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import statistics
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Any
 
 from ultrasinger_gpu_cli.store.schema import integer, number
@@ -83,10 +84,10 @@ def _where(device: Any, gpu_index: Any) -> str:
 
 
 class PerformanceQueries:
-    """The reads of the performance log and the fallback events (a :class:`.db.Store` has them)."""
+    """The reads of the performance log and the fallback events (a :class:`.db.Store` has them,
+    and gives them its ``query``)."""
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:  # pragma: no cover - Store's
-        raise NotImplementedError
+    query: Callable[..., list[sqlite3.Row]]
 
     def median_speed(self, component: str) -> float | None:
         """The median x real time this component has reached before (for the slow-run alert)."""

@@ -13,7 +13,7 @@ from ultrasinger_gpu_cli.song.paths import check_output_dir, sweep_partials
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFailed, SongReport, ignore
 from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs, read_inputs
 from ultrasinger_gpu_cli.run.songfolders import SongAlreadyDone
-from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
+from ultrasinger_gpu_cli.run.stagecache import run_cache_dir
 from ultrasinger_gpu_cli.store.db import Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,8 +68,7 @@ def prepare(options: RunOptions) -> SongInputs:
 
 def sweep(options: RunOptions, store: Store | None) -> None:
     """What a killed run left half-written, in the output folder and the resume cache."""
-    cache = resume_cache_dir(options.cache_dir, store.path if store is not None else None, options.out_dir)
-    for folder in (options.out_dir, cache):
+    for folder in (options.out_dir, run_cache_dir(options, store)):
         if Path(folder).is_dir():
             sweep_partials(folder)
 

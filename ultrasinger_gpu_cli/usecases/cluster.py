@@ -40,7 +40,7 @@ from ultrasinger_gpu_cli.run.recorder import Recorder
 from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, prepare, sweep
-from ultrasinger_gpu_cli.usecases.fleet import Fleet, Song, convert, convert_here, pipeline_for
+from ultrasinger_gpu_cli.usecases.fleet import Fleet, Song, convert, convert_here, for_workers, pipeline_for
 
 NAMESPACE = "ugpu"
 RETRIES = 3
@@ -172,12 +172,6 @@ def join_ray(address: str | None) -> tuple[Any, bool]:
     return ray, started
 
 
-def for_actors(options: RunOptions, store: Store | None) -> RunOptions:
-    """The options an actor is given: the resume cache named (beside the driver's database)."""
-    return replace(options, cache_dir=resume_cache_dir(options.cache_dir, store.path if store is not None else None,
-                                                       options.out_dir))  # fmt: skip
-
-
 class RayFleet(Fleet):
     """Songs as calls on Ray actors (``--ray``, ``ugpu serve --ray``): each actor asks Ray for its
     share of a GPU (the plan's VRAM estimate over the card's), one pipeline each; songs travel as
@@ -187,7 +181,7 @@ class RayFleet(Fleet):
                  mode: str = "balanced", vram_limit_gb: float | None = None, flags: dict | None = None,
                  address: str | None = None, shared_input: bool = False, actors: int | None = None,
                  names: str | None = "ugpu-song", inputs: SongInputs | None = None) -> None:  # fmt: skip
-        self.options, self.store = for_actors(options, store), store
+        self.options, self.store = for_workers(options, store), store
         self.overrides = store.all_overrides() if store is not None else {}
         self.record = Recorder(store, on_event)  # the actors' runs, stages and fallbacks: written here only
         self.inputs = inputs if inputs is not None else read_inputs(options)

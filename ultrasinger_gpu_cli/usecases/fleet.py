@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from ultrasinger_gpu_cli.plan.resolver import Plan
 from ultrasinger_gpu_cli.run.events import OnEvent, RunIdle, ignore
 from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs
 from ultrasinger_gpu_cli.run.pipeline import Pipeline
+from ultrasinger_gpu_cli.run.stagecache import run_cache_dir
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongOutcome, convert_one, prepare, sweep
 
@@ -37,6 +38,12 @@ def pipeline_for(plan: Plan, options: RunOptions, store: Store | None = None, on
                  inputs: SongInputs | None = None) -> Pipeline:  # fmt: skip
     """The one place a pipeline is built: a worker's engines, loaded once, for every song it gets."""
     return Pipeline(plan, options, store, on_event=on_event, inputs=inputs)
+
+
+def for_workers(options: RunOptions, store: Store | None) -> RunOptions:
+    """The options a worker that keeps no database is given (a ``--gpus`` process, a Ray actor):
+    the run's resume cache named, as the driver finds it (beside its database)."""
+    return replace(options, cache_dir=run_cache_dir(options, store))
 
 
 def convert_here(pipeline: Pipeline, song: Song, on_event: OnEvent) -> SongOutcome:
@@ -100,7 +107,6 @@ class LocalFleet(Fleet):
         self.kind = kind
         self.run_id, self.mode = self.pipeline.run_id, plan.mode
         self._pending: deque[Song] = deque()
-        self.started = False
 
     @property
     def plan(self) -> Plan:
@@ -109,7 +115,6 @@ class LocalFleet(Fleet):
     def start(self) -> None:
         self.pipeline.check_models()
         self.pipeline.start(self.kind)
-        self.started = True
 
     def submit(self, song: Song) -> None:
         self._pending.append(song)

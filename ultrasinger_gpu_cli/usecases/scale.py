@@ -23,7 +23,7 @@ import os
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,10 @@ from ultrasinger_gpu_cli.failures import FallbackEvent
 from ultrasinger_gpu_cli.gpu.facts import GpuInfo
 from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs, read_inputs
 from ultrasinger_gpu_cli.run.recorder import Recorder
-from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, resolve
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, prepare, sweep
-from ultrasinger_gpu_cli.usecases.fleet import Fleet, Song, convert, convert_here, pipeline_for
+from ultrasinger_gpu_cli.usecases.fleet import Fleet, Song, convert, convert_here, for_workers, pipeline_for
 
 MAX_PER_GPU = 8
 MAX_TRIES = 3  # a song whose worker died this many times fails (instead of killing every worker in turn)
@@ -176,9 +175,7 @@ class ProcessFleet(Fleet):
     def __init__(self, slots: Slots, options: RunOptions, store: Store | None, on_event: OnEvent = ignore, *,
                  cpu_plan: Plan | None = None, inputs: SongInputs | None = None) -> None:  # fmt: skip
         self.slots, self.store, self.on_event, self.cpu_plan = slots, store, on_event, cpu_plan
-        # The workers keep no database, so they are told where the resume cache is (beside the database).
-        self.options = replace(options, cache_dir=resume_cache_dir(options.cache_dir, store.path if store else None,
-                                                                   options.out_dir))  # fmt: skip
+        self.options = for_workers(options, store)
         self.inputs = inputs if inputs is not None else read_inputs(options)
         self.record = Recorder(store, on_event)  # the workers' runs, stages and fallbacks: written here only
         self.run_id, self.mode = uuid.uuid4().hex, slots.slots[0].plan.mode
@@ -210,8 +207,7 @@ class ProcessFleet(Fleet):
     def outcomes(self) -> Iterator[SongOutcome]:
         from multiprocessing.connection import wait
 
-        busy = lambda: any(w.song is not None for w in self.workers if not w.gone)  # noqa: E731
-        while self.pending or busy() or self.lost:
+        while self.pending or self.lost or any(w.song is not None for w in self.workers if not w.gone):
             while self.lost:
                 yield self.lost.pop(0)
             alive = [w for w in self.workers if not w.gone]
