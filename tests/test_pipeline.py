@@ -185,6 +185,84 @@ def test_several_songs_load_each_model_once_and_bad_ones_do_not_stop_the_others(
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["One - A", "Two - B"]
 
 
+def _song_files(out: Path) -> dict[str, bytes]:
+    """Every file a run wrote under ``out`` but the reports (they hold the run's id and times)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.endswith(".report.json")}  # fmt: skip
+
+
+def test_an_overlapped_batch_writes_byte_for_byte_what_one_song_at_a_time_writes(env, fast_whisper, tmp_path, monkeypatch):
+    sources = [str(write_wav(tmp_path / f"Band - Take {n}.wav", song(7.0 + n), 44_100)) for n in range(3)]
+    written = {}
+    for flag in ("--no-overlap", "--json"):
+        data = tmp_path / f"data-{flag[2:]}"  # its own database, and its resume cache beside: every engine runs
+        monkeypatch.setenv("UGPU_DB", str(data / "ugpu.db"))
+        out = tmp_path / flag[2:]
+        result = invoke("run", *sources, "-o", str(out), "--language", "en", "--json", flag)
+        assert result.exit_code == 0, result.output
+        songs = json.loads(result.stdout)["songs"]
+        assert [Path(s["source"]).name for s in songs] == [Path(s).name for s in sources]  # in the order given
+        assert [s["stage"] for r in songs for s in r["stages"]] == ["demucs", "whisper", "crepe"] * 3
+        assert not any(s["cached"] for r in songs for s in r["stages"])
+        assert [r["song"] for r in db_rows("SELECT song FROM performance_log WHERE component = 'crepe' ORDER BY logged_at")] \
+            == [Path(s).name for s in sources]  # fmt: skip
+        written[flag] = _song_files(out)
+    assert len(written["--json"]) == 3 * 8 and written["--no-overlap"] == written["--json"]
+
+
+def test_an_overlapped_batch_goes_on_past_a_song_whose_engines_fail_and_keeps_no_folder_of_it(env, tmp_path, monkeypatch):
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+
+    real = Pipeline._engines
+
+    def engines(self, work):
+        if work.source.name == "B - Two.wav":
+            raise RuntimeError("a bug in one song")
+        return real(self, work)
+
+    monkeypatch.setattr(Pipeline, "_engines", engines)
+    vocals, timings = _known_melody(tmp_path)
+    sources = [str(write_wav(tmp_path / name, melody(NOTES, 17.0, 44_100)[None], 44_100))
+               for name in ("A - One.wav", "B - Two.wav", "C - Three.wav")]  # fmt: skip
+    result = invoke("run", *sources, "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert [Path(s["source"]).name for s in data["songs"]] == ["A - One.wav", "C - Three.wav"]
+    assert [Path(f["song"]).name for f in data["failures"]] == ["B - Two.wav"]
+    assert "unexpected error" in data["failures"][0]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["A - One", "C - Three"]
+
+
+def test_missing_weights_stop_an_overlapped_batch_and_the_song_opened_ahead_keeps_no_folder(env, tmp_path, monkeypatch):
+    from ultrasinger_gpu_cli.errors import ModelMissingError
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+
+    opened = []
+    real_open, real_engines = Pipeline.open_song, Pipeline._engines
+
+    def open_song(self, source, **kwargs):
+        work = real_open(self, source, **kwargs)
+        opened.append(work.held.folder)
+        return work
+
+    def engines(self, work):
+        time.sleep(0.5)  # the next song is opened meanwhile
+        raise ModelMissingError("no weights for this test", hint="none")
+
+    monkeypatch.setattr(Pipeline, "open_song", open_song)
+    monkeypatch.setattr(Pipeline, "_engines", engines)
+    vocals, timings = _known_melody(tmp_path)
+    sources = [str(write_wav(tmp_path / name, melody(NOTES, 17.0, 44_100)[None], 44_100))
+               for name in ("A - One.wav", "B - Two.wav", "C - Three.wav")]  # fmt: skip
+    result = invoke("run", *sources, "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"))
+    assert result.exit_code != 0 and "no weights for this test" in result.stderr
+    assert [f.name for f in opened] == ["A - One", "B - Two"]  # the second song was opened ahead
+    assert list((tmp_path / "out").iterdir()) == []  # and let go of: no folder, no lock left
+    monkeypatch.setattr(Pipeline, "_engines", real_engines)
+    again = invoke("run", sources[1], "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"))
+    assert again.exit_code == 0, again.output
+
+
 def _ugpu(*args: str, env: dict) -> subprocess.Popen:
     code = "import sys; from ultrasinger_gpu_cli.cli import main; sys.argv = ['ugpu', *sys.argv[1:]]; main()"
     # SIGINT restored to its default: a test run started in the background (nohup ... &) passes

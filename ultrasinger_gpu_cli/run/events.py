@@ -6,6 +6,7 @@ an :data:`Event`; each kind is a frozen dataclass, dispatched on its type.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,3 +196,15 @@ OnEvent = Callable[[Event], None]
 
 def ignore(event: Event) -> None:
     return None
+
+
+def serialized(on_event: OnEvent) -> OnEvent:
+    """``on_event`` called by one thread at a time (events come from the engines' threads and
+    from a pipeline's host worker; the recorder and the displays are written for one)."""
+    lock = threading.Lock()
+
+    def call(event: Event) -> None:
+        with lock:
+            on_event(event)
+
+    return call

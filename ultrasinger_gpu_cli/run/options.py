@@ -32,6 +32,7 @@ class RunOptions:
     max_minutes: float | None = None  # the longest song decoded (None: UGPU_MAX_MINUTES, else 120)
     singers: tuple[str, str] | None = None  # a duet's singers' names (None: "Singer 1", "Singer 2")
     preview: bool = True  # draw preview.png, the chart as a piano roll, into the song folder
+    overlap: bool = True  # a batch's host work (decode, tempo, files) runs while the engines run its neighbours
 
 
 #: Writes the chart's text, given the names of the song's audio, vocals and instrumental files.

@@ -19,6 +19,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +33,7 @@ from ultrasinger_gpu_cli.engines.base import Progress
 from ultrasinger_gpu_cli.errors import OutputError, UgpuError
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFinished, SongReport, SongStarted, StageFinished
 from ultrasinger_gpu_cli.failures import FallbackEvent
-from ultrasinger_gpu_cli.run.events import StageRun, ignore
+from ultrasinger_gpu_cli.run.events import StageRun, ignore, serialized
 from ultrasinger_gpu_cli.files import atomic_path, sha256_of, write_text
 from ultrasinger_gpu_cli.plan.resolver import Plan
 from ultrasinger_gpu_cli.run.recorder import Recorder
@@ -47,6 +49,8 @@ from ultrasinger_gpu_cli.run.stagecache import (StageCache, cache_key, cached_se
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.song.lyrics import align_lyrics
 from ultrasinger_gpu_cli.song.onsets import SEARCH_BEFORE_S
+from ultrasinger_gpu_cli.song.tempo import Tempo, detect_tempo
+from ultrasinger_gpu_cli.run.streaming import Scan
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,6 +73,42 @@ def _stems_match(stems: tuple[Path, Path], cached: dict[str, np.ndarray]) -> boo
         return False
 
 
+def _close(held: Claim, *, failed: bool) -> None:
+    """Let go of a song's folder; a song that failed in a folder made for it leaves none behind
+    (the folder is free for the next run)."""
+    if failed and held.fresh:
+        remove_claimed(held.folder)
+    held.release()
+
+
+@dataclass
+class SongWork:
+    """One song on its way through a pipeline: its folder held and its audio read (host work),
+    then what the engines made of it, then its files (host work again)."""
+
+    source: Path
+    held: Claim
+    name: str  # the song's file names in its folder, before the suffixes
+    content: str  # the audio file's sha256
+    artist: str
+    title: str
+    language: str | None
+    started: float  # perf_counter when the song was opened
+    stream: streams.AudioStream
+    scan: Scan
+    tempo: Future[Tempo] | None  # the chart's grid, worked out on the host worker (None: a given chart's)
+    notices: list[str] = field(default_factory=list)  # said when the song starts
+    stages: list[StageRun] = field(default_factory=list)
+    fallbacks: list[FallbackEvent] = field(default_factory=list)
+    stems: tuple[Path, Path] | None = None
+    units: list[Any] = field(default_factory=list)  # the timed words or syllables
+    are_syllables: bool = False
+    track: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the pitch: times, frequency, confidence
+
+    def close(self, *, failed: bool) -> None:
+        _close(self.held, failed=failed)
+
+
 class Pipeline:
     """Converts songs with one set of loaded engines, through the one stage runner."""
 
@@ -80,12 +120,13 @@ class Pipeline:
         self.inputs = inputs if inputs is not None else read_inputs(options)
         self.store = store
         self.recorder = Recorder(store, on_event)  # the run's rows, then the caller's display
-        self.emit: OnEvent = self.recorder
+        self.emit: OnEvent = serialized(self.recorder)  # the host worker emits too
         self.runner = StageRunner(plan, RunnerOptions(options.fallback, options.models_dir, options.rehearsal,
                                                       options.fetch_missing), self.emit)  # fmt: skip
         folder = run_cache_dir(options, store)
         self.cache = StageCache(folder, lambda message: self.emit(Notice(None, message)))
         self._work_dir: Path | None = None
+        self._host: ThreadPoolExecutor | None = None
 
     @property
     def run_id(self) -> str:
@@ -108,6 +149,9 @@ class Pipeline:
         self.runner.start(kind)
 
     def finish(self, status: str, report: dict[str, Any] | None = None) -> None:
+        if self._host is not None:
+            self._host.shutdown(wait=True)
+            self._host = None
         self.runner.finish(status, report)
         if self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
@@ -145,7 +189,22 @@ class Pipeline:
     # -- one song -------------------------------------------------------------------------------------
     def run_song(self, source: Path, *, out_dir: Path | None = None, language: str | None = None) -> SongReport:
         """One song into its folder under ``out_dir`` (default: the run's), in ``language``
-        (default: the run's, else detected)."""
+        (default: the run's, else detected): its audio read, its engines run, its files written."""
+        work = self.open_song(source, out_dir=out_dir, language=language)
+        self.run_engines(work)
+        return self.finish_song(work)
+
+    def host(self) -> ThreadPoolExecutor:
+        """This pipeline's host worker: one thread for the work that needs no engine (the tempo,
+        a batch's next song's audio and the last song's files) while the engines run."""
+        if self._host is None:
+            self._host = ThreadPoolExecutor(1, thread_name_prefix="ugpu-host")
+        return self._host
+
+    def open_song(self, source: Path, *, out_dir: Path | None = None, language: str | None = None) -> SongWork:
+        """A song's first host work: checked, its folder claimed, its audio decoded and scanned,
+        its tempo started on the host worker. Emits nothing: a batch opens the next song while
+        the engines run the current one."""
         started = time.perf_counter()
         source = Path(source)
         audio_io.check_input(source)
@@ -155,41 +214,47 @@ class Pipeline:
         held, name = self._song_folder(source, out_dir, ultrastar.safe_name(f"{artist} - {title}"), content)
         try:
             self._refuse_inputs(source, held.folder, name)
-            return self._convert(source, held.folder, name, content, artist, title, started,
-                                 language or self.options.language)  # fmt: skip
+            # The song streams through in blocks: memory stays flat however long it is.
+            stream = streams.AudioStream(source, audio_io.DEMUCS_RATE, 2, limit_s=audio_io.max_seconds(self.options.max_minutes))
+            scan = scan_stream(stream, not self.options.separate)
+            self._check_room(held.folder, scan.samples, source)
+            tempo = None
+            if self.inputs.timings is None or self.inputs.timings.chart is None:  # a given chart keeps its own grid
+                tempo = self.host().submit(detect_tempo, scan.mono22, 22_050)
         except BaseException:
-            if held.fresh:  # nothing of this song is kept: the folder is free for the next run
-                remove_claimed(held.folder)
+            _close(held, failed=True)
             raise
-        finally:
-            held.release()
+        notices = [stream.notice] if stream.notice else []
+        return SongWork(source, held, name, content, artist, title, language or self.options.language, started, stream,
+                        scan, tempo, notices)  # fmt: skip
 
-    def _convert(self, source: Path, folder: Path, name: str, content: str, artist: str, title: str,
-                 started: float, language: str | None) -> SongReport:  # fmt: skip
-        song = source.name
-        self.emit(SongStarted(song, folder))
+    def run_engines(self, work: SongWork) -> None:
+        """The song's engines, one after another on this thread: Demucs, Whisper (or the given
+        timings), CREPE; their results kept on ``work``."""
+        try:
+            self._engines(work)
+        except BaseException:
+            work.close(failed=True)
+            raise
+
+    def _engines(self, work: SongWork) -> None:
+        song, source, content, stream, scan = work.source.name, work.source, work.content, work.stream, work.scan
+        self.emit(SongStarted(song, work.held.folder))
         timings, lyrics = self.inputs.timings, self.inputs.lyrics
         for warning in timings.warnings if timings else ():
             self.emit(Notice(song, warning))
-
-        # The song streams through in blocks: memory stays flat however long it is.
-        stream = streams.AudioStream(source, audio_io.DEMUCS_RATE, 2, limit_s=audio_io.max_seconds(self.options.max_minutes))
-        scan = scan_stream(stream, not self.options.separate)
-        if stream.notice:
-            self.emit(Notice(song, stream.notice))
+        for notice in work.notices:
+            self.emit(Notice(song, notice))
         duration = scan.duration_s
-        stages: list[StageRun] = []
-        fallbacks: list[FallbackEvent] = []
+        stages, fallbacks = work.stages, work.fallbacks
         plan = self.plan.components
-        stems: tuple[Path, Path] | None = None
+        language = work.language
 
-        self._check_room(folder, scan.samples, source)
         # 1. Demucs: vocals and instrumental stems written as they come, the vocals kept as 16 kHz mono
         if self.options.separate:
             d = plan["demucs"].typed()
             dkey = cache_key(content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
-            stems = self._stem_paths(dkey, scan.samples)
-            sep_stems = stems
+            work.stems = sep_stems = self._stem_paths(dkey, scan.samples)
 
             def cached_vocals() -> np.ndarray | None:
                 cached = self.cache.load_arrays(dkey, "vocals16", "stems_sha256")
@@ -246,12 +311,30 @@ class Pipeline:
             cached = self.cache.load_arrays(ckey, "times", "frequency", "confidence")
             return (cached["times"], cached["frequency"], cached["confidence"]) if cached is not None else None
 
-        times, freq, conf = self._stage(
+        work.track = self._stage(
             "crepe", ckey, song, duration, load=cached_track, compute=lambda e, p: e.run(vocals16, p, regions=regions),
             keep=lambda track: (track.times, track.frequency, track.confidence),
             save=lambda t: self.cache.save_arrays(ckey, times=t[0], frequency=t[1], confidence=t[2]),
             stages=stages, fallbacks=fallbacks)  # fmt: skip
+        work.units, work.are_syllables, work.language = units, are_syllables, language
 
+    def finish_song(self, work: SongWork) -> SongReport:
+        """The song's last host work, after its engines: notes, files, pictures and report; the
+        folder released. A batch runs it on the host worker while the next song's engines run."""
+        try:
+            report = self._finish(work)
+        except BaseException:
+            work.close(failed=True)
+            raise
+        work.close(failed=False)
+        self.emit(SongFinished(work.source.name, report))
+        return report
+
+    def _finish(self, work: SongWork) -> SongReport:
+        song, source, folder, name = work.source.name, work.source, work.held.folder, work.name
+        artist, title, language, timings = work.artist, work.title, work.language, self.inputs.timings
+        assert work.track is not None, "finish_song before run_engines"
+        times, freq, conf = work.track
         # 4. Notes and files: a given chart keeps its grid and changes its pitches only
         chart = timings.chart if timings is not None else None
         if chart is not None:
@@ -263,10 +346,9 @@ class Pipeline:
                                          version=self.options.format_version)  # fmt: skip
 
         else:
-            from ultrasinger_gpu_cli.song.tempo import detect_tempo
-
-            song_notes = notes.build_song(units, times, freq, conf, tempo=detect_tempo(scan.mono22, 22_050), title=title,
-                                          artist=artist, language=language, split_syllables=not are_syllables,
+            assert work.tempo is not None
+            song_notes = notes.build_song(work.units, times, freq, conf, tempo=work.tempo.result(), title=title,
+                                          artist=artist, language=language, split_syllables=not work.are_syllables,
                                           rap=self.options.rap, refine_onsets=timings is None)  # fmt: skip
             if song_notes.duet:
                 song_notes.singers = self.options.singers or ultrastar.DEFAULT_SINGERS
@@ -279,13 +361,12 @@ class Pipeline:
                                               version=self.options.format_version or "1.1.0")  # fmt: skip
 
         bpm = song_notes.bpm
-        files = self._write_files(source, folder, name, song_notes, render, stems, content)
+        files = self._write_files(source, folder, name, song_notes, render, work.stems, work.content)
         files.update(self._write_pictures(song, folder, name, files["ultrastar"], (times, freq, conf), f"{artist} - {title}"))
-        report = SongReport(source, folder, files, title, artist, bpm, language, len(song_notes.notes), stages, fallbacks,
-                            time.perf_counter() - started)  # fmt: skip
+        report = SongReport(source, folder, files, title, artist, bpm, language, len(song_notes.notes), work.stages,
+                            work.fallbacks, time.perf_counter() - work.started)  # fmt: skip
         files["report"] = write_text(folder / f"{name}.report.json",
-                                              json.dumps({**report.to_dict(), "run_id": self.run_id}, indent=2))  # fmt: skip
-        self.emit(SongFinished(song, report))
+                                     json.dumps({**report.to_dict(), "run_id": self.run_id}, indent=2))  # fmt: skip
         return report
 
     def _write_pictures(self, song: str, folder: Path, name: str, chart_path: Path,

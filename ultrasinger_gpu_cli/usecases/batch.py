@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
 from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, UgpuError, from_os_error
@@ -18,6 +19,9 @@ from ultrasinger_gpu_cli.store.db import Store
 
 if TYPE_CHECKING:  # pragma: no cover
     from ultrasinger_gpu_cli.run.pipeline import Pipeline
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,19 @@ class SongOutcome:
 def convert_one(pipeline: Pipeline, path: Path, on_event: OnEvent = ignore, *, out_dir: Path | None = None,
                 language: str | None = None) -> SongOutcome:  # fmt: skip
     """One song through a started pipeline (into ``out_dir``, in ``language``, where this song
-    has its own); any failure is the song's, never the batch's (except missing or damaged
-    weights, the same for every song: raised, with the fix; and a cancellation, which is no
-    error: it is a ``BaseException``)."""
+    has its own), under the per-song failure policy (:func:`attempt`)."""
+    report = attempt(path, lambda: pipeline.run_song(path, out_dir=out_dir, language=language), on_event,
+                     pipeline.options.out_dir)  # fmt: skip
+    return report if isinstance(report, SongOutcome) else SongOutcome(path, report=report)
+
+
+def attempt(path: Path, step: Callable[[], T], on_event: OnEvent, out_dir: Path) -> T | SongOutcome:
+    """``step`` of the song at ``path`` (the whole song, or one stretch of it), or the song's
+    outcome when it failed: any failure is the song's, never the batch's (except missing or
+    damaged weights, the same for every song: raised, with the fix; and a cancellation, which is
+    no error: it is a ``BaseException``)."""
     try:
-        return SongOutcome(path, report=pipeline.run_song(path, out_dir=out_dir, language=language))
+        return step()
     except (ModelMissingError, ModelDamagedError):
         raise
     except SongAlreadyDone as exc:
@@ -111,7 +123,7 @@ def convert_one(pipeline: Pipeline, path: Path, on_event: OnEvent = ignore, *, o
     except OSError as exc:  # writing the song's folder: a full disk, a name the file system refuses
         known = from_os_error(exc)
         message = (known.message + (f" ({known.hint})" if known.hint else "") if known is not None
-                   else f"cannot write {exc.filename or pipeline.options.out_dir}: {exc.strerror or exc}")  # fmt: skip
+                   else f"cannot write {exc.filename or out_dir}: {exc.strerror or exc}")  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - one song's bug never stops the others
         log = write_crash_log(exc)
         message = f"unexpected error ({describe(exc)}); details in {log}"

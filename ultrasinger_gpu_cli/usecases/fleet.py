@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from typing import Any
 from ultrasinger_gpu_cli.plan.resolver import Plan
 from ultrasinger_gpu_cli.run.events import OnEvent, RunIdle, ignore
 from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs
-from ultrasinger_gpu_cli.run.pipeline import Pipeline
+from ultrasinger_gpu_cli.run.pipeline import Pipeline, SongWork
 from ultrasinger_gpu_cli.run.stagecache import run_cache_dir
 from ultrasinger_gpu_cli.store.db import Store
-from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongOutcome, convert_one, prepare, sweep
+from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongOutcome, attempt, convert_one, prepare, sweep
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,56 @@ class LocalFleet(Fleet):
         self._pending.append(song)
 
     def outcomes(self) -> Iterator[SongOutcome]:
+        if self.pipeline.options.overlap and len(self._pending) > 1:
+            yield from self._overlapped()
         while self._pending:
             yield convert_here(self.pipeline, self._pending.popleft(), self.on_event)
+
+    def _overlapped(self) -> Iterator[SongOutcome]:
+        """The songs one after another through the engines, while the host worker opens the next
+        song (decode, scan, tempo) and finishes the last (notes, files, pictures): the engines
+        never wait for host work between songs. The engines still run one at a time, as in
+        :meth:`Pipeline.run_song`, so the VRAM a song needs is the plan's; each song's chart is the
+        one it gets alone (the same steps on the same inputs)."""
+        pipeline, host, emit = self.pipeline, self.pipeline.host(), self.pipeline.emit
+
+        def opened(song: Song) -> tuple[Song, SongWork | SongOutcome]:
+            return song, attempt(song.path, lambda: pipeline.open_song(song.path, out_dir=song.out_dir,
+                                                                        language=song.language),
+                                 emit, pipeline.options.out_dir)  # fmt: skip
+
+        def finished(song: Song, work: SongWork) -> SongOutcome:
+            report = attempt(song.path, lambda: pipeline.finish_song(work), emit, pipeline.options.out_dir)
+            return report if isinstance(report, SongOutcome) else SongOutcome(song.path, report=report)
+
+        opening: Future[tuple[Song, SongWork | SongOutcome]] | None = host.submit(opened, self._pending.popleft())
+        finishing: Future[SongOutcome] | None = None
+        try:
+            while opening is not None:
+                song, work = opening.result()
+                opening = host.submit(opened, self._pending.popleft()) if self._pending else None
+                if isinstance(work, SongWork):
+                    ran = attempt(song.path, lambda: pipeline.run_engines(work), emit, pipeline.options.out_dir)
+                if finishing is not None:
+                    yield finishing.result()
+                    finishing = None
+                if not isinstance(work, SongWork):
+                    yield work
+                elif isinstance(ran, SongOutcome):
+                    yield ran
+                else:
+                    finishing = host.submit(finished, song, work)
+            if finishing is not None:
+                yield finishing.result()
+        finally:  # stopped early (Ctrl-C, missing weights): the last song's files are finished,
+            # and the song opened ahead lets go of its folder
+            for future in (finishing, opening):
+                try:
+                    left = future.result() if future is not None else None
+                except Exception:  # noqa: BLE001 - already stopping for another reason
+                    continue
+                if isinstance(left, tuple) and isinstance(left[1], SongWork):
+                    left[1].close(failed=True)
 
     def idle(self) -> None:
         self.pipeline.emit(RunIdle(self.run_id))
