@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,17 @@ def test_a_chunk_cut_inside_sung_words_loses_none_and_hears_none_twice(real_mode
     assert len(tail) == len(last_line), [(w.text, round(w.start_s, 2)) for w in heard]
     assert abs(tail[-1].start_s - last_line[-1].start_s) < 0.5, [(w.text, round(w.start_s, 2)) for w in tail]
     assert all(b.start_s >= a.start_s for a, b in zip(heard, heard[1:]))
+
+
+def test_the_no_gpu_path_imports_no_openai_whisper(real_models, tmp_path):
+    """faster-whisper's features are whisper's, computed here: ``ugpu run`` with the no-GPU tier's
+    backends imports neither openai-whisper nor what it brings (numba, tiktoken)."""
+    song = _cut(FANCY / "audio.mp3", [CHORUS], tmp_path / "Coulton - Chorus.wav")
+    code = ("import sys; from typer.testing import CliRunner; from ultrasinger_gpu_cli.cli import app; "
+            f"r = CliRunner().invoke(app, ['run', {str(song)!r}, '--no-separation', '-o', {str(tmp_path / 'out')!r}]); "
+            "assert r.exit_code == 0, r.output; "
+            "print([m for m in ('whisper', 'numba', 'tiktoken', 'tensorflow') if m in sys.modules])")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("[]"), done.stdout
+    assert len(list((tmp_path / "out").glob("*/*.txt"))) == 1  # the chart was made

@@ -220,3 +220,22 @@ def test_a_chunk_keeps_its_own_words_and_a_phrase_heard_on_both_sides_of_a_cut_o
     _join_at_cut(song, Segment(19.0, 22.0, "air and back", [Word(" air", 20.05, 20.5), Word(" and", 20.6, 21.0),
                                                              Word(" back", 21.0, 21.5)]), 20.0, float("inf"))  # fmt: skip
     assert texts(song) == [("we", 18.0), ("were", 18.6), ("there", 19.5), ("and", 20.6), ("back", 21.0)]
+
+
+@pytest.mark.parametrize("seconds", [0.01, 3.0, 30.0, 31.5])
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_whisper_features_are_openai_whispers_bit_for_bit(seconds, n_mels):
+    """The features both backends feed Whisper, computed without importing openai-whisper, are the
+    ones whisper computes: its filter bank file and its log-mel of a window (padded, or cut at 30 s)."""
+    import torch
+    import whisper
+
+    from ultrasinger_gpu_cli.engines.whisper_features import frames_in, log_mel, mel_filters
+
+    with np.load(Path(whisper.__file__).parent / "assets" / "mel_filters.npz") as shipped:
+        assert np.array_equal(mel_filters(n_mels), shipped[f"mel_{n_mels}"])
+    piece = melody([(0.0, 1.0, 60), (1.5, 20.0, 67)], seconds, 16_000) + np.float32(1e-3) * np.random.default_rng(7).standard_normal(
+        int(seconds * 16_000)).astype(np.float32)  # fmt: skip
+    theirs = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(piece)), n_mels)
+    assert theirs.shape == (n_mels, 3000) and torch.equal(log_mel(piece, n_mels), theirs)
+    assert frames_in(piece) == min(3000, piece.shape[-1] // whisper.audio.HOP_LENGTH)

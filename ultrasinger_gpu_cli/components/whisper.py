@@ -186,7 +186,7 @@ WHISPER: ComponentSpec[WhisperSettings] = ComponentSpec(
 WHISPER.register("openai-whisper", "ultrasinger_gpu_cli.engines.whisper_engine",
                  requires=("torch", "whisper"), install="pip install openai-whisper")
 WHISPER.register("faster-whisper", "ultrasinger_gpu_cli.engines.faster_whisper_engine",
-                 requires=("faster_whisper", "ctranslate2", "whisper"), install="pip install faster-whisper",
+                 requires=("faster_whisper", "ctranslate2", "torch", "whisper"), install="pip install faster-whisper",
                  compute_types=("int8", "float32", "float16", "int8_float16"),
                  precision={"cpu": ("int8", "int8 on the CPU: CTranslate2's fastest there, a quarter of float32's memory"),
                             "cuda": ctranslate2_cuda_precision})  # fmt: skip

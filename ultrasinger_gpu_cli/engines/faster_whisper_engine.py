@@ -2,8 +2,8 @@
 timings as the openai-whisper backend, on a faster runtime with less memory.
 
 * The same chunks (the energy gate's voiced parts in windows of at most 30 s) and the same log-mel
-  features (whisper's own), so both backends see identical input; ``batch_size`` chunks are
-  encoded and decoded per call.
+  features (whisper's own, computed by :mod:`.whisper_features` without importing openai-whisper),
+  so both backends see identical input; ``batch_size`` chunks are encoded and decoded per call.
 * Greedy decoding with whisper's suppression rules (its non-speech tokens, no blank at the start)
   and its temperature fallback on the chunks that fail its quality checks; in float32, on the
   same weights, the tokens equal the openai-whisper backend's (a test checks it).
@@ -166,15 +166,15 @@ class FasterWhisperEngine(WhisperEngine):
     # -- steps ------------------------------------------------------------------------------------
     def _features(self, audio: np.ndarray, batch: list[tuple[float, float]]):
         import ctranslate2
-        import torch
-        import whisper
+
+        from ultrasinger_gpu_cli.engines.whisper_features import frames_in, log_mel
 
         mels, frames = [], []
         n_mels = self._model.model.n_mels  # the model's own: a folder need not say it
         for start, end in batch:
-            piece = torch.from_numpy(audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
-            frames.append(min(3000, piece.shape[-1] // whisper.audio.HOP_LENGTH))
-            mels.append(whisper.log_mel_spectrogram(whisper.pad_or_trim(piece), n_mels).numpy())
+            piece = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+            frames.append(frames_in(piece))
+            mels.append(log_mel(piece, n_mels).numpy())
         mel = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(mels), dtype=np.float32))
         return self._model.model.encode(mel, to_cpu=False), frames
 

@@ -266,14 +266,15 @@ class WhisperEngine(Engine[WhisperSettings]):
 
     def _encode(self, audio: np.ndarray, batch: list[tuple[float, float]]):
         import torch
-        import whisper
+
+        from ultrasinger_gpu_cli.engines.whisper_features import frames_in, log_mel
 
         model = self._model
         mels, frames = [], []
         for start, end in batch:
-            piece = torch.from_numpy(audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
-            frames.append(min(3000, piece.shape[-1] // whisper.audio.HOP_LENGTH))
-            mels.append(whisper.log_mel_spectrogram(whisper.pad_or_trim(piece), model.dims.n_mels))
+            piece = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+            frames.append(frames_in(piece))
+            mels.append(log_mel(piece, model.dims.n_mels))
         mel = torch.stack(mels).to(model.device)
         if self.fp16:
             mel = mel.half()
