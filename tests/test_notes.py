@@ -465,6 +465,18 @@ def test_a_recognised_word_starts_where_the_voice_does():
     assert crowded[1].start_s >= crowded[0].start_s + 0.06
 
 
+def test_a_word_whisper_heard_short_does_not_take_its_neighbours_onset():
+    from ultrasinger_gpu_cli.song.onsets import refine_starts, voice_onsets
+
+    # Legato: C4 from 0.5 s, E4 from 1.0 s, G4 from 1.3 s; one word on each note.
+    times, freq, conf = track_of([(0.5, 1.0, midi_to_hz(60)), (1.0, 1.3, midi_to_hz(64)), (1.3, 1.8, midi_to_hz(67))])
+    onsets = voice_onsets(times, freq, conf > 0.5)
+    assert list(np.round(onsets.levels, 2)) == [0.5, 1.0, 1.3]
+    # Whisper heard the second word short and late: the onset nearest its start is the third word's.
+    heard = [Word(" x", 0.6, 1.0), Word(" a", 1.27, 1.4), Word(" b", 1.42, 1.8)]
+    assert [round(w.start_s, 2) for w in refine_starts(heard, onsets)] == [0.5, 1.0, 1.3]
+
+
 def test_the_pipeline_moves_recognised_words_only():
     words = [Word(" la", 1.1, 1.6), Word(" lo", 3.12, 3.5)]
     times, freq, conf = track_of([(1.0, 1.6, midi_to_hz(60)), (3.0, 3.5, midi_to_hz(67))])

@@ -12,10 +12,14 @@ track the pipeline computes anyway:
 2. a **new pitch level** inside continuous voicing (legato: the next word starts where the voice
    moves to its note),
 
-the one nearest Whisper's start, searched from :data:`SEARCH_BEFORE_S` before it (a long
-consonant cluster) to :data:`SEARCH_AFTER_S` after it (a couple of Whisper's frames), never
-before the previous word's start plus a sung syllable, nor so late that the word loses its last
-:data:`MIN_WORD_S`. A word with no onset in reach keeps Whisper's start. The end of a word is
+searched from :data:`SEARCH_BEFORE_S` before Whisper's start (a long consonant cluster) to
+:data:`SEARCH_AFTER_S` after it (a couple of Whisper's frames), never so late that the word
+loses its last :data:`MIN_WORD_S`. The onsets go to the words all together, in order: each
+onset starts one word at most, each word starts a sung syllable after the one before, and of
+those ways the one with the fewest words left at Whisper's start, then the fewest on a pitch
+level where a voicing onset was in reach, then the least movement, wins (word by word, a word
+Whisper heard short took the next word's onset, the nearest to its own late start). A word with
+no onset in reach keeps Whisper's start. The end of a word is
 left to the note builder, which trims every note to its voiced frames.
 
 Pure numpy; works on any pitch backend's track (frames, Hz, confidence).
@@ -93,21 +97,55 @@ def voice_onsets(times: np.ndarray, frequency: np.ndarray, voiced: np.ndarray) -
     return VoiceOnsets(np.array([times[a] for a, gap in kept if gap]), np.array([times[a] for a, _ in kept]))
 
 
+def _options(w: Word, onsets: VoiceOnsets, voicing: set[float]) -> list[tuple[float, int, int, float]]:
+    """Where word ``w`` may start: (start, kept, on a level only, distance from Whisper's start)
+    for every onset in its reach, and its own start (kept)."""
+    low, high = w.start_s - SEARCH_BEFORE_S, min(w.start_s + SEARCH_AFTER_S, w.end_s - MIN_WORD_S)
+    near = onsets.levels[(onsets.levels >= low) & (onsets.levels <= high)] if len(onsets.levels) else onsets.levels
+    return [(float(o), 0, int(float(o) not in voicing), abs(float(o) - w.start_s)) for o in near] + [(w.start_s, 1, 0, 0.0)]
+
+
 def refine_starts(words: Sequence[Word], onsets: VoiceOnsets) -> list[Word]:
     """Each word's start moved onto the voice's onset near it (see the module's rules); a word
-    moved earlier shortens the word before it, which never ends after the next one starts."""
+    moved earlier shortens the word before it, which never ends after the next one starts.
+
+    The onsets are given to the words all together, in order: an onset starts at most one word,
+    and each word starts at least a sung syllable after the one before (one taken onset is never
+    the next word's too). Of the ways to do so, the one that leaves the fewest words at Whisper's
+    start, then puts the fewest on a pitch level where a voicing onset was in reach, then moves
+    the words least. (Word by word, a word Whisper heard short would take its neighbour's onset,
+    the nearest to its own late start, and leave that neighbour none.)"""
+    if not words:
+        return []
+    voicing = {float(o) for o in onsets.voicing}
+    options = [_options(w, onsets, voicing) for w in words]
+    # best[i][k]: the least cost (kept, levels, distance) of words 0..i with word i at options[i][k]
+    best: list[list[tuple[int, int, float]]] = [[(kept, level, dist) for _, kept, level, dist in options[0]]]
+    back: list[list[int]] = [[-1] * len(options[0])]
+    for i in range(1, len(words)):
+        row, came = [], []
+        for start, kept, level, dist in options[i]:
+            choice, cost = -1, None
+            for k, (before, before_kept, _, _) in enumerate(options[i - 1]):
+                gap = start - before
+                if gap < MIN_WORD_S and not (kept and before_kept) or gap < 0:
+                    continue  # an onset taken at least a syllable after the word before; never out of order
+                total = (best[i - 1][k][0] + kept, best[i - 1][k][1] + level, best[i - 1][k][2] + dist)
+                if cost is None or total < cost:
+                    choice, cost = k, total
+            if cost is None:  # no way to reach it: as the words came (Whisper's own start always is)
+                cost, choice = (10**9, 0, 0.0), len(options[i - 1]) - 1
+            row.append(cost)
+            came.append(choice)
+        best.append(row)
+        back.append(came)
+    k = min(range(len(best[-1])), key=lambda j: best[-1][j])
+    starts = [0.0] * len(words)
+    for i in range(len(words) - 1, -1, -1):
+        starts[i] = options[i][k][0]
+        k = back[i][k]
     out: list[Word] = []
-    for w in words:
-        low = w.start_s - SEARCH_BEFORE_S
-        if out:
-            low = max(low, out[-1].start_s + MIN_WORD_S)
-        high = min(w.start_s + SEARCH_AFTER_S, w.end_s - MIN_WORD_S)
-        start = w.start_s
-        for candidates in (onsets.voicing, onsets.levels):
-            near = candidates[(candidates >= low) & (candidates <= high)] if len(candidates) else candidates
-            if len(near):
-                start = float(near[np.argmin(np.abs(near - w.start_s))])
-                break
+    for w, start in zip(words, starts):
         if out and out[-1].end_s > start:
             out[-1] = replace(out[-1], end_s=max(out[-1].start_s + MIN_WORD_S, start))
         out.append(replace(w, start_s=start) if start != w.start_s else w)
