@@ -24,7 +24,8 @@ import numpy as np
 
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.errors import ModelMissingError
-from ultrasinger_gpu_cli.engines.whisper_engine import SAMPLE_RATE, WhisperEngine
+from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
+from ultrasinger_gpu_cli.engines.whisper_features import SAMPLE_RATE, frames_in, log_mel
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.weights.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint, whisper_status
 from ultrasinger_gpu_cli.song.words import Segment, Word
@@ -166,8 +167,6 @@ class FasterWhisperEngine(WhisperEngine):
     # -- steps ------------------------------------------------------------------------------------
     def _features(self, audio: np.ndarray, batch: list[tuple[float, float]]):
         import ctranslate2
-
-        from ultrasinger_gpu_cli.engines.whisper_features import frames_in, log_mel
 
         mels, frames = [], []
         n_mels = self._model.model.n_mels  # the model's own: a folder need not say it

@@ -29,8 +29,8 @@ from ultrasinger_gpu_cli.weights.models import damaged, pull_whisper, whisper_ch
 from ultrasinger_gpu_cli.song.words import Segment, Transcript, Word
 from ultrasinger_gpu_cli.song.wordmatch import normalise
 from ultrasinger_gpu_cli.song.vad import chunk_regions, overlapped, voiced_regions
+from ultrasinger_gpu_cli.engines.whisper_features import HOP_LENGTH, SAMPLE_RATE, frames_in, log_mel
 
-SAMPLE_RATE = 16_000
 MAX_CHUNK_S = 30.0
 #: How far a window reaches into the next chunk where a chunk was cut inside sung audio: a sung
 #: word rarely lasts longer, so the word the cut falls in is heard whole on one side.
@@ -237,7 +237,7 @@ class WhisperEngine(Engine[WhisperSettings]):
         timed = []
         for (start, end), text, feats, n_frames in zip(batch, texts, features, frames):
             tokens = tokenizer.encode(" " + text)[: self.max_align_tokens]
-            seg = {"seek": start * SAMPLE_RATE / whisper.audio.HOP_LENGTH, "start": start, "end": end, "tokens": tokens,
+            seg = {"seek": start * SAMPLE_RATE / HOP_LENGTH, "start": start, "end": end, "tokens": tokens,
                    "text": text}  # fmt: skip
             with torch.inference_mode():
                 add_word_timestamps(segments=[seg], model=_EncodedWhisper(self._model), tokenizer=tokenizer,
@@ -266,8 +266,6 @@ class WhisperEngine(Engine[WhisperSettings]):
 
     def _encode(self, audio: np.ndarray, batch: list[tuple[float, float]]):
         import torch
-
-        from ultrasinger_gpu_cli.engines.whisper_features import frames_in, log_mel
 
         model = self._model
         mels, frames = [], []
@@ -356,7 +354,7 @@ class WhisperEngine(Engine[WhisperSettings]):
         tokens = [t for t in result.tokens if t < tokenizer.eot]
         if not tokens:
             return None, last_speech
-        seg = {"seek": start * SAMPLE_RATE / whisper.audio.HOP_LENGTH, "start": start, "end": end, "tokens": tokens,
+        seg = {"seek": start * SAMPLE_RATE / HOP_LENGTH, "start": start, "end": end, "tokens": tokens,
                "text": result.text}  # fmt: skip
         with torch.inference_mode():
             add_word_timestamps(

@@ -97,7 +97,6 @@ class SongWork:
     stream: streams.AudioStream
     scan: Scan
     tempo: Future[Tempo] | None  # the chart's grid, worked out on the host worker (None: a given chart's)
-    notices: list[str] = field(default_factory=list)  # said when the song starts
     stages: list[StageRun] = field(default_factory=list)
     fallbacks: list[FallbackEvent] = field(default_factory=list)
     stems: tuple[Path, Path] | None = None
@@ -224,9 +223,8 @@ class Pipeline:
         except BaseException:
             _close(held, failed=True)
             raise
-        notices = [stream.notice] if stream.notice else []
         return SongWork(source, held, name, content, artist, title, language or self.options.language, started, stream,
-                        scan, tempo, notices)  # fmt: skip
+                        scan, tempo)  # fmt: skip
 
     def run_engines(self, work: SongWork) -> None:
         """The song's engines, one after another on this thread: Demucs, Whisper (or the given
@@ -243,8 +241,8 @@ class Pipeline:
         timings, lyrics = self.inputs.timings, self.inputs.lyrics
         for warning in timings.warnings if timings else ():
             self.emit(Notice(song, warning))
-        for notice in work.notices:
-            self.emit(Notice(song, notice))
+        if stream.notice:  # said when the song starts, not when a batch opens it ahead
+            self.emit(Notice(song, stream.notice))
         duration = scan.duration_s
         stages, fallbacks = work.stages, work.fallbacks
         plan = self.plan.components

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -97,12 +98,27 @@ def voice_onsets(times: np.ndarray, frequency: np.ndarray, voiced: np.ndarray) -
     return VoiceOnsets(np.array([times[a] for a, gap in kept if gap]), np.array([times[a] for a, _ in kept]))
 
 
-def _options(w: Word, onsets: VoiceOnsets, voicing: set[float]) -> list[tuple[float, int, int, float]]:
-    """Where word ``w`` may start: (start, kept, on a level only, distance from Whisper's start)
-    for every onset in its reach, and its own start (kept)."""
+class _Start(NamedTuple):
+    """A place a word may start, and what taking it costs."""
+
+    start_s: float
+    kept: int  # 1: Whisper's own start (no onset in reach taken)
+    level_only: int  # 1: a pitch level, not a voicing onset
+    moved_s: float  # how far from Whisper's start
+
+    def may_follow(self, before: _Start) -> bool:
+        """In order, and an onset taken a sung syllable after the word before (two of Whisper's
+        own starts stay as close as Whisper put them)."""
+        gap = self.start_s - before.start_s
+        return gap >= MIN_WORD_S or (gap >= 0 and bool(self.kept and before.kept))
+
+
+def _starts(w: Word, onsets: VoiceOnsets, voicing: set[float]) -> list[_Start]:
+    """Where word ``w`` may start: every onset in its reach, and its own start (last)."""
     low, high = w.start_s - SEARCH_BEFORE_S, min(w.start_s + SEARCH_AFTER_S, w.end_s - MIN_WORD_S)
     near = onsets.levels[(onsets.levels >= low) & (onsets.levels <= high)] if len(onsets.levels) else onsets.levels
-    return [(float(o), 0, int(float(o) not in voicing), abs(float(o) - w.start_s)) for o in near] + [(w.start_s, 1, 0, 0.0)]
+    return [_Start(float(o), 0, int(float(o) not in voicing), abs(float(o) - w.start_s)) for o in near] + [
+        _Start(w.start_s, 1, 0, 0.0)]  # fmt: skip
 
 
 def refine_starts(words: Sequence[Word], onsets: VoiceOnsets) -> list[Word]:
@@ -118,32 +134,29 @@ def refine_starts(words: Sequence[Word], onsets: VoiceOnsets) -> list[Word]:
     if not words:
         return []
     voicing = {float(o) for o in onsets.voicing}
-    options = [_options(w, onsets, voicing) for w in words]
-    # best[i][k]: the least cost (kept, levels, distance) of words 0..i with word i at options[i][k]
-    best: list[list[tuple[int, int, float]]] = [[(kept, level, dist) for _, kept, level, dist in options[0]]]
-    back: list[list[int]] = [[-1] * len(options[0])]
+    options = [_starts(w, onsets, voicing) for w in words]
+    # cost[i][k]: the least (kept, level_only, moved_s) of words 0..i with word i at options[i][k];
+    # came[i][k]: word i - 1's option on that way
+    cost = [[(o.kept, o.level_only, o.moved_s) for o in options[0]]]
+    came: list[list[int]] = [[-1] * len(options[0])]
     for i in range(1, len(words)):
-        row, came = [], []
-        for start, kept, level, dist in options[i]:
-            choice, cost = -1, None
-            for k, (before, before_kept, _, _) in enumerate(options[i - 1]):
-                gap = start - before
-                if gap < MIN_WORD_S and not (kept and before_kept) or gap < 0:
-                    continue  # an onset taken at least a syllable after the word before; never out of order
-                total = (best[i - 1][k][0] + kept, best[i - 1][k][1] + level, best[i - 1][k][2] + dist)
-                if cost is None or total < cost:
-                    choice, cost = k, total
-            if cost is None:  # no way to reach it: as the words came (Whisper's own start always is)
-                cost, choice = (10**9, 0, 0.0), len(options[i - 1]) - 1
-            row.append(cost)
-            came.append(choice)
-        best.append(row)
-        back.append(came)
-    k = min(range(len(best[-1])), key=lambda j: best[-1][j])
+        row, back = [], []
+        for o in options[i]:
+            ways = [(cost[i - 1][k], k) for k, before in enumerate(options[i - 1]) if o.may_follow(before)]
+            if ways:
+                (kept, level, moved), k = min(ways)
+                row.append((kept + o.kept, level + o.level_only, moved + o.moved_s))
+            else:  # no way to it: from the word before's own start, at a cost no other way reaches
+                row.append((10**9, 0, 0.0))
+                k = len(options[i - 1]) - 1
+            back.append(k)
+        cost.append(row)
+        came.append(back)
+    k = min(range(len(cost[-1])), key=lambda j: cost[-1][j])
     starts = [0.0] * len(words)
     for i in range(len(words) - 1, -1, -1):
-        starts[i] = options[i][k][0]
-        k = back[i][k]
+        starts[i] = options[i][k].start_s
+        k = came[i][k]
     out: list[Word] = []
     for w, start in zip(words, starts):
         if out and out[-1].end_s > start:

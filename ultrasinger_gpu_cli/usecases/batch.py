@@ -99,8 +99,14 @@ def convert_one(pipeline: Pipeline, path: Path, on_event: OnEvent = ignore, *, o
                 language: str | None = None) -> SongOutcome:  # fmt: skip
     """One song through a started pipeline (into ``out_dir``, in ``language``, where this song
     has its own), under the per-song failure policy (:func:`attempt`)."""
-    report = attempt(path, lambda: pipeline.run_song(path, out_dir=out_dir, language=language), on_event,
-                     pipeline.options.out_dir)  # fmt: skip
+    return outcome(path, lambda: pipeline.run_song(path, out_dir=out_dir, language=language), on_event,
+                   pipeline.options.out_dir)  # fmt: skip
+
+
+def outcome(path: Path, finish: Callable[[], SongReport], on_event: OnEvent, out_dir: Path) -> SongOutcome:
+    """The outcome of the song at ``path`` whose last step is ``finish`` (its report), under
+    :func:`attempt`'s failure policy."""
+    report = attempt(path, finish, on_event, out_dir)
     return report if isinstance(report, SongOutcome) else SongOutcome(path, report=report)
 
 

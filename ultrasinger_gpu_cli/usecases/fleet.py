@@ -22,7 +22,7 @@ from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs
 from ultrasinger_gpu_cli.run.pipeline import Pipeline, SongWork
 from ultrasinger_gpu_cli.run.stagecache import run_cache_dir
 from ultrasinger_gpu_cli.store.db import Store
-from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongOutcome, attempt, convert_one, prepare, sweep
+from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongOutcome, attempt, convert_one, outcome, prepare, sweep
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ def convert(paths: list[Path], fleet: Fleet) -> BatchResult:
     try:
         for path in paths:
             fleet.submit(Song(path))
-        for outcome in fleet.outcomes():
-            outcome.add_to(result)
+        for done in fleet.outcomes():
+            done.add_to(result)
     except KeyboardInterrupt:
         fleet.close("interrupted")
         raise
@@ -140,8 +140,7 @@ class LocalFleet(Fleet):
                                  emit, pipeline.options.out_dir)  # fmt: skip
 
         def finished(song: Song, work: SongWork) -> SongOutcome:
-            report = attempt(song.path, lambda: pipeline.finish_song(work), emit, pipeline.options.out_dir)
-            return report if isinstance(report, SongOutcome) else SongOutcome(song.path, report=report)
+            return outcome(song.path, lambda: pipeline.finish_song(work), emit, pipeline.options.out_dir)
 
         opening: Future[tuple[Song, SongWork | SongOutcome]] | None = host.submit(opened, self._pending.popleft())
         finishing: Future[SongOutcome] | None = None
@@ -149,14 +148,12 @@ class LocalFleet(Fleet):
             while opening is not None:
                 song, work = opening.result()
                 opening = host.submit(opened, self._pending.popleft()) if self._pending else None
-                if isinstance(work, SongWork):
-                    ran = attempt(song.path, lambda: pipeline.run_engines(work), emit, pipeline.options.out_dir)
-                if finishing is not None:
+                ran = work if isinstance(work, SongOutcome) else attempt(
+                    song.path, lambda: pipeline.run_engines(work), emit, pipeline.options.out_dir)  # fmt: skip
+                if finishing is not None:  # the song before, finished while these engines ran
                     yield finishing.result()
                     finishing = None
-                if not isinstance(work, SongWork):
-                    yield work
-                elif isinstance(ran, SongOutcome):
+                if isinstance(ran, SongOutcome):  # failed on the way in, or in its engines
                     yield ran
                 else:
                     finishing = host.submit(finished, song, work)
