@@ -233,6 +233,92 @@ def test_cancelling_a_queued_and_a_running_job(env, fast_whisper, tmp_path):
         assert client.get(f"/api/jobs/{queued}").json()["started_at"] is None  # never ran
 
 
+def _files(data: bytes) -> dict[str, bytes]:
+    """A download's files by name, but the report (it holds the run's timings)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {n.split("/", 1)[1]: archive.read(n) for n in archive.namelist() if not n.endswith(".report.json")}
+
+
+def _queued(config: ServeConfig, songs: list[Path]) -> list[str]:
+    """``songs`` uploaded to a server without workers: queued, for the next server's workers."""
+    with _client(config) as client:
+        return [_upload(client, path).json()["id"] for path in songs]
+
+
+def test_a_worker_opens_the_next_job_while_the_engines_run_and_each_job_is_done_at_once(env, fast_whisper, tmp_path,
+                                                                                          monkeypatch):  # fmt: skip
+    """Issue 22: while a job's engines run, the worker opens the next queued job on the host
+    thread, and a job is done as soon as its folder is written (not when the next job's engines
+    end); every file is the one a worker that does one job at a time writes."""
+    import threading
+
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+
+    songs = [_wav(tmp_path, f"Band - Song {i}.wav", seconds=2.0 + i) for i in range(3)]  # three songs, three charts
+    opened_on: dict[str, str] = {}
+    second_may_run = threading.Event()
+    open_song, run_engines = Pipeline.open_song, Pipeline.run_engines
+
+    def spied_open(self, source, **kwargs):
+        opened_on[Path(source).stem] = threading.current_thread().name
+        return open_song(self, source, **kwargs)
+
+    def held_engines(self, work):  # the second job's engines wait until the first job is done
+        if work.source.stem == "Band - Song 1" and not second_may_run.wait(120):
+            raise AssertionError("the first job was not done while the second one's engines ran")
+        return run_engines(self, work)
+
+    monkeypatch.setattr(Pipeline, "open_song", spied_open)
+    monkeypatch.setattr(Pipeline, "run_engines", held_engines)
+    overlapped = _config(tmp_path / "overlapped", env)
+    ids = _queued(overlapped, songs)
+    with _client(overlapped, workers=True) as client:
+        first = _wait(client, ids[0])
+        second = client.get(f"/api/jobs/{ids[1]}").json()
+        second_may_run.set()
+        assert first["status"] == "done", first
+        assert second["status"] == "running" and second["stage"] in ("starting", "demucs"), second
+        jobs = [_wait(client, job_id) for job_id in ids]
+        assert [j["status"] for j in jobs] == ["done"] * 3, [j["error"] for j in jobs]
+        assert all([s["stage"] for s in j["stages"]] == ["demucs", "whisper", "crepe"] for j in jobs)
+        made = [_files(client.get(j["download"]).content) for j in jobs]
+    # The second and third songs were opened while the engines ran another (on the host thread).
+    assert {opened_on["Band - Song 1"], opened_on["Band - Song 2"]} == {"ugpu-host_0"}, opened_on
+    assert not any((tmp_path / "overlapped" / "serve" / "inbox").iterdir())  # every upload removed
+
+    second_may_run.set()
+    serial = _config(tmp_path / "serial", env, overlap=False)
+    ids = _queued(serial, songs)
+    with _client(serial, workers=True) as client:
+        jobs = [_wait(client, job_id) for job_id in ids]
+        expected = [_files(client.get(j["download"]).content) for j in jobs]
+    assert opened_on["Band - Song 1"] != "ugpu-host_0"  # one job at a time: opened on the worker's thread
+    for got, want in zip(made, expected):
+        assert sorted(got) == sorted(want) and any(name.endswith(".txt") for name in got)
+        for name in want:
+            assert got[name] == want[name], name
+
+
+def test_a_job_is_taken_ahead_only_in_its_turn_for_the_engines_loaded_and_when_no_worker_waits(tmp_path):
+    from ultrasinger_gpu_cli.usecases.jobs import WorkerPool
+
+    config = _config(tmp_path)
+    with _client(config) as client:
+        wav = _wav(tmp_path, seconds=1.0)
+        fast = client.post("/api/jobs", files={"file": ("a.wav", wav.read_bytes())}, data={"mode": "aggressive"}).json()["id"]
+        balanced = _upload(client, wav).json()["id"]
+    with Store.open(config.db_path) as store:
+        queue = JobQueue(store)
+        assert queue.claim("w", mode="balanced") is None  # the oldest job asks for another mode: not out of turn
+        assert queue.claim("w", mode="aggressive").job_id == fast
+        assert queue.claim("w", mode="balanced").job_id == balanced and queue.claim("w") is None
+    pool = WorkerPool()
+    pool.waiting("gpu0", True)
+    assert pool.others_waiting("gpu1") and not pool.others_waiting("gpu0")
+    pool.waiting("gpu0", False)
+    assert not pool.others_waiting("gpu1")
+
+
 def test_jobs_left_running_by_a_crash_are_queued_again_on_start(tmp_path):
     config = _config(tmp_path)
     with _client(config) as client:

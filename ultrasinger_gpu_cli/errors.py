@@ -76,6 +76,12 @@ class GpuUnavailableError(EngineError):
     """The plan says cuda but PyTorch cannot use a GPU now: no batch size fixes it (fallback: the CPU)."""
 
 
+class SongCancelled(BaseException):
+    """Raised from a run's event callback to stop the song that is running (a server job the user
+    cancelled): that song ends with nothing written, the others go on. A ``BaseException``, as
+    cancellations are: no failure policy takes it for an error."""
+
+
 def from_os_error(exc: BaseException) -> UgpuError | None:
     """An operating-system error that is the user's to fix, as the core's error naming the path and
     the fix: a full disk (naming the folder that filled), a name too long for the file system, a

@@ -28,6 +28,7 @@ def serve(
     use_ray: Annotated[bool, typer.Option("--ray", help="Convert the jobs on a Ray cluster (RAY_ADDRESS, else a local one).")] = False,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster for the jobs.", show_default=False)] = None,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="The longest song a job may be, in minutes (413 above) [default: UGPU_MAX_MINUTES, else 120].", min=0.01, max=1440, show_default=False)] = None,
+    no_overlap: Annotated[bool, typer.Option("--no-overlap", help="Each worker finishes a job before it reads the next (by default it decodes the next queued job and writes the last one's files while the engines run).")] = False,
 ) -> None:
     """Serve the design's API, a job queue and a web page: drop songs, watch the GPU, download charts."""
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
@@ -58,7 +59,7 @@ def serve(
                          port=port, token=token, workers=workers, max_upload_mb=max_upload_mb, queue_limit=queue_limit,
                          music_root=music_root.resolve() if music_root else None, cors_origin=list(cors_origin or []),
                          models_dir=resolve_models_dir(models_dir), ray=use_ray or ray_address is not None,
-                         ray_address=ray_address, owner=owner, max_minutes=max_minutes)  # fmt: skip
+                         ray_address=ray_address, owner=owner, max_minutes=max_minutes, overlap=not no_overlap)  # fmt: skip
     store.close()
     import uvicorn
 

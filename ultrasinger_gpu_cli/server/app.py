@@ -35,7 +35,7 @@ from ultrasinger_gpu_cli.store.jobs import QueueOwner
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.jobs import (
     FINISHED, JobNotFound, JobOptions, Jobs, JobWorker, PathRefused, QueueFull, UploadTooLarge,
-    WorkerConfig, job_view,
+    WorkerConfig, WorkerPool, job_view,
 )  # fmt: skip
 from ultrasinger_gpu_cli.server.config import ServeConfig, open_store, worker_plans
 from ultrasinger_gpu_cli.server.gpu_api import gpu_routes, monitor_document
@@ -71,10 +71,11 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
             if ray is not None:  # one server worker per actor: per cluster GPU, or --workers
                 count = config.workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
                 plans = [(f"ray-{i}", plans[0][1]) for i in range(count)]
+            pool = WorkerPool()
             for name, plan in plans:
-                extra = {"max_minutes": config.max_minutes, **config.run_extra}
+                extra = {"max_minutes": config.max_minutes, "overlap": config.overlap, **config.run_extra}
                 worker = JobWorker(WorkerConfig(name, config.db_path, folders, plan, config.models_dir,
-                                                extra=extra, ray=ray is not None), stop)  # fmt: skip
+                                                extra=extra, ray=ray is not None, pool=pool), stop)  # fmt: skip
                 worker.start()
                 workers.append(worker)
         yield

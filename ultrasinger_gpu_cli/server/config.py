@@ -36,6 +36,7 @@ class ServeConfig:
     ray_address: str | None = None
     max_minutes: float | None = None  # the longest song a job may be (None: UGPU_MAX_MINUTES, else 120)
     owner: QueueOwner | None = None  # the queue's lock, when the caller took it before the server starts
+    overlap: bool = True  # a worker opens its next job and writes its last one's files while the engines run
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():

@@ -18,6 +18,11 @@ _JOB_COLUMNS = ("status", "stage", "progress", "speed_x", "device", "stages_json
                 "worker")  # fmt: skip
 
 
+def _mode(options: dict[str, Any]) -> str:
+    """The optimisation mode a job's options ask for (``balanced`` where they name none)."""
+    return str(options.get("mode") or "balanced")
+
+
 @dataclass(frozen=True)
 class JobRow:
     """One job of the server's queue, as stored."""
@@ -42,6 +47,10 @@ class JobRow:
     error: str | None
     folder: str | None
     attempts: int
+
+    @property
+    def mode(self) -> str:
+        return _mode(self.options)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRow:
@@ -95,11 +104,13 @@ class JobQueue:
     def active_count(self) -> int:
         return int(self.store.query("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")[0][0])
 
-    def claim(self, worker: str) -> JobRow | None:
-        """The oldest queued job, now running on ``worker``; None when the queue is empty."""
+    def claim(self, worker: str, *, mode: str | None = None) -> JobRow | None:
+        """The oldest queued job, now running on ``worker``; None when the queue is empty, or
+        when ``mode`` is given and the oldest job asks for another (a worker taking a job ahead
+        takes only what its loaded engines can run, and never one out of turn)."""
         with self.store._write() as conn:
-            row = conn.execute("SELECT job_id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
-            if row is None:
+            row = conn.execute("SELECT job_id, options_json FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None or (mode is not None and _mode(stored_json(row["options_json"], {})) != mode):
                 return None
             conn.execute(
                 "UPDATE jobs SET status = 'running', worker = ?, attempts = attempts + 1, error = NULL, "

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
-from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, UgpuError, from_os_error
+from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, SongCancelled, UgpuError, from_os_error
 from ultrasinger_gpu_cli.song.paths import check_output_dir, sweep_partials
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFailed, SongReport, ignore
 from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs, read_inputs
@@ -79,12 +79,14 @@ def sweep(options: RunOptions, store: Store | None) -> None:
 
 @dataclass(frozen=True)
 class SongOutcome:
-    """One song's end: its report, or why it failed, or that it was converted before."""
+    """One song's end: its report, or why it failed, or that it was converted before, or that it
+    was cancelled while it ran (nothing of it written)."""
 
     path: Path
     report: SongReport | None = None
     failure: SongFailure | None = None
     already_done: SongFailure | None = None
+    cancelled: bool = False
 
     def add_to(self, result: BatchResult) -> None:
         if self.report is not None:
@@ -113,12 +115,15 @@ def outcome(path: Path, finish: Callable[[], SongReport], on_event: OnEvent, out
 def attempt(path: Path, step: Callable[[], T], on_event: OnEvent, out_dir: Path) -> T | SongOutcome:
     """``step`` of the song at ``path`` (the whole song, or one stretch of it), or the song's
     outcome when it failed: any failure is the song's, never the batch's (except missing or
-    damaged weights, the same for every song: raised, with the fix; and a cancellation, which is
-    no error: it is a ``BaseException``)."""
+    damaged weights, the same for every song: raised, with the fix). A cancelled song
+    (:class:`SongCancelled`) is no failure: its outcome says so and the others go on; Ctrl-C
+    still stops the batch."""
     try:
         return step()
     except (ModelMissingError, ModelDamagedError):
         raise
+    except SongCancelled:
+        return SongOutcome(path, cancelled=True)
     except SongAlreadyDone as exc:
         on_event(Notice(str(path), f"{exc.message} (--overwrite converts it again)"))
         return SongOutcome(path, already_done=SongFailure(path, exc.message))

@@ -40,7 +40,7 @@ from ultrasinger_gpu_cli.run.recorder import Recorder
 from ultrasinger_gpu_cli.run.stagecache import resume_cache_dir
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, prepare, sweep
-from ultrasinger_gpu_cli.usecases.fleet import Fleet, Song, convert, convert_here, for_workers, pipeline_for
+from ultrasinger_gpu_cli.usecases.fleet import Fleet, More, Song, convert, convert_here, for_workers, pipeline_for
 
 NAMESPACE = "ugpu"
 RETRIES = 3
@@ -241,7 +241,7 @@ class RayFleet(Fleet):
 
         return relay
 
-    def outcomes(self) -> Iterator[SongOutcome]:
+    def outcomes(self, more: More | None = None) -> Iterator[SongOutcome]:  # songs one per worker: never more
         ray = self.ray
         if not self.actors:
             self._spawn()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,6 +52,9 @@ def convert_here(pipeline: Pipeline, song: Song, on_event: OnEvent) -> SongOutco
     return convert_one(pipeline, song.path, on_event, out_dir=song.out_dir, language=song.language)
 
 
+More = Callable[[], "Song | None"]
+
+
 class Fleet(ABC):
     """Workers that convert songs: started once, given songs, their outcomes as they finish."""
 
@@ -67,8 +70,12 @@ class Fleet(ABC):
         """Queue a song; a free worker takes it."""
 
     @abstractmethod
-    def outcomes(self) -> Iterator[SongOutcome]:
-        """The outcome of every song submitted, as each finishes, until none is pending."""
+    def outcomes(self, more: More | None = None) -> Iterator[SongOutcome]:
+        """The outcome of every song submitted, as each finishes, until none is pending.
+
+        ``more``: where a fleet that overlaps songs may ask for one more while it works (a
+        server's queue: the next job, or None); its outcome follows the others'. A fleet that
+        does not overlap songs never calls it."""
 
     @abstractmethod
     def close(self, status: str, report: dict[str, Any] | None = None) -> None:
@@ -120,18 +127,25 @@ class LocalFleet(Fleet):
     def submit(self, song: Song) -> None:
         self._pending.append(song)
 
-    def outcomes(self) -> Iterator[SongOutcome]:
-        if self.pipeline.options.overlap and len(self._pending) > 1:
-            yield from self._overlapped()
+    def outcomes(self, more: More | None = None) -> Iterator[SongOutcome]:
+        if self.pipeline.options.overlap and (len(self._pending) > 1 or (more is not None and self._pending)):
+            yield from self._overlapped(more)
         while self._pending:
             yield convert_here(self.pipeline, self._pending.popleft(), self.on_event)
 
-    def _overlapped(self) -> Iterator[SongOutcome]:
+    def _next(self, more: More | None) -> Song | None:
+        """The next song to open: the next submitted, else one more from ``more``."""
+        if self._pending:
+            return self._pending.popleft()
+        return more() if more is not None else None
+
+    def _overlapped(self, more: More | None) -> Iterator[SongOutcome]:
         """The songs one after another through the engines, while the host worker opens the next
         song (decode, scan, tempo) and finishes the last (notes, files, pictures): the engines
         never wait for host work between songs. The engines still run one at a time, as in
         :meth:`Pipeline.run_song`, so the VRAM a song needs is the plan's; each song's chart is the
-        one it gets alone (the same steps on the same inputs)."""
+        one it gets alone (the same steps on the same inputs). The next song is asked for (from
+        ``more`` once the submitted ones are taken) as the current one's engines start."""
         pipeline, host, emit = self.pipeline, self.pipeline.host(), self.pipeline.emit
 
         def opened(song: Song) -> tuple[Song, SongWork | SongOutcome]:
@@ -147,7 +161,8 @@ class LocalFleet(Fleet):
         try:
             while opening is not None:
                 song, work = opening.result()
-                opening = host.submit(opened, self._pending.popleft()) if self._pending else None
+                following = self._next(more)
+                opening = host.submit(opened, following) if following is not None else None
                 ran = work if isinstance(work, SongOutcome) else attempt(
                     song.path, lambda: pipeline.run_engines(work), emit, pipeline.options.out_dir)  # fmt: skip
                 if finishing is not None:  # the song before, finished while these engines ran

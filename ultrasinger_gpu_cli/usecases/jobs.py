@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
+from ultrasinger_gpu_cli.errors import InvalidSettingError, SongCancelled, UgpuError
 from ultrasinger_gpu_cli.store.jobs import JobQueue, JobRow
 from ultrasinger_gpu_cli.store.db import Store
 
@@ -44,9 +44,9 @@ class PathRefused(UgpuError):
     """A path outside the music folder, or no music folder at all."""
 
 
-class JobCancelled(BaseException):
-    """Raised inside a running job's progress callback when the job was cancelled. A
-    ``BaseException``, as cancellations are: no song's failure policy takes it for an error."""
+class JobCancelled(SongCancelled):
+    """Raised inside a running job's progress callback when the job was cancelled: that song
+    stops, the worker goes on."""
 
 
 @dataclass(frozen=True)
@@ -296,6 +296,27 @@ def _report_files(folder: Path) -> dict[str, Path]:
 
 
 # -- workers -----------------------------------------------------------------------------------------
+class WorkerPool:
+    """Which of a server's workers are waiting for a job. A worker takes the next job ahead of
+    time (to open it while its engines run the current one) only when no other worker waits:
+    a free worker starts a job at once, a busy one only after its current song's engines."""
+
+    def __init__(self) -> None:
+        self._waiting: set[str] = set()
+        self._lock = threading.Lock()
+
+    def waiting(self, name: str, waiting: bool) -> None:
+        with self._lock:
+            if waiting:
+                self._waiting.add(name)
+            else:
+                self._waiting.discard(name)
+
+    def others_waiting(self, name: str) -> bool:
+        with self._lock:
+            return bool(self._waiting - {name})
+
+
 @dataclass
 class WorkerConfig:
     """What a worker needs to convert songs: the store's path, the folders, where the weights
@@ -310,35 +331,56 @@ class WorkerConfig:
     progress_every_s: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)  # RunOptions fields for every job (tests: rehearsals)
     ray: bool = False  # convert on a Ray actor (``ugpu serve --ray``) instead of in this process
+    pool: WorkerPool | None = None  # the server's workers (None: this one alone)
+
+
+@dataclass
+class _Claimed:
+    """A job this worker claimed and has not ended yet, with what its engines reported."""
+
+    job: JobRow
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    ended: bool = False
 
 
 class JobWorker(threading.Thread):
-    """Converts queued songs one after another, each mode's engines loaded once and kept."""
+    """Converts queued songs one after another, each mode's engines loaded once and kept. As
+    ``ugpu run`` does in a batch (``RunOptions.overlap``), the next queued job of the same mode
+    is opened (decoded, scanned) and the last one's files written on the pipeline's host thread
+    while the engines run the current one; a job is done as soon as its folder is written."""
 
     def __init__(self, config: WorkerConfig, stop: threading.Event) -> None:
         super().__init__(name=f"ugpu-{config.name}", daemon=True)
         self.config = config
         self.stop = stop
         self._fleets: dict[str, Any] = {}
-        self._job: JobRow | None = None
+        self._claimed: dict[str, _Claimed] = {}  # by job id, in the order claimed (the fleet's outcomes' order)
+        self._running: _Claimed | None = None  # the job whose engines run now: its events are its
         self._last_write = 0.0
-        self._stages: list[dict[str, Any]] = []
-        self._fallbacks: list[dict[str, Any]] = []
 
     def run(self) -> None:
+        # Two connections: the fleets' run records (written from the engines' thread and the host
+        # thread, one event at a time) and this thread's own for the queue (claims, progress).
         self.store = Store.open(self.config.db_path)
-        self.queue = JobQueue(self.store)
+        self.queue = JobQueue(Store.open(self.config.db_path))
+        pool = self.config.pool
         try:
             while not self.stop.is_set():
                 job = self.queue.claim(self.config.name)
+                if pool is not None:
+                    pool.waiting(self.config.name, job is None)
                 if job is None:
                     self.stop.wait(self.config.poll_s)
                     continue
                 self.convert(job)
         finally:
+            if pool is not None:
+                pool.waiting(self.config.name, False)
             for fleet in self._fleets.values():
                 fleet.close("stopped")
             self.store.close()
+            self.queue.store.close()
 
     def _options(self) -> Any:
         """Every job's run options: weights fetched on first use unless ugpu is offline, as ``ugpu run``."""
@@ -365,65 +407,134 @@ class JobWorker(threading.Thread):
             self._fleets[mode] = fleet
         return self._fleets[mode]
 
-    def convert(self, job: JobRow) -> None:
-        """One job: its song through this worker's fleet, under the one per-song failure policy;
-        done, failed or cancelled, never lost."""
-        from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
+    def _out(self, job: JobRow) -> Path:
+        return self.config.folders.out / job.job_id
+
+    def _song(self, job: JobRow, fleet: Any) -> Any:
+        """The song ``fleet`` is given for ``job``, into the job's own output folder."""
         from ultrasinger_gpu_cli.usecases.fleet import Song
 
-        self._job, self._stages, self._fallbacks = job, [], []
-        out = self.config.folders.out / job.job_id
+        self.queue.update(job.job_id, device="ray" if self.config.ray else fleet.plan.target.name, stage="starting",
+                          progress=0.0)  # fmt: skip
+        return Song(Path(job.input_path), out_dir=self._out(job), language=job.options.get("language"))
+
+    def _ahead(self, fleet: Any) -> Any:
+        """The next queued job, taken while ``fleet`` works on this one (its mode's, and only
+        when no other worker waits to take it); None: the fleet finishes what it has."""
+        pool = self.config.pool
+        if self.stop.is_set() or (pool is not None and pool.others_waiting(self.config.name)):
+            return None
+        job = self.queue.claim(self.config.name, mode=fleet.mode)
+        if job is None:
+            return None
+        self._claimed[job.job_id] = _Claimed(job)
+        return self._song(job, fleet)
+
+    def convert(self, job: JobRow) -> None:
+        """``job``, and the jobs taken ahead while it runs, through this worker's fleet for its
+        mode, under the one per-song failure policy: each done, failed or cancelled, never lost."""
+        from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
+        from ultrasinger_gpu_cli.errors import SongCancelled
+
+        self._claimed[job.job_id] = self._running = _Claimed(job)
         try:
-            fleet = self._fleet(job.options.get("mode", "balanced"))
-            self.queue.update(job.job_id, device="ray" if self.config.ray else fleet.plan.target.name, stage="starting",
-                              progress=0.0)  # fmt: skip
-            fleet.submit(Song(Path(job.input_path), out_dir=out, language=job.options.get("language")))
-            outcome = next(iter(fleet.outcomes()))
-            if outcome.report is not None:
-                folder = outcome.report.folder
-            elif outcome.already_done is not None:  # converted before a crash could mark it done
-                folder = next(p for p in out.iterdir() if p.is_dir())
-            else:
-                failure = outcome.failure
-                raise UgpuError(failure.error if failure is not None else "the song gave no result")
-            finished = self.queue.finish(job.job_id, "done", folder=str(folder), stage=None, progress=1.0,
-                                         stages_json=_json(self._stages), fallbacks_json=_json(self._fallbacks))  # fmt: skip
-            if not finished:  # cancelled at the very end
-                shutil.rmtree(out, ignore_errors=True)
-        except JobCancelled:
-            shutil.rmtree(out, ignore_errors=True)
+            fleet = self._fleet(job.mode)
+            fleet.submit(self._song(job, fleet))
+            for outcome in fleet.outcomes(lambda: self._ahead(fleet)):
+                self._settle(outcome)
+        except SongCancelled:  # a fleet that relays its events (Ray): the cancel stopped its job
+            self._abandon("cancelled")
         except UgpuError as exc:
-            self.queue.finish(job.job_id, "failed", error=exc.message + (f" ({exc.hint})" if exc.hint else ""),
-                              fallbacks_json=_json(self._fallbacks))  # fmt: skip
+            self._abandon(exc.message + (f" ({exc.hint})" if exc.hint else ""))
         except Exception as exc:  # noqa: BLE001 - a song that fails never stops the worker
             log = write_crash_log(exc)
-            self.queue.finish(job.job_id, "failed", error=f"{describe(exc)} (details: {log})",
-                              fallbacks_json=_json(self._fallbacks))  # fmt: skip
+            self._abandon(f"{describe(exc)} (details: {log})")
         finally:
-            self._job = None
-            for fleet in self._fleets.values():  # `ugpu monitor` and the page: nothing runs on this worker now
-                fleet.idle()
-            current = self.queue.get(job.job_id)
+            self._running = None
+            self._claimed.clear()
+            for each in self._fleets.values():  # `ugpu monitor` and the page: nothing runs on this worker now
+                each.idle()
+
+    def _settle(self, outcome: Any) -> None:
+        """The fleet's outcome of the oldest job claimed (its outcomes come in the order given):
+        done (unless its folder's event ended it already), failed, or cancelled."""
+        claimed = self._claimed.pop(next(iter(self._claimed)))
+        if claimed.ended:
+            return
+        out = self._out(claimed.job)
+        if outcome.cancelled:
+            self._end(claimed, None)
+        elif outcome.report is not None:
+            self._end(claimed, outcome.report.folder)
+        elif outcome.already_done is not None:  # converted before a crash could mark it done
+            self._end(claimed, next(p for p in out.iterdir() if p.is_dir()))
+        else:
+            failure = outcome.failure
+            self._end(claimed, None, error=failure.error if failure is not None else "the song gave no result")
+
+    def _abandon(self, error: str) -> None:
+        """The fleet stopped (weights gone, a cancel relayed by Ray, a bug): every job claimed and
+        not ended fails with ``error``, or, cancelled, leaves nothing."""
+        for claimed in list(self._claimed.values()):
+            if not claimed.ended:
+                self._end(claimed, None, error=error)
+
+    def _end(self, claimed: _Claimed, folder: Path | None, *, error: str | None = None) -> None:
+        """A job's end in the queue: done in ``folder``, else failed with ``error``, else (or when
+        it was cancelled meanwhile) its output removed. On a short-lived connection of its own:
+        the host thread ends jobs too (:meth:`_on_event`)."""
+        job = claimed.job
+        with Store.open(self.config.db_path) as store:
+            queue = JobQueue(store)
+            if folder is not None:
+                ended = queue.finish(job.job_id, "done", folder=str(folder), stage=None, progress=1.0,
+                                     stages_json=_json(claimed.stages), fallbacks_json=_json(claimed.fallbacks))  # fmt: skip
+            elif error is not None:
+                ended = queue.finish(job.job_id, "failed", error=error, fallbacks_json=_json(claimed.fallbacks))
+            else:
+                ended = False
+            if not ended or folder is None:  # cancelled (at any point), or failed: no output
+                shutil.rmtree(self._out(job), ignore_errors=True)
+            current = queue.get(job.job_id)
             if job.uploaded and current is not None and current.status in FINISHED:
-                Jobs(self.store, self.config.folders).remove_upload(current)
+                Jobs(store, self.config.folders).remove_upload(current)
+        claimed.ended = True
 
     def _on_event(self, event: Any) -> None:
         from ultrasinger_gpu_cli.failures import FallbackEvent
         from ultrasinger_gpu_cli.run import events as ev
 
-        job = self._job
-        if job is None:
+        if isinstance(event, ev.SongFinished):  # its folder is written (the host thread, overlapped)
+            claimed = self._claimed_for(event.report.folder)
+            if claimed is not None and not claimed.ended:
+                self._end(claimed, event.report.folder)
             return
+        if threading.current_thread() is not self:  # progress comes from the engines, on this thread
+            return
+        if isinstance(event, ev.SongStarted) and event.folder is not None:
+            self._running = self._claimed_for(event.folder) or self._running
+            return
+        claimed = self._running
+        if claimed is None:
+            return
+        job = claimed.job
         if isinstance(event, ev.StageStarted):
             self._write(job, force=True, stage=event.stage, progress=0.0, speed_x=None)
         elif isinstance(event, ev.StageProgress):
             self._write(job, stage=event.stage, progress=round(event.fraction, 4), speed_x=event.speed_x)
         elif isinstance(event, ev.StageFinished):
-            self._stages.append(event.run.to_dict())
-            self._write(job, force=True, stages_json=_json(self._stages), device=event.run.cuda_device or event.run.device)
+            claimed.stages.append(event.run.to_dict())
+            self._write(job, force=True, stages_json=_json(claimed.stages), device=event.run.cuda_device or event.run.device)
         elif isinstance(event, FallbackEvent):
-            self._fallbacks.append(event.to_dict())
-            self._write(job, force=True, fallbacks_json=_json(self._fallbacks))
+            claimed.fallbacks.append(event.to_dict())
+            self._write(job, force=True, fallbacks_json=_json(claimed.fallbacks))
+
+    def _claimed_for(self, folder: Path) -> _Claimed | None:
+        """The claimed job whose output folder holds ``folder`` (a song's folder in this process)."""
+        claimed = self._claimed.get(Path(folder).parent.name)
+        if claimed is None or Path(folder).parent.resolve() != self._out(claimed.job).resolve():
+            return None
+        return claimed
 
     def _write(self, job: JobRow, *, force: bool = False, **values: Any) -> None:
         """Progress into the store, at most every ``progress_every_s``; a cancelled job stops here."""

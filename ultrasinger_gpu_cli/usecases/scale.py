@@ -36,7 +36,7 @@ from ultrasinger_gpu_cli.run.recorder import Recorder
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, resolve
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, prepare, sweep
-from ultrasinger_gpu_cli.usecases.fleet import Fleet, Song, convert, convert_here, for_workers, pipeline_for
+from ultrasinger_gpu_cli.usecases.fleet import Fleet, More, Song, convert, convert_here, for_workers, pipeline_for
 
 MAX_PER_GPU = 8
 MAX_TRIES = 3  # a song whose worker died this many times fails (instead of killing every worker in turn)
@@ -204,7 +204,7 @@ class ProcessFleet(Fleet):
     def submit(self, song: Song) -> None:
         self.pending.append(song)
 
-    def outcomes(self) -> Iterator[SongOutcome]:
+    def outcomes(self, more: More | None = None) -> Iterator[SongOutcome]:  # songs one per worker: never more
         from multiprocessing.connection import wait
 
         while self.pending or self.lost or any(w.song is not None for w in self.workers if not w.gone):
