@@ -105,8 +105,13 @@ def step_install(c: Check) -> dict[str, Any]:
     """Install the carried wheels offline; import every engine; check the import closure."""
     out: dict[str, Any] = {}
     if c.wheels is not None:
+        from benchmarks.gpu_wheels import CARRY
+
         wheels = sorted(str(w) for w in c.wheels.glob("*.whl"))
         _require(bool(wheels), f"no wheels in {c.wheels}: run `make gpu-wheels` first")
+        have = {Path(w).name.split("-")[0].lower().replace("_", "-") for w in wheels}
+        lacking = sorted(d for d in CARRY if d.lower() not in have)
+        _require(not lacking, f"{c.wheels} lacks the wheels of {', '.join(lacking)}: run `make gpu-wheels` again")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--no-cache-dir", "--upgrade", "--target", str(c.site), *wheels], check=True)  # fmt: skip
         sys.path.insert(0, str(c.site))
@@ -117,9 +122,9 @@ def step_install(c: Check) -> dict[str, Any]:
     import demucs.apply  # noqa: F401
     import demucs.htdemucs  # noqa: F401
     import demucs.pretrained  # noqa: F401
-    import librosa.beat  # noqa: F401 - librosa loads its submodules lazily: import the ones in use
-    import librosa.onset  # noqa: F401
-    import librosa.sequence  # noqa: F401 - torchcrepe's viterbi decoding
+    import librosa.sequence  # noqa: F401 - torchcrepe's viterbi decoding (the benchmark's reference); librosa
+    # loads its submodules lazily: only the ones in use (ugpu's tempo needs none; each compiles with
+    # numba on its first import in a fresh site: librosa.beat took 14 s there)
     import pyphen  # noqa: F401
     import soundfile  # noqa: F401
     import whisper

