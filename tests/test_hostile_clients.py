@@ -207,14 +207,14 @@ def test_one_folder_is_claimed_by_exactly_one_process(tmp_path, same_song):
     assert json.loads((folder / ".ugpu-song.json").read_text())["content_sha256"] == winner
 
 
-def test_two_runs_of_different_songs_with_one_name_get_two_folders(env, tmp_path):
+def test_two_runs_of_different_songs_with_one_name_get_two_folders(env, words, tmp_path):
     out = tmp_path / "out"
     songs = []
     for i, seconds in enumerate((4.0, 4.5)):
         (tmp_path / f"s{i}").mkdir()
         songs.append(write_wav(tmp_path / f"s{i}" / "Same - Name.wav", song(seconds), 44_100))
     runs = [subprocess.Popen([sys.executable, "-m", "ultrasinger_gpu_cli", "--db", str(tmp_path / "db"), "run", str(path),
-                              "-o", str(out), "--no-separation", "--language", "en", "--json"], stdout=subprocess.PIPE,
+                              "-o", str(out), "--no-separation", "--timings", str(words), "--json"], stdout=subprocess.PIPE,  # given words: folders under test
                              stderr=subprocess.PIPE, text=True, cwd=ROOT) for path in songs]  # fmt: skip
     reports = []
     for process in runs:

@@ -121,7 +121,7 @@ def test_a_real_server_converts_an_upload_and_guards_a_public_address(env, tmp_p
 
 
 def test_a_server_killed_mid_song_resumes_the_job_after_a_restart(env, tmp_path):
-    wav = write_wav(tmp_path / "Long - Song.wav", song(30.0), 44_100)
+    wav = write_wav(tmp_path / "Long - Song.wav", song(12.0), 44_100)
     server = Server(tmp_path, env)
     with server.client() as client:
         job_id = client.post("/api/jobs", files={"file": (wav.name, wav.read_bytes(), "audio/wav")}).json()["id"]
