@@ -174,7 +174,7 @@ def machine() -> str:
 
 
 def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | None, memory: list[dict] | None = None,
-           cold: dict | None = None, overlap: dict | None = None) -> str:  # fmt: skip
+           cold: dict | None = None, overlap: dict | None = None, loads: str | None = None) -> str:  # fmt: skip
     today = dt.date.today().isoformat()
     lines = [
         f"### {device.upper()} — {today}",
@@ -205,6 +205,8 @@ def render(device: str, rows: list[dict], cheap: dict, repeat: int, gpu: str | N
         from benchmarks.overlap import render as render_overlap
 
         lines += ["", render_overlap(overlap).rstrip("\n")]
+    if loads:
+        lines += ["", loads.rstrip("\n")]
     if cheap:
         lines += ["", f"Cheap paths: `ugpu --help` {cheap['help_s']:.2f} s, `ugpu detect --json` {cheap['detect_first_s']:.2f} s "
               f"first (framework probe) / {cheap['detect_cached_s']:.2f} s cached, `ugpu optimize --json` "
@@ -239,6 +241,8 @@ def main() -> None:
                         help="cold `ugpu run` processes on a 4-minute real song, CPU only (0 skips them)")
     parser.add_argument("--overlap-rounds", type=int, default=2,
                         help="batches of 4 real songs each way (--no-overlap, default), CPU only (0 skips them)")
+    parser.add_argument("--load-rounds", type=int, default=3,
+                        help="Whisper large-v3-turbo loads each way (whisper.load_model, ugpu), CPU only (0 skips them)")
     parser.add_argument("--whisper-tokens", type=int, default=32,
                         help="tokens decoded per Whisper chunk on both sides (random weights never stop by themselves)")
     args = parser.parse_args()
@@ -294,7 +298,13 @@ def main() -> None:
         from benchmarks.overlap import overlap
 
         batches = overlap(args.overlap_rounds)
-    text = render(args.device, rows, {} if args.no_cheap else cheap_parts(), args.repeat, gpu, memory, cold, batches)
+    loads = None
+    if args.load_rounds > 0 and args.device == "cpu":
+        from benchmarks.whisper_load import main as whisper_loads
+
+        loads = whisper_loads(args.load_rounds)
+    text = render(args.device, rows, {} if args.no_cheap else cheap_parts(), args.repeat, gpu, memory, cold, batches,
+                  loads)  # fmt: skip
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"device": args.device, "gpu": gpu, "repeat": args.repeat, "rows": rows,

@@ -128,12 +128,12 @@ def test_whisper_on_silence_finds_no_vocals(models_dir, fast_whisper):
 
 
 def test_engine_loads_once_and_unloads(models_dir, fast_whisper, monkeypatch):
-    import whisper
+    from ultrasinger_gpu_cli.engines import whisper_engine
 
     engine = make("whisper", WHISPER, models_dir)
     calls = []
-    real = whisper.load_model
-    monkeypatch.setattr(whisper, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = whisper_engine.load_whisper
+    monkeypatch.setattr(whisper_engine, "load_whisper", lambda *a, **k: calls.append(a) or real(*a, **k))
     for _ in range(2):
         engine.run(_voice(12.0), language="en")
     assert len(calls) == 1 and engine.loaded

@@ -239,3 +239,41 @@ def test_whisper_features_are_openai_whispers_bit_for_bit(seconds, n_mels):
     theirs = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(piece)), n_mels)
     assert theirs.shape == (n_mels, 3000) and torch.equal(log_mel(piece, n_mels), theirs)
     assert frames_in(piece) == min(3000, piece.shape[-1] // whisper.audio.HOP_LENGTH)
+
+
+def test_a_checkpoint_loads_mapped_in_its_own_precision_with_a_releases_alignment_heads(tmp_path):
+    """Issue 22, item 5: the checkpoint memory-mapped and assigned as stored (float16 stays
+    float16: no float32 copy; LayerNorm float32, as whisper computes it), the model equal to
+    ``whisper.load_model``'s; and a released model's alignment heads, which ``load_model`` sets
+    only by name, so from a file every head of the decoder's second half timed the words."""
+    import torch
+    import whisper
+
+    from tests.model_factory import SMALL_WHISPER_DIMS, build_whisper_checkpoint
+    from ultrasinger_gpu_cli.engines.whisper_engine import _heads, half_weights, load_whisper
+
+    dims = {**SMALL_WHISPER_DIMS, "n_text_layer": 4, "n_text_head": 6, "n_text_state": 96}  # tiny's decoder heads
+    path = build_whisper_checkpoint(tmp_path / "tiny.pt", dims)
+    released = torch.load(path, weights_only=True)
+    released["model_state_dict"] = {k: v.half() for k, v in released["model_state_dict"].items()}
+    torch.save(released, path)  # whisper's releases are float16
+
+    model = load_whisper(path, "tiny")
+    reference = whisper.load_model(str(path), device="cpu")
+    ours, theirs = dict(model.named_parameters()), dict(reference.named_parameters())
+    assert ours.keys() == theirs.keys()
+    norms = {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm) for p in ("weight", "bias")}
+    for name, tensor in ours.items():
+        assert tensor.dtype == (torch.float32 if name in norms else torch.float16), name
+        assert torch.equal(tensor.float(), theirs[name].float()), name
+    for name, buffer in reference.named_buffers():
+        if name != "alignment_heads":
+            assert torch.equal(dict(model.named_buffers())[name].float(), buffer.float()), name
+    official = _heads(whisper._ALIGNMENT_HEADS["tiny"]).reshape(4, 6)
+    assert np.array_equal(model.alignment_heads.to_dense().numpy(), official) and official.sum() == 6
+    assert reference.alignment_heads.to_dense().sum() == 12  # load_model from a file: layers 2 and 3, every head
+    # Half precision costs no copy; a model no release matches keeps whisper's default heads.
+    weight = model.decoder.token_embedding.weight
+    assert half_weights(model).decoder.token_embedding.weight.data_ptr() == weight.data_ptr()
+    other = load_whisper(build_whisper_checkpoint(tmp_path / "large-v3-turbo.pt"), "large-v3-turbo")
+    assert other.alignment_heads.to_dense().sum() == 2  # 2 layers of 2 heads: the second half

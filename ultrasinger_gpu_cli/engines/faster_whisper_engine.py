@@ -93,7 +93,7 @@ def pull_faster_whisper(status: ModelStatus, directory: Path | None = None, prog
                                     hint=f"on a machine with internet: ugpu models pull whisper --backend faster-whisper "
                                          f"--model {status.model}")  # fmt: skip
         pull_whisper(source, directory, progress)  # type: ignore[arg-type]
-    convert(whisper_checkpoint(status.model, directory), status.files[0].path.parent)
+    convert(whisper_checkpoint(status.model, directory), status.files[0].path.parent, name=status.model)
     return [f.path for f in status.files]
 
 
@@ -117,7 +117,7 @@ class FasterWhisperEngine(WhisperEngine):
             # First use (a GPU plan's CPU rung, a library caller): convert the checkpoint here, offline.
             from ultrasinger_gpu_cli.engines.whisper_ct2 import convert
 
-            convert(whisper_checkpoint(self.settings.model, self.models_dir), status.files[0].path.parent)
+            convert(whisper_checkpoint(self.settings.model, self.models_dir), status.files[0].path.parent, name=self.settings.model)
         require_present(status, fetch=f"ugpu models pull whisper --backend faster-whisper --model {self.settings.model}")
         device = "cuda" if self.binding.is_cuda else "cpu"
         folder = status.files[0].path.parent

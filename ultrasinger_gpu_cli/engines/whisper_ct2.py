@@ -119,26 +119,29 @@ def _block(spec: Any, block: Any, *, decoder: bool) -> None:
     _norm(spec.ffn.layer_norm, block.mlp_ln)
 
 
-def convert(checkpoint: Path, target: Path, quantization: str | None = None) -> Path:
+def convert(checkpoint: Path, target: Path, quantization: str | None = None, name: str | None = None) -> Path:
     """Convert an openai-whisper checkpoint into a CTranslate2 folder at ``target`` (written to a
     temporary folder and renamed: a half-converted model is never left there). The weights are
     stored in the checkpoint's own precision (float16 for whisper's releases: nothing is lost, and
-    the file is half the size), unless ``quantization`` says otherwise."""
+    the file is half the size), unless ``quantization`` says otherwise. ``name``: the released
+    model it is (default: the checkpoint's file name), whose alignment heads the folder keeps."""
     import torch
-    import whisper
     from ctranslate2.specs import whisper_spec
     from whisper.tokenizer import get_tokenizer
 
+    from ultrasinger_gpu_cli.engines.whisper_engine import load_whisper
     from ultrasinger_gpu_cli.failures import LOAD_ERRORS
     from ultrasinger_gpu_cli.weights.models import damaged
 
+    name = name or Path(checkpoint).stem
+
     try:
-        model = whisper.load_model(str(checkpoint), device="cpu").float()
+        model = load_whisper(checkpoint, name)  # the checkpoint read once, a release's alignment heads kept
         if quantization is None:  # stored as the checkpoint stores it: whisper's releases are float16
-            state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)["model_state_dict"]
-            half = all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+            half = all(t.dtype == torch.float16 for m in model.modules() if not isinstance(m, torch.nn.LayerNorm)
+                       for t in m.parameters(recurse=False))  # fmt: skip
             quantization = "float16" if half else None
-            del state
+        model = model.float()
     except LOAD_ERRORS as exc:  # the checkpoint it converts from is damaged: that file is named, with its fix
         raise damaged(checkpoint, "whisper", checkpoint.stem, exc, "openai-whisper") from exc
     dims = model.dims

@@ -54,6 +54,59 @@ class _EncodedWhisper:
         return self._model.decoder(tokens, audio_features)
 
 
+def load_whisper(path: Any, name: str) -> Any:
+    """``whisper.load_model(path, device="cpu")``, less what it costs, plus what it leaves out
+    for a file. The checkpoint is memory-mapped (read once, never copied whole), the model is
+    built on PyTorch's meta device (no random weights drawn only to be overwritten) and takes the
+    checkpoint's tensors as they are: float16 for whisper's releases, so no float32 copy of the
+    weights is ever made (LayerNorm's become float32: whisper computes those in float32). For a
+    released model (``name``), its alignment heads, the attention heads whisper's authors found to
+    follow the words: ``load_model`` sets them only when it loads a model by name, so from a file
+    it times the words on every head of the decoder's second half. The caller casts (CPU: float32)
+    and moves the model once."""
+    import torch
+    import whisper
+    from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, Whisper
+
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # saved in torch's legacy format, which cannot be mapped
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    dims = ModelDimensions(**checkpoint["dims"])
+    # Whisper.__init__, with its two networks built on the meta device (its alignment-heads
+    # buffer cannot be: to_sparse has no meta kernel) and that buffer made as whisper makes it.
+    model = Whisper.__new__(Whisper)
+    torch.nn.Module.__init__(model)
+    model.dims = dims
+    with torch.device("meta"):
+        model.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head,
+                                     dims.n_audio_layer)  # fmt: skip
+        model.decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
+                                    dims.n_text_layer)  # fmt: skip
+    heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+    heads[dims.n_text_layer // 2 :] = True
+    model.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
+    model.load_state_dict(checkpoint["model_state_dict"], assign=True)
+    n_ctx = dims.n_text_ctx  # the decoder's causal mask, which a state dict leaves out
+    model.decoder.register_buffer("mask", torch.full((n_ctx, n_ctx), -np.inf).triu_(1), persistent=False)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a whisper that holds more: its loader
+        model = whisper.load_model(str(path), device="cpu")
+    dump = getattr(whisper, "_ALIGNMENT_HEADS", {}).get(name)
+    if dump is not None and _heads(dump).size == dims.n_text_layer * dims.n_text_head:
+        model.set_alignment_heads(dump)
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.float()
+    return model
+
+
+def _heads(dump: bytes) -> np.ndarray:
+    import base64
+    import gzip
+
+    return np.frombuffer(gzip.decompress(base64.b85decode(dump)), dtype=bool)
+
+
 def half_weights(model: Any) -> Any:
     """Store the weights in float16, except LayerNorm's (whisper computes those in float32).
 
@@ -127,22 +180,18 @@ class WhisperEngine(Engine[WhisperSettings]):
     max_align_tokens = 440  # text tokens one window can align (the text context is 448 with the prompt)
 
     def load(self) -> None:
-        import whisper
-
         path = whisper_checkpoint(self.settings.model, self.models_dir)
         device = self.device()
         try:
             # On the CPU first: whisper.load_model(device="cuda") puts the checkpoint and a float32
             # copy of the model on the card at once (4.6 GB for turbo, seen on an H200), which a
             # 4 GB card cannot hold even where the float16 model (1.5 GB) fits.
-            model = whisper.load_model(str(path), device="cpu")
+            model = load_whisper(path, self.settings.model)
         except LOAD_ERRORS as exc:
             if fallback_worthy(exc):
                 raise
             raise damaged(path, "whisper", self.settings.model, exc, "openai-whisper") from exc
-        if self.fp16:
-            half_weights(model)
-        self._model = model.to(device)
+        self._model = (half_weights(model) if self.fp16 else model.float()).to(device)
 
     @property
     def beams(self) -> int:
