@@ -277,3 +277,12 @@ def test_a_checkpoint_loads_mapped_in_its_own_precision_with_a_releases_alignmen
     assert half_weights(model).decoder.token_embedding.weight.data_ptr() == weight.data_ptr()
     other = load_whisper(build_whisper_checkpoint(tmp_path / "large-v3-turbo.pt"), "large-v3-turbo")
     assert other.alignment_heads.to_dense().sum() == 2  # 2 layers of 2 heads: the second half
+    # Building it imports nothing more of torch: meta-device construction would import torch._dynamo
+    # and triton (2 s, and an abort where TensorFlow was loaded first), seen in this suite.
+    import subprocess
+    import sys
+
+    code = ("import sys; from ultrasinger_gpu_cli.engines.whisper_engine import load_whisper; "
+            f"load_whisper({str(path)!r}, 'tiny'); print(sorted(m for m in ('torch._dynamo', 'triton') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr[-2000:])

@@ -17,6 +17,9 @@ fp16 on CUDA, fp32 on the CPU (so whisper never warns about fp16 on the CPU).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -54,43 +57,56 @@ class _EncodedWhisper:
         return self._model.decoder(tokens, audio_features)
 
 
+#: The functions of ``torch.nn.init`` a layer's constructor draws its random weights with.
+_DRAWS = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+          "trunc_normal_", "zeros_", "ones_", "constant_")  # fmt: skip
+_DRAWING = threading.Lock()
+
+
+@contextmanager
+def _no_random_weights() -> Iterator[None]:
+    """While a model is built only to take a checkpoint's weights: its layers' random draws
+    (``torch.nn.init``, 8.6 s for turbo on a 2-core CPU) leave their tensors as allocated; never
+    written, that memory is never committed. Every model ugpu builds takes its weights from a
+    checkpoint, so one built in another thread meanwhile loses nothing either."""
+    import torch
+
+    with _DRAWING:
+        saved = {name: getattr(torch.nn.init, name) for name in _DRAWS}
+        try:
+            for name in saved:
+                setattr(torch.nn.init, name, _as_allocated)
+            yield
+        finally:
+            for name, draw in saved.items():
+                setattr(torch.nn.init, name, draw)
+
+
+def _as_allocated(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+    return tensor
+
+
 def load_whisper(path: Any, name: str) -> Any:
     """``whisper.load_model(path, device="cpu")``, less what it costs, plus what it leaves out
     for a file. The checkpoint is memory-mapped (read once, never copied whole), the model is
-    built on PyTorch's meta device (no random weights drawn only to be overwritten) and takes the
-    checkpoint's tensors as they are: float16 for whisper's releases, so no float32 copy of the
-    weights is ever made (LayerNorm's become float32: whisper computes those in float32). For a
-    released model (``name``), its alignment heads, the attention heads whisper's authors found to
-    follow the words: ``load_model`` sets them only when it loads a model by name, so from a file
-    it times the words on every head of the decoder's second half. The caller casts (CPU: float32)
-    and moves the model once."""
+    built without drawing random weights (:func:`_no_random_weights`) and takes the checkpoint's
+    tensors as they are: float16 for whisper's releases, so no float32 copy of the weights is
+    ever made (LayerNorm's become float32: whisper computes those in float32). For a released
+    model (``name``), its alignment heads, as ``transcribe()`` and faster-whisper's folders use
+    them: ``load_model`` sets them only when it loads by name (from a file it times the words on
+    every head of the decoder's second half). The caller casts (CPU: float32) and moves it once."""
     import torch
     import whisper
-    from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, Whisper
+    from whisper.model import ModelDimensions, Whisper
 
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # saved in torch's legacy format, which cannot be mapped
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     dims = ModelDimensions(**checkpoint["dims"])
-    # Whisper.__init__, with its two networks built on the meta device (its alignment-heads
-    # buffer cannot be: to_sparse has no meta kernel) and that buffer made as whisper makes it.
-    model = Whisper.__new__(Whisper)
-    torch.nn.Module.__init__(model)
-    model.dims = dims
-    with torch.device("meta"):
-        model.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head,
-                                     dims.n_audio_layer)  # fmt: skip
-        model.decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
-                                    dims.n_text_layer)  # fmt: skip
-    heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
-    heads[dims.n_text_layer // 2 :] = True
-    model.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
+    with _no_random_weights():
+        model = Whisper(dims)
     model.load_state_dict(checkpoint["model_state_dict"], assign=True)
-    n_ctx = dims.n_text_ctx  # the decoder's causal mask, which a state dict leaves out
-    model.decoder.register_buffer("mask", torch.full((n_ctx, n_ctx), -np.inf).triu_(1), persistent=False)
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a whisper that holds more: its loader
-        model = whisper.load_model(str(path), device="cpu")
     dump = getattr(whisper, "_ALIGNMENT_HEADS", {}).get(name)
     if dump is not None and _heads(dump).size == dims.n_text_layer * dims.n_text_head:
         model.set_alignment_heads(dump)
