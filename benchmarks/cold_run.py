@@ -61,13 +61,18 @@ def _ugpu() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "ultrasinger_gpu_cli"]
 
 
-def _one(song: Path, folder: Path, env: dict[str, str], k: int, importtime: bool = False,
-         extra: tuple[str, ...] = ()) -> dict:  # fmt: skip
-    db = folder / f"run{k}" / "ugpu.db"
+def database(db: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with a fresh database at ``db`` whose Whisper is tiny.en's real weights on faster-whisper."""
     db.parent.mkdir(parents=True, exist_ok=True)
     env = {**env, "UGPU_DB": str(db)}
     subprocess.run([*_ugpu(), "whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"], env=env,
                    check=True, capture_output=True)  # fmt: skip
+    return env
+
+
+def _one(song: Path, folder: Path, env: dict[str, str], k: int, importtime: bool = False,
+         extra: tuple[str, ...] = ()) -> dict:  # fmt: skip
+    env = database(folder / f"run{k}" / "ugpu.db", env)
     command = [*_ugpu(), "run", str(song), "--no-separation", "-o", str(folder / f"out{k}"), "--json", *extra]
     if importtime:
         command = [sys.executable, "-X", "importtime", "-m", "ultrasinger_gpu_cli", *command[len(_ugpu()) :]]

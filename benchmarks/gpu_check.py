@@ -105,11 +105,11 @@ def step_install(c: Check) -> dict[str, Any]:
     """Install the carried wheels offline; import every engine; check the import closure."""
     out: dict[str, Any] = {}
     if c.wheels is not None:
-        from benchmarks.gpu_wheels import CARRY
+        from benchmarks.gpu_wheels import CARRY, distribution
 
         wheels = sorted(str(w) for w in c.wheels.glob("*.whl"))
         _require(bool(wheels), f"no wheels in {c.wheels}: run `make gpu-wheels` first")
-        have = {Path(w).name.split("-")[0].lower().replace("_", "-") for w in wheels}
+        have = {distribution(w) for w in wheels}
         lacking = sorted(d for d in CARRY if d.lower() not in have)
         _require(not lacking, f"{c.wheels} lacks the wheels of {', '.join(lacking)}: run `make gpu-wheels` again")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",

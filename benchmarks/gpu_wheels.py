@@ -121,6 +121,11 @@ def build(out: Path, python_version: str) -> list[Path]:
     return sorted(out.glob("*.whl"))
 
 
+def distribution(wheel: Path | str) -> str:
+    """A wheel's distribution as ``CARRY`` names it (``swift_f0-0.3.0-...whl``: ``swift-f0``)."""
+    return Path(wheel).name.split("-")[0].lower().replace("_", "-")
+
+
 def size_mib(wheels: list[Path]) -> float:
     return sum(w.stat().st_size for w in wheels) / 2**20
 

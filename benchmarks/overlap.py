@@ -49,13 +49,9 @@ def _songs(folder: Path) -> list[Path]:
 def _batch(songs: list[Path], folder: Path, env: dict[str, str], name: str,
            extra: tuple[str, ...]) -> tuple[float, float]:  # fmt: skip
     """The batch's wall and its engines' compute (every stage's seconds, loads apart)."""
-    from benchmarks.cold_run import _ugpu
+    from benchmarks.cold_run import _ugpu, database
 
-    db = folder / name / "ugpu.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    env = {**env, "UGPU_DB": str(db)}
-    subprocess.run([*_ugpu(), "whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"], env=env,
-                   check=True, capture_output=True)  # fmt: skip
+    env = database(folder / name / "ugpu.db", env)
     started = time.perf_counter()
     done = subprocess.run([*_ugpu(), "run", *map(str, songs), "--no-separation", "-o", str(folder / name / "out"),
                            "--json", *extra], env=env, capture_output=True, text=True)  # fmt: skip
@@ -69,13 +65,10 @@ def _batch(songs: list[Path], folder: Path, env: dict[str, str], name: str,
 def _serve_batch(songs: list[Path], folder: Path, env: dict[str, str], name: str, overlap: bool) -> tuple[float, float]:
     """One server worker on the 4 songs queued as jobs: its wall (the worker's start to the last
     job done) and its engines' compute, measured in a fresh process (:func:`_worker_main`)."""
-    from benchmarks.cold_run import _ugpu
+    from benchmarks.cold_run import database
 
     db = folder / name / "ugpu.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    env = {**env, "UGPU_DB": str(db)}
-    subprocess.run([*_ugpu(), "whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"], env=env,
-                   check=True, capture_output=True)  # fmt: skip
+    env = database(db, env)
     done = subprocess.run([sys.executable, "-m", "benchmarks.overlap", "--serve-worker", str(db),
                            "overlap" if overlap else "serial", *map(str, songs)], cwd=ROOT, env=env,
                           capture_output=True, text=True)  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_wheels import CARRY, LIMIT_MIB, build, size_mib
+from benchmarks.gpu_wheels import CARRY, LIMIT_MIB, build, distribution, size_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ def wheels(tmp_path_factory) -> list[Path]:
 
 
 def test_the_wheel_set_is_complete_slim_and_small(wheels):
-    names = {w.name.split("-")[0].lower().replace("_", "-") for w in wheels}
+    names = {distribution(w) for w in wheels}
     assert names == {d.lower() for d in CARRY}
     assert size_mib(wheels) < LIMIT_MIB
     (crepe,) = [w for w in wheels if w.name.startswith("torchcrepe-")]

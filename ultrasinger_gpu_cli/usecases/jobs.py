@@ -461,13 +461,12 @@ class JobWorker(threading.Thread):
         claimed = self._claimed.pop(next(iter(self._claimed)))
         if claimed.ended:
             return
-        out = self._out(claimed.job)
         if outcome.cancelled:
             self._end(claimed, None)
         elif outcome.report is not None:
             self._end(claimed, outcome.report.folder)
         elif outcome.already_done is not None:  # converted before a crash could mark it done
-            self._end(claimed, next(p for p in out.iterdir() if p.is_dir()))
+            self._end(claimed, next(p for p in self._out(claimed.job).iterdir() if p.is_dir()))
         else:
             failure = outcome.failure
             self._end(claimed, None, error=failure.error if failure is not None else "the song gave no result")
