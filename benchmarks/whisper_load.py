@@ -38,7 +38,7 @@ def _load(path: str, way: str, precision: str) -> None:
     from ultrasinger_gpu_cli.engines.whisper_engine import half_weights, load_whisper
 
     started = time.perf_counter()
-    model = whisper.load_model(path, device="cpu") if way == "whisper.load_model" else load_whisper(path, "large-v3-turbo")
+    model = whisper.load_model(path, device="cpu") if way == "whisper.load_model" else load_whisper(path)
     model = half_weights(model) if precision == "float16" else model.float()
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

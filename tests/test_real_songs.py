@@ -115,6 +115,57 @@ def test_systran_s_faster_whisper_folder_loads_and_hears_real_singing(real_model
     assert timed.words_matched >= 0.6 and timed.within_1s == timed.words_matched, timed  # each heard word where it is sung
 
 
+def test_words_are_timed_on_the_upper_half_heads_of_the_published_folder_too(real_models, systran_tiny_en, tmp_path,
+                                                                             monkeypatch):  # fmt: skip
+    """Issue 21: the published folder's config names the release's speech-tuned alignment heads;
+    ugpu loads it through a folder of links whose config names every head of the decoder's upper
+    half (removed once loaded), and on real singing its words then start nearer the hand chart's:
+    the same engine on the folder as published is the reference (tiny.en, verse and chorus:
+    median onset error ~60 ms against ~135 ms)."""
+    from contextlib import contextmanager
+
+    from ultrasinger_gpu_cli.components.whisper import word_heads
+    from ultrasinger_gpu_cli.engines import faster_whisper_engine
+    from ultrasinger_gpu_cli.engines.whisper_ct2 import decoder_shape, timing_words
+
+    assert decoder_shape(systran_tiny_en / "model.bin") == (4, 6)
+    published = json.loads((systran_tiny_en / "config.json").read_text())["alignment_heads"]
+    wanted = [list(pair) for pair in word_heads(4, 6)]
+    assert len(published) < len(wanted)  # the release's few heads
+    with timing_words(systran_tiny_en) as view:
+        assert view != systran_tiny_en and (view / "model.bin").resolve() == (systran_tiny_en / "model.bin").resolve()
+        assert json.loads((view / "config.json").read_text())["alignment_heads"] == wanted
+        assert {p.name for p in view.iterdir()} == {p.name for p in systran_tiny_en.iterdir()}
+    assert not view.exists()
+    own = tmp_path / "own"  # a folder that names them already (ugpu's conversions) is loaded as it is
+    own.mkdir()
+    (own / "model.bin").symlink_to(systran_tiny_en / "model.bin")
+    (own / "config.json").write_text(json.dumps({"alignment_heads": wanted}))
+    with timing_words(own) as loaded:
+        assert loaded == own
+
+    song = _cut(FANCY / "audio.mp3", [CHORUS, VERSE], tmp_path / "chorus-verse.wav")
+    expected = _expected([CHORUS, VERSE])
+
+    def onsets(out: Path):
+        result = invoke("whisper", str(song), "-o", str(out), "--json")
+        assert result.exit_code == 0, result.output
+        heard = json.loads((out / "chorus-verse.words.json").read_text())
+        return word_onsets([Word(w["word"].strip(), w["start"], w["end"]) for s in heard["segments"] for w in s["words"]],
+                           expected)  # fmt: skip
+
+    ugpu = onsets(tmp_path / "ugpu")
+
+    @contextmanager
+    def as_published(folder: Path):
+        yield folder
+
+    monkeypatch.setattr(faster_whisper_engine, "timing_words", as_published)
+    release = onsets(tmp_path / "release")
+    assert ugpu.words_matched == release.words_matched >= 0.5, (ugpu, release)  # the same words heard
+    assert ugpu.median_error_ms <= 0.75 * release.median_error_ms, (ugpu, release)
+
+
 @pytest.mark.parametrize("written", ["every repeat", "the last repeat left out"])
 def test_lyrics_survive_a_chorus_sung_three_times(real_models, tmp_path, written):
     spans = [CHORUS, VERSE, CHORUS, VERSE, CHORUS]

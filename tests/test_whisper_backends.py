@@ -220,6 +220,16 @@ def test_a_chunk_keeps_its_own_words_and_a_phrase_heard_on_both_sides_of_a_cut_o
     _join_at_cut(song, Segment(19.0, 22.0, "air and back", [Word(" air", 20.05, 20.5), Word(" and", 20.6, 21.0),
                                                              Word(" back", 21.0, 21.5)]), 20.0, float("inf"))  # fmt: skip
     assert texts(song) == [("we", 18.0), ("were", 18.6), ("there", 19.5), ("and", 20.6), ("back", 21.0)]
+    # The window before stretched its last word over the cut and the next word's whole time; the
+    # window after heard as many words before the cut as the window before kept there, so the word
+    # inside the stretched one is a new word, not that one again (real singing, a cut at 16 s).
+    song = []
+    _join_at_cut(song, Segment(0.0, 17.0, "from Mr. Betsy's pants", [Word(" from", 14.84, 15.18), Word(" Mr.", 15.18, 15.46),
+                                                                     Word(" Betsy's", 15.96, 16.44), Word(" pants", 16.44, 16.54)]),
+                 float("-inf"), 16.0)  # fmt: skip
+    _join_at_cut(song, Segment(15.0, 20.0, "Mr. Fatty Pants!", [Word(" Mr.", 15.0, 15.46), Word(" Fatty", 15.66, 16.28),
+                                                                Word(" Pants!", 16.28, 16.4)]), 16.0, float("inf"))  # fmt: skip
+    assert texts(song) == [("from", 14.84), ("Mr.", 15.18), ("Betsy's", 15.96), ("Pants!", 16.28)]
 
 
 @pytest.mark.parametrize("seconds", [0.01, 3.0, 30.0, 31.5])
@@ -241,16 +251,18 @@ def test_whisper_features_are_openai_whispers_bit_for_bit(seconds, n_mels):
     assert frames_in(piece) == min(3000, piece.shape[-1] // whisper.audio.HOP_LENGTH)
 
 
-def test_a_checkpoint_loads_mapped_in_its_own_precision_with_a_releases_alignment_heads(tmp_path):
+def test_a_checkpoint_loads_mapped_in_its_own_precision_timing_words_on_the_upper_half(tmp_path):
     """Issue 22, item 5: the checkpoint memory-mapped and assigned as stored (float16 stays
     float16: no float32 copy; LayerNorm float32, as whisper computes it), the model equal to
-    ``whisper.load_model``'s; and a released model's alignment heads, which ``load_model`` sets
-    only by name, so from a file every head of the decoder's second half timed the words."""
+    ``whisper.load_model``'s, buffers too. Issue 21: words are timed on every head of the
+    decoder's upper half (``word_heads``), not on the release's speech-tuned heads that
+    ``load_model`` would set for a model loaded by name."""
     import torch
     import whisper
 
     from tests.model_factory import SMALL_WHISPER_DIMS, build_whisper_checkpoint
-    from ultrasinger_gpu_cli.engines.whisper_engine import _heads, half_weights, load_whisper
+    from ultrasinger_gpu_cli.components.whisper import word_heads
+    from ultrasinger_gpu_cli.engines.whisper_engine import half_weights, load_whisper
 
     dims = {**SMALL_WHISPER_DIMS, "n_text_layer": 4, "n_text_head": 6, "n_text_state": 96}  # tiny's decoder heads
     path = build_whisper_checkpoint(tmp_path / "tiny.pt", dims)
@@ -258,7 +270,7 @@ def test_a_checkpoint_loads_mapped_in_its_own_precision_with_a_releases_alignmen
     released["model_state_dict"] = {k: v.half() for k, v in released["model_state_dict"].items()}
     torch.save(released, path)  # whisper's releases are float16
 
-    model = load_whisper(path, "tiny")
+    model = load_whisper(path)
     reference = whisper.load_model(str(path), device="cpu")
     ours, theirs = dict(model.named_parameters()), dict(reference.named_parameters())
     assert ours.keys() == theirs.keys()
@@ -266,16 +278,15 @@ def test_a_checkpoint_loads_mapped_in_its_own_precision_with_a_releases_alignmen
     for name, tensor in ours.items():
         assert tensor.dtype == (torch.float32 if name in norms else torch.float16), name
         assert torch.equal(tensor.float(), theirs[name].float()), name
+    buffers = dict(model.named_buffers())
     for name, buffer in reference.named_buffers():
-        if name != "alignment_heads":
-            assert torch.equal(dict(model.named_buffers())[name].float(), buffer.float()), name
-    official = _heads(whisper._ALIGNMENT_HEADS["tiny"]).reshape(4, 6)
-    assert np.array_equal(model.alignment_heads.to_dense().numpy(), official) and official.sum() == 6
-    assert reference.alignment_heads.to_dense().sum() == 12  # load_model from a file: layers 2 and 3, every head
-    # Half precision costs no copy; a model no release matches keeps whisper's default heads.
+        assert torch.equal(buffers[name].to_dense().float(), buffer.to_dense().float()), name
+    heads = model.alignment_heads.to_dense().numpy()
+    assert heads.sum() == 12 and heads[2:].all() and [tuple(int(i) for i in ij) for ij in np.argwhere(heads)] == list(word_heads(4, 6))
+    # Half precision costs no copy; any shape: its upper half.
     weight = model.decoder.token_embedding.weight
     assert half_weights(model).decoder.token_embedding.weight.data_ptr() == weight.data_ptr()
-    other = load_whisper(build_whisper_checkpoint(tmp_path / "large-v3-turbo.pt"), "large-v3-turbo")
+    other = load_whisper(build_whisper_checkpoint(tmp_path / "large-v3-turbo.pt"))
     assert other.alignment_heads.to_dense().sum() == 2  # 2 layers of 2 heads: the second half
     # Building it imports nothing more of torch: meta-device construction would import torch._dynamo
     # and triton (2 s, and an abort where TensorFlow was loaded first), seen in this suite.
@@ -283,6 +294,6 @@ def test_a_checkpoint_loads_mapped_in_its_own_precision_with_a_releases_alignmen
     import sys
 
     code = ("import sys; from ultrasinger_gpu_cli.engines.whisper_engine import load_whisper; "
-            f"load_whisper({str(path)!r}, 'tiny'); print(sorted(m for m in ('torch._dynamo', 'triton') if m in sys.modules))")
+            f"load_whisper({str(path)!r}); print(sorted(m for m in ('torch._dynamo', 'triton') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr[-2000:])

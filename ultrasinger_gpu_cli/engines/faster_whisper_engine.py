@@ -7,7 +7,9 @@ timings as the openai-whisper backend, on a faster runtime with less memory.
 * Greedy decoding with whisper's suppression rules (its non-speech tokens, no blank at the start)
   and its temperature fallback on the chunks that fail its quality checks; in float32, on the
   same weights, the tokens equal the openai-whisper backend's (a test checks it).
-* Word timings from CTranslate2's cross-attention alignment through faster-whisper's word logic.
+* Word timings from CTranslate2's cross-attention alignment through faster-whisper's word logic,
+  on the same heads as the openai-whisper backend (every head of the decoder's upper half:
+  :func:`~ultrasinger_gpu_cli.components.whisper.word_heads`), whatever the folder's config names.
 * Compute type from the plan: int8 on the CPU, float16 on CUDA.
 
 The model is a CTranslate2 folder under ``DIR/faster-whisper/<model>``; ``ugpu models pull``
@@ -24,6 +26,7 @@ import numpy as np
 
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.errors import ModelMissingError
+from ultrasinger_gpu_cli.engines.whisper_ct2 import timing_words
 from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
 from ultrasinger_gpu_cli.engines.whisper_features import SAMPLE_RATE, frames_in, log_mel
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
@@ -93,7 +96,7 @@ def pull_faster_whisper(status: ModelStatus, directory: Path | None = None, prog
                                     hint=f"on a machine with internet: ugpu models pull whisper --backend faster-whisper "
                                          f"--model {status.model}")  # fmt: skip
         pull_whisper(source, directory, progress)  # type: ignore[arg-type]
-    convert(whisper_checkpoint(status.model, directory), status.files[0].path.parent, name=status.model)
+    convert(whisper_checkpoint(status.model, directory), status.files[0].path.parent)
     return [f.path for f in status.files]
 
 
@@ -117,14 +120,15 @@ class FasterWhisperEngine(WhisperEngine):
             # First use (a GPU plan's CPU rung, a library caller): convert the checkpoint here, offline.
             from ultrasinger_gpu_cli.engines.whisper_ct2 import convert
 
-            convert(whisper_checkpoint(self.settings.model, self.models_dir), status.files[0].path.parent, name=self.settings.model)
+            convert(whisper_checkpoint(self.settings.model, self.models_dir), status.files[0].path.parent)
         require_present(status, fetch=f"ugpu models pull whisper --backend faster-whisper --model {self.settings.model}")
         device = "cuda" if self.binding.is_cuda else "cpu"
         folder = status.files[0].path.parent
         try:
-            self._model = WhisperModel(str(folder), device=device,
-                                       device_index=(self.binding.ordinal or 0) if self.binding.is_cuda else 0,
-                                       compute_type=self.settings.compute_type, cpu_threads=_cores())  # fmt: skip
+            with timing_words(folder) as loaded:  # words timed on every upper-half head, as openai-whisper's
+                self._model = WhisperModel(str(loaded), device=device,
+                                           device_index=(self.binding.ordinal or 0) if self.binding.is_cuda else 0,
+                                           compute_type=self.settings.compute_type, cpu_threads=_cores())  # fmt: skip
         except LOAD_ERRORS as exc:
             if fallback_worthy(exc):
                 raise

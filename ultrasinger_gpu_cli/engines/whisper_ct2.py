@@ -13,8 +13,11 @@ token at whisper's own id. The folder holds ``model.bin``, ``config.json``, ``vo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -119,12 +122,13 @@ def _block(spec: Any, block: Any, *, decoder: bool) -> None:
     _norm(spec.ffn.layer_norm, block.mlp_ln)
 
 
-def convert(checkpoint: Path, target: Path, quantization: str | None = None, name: str | None = None) -> Path:
+def convert(checkpoint: Path, target: Path, quantization: str | None = None) -> Path:
     """Convert an openai-whisper checkpoint into a CTranslate2 folder at ``target`` (written to a
     temporary folder and renamed: a half-converted model is never left there). The weights are
     stored in the checkpoint's own precision (float16 for whisper's releases: nothing is lost, and
-    the file is half the size), unless ``quantization`` says otherwise. ``name``: the released
-    model it is (default: the checkpoint's file name), whose alignment heads the folder keeps."""
+    the file is half the size), unless ``quantization`` says otherwise. The folder's alignment
+    heads are the ones the openai-whisper backend times words on
+    (:func:`~ultrasinger_gpu_cli.components.whisper.word_heads`)."""
     import torch
     from ctranslate2.specs import whisper_spec
     from whisper.tokenizer import get_tokenizer
@@ -133,10 +137,8 @@ def convert(checkpoint: Path, target: Path, quantization: str | None = None, nam
     from ultrasinger_gpu_cli.failures import LOAD_ERRORS
     from ultrasinger_gpu_cli.weights.models import damaged
 
-    name = name or Path(checkpoint).stem
-
     try:
-        model = load_whisper(checkpoint, name)  # the checkpoint read once, a release's alignment heads kept
+        model = load_whisper(checkpoint)  # the checkpoint read once
         if quantization is None:  # stored as the checkpoint stores it: whisper's releases are float16
             half = all(t.dtype == torch.float16 for m in model.modules() if not isinstance(m, torch.nn.LayerNorm)
                        for t in m.parameters(recurse=False))  # fmt: skip
@@ -188,3 +190,71 @@ def convert(checkpoint: Path, target: Path, quantization: str | None = None, nam
         shutil.rmtree(work, ignore_errors=True)
         raise
     return target
+
+
+def decoder_shape(model_bin: Path) -> tuple[int, int]:
+    """(decoder layers, heads per layer) of a CTranslate2 Whisper ``model.bin``, read from its
+    variables' names and its ``decoder/num_heads`` without reading the weights (CTranslate2's
+    format: a version, the spec's name and revision from version 5 on, then each variable's
+    name, shape, type and bytes)."""
+    import struct
+
+    layers, heads = 0, 0
+    with open(model_bin, "rb") as f:
+
+        def number(fmt: str) -> int:
+            return int(struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0])
+
+        def string() -> str:
+            return f.read(number("<H"))[:-1].decode("utf-8")
+
+        try:
+            if number("<I") >= 5:  # the spec's name and revision
+                string()
+                number("<I")
+            for _ in range(number("<I")):
+                name = string()
+                f.seek(4 * number("<B") + 1, 1)  # the shape, the type (num_heads: an int16)
+                size = number("<I")
+                if name == "decoder/num_heads":
+                    heads = int.from_bytes(f.read(size), "little", signed=True)
+                    continue
+                layer = re.match(r"decoder/layer_(\d+)/", name)
+                if layer:
+                    layers = max(layers, int(layer.group(1)) + 1)
+                f.seek(size, 1)
+        except struct.error as exc:  # cut short: a damaged download
+            raise ValueError(f"{model_bin} ends inside its list of weights ({exc})") from exc
+    if not (layers and heads):
+        raise ValueError(f"{model_bin} holds no Whisper decoder (layers {layers}, heads {heads})")
+    return layers, heads
+
+
+@contextmanager
+def timing_words(folder: Path) -> Iterator[Path]:
+    """The folder to load so that words are timed on
+    :func:`~ultrasinger_gpu_cli.components.whisper.word_heads`: ``folder`` itself where its
+    ``config.json`` already names them (ugpu's own conversions), else (faster-whisper's published
+    folders carry the release's heads) a temporary folder of links to its files with that one
+    setting changed in its ``config.json``, removed when the model is loaded (CTranslate2 and
+    faster-whisper read every file while loading). Where links cannot be made, ``folder``."""
+    from ultrasinger_gpu_cli.components.whisper import word_heads
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    wanted = [list(pair) for pair in word_heads(*decoder_shape(folder / "model.bin"))]
+    if [list(pair) for pair in config.get("alignment_heads", [])] == wanted:
+        yield folder
+        return
+    view = Path(tempfile.mkdtemp(prefix="ugpu-whisper-"))
+    try:
+        try:
+            for entry in folder.iterdir():
+                if entry.name != "config.json":
+                    (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+        except OSError:  # no links here (a Windows account without the right): the folder as it is
+            yield folder
+            return
+        (view / "config.json").write_text(json.dumps({**config, "alignment_heads": wanted}), encoding="utf-8")
+        yield view
+    finally:
+        shutil.rmtree(view, ignore_errors=True)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli.components.base import Backend
-from ultrasinger_gpu_cli.components.whisper import WhisperSettings
+from ultrasinger_gpu_cli.components.whisper import WhisperSettings, word_heads
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.weights.models import damaged, pull_whisper, whisper_checkpoint, whisper_status
@@ -86,17 +86,16 @@ def _as_allocated(tensor: Any, *args: Any, **kwargs: Any) -> Any:
     return tensor
 
 
-def load_whisper(path: Any, name: str) -> Any:
-    """``whisper.load_model(path, device="cpu")``, less what it costs, plus what it leaves out
-    for a file. The checkpoint is memory-mapped (read once, never copied whole), the model is
-    built without drawing random weights (:func:`_no_random_weights`) and takes the checkpoint's
-    tensors as they are: float16 for whisper's releases, so no float32 copy of the weights is
-    ever made (LayerNorm's become float32: whisper computes those in float32). For a released
-    model (``name``), its alignment heads, as ``transcribe()`` and faster-whisper's folders use
-    them: ``load_model`` sets them only when it loads by name (from a file it times the words on
-    every head of the decoder's second half). The caller casts (CPU: float32) and moves it once."""
+def load_whisper(path: Any) -> Any:
+    """``whisper.load_model(path, device="cpu")``, less what it costs. The checkpoint is
+    memory-mapped (read once, never copied whole), the model is built without drawing random
+    weights (:func:`_no_random_weights`) and takes the checkpoint's tensors as they are: float16
+    for whisper's releases, so no float32 copy of the weights is ever made (LayerNorm's become
+    float32: whisper computes those in float32). Words are timed on
+    :func:`~ultrasinger_gpu_cli.components.whisper.word_heads` (every head of the decoder's upper
+    half, which ``load_model`` also uses for a file; by name it would set the release's speech-tuned
+    heads). The caller casts (CPU: float32) and moves it once."""
     import torch
-    import whisper
     from whisper.model import ModelDimensions, Whisper
 
     try:
@@ -107,20 +106,14 @@ def load_whisper(path: Any, name: str) -> Any:
     with _no_random_weights():
         model = Whisper(dims)
     model.load_state_dict(checkpoint["model_state_dict"], assign=True)
-    dump = getattr(whisper, "_ALIGNMENT_HEADS", {}).get(name)
-    if dump is not None and _heads(dump).size == dims.n_text_layer * dims.n_text_head:
-        model.set_alignment_heads(dump)
+    heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+    for layer, head in word_heads(dims.n_text_layer, dims.n_text_head):
+        heads[layer, head] = True
+    model.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
     for module in model.modules():
         if isinstance(module, torch.nn.LayerNorm):
             module.float()
     return model
-
-
-def _heads(dump: bytes) -> np.ndarray:
-    import base64
-    import gzip
-
-    return np.frombuffer(gzip.decompress(base64.b85decode(dump)), dtype=bool)
 
 
 def half_weights(model: Any) -> Any:
@@ -154,7 +147,13 @@ def _join_at_cut(segments: list[Segment], segment: Segment, start_s: float, end_
     (before or after the cut): the window before heard them trailing off its end, where Whisper
     can stretch a word over the pause before it (a word timed 11 s early was seen); the window
     after heard them with their onset inside it. Such a phrase is kept once, as the window after
-    heard it."""
+    heard it.
+
+    Else the words of the window after that lie inside the last word kept (:meth:`Segment.within`)
+    are that word heard again only as many times as the window before kept more words in the
+    audio both read than the window after heard before its own chunk: the window before can
+    stretch its last word over the cut across the next word's whole time (seen on real singing,
+    "Betsy's" at 15.96-16.44 s over the next window's "Pants" at 16.28 s, with a cut at 16 s)."""
     def heard_until() -> float:
         return segments[-1].words[-1].end_s if segments and segments[-1].words else float("-inf")
 
@@ -173,7 +172,11 @@ def _join_at_cut(segments: list[Segment], segment: Segment, start_s: float, end_
             else:
                 segments[-1] = trimmed
             start = segment.words[j].start_s
-    kept = segment.within(start, end_s, heard_until())
+    repeats = None
+    if start_s > float("-inf") and segments and segments[-1].words:
+        kept_in_both = sum(w.start_s >= start_s - CUT_OVERLAP_S for w in segments[-1].words)
+        repeats = max(0, kept_in_both - sum(w.start_s < start for w in segment.words))
+    kept = segment.within(start, end_s, heard_until(), repeats)
     if kept is not None:
         segments.append(kept)
 
@@ -202,7 +205,7 @@ class WhisperEngine(Engine[WhisperSettings]):
             # On the CPU first: whisper.load_model(device="cuda") puts the checkpoint and a float32
             # copy of the model on the card at once (4.6 GB for turbo, seen on an H200), which a
             # 4 GB card cannot hold even where the float16 model (1.5 GB) fits.
-            model = load_whisper(path, self.settings.model)
+            model = load_whisper(path)
         except LOAD_ERRORS as exc:
             if fallback_worthy(exc):
                 raise

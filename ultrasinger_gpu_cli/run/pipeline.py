@@ -48,7 +48,7 @@ from ultrasinger_gpu_cli.run.stagecache import (StageCache, cache_key, cached_se
                                                  words_data, words_from_segments)
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.song.lyrics import align_lyrics
-from ultrasinger_gpu_cli.song.onsets import SEARCH_BEFORE_S
+from ultrasinger_gpu_cli.song.onsets import SEARCH_S
 from ultrasinger_gpu_cli.song.tempo import Tempo, detect_tempo
 from ultrasinger_gpu_cli.run.streaming import Scan
 
@@ -300,7 +300,7 @@ class Pipeline:
             self.emit(Notice(song, f"no vocals found in {source}: the UltraStar file will have no notes"))
 
         # 3. CREPE where there are words (and, for recognised words, where their onsets may be: onsets.py)
-        before = SEARCH_BEFORE_S if timings is None else 0.0
+        before = SEARCH_S if timings is None else 0.0
         regions = [(max(0.0, u.start_s - 0.05 - before), u.end_s + 0.05) for u in units]
         c = plan["crepe"].typed()
         ckey = cache_key(dkey, "crepe", c.backend, c.model, c.step_size, regions)  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ Pure functions, no heavy imports (README, "How notes are made").
 
 1. **Words.** No word is dropped: a zero-length word gets :data:`MIN_WORD_S` where its
    neighbours leave room, else it joins the word before it. A recognised word's start moves
-   onto the voice's onset near it (:mod:`.onsets`): Whisper marks words late.
+   onto the voice's onset near it (:mod:`.onsets`): Whisper's start is read off its attention.
 2. **Syllables** (:mod:`.syllables`) come from the language's hyphenation dictionary (pyphen)
    where there is one, else from the vowel-group rule; a word's time is shared out by letters.
 3. **The voice decides the note.** Each syllable's note is trimmed to the confidently voiced
@@ -24,7 +24,8 @@ Pure functions, no heavy imports (README, "How notes are made").
    :data:`MAX_LINE_SYLLABLES`, at the line's largest gap. No line is left a single syllable.
 6. **The grid** (:func:`grid_multiple`). ``#BPM`` is the song's tempo times the smallest multiple
    (1, 2, 4 or 8) that puts it at :data:`MIN_CHART_BPM` or more, as hand charts do, finer only
-   where more than :data:`FINER_SHARE` of the notes would be shorter than a beat; ``#GAP`` is a
+   where more than :data:`FINER_SHARE` of the notes would lose their sung start on it (a note
+   written a beat long runs into the next, which moves off its beat: :func:`on_grid`); ``#GAP`` is a
    beat of the song's beat grid, so notes line up with the beats in an editor.
 """
 
@@ -57,7 +58,7 @@ STABLE_SLOPE = 20.0  # semitones per second: faster than this the voice is movin
 DENSITY_WIDTH = 0.5  # semitones: a note's pitch is the peak of its frames' density at this width
 VOICE_SPAN = 12  # semitones either side of the voice's middle: a singer's two-octave range
 MIN_CHART_BPM = 200.0  # hand charts' #BPM lies between about 200 and 600: a beat of 75 to 25 ms
-FINER_SHARE = 0.1  # the grid goes finer only while more than this share of the notes are shorter than a beat
+FINER_SHARE = 0.1  # the grid goes finer only while more than this share of the notes would move off their start
 
 
 # -- pitch -----------------------------------------------------------------------------------------
@@ -312,17 +313,41 @@ def phrase_starts(voices: Sequence[SyllableVoice]) -> list[int]:
 
 
 # -- the chart -------------------------------------------------------------------------------------
+def on_grid(spans: Sequence[tuple[float, float]], gap_s: float, beat_s: float) -> list[tuple[int, int]]:
+    """Sung spans (seconds, in order) as chart notes: (start beat, length in beats). Each note
+    starts on the beat nearest its sung start (none before ``gap_s``: a chart's notes lie inside
+    the audio) and lasts at least a beat; a note running into the next one is cut back to end
+    where the next starts, and only where it is a beat long already (both on one beat) does the
+    next one move a beat later. No overlaps."""
+
+    def beat(t: float) -> int:
+        return max(0, int(round((t - gap_s) / beat_s)))
+
+    placed: list[list[int]] = []
+    for s, e in spans:
+        start = beat(s)
+        if placed and start < placed[-1][0] + placed[-1][1]:  # no overlaps: trim the previous note
+            placed[-1][1] = max(1, start - placed[-1][0])
+            start = max(start, placed[-1][0] + placed[-1][1])
+        placed.append([start, max(1, beat(e) - start)])
+    return [(a, n) for a, n in placed]
+
+
 def grid_multiple(tempo: Tempo, gap_s: float, spans: Sequence[tuple[float, float]]) -> int:
     """The multiple of the tempo that makes ``#BPM``, as hand charts choose it: the coarsest at
     which a beat is at most a 16th note at :data:`MIN_CHART_BPM` (75 ms), and finer only while
-    more than :data:`FINER_SHARE` of the sung notes are shorter than a beat (a charter's rule:
-    every note at least a beat; the finest, 8, at most). A coarse grid is one an editor can read
-    and a singer can follow; it moves each onset by at most half a beat (``make quality-real``
-    reports what that costs)."""
-    lengths = np.array([e - s for s, e in spans if e > s])
+    more than :data:`FINER_SHARE` of the notes would lose their sung start on it (two notes on
+    one beat: :func:`on_grid` moves the second a beat later; the finest, 8, at most). A note
+    shorter than a beat with room after it is written a beat long, starting where it is sung, as
+    a charter writes it. A coarse grid is one an editor can read and a singer can follow; it
+    moves each onset by at most half a beat (``make quality-real`` reports what that costs)."""
+    spans = [(s, e) for s, e in spans if e > s]
     coarsest = next((m for m in GRID_MULTIPLES if tempo.bpm * m >= MIN_CHART_BPM - 1e-9), GRID_MULTIPLES[-1])
     for multiple in (m for m in GRID_MULTIPLES if m >= coarsest):
-        if (lengths < tempo.beat_s / 4 / multiple).sum() <= FINER_SHARE * len(lengths):
+        beat_s = tempo.beat_s / 4 / multiple
+        sung = [max(0, int(round((s - gap_s) / beat_s))) for s, _ in spans]
+        moved = sum(start != own for (start, _), own in zip(on_grid(spans, gap_s, beat_s), sung))
+        if moved <= FINER_SHARE * len(spans):
             return multiple
     return GRID_MULTIPLES[-1]
 
@@ -347,38 +372,31 @@ def build_song(
         return song
     voices = listen_singers(units, track)
     rap_words = _rap_words(voices) if rap else set()
+    sung = [p[2] for v in voices for p in v.parts]
+    free_pitch = int(np.round(np.median(sung))) if sung else 60  # freestyle notes: the song's middle
+    parts = [v.parts or ((v.start_s, v.end_s, free_pitch),) for v in voices]
+    spans = [(s, e) for voice in parts for s, e, _ in voice]
     # #GAP: the grid's beat at or before the earliest sung time (words need not come in order) ...
-    first_s = min(min([v.start_s] + [p[0] for p in v.parts]) for v in voices)
+    first_s = min(s for s, _ in spans)
     gap_s = tempo.beat_at_or_before(first_s)
-    multiple = grid_multiple(tempo, gap_s, [(p[0], p[1]) for v in voices for p in v.parts])
+    multiple = grid_multiple(tempo, gap_s, spans)
     song.bpm = round(tempo.bpm * multiple, 2)
     beat_s = song.beat_s
     if gap_s > first_s:  # ... which lies before the audio's start: back on the chart's finer grid, never before 0
         gap_s -= min(np.ceil((gap_s - first_s) / beat_s - 1e-9), np.floor(gap_s / beat_s + 1e-9)) * beat_s
     song.gap_ms = int(round(gap_s * 1000))
-
-    def beat(t: float) -> int:  # no note before #GAP: a chart's notes lie inside the audio
-        return max(0, int(round((t - gap_s) / beat_s)))
-
-    sung = [p[2] for v in voices for p in v.parts]
-    free_pitch = int(np.round(np.median(sung))) if sung else 60  # freestyle notes: the song's middle
+    placed = iter(on_grid(spans, gap_s, beat_s))
     starts = set(phrase_starts(voices)) - {0}
     word = 0
-    for i, v in enumerate(voices):
-        if i in starts and song.notes:
-            song.phrase_ends.append(song.notes[-1].end_beat)
-        parts = v.parts or ((v.start_s, v.end_s, free_pitch),)
+    for i, (v, voice) in enumerate(zip(voices, parts)):
         kind = "F" if not v.voiced else "R" if word in rap_words else ":"
-        for k, (s, e, midi) in enumerate(parts):
+        for k, (_s, _e, midi) in enumerate(voice):
             text = v.unit.text if k == 0 else "~"
-            if k == len(parts) - 1 and v.unit.word_end:
+            if k == len(voice) - 1 and v.unit.word_end:
                 text = text.rstrip() + " "
-            start = beat(s)
-            if song.notes and start < song.notes[-1].end_beat:  # no overlaps: trim the previous note
-                prev = song.notes[-1]
-                prev.length_beats = max(1, start - prev.start_beat)
-                start = max(start, prev.end_beat)
-            length = max(1, beat(e) - start)
+            start, length = next(placed)
+            if k == 0 and i in starts and song.notes:
+                song.phrase_ends.append(song.notes[-1].end_beat)
             song.notes.append(Note(start, length, int(midi), text, kind, v.unit.singer))
         word += v.unit.word_end
     # A phrase end must not sit inside the next phrase's first note.

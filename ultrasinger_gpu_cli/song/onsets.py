@@ -1,19 +1,20 @@
 """Where a sung word starts: Whisper's estimate moved onto the voice's own onset.
 
-Whisper times a word by the cross-attention of its tokens over 20 ms audio frames, and that
-attention peaks on the sound that identifies the word: in singing, the held vowel. The singer's
-attack (where a chart's note starts) comes at or before that point, by at most a consonant
-cluster; measured on hand-charted songs, Whisper's starts lie a median ~100 ms after the
-chart's. So each recognised word's start moves to the voice's onset near it, found in the pitch
-track the pipeline computes anyway:
+Whisper times a word by the cross-attention of its tokens over 20 ms audio frames. ugpu reads
+that attention on every head of the decoder's upper half
+(:func:`~ultrasinger_gpu_cli.components.whisper.word_heads`), which follows a singer's attack
+far better than a release's speech-tuned heads (those lock onto the held vowel and put sung
+words a median ~100 ms late); still, an estimate read off 20 ms frames of attention lands a
+frame or several either side of where the voice starts. So each recognised word's start moves
+to the voice's onset near it, found in the pitch track the pipeline computes anyway:
 
 1. a **voicing onset** (the pitch tracker's voiced frames begin after an unvoiced gap: the vowel
    or voiced consonant after a pause or an unvoiced consonant), else
 2. a **new pitch level** inside continuous voicing (legato: the next word starts where the voice
    moves to its note),
 
-searched from :data:`SEARCH_BEFORE_S` before Whisper's start (a long consonant cluster) to
-:data:`SEARCH_AFTER_S` after it (a couple of Whisper's frames), never so late that the word
+searched :data:`SEARCH_S` either side of Whisper's start (about a consonant cluster: Whisper's
+estimate has no known lean either way on these heads), never so late that the word
 loses its last :data:`MIN_WORD_S`. The onsets go to the words all together, in order: each
 onset starts one word at most, each word starts a sung syllable after the one before, and of
 those ways the one with the fewest words left at Whisper's start, then the fewest on a pitch
@@ -35,8 +36,7 @@ import numpy as np
 
 from ultrasinger_gpu_cli.song.words import Word
 
-SEARCH_BEFORE_S = 0.3
-SEARCH_AFTER_S = 0.05
+SEARCH_S = 0.2
 MIN_WORD_S = 0.06  # a sung syllable is at least this long
 MIN_LEVEL_S = 0.048  # a voiced stretch or a pitch level shorter than this is no onset
 LEVEL_STEP = 0.8  # semitones from the level's median: the voice has moved to a new note
@@ -115,7 +115,7 @@ class _Start(NamedTuple):
 
 def _starts(w: Word, onsets: VoiceOnsets, voicing: set[float]) -> list[_Start]:
     """Where word ``w`` may start: every onset in its reach, and its own start (last)."""
-    low, high = w.start_s - SEARCH_BEFORE_S, min(w.start_s + SEARCH_AFTER_S, w.end_s - MIN_WORD_S)
+    low, high = w.start_s - SEARCH_S, min(w.start_s + SEARCH_S, w.end_s - MIN_WORD_S)
     near = onsets.levels[(onsets.levels >= low) & (onsets.levels <= high)] if len(onsets.levels) else onsets.levels
     return [_Start(float(o), 0, int(float(o) not in voicing), abs(float(o) - w.start_s)) for o in near] + [
         _Start(w.start_s, 1, 0, 0.0)]  # fmt: skip

@@ -50,12 +50,17 @@ class Segment:
     no_speech_prob: float | None = None
     temperature: float = 0.0
 
-    def within(self, start_s: float, end_s: float, heard_until_s: float = float("-inf")) -> Segment | None:
+    def within(self, start_s: float, end_s: float, heard_until_s: float = float("-inf"),
+               repeats: int | None = None) -> Segment | None:  # fmt: skip
         """The part of a segment heard in an overlapping window that belongs to its own chunk:
         the words that start in ``[start_s, end_s)`` and whose middle lies after
         ``heard_until_s`` (the end of the words already kept from the window before: one voice
-        sings one word at a time). None where no word is left."""
-        kept = [w for w in self.words if start_s <= w.start_s < end_s and (w.start_s + w.end_s) / 2 >= heard_until_s]
+        sings one word at a time). With ``repeats``, only that many of the first words whose
+        middle lies before it are taken for words heard already (a word the window before
+        stretched over the cut can hold the next word's whole time). None where no word is left."""
+        own = [w for w in self.words if start_s <= w.start_s < end_s]
+        again = [w for w in own if (w.start_s + w.end_s) / 2 < heard_until_s][:repeats]
+        kept = [w for w in own if not any(w is a for a in again)]
         if len(kept) == len(self.words):
             return self
         if not kept:
