@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_LEN = 32  # random weights decode to the token limit: cap it, as the benchmark does
 #: Engine modules that must come from the carried wheels when --wheels is given.
 CARRIED_IMPORTS = ("whisper", "demucs", "julius", "torchcrepe", "librosa", "resampy", "soundfile", "pyphen",
-                   "platformdirs", "more_itertools", "decorator", "audioread", "pooch", "soxr")  # fmt: skip
+                   "num2words", "platformdirs", "more_itertools", "decorator", "audioread", "pooch", "soxr")  # fmt: skip
 
 
 @dataclass
@@ -125,6 +125,7 @@ def step_install(c: Check) -> dict[str, Any]:
     import librosa.sequence  # noqa: F401 - torchcrepe's viterbi decoding (the benchmark's reference); librosa
     # loads its submodules lazily: only the ones in use (ugpu's tempo needs none; each compiles with
     # numba on its first import in a fresh site: librosa.beat took 14 s there)
+    import num2words  # noqa: F401
     import pyphen  # noqa: F401
     import soundfile  # noqa: F401
     import whisper

@@ -48,6 +48,7 @@ CARRY = (
     "cffi",  # soundfile's binding
     "pycparser",  # cffi's
     "pyphen",  # hyphenation dictionaries for syllables
+    "num2words",  # numbers spelled as they are sung (its docopt is for its command line only)
     "platformdirs",  # the default database location
     "more-itertools",  # whisper
 )

@@ -442,7 +442,9 @@ def test_bad_lyrics_files_get_a_clear_error(env, tmp_path, content, words):
 
 def test_the_chart_sings_whispers_words_in_order(env, fast_whisper, tmp_path):
     """Through ``ugpu run``: the chart's lyrics are exactly the words Whisper heard (its cached
-    result), none dropped, none added."""
+    result), none dropped, none added (numbers spelled as they are sung)."""
+    from ultrasinger_gpu_cli.song.numbers import spell_numbers
+
     source = _lyric_song(tmp_path)
     result = invoke("run", str(source), "--no-separation", "-o", str(tmp_path / "out"), "--language", "en", "--json")
     assert result.exit_code == 0, result.output
@@ -451,9 +453,38 @@ def test_the_chart_sings_whispers_words_in_order(env, fast_whisper, tmp_path):
 
     cached = [json.loads(p.read_text()) for p in Path(os.environ["UGPU_DB"]).parent.rglob("*.json")]
     (heard,) = [c["data"] for c in cached if isinstance(c, dict) and "segments" in c.get("data", {})]
-    words = [w["word"].strip() for seg in heard["segments"] for w in seg if w["word"].strip()]
+    words = [w.text.strip() for w in spell_numbers([Word(w["word"], 0.0, 1.0) for seg in heard["segments"] for w in seg],
+                                                   "en") if w.text.strip()]  # fmt: skip
     assert words, "the random Whisper heard nothing: nothing to check"
     assert lyrics_text(chart.notes).split() == " ".join(words).split()
+
+
+# -- numbers and compounds as they are sung -----------------------------------------------------------
+def test_numbers_are_spelled_as_they_are_sung():
+    from ultrasinger_gpu_cli.song.numbers import spell_numbers
+
+    heard = [Word(t, k, k + 0.5) for k, t in enumerate([" 22,", " 1999", " 3rd", " 1,000", " (2005)", " MP3", " 4ever",
+                                                        " 3.5", " 80s", " 100%", " 12345678", " words"])]  # fmt: skip
+    spelled = spell_numbers(heard, "en")
+    assert [w.text for w in spelled] == [" twenty-two,", " nineteen ninety-nine", " third", " one thousand",
+                                         " (two thousand and five)", " MP3", " 4ever", " 3.5", " 80s", " 100%",
+                                         " 12345678", " words"]  # fmt: skip
+    assert [(w.start_s, w.end_s) for w in spelled] == [(w.start_s, w.end_s) for w in heard]  # the times are Whisper's
+    german = [w.text for w in spell_numbers(heard[:4], "de")]
+    assert german == [" zweiundzwanzig,", " neunzehnhundertneunundneunzig", " 3rd", " 1,000"]  # no English forms
+    assert [w.text for w in spell_numbers(heard[:2], "ja")] == [" 二十二,", " 千九百九十九"]  # years as numbers there
+    assert spell_numbers(heard, "xx") == heard and spell_numbers(heard, None) == heard  # a language it cannot say
+
+
+def test_hyphenated_words_split_at_their_hyphens():
+    from ultrasinger_gpu_cli.song.syllables import split_words
+
+    def sung(text: str) -> list[str]:
+        return [u.text for u in split_words([Word(text, 0.0, 1.0)], "en")]
+
+    assert sung(" twenty-two,") == ["twen", "ty-", "two,"]  # not "ty-t", "wo,"
+    assert sung(" one-way") == ["one-", "way"]
+    assert sung(" -way") == ["-way"]  # a hyphen with no word before it is no compound
 
 
 # -- onsets: Whisper's starts moved onto the voice (issue 21) ----------------------------------------

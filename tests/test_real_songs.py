@@ -166,6 +166,23 @@ def test_words_are_timed_on_the_upper_half_heads_of_the_published_folder_too(rea
     assert ugpu.median_error_ms <= 0.75 * release.median_error_ms, (ugpu, release)
 
 
+def test_a_sung_number_is_written_as_words_and_given_lyrics_stay_as_written(real_models, tmp_path):
+    """Whisper writes "22" where Joshua Morin sings "twenty-two" ("On the run", 63.8 s): the chart
+    sings it as three syllables; the same words given with ``--lyrics`` are the user's, as written."""
+    song = _cut(SHARED / "joshua-morin-on-the-run" / "audio.ogg", [(58.0, 68.0)], tmp_path / "Morin - Twenty-two.wav")
+    result = invoke("run", str(song), "--no-separation", "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    chart = load_chart(Path(json.loads(result.stdout)["songs"][0]["files"]["ultrastar"]))
+    sung = [n.text.strip() for n in chart.notes]
+    assert "22" not in " ".join(sung) and ["twen", "ty-", "two"] == sung[:3], sung
+    lyrics = tmp_path / "lyrics.txt"
+    lyrics.write_text("22 to see you soon\n", encoding="utf-8")
+    given = invoke("run", str(song), "--no-separation", "--lyrics", str(lyrics), "-o", str(tmp_path / "given"), "--json")
+    assert given.exit_code == 0, given.output
+    chart = load_chart(Path(json.loads(given.stdout)["songs"][0]["files"]["ultrastar"]))
+    assert chart.notes[0].text.strip() == "22", [n.text for n in chart.notes]
+
+
 @pytest.mark.parametrize("written", ["every repeat", "the last repeat left out"])
 def test_lyrics_survive_a_chorus_sung_three_times(real_models, tmp_path, written):
     spans = [CHORUS, VERSE, CHORUS, VERSE, CHORUS]

@@ -230,6 +230,18 @@ def test_a_chunk_keeps_its_own_words_and_a_phrase_heard_on_both_sides_of_a_cut_o
     _join_at_cut(song, Segment(15.0, 20.0, "Mr. Fatty Pants!", [Word(" Mr.", 15.0, 15.46), Word(" Fatty", 15.66, 16.28),
                                                                 Word(" Pants!", 16.28, 16.4)]), 16.0, float("inf"))  # fmt: skip
     assert texts(song) == [("from", 14.84), ("Mr.", 15.18), ("Betsy's", 15.96), ("Pants!", 16.28)]
+    # A word only the window before heard, past the cut (the window after starts hearing later):
+    # kept from the window before, once; where the window after heard it too, as the window after did.
+    before = Segment(20.0, 48.2, "seeing you soon", [Word(" seeing", 46.15, 46.55), Word(" you", 46.55, 47.43),
+                                                     Word(" soon", 47.43, 47.59)])  # fmt: skip
+    past = [w for w in before.words if w.start_s >= 47.19]
+    for heard_after, expected in (([Word(" so", 50.2, 50.5)], ["seeing", "you", "soon", "so"]),
+                                  ([Word(" soon", 47.3, 47.6), Word(" so", 50.2, 50.5)], ["seeing", "you", "soon", "so"]),
+                                  ([Word(" soon", 47.65, 47.9)], ["seeing", "you", "soon"])):  # fmt: skip
+        song = []
+        _join_at_cut(song, before, float("-inf"), 47.19)
+        _join_at_cut(song, Segment(46.19, 70.0, "", heard_after), 47.19, float("inf"), heard_past=past)
+        assert [w for w, _ in texts(song)] == expected, texts(song)
 
 
 @pytest.mark.parametrize("seconds", [0.01, 3.0, 30.0, 31.5])

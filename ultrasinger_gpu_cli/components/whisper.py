@@ -67,6 +67,11 @@ _DECODER = {"tiny": (4, 384), "base": (6, 512), "small": (12, 768), "medium": (2
             "large-v2": (32, 1280), "large-v3": (32, 1280), "large-v3-turbo": (4, 1280)}  # fmt: skip
 
 
+#: Goes up whenever the words a model hears in the same audio change (the heads that time them, how
+#: chunks are joined): the stage cache keys Whisper's words by it, so no word timed the old way is reused.
+WORDS_VERSION = 2
+
+
 def word_heads(layers: int, heads: int) -> tuple[tuple[int, int], ...]:
     """The decoder's cross-attention heads whose attention times the words, as (layer, head):
     every head of the decoder's upper half, on every backend and model.

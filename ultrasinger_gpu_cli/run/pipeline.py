@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ultrasinger_gpu_cli.components.whisper import WORDS_VERSION
 from ultrasinger_gpu_cli.song import audio as audio_io
 from ultrasinger_gpu_cli.song import midi, notes, preview, ultrastar
 from ultrasinger_gpu_cli.song import stream as streams
@@ -49,6 +50,7 @@ from ultrasinger_gpu_cli.run.stagecache import (StageCache, cache_key, cached_se
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.song.lyrics import align_lyrics
 from ultrasinger_gpu_cli.song.onsets import SEARCH_S
+from ultrasinger_gpu_cli.song.numbers import spell_numbers
 from ultrasinger_gpu_cli.song.tempo import Tempo, detect_tempo
 from ultrasinger_gpu_cli.run.streaming import Scan
 
@@ -275,7 +277,8 @@ class Pipeline:
             language = language or timings.language
         else:
             wkey = cache_key(dkey, "whisper", plan["whisper"].value("backend"), plan["whisper"].model, language,
-                             plan["whisper"].value("beam_size"), sha256_of(lyrics.path) if lyrics else None)  # fmt: skip
+                             plan["whisper"].value("beam_size"), sha256_of(lyrics.path) if lyrics else None,
+                             WORDS_VERSION)  # fmt: skip
             if lyrics is not None:  # the user's words, timed on the vocals by the same model
                 def transcribe(e: Any, p: Progress) -> Any:
                     return align_lyrics(e, vocals16, lyrics, p, language=language, sample_rate=audio_io.WHISPER_RATE)
@@ -294,6 +297,8 @@ class Pipeline:
                                stages=stages, fallbacks=fallbacks)  # fmt: skip
             language = data["language"]
             units = words_from_segments(cached_segments(data) or [])
+            if lyrics is None:  # recognised words: numbers as they are sung (the user's own words stay)
+                units = spell_numbers(units, language)
             are_syllables = False
 
         if not units:

@@ -6,6 +6,7 @@ and a word's time shared out by letters. Pure functions."""
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -34,7 +35,12 @@ def _dictionary(language: str) -> Any:
 
 def syllables(word: str, language: str | None = None) -> list[str]:
     """Split a word into syllables: by the language's hyphenation dictionary where there is
-    one (pyphen), else by the vowel-group rule. Punctuation stays with its syllable."""
+    one (pyphen), else by the vowel-group rule. Punctuation stays with its syllable. A
+    hyphenated word ("twenty-two", "one-way") splits at its hyphens first, each hyphen ending
+    the syllable before it: the dictionaries know the parts, not the compound."""
+    parts = re.split(r"(?<=\w-)(?=\w)", word)
+    if len(parts) > 1:
+        return [piece for part in parts for piece in syllables(part, language)]
     dictionary = _dictionary(language) if language else None
     if dictionary is not None:
         cuts = dictionary.positions(word)

@@ -3,6 +3,7 @@ hears: its segments of words and a song's transcript."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,6 +69,11 @@ class Segment:
         return replace(self, start=min(max(self.start, start_s), kept[0].start_s),
                        end=max(min(self.end, end_s), kept[-1].end_s), text="".join(w.text for w in kept).strip(),
                        words=kept)  # fmt: skip
+
+    def extended(self, words: Sequence[Word]) -> Segment:
+        """The segment with ``words`` (later than its own) added at its end."""
+        kept = [*self.words, *words]
+        return replace(self, end=max(self.end, kept[-1].end_s), text="".join(w.text for w in kept).strip(), words=kept)
 
     def without_last(self, count: int) -> Segment | None:
         """The segment less its last ``count`` words (None where none is left)."""
