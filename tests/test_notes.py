@@ -464,11 +464,11 @@ def test_numbers_are_spelled_as_they_are_sung():
     from ultrasinger_gpu_cli.song.numbers import spell_numbers
 
     heard = [Word(t, k, k + 0.5) for k, t in enumerate([" 22,", " 1999", " 3rd", " 1,000", " (2005)", " MP3", " 4ever",
-                                                        " 3.5", " 80s", " 100%", " 12345678", " words"])]  # fmt: skip
+                                                        " 3.5", " 80s", " 100%", " $5", " 12345678", " words"])]  # fmt: skip
     spelled = spell_numbers(heard, "en")
     assert [w.text for w in spelled] == [" twenty-two,", " nineteen ninety-nine", " third", " one thousand",
                                          " (two thousand and five)", " MP3", " 4ever", " 3.5", " 80s", " 100%",
-                                         " 12345678", " words"]  # fmt: skip
+                                         " $5", " 12345678", " words"]  # fmt: skip
     assert [(w.start_s, w.end_s) for w in spelled] == [(w.start_s, w.end_s) for w in heard]  # the times are Whisper's
     german = [w.text for w in spell_numbers(heard[:4], "de")]
     assert german == [" zweiundzwanzig,", " neunzehnhundertneunundneunzig", " 3rd", " 1,000"]  # no English forms

@@ -6,7 +6,7 @@ A recognised word that is a whole number below ten million (thousands grouped by
 English: "1,000"), an English ordinal ("1st", "22nd") or, in English and German, a year (four
 digits from 1100 to 2099, said as years are: "nineteen ninety-nine", "neunzehnhundert...") is
 spelled out in the song's language by num2words, keeping the punctuation around it and its
-time. Anything else with digits in it ("MP3", "4ever", "3.5", "80s") is left as heard, as is
+time. Anything else with digits in it ("MP3", "4ever", "3.5", "80s", "$5", "100%") is left as heard, as is
 every word of a language num2words does not know. Words the user gave (``--lyrics``,
 ``--timings``) are never changed.
 """
@@ -19,8 +19,8 @@ from dataclasses import replace
 
 from ultrasinger_gpu_cli.song.words import Word
 
-_NUMBER = re.compile(r"^(?P<lead>\W*?)(?P<digits>\d{1,3}(?:,\d{3}){1,2}|\d{1,7})(?P<ordinal>st|nd|rd|th)?(?P<trail>[^\w%]*)$",
-                     re.IGNORECASE)  # fmt: skip
+_NUMBER = re.compile(r"^(?P<lead>[\"'(\[«“‘¿¡]*)(?P<digits>\d{1,3}(?:,\d{3}){1,2}|\d{1,7})(?P<ordinal>st|nd|rd|th)?"
+                     r"(?P<trail>[\"')\].,!?;:…»”’]*)$", re.IGNORECASE)  # fmt: skip
 YEARS = (1100, 2099)
 #: Languages whose num2words "year" reading is the one people sing (elsewhere a year is read as
 #: its number: num2words' Japanese years, for one, are era names).
