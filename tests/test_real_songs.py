@@ -143,6 +143,16 @@ def test_words_are_timed_on_the_upper_half_heads_of_the_published_folder_too(rea
     (own / "config.json").write_text(json.dumps({"alignment_heads": wanted}))
     with timing_words(own) as loaded:
         assert loaded == own
+    with monkeypatch.context() as patch:  # no links can be made here: the folder as published, nothing left behind
+        def refused(*args, **kwargs):
+            raise OSError("symbolic links are not allowed")
+
+        patch.setattr(Path, "symlink_to", refused)
+        patch.setattr("tempfile.tempdir", str(tmp_path / "temp"))
+        (tmp_path / "temp").mkdir()
+        with timing_words(systran_tiny_en) as loaded:
+            assert loaded == systran_tiny_en
+        assert not any((tmp_path / "temp").iterdir())
 
     song = _cut(FANCY / "audio.mp3", [CHORUS, VERSE], tmp_path / "chorus-verse.wav")
     expected = _expected([CHORUS, VERSE])

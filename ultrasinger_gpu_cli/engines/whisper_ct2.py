@@ -245,16 +245,18 @@ def timing_words(folder: Path) -> Iterator[Path]:
     if [list(pair) for pair in config.get("alignment_heads", [])] == wanted:
         yield folder
         return
-    view = Path(tempfile.mkdtemp(prefix="ugpu-whisper-"))
+    view = None
     try:
         try:
+            view = Path(tempfile.mkdtemp(prefix="ugpu-whisper-"))
             for entry in folder.iterdir():
                 if entry.name != "config.json":
                     (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
-        except OSError:  # no links here (a Windows account without the right): the folder as it is
+            (view / "config.json").write_text(json.dumps({**config, "alignment_heads": wanted}), encoding="utf-8")
+        except OSError:  # no links or no temporary folder here (a Windows account without the right): as it is
             yield folder
             return
-        (view / "config.json").write_text(json.dumps({**config, "alignment_heads": wanted}), encoding="utf-8")
         yield view
     finally:
-        shutil.rmtree(view, ignore_errors=True)
+        if view is not None:
+            shutil.rmtree(view, ignore_errors=True)
