@@ -211,37 +211,35 @@ def test_a_chunk_keeps_its_own_words_and_a_phrase_heard_on_both_sides_of_a_cut_o
     # "so" (19.9 s, before the cut) and "far" are kept as the window after heard them; "oh" is before its chunk.
     assert texts(song) == [("coming", 10.0), ("home", 11.0), ("so", 19.9), ("far", 20.4), ("away", 20.7)]
     assert song[0].end == 12.0 and song[1].text == "so far away"
+    def joined(cut: float, heard_before: list, heard_after: list, past: bool = False) -> list[tuple[str, float]]:
+        """The song's words where a window before and a window after a cut heard these."""
+        song: list[Segment] = []
+        before = Segment(heard_before[0].start_s, cut + 1.0, "", heard_before)
+        _join_at_cut(song, before, float("-inf"), cut)
+        _join_at_cut(song, Segment(cut - 1.0, cut + 30.0, "", heard_after), cut, float("inf"),
+                     heard_past=[w for w in before.words if w.start_s >= cut] if past else ())  # fmt: skip
+        return texts(song)
+
     # No echo: each side keeps the words that start in its own chunk; a word the cut fell in,
     # heard whole before the cut (19.5-20.6 s), is not heard again after it.
-    song = []
-    _join_at_cut(song, Segment(10.0, 21.0, "we were there", [Word(" we", 18.0, 18.5), Word(" were", 18.6, 19.4),
-                                                              Word(" there", 19.5, 20.6), Word(" and", 20.7, 21.0)]),
-                 float("-inf"), 20.0)  # fmt: skip
-    _join_at_cut(song, Segment(19.0, 22.0, "air and back", [Word(" air", 20.05, 20.5), Word(" and", 20.6, 21.0),
-                                                             Word(" back", 21.0, 21.5)]), 20.0, float("inf"))  # fmt: skip
-    assert texts(song) == [("we", 18.0), ("were", 18.6), ("there", 19.5), ("and", 20.6), ("back", 21.0)]
+    assert joined(20.0, [Word(" we", 18.0, 18.5), Word(" were", 18.6, 19.4), Word(" there", 19.5, 20.6), Word(" and", 20.7, 21.0)],
+                  [Word(" air", 20.05, 20.5), Word(" and", 20.6, 21.0), Word(" back", 21.0, 21.5)]) == \
+        [("we", 18.0), ("were", 18.6), ("there", 19.5), ("and", 20.6), ("back", 21.0)]  # fmt: skip
     # The window before stretched its last word over the cut and the next word's whole time; the
     # window after heard as many words before the cut as the window before kept there, so the word
     # inside the stretched one is a new word, not that one again (real singing, a cut at 16 s).
-    song = []
-    _join_at_cut(song, Segment(0.0, 17.0, "from Mr. Betsy's pants", [Word(" from", 14.84, 15.18), Word(" Mr.", 15.18, 15.46),
-                                                                     Word(" Betsy's", 15.96, 16.44), Word(" pants", 16.44, 16.54)]),
-                 float("-inf"), 16.0)  # fmt: skip
-    _join_at_cut(song, Segment(15.0, 20.0, "Mr. Fatty Pants!", [Word(" Mr.", 15.0, 15.46), Word(" Fatty", 15.66, 16.28),
-                                                                Word(" Pants!", 16.28, 16.4)]), 16.0, float("inf"))  # fmt: skip
-    assert texts(song) == [("from", 14.84), ("Mr.", 15.18), ("Betsy's", 15.96), ("Pants!", 16.28)]
+    assert joined(16.0, [Word(" from", 14.84, 15.18), Word(" Mr.", 15.18, 15.46), Word(" Betsy's", 15.96, 16.44),
+                         Word(" pants", 16.44, 16.54)],
+                  [Word(" Mr.", 15.0, 15.46), Word(" Fatty", 15.66, 16.28), Word(" Pants!", 16.28, 16.4)]) == \
+        [("from", 14.84), ("Mr.", 15.18), ("Betsy's", 15.96), ("Pants!", 16.28)]  # fmt: skip
     # A word only the window before heard, past the cut (the window after starts hearing later):
     # kept from the window before, once; where the window after heard it too, as the window after did.
-    before = Segment(20.0, 48.2, "seeing you soon", [Word(" seeing", 46.15, 46.55), Word(" you", 46.55, 47.43),
-                                                     Word(" soon", 47.43, 47.59)])  # fmt: skip
-    past = [w for w in before.words if w.start_s >= 47.19]
+    before = [Word(" seeing", 46.15, 46.55), Word(" you", 46.55, 47.43), Word(" soon", 47.43, 47.59)]
     for heard_after, expected in (([Word(" so", 50.2, 50.5)], ["seeing", "you", "soon", "so"]),
                                   ([Word(" soon", 47.3, 47.6), Word(" so", 50.2, 50.5)], ["seeing", "you", "soon", "so"]),
                                   ([Word(" soon", 47.65, 47.9)], ["seeing", "you", "soon"])):  # fmt: skip
-        song = []
-        _join_at_cut(song, before, float("-inf"), 47.19)
-        _join_at_cut(song, Segment(46.19, 70.0, "", heard_after), 47.19, float("inf"), heard_past=past)
-        assert [w for w, _ in texts(song)] == expected, texts(song)
+        assert [w for w, _ in joined(47.19, before, heard_after, past=True)] == expected
+    assert [w for w, _ in joined(47.19, before, [Word(" so", 50.2, 50.5)])] == ["seeing", "you", "so"]  # without it: lost
 
 
 @pytest.mark.parametrize("seconds", [0.01, 3.0, 30.0, 31.5])
