@@ -88,7 +88,7 @@ def reference_words(song: RealSong, model) -> list:
     from ultrasinger_gpu_cli.song.words import Word
 
     segments, _ = model.transcribe(str(song.audio), language="en", word_timestamps=True, vad_filter=False)
-    return [Word(w.word.strip(), w.start, w.end) for s in segments for w in s.words]
+    return [Word(w.word.strip(), w.start, w.end, phrase_start=k == 0) for s in segments for k, w in enumerate(s.words)]
 
 
 #: The pitch every sung note of the chart given to a re-pitch gets first (MIDI 127, above any voice): a
@@ -172,7 +172,7 @@ def main() -> int:
 
     from ultrasinger_gpu_cli.song import notes
     from ultrasinger_gpu_cli.cli import app
-    from ultrasinger_gpu_cli.song.evaluation import load_chart, score, word_onsets
+    from ultrasinger_gpu_cli.song.evaluation import line_starts, load_chart, score, word_onsets
     from ultrasinger_gpu_cli.song.ultrastar import read_chart
 
     saved = CliRunner().invoke(app, ["whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"])
@@ -183,7 +183,9 @@ def main() -> int:
         print(f"{song.name}: reference ...", file=sys.stderr)
         hand = load_chart(song.chart)
         started = time.perf_counter()
-        raw = word_onsets(reference_words(song, reference_model), hand.lyric_words())
+        heard = reference_words(song, reference_model)
+        raw = word_onsets(heard, hand.lyric_words())
+        raw_lines = line_starts(heard, hand.lyric_words())
         naive = score(read_chart(naive_repitch(song)), hand)
         print(f"{song.name}: ugpu run (auto, --lyrics, --timings) ...", file=sys.stderr)
         out = work / "out" / song.name
@@ -217,7 +219,8 @@ def main() -> int:
         grid_rows.append(f"| {song.name} | {auto.reference_bpm:g} | {auto.bpm:g} | {fine.bpm:g} "
                          f"| {ms(auto.word_onset_median_ms)} / {ms(fine.word_onset_median_ms)} "
                          f"| {auto.reference_lines_per_minute:.1f} | {auto.lines_per_minute:.1f} "
-                         f"| {given.lines_per_minute:.1f} |")  # fmt: skip
+                         f"| {given.lines_per_minute:.1f} | {pct(raw_lines[0])} / {pct(raw_lines[1])} "
+                         f"| {pct(auto.line_starts_recall)} / {pct(auto.line_starts_precision)} |")  # fmt: skip
     lines = [
         "### Real songs (`make quality-real`, issue 21)", "",
         f"{len(songs)} songs with hand-made charts, full mix (`--no-separation`), Whisper tiny.en (real weights, "
@@ -232,10 +235,12 @@ def main() -> int:
         "as wrong; the chart's octave found first):", "",
         "| song | pitch from | exact | within a semitone | pitch class | notes out / hand |",
         "|---|---|---|---|---|---|", *pitch_rows, "",
-        "The grid: #BPM as hand charts choose it (at least 200), against the finest grid (8x the tempo):", "",
+        "The grid: #BPM as hand charts choose it (at least 200), against the finest grid (8x the tempo); lines: the "
+        "hand chart's line starts that a chart starts a line at too (recall) and the chart's line starts the hand chart "
+        "has (precision), raw faster-whisper's being its segments' first words:", "",
         "| song | hand #BPM | ugpu #BPM | finest #BPM | word onset median, ugpu / finest (ms) | hand lines/min | ugpu "
-        "lines/min | --lyrics lines/min |",
-        "|---|---|---|---|---|---|---|---|", *grid_rows,
+        "lines/min | --lyrics lines/min | line starts, raw faster-whisper (recall / precision) | line starts, ugpu run |",
+        "|---|---|---|---|---|---|---|---|---|---|", *grid_rows,
     ]  # fmt: skip
     print("\n".join(lines))
     return 0

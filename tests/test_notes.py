@@ -323,6 +323,7 @@ def test_eval_scores_a_generated_chart_against_a_hand_made_one(tmp_path):
     (same,) = json.loads(perfect.stdout)["songs"]
     assert same["note_match_rate"] == 1.0 and same["median_onset_error_ms"] == 0.0 and same["coverage"] == 1.0
     assert same["pitch_accuracy"] == 1.0 and same["lyric_similarity"] == 1.0
+    assert same["line_starts_recall"] is None  # one line: no line start after its first word
     # Late by one beat (50 ms), every other note an octave up, other words.
     _reference_chart(tmp_path / "gen" / "Known - Melody" / "Known - Melody.txt", shift_beats=1, pitch_offset=12, words="lo")
     _reference_chart(tmp_path / "gen" / "Extra.txt")
@@ -337,6 +338,36 @@ def test_eval_scores_a_generated_chart_against_a_hand_made_one(tmp_path):
     assert data["unmatched_generated"] == [str(tmp_path / "gen" / "Extra.txt")]
     human = invoke("eval", str(tmp_path / "gen"), str(tmp_path / "ref"))
     assert "Known" in human.stderr and "50.0%" in human.stderr and human.stdout == ""
+
+
+def test_eval_scores_line_starts_by_the_words_that_start_them():
+    from ultrasinger_gpu_cli.song.evaluation import line_starts
+
+    def sung(text: str) -> list[Word]:  # "/" starts a line
+        out = []
+        for k, token in enumerate(text.split()):
+            out.append(Word(token.strip("/"), k * 0.5, k * 0.5 + 0.4, phrase_start=k == 0 or token.startswith("/")))
+        return out
+
+    hand = sung("so far away from home /so far away that I /don't know /where my home is")
+    assert line_starts(hand, hand) == (1.0, 1.0)
+    # Two of the hand chart's three line starts, and one of its own two that the hand chart has not.
+    assert line_starts(sung("so far away /from home /so far away that I don't know /where my home is"), hand) == (2 / 3, 2 / 3)
+    assert line_starts(sung("so far away from home"), hand) == (0.0, None)  # one line: no start after the first word
+
+
+def test_whisper_s_capitals_start_lines():
+    from ultrasinger_gpu_cli.song.notes import capitals_start_lines
+
+    heard = [Word(f" {t}", k * 0.5, k * 0.5 + 0.4) for k, t in enumerate(
+        "So far away from home So far away that I don't know Where my home is for Mister Fancy Pants I'm "
+        '"Hey you'.split())]  # fmt: skip
+    starts = [w.text.strip() for w in capitals_start_lines(heard, "en") if w.phrase_start]
+    assert starts == ["So", "So", "Where", "Mister", '"Hey']  # not "I", "I'm", nor "Fancy Pants" after "Mister"
+    assert not any(w.phrase_start for w in capitals_start_lines(heard, "de"))  # German: every noun has a capital
+    marked = [Word(" so", 0.0, 0.4, phrase_start=True), Word(" Far", 0.5, 0.9)]
+    assert [w.phrase_start for w in capitals_start_lines(marked, "en")] == [True, True]
+    assert capitals_start_lines(marked, "en")[0] is marked[0]  # a start Whisper gave stays as it is
 
 
 def test_eval_refuses_what_it_cannot_compare(tmp_path):

@@ -297,8 +297,8 @@ class Pipeline:
                                stages=stages, fallbacks=fallbacks)  # fmt: skip
             language = data["language"]
             units = words_from_segments(cached_segments(data) or [])
-            if lyrics is None:  # recognised words: numbers as they are sung (the user's own words stay)
-                units = spell_numbers(units, language)
+            if lyrics is None:  # recognised words: lines where Whisper wrote them, numbers as they are sung
+                units = spell_numbers(notes.capitals_start_lines(units, language), language)
             are_syllables = False
 
         if not units:

@@ -18,7 +18,10 @@ Per song, against the reference chart:
   chart, where every note is matched, this is the re-pitch accuracy);
 * **coverage**: the share of the reference's sung time that generated notes cover;
 * **lyric similarity**: the matching share of the two word sequences, from 0 to 1;
-* **the grid**: both charts' ``#BPM`` and lines per minute.
+* **the grid**: both charts' ``#BPM`` and lines per minute;
+* **lines**: of the reference's line starts (its first word aside), the share where the
+  generated chart starts a line at the same word (recall), and of the generated chart's, the
+  share that start one in the reference (precision); words matched as above.
 
 Charts are matched by file name (the stem, case ignored) when folders are given. A duet (either
 chart) is scored per singer: each singer's part against the same singer's part. Pure core: no
@@ -99,6 +102,8 @@ class ChartScore:
     reference_bpm: float
     lines_per_minute: float
     reference_lines_per_minute: float
+    line_starts_recall: float | None  # the reference's line starts the generated chart starts a line at too
+    line_starts_precision: float | None  # the generated chart's line starts the reference has too
     singer: str | None = None  # a duet's singer (P1, P2) this score is for; None: the whole chart
 
     def to_dict(self) -> dict[str, object]:
@@ -237,6 +242,18 @@ def _lines_per_minute(chart: Chart) -> float:
     return lines / span * 60
 
 
+def line_starts(generated: Sequence[Word], reference: Sequence[Word]) -> tuple[float | None, float | None]:
+    """(recall, precision) of the generated words' line starts against the reference's, the words
+    matched in order by their text (:func:`.wordmatch.match`); the first word of each, which
+    always starts a line, aside. None where a side has no line start after its first word."""
+    pairs = match([w.text for w in generated], [w.text for w in reference], times_a=[w.start_s for w in generated],
+                  times_b=[w.start_s for w in reference])  # fmt: skip
+    theirs = {j for j, w in enumerate(reference) if w.phrase_start and j > 0}
+    ours = {i for i, w in enumerate(generated) if w.phrase_start and i > 0}
+    both = sum(1 for i, j in pairs if i in ours and j in theirs)
+    return (both / len(theirs) if theirs else None), (both / len(ours) if ours else None)
+
+
 def score(generated: Chart, reference: Chart, *, name: str = "", generated_path: str = "",
           reference_path: str = "") -> ChartScore:  # fmt: skip
     ref = sorted(_sung(reference), key=lambda n: n.start_s)
@@ -259,6 +276,7 @@ def score(generated: Chart, reference: Chart, *, name: str = "", generated_path:
     precision, recall, f1 = _f1(len(by_class), len(gen), len(ref))
     words = word_onsets(generated.lyric_words(), reference.lyric_words())
     (gen_words, gen_times), (ref_words, ref_times) = _lyric_words(generated), _lyric_words(reference)
+    line_recall, line_precision = line_starts(generated.lyric_words(), reference.lyric_words())
     return ChartScore(
         name=name, generated=generated_path, reference=reference_path,
         reference_notes=len(ref), generated_notes=len(gen),
@@ -282,6 +300,7 @@ def score(generated: Chart, reference: Chart, *, name: str = "", generated_path:
         words_within_100ms=words.within_100ms, words_within_300ms=words.within_300ms, words_within_1s=words.within_1s,
         bpm=generated.bpm, reference_bpm=reference.bpm,
         lines_per_minute=_lines_per_minute(generated), reference_lines_per_minute=_lines_per_minute(reference),
+        line_starts_recall=line_recall, line_starts_precision=line_precision,
     )  # fmt: skip
 
 

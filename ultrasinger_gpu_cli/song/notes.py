@@ -20,8 +20,9 @@ Pure functions, no heavy imports (README, "How notes are made").
    :data:`MIN_SPLIT_S`; a re-pitched chart's notes split the same way on its own grid
    (:func:`repitch_parts`).
 5. **Phrases** break at pauses of :data:`PHRASE_PAUSE_S`, at Whisper segment starts and lyrics
-   lines, after sentence ends, and wherever a line would run past :data:`MAX_LINE_S` or
-   :data:`MAX_LINE_SYLLABLES`, at the line's largest gap. No line is left a single syllable.
+   lines, where Whisper wrote a capital letter (:func:`capitals_start_lines`), after sentence
+   ends, and wherever a line would run past :data:`MAX_LINE_S` or :data:`MAX_LINE_SYLLABLES`,
+   at the line's largest gap. No line is left a single syllable.
 6. **The grid** (:func:`grid_multiple`). ``#BPM`` is the song's tempo times the smallest multiple
    (1, 2, 4 or 8) that puts it at :data:`MIN_CHART_BPM` or more, as hand charts do, finer only
    where more than :data:`FINER_SHARE` of the notes would lose their sung start on it (a note
@@ -260,6 +261,35 @@ def listen_singers(units: Sequence[Word], track: PitchTrackView) -> list[Syllabl
 
 
 # -- phrases ---------------------------------------------------------------------------------------
+#: Languages that write their nouns with a capital letter: there a capital starts no line.
+NOUN_CAPITALS = frozenset({"de", "lb"})
+_PRONOUN_I = re.compile(r"^I(?:['’](?:m|ve|d|ll|s))?\W*$")  # English "I", "I'm", "I've" ...: capital anywhere
+
+
+def capitals_start_lines(words: Sequence[Word], language: str | None) -> list[Word]:
+    """Recognised words with a line starting at each word Whisper wrote with a capital letter.
+
+    Whisper writes sung lyrics the way lyric sheets and subtitles are written, each line starting
+    with a capital ("So far away from home / So far away that I don't know / Where my home is
+    anymore"), also where the singer takes no breath between the lines. So a capitalised word
+    starts a line, except English "I" and its contractions, a word that continues a run of
+    capitalised words (a name: "Mister Fancy Pants" breaks once, before it), and every word of a
+    language that capitalises its nouns (:data:`NOUN_CAPITALS`). Lines too short or too long are
+    still joined or split as the other breaks are (:func:`phrase_starts`)."""
+    if language in NOUN_CAPITALS:
+        return list(words)
+
+    def capital(w: Word) -> bool:
+        text = w.text.strip().lstrip("\"'¿¡(«“‘")
+        return text[:1].isupper() and not (language in (None, "en") and _PRONOUN_I.match(text))
+
+    out = []
+    for i, w in enumerate(words):
+        name = i > 0 and capital(words[i - 1]) and not SENTENCE_END.search(words[i - 1].text.rstrip())
+        out.append(replace(w, phrase_start=True) if capital(w) and not name and not w.phrase_start else w)
+    return out
+
+
 def _hard_break(prev: SyllableVoice, cur: SyllableVoice) -> bool:
     return (cur.unit.phrase_start or cur.unit.singer != prev.unit.singer or cur.start_s - prev.end_s >= PHRASE_PAUSE_S
             or (prev.unit.word_end and bool(SENTENCE_END.search(prev.unit.text.rstrip()))))  # fmt: skip
