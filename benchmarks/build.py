@@ -3,6 +3,7 @@ synthesised 60-second song, built once and cached in ``benchmarks/.cache``."""
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,6 +25,12 @@ SMALL_DIMS = {
 WHISPER_DIMS = {"large-v3-turbo": TURBO_DIMS, "small": SMALL_DIMS}
 RATE = 44_100
 SONG_S = 60.0
+
+
+def song_seconds() -> float:
+    """The benchmark song's length: :data:`SONG_S`, or ``UGPU_BENCH_SONG_S`` (``benchmarks.run
+    --song-seconds``: make gpu-check's CPU dry run takes a shorter song)."""
+    return float(os.environ.get("UGPU_BENCH_SONG_S") or SONG_S)
 VOICED = ((5.0, 20.0), (35.0, 50.0))  # half of the song has voice
 
 

@@ -405,7 +405,8 @@ def step_bench(c: Check) -> dict[str, Any]:
     target = c.work / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--device", c.device, "--repeat", "1",
                            "--stages", stages, "--no-write", "--no-cheap", "--memory", "", "--cold-runs", "0",
-                           "--overlap-rounds", "0", "--load-rounds", "0", "--json", str(target)],
+                           "--overlap-rounds", "0", "--load-rounds", "0", "--json", str(target),
+                           *(("--song-seconds", "20") if c.dry_run else ())],
                           capture_output=True, text=True, env=c.env(), cwd=ROOT, timeout=c.timeout(300))  # fmt: skip
     (c.out / "bench.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
     _require(proc.returncode == 0, f"the benchmark failed: {proc.stderr[-400:]}")

@@ -109,12 +109,12 @@ def _check(stage: str, ugpu: dict, ref: dict) -> str:
 def _truth_share(side: dict) -> str:
     """The share of a pitch track's voiced frames inside the song's true notes (their first and
     last 50 ms left out) that lie within 50 cents of the true pitch."""
-    from benchmarks.build import song_notes
+    from benchmarks.build import song_notes, song_seconds
 
     freq, conf, _ = np.load(side["npy"])
     times = np.arange(len(freq)) * side["step_s"]
     good = total = 0
-    for start, length, midi in song_notes():
+    for start, length, midi in song_notes(song_seconds()):
         inside = (times >= start + 0.05) & (times < start + length - 0.05) & (conf >= 0.5) & (freq > 0)
         cents = 1200 * np.log2(freq[inside] / (440 * 2 ** ((midi - 69) / 12)))
         good, total = good + int((np.abs(cents) <= 50).sum()), total + int(inside.sum())
@@ -243,11 +243,15 @@ def main() -> None:
                         help="batches of 4 real songs each way (--no-overlap, default), CPU only (0 skips them)")
     parser.add_argument("--load-rounds", type=int, default=3,
                         help="Whisper large-v3-turbo loads each way (whisper.load_model, ugpu), CPU only (0 skips them)")
+    parser.add_argument("--song-seconds", type=float, default=None,
+                        help="length of the synthetic song the stage rows run on (default 60)")
     parser.add_argument("--whisper-tokens", type=int, default=32,
                         help="tokens decoded per Whisper chunk on both sides (random weights never stop by themselves)")
     args = parser.parse_args()
     stages = [s for s in args.stages.split(",") if s]
     os.environ["UGPU_BENCH_WHISPER_TOKENS"] = str(args.whisper_tokens)
+    if args.song_seconds:
+        os.environ["UGPU_BENCH_SONG_S"] = str(args.song_seconds)  # the workers inherit it
     memory_minutes = [float(m) for m in args.memory.split(",") if m] + ([60.0] if args.memory_60 else [])
 
     if set(stages) & {"demucs", "whisper", "e2e"}:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.build import RATE, models_dir, song
+from benchmarks.build import RATE, models_dir, song, song_seconds
 
 #: Random weights decode to the token limit: both sides are capped at the same length (32 by
 #: default; ``run.py --whisper-tokens N`` sets it, e.g. 128 for a chunk of densely sung lyrics).
@@ -47,7 +47,7 @@ def demucs(side: str, device: str, out: Path) -> dict:
     import torch
 
     settings = _plan(device)["demucs"]
-    mix, _ = song()
+    mix, _ = song(song_seconds())
     root = models_dir()
     if side == "ugpu":
         engine = _engine("demucs", settings, root)
@@ -79,7 +79,7 @@ def demucs(side: str, device: str, out: Path) -> dict:
 def _vocals16k() -> np.ndarray:
     from ultrasinger_gpu_cli.song.audio import resample
 
-    return resample(song()[1], RATE, 16_000)
+    return resample(song(song_seconds())[1], RATE, 16_000)
 
 
 def whisper(side: str, device: str, out: Path, backend: str = "openai-whisper") -> dict:
@@ -200,7 +200,7 @@ def e2e(side: str, device: str, out: Path) -> dict:
 
     from ultrasinger_gpu_cli.song.audio import resample, write_audio
 
-    mix, _ = song()
+    mix, _ = song(song_seconds())
     root = models_dir()
     folder = Path(tempfile.mkdtemp(prefix="ugpu-e2e-"))
     source = write_audio(folder / "Bench - Song.wav", mix, RATE)
