@@ -364,6 +364,8 @@ def test_whisper_s_capitals_start_lines():
         '"Hey you'.split())]  # fmt: skip
     starts = [w.text.strip() for w in capitals_start_lines(heard, "en") if w.phrase_start]
     assert starts == ["So", "So", "Where", "Mister", '"Hey']  # not "I", "I'm", nor "Fancy Pants" after "Mister"
+    titled = [Word(f" {t}", k * 0.5, k * 0.5 + 0.4) for k, t in enumerate("Say a little prayer for Mr. Fancy Pants".split())]
+    assert [w.text.strip() for w in capitals_start_lines(titled, "en") if w.phrase_start] == ["Say"]  # not "Mr.", "Fancy"
     assert not any(w.phrase_start for w in capitals_start_lines(heard, "de"))  # German: every noun has a capital
     marked = [Word(" so", 0.0, 0.4, phrase_start=True), Word(" Far", 0.5, 0.9)]
     assert [w.phrase_start for w in capitals_start_lines(marked, "en")] == [True, True]
@@ -474,7 +476,7 @@ def test_bad_lyrics_files_get_a_clear_error(env, tmp_path, content, words):
 def test_the_chart_sings_whispers_words_in_order(env, fast_whisper, tmp_path):
     """Through ``ugpu run``: the chart's lyrics are exactly the words Whisper heard (its cached
     result), none dropped, none added (numbers spelled as they are sung)."""
-    from ultrasinger_gpu_cli.song.numbers import spell_numbers
+    from ultrasinger_gpu_cli.song.spoken import spell_numbers
 
     source = _lyric_song(tmp_path)
     result = invoke("run", str(source), "--no-separation", "-o", str(tmp_path / "out"), "--language", "en", "--json")
@@ -492,7 +494,7 @@ def test_the_chart_sings_whispers_words_in_order(env, fast_whisper, tmp_path):
 
 # -- numbers and compounds as they are sung -----------------------------------------------------------
 def test_numbers_are_spelled_as_they_are_sung():
-    from ultrasinger_gpu_cli.song.numbers import spell_numbers
+    from ultrasinger_gpu_cli.song.spoken import spell_numbers
 
     heard = [Word(t, k, k + 0.5) for k, t in enumerate([" 22,", " 1999", " 3rd", " 1,000", " (2005)", " MP3", " 4ever",
                                                         " 3.5", " 80s", " 100%", " $5", " 12345678", " words"])]  # fmt: skip
@@ -505,6 +507,22 @@ def test_numbers_are_spelled_as_they_are_sung():
     assert german == [" zweiundzwanzig,", " neunzehnhundertneunundneunzig", " 3rd", " 1,000"]  # no English forms
     assert [w.text for w in spell_numbers(heard[:2], "ja")] == [" 二十二,", " 千九百九十九"]  # years as numbers there
     assert spell_numbers(heard, "xx") == heard and spell_numbers(heard, None) == heard  # a language it cannot say
+
+
+def test_titles_are_written_as_sung_and_end_no_sentence():
+    from ultrasinger_gpu_cli.song.notes import phrase_starts, listen_all, PitchTrackView, sentence_end
+    from ultrasinger_gpu_cli.song.spoken import as_sung
+
+    heard = [Word(f" {t}", k * 0.5, k * 0.5 + 0.4) for k, t in enumerate("for Mr. Fancy Pants, mrs. Dr. St. Sra. 2nd".split())]
+    assert [w.text.strip() for w in as_sung(heard, "en")] == ["for", "Mister", "Fancy", "Pants,", "missus", "Doctor", "St.",
+                                                             "Sra.", "second"]  # fmt: skip
+    assert [w.text for w in as_sung(heard, "es")] == [w.text for w in heard]  # English titles only
+    assert not any(sentence_end(t) for t in ("Mr.", "St.", "Sra.", '"Dr."')) and sentence_end("Pants.")
+    # "for Mr. Fancy Pants": one line, where Whisper's full stop after "Mr." used to end it.
+    times, freq, conf = track_of([(0.0, 4.0, midi_to_hz(60))])
+    voices, _ = listen_all([Word(f" {t}", k * 0.5, k * 0.5 + 0.4) for k, t in enumerate("say a prayer for Mr. Fancy Pants".split())],
+                           PitchTrackView(times, freq, conf))  # fmt: skip
+    assert phrase_starts(voices) == [0]
 
 
 def test_hyphenated_words_split_at_their_hyphens():

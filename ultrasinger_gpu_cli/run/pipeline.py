@@ -50,7 +50,7 @@ from ultrasinger_gpu_cli.run.stagecache import (StageCache, cache_key, cached_se
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.song.lyrics import align_lyrics
 from ultrasinger_gpu_cli.song.onsets import SEARCH_S
-from ultrasinger_gpu_cli.song.numbers import spell_numbers
+from ultrasinger_gpu_cli.song.spoken import as_sung
 from ultrasinger_gpu_cli.song.tempo import Tempo, detect_tempo
 from ultrasinger_gpu_cli.run.streaming import Scan
 
@@ -297,8 +297,8 @@ class Pipeline:
                                stages=stages, fallbacks=fallbacks)  # fmt: skip
             language = data["language"]
             units = words_from_segments(cached_segments(data) or [])
-            if lyrics is None:  # recognised words: lines where Whisper wrote them, numbers as they are sung
-                units = spell_numbers(notes.capitals_start_lines(units, language), language)
+            if lyrics is None:  # recognised words: lines where Whisper wrote them, written as they are sung
+                units = as_sung(notes.capitals_start_lines(units, language), language)
             are_syllables = False
 
         if not units:

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli.song.keys import SungKey
+from ultrasinger_gpu_cli.song.spoken import is_title
 from ultrasinger_gpu_cli.song.syllables import place_words, split_words
 from ultrasinger_gpu_cli.song.tempo import Tempo
 from ultrasinger_gpu_cli.song.ultrastar import PITCHED, Chart, Note, Song
@@ -53,6 +54,11 @@ MAX_LINE_SYLLABLES = 12
 MIN_SPLIT_S = 0.15  # a pitch run must last this long to become its own ~ note
 GRID_MULTIPLES = (1, 2, 4, 8)  # #BPM = tempo x this: a beat is a 16th, 32nd, 64th or 128th note
 SENTENCE_END = re.compile(r"[.!?…。！？]['\"»”)]*$")
+
+
+def sentence_end(text: str) -> bool:
+    """Whether a written word ends a sentence (".", "!", "?" ...; not an abbreviated title: "Mr.")."""
+    return bool(SENTENCE_END.search(text.rstrip())) and not is_title(text)
 STABLE_COVERAGE = 0.5  # rap: a syllable's pitch is stable when this much of it is voiced ...
 STABLE_SHARE = 0.6  # ... and this share of its voiced frames lie within a semitone of its pitch
 STABLE_SLOPE = 20.0  # semitones per second: faster than this the voice is moving, not holding a note
@@ -272,27 +278,30 @@ def capitals_start_lines(words: Sequence[Word], language: str | None) -> list[Wo
     Whisper writes sung lyrics the way lyric sheets and subtitles are written, each line starting
     with a capital ("So far away from home / So far away that I don't know / Where my home is
     anymore"), also where the singer takes no breath between the lines. So a capitalised word
-    starts a line, except English "I" and its contractions, a word that continues a run of
-    capitalised words (a name: "Mister Fancy Pants" breaks once, before it), and every word of a
-    language that capitalises its nouns (:data:`NOUN_CAPITALS`). Lines too short or too long are
-    still joined or split as the other breaks are (:func:`phrase_starts`)."""
+    starts a line, except English "I" and its contractions, an abbreviated title ("Mr.",
+    capitalised wherever it stands), a word that goes on from a title or a capitalised word (a
+    name: "Fancy Pants" in "for Mr. Fancy Pants"), and every word of a language that capitalises
+    its nouns (:data:`NOUN_CAPITALS`). Lines too short or too long are still joined or split as
+    the other breaks are (:func:`phrase_starts`)."""
     if language in NOUN_CAPITALS:
         return list(words)
 
     def capital(w: Word) -> bool:
         text = w.text.strip().lstrip("\"'¿¡(«“‘")
-        return text[:1].isupper() and not (language in (None, "en") and _PRONOUN_I.match(text))
+        return (text[:1].isupper() and not is_title(text)
+                and not (language in (None, "en") and _PRONOUN_I.match(text)))  # fmt: skip
 
     out = []
     for i, w in enumerate(words):
-        name = i > 0 and capital(words[i - 1]) and not SENTENCE_END.search(words[i - 1].text.rstrip())
+        before = words[i - 1] if i > 0 else None  # a capital after a title or a capitalised word: a name goes on
+        name = before is not None and (capital(before) or is_title(before.text)) and not sentence_end(before.text)
         out.append(replace(w, phrase_start=True) if capital(w) and not name and not w.phrase_start else w)
     return out
 
 
 def _hard_break(prev: SyllableVoice, cur: SyllableVoice) -> bool:
     return (cur.unit.phrase_start or cur.unit.singer != prev.unit.singer or cur.start_s - prev.end_s >= PHRASE_PAUSE_S
-            or (prev.unit.word_end and bool(SENTENCE_END.search(prev.unit.text.rstrip()))))  # fmt: skip
+            or (prev.unit.word_end and sentence_end(prev.unit.text)))  # fmt: skip
 
 
 def phrase_starts(voices: Sequence[SyllableVoice]) -> list[int]:
