@@ -366,6 +366,8 @@ def test_whisper_s_capitals_start_lines():
     assert starts == ["So", "So", "Where", "Mister", '"Hey']  # not "I", "I'm", nor "Fancy Pants" after "Mister"
     titled = [Word(f" {t}", k * 0.5, k * 0.5 + 0.4) for k, t in enumerate("Say a little prayer for Mr. Fancy Pants".split())]
     assert [w.text.strip() for w in capitals_start_lines(titled, "en") if w.phrase_start] == ["Say"]  # not "Mr.", "Fancy"
+    acronyms = [Word(f" {t}", k * 0.5, k * 0.5 + 0.4) for k, t in enumerate("turn on the TV and the DJ".split())]
+    assert not any(w.phrase_start for w in capitals_start_lines(acronyms, "en"))
     assert not any(w.phrase_start for w in capitals_start_lines(heard, "de"))  # German: every noun has a capital
     marked = [Word(" so", 0.0, 0.4, phrase_start=True), Word(" Far", 0.5, 0.9)]
     assert [w.phrase_start for w in capitals_start_lines(marked, "en")] == [True, True]

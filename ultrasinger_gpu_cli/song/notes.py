@@ -278,17 +278,19 @@ def capitals_start_lines(words: Sequence[Word], language: str | None) -> list[Wo
     Whisper writes sung lyrics the way lyric sheets and subtitles are written, each line starting
     with a capital ("So far away from home / So far away that I don't know / Where my home is
     anymore"), also where the singer takes no breath between the lines. So a capitalised word
-    starts a line, except English "I" and its contractions, an abbreviated title ("Mr.",
-    capitalised wherever it stands), a word that goes on from a title or a capitalised word (a
-    name: "Fancy Pants" in "for Mr. Fancy Pants"), and every word of a language that capitalises
-    its nouns (:data:`NOUN_CAPITALS`). Lines too short or too long are still joined or split as
-    the other breaks are (:func:`phrase_starts`)."""
+    starts a line, except English "I" and its contractions, an acronym ("TV") and an abbreviated
+    title ("Mr.": capitalised wherever they stand), a word that goes on from a title or a
+    capitalised word (a name: "Fancy Pants" in "for Mr. Fancy Pants"), and every word of a
+    language that capitalises its nouns (:data:`NOUN_CAPITALS`). Lines too short or too long are
+    still joined or split as the other breaks are (:func:`phrase_starts`)."""
     if language in NOUN_CAPITALS:
         return list(words)
 
     def capital(w: Word) -> bool:
         text = w.text.strip().lstrip("\"'¿¡(«“‘")
-        return (text[:1].isupper() and not is_title(text)
+        letters = "".join(ch for ch in text if ch.isalpha())
+        acronym = len(letters) >= 2 and letters.isupper()  # "TV", "OK", "DJ": capitals wherever they stand
+        return (text[:1].isupper() and not acronym and not is_title(text)
                 and not (language in (None, "en") and _PRONOUN_I.match(text)))  # fmt: skip
 
     out = []
