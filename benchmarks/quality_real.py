@@ -172,7 +172,7 @@ def main() -> int:
 
     from ultrasinger_gpu_cli.song import notes
     from ultrasinger_gpu_cli.cli import app
-    from ultrasinger_gpu_cli.song.evaluation import line_starts, load_chart, score, word_onsets
+    from ultrasinger_gpu_cli.song.evaluation import line_starts, load_chart, score, word_onsets, word_pairs
     from ultrasinger_gpu_cli.song.ultrastar import read_chart
 
     saved = CliRunner().invoke(app, ["whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"])
@@ -184,8 +184,9 @@ def main() -> int:
         hand = load_chart(song.chart)
         started = time.perf_counter()
         heard = reference_words(song, reference_model)
-        raw = word_onsets(heard, hand.lyric_words())
-        raw_lines = line_starts(heard, hand.lyric_words())
+        pairs = word_pairs(heard, hand.lyric_words())
+        raw = word_onsets(heard, hand.lyric_words(), pairs)
+        raw_lines = line_starts(heard, hand.lyric_words(), pairs)
         naive = score(read_chart(naive_repitch(song)), hand)
         print(f"{song.name}: ugpu run (auto, --lyrics, --timings) ...", file=sys.stderr)
         out = work / "out" / song.name

@@ -477,8 +477,8 @@ def test_bad_lyrics_files_get_a_clear_error(env, tmp_path, content, words):
 
 def test_the_chart_sings_whispers_words_in_order(env, fast_whisper, tmp_path):
     """Through ``ugpu run``: the chart's lyrics are exactly the words Whisper heard (its cached
-    result), none dropped, none added (numbers spelled as they are sung)."""
-    from ultrasinger_gpu_cli.song.spoken import spell_numbers
+    result), none dropped, none added (digits and titles written as they are sung)."""
+    from ultrasinger_gpu_cli.song.spoken import as_sung
 
     source = _lyric_song(tmp_path)
     result = invoke("run", str(source), "--no-separation", "-o", str(tmp_path / "out"), "--language", "en", "--json")
@@ -488,8 +488,8 @@ def test_the_chart_sings_whispers_words_in_order(env, fast_whisper, tmp_path):
 
     cached = [json.loads(p.read_text()) for p in Path(os.environ["UGPU_DB"]).parent.rglob("*.json")]
     (heard,) = [c["data"] for c in cached if isinstance(c, dict) and "segments" in c.get("data", {})]
-    words = [w.text.strip() for w in spell_numbers([Word(w["word"], 0.0, 1.0) for seg in heard["segments"] for w in seg],
-                                                   "en") if w.text.strip()]  # fmt: skip
+    words = [w.text.strip() for w in as_sung([Word(w["word"], 0.0, 1.0) for seg in heard["segments"] for w in seg], "en")
+             if w.text.strip()]  # fmt: skip
     assert words, "the random Whisper heard nothing: nothing to check"
     assert lyrics_text(chart.notes).split() == " ".join(words).split()
 

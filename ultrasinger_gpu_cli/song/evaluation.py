@@ -142,11 +142,20 @@ def load_chart(path: Path) -> Chart:
 
 
 # -- words ---------------------------------------------------------------------------------------------
-def word_onsets(generated: Sequence[Word], reference: Sequence[Word]) -> WordOnsets:
-    """Onset errors of generated words against the reference's, matched in order by their text
+Pairs = list[tuple[int, int]]
+
+
+def word_pairs(generated: Sequence[Word], reference: Sequence[Word]) -> Pairs:
+    """(generated index, reference index) of the words matched in order by their text
     (:func:`.wordmatch.match`; the nearer of two equal candidates)."""
-    pairs = match([w.text for w in generated], [w.text for w in reference], times_a=[w.start_s for w in generated],
-                  times_b=[w.start_s for w in reference])  # fmt: skip
+    return match([w.text for w in generated], [w.text for w in reference], times_a=[w.start_s for w in generated],
+                 times_b=[w.start_s for w in reference])  # fmt: skip
+
+
+def word_onsets(generated: Sequence[Word], reference: Sequence[Word], pairs: Pairs | None = None) -> WordOnsets:
+    """Onset errors of generated words against the reference's, matched by :func:`word_pairs`
+    (given, where the caller has them already)."""
+    pairs = word_pairs(generated, reference) if pairs is None else pairs
     errors = np.array([abs(generated[g].start_s - reference[r].start_s) for g, r in pairs])
     n = len(reference)
 
@@ -242,12 +251,12 @@ def _lines_per_minute(chart: Chart) -> float:
     return lines / span * 60
 
 
-def line_starts(generated: Sequence[Word], reference: Sequence[Word]) -> tuple[float | None, float | None]:
+def line_starts(generated: Sequence[Word], reference: Sequence[Word],
+                pairs: Pairs | None = None) -> tuple[float | None, float | None]:  # fmt: skip
     """(recall, precision) of the generated words' line starts against the reference's, the words
-    matched in order by their text (:func:`.wordmatch.match`); the first word of each, which
-    always starts a line, aside. None where a side has no line start after its first word."""
-    pairs = match([w.text for w in generated], [w.text for w in reference], times_a=[w.start_s for w in generated],
-                  times_b=[w.start_s for w in reference])  # fmt: skip
+    matched by :func:`word_pairs` (given, where the caller has them already); the first word of
+    each, which always starts a line, aside. None where a side has no line start after its first word."""
+    pairs = word_pairs(generated, reference) if pairs is None else pairs
     theirs = {j for j, w in enumerate(reference) if w.phrase_start and j > 0}
     ours = {i for i, w in enumerate(generated) if w.phrase_start and i > 0}
     both = sum(1 for i, j in pairs if i in ours and j in theirs)
@@ -274,9 +283,11 @@ def score(generated: Chart, reference: Chart, *, name: str = "", generated_path:
     by_class = match_notes(gen, ref, lambda g, r: (g.pitch - r.pitch) % 12 == 0)
     by_pitch = match_notes(gen, ref, lambda g, r: g.pitch - shift == r.pitch)
     precision, recall, f1 = _f1(len(by_class), len(gen), len(ref))
-    words = word_onsets(generated.lyric_words(), reference.lyric_words())
+    ours, theirs = generated.lyric_words(), reference.lyric_words()
+    pairs = word_pairs(ours, theirs)  # matched once: onsets and line starts both count on them
+    words = word_onsets(ours, theirs, pairs)
     (gen_words, gen_times), (ref_words, ref_times) = _lyric_words(generated), _lyric_words(reference)
-    line_recall, line_precision = line_starts(generated.lyric_words(), reference.lyric_words())
+    line_recall, line_precision = line_starts(ours, theirs, pairs)
     return ChartScore(
         name=name, generated=generated_path, reference=reference_path,
         reference_notes=len(ref), generated_notes=len(gen),

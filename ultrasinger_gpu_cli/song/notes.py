@@ -354,23 +354,24 @@ def phrase_starts(voices: Sequence[SyllableVoice]) -> list[int]:
 
 
 # -- the chart -------------------------------------------------------------------------------------
+def grid_beat(t: float, gap_s: float, beat_s: float) -> int:
+    """The chart beat nearest time ``t``; none before ``gap_s`` (a chart's notes lie inside the audio)."""
+    return max(0, int(round((t - gap_s) / beat_s)))
+
+
 def on_grid(spans: Sequence[tuple[float, float]], gap_s: float, beat_s: float) -> list[tuple[int, int]]:
     """Sung spans (seconds, in order) as chart notes: (start beat, length in beats). Each note
     starts on the beat nearest its sung start (none before ``gap_s``: a chart's notes lie inside
     the audio) and lasts at least a beat; a note running into the next one is cut back to end
     where the next starts, and only where it is a beat long already (both on one beat) does the
     next one move a beat later. No overlaps."""
-
-    def beat(t: float) -> int:
-        return max(0, int(round((t - gap_s) / beat_s)))
-
     placed: list[list[int]] = []
     for s, e in spans:
-        start = beat(s)
+        start = grid_beat(s, gap_s, beat_s)
         if placed and start < placed[-1][0] + placed[-1][1]:  # no overlaps: trim the previous note
             placed[-1][1] = max(1, start - placed[-1][0])
             start = max(start, placed[-1][0] + placed[-1][1])
-        placed.append([start, max(1, beat(e) - start)])
+        placed.append([start, max(1, grid_beat(e, gap_s, beat_s) - start)])
     return [(a, n) for a, n in placed]
 
 
@@ -386,8 +387,8 @@ def grid_multiple(tempo: Tempo, gap_s: float, spans: Sequence[tuple[float, float
     coarsest = next((m for m in GRID_MULTIPLES if tempo.bpm * m >= MIN_CHART_BPM - 1e-9), GRID_MULTIPLES[-1])
     for multiple in (m for m in GRID_MULTIPLES if m >= coarsest):
         beat_s = tempo.beat_s / 4 / multiple
-        sung = [max(0, int(round((s - gap_s) / beat_s))) for s, _ in spans]
-        moved = sum(start != own for (start, _), own in zip(on_grid(spans, gap_s, beat_s), sung))
+        placed = on_grid(spans, gap_s, beat_s)
+        moved = sum(start != grid_beat(s, gap_s, beat_s) for (start, _), (s, _e) in zip(placed, spans))
         if moved <= FINER_SHARE * len(spans):
             return multiple
     return GRID_MULTIPLES[-1]

@@ -60,8 +60,8 @@ class Segment:
         middle lies before it are taken for words heard already (a word the window before
         stretched over the cut can hold the next word's whole time). None where no word is left."""
         own = [w for w in self.words if start_s <= w.start_s < end_s]
-        again = [w for w in own if (w.start_s + w.end_s) / 2 < heard_until_s][:repeats]
-        kept = [w for w in own if not any(w is a for a in again)]
+        again = {id(w) for w in [w for w in own if (w.start_s + w.end_s) / 2 < heard_until_s][:repeats]}
+        kept = [w for w in own if id(w) not in again]
         if len(kept) == len(self.words):
             return self
         if not kept:
