@@ -141,58 +141,76 @@ SEAM_WORDS = 4
 def _join_at_cut(segments: list[Segment], segment: Segment, start_s: float, end_s: float,
                  heard_past: Sequence[Word] = ()) -> None:  # fmt: skip
     """Add a window's segment to the song's, keeping the words that start in its own chunk
-    ``[start_s, end_s)`` (an open side where the window does not overlap).
-
-    At a cut, the window before and the window after both heard the audio around it. The words
-    that end the chunk before may be the words the window after heard in its first second
-    (before or after the cut): the window before heard them trailing off its end, where Whisper
-    can stretch a word over the pause before it (a word timed 11 s early was seen); the window
-    after heard them with their onset inside it. Such a phrase is kept once, as the window after
-    heard it.
-
-    Else the words of the window after that lie inside the last word kept (:meth:`Segment.within`)
-    are that word heard again only as many times as the window before kept more words in the
-    audio both read than the window after heard before its own chunk: the window before can
-    stretch its last word over the cut across the next word's whole time (seen on real singing,
-    "Betsy's" at 15.96-16.44 s over the next window's "Pants" at 16.28 s, with a cut at 16 s).
-
-    ``heard_past``: the words the window before heard past the cut. A window often does not hear
-    a word its audio starts inside or just after (the singer is mid-phrase): such a word, heard
-    whole by the window before, is kept from it where the window after heard nothing in its time
-    ("soon" at 47.43 s on real singing, past a cut at 47.19 s, was lost on both sides)."""
-    def heard_until() -> float:
-        return segments[-1].words[-1].end_s if segments and segments[-1].words else float("-inf")
-
-    start = start_s
-    echo = None
-    if start_s > float("-inf") and segments and segments[-1].words:
-        before = [normalise(w.text) for w in segments[-1].words[-SEAM_WORDS:]]
-        heard = [normalise(w.text) for w in segment.words]
-        near = [j for j, w in enumerate(segment.words) if w.start_s < start_s + CUT_OVERLAP_S]
-        echo = next(((count, j) for count in range(min(len(before), SEAM_WORDS), 0, -1) for j in near
-                     if all(before[-count:]) and heard[j : j + count] == before[-count:]), None)  # fmt: skip
-        if echo is not None:
-            count, j = echo
-            trimmed = segments[-1].without_last(count)
-            if trimmed is None:
-                segments.pop()
-            else:
-                segments[-1] = trimmed
-            start = segment.words[j].start_s
-    repeats = None
-    if start_s > float("-inf") and segments and segments[-1].words:
-        kept_in_both = sum(w.start_s >= start_s - CUT_OVERLAP_S for w in segments[-1].words)
-        repeats = max(0, kept_in_both - sum(w.start_s < start for w in segment.words))
-    kept = segment.within(start, end_s, heard_until(), repeats)
-    if heard_past and echo is None and segments:
-        after = kept.words if kept is not None else []
-        first = after[0].start_s if after else end_s
-        again = {normalise(w.text) for w in after[: len(heard_past)]}
-        spill = [w for w in heard_past if heard_until() <= w.start_s and w.end_s <= first and normalise(w.text) not in again]
-        if spill:
-            segments[-1] = segments[-1].extended(spill)
+    ``[start_s, end_s)`` (an open side where the window does not overlap). At a cut, the window
+    before and the window after both heard the audio around it; three rules keep each word there
+    once: :func:`_drop_echo`, :func:`_heard_again` and :func:`_keep_spill`.
+    ``heard_past``: the words the window before heard past the cut."""
+    cut = start_s > float("-inf")
+    echo_start = _drop_echo(segments, segment, start_s) if cut else None
+    start = start_s if echo_start is None else echo_start
+    repeats = _heard_again(segments, segment, start_s, start) if cut else None
+    kept = segment.within(start, end_s, _heard_until(segments), repeats)
+    if heard_past and echo_start is None and segments:
+        _keep_spill(segments, heard_past, kept, end_s)
     if kept is not None:
         segments.append(kept)
+
+
+def _heard_until(segments: list[Segment]) -> float:
+    """The end of the last word kept so far."""
+    return segments[-1].words[-1].end_s if segments and segments[-1].words else float("-inf")
+
+
+def _drop_echo(segments: list[Segment], segment: Segment, start_s: float) -> float | None:
+    """The words that end the chunk before may be the words the window after heard in its first
+    second (before or after the cut): the window before heard them trailing off its end, where
+    Whisper can stretch a word over the pause before it (a word timed 11 s early was seen); the
+    window after heard them with their onset inside it. Such a phrase is kept once, as the window
+    after heard it: dropped from the song's last segment here, and the window after keeps its
+    words from the phrase's start on (returned; None where there is no such phrase)."""
+    if not segments or not segments[-1].words:
+        return None
+    before = [normalise(w.text) for w in segments[-1].words[-SEAM_WORDS:]]
+    heard = [normalise(w.text) for w in segment.words]
+    near = [j for j, w in enumerate(segment.words) if w.start_s < start_s + CUT_OVERLAP_S]
+    echo = next(((count, j) for count in range(min(len(before), SEAM_WORDS), 0, -1) for j in near
+                 if all(before[-count:]) and heard[j : j + count] == before[-count:]), None)  # fmt: skip
+    if echo is None:
+        return None
+    count, j = echo
+    trimmed = segments[-1].without_last(count)
+    if trimmed is None:
+        segments.pop()
+    else:
+        segments[-1] = trimmed
+    return segment.words[j].start_s
+
+
+def _heard_again(segments: list[Segment], segment: Segment, start_s: float, start: float) -> int | None:
+    """How many words of the window after that lie inside the last word kept
+    (:meth:`Segment.within`) are that word heard again: as many as the window before kept more
+    words in the audio both read than the window after heard before its own chunk. The window
+    before can stretch its last word over the cut across the next word's whole time (seen on
+    real singing, "Betsy's" at 15.96-16.44 s over the next window's "Pants" at 16.28 s, with a cut
+    at 16 s). None where nothing is kept before."""
+    if not segments or not segments[-1].words:
+        return None
+    kept_in_both = sum(w.start_s >= start_s - CUT_OVERLAP_S for w in segments[-1].words)
+    return max(0, kept_in_both - sum(w.start_s < start for w in segment.words))
+
+
+def _keep_spill(segments: list[Segment], heard_past: Sequence[Word], kept: Segment | None, end_s: float) -> None:
+    """A window often does not hear a word its audio starts inside or just after (the singer is
+    mid-phrase): such a word, heard whole by the window before past the cut (``heard_past``), is
+    kept from it where the window after heard nothing in its time ("soon" at 47.43 s on real
+    singing, past a cut at 47.19 s, was lost on both sides)."""
+    after = kept.words if kept is not None else []
+    first = after[0].start_s if after else end_s
+    again = {normalise(w.text) for w in after[: len(heard_past)]}
+    until = _heard_until(segments)
+    spill = [w for w in heard_past if until <= w.start_s and w.end_s <= first and normalise(w.text) not in again]
+    if spill:
+        segments[-1] = segments[-1].extended(spill)
 
 
 def _probability(value: float) -> float:
