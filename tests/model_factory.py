@@ -53,18 +53,20 @@ def build_demucs_repo(root: Path) -> Path:
     return repo
 
 
-#: Tokens a chunk's text has before the small Whisper ends it (prompt of 4 tokens: start,
-#: language, task, no timestamps), as a trained model ends a chunk's text where its words end.
-TEXT_TOKENS = 8
+#: Tokens of a chunk's text before the small Whisper ends it (after a multilingual prompt of 4
+#: tokens: start, language, task, no timestamps), as a trained model ends a chunk's text where
+#: its words end.
+TEXT_TOKENS = 9
 
 
 def _ends_text_after(model, dims: dict, text_tokens: int) -> None:
     """Random weights never pick the end of text, so every chunk decodes to whisper's limit of 224
     tokens, at each of its 6 temperatures (224 repeats of one token fail the compression rule):
-    minutes of a test suite spent decoding noise. Here, from position ``4 + text_tokens`` on, the
-    decoder's positional embedding points its output at the end-of-text token, so each chunk ends
-    after ``text_tokens`` tokens, in every backend that runs these weights (the CTranslate2
-    conversion included)."""
+    minutes of a test suite spent decoding noise. Here, from position ``3 + text_tokens`` on (the
+    output at the prompt's last token picks the first text token), the decoder's positional
+    embedding points its output at the end-of-text token, so each chunk ends after
+    ``text_tokens`` tokens, in every backend that runs these weights (the CTranslate2 conversion
+    included)."""
     import torch
 
     n_state = dims["n_text_state"]
@@ -73,7 +75,7 @@ def _ends_text_after(model, dims: dict, text_tokens: int) -> None:
     direction -= direction.mean()  # the final layer norm keeps a mean-free direction
     direction /= direction.norm()
     model.decoder.token_embedding.weight[eot] = direction * 3 * n_state**0.5
-    model.decoder.positional_embedding[4 + text_tokens :] += direction * 100.0
+    model.decoder.positional_embedding[3 + text_tokens :] += direction * 100.0
 
 
 def build_whisper_checkpoint(path: Path, dims: dict | None = None, seed: int = 0,

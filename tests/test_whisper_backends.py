@@ -68,6 +68,27 @@ def test_float32_gives_the_openai_backends_tokens_and_words(converted, fast_whis
         assert np.allclose([w.start_s for w in x.words], [w.start_s for w in y.words], atol=0.021)
 
 
+def test_the_tests_small_whisper_ends_its_text_after_a_few_tokens_in_both_backends(converted):
+    """tests/model_factory.py: without it every chunk of random weights decodes to whisper's limit
+    at each temperature, in every process the tests start (minutes of the suite)."""
+    import ctranslate2
+    import whisper
+
+    from tests.model_factory import TEXT_TOKENS
+    from ultrasinger_gpu_cli.engines.whisper_engine import load_whisper
+    from ultrasinger_gpu_cli.engines.whisper_features import log_mel
+
+    mel = log_mel(_song()[: 10 * 16_000], 80)
+    model = load_whisper(converted.parent.parent / "whisper" / "tiny.pt").float()
+    decoded = whisper.decode(model, mel, whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False))
+    assert len(decoded.tokens) == TEXT_TOKENS and decoded.avg_logprob > -1.0  # no temperature fallback
+    tokenizer = whisper.tokenizer.get_tokenizer(True, language="en", task="transcribe")
+    ct2 = ctranslate2.models.Whisper(str(converted), device="cpu", compute_type="float32")
+    features = ctranslate2.StorageView.from_array(mel.numpy()[None])
+    result = ct2.generate(features, [[*tokenizer.sot_sequence, tokenizer.no_timestamps]], max_length=448)[0]
+    assert result.sequences_ids[0] == decoded.tokens
+
+
 def test_the_plan_gives_faster_whisper_its_compute_type_and_refuses_what_it_cannot_run():
     cpu = resolve(PlanTarget("CPU: test"), flags={"whisper": {"backend": "faster-whisper"}}).components["whisper"]
     assert cpu.value("compute_type") == "int8" and "int8 on the CPU" in cpu.settings["compute_type"].reason
