@@ -59,9 +59,13 @@ class Server:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def client(self, token: str | None = None) -> httpx.Client:
+    def client(self, token: str | None = None, keep_alive: bool = True) -> httpx.Client:
+        """``keep_alive=False``: a connection per request, for a client that pauses longer than the
+        server keeps an idle connection (uvicorn: 5 s), where a request sent as the server closes
+        it meets a reset, as with any HTTP/1.1 server."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        limits = httpx.Limits() if keep_alive else httpx.Limits(max_keepalive_connections=0)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, limits=limits)
 
     def kill(self) -> None:
         if self.process.poll() is None:
