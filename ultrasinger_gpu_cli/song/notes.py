@@ -54,11 +54,6 @@ MAX_LINE_SYLLABLES = 12
 MIN_SPLIT_S = 0.15  # a pitch run must last this long to become its own ~ note
 GRID_MULTIPLES = (1, 2, 4, 8)  # #BPM = tempo x this: a beat is a 16th, 32nd, 64th or 128th note
 SENTENCE_END = re.compile(r"[.!?…。！？]['\"»”)]*$")
-
-
-def sentence_end(text: str) -> bool:
-    """Whether a written word ends a sentence (".", "!", "?" ...; not an abbreviated title: "Mr.")."""
-    return bool(SENTENCE_END.search(text.rstrip())) and not is_title(text)
 STABLE_COVERAGE = 0.5  # rap: a syllable's pitch is stable when this much of it is voiced ...
 STABLE_SHARE = 0.6  # ... and this share of its voiced frames lie within a semitone of its pitch
 STABLE_SLOPE = 20.0  # semitones per second: faster than this the voice is moving, not holding a note
@@ -66,6 +61,11 @@ DENSITY_WIDTH = 0.5  # semitones: a note's pitch is the peak of its frames' dens
 VOICE_SPAN = 12  # semitones either side of the voice's middle: a singer's two-octave range
 MIN_CHART_BPM = 200.0  # hand charts' #BPM lies between about 200 and 600: a beat of 75 to 25 ms
 FINER_SHARE = 0.1  # the grid goes finer only while more than this share of the notes would move off their start
+
+
+def sentence_end(text: str) -> bool:
+    """Whether a written word ends a sentence (".", "!", "?" ...; not an abbreviated title: "Mr.")."""
+    return bool(SENTENCE_END.search(text.rstrip())) and not is_title(text)
 
 
 # -- pitch -----------------------------------------------------------------------------------------

@@ -58,11 +58,15 @@ def spell_titles(words: Sequence[Word], language: str | None) -> list[Word]:
         if said is None:
             out.append(w)
             continue
-        if found["title"].islower():
-            said = said.lower()
-        space = w.text[: len(w.text) - len(w.text.lstrip())]
-        out.append(replace(w, text=f"{space}{found['lead']}{said}{found['trail']}"))
+        out.append(_rewritten(w, found, said.lower() if found["title"].islower() else said))
     return out
+
+
+def _rewritten(w: Word, found: re.Match[str], said: str) -> Word:
+    """``w`` with the written form ``found`` matched replaced by ``said``, its spacing and the
+    punctuation around it kept."""
+    space = w.text[: len(w.text) - len(w.text.lstrip())]
+    return replace(w, text=f"{space}{found['lead']}{said}{found['trail']}")
 
 
 def as_sung(words: Sequence[Word], language: str | None) -> list[Word]:
@@ -105,6 +109,5 @@ def spell_numbers(words: Sequence[Word], language: str | None) -> list[Word]:
         if said is None:
             out.append(w)
             continue
-        space = text[: len(text) - len(text.lstrip())]
-        out.append(replace(w, text=f"{space}{found['lead']}{said}{found['trail']}"))
+        out.append(_rewritten(w, found, said))
     return out
