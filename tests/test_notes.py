@@ -571,6 +571,32 @@ def test_a_word_whisper_heard_short_does_not_take_its_neighbours_onset():
     assert [round(w.start_s, 2) for w in refine_starts(heard, onsets)] == [0.5, 1.0, 1.3]
 
 
+
+def test_a_long_word_that_took_a_rest_starts_where_the_voice_comes_back():
+    from ultrasinger_gpu_cli.song.onsets import PAUSE_S, after_rests, refine_starts, voice_onsets
+
+    # Sung: "so far a-" 1.0-2.0, a held "way" 2.0-3.4; an instrumental bar (no voice) 3.4-5.0;
+    # "home" 5.0-5.4; a breath; "is" 5.6-5.9 (a rest shorter than PAUSE_S); "you" 6.5-6.8, a
+    # rest, and a moment of voice at 7.4-7.6 (the next line's pickup, or an instrument).
+    times, freq, conf = track_of([(1.0, 1.3, midi_to_hz(60)), (1.3, 1.6, midi_to_hz(62)), (1.6, 2.0, midi_to_hz(64)),
+                                  (2.0, 3.4, midi_to_hz(65)), (5.0, 5.4, midi_to_hz(67)), (5.6, 5.9, midi_to_hz(65)),
+                                  (6.5, 6.8, midi_to_hz(64)), (7.4, 7.6, midi_to_hz(62))])  # fmt: skip
+    onsets = voice_onsets(times, freq, conf > 0.5)
+    assert list(np.round(onsets.voicing, 2)) == [1.0, 5.0, 5.6, 6.5, 7.4]
+    # Whisper's alignment gave the bar to "home" (it starts where "way" ended, no voice near):
+    # it starts where the voice comes back. "way" is as long but sung through; "is" follows a
+    # breath, not a rest; "you" took the rest after it, but the voice starts at its start.
+    heard = [Word(" so", 1.0, 1.3), Word(" far", 1.3, 1.6), Word(" a", 1.6, 2.0), Word("way", 2.0, 3.4),
+             Word(" home", 3.4, 5.4), Word(" is", 5.4, 5.9), Word(" you", 6.5, 7.6)]
+    rested = after_rests(heard, onsets)
+    assert [round(w.start_s, 2) for w in rested] == [1.0, 1.3, 1.6, 2.0, 5.0, 5.4, 6.5]
+    assert [round(w.start_s, 2) for w in refine_starts(heard, onsets)] == [1.0, 1.3, 1.6, 2.0, 5.0, 5.6, 6.5]
+    assert 5.6 - 5.4 < PAUSE_S < 7.4 - 6.8
+    # No voice after the rest inside the word (the tracker lost it): Whisper's start stays.
+    silent = [*heard[:4], Word(" home", 3.4, 4.9)]
+    assert after_rests(silent, onsets)[4].start_s == 3.4
+
+
 def test_the_pipeline_moves_recognised_words_only():
     words = [Word(" la", 1.1, 1.6), Word(" lo", 3.12, 3.5)]
     times, freq, conf = track_of([(1.0, 1.6, midi_to_hz(60)), (3.0, 3.5, midi_to_hz(67))])

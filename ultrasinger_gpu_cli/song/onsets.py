@@ -23,6 +23,10 @@ Whisper heard short took the next word's onset, the nearest to its own late star
 no onset in reach keeps Whisper's start. The end of a word is
 left to the note builder, which trims every note to its voiced frames.
 
+Before that search, a word Whisper's alignment handed a rest (an instrumental bar between two
+lines of one chunk becomes the start of the next line's first word) starts where the voice
+comes back after it (:func:`after_rests`): the search then starts from there.
+
 Pure numpy; works on any pitch backend's track (frames, Hz, confidence).
 """
 
@@ -38,6 +42,8 @@ from ultrasinger_gpu_cli.song.words import Word
 
 SEARCH_S = 0.2
 MIN_WORD_S = 0.06  # a sung syllable is at least this long
+PAUSE_S = 0.25  # unvoiced this long: a rest or a breath, not a consonant (an unvoiced consonant lasts 50-150 ms)
+LONG_WORD = 2.0  # a word longer than this many times the song's median word: its start is in doubt
 MIN_LEVEL_S = 0.048  # a voiced stretch or a pitch level shorter than this is no onset
 LEVEL_STEP = 0.8  # semitones from the level's median: the voice has moved to a new note
 SMOOTH_FRAMES = 5  # a median over this many frames irons out the tracker's single-frame jitter
@@ -47,10 +53,12 @@ LEVEL_MEMORY_S = 0.25  # a level is the median of its last quarter second (bound
 @dataclass(frozen=True)
 class VoiceOnsets:
     """The onsets a pitch track shows (seconds): voicing onsets, and every new pitch level
-    (voicing onsets included)."""
+    (voicing onsets included); and the track's frames (``times``, ``voiced``) they were found in."""
 
     voicing: np.ndarray
     levels: np.ndarray
+    times: np.ndarray
+    voiced: np.ndarray
 
 
 def _smoothed(midi: np.ndarray, voiced: np.ndarray) -> np.ndarray:
@@ -70,7 +78,7 @@ def voice_onsets(times: np.ndarray, frequency: np.ndarray, voiced: np.ndarray) -
     :data:`LEVEL_MEMORY_S`) for at least as long."""
     times = np.asarray(times, dtype=float)
     if len(times) < 2 or not voiced.any():
-        return VoiceOnsets(np.zeros(0), np.zeros(0))
+        return VoiceOnsets(np.zeros(0), np.zeros(0), times, np.asarray(voiced, dtype=bool))
     step = float(np.median(np.diff(times)))
     min_frames = max(1, int(round(MIN_LEVEL_S / step)))
     memory = max(min_frames, int(round(LEVEL_MEMORY_S / step)))
@@ -95,7 +103,8 @@ def voice_onsets(times: np.ndarray, frequency: np.ndarray, voiced: np.ndarray) -
     if first is not None:
         segments.append((first, len(times), first == 0 or not voiced[first - 1]))
     kept = [(a, gap) for a, b, gap in segments if b - a >= min_frames]
-    return VoiceOnsets(np.array([times[a] for a, gap in kept if gap]), np.array([times[a] for a, _ in kept]))
+    return VoiceOnsets(np.array([times[a] for a, gap in kept if gap]), np.array([times[a] for a, _ in kept]), times,
+                       np.asarray(voiced, dtype=bool))  # fmt: skip
 
 
 class _Start(NamedTuple):
@@ -121,8 +130,41 @@ def _starts(w: Word, onsets: VoiceOnsets, voicing: set[float]) -> list[_Start]:
         _Start(w.start_s, 1, 0, 0.0)]  # fmt: skip
 
 
+def after_rests(words: Sequence[Word], onsets: VoiceOnsets) -> list[Word]:
+    """Each long word started where the voice comes back after the rest Whisper gave it.
+
+    Whisper's alignment gives every audio frame to a token, rests too: where a chunk holds an
+    instrumental bar between two lines, the bar goes to the next line's first word, which then
+    starts where the line before ended and lasts far longer than the words around it. (Whisper's
+    own rules cut such a word to twice the median word from its end, blind to the voice, and only
+    at a segment's first word or after a sentence end; inside ugpu's chunks neither is there.)
+    A singer's word starts with the voice: where the voice starts (a voicing onset) within
+    :data:`SEARCH_S` of Whisper's start, Whisper heard the word begin and :func:`refine_starts`
+    moves it onto that onset. Where none does, Whisper's start lies in a rest or on the held end
+    of the word before; then a word longer than :data:`LONG_WORD` times the median word starts
+    at the last voicing onset inside it that follows a rest (at least :data:`PAUSE_S` with no
+    voiced frame) and leaves it :data:`MIN_WORD_S`. A long word the voice sings through keeps
+    its start; so does one the tracker hears no voice in after a rest."""
+    if len(words) < 2 or not len(onsets.voicing):
+        return list(words)
+    long_s = LONG_WORD * float(np.median([w.end_s - w.start_s for w in words]))
+    voiced_at = np.flatnonzero(onsets.voiced)
+    out = []
+    for w in words:
+        if w.end_s - w.start_s > long_s and np.abs(onsets.voicing - w.start_s).min() > SEARCH_S:
+            for onset in onsets.voicing[(onsets.voicing > w.start_s) & (onsets.voicing <= w.end_s - MIN_WORD_S)][::-1]:
+                before = voiced_at[voiced_at < np.searchsorted(onsets.times, onset)]  # the voiced frames before it
+                silent_since = float(onsets.times[before[-1] + 1]) if len(before) else float(onsets.times[0])
+                if onset - max(silent_since, w.start_s) >= PAUSE_S:
+                    w = replace(w, start_s=float(onset))
+                    break
+        out.append(w)
+    return out
+
+
 def refine_starts(words: Sequence[Word], onsets: VoiceOnsets) -> list[Word]:
-    """Each word's start moved onto the voice's onset near it (see the module's rules); a word
+    """Each word's start moved onto the voice's onset near it (see the module's rules; a long word
+    without an onset near its start first after its rest, :func:`after_rests`); a word
     moved earlier shortens the word before it, which never ends after the next one starts.
 
     The onsets are given to the words all together, in order: an onset starts at most one word,
@@ -133,6 +175,7 @@ def refine_starts(words: Sequence[Word], onsets: VoiceOnsets) -> list[Word]:
     the nearest to its own late start, and leave that neighbour none.)"""
     if not words:
         return []
+    words = after_rests(words, onsets)
     voicing = {float(o) for o in onsets.voicing}
     options = [_starts(w, onsets, voicing) for w in words]
     # cost[i][k]: the least (kept, level_only, moved_s) of words 0..i with word i at options[i][k];
