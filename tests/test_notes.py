@@ -249,16 +249,22 @@ def _lines(voices):
 
 
 def test_a_verse_without_pauses_is_broken_into_readable_lines():
-    # 40 one-syllable words, 0.35 s each with 50 ms gaps (one 150 ms gap at word 17): no pause of 0.8 s.
-    words, t = [], 0.5
-    for k in range(40):
-        words.append(Word(f" la{k}", t, t + 0.35))
-        t += 0.4 + (0.1 if k == 16 else 0.0)
-    lines = _lines(_voices(words))
-    assert len(lines) >= 4
-    for line in lines:
-        assert 2 <= len(line) <= 12 and line[-1].end_s - line[0].start_s <= 8.0
-    assert any(line[0].unit.text == "la17" for line in lines)  # the largest gap is used
+    # 40 one-syllable words, 0.35 s each with 50 ms gaps (a breath of 300 ms before word 17): no pause of 0.8 s.
+    def verse(breath_at=None, longer_at=None, comma_after=None):
+        words, t = [], 0.5
+        for k in range(40):
+            words.append(Word(f" la{k}{',' if k == comma_after else ''}", t, t + 0.35))
+            t += 0.4 + (0.25 if k + 1 == breath_at else 0.1 if k + 1 == longer_at else 0.0)
+        return [[v.unit.text for v in line] for line in _lines(_voices(words))]
+
+    lines = verse(breath_at=17)
+    assert len(lines) >= 4 and all(2 <= len(line) <= 12 for line in lines)
+    assert any(line[0] == "la17" for line in lines)  # the singer's breath is used
+    # Without a breath, a gap a little longer than the others is no reason to cut off-centre:
+    # the long line breaks in its middle, lines of about even length (a singer's line reads whole) ...
+    assert [len(line) for line in verse(longer_at=17)] == [10, 10, 10, 10]
+    # ... unless Whisper wrote a clause mark there.
+    assert any(line[0] == "la17" for line in verse(longer_at=5, comma_after=16))
 
 
 def test_lines_break_at_segment_starts_and_sentence_ends_but_never_leave_one_syllable():

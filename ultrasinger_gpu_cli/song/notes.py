@@ -21,8 +21,10 @@ Pure functions, no heavy imports (README, "How notes are made").
    (:func:`repitch_parts`).
 5. **Phrases** break at pauses of :data:`PHRASE_PAUSE_S`, at Whisper segment starts and lyrics
    lines, where Whisper wrote a capital letter (:func:`capitals_start_lines`), after sentence
-   ends, and wherever a line would run past :data:`MAX_LINE_S` or :data:`MAX_LINE_SYLLABLES`,
-   at the line's largest gap. No line is left a single syllable.
+   ends, and wherever a line would run past :data:`MAX_LINE_S` or :data:`MAX_LINE_SYLLABLES`:
+   between words, at a breath (a gap of :data:`.onsets.PAUSE_S`) where there is one, else after
+   a clause mark Whisper wrote (:data:`CLAUSE_END`), else in the line's middle (a shorter gap is
+   a consonant, not a line end). No line is left a single syllable.
 6. **The grid** (:func:`grid_multiple`). ``#BPM`` is the song's tempo times the smallest multiple
    (1, 2, 4 or 8) that puts it at :data:`MIN_CHART_BPM` or more, as hand charts do, finer only
    where more than :data:`FINER_SHARE` of the notes would lose their sung start on it (a note
@@ -41,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli.song.keys import SungKey
+from ultrasinger_gpu_cli.song.onsets import PAUSE_S
 from ultrasinger_gpu_cli.song.spoken import is_title
 from ultrasinger_gpu_cli.song.syllables import place_words, split_words
 from ultrasinger_gpu_cli.song.tempo import Tempo
@@ -49,11 +52,12 @@ from ultrasinger_gpu_cli.song.words import Word
 
 CONFIDENCE = 0.5  # periodicity above which a pitch frame counts as voiced
 PHRASE_PAUSE_S = 0.8  # a pause at least this long between words ends a phrase
-MAX_LINE_S = 8.0  # a line longer than this is split at its largest gap
+MAX_LINE_S = 8.0  # a line longer than this is split (at a breath, a clause mark, else its middle)
 MAX_LINE_SYLLABLES = 12
 MIN_SPLIT_S = 0.15  # a pitch run must last this long to become its own ~ note
 GRID_MULTIPLES = (1, 2, 4, 8)  # #BPM = tempo x this: a beat is a 16th, 32nd, 64th or 128th note
 SENTENCE_END = re.compile(r"[.!?…。！？]['\"»”)]*$")
+CLAUSE_END = re.compile(r"[,;:—–、，；：]['\"»”)]*$")  # a comma, colon, dash ...: where a long line may break
 STABLE_COVERAGE = 0.5  # rap: a syllable's pitch is stable when this much of it is voiced ...
 STABLE_SHARE = 0.6  # ... and this share of its voiced frames lie within a semitone of its pitch
 STABLE_SLOPE = 20.0  # semitones per second: faster than this the voice is moving, not holding a note
@@ -301,6 +305,11 @@ def capitals_start_lines(words: Sequence[Word], language: str | None) -> list[Wo
     return out
 
 
+def clause_end(voice: SyllableVoice) -> bool:
+    """Whether a syllable ends a word Whisper wrote a clause mark after (a comma, a colon, a dash ...)."""
+    return voice.unit.word_end and bool(CLAUSE_END.search(voice.unit.text.rstrip()))
+
+
 def _hard_break(prev: SyllableVoice, cur: SyllableVoice) -> bool:
     return (cur.unit.phrase_start or cur.unit.singer != prev.unit.singer or cur.start_s - prev.end_s >= PHRASE_PAUSE_S
             or (prev.unit.word_end and sentence_end(prev.unit.text)))  # fmt: skip
@@ -335,7 +344,8 @@ def phrase_starts(voices: Sequence[SyllableVoice]) -> list[int]:
         if not cuts:
             split.append([first, last])
             continue
-        cut = max(cuts, key=lambda i: (gap(i), -abs(i - (first + last + 1) / 2)))
+        cut = max(cuts, key=lambda i: (gap(i) >= PAUSE_S, clause_end(voices[i - 1]), -abs(i - (first + last + 1) / 2),
+                                       gap(i)))  # fmt: skip
         stack += [[cut, last], [first, cut - 1]]
     # No line of a single syllable: it joins the neighbour it is closer to in time.
     while len(split) > 1:
