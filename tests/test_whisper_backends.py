@@ -206,6 +206,93 @@ def test_faster_whisper_s_temperature_fallback_samples_the_same_after_the_same_s
     assert len(set(runs[0].stdout.split("], ["))) > 1  # it does sample: the draws differ within one seed
 
 
+def test_a_fallback_keeps_the_sample_that_passes_whisper_s_checks_and_the_best_try_when_none_does():
+    # Whisper retries a chunk that fails its checks (too repetitive, too improbable) at higher
+    # temperatures, drawing BEST_OF samples each time as transcribe() does. On sung audio the
+    # most probable sample is often a loop ("pantsy pantsy ..."): the one kept is the most
+    # probable that passes. Where every temperature fails, the most probable try that is no loop,
+    # as faster-whisper keeps it (openai-whisper keeps the last: one sample at temperature 1).
+    from types import SimpleNamespace
+
+    from ultrasinger_gpu_cli.components.whisper import WhisperSettings
+    from ultrasinger_gpu_cli.engines.faster_whisper_engine import FasterWhisperEngine
+    from ultrasinger_gpu_cli.engines.whisper_engine import BEST_OF, WhisperEngine
+
+    def result(avg_logprob: float, compression_ratio: float, no_speech_prob: float = 0.0):
+        return SimpleNamespace(avg_logprob=avg_logprob, compression_ratio=compression_ratio, no_speech_prob=no_speech_prob)
+
+    assert BEST_OF == 5  # transcribe()'s best_of in both libraries
+    loop, clean, unsure = result(-0.1, 11.7), result(-0.3, 1.8), result(-1.2, 0.8)
+    for backend, engine_type in (("openai-whisper", WhisperEngine), ("faster-whisper", FasterWhisperEngine)):
+        engine = engine_type(WhisperSettings(backend=backend, model="tiny.en", device="cpu", batch_size=1, compute_type="int8"))
+        assert engine._best([loop, clean, unsure]) == 1
+        assert engine._best([loop, unsure]) == 0  # none passes: the most probable
+        assert engine._best([unsure, result(-0.2, 1.5, no_speech_prob=0.9)]) == 1  # silence passes (it is skipped)
+        every = [result(-1.02, 0.7), result(-1.3, 0.8), result(-0.08, 6.3), result(-1.3, 0.7), result(-1.4, 0.7),
+                 result(-3.2, 1.0)]  # fmt: skip
+        assert len(every) == len(engine.temperatures) and engine._chosen(every) == 0
+        loops = [result(-0.5 + 0.1 * k, 3.0 + k) for k in range(len(every))]
+        assert engine._chosen(loops) == len(loops) - 1  # all loops: the most probable of all
+        assert engine._chosen([every[0], clean]) == 1  # passed at the second temperature: that one
+        assert engine._chosen([clean]) == 0
+
+
+def test_both_backends_draw_best_of_samples_at_a_fallback_temperature(converted, monkeypatch):
+    import whisper
+
+    from ultrasinger_gpu_cli.engines.whisper_engine import BEST_OF
+
+    drawn: dict[str, list[float]] = {"openai-whisper": [], "faster-whisper": []}
+    decode = whisper.decode
+
+    def counted(model, mel, options):
+        drawn["openai-whisper"].append(options.temperature)
+        return decode(model, mel, options)
+
+    monkeypatch.setattr(whisper, "decode", counted)
+
+    class Counted:  # CTranslate2's model, its generate calls counted
+        def __init__(self, model):
+            self._model = model
+
+        def __getattr__(self, name):
+            return getattr(self._model, name)
+
+        def generate(self, features, prompts, **options):
+            drawn["faster-whisper"] += [options.get("sampling_temperature", 0.0)] * options.get("num_hypotheses", 1)
+            return self._model.generate(features, prompts, **options)
+
+    audio = _song()[: 8 * 16_000]
+    words = {}
+    for backend in ("openai-whisper", "faster-whisper"):
+        settings = WHISPER.defaults(backend=backend, model="tiny", compute_type="float32", batch_size=4, beam_size=1)
+        engine = WHISPER.create(settings, converted.parent.parent, devices.DeviceBinding.cpu())
+        engine.temperatures, engine.logprob_threshold = (0.0, 0.5), 0.0  # every try fails: random weights are unsure
+        engine.load()
+        if backend == "faster-whisper":
+            engine._model.model = Counted(engine._model.model)
+        words[backend] = [w.text for w in engine.run(audio, language="en").words]
+        engine.unload()
+    for backend, temperatures in drawn.items():  # per batch: one decoding at 0, BEST_OF samples at 0.5
+        assert temperatures.count(0.0) >= 1 and temperatures.count(0.5) == BEST_OF * temperatures.count(0.0), backend
+        assert words[backend], backend  # the best of the failed tries is kept, not nothing
+
+
+def test_faster_whisper_counts_a_hypothesis_log_probability_as_both_libraries_do():
+    # CTranslate2's score is the tokens' summed log-probability over their number; whisper and
+    # faster-whisper divide the sum by the tokens and the end of text, and decide the fallback on it.
+    from types import SimpleNamespace
+
+    from ultrasinger_gpu_cli.engines.faster_whisper_engine import _decoded
+
+    tokenizer = SimpleNamespace(eot=50256, decode=lambda tokens: " la" * len(tokens))
+    ct2 = SimpleNamespace(sequences_ids=[[11, 12, 13, 50256], [11]], scores=[-0.9, -0.2], no_speech_prob=0.25)
+    first = _decoded(ct2, 0, tokenizer)
+    assert first.tokens == [11, 12, 13] and first.text == " la la la" and first.no_speech_prob == 0.25
+    assert first.avg_logprob == pytest.approx(-0.9 * 3 / 4)
+    assert _decoded(ct2, 1, tokenizer).avg_logprob == pytest.approx(-0.2 / 2)
+
+
 def test_windows_reach_into_a_neighbour_only_at_a_cut_and_never_past_30_s():
     from ultrasinger_gpu_cli.song.vad import overlapped
 

@@ -4,9 +4,11 @@ timings as the openai-whisper backend, on a faster runtime with less memory.
 * The same chunks (the energy gate's voiced parts in windows of at most 30 s) and the same log-mel
   features (whisper's own, computed by :mod:`.whisper_features` without importing openai-whisper),
   so both backends see identical input; ``batch_size`` chunks are encoded and decoded per call.
-* Greedy decoding with whisper's suppression rules (its non-speech tokens, no blank at the start)
-  and its temperature fallback on the chunks that fail its quality checks; in float32, on the
-  same weights, the tokens equal the openai-whisper backend's (a test checks it).
+* Beam search at temperature 0 with whisper's suppression rules (its non-speech tokens, no blank
+  at the start), and its temperature fallback on the chunks that fail its quality checks, drawing
+  ``BEST_OF`` samples at each temperature as ``transcribe()`` does (which one a chunk keeps:
+  :meth:`~.whisper_engine.WhisperEngine._best` and ``_chosen``); in float32, on the same weights,
+  the tokens equal the openai-whisper backend's (a test checks it).
 * Word timings from CTranslate2's cross-attention alignment through faster-whisper's word logic,
   on the same heads as the openai-whisper backend (every head of the decoder's upper half:
   :func:`~ultrasinger_gpu_cli.components.whisper.word_heads`), whatever the folder's config names.
@@ -27,7 +29,7 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.errors import ModelMissingError
 from ultrasinger_gpu_cli.engines.whisper_ct2 import timing_words
-from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
+from ultrasinger_gpu_cli.engines.whisper_engine import BEST_OF, WhisperEngine
 from ultrasinger_gpu_cli.engines.whisper_features import SAMPLE_RATE, frames_in, log_mel
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.weights.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint, whisper_status
@@ -109,6 +111,17 @@ class _Decoded:
     compression_ratio: float
 
 
+def _decoded(result, k: int, tokenizer) -> _Decoded:
+    """Hypothesis ``k`` of a CTranslate2 result, its average log-probability per token counted as
+    both libraries count it (the sum over the tokens and the end of text; CTranslate2's score is
+    the sum over the tokens divided by their number)."""
+    tokens = [t for t in result.sequences_ids[k] if t < tokenizer.eot]
+    text = tokenizer.decode(tokens)
+    raw = text.encode("utf-8")
+    avg_logprob = float(result.scores[k]) * len(tokens) / (len(tokens) + 1)
+    return _Decoded(tokens, text, avg_logprob, float(result.no_speech_prob), len(raw) / max(1, len(zlib.compress(raw))))
+
+
 class FasterWhisperEngine(WhisperEngine):
     """CTranslate2's Whisper on the openai-whisper backend's chunks (its decoding options too)."""
 
@@ -141,7 +154,7 @@ class FasterWhisperEngine(WhisperEngine):
             language = self._language(features)
         tokenizer = self._tokenizer(language)
         decoded = self._generate(features, tokenizer)
-        keep = [i for i, d in enumerate(decoded) if not self._silent(d) and d.tokens]
+        keep = [i for i, d in enumerate(decoded) if not self._is_silence(d) and d.tokens]
         words = self._words(features, frames, batch, decoded, keep, tokenizer, last_speech)
         found: list[Segment | None] = [None] * len(batch)
         for i in keep:
@@ -205,40 +218,27 @@ class FasterWhisperEngine(WhisperEngine):
         # CTranslate2's Whisper decodes at most max_length / 2 tokens (448: whisper's 224); measured.
         max_length = min(448, 2 * (self.sample_len or 224))
         n = features.shape[0]
-        final: list[_Decoded | None] = [None] * n
+        tried: list[list[_Decoded]] = [[] for _ in range(n)]
         pending = list(range(n))
-        for index, temperature in enumerate(self.temperatures):
+        for temperature in self.temperatures:
             subset = features if len(pending) == n else _select(features, pending)
-            options = {"beam_size": self.beams} if temperature == 0 else {"sampling_temperature": temperature, "sampling_topk": 0}
+            options = {"beam_size": self.beams} if temperature == 0 else {
+                "beam_size": 1, "num_hypotheses": BEST_OF, "sampling_temperature": temperature, "sampling_topk": 0}  # fmt: skip
             results = self._model.model.generate(subset, [prompt] * len(pending), max_length=max_length,
                                                  suppress_blank=True, suppress_tokens=self._suppress(tokenizer),
                                                  return_scores=True, return_no_speech_prob=True, **options)  # fmt: skip
             retry = []
-            last = index == len(self.temperatures) - 1
             for i, result in zip(pending, results):
-                tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-                text = tokenizer.decode(tokens)
-                raw = text.encode("utf-8")
-                decoded = _Decoded(tokens, text, float(result.scores[0]), float(result.no_speech_prob),
-                                   len(raw) / max(1, len(zlib.compress(raw))))  # fmt: skip
-                final[i] = decoded
-                if not last and self._retry(decoded):
+                drawn = [_decoded(result, k, tokenizer) for k in range(len(result.sequences_ids))]
+                decoded = drawn[self._best(drawn)]
+                tried[i].append(decoded)
+                if self._needs_fallback(decoded):
                     retry.append(i)
             if not retry:
                 break
             pending = retry
-        return [d for d in final if d is not None]
+        return [attempts[self._chosen(attempts)] for attempts in tried]
 
-    def _silent(self, d: _Decoded) -> bool:
-        return (self.no_speech_threshold is not None and d.no_speech_prob > self.no_speech_threshold
-                and (self.logprob_threshold is None or d.avg_logprob < self.logprob_threshold))  # fmt: skip
-
-    def _retry(self, d: _Decoded) -> bool:
-        if self._silent(d):
-            return False
-        if self.compression_ratio_threshold is not None and d.compression_ratio > self.compression_ratio_threshold:
-            return True
-        return self.logprob_threshold is not None and d.avg_logprob < self.logprob_threshold
 
     def _words(self, features, frames, batch, decoded, keep, tokenizer, last_speech) -> dict[int, tuple[list[Word], tuple[float, float]]]:
         if not keep:

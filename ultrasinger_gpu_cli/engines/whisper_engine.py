@@ -8,7 +8,8 @@ again for every temperature fallback and for the word alignment. This engine:
 2. runs the encoder once per batch of ``batch_size`` chunks;
 3. decodes the whole batch in one ``whisper.decode`` call on those encoder features
    (``decode`` accepts features directly), re-decoding only the chunks that fail whisper's
-   quality checks at higher temperatures, again without re-running the encoder;
+   quality checks at higher temperatures (:data:`BEST_OF` samples each, as ``transcribe()``
+   draws), again without re-running the encoder;
 4. aligns words with whisper's own ``add_word_timestamps`` on the same features;
 5. maps every time back to the song.
 
@@ -35,6 +36,9 @@ from ultrasinger_gpu_cli.song.vad import chunk_regions, overlapped, voiced_regio
 from ultrasinger_gpu_cli.engines.whisper_features import HOP_LENGTH, SAMPLE_RATE, frames_in, log_mel
 
 MAX_CHUNK_S = 30.0
+#: Samples drawn at each fallback temperature (``transcribe()``'s ``best_of`` in both libraries):
+#: the most probable that passes whisper's checks is kept (:meth:`WhisperEngine._best`).
+BEST_OF = 5
 #: How far a window reaches into the next chunk where a chunk was cut inside sung audio: a sung
 #: word rarely lasts longer, so the word the cut falls in is heard whole on one side.
 CUT_OVERLAP_S = 1.0
@@ -423,25 +427,45 @@ class WhisperEngine(Engine[WhisperSettings]):
         import torch
         import whisper
 
-        final: list[tuple[Any, float] | None] = [None] * features.shape[0]
+        tried: list[list[tuple[Any, float]]] = [[] for _ in range(features.shape[0])]
         pending = list(range(features.shape[0]))
-        for t_index, temperature in enumerate(self.temperatures):
+        for temperature in self.temperatures:
             options = self._options(language, temperature)
             with torch.inference_mode():
                 if options.beam_size:  # openai-whisper's beam search runs one audio at a time (its batches break)
                     results = [whisper.decode(self._model, features[i : i + 1], options)[0] for i in pending]
+                elif temperature > 0:  # BEST_OF samples of each chunk, the best kept
+                    samples = [whisper.decode(self._model, features[pending], options) for _ in range(BEST_OF)]
+                    results = [drawn[self._best(drawn)] for drawn in zip(*samples)]
                 else:
                     results = whisper.decode(self._model, features[pending], options)
-            last = t_index == len(self.temperatures) - 1
             retry = []
             for index, result in zip(pending, results):
-                if not last and self._needs_fallback(result):
+                tried[index].append((result, temperature))
+                if self._needs_fallback(result):
                     retry.append(index)
-                final[index] = (result, temperature)
             if not retry:
                 break
             pending = retry
-        return [r for r in final if r is not None]
+        return [attempts[self._chosen([r for r, _t in attempts])] for attempts in tried]
+
+    def _best(self, samples: Sequence[Any]) -> int:
+        """Which of a chunk's samples at one temperature to keep: the most probable of those that
+        pass whisper's checks, else the most probable. (Both libraries keep the most probable and
+        check it alone; on sung audio that is often a loop, "pantsy pantsy pantsy ...", which
+        fails the repetition check while another sample of the same temperature passes.)"""
+        return max(range(len(samples)), key=lambda k: (not self._needs_fallback(samples[k]), samples[k].avg_logprob))
+
+    def _chosen(self, results: Sequence[Any]) -> int:
+        """Which of a chunk's results, one per temperature tried, it keeps: the last, unless every
+        temperature failed the checks; then the most probable of those not too repetitive (of all,
+        if none is), as faster-whisper's ``transcribe`` chooses (openai-whisper's keeps the last,
+        a sample at temperature 1: mostly noise)."""
+        if len(results) < len(self.temperatures) or not self._needs_fallback(results[-1]):
+            return len(results) - 1
+        threshold = self.compression_ratio_threshold
+        plain = [k for k, r in enumerate(results) if threshold is None or r.compression_ratio <= threshold]
+        return max(plain or range(len(results)), key=lambda k: results[k].avg_logprob)
 
     def _align(self, result, temperature, features, n_frames, start, end, language, last_speech):
         import torch
