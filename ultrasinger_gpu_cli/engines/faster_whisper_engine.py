@@ -239,7 +239,6 @@ class FasterWhisperEngine(WhisperEngine):
             pending = retry
         return [attempts[self._chosen(attempts)] for attempts in tried]
 
-
     def _words(self, features, frames, batch, decoded, keep, tokenizer, last_speech) -> dict[int, tuple[list[Word], tuple[float, float]]]:
         if not keep:
             return {}

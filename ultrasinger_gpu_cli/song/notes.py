@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli.song.keys import SungKey
-from ultrasinger_gpu_cli.song.onsets import PAUSE_S
+from ultrasinger_gpu_cli.song.onsets import PAUSE_S, refine_starts, voice_onsets
 from ultrasinger_gpu_cli.song.spoken import is_title
 from ultrasinger_gpu_cli.song.syllables import place_words, split_words
 from ultrasinger_gpu_cli.song.tempo import Tempo
@@ -415,8 +415,6 @@ def build_song(
     tempo = tempo if isinstance(tempo, Tempo) else Tempo(float(tempo))
     track = PitchTrackView(np.asarray(times), np.asarray(frequency), np.asarray(confidence))
     if refine_onsets:
-        from ultrasinger_gpu_cli.song.onsets import refine_starts, voice_onsets
-
         words = refine_starts(place_words(words), voice_onsets(track.times, track.frequency, track.voiced))
     units = split_words(words, language) if split_syllables else place_words(words)
     song = Song(title=title, artist=artist, bpm=tempo.bpm, gap_ms=0, language=language)
