@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 
@@ -62,6 +63,39 @@ def test_resample_keeps_pitch_and_length():
     assert len(y) == 16_000 and y.dtype == np.float32
     assert _peak_hz(y, 16_000) == pytest.approx(1000, abs=2)
     assert np.sqrt(np.mean(y[1000:-1000] ** 2)) == pytest.approx(np.sqrt(0.5), rel=0.01)
+
+
+@pytest.mark.parametrize(("from_rate", "to_rate"), [(44_100, 16_000), (48_000, 16_000), (22_050, 16_000), (32_000, 16_000),
+                                                    (8_000, 16_000), (16_000, 44_100), (48_000, 44_100), (11_025, 16_000),
+                                                    (96_000, 16_000), (44_100, 48_000)])  # fmt: skip
+def test_resampling_is_scipys_resample_poly_bit_for_bit(from_rate, to_rate):
+    """The song's path resamples without importing scipy.signal; the result is still scipy's, to
+    the last bit, for signals of any length, in float32 and float64, one channel or two."""
+    from scipy.signal import resample_poly as scipys
+
+    from ultrasinger_gpu_cli.song.polyphase import resample_poly
+
+    g = math.gcd(from_rate, to_rate)
+    up, down = to_rate // g, from_rate // g
+    rng = np.random.default_rng(from_rate + to_rate)
+    for n in (1, 5, up + 1, down * 3 + 7, 40_000):
+        x = rng.standard_normal(n).astype(np.float32)
+        ours, theirs = resample_poly(x, up, down), scipys(x, up, down)
+        assert ours.dtype == theirs.dtype == np.float32 and ours.shape == theirs.shape
+        assert np.array_equal(ours, theirs), (n, np.max(np.abs(ours - theirs)))
+    stereo = rng.standard_normal((2, 9_000))
+    ours, theirs = resample_poly(stereo, up, down), scipys(stereo, up, down, axis=-1)
+    assert ours.dtype == np.float64 and np.array_equal(ours, theirs)
+
+
+def test_the_resampling_filter_is_scipys_design():
+    from scipy.signal import firwin
+
+    from ultrasinger_gpu_cli.song.polyphase import lowpass
+
+    for up, down in ((160, 441), (1, 3), (441, 160), (147, 160)):
+        rate = max(up, down)
+        assert np.array_equal(lowpass(up, down), firwin(20 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)))
 
 
 def _bad_inputs(tmp_path):

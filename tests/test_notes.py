@@ -119,6 +119,15 @@ def test_tempo_and_beats_are_librosa_s_own_without_librosa(bpm, pattern, monkeyp
     assert tempo_module.track_beats(envelope, found_bpm, 22_050).tolist() == reference.tolist()
 
 
+def test_the_tempogram_s_fft_length_is_scipy_s_without_scipy():
+    import scipy.fft
+
+    from ultrasinger_gpu_cli.song.tempo import next_fast_len
+
+    assert [next_fast_len(n) for n in range(1, 5_000)] == [scipy.fft.next_fast_len(n, real=True) for n in range(1, 5_000)]
+    assert next_fast_len(2 * 344 - 1) == scipy.fft.next_fast_len(687, real=True) == 720  # an 8-s tempogram window
+
+
 def test_a_real_voice_gets_librosa_s_beats_too():
     import librosa
 

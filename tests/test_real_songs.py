@@ -241,12 +241,13 @@ def test_a_chunk_cut_inside_sung_words_loses_none_and_hears_none_twice(real_mode
 
 def test_the_no_gpu_path_imports_no_openai_whisper(real_models, tmp_path):
     """faster-whisper's features are whisper's, computed here: ``ugpu run`` with the no-GPU tier's
-    backends imports neither openai-whisper nor what it brings (numba, tiktoken)."""
+    backends imports neither openai-whisper nor what it brings (numba, tiktoken), nor scipy (its
+    resampler and FFT sizes are computed here: importing scipy.signal cost 0.7 s of a cold run)."""
     song = _cut(FANCY / "audio.mp3", [CHORUS], tmp_path / "Coulton - Chorus.wav")
     code = ("import sys; from typer.testing import CliRunner; from ultrasinger_gpu_cli.cli import app; "
             f"r = CliRunner().invoke(app, ['run', {str(song)!r}, '--no-separation', '-o', {str(tmp_path / 'out')!r}]); "
             "assert r.exit_code == 0, r.output; "
-            "print([m for m in ('whisper', 'numba', 'tiktoken', 'tensorflow') if m in sys.modules])")  # fmt: skip
+            "print([m for m in ('whisper', 'numba', 'tiktoken', 'tensorflow', 'scipy') if m in sys.modules])")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("[]"), done.stdout

@@ -25,6 +25,7 @@ import numpy as np
 
 from ultrasinger_gpu_cli.errors import AudioError
 from ultrasinger_gpu_cli.files import atomic_path
+from ultrasinger_gpu_cli.song.polyphase import resample_poly
 
 #: The longest song ugpu decodes, in minutes (``UGPU_MAX_MINUTES`` or ``--max-minutes`` change it):
 #: memory and disk grow with the length (the stems, the mono copies), and a small file can
@@ -245,13 +246,11 @@ def _decode_soundfile(path: Path, sample_rate: int, channels: int) -> Audio:
 
 
 def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase resampling along the last axis (scipy's Kaiser-windowed FIR)."""
+    """Polyphase resampling along the last axis (scipy's Kaiser-windowed FIR, :mod:`.polyphase`)."""
     if from_rate == to_rate:
         return np.asarray(x, dtype=np.float32)
-    from scipy.signal import resample_poly
-
     g = gcd(from_rate, to_rate)
-    return resample_poly(x, to_rate // g, from_rate // g, axis=-1).astype(np.float32)
+    return resample_poly(x, to_rate // g, from_rate // g).astype(np.float32)
 
 
 def write_audio(target: str | os.PathLike[str], samples: np.ndarray, sample_rate: int) -> Path:

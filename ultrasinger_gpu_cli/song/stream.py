@@ -15,6 +15,7 @@ import numpy as np
 from ultrasinger_gpu_cli.errors import AudioError
 from ultrasinger_gpu_cli.song.audio import (DEMUCS_RATE, SOUNDFILE_SUFFIXES, Audio, check_input, decode, ffmpeg_command,
                                             ffmpeg_path, ffmpeg_reason, max_seconds, mix_channels, too_long)
+from ultrasinger_gpu_cli.song.polyphase import resample_poly
 
 BLOCK_S = 30.0  # seconds per block when a song is streamed
 
@@ -34,8 +35,6 @@ class Resampler:
     def _resample(self, seg: np.ndarray) -> np.ndarray:
         if self.up == self.down:
             return seg.astype(np.float32)
-        from scipy.signal import resample_poly
-
         return resample_poly(seg, self.up, self.down).astype(np.float32)
 
     def push(self, block: np.ndarray) -> np.ndarray:

@@ -99,17 +99,32 @@ def _periodic_hann(n: int) -> np.ndarray:
     return w[:-1]
 
 
+def next_fast_len(n: int) -> int:
+    """The smallest 5-smooth length (2^a 3^b 5^c) >= ``n``: scipy.fft's ``next_fast_len(n, real=True)``,
+    without importing scipy (0.2 s of a cold run)."""
+    best = 1 << max(0, n - 1).bit_length()  # a power of two always qualifies
+    fives = 1
+    while fives < best:
+        threes = fives
+        while threes < best:
+            twos = threes
+            while twos < n:
+                twos *= 2
+            best = min(best, twos)
+            threes *= 3
+        fives *= 5
+    return best
+
+
 def mean_tempogram(envelope: np.ndarray, rate: int) -> np.ndarray:
     """The onset envelope's tempogram averaged over the song (what the tempo estimate reads):
     for every envelope frame, the autocorrelation of the :data:`TEMPOGRAM_S` around it (centred,
     the envelope ramped to zero at its ends, a periodic Hann window), normalised to its peak;
     computed a block of frames at a time, so memory stays flat however long the song is."""
-    import scipy.fft
-
     win = int(TEMPOGRAM_S * rate / HOP)
     padded = np.pad(np.asarray(envelope, dtype=np.float64), (win // 2, win // 2), mode="linear_ramp", end_values=(0, 0))
     window = _periodic_hann(win)
-    n_pad = scipy.fft.next_fast_len(2 * win - 1, real=True)
+    n_pad = next_fast_len(2 * win - 1)
     frames = np.lib.stride_tricks.sliding_window_view(padded, win)
     total = np.zeros(win)
     for first in range(0, len(envelope), BLOCK_FRAMES):
