@@ -141,6 +141,38 @@ def test_engine_loads_once_and_unloads(models_dir, fast_whisper, monkeypatch):
     assert not engine.loaded
 
 
+class _Held(Engine):
+    def load(self) -> None:
+        self._model = object()
+
+
+@pytest.mark.parametrize("device, collections", [("cpu", 0), ("cuda", 1)])
+def test_unloading_collects_garbage_only_for_a_card(monkeypatch, device, collections):
+    """Unloading a CPU run's two engines cost two full garbage collections (0.1 s each with torch
+    loaded) for memory that goes back as the model is dropped; a card's model is still collected
+    at once, so its VRAM is free before the next stage or rung."""
+    import gc
+
+    collected = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(a) or 0)
+    engine = _Held(spec("crepe").defaults(device=device))
+    engine.load()
+    engine.unload()
+    assert not engine.loaded and len(collected) == collections
+
+
+def test_freeing_memory_never_imports_torch():
+    """A process that has not imported torch has none of torch's memory to give back: importing
+    torch to find that out cost a second at the end of a run without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ultrasinger_gpu_cli.gpu.devices import free_memory; free_memory(); "
+            "print('torch' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
 # -- crepe --------------------------------------------------------------------------------------
 def _cents(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 1200 * np.abs(np.log2(a / b))

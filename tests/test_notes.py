@@ -128,6 +128,27 @@ def test_the_tempogram_s_fft_length_is_scipy_s_without_scipy():
     assert next_fast_len(2 * 344 - 1) == scipy.fft.next_fast_len(687, real=True) == 720  # an 8-s tempogram window
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_small_median_is_numpy_s_bit_for_bit(dtype):
+    """Charts are made with :func:`~ultrasinger_gpu_cli.song.median.median` where they were made
+    with ``np.median``: the same value for arrays and lists of either precision, odd and even
+    lengths (float32's two middles averaged in float32), NaN, and what it hands to numpy."""
+    from ultrasinger_gpu_cli.song.median import median
+
+    rng = np.random.default_rng(7)
+    for trial in range(3_000):
+        n = int(rng.integers(1, 80))
+        x = (rng.normal(60, 5, n) * 10.0 ** rng.integers(-3, 4)).astype(dtype)
+        if trial % 5 == 0:
+            x = np.round(x, 1)  # ties
+        if trial % 50 == 0:
+            x[rng.integers(0, n)] = np.nan
+        for values in (x, list(x), x.tolist()):
+            want, got = float(np.median(values)), median(values)
+            assert got == want or (np.isnan(want) and np.isnan(got)), (dtype, n, values)
+    assert median(np.array([1, 2])) == 1.5 and median(np.ones((2, 2))) == 1.0  # not floats, not 1-D: numpy's
+
+
 def test_a_real_voice_gets_librosa_s_beats_too():
     import librosa
 

@@ -66,9 +66,11 @@ class Engine(ABC, Generic[S]):
         """Load the weights onto the device (once; kept across songs)."""
 
     def unload(self) -> None:
-        """Drop the model and give its VRAM back."""
+        """Drop the model and give its VRAM back: a card's model is collected at once and torch's
+        cached blocks go back to the driver; a CPU model's memory goes back as it is dropped (no
+        full garbage collection, a tenth of a second each, at the end of every CPU run)."""
         self._model = None
-        free_memory()
+        free_memory(collect=self.settings.device == "cuda")
 
     def ensure_loaded(self) -> None:
         if not self.loaded:

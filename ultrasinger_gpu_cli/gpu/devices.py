@@ -160,14 +160,17 @@ def peak_vram_mb(binding: DeviceBinding) -> int | None:
     return int(torch.cuda.max_memory_allocated(binding.ordinal) // (1024 * 1024))
 
 
-def free_memory() -> None:
-    """Collect garbage and hand cached CUDA memory back to the driver."""
+def free_memory(*, collect: bool = True) -> None:
+    """Collect garbage (``collect``: what dropped models and failed attempts still hold in
+    reference cycles), then hand the CUDA memory torch caches back to the driver where this
+    process has used a card. torch is never imported for it: a process that has not imported
+    torch has no memory of torch's to give back (a CPU run of SwiftF0 and faster-whisper
+    without torch pays no second for it)."""
     import gc
+    import sys
 
-    gc.collect()
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
-    if torch.cuda.is_available():
+    if collect:
+        gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ultrasinger_gpu_cli.song.keys import SungKey
+from ultrasinger_gpu_cli.song.median import median
 from ultrasinger_gpu_cli.song.onsets import PAUSE_S, refine_starts, voice_onsets
 from ultrasinger_gpu_cli.song.spoken import is_title
 from ultrasinger_gpu_cli.song.syllables import place_words, split_words
@@ -82,7 +83,7 @@ def fold_octaves(midi: np.ndarray) -> np.ndarray:
     a tracker's octave flips inside one sung note."""
     if len(midi) == 0:
         return midi
-    centre = float(np.median(midi))
+    centre = median(midi)
     shift = np.round((midi - centre) / 12.0)
     folded = midi - 12 * shift
     near = (np.abs(shift) >= 1) & (np.abs(shift) <= 2) & (np.abs(folded - centre) <= 1.5)
@@ -115,7 +116,7 @@ def note_pitch(midi: np.ndarray, weight: np.ndarray | None = None, step_s: float
     if held.sum() >= 2:
         midi, weight = midi[held], weight[held]
     if len(midi) < 3:
-        return float(np.median(midi))
+        return median(midi)
     grid = np.arange(np.floor(midi.min()) - 1, np.ceil(midi.max()) + 1, 0.05)
     density = (weight[None, :] * np.exp(-0.5 * ((grid[:, None] - midi[None, :]) / DENSITY_WIDTH) ** 2)).sum(axis=1)
     return float(grid[int(np.argmax(density))])
@@ -200,7 +201,7 @@ def _runs(times: np.ndarray, midi: np.ndarray) -> list[list[Any]]:
     start = 0
     for i in range(1, len(rounded) + 1):
         if i == len(rounded) or rounded[i] != rounded[start]:
-            runs.append([float(times[start]), float(times[i - 1]), int(np.round(np.median(midi[start:i])))])
+            runs.append([float(times[start]), float(times[i - 1]), int(np.round(median(midi[start:i])))])
             start = i
     return runs
 

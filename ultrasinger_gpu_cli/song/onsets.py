@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ultrasinger_gpu_cli.song.median import median
 from ultrasinger_gpu_cli.song.words import Word
 
 SEARCH_S = 0.2
@@ -68,7 +69,7 @@ def _smoothed(midi: np.ndarray, voiced: np.ndarray) -> np.ndarray:
     for i in np.flatnonzero(voiced):
         window = midi[max(0, i - half) : i + half + 1]
         window = window[~np.isnan(window)]
-        out[i] = float(np.median(window))
+        out[i] = median(window)
     return out
 
 
@@ -95,7 +96,7 @@ def voice_onsets(times: np.ndarray, frequency: np.ndarray, voiced: np.ndarray) -
             continue
         if first is None:
             first, level = i, [smooth[i]]
-        elif abs(smooth[i] - float(np.median(level[-memory:]))) > LEVEL_STEP:
+        elif abs(smooth[i] - median(level[-memory:])) > LEVEL_STEP:
             segments.append((first, i, first == 0 or not voiced[first - 1]))
             first, level = i, [smooth[i]]
         else:
