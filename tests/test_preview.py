@@ -17,7 +17,7 @@ from ultrasinger_gpu_cli.song.notes import hz_to_midi
 from ultrasinger_gpu_cli.song.pitch import PitchTrack
 from ultrasinger_gpu_cli.song.ultrastar import Note, Song, read_chart, to_ultrastar
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("PIL")
 
 
 def invoke(*args: str):
@@ -49,9 +49,10 @@ def _pixel(image: np.ndarray, page: dict, t: float, midi: float) -> np.ndarray:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    import matplotlib.image
+    from PIL import Image
 
-    return (matplotlib.image.imread(str(path)) * 255).astype(int)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB")).astype(int)
 
 
 def _close(colour: np.ndarray, hex_colour: str, alpha: float = 0.9, tolerance: int = 40) -> bool:
@@ -161,3 +162,20 @@ def test_run_writes_the_pitch_track_and_no_preview_when_asked(env, words, tmp_pa
         held = (track.times > 1.4) & (track.times < 1.8) & (track.confidence > 0.5)
         assert track is not None and abs(np.median(hz_to_midi(track.frequency[held])) - 64) < 0.5
         assert ("preview" in files) == (out == "with") and (folder / "preview.png").exists() == (out == "with")
+
+
+def test_a_run_without_pillow_finishes_and_says_so(env, words, tmp_path, monkeypatch):
+    """The picture is never the song's failure: without Pillow the chart and its files are all
+    there, and the run says what to install."""
+    import sys
+
+    from tests.audio_factory import melody, write_wav
+    from tests.conftest import SHORT_NOTES
+
+    source = write_wav(tmp_path / "Band - Short.wav", melody(SHORT_NOTES, 4.5, 44_100)[None], 44_100)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL fails, as where it is not installed
+    result = invoke("run", str(source), "--no-separation", "--timings", str(words), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "no preview.png: Pillow is not installed" in result.output
+    folder = tmp_path / "out" / "Band - Short"
+    assert (folder / "Band - Short.txt").is_file() and not (folder / "preview.png").exists()

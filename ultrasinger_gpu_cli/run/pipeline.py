@@ -386,7 +386,8 @@ class Pipeline:
             chart = ultrastar.read_chart(chart_path.read_text(encoding="utf-8"))
             pages = preview.render(chart, folder / preview.PREVIEW_NAME, pitch=heard, title=title)
         except ImportError as exc:
-            self.emit(Notice(song, f"no preview.png: {exc.name or 'matplotlib'} is not installed "
+            missing = "Pillow" if (exc.name or "PIL").split(".")[0] == "PIL" else exc.name
+            self.emit(Notice(song, f"no preview.png: {missing} is not installed "
                                    "(pip install 'ultrasinger-gpu-cli[preview]')"))  # fmt: skip
             return files
         except (UgpuError, OSError, ValueError) as exc:
