@@ -86,6 +86,9 @@ def test_resampling_is_scipys_resample_poly_bit_for_bit(from_rate, to_rate):
     stereo = rng.standard_normal((2, 9_000))
     ours, theirs = resample_poly(stereo, up, down), scipys(stereo, up, down, axis=-1)
     assert ours.dtype == np.float64 and np.array_equal(ours, theirs)
+    for empty in (np.zeros(0, np.float32), np.zeros((2, 0))):  # a stream's block can be empty
+        ours, theirs = resample_poly(empty, up, down), scipys(empty, up, down, axis=-1)
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
 
 
 def test_the_resampling_filter_is_scipys_design():

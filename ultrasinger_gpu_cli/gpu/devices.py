@@ -164,8 +164,8 @@ def free_memory(*, collect: bool = True) -> None:
     """Collect garbage (``collect``: what dropped models and failed attempts still hold in
     reference cycles), then hand the CUDA memory torch caches back to the driver where this
     process has used a card. torch is never imported for it: a process that has not imported
-    torch has no memory of torch's to give back (a CPU run of SwiftF0 and faster-whisper
-    without torch pays no second for it)."""
+    torch has no memory of torch's to give back (a ``--timings`` run on SwiftF0 imports no
+    torch, and pays no second for it at the end)."""
     import gc
     import sys
 

@@ -75,6 +75,8 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
     dtype = np.result_type(x.dtype, np.float32)
     if up == down:
         return np.array(x, dtype=dtype)
+    if x.ndim and x.shape[-1] == 0:
+        return np.zeros(x.shape, dtype=dtype)
     h = lowpass(up, down).astype(dtype)
     h *= up
     rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)

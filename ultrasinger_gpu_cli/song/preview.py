@@ -41,6 +41,9 @@ ROW_S = 20.0  # seconds of song per row
 ROWS_PER_PAGE = 15  # five minutes an image at 20 s a row
 CHAR_PX = 4.0  # the width of a syllable's letter, in pixels
 WIDTH_IN, ROW_IN, HEAD_IN, DPI = 16.0, 1.55, 0.75, 100
+ROW_GAP = 0.38  # the space between two rows, in rows
+LEFT, RIGHT = 0.045, 0.995  # where the rows' time axes lie, as shares of the page's width
+HATCH_PX = 6  # the spacing of a hatch's lines, in pixels
 LAYOUT_KEY = "ugpu-layout"
 PREVIEW_NAME = "preview.png"  # what ``ugpu run`` writes into each song folder
 PITCH_SUFFIX = ".pitch.npz"  # the pitch track beside the chart: ``NAME.pitch.npz``
@@ -143,7 +146,7 @@ def _note_style(note: ChartNote, duet: bool) -> _Style:
 
 
 _REFERENCE = _Style(REFERENCE_COLOUR, REFERENCE_COLOUR, 0.35)
-HATCH_PX = 6  # the spacing of a hatch's lines
+_HATCHED_EDGES = ("#581c87", _FREE)  # the edge colours hatches are drawn in (rap, freestyle)
 
 
 # -- the canvases: one drawing, as pixels or as SVG ------------------------------------------------
@@ -245,7 +248,6 @@ class _SvgCanvas:
     def __init__(self, width: int, height: int) -> None:
         self.width_px, self.height_px = width, height
         self.parts: list[str] = []
-        self._x = self._y = 0.0
 
     @contextmanager
     def region(self, x: float, y: float, width: float, height: float) -> Iterator[_SvgCanvas]:
@@ -287,7 +289,7 @@ class _SvgCanvas:
 
     def save(self, path: Path, layout: str) -> None:
         patterns = []
-        for colour in sorted({_RAP, "#581c87", _FREE}):
+        for colour in _HATCHED_EDGES:
             for kind, shape in (("slash", f"M0 {HATCH_PX}L{HATCH_PX} 0"), ("x", f"M0 {HATCH_PX}L{HATCH_PX} 0M0 0L{HATCH_PX} {HATCH_PX}")):
                 patterns.append(f'<pattern id="hatch-{kind}-{colour[1:]}" patternUnits="userSpaceOnUse" width="{HATCH_PX}" '
                                 f'height="{HATCH_PX}"><path d="{shape}" stroke="{colour}" stroke-width="1"/></pattern>')  # fmt: skip
@@ -358,10 +360,6 @@ def _row_boxes(count: int, height_in: float) -> list[tuple[float, float]]:
     top, bottom = HEAD_IN / height_in, 1 - 0.35 / height_in
     row = (bottom - top) / (count + ROW_GAP * (count - 1))
     return [(top + k * row * (1 + ROW_GAP), top + k * row * (1 + ROW_GAP) + row) for k in range(count)]
-
-
-ROW_GAP = 0.38  # the space between two rows, in rows
-LEFT, RIGHT = 0.045, 0.995  # where the rows' time axes lie, as shares of the page's width
 
 
 def _legend(page: Any, chart: Chart, *, pitch: bool, reference: str | None, y_px: float) -> None:
