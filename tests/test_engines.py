@@ -141,6 +141,47 @@ def test_engine_loads_once_and_unloads(models_dir, fast_whisper, monkeypatch):
     assert not engine.loaded
 
 
+def test_whisper_s_word_alignment_without_its_numba_kernels_is_its_own(tmp_path):
+    """openai-whisper's DTW and path walk compile with numba in every new process (1.4 s on the
+    CPU; the walk on every cold GPU run): ugpu's numpy versions find whisper's own paths, to the
+    index, on shapes from one cell to a window's 1500 frames, with ties, and the walk does the
+    same on an int32 trace as whisper's GPU kernel hands it over."""
+    import subprocess
+    import sys
+
+    from ultrasinger_gpu_cli.engines import whisper_dtw
+
+    shapes = [(1, 1), (1, 7), (5, 1), (3, 50), (40, 1500), (120, 700), (8, 8), (30, 30)]
+    code = f"""
+import numpy as np, whisper.timing as t
+rng = np.random.default_rng(3)
+out = {{}}
+for k, (n, m) in enumerate({shapes!r}):
+    x = rng.standard_normal((n, m))
+    x = np.round(x) if k >= 6 else x  # ties
+    out[f"x{{k}}"], out[f"p{{k}}"] = x, t.dtw_cpu(x)
+trace = rng.integers(0, 3, (60, 900)).astype(np.int32)
+out["trace"], out["walk"] = trace.copy(), t.backtrace(trace)
+np.savez({str(tmp_path / "whisper.npz")!r}, **out)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    whisper_s = np.load(tmp_path / "whisper.npz")
+    for k in range(len(shapes)):
+        assert np.array_equal(whisper_dtw.dtw_cpu(whisper_s[f"x{k}"]), whisper_s[f"p{k}"]), shapes[k]
+    assert np.array_equal(whisper_dtw.backtrace(whisper_s["trace"].copy()), whisper_s["walk"])
+
+
+def test_the_openai_whisper_engine_times_words_with_the_numpy_alignment(models_dir, fast_whisper, monkeypatch):
+    import whisper.timing
+
+    from ultrasinger_gpu_cli.engines import whisper_dtw
+
+    for name in ("dtw_cpu", "backtrace"):  # not ugpu's, whatever ran before in this process
+        monkeypatch.setattr(whisper.timing, name, object())
+    make("whisper", WHISPER, models_dir).run(_voice(12.0), language="en")
+    assert whisper.timing.dtw_cpu is whisper_dtw.dtw_cpu and whisper.timing.backtrace is whisper_dtw.backtrace
+
+
 class _Held(Engine):
     def load(self) -> None:
         self._model = object()

@@ -33,6 +33,7 @@ from ultrasinger_gpu_cli.weights.models import damaged, pull_whisper, whisper_ch
 from ultrasinger_gpu_cli.song.words import Segment, Transcript, Word
 from ultrasinger_gpu_cli.song.wordmatch import normalise
 from ultrasinger_gpu_cli.song.vad import chunk_regions, overlapped, voiced_regions
+from ultrasinger_gpu_cli.engines.whisper_dtw import install as install_dtw
 from ultrasinger_gpu_cli.engines.whisper_features import HOP_LENGTH, SAMPLE_RATE, frames_in, log_mel
 
 MAX_CHUNK_S = 30.0
@@ -335,6 +336,7 @@ class WhisperEngine(Engine[WhisperSettings]):
         import whisper
         from whisper.timing import add_word_timestamps
 
+        install_dtw()  # whisper's alignment without its per-process numba compile
         features, frames = self._encode(audio, batch)
         if language is None:
             language = self._detect_language(features)
@@ -472,6 +474,7 @@ class WhisperEngine(Engine[WhisperSettings]):
         import whisper
         from whisper.timing import add_word_timestamps
 
+        install_dtw()
         if self._is_silence(result):
             return None, last_speech
         tokenizer = whisper.tokenizer.get_tokenizer(
