@@ -62,6 +62,7 @@ DEVICE_MODULES = frozenset({
     "pytest", "_pytest", "pluggy", "iniconfig", "cython_runtime",
     "setuptools", "pkg_resources", "_distutils_hack", "pip", "wheel", "six", "dateutil", "pandas", "attr", "attrs",
     "cython", "colorama", "coverage", "opt_einsum", "cloudpickle", "xxhash",  # seen imported there (optional helpers)
+    "PIL",  # Pillow: preview.png
 })  # fmt: skip
 #: The platforms pip may pick a binary wheel for (manylinux, x86-64), newest first.
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",

@@ -54,8 +54,11 @@ def test_gpu_check_dry_run_installs_offline_and_passes_every_step(wheels, tmp_pa
     assert installed["whisper"].startswith(str(tmp_path / "site"))
     assert results["results"]["oom"]["events"] and results["results"]["oom"]["stored"] >= 1
     assert {r["stage"] for r in results["results"]["emulate"]["rows"]} == {"demucs", "whisper", "crepe"}
+    (cold,) = results["results"]["emulate"]["cold"]  # the emulated card's fresh process: issue 22's cold run
+    assert 0 < cold["engines_s"] < cold["wall_s"] and cold["x_real_time"] > 0
     report = (out / "gpu-check.md").read_text()
     assert "| install |" in report and "crepe-tiny" in report and "PASS" in proc.stdout
+    assert "| 16 GB | balanced | " in report and "outside the engines" in report
 
 
 def test_a_missing_wheel_fails_the_install_step(wheels, tmp_path):
