@@ -179,3 +179,17 @@ def test_a_run_without_pillow_finishes_and_says_so(env, words, tmp_path, monkeyp
     assert "no preview.png: Pillow is not installed" in result.output
     folder = tmp_path / "out" / "Band - Short"
     assert (folder / "Band - Short.txt").is_file() and not (folder / "preview.png").exists()
+
+
+def test_previews_drawn_on_two_threads_at_once_are_the_serial_ones(tmp_path):
+    """Batches and the server draw pictures on their host threads, several at a time: each
+    thread has its own fonts, and the pixels are those of the same picture drawn alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chart = read_chart(to_ultrastar(_song([(0.5 + 0.3 * k, 0.25, 55 + k % 12, f"la{k} ", ":") for k in range(200)]),
+                                    audio="a.mp3"))  # fmt: skip
+    (alone,) = preview.render(chart, tmp_path / "alone.png")
+    with ThreadPoolExecutor(4) as pool:
+        pages = list(pool.map(lambda k: preview.render(chart, tmp_path / f"t{k}.png")[0], range(8)))
+    expected = _read_png(alone.path)
+    assert all(np.array_equal(_read_png(p.path), expected) for p in pages)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -150,11 +150,17 @@ _HATCHED_EDGES = ("#581c87", _FREE)  # the edge colours hatches are drawn in (ra
 
 
 # -- the canvases: one drawing, as pixels or as SVG ------------------------------------------------
-@lru_cache(maxsize=16)
+_FONTS = threading.local()  # a FreeType face is not for two threads at once: previews are drawn on host threads
+
+
 def _font(size_px: int) -> Any:
+    """Pillow's own scalable font (nothing to find on the system), one per size and thread."""
     from PIL import ImageFont
 
-    return ImageFont.load_default(size=size_px)  # Pillow's own scalable font: nothing to find on the system
+    fonts = _FONTS.__dict__.setdefault("by_size", {})
+    if size_px not in fonts:
+        fonts[size_px] = ImageFont.load_default(size=size_px)
+    return fonts[size_px]
 
 
 _ANCHORS = {("left", "bottom"): "ld", ("left", "top"): "la", ("left", "center"): "lm", ("right", "center"): "rm",
