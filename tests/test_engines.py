@@ -46,6 +46,65 @@ def test_demucs_vocals_equal_apply_model_over_the_full_bag(models_dir, batch, ch
     assert separation.vocals.shape == mix.shape and separation.sample_rate == 44_100
 
 
+def _streamed(models_dir, tmp_path):
+    """A 40-s mix on disk, read in 5-s blocks; a Demucs engine that separates it two chunks a batch."""
+    from ultrasinger_gpu_cli.run import streaming
+    from ultrasinger_gpu_cli.song import stream as streams
+    from ultrasinger_gpu_cli.song.audio import write_audio
+
+    path = write_audio(tmp_path / "mix.wav", song(40.0), 44_100)
+    engine = make("demucs", {**DEMUCS, "batch_size": 2}, models_dir)
+
+    def blocks():
+        return streams.AudioStream(path, 44_100, 2, block_s=5.0)
+
+    return engine, blocks, streaming.scan(blocks(), False)
+
+
+def test_streamed_stems_written_on_a_thread_are_those_written_in_order(models_dir, tmp_path):
+    """The stems are written on a writer thread while Demucs separates the next chunks: the files
+    and the 16 kHz vocals are byte for byte those of writing each stretch as it comes."""
+    from ultrasinger_gpu_cli.run import streaming
+    from ultrasinger_gpu_cli.song import stream as streams
+
+    engine, blocks, scan = _streamed(models_dir, tmp_path)
+    got = streaming.separate(engine, blocks(), scan, (tmp_path / "v.wav", tmp_path / "i.wav"), lambda f, s: None)
+    vocals, instrumental = streams.StemWriter(tmp_path / "v0.wav", 44_100, 2), streams.StemWriter(tmp_path / "i0.wav", 44_100, 2)
+    r16, parts = streams.Resampler(44_100, 16_000), []
+
+    def in_order(mix: np.ndarray, voice: np.ndarray) -> None:
+        vocals.write(voice)
+        instrumental.write(mix - voice)
+        parts.append(r16.push(voice.mean(axis=0)))
+
+    engine.separate_stream(iter(blocks()), scan.mean, scan.std, in_order)
+    parts.append(r16.finish())
+    vocals.close(), instrumental.close()
+    assert (tmp_path / "v.wav").read_bytes() == (tmp_path / "v0.wav").read_bytes()
+    assert (tmp_path / "i.wav").read_bytes() == (tmp_path / "i0.wav").read_bytes()
+    assert np.array_equal(got.vocals16, np.concatenate(parts)) and len(got.vocals16) == scan.samples16
+
+
+def test_a_stem_that_cannot_be_written_stops_the_song_and_leaves_no_partial_file(models_dir, tmp_path, monkeypatch):
+    from ultrasinger_gpu_cli.run import streaming
+    from ultrasinger_gpu_cli.song import stream as streams
+
+    engine, blocks, scan = _streamed(models_dir, tmp_path)
+    written, real = [], streams.StemWriter.write
+
+    def disk_full(self, block):
+        if len(written) >= 3:
+            raise OSError(28, "No space left on device")
+        written.append(block.shape)
+        real(self, block)
+
+    monkeypatch.setattr(streams.StemWriter, "write", disk_full)
+    out = tmp_path / "stems"
+    with pytest.raises(OSError, match="No space left"):
+        streaming.separate(engine, blocks(), scan, (out / "v.wav", out / "i.wav"), lambda f, s: None)
+    assert list(out.iterdir()) == []
+
+
 def test_demucs_runs_only_the_vocals_model_of_the_one_hot_bag(models_dir):
     engine = make("demucs", DEMUCS, models_dir)
     engine.load()
