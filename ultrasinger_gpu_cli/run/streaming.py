@@ -78,7 +78,7 @@ def separate(engine: Any, stream: streams.AudioStream, scan: Scan, stems: tuple[
 
     Each finished stretch is written (both stems, and the vocals resampled to 16 kHz) on a writer
     thread while the engine separates the next chunks: on a GPU the card no longer waits for the
-    host's ~0.25 s a minute of song of resampling and writing. One thread, in order, at most
+    host's ~0.24 s a minute of song of resampling and writing. One thread, in order, at most
     :data:`WRITES_AHEAD` stretches behind: the files and the 16 kHz vocals are those of writing
     each stretch as it comes, and memory stays bounded. A write that fails stops the song there."""
     rate = audio_io.DEMUCS_RATE
