@@ -147,6 +147,7 @@ def test_the_small_median_is_numpy_s_bit_for_bit(dtype):
             want, got = float(np.median(values)), median(values)
             assert got == want or (np.isnan(want) and np.isnan(got)), (dtype, n, values)
     assert median(np.array([1, 2])) == 1.5 and median(np.ones((2, 2))) == 1.0  # not floats, not 1-D: numpy's
+    assert median(np.array(2.5)) == 2.5  # a 0-d array too
 
 
 def test_a_real_voice_gets_librosa_s_beats_too():
