@@ -181,7 +181,7 @@ def test_a_run_without_pillow_finishes_and_says_so(env, words, tmp_path, monkeyp
     assert (folder / "Band - Short.txt").is_file() and not (folder / "preview.png").exists()
 
 
-def test_previews_drawn_on_two_threads_at_once_are_the_serial_ones(tmp_path):
+def test_previews_drawn_on_several_threads_at_once_are_the_serial_ones(tmp_path):
     """Batches and the server draw pictures on their host threads, several at a time: each
     thread has its own fonts, and the pixels are those of the same picture drawn alone."""
     from concurrent.futures import ThreadPoolExecutor
