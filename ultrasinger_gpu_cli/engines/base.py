@@ -65,12 +65,14 @@ class Engine(ABC, Generic[S]):
     def load(self) -> None:
         """Load the weights onto the device (once; kept across songs)."""
 
-    def unload(self) -> None:
+    def unload(self, *, free: bool = True) -> None:
         """Drop the model and give its VRAM back: a card's model is collected at once and torch's
         cached blocks go back to the driver; a CPU model's memory goes back as it is dropped (no
-        full garbage collection, a tenth of a second each, at the end of every CPU run)."""
+        full garbage collection, a tenth of a second each, at the end of every CPU run).
+        ``free=False``: only drop it (the caller frees once for several engines)."""
         self._model = None
-        free_memory(collect=self.settings.device == "cuda")
+        if free:
+            free_memory(collect=self.settings.device == "cuda")
 
     def ensure_loaded(self) -> None:
         if not self.loaded:

@@ -179,13 +179,13 @@ class TensorflowCrepeEngine(CrepeEngine):
             raise
         return torch.from_numpy(out.numpy())
 
-    def unload(self) -> None:
+    def unload(self, *, free: bool = True) -> None:
         if self._model is not None:
             import keras
 
             keras.backend.clear_session()
         self._forward = None
-        super().unload()
+        super().unload(free=free)
 
 
 BACKEND = Backend(

@@ -79,8 +79,8 @@ class RehearsalEngine(Engine):
     def load(self) -> None:
         self.inner.load()
 
-    def unload(self) -> None:
-        self.inner.unload()
+    def unload(self, *, free: bool = True) -> None:
+        self.inner.unload(free=free)
 
     def retune(self, settings: Any) -> None:
         self.settings = settings

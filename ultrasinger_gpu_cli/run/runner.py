@@ -100,9 +100,12 @@ class StageRunner:
 
     def finish(self, status: str, report: dict[str, Any] | None = None) -> None:
         self.emit(RunFinished(self.run_id, status, report))
+        on_card = any(engine.settings.device == "cuda" for engine in self._engines.values())
         for engine in self._engines.values():
-            engine.unload()
+            engine.unload(free=False)
         self._engines.clear()
+        if on_card:  # one collection for every model dropped, not one each
+            devices.free_memory()
 
     def check_models(self, component: str) -> None:
         """Before any decoding: the plan's weights are here, or fetched now (``fetch_missing``, not
