@@ -96,10 +96,9 @@ def _one(song: Path, folder: Path, env: dict[str, str], k: int, importtime: bool
 def _engine_modules() -> set[str]:
     """The libraries the engines import when they load or run (every backend's requirements):
     their imports fall inside the stages' load and compute times, not in the host's."""
-    import ultrasinger_gpu_cli.components as components  # registers every component
+    from ultrasinger_gpu_cli.components import SPECS
 
-    return {m.split(".")[0] for component in components.base.REGISTERED.values() for ref in component.backends.values()
-            for m in ref.requires}  # fmt: skip
+    return {m.split(".")[0] for component in SPECS.values() for ref in component.backends.values() for m in ref.requires}
 
 
 def weights_here(what: str) -> bool:

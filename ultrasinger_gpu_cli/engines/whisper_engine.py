@@ -248,6 +248,7 @@ class WhisperEngine(Engine[WhisperSettings]):
                 raise
             raise damaged(path, "whisper", self.settings.model, exc, "openai-whisper") from exc
         self._model = (half_weights(model) if self.fp16 else model.float()).to(device)
+        install_dtw()  # its words aligned without whisper.timing's per-process numba compile
 
     @property
     def beams(self) -> int:
@@ -336,7 +337,6 @@ class WhisperEngine(Engine[WhisperSettings]):
         import whisper
         from whisper.timing import add_word_timestamps
 
-        install_dtw()  # whisper's alignment without its per-process numba compile
         features, frames = self._encode(audio, batch)
         if language is None:
             language = self._detect_language(features)
@@ -474,7 +474,6 @@ class WhisperEngine(Engine[WhisperSettings]):
         import whisper
         from whisper.timing import add_word_timestamps
 
-        install_dtw()
         if self._is_silence(result):
             return None, last_speech
         tokenizer = whisper.tokenizer.get_tokenizer(

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from math import gcd
 from pathlib import Path
 
 import numpy as np
@@ -249,8 +248,7 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Polyphase resampling along the last axis (scipy's Kaiser-windowed FIR, :mod:`.polyphase`)."""
     if from_rate == to_rate:
         return np.asarray(x, dtype=np.float32)
-    g = gcd(from_rate, to_rate)
-    return resample_poly(x, to_rate // g, from_rate // g).astype(np.float32)
+    return resample_poly(x, to_rate, from_rate).astype(np.float32)  # the ratio reduced there
 
 
 def write_audio(target: str | os.PathLike[str], samples: np.ndarray, sample_rate: int) -> Path:

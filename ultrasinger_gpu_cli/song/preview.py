@@ -134,19 +134,22 @@ class _Style:
     dashed: bool = False
 
 
-def _note_style(note: ChartNote, duet: bool) -> _Style:
-    base = _SINGER_COLOURS.get(note.singer, NOTE_COLOUR) if duet else NOTE_COLOUR
-    if note.kind in ("*", "G"):
-        return _Style(GOLDEN_COLOUR, "#92400e", 0.9)
-    if note.kind == "R":
-        return _Style(_RAP, "#581c87", 0.9, hatch="/")
-    if note.kind == "F":
-        return _Style(None, _FREE, 0.9, hatch="x", dashed=True)
-    return _Style(base, "#1e293b", 0.9)
-
-
+_NOTE_EDGE = "#1e293b"
+_GOLDEN = _Style(GOLDEN_COLOUR, "#92400e", 0.9)
+_RAP_NOTE = _Style(_RAP, "#581c87", 0.9, hatch="/")
+_FREE_NOTE = _Style(None, _FREE, 0.9, hatch="x", dashed=True)
 _REFERENCE = _Style(REFERENCE_COLOUR, REFERENCE_COLOUR, 0.35)
-_HATCHED_EDGES = ("#581c87", _FREE)  # the edge colours hatches are drawn in (rap, freestyle)
+_HATCHED_EDGES = (_RAP_NOTE.edge, _FREE_NOTE.edge)  # the colours hatches are drawn in (SVG patterns)
+
+
+def _note_style(note: ChartNote, duet: bool) -> _Style:
+    if note.kind in ("*", "G"):
+        return _GOLDEN
+    if note.kind == "R":
+        return _RAP_NOTE
+    if note.kind == "F":
+        return _FREE_NOTE
+    return _Style(_SINGER_COLOURS.get(note.singer, NOTE_COLOUR) if duet else NOTE_COLOUR, _NOTE_EDGE, 0.9)
 
 
 # -- the canvases: one drawing, as pixels or as SVG ------------------------------------------------
@@ -371,11 +374,10 @@ def _row_boxes(count: int, height_in: float) -> list[tuple[float, float]]:
 def _legend(page: Any, chart: Chart, *, pitch: bool, reference: str | None, y_px: float) -> None:
     """The key, in one line at the page's top right."""
     duet = chart.duet
-    keys: list[tuple[str, _Style | str]] = [("note", _Style(NOTE_COLOUR, "#1e293b"))] if not duet else [
+    keys: list[tuple[str, _Style | str]] = [("note", _Style(NOTE_COLOUR, _NOTE_EDGE))] if not duet else [
         (name, _Style(_SINGER_COLOURS[s], _SINGER_COLOURS[s]))
         for s, name in ((P1, chart.singers[0]), (P2, chart.singers[1]), (BOTH, "both"))]  # fmt: skip
-    keys += [("golden", _Style(GOLDEN_COLOUR, "#92400e")), ("rap", _Style(_RAP, "#581c87", hatch="/")),
-             ("freestyle", _Style(None, _FREE, hatch="x", dashed=True)), ("line starts", "dotted")]  # fmt: skip
+    keys += [("golden", _GOLDEN), ("rap", _RAP_NOTE), ("freestyle", _FREE_NOTE), ("line starts", "dotted")]
     if pitch:
         keys.append(("pitch heard", "dot"))
     if reference is not None:
