@@ -24,6 +24,10 @@ precision       40 s  float16 against float32 Whisper on the same chunks and ran
                       token (text) agreement, and the float16 weights really take half the memory
 bench          160 s  the GPU benchmark: x real time per stage against the same references as the
                       CPU benchmark, with peak VRAM
+ahead           60 s  a batch of three 60-s songs on the emulated 16 GB card, each way in a fresh
+                      process: the host overlap alone against the next song's Demucs separated
+                      ahead beside this song's Whisper and CREPE; songs per minute, the charts
+                      byte for byte the same, the card's peak against the plan's estimate
 ============  ======  ==========================================================================
 
 A step that runs past its budget is marked; the check stops starting steps once the total
@@ -41,6 +45,7 @@ ugpu installed by your own pip: ``make gpu-check`` (``python -m benchmarks.gpu_c
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -439,10 +444,111 @@ class Step:
     run: Callable[[Check], dict[str, Any]]
 
 
+#: The ahead step's batch: this many songs of this length (the check's song, each moved later so
+#: that no result comes from the resume cache), after one short song that loads the engines.
+AHEAD_SONGS, AHEAD_SONG_S = 3, 60.0
+
+
+def _ahead_songs(c: Check) -> list[Path]:
+    import numpy as np
+    import soundfile
+
+    from ultrasinger_gpu_cli.song.audio import write_audio
+
+    assert c.song is not None
+    mix, rate = soundfile.read(str(c.song), dtype="float32", always_2d=True)
+    length = min(len(mix), int((AHEAD_SONG_S if not c.dry_run else 8.0) * rate))
+    songs = [c.work / "ahead-songs" / "Warm - Up.wav"]
+    songs[0].parent.mkdir(parents=True, exist_ok=True)
+    write_audio(songs[0], mix[: 2 * rate].T, rate)
+    for k in range(AHEAD_SONGS):
+        moved = np.concatenate([np.zeros((rate * (k + 1) // 4, mix.shape[1]), np.float32), mix[:length]])
+        songs.append(write_audio(c.work / "ahead-songs" / f"Ahead - Song {k + 1}.wav", moved.T, rate))
+    return songs
+
+
+def _ahead_batch(c: Check, way: str, songs: list[Path]) -> dict[str, Any]:
+    """In a fresh process: the songs as one batch on the emulated 16 GB card (``way``: "host", the
+    host overlap alone; "ahead", the next song's Demucs beside this song's stages too), its engines
+    loaded on the first, short song and the rest timed."""
+    from ultrasinger_gpu_cli.plan.detection import plan_for
+    from ultrasinger_gpu_cli.plan.resolver import Ahead, Plan
+    import threading
+
+    from ultrasinger_gpu_cli.run.events import StageStarted
+    from ultrasinger_gpu_cli.run.options import RunOptions
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+    from ultrasinger_gpu_cli.store.db import Store
+    from ultrasinger_gpu_cli.usecases.fleet import LocalFleet, Song
+    from ultrasinger_gpu_cli.usecases.plan import run_target
+
+    _fast_whisper()
+    if way == "host":
+        Pipeline.separates_ahead = property(lambda self: False)  # type: ignore[method-assign,assignment]
+    elif c.dry_run:  # the CPU never separates ahead: the dry run takes that path anyway
+        Plan.ahead = property(lambda plan: Ahead(True, 0, "the CPU dry run"))  # type: ignore[method-assign,assignment]
+    with Store.open(c.work / f"ahead-{way}.db") as store:
+        plan = plan_for(store, run_target(store, 0), "balanced", 16)
+        out = c.work / "ahead" / way
+        options = RunOptions(out_dir=out, language="en", models_dir=c.models, cache_dir=c.work / "cache" / f"ahead-{way}")
+        ahead_threads: list[str] = []
+
+        def seen(event: Any) -> None:  # which separations ran on the ahead worker
+            if isinstance(event, StageStarted) and event.stage == "demucs":
+                ahead_threads.append(threading.current_thread().name)
+
+        fleet = LocalFleet(plan, options, store, seen)
+        fleet.start()
+        fleet.submit(Song(songs[0]))
+        list(fleet.outcomes())  # the engines loaded
+        for song in songs[1:]:
+            fleet.submit(Song(song))
+        started = time.perf_counter()
+        outcomes = list(fleet.outcomes())
+        wall = time.perf_counter() - started
+        fleet.close("done")
+    reports = [o.report for o in outcomes]
+    _require(all(r is not None for r in reports), f"{way}: a song failed: {[o.failure for o in outcomes if o.failure]}")
+    stages = [s for r in reports for s in r.stages]  # type: ignore[union-attr]
+    charts = {Path(r.files["ultrastar"]).name: hashlib.sha256(Path(r.files["ultrastar"]).read_bytes()).hexdigest()
+              for r in reports}  # type: ignore[union-attr]  # fmt: skip
+    peaks = [s.peak_vram_mb for s in stages if s.peak_vram_mb is not None]
+    return {"way": way, "wall_s": round(wall, 2), "songs": len(reports), "songs_per_min": round(60 * len(reports) / wall, 2),
+            "engines_s": round(sum(s.wall_seconds for s in stages), 2), "shared_stages": sum(s.shared_card for s in stages),
+            "separated_ahead": sum(name.startswith("ugpu-ahead") for name in ahead_threads),
+            "torch_peak_mb": max(peaks) if peaks else None, "estimate_mb": plan.ahead.peak_mb,
+            "budget_mb": plan.vram_budget_mb, "charts": charts}  # fmt: skip
+
+
+def step_ahead(c: Check) -> dict[str, Any]:
+    """Issue 22's overlap on the card: a batch on the emulated 16 GB card, the host overlap alone
+    against the next song's Demucs separated ahead beside this song's Whisper and CREPE, each in a
+    fresh process; songs per minute, the charts byte for byte, the card's peak against the plan's
+    estimate."""
+    songs = _ahead_songs(c)
+    rows = {}
+    for way in ("host", "ahead"):
+        args = [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(c.work / "ahead"), "--ahead-one", way,
+                "--work", str(c.work), "--models", str(c.models), "--song", str(c.song), *map(str, songs)]
+        if c.dry_run:
+            args.append("--cpu-dry-run")
+        proc = subprocess.run(args, capture_output=True, text=True, env=c.env(), cwd=ROOT, timeout=c.timeout(150))
+        _require(proc.returncode == 0, f"{way}: {proc.stderr[-400:]}")
+        rows[way] = json.loads(proc.stdout.strip().splitlines()[-1])
+    host, ahead = rows["host"], rows["ahead"]
+    same = host["charts"] == ahead["charts"] and len(host["charts"]) == AHEAD_SONGS
+    _require(same, "the charts of the batch separated ahead differ from the host overlap's")
+    _require(ahead["separated_ahead"] == AHEAD_SONGS - 1 and host["separated_ahead"] == 0,
+             f"{ahead['separated_ahead']} of the {AHEAD_SONGS - 1} songs after the first were separated ahead")
+    _require(c.dry_run or ahead["shared_stages"] > 0, "no stage shared the card")
+    return {"rows": [host, ahead], "speedup": round(ahead["songs_per_min"] / host["songs_per_min"], 2),
+            "charts_identical": same}
+
+
 STEPS = (
     Step("install", 45, step_install), Step("detect", 20, step_detect), Step("cuda-tests", 60, step_cuda_tests),
     Step("models", 60, step_models), Step("emulate", 150, step_emulate), Step("oom", 45, step_oom),
-    Step("precision", 40, step_precision), Step("bench", 160, step_bench),
+    Step("precision", 40, step_precision), Step("bench", 160, step_bench), Step("ahead", 60, step_ahead),
 )  # fmt: skip
 
 
@@ -492,6 +598,21 @@ def markdown(c: Check, steps: list[dict[str, Any]]) -> str:
     precision = c.results.get("precision")
     if precision:
         lines += ["", "Whisper precision: " + ", ".join(f"{k} {v}" for k, v in precision.items()) + "."]
+    ahead = c.results.get("ahead")
+    if ahead:
+        lines += ["", f"A batch of {AHEAD_SONGS} songs on the emulated 16 GB card (balanced), engines loaded first, each way in "
+                  "a fresh process: the host overlap alone against the next song's Demucs separated ahead beside this "
+                  f"song's Whisper and CREPE ({ahead['speedup']}x the songs per minute; charts "
+                  f"{'byte for byte the same' if ahead['charts_identical'] else 'DIFFERENT'}):", "",
+                  "| way | wall | songs/min | engines' stages | separated ahead | stages sharing the card | torch peak "
+                  "| plan's estimate | budget |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        def mib(value: Any) -> str:
+            return "n/a" if value is None else f"{value} MB"
+
+        lines += [f"| {r['way']} | {r['wall_s']:.2f} s | {r['songs_per_min']:.1f} | {r['engines_s']:.2f} s "
+                  f"| {r['separated_ahead']} | {r['shared_stages']} | {mib(r['torch_peak_mb'])} "
+                  f"| {mib(r['estimate_mb'])} | {mib(r['budget_mb'])} |"
+                  for r in ahead["rows"]]  # fmt: skip
     bench = c.results.get("bench")
     if bench:
         lines += ["", bench["markdown"].strip()]
@@ -511,11 +632,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--models", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--song", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ahead-one", choices=("host", "ahead"), help=argparse.SUPPRESS)  # the ahead step's child
+    parser.add_argument("songs", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.emulate_one:
         limit, mode = args.emulate_one.split(":")
         child = Check(args.out, args.cpu_dry_run, None, args.site, args.work, song=args.song, models=args.models)
         print(json.dumps(_emulate_rows(child, int(limit), mode), default=str))
+        return 0
+    if args.ahead_one:
+        child = Check(args.out, args.cpu_dry_run, None, args.site, args.work, song=args.song, models=args.models)
+        print(json.dumps(_ahead_batch(child, args.ahead_one, args.songs), default=str))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ugpu-check-"))

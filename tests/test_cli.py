@@ -365,3 +365,33 @@ def test_errors_print_brackets_verbatim(runner, env, tmp_path):
     install command reach the user as written."""
     result = run(runner, "run", str(tmp_path / "Band - Song [live].mp3"), "-o", str(tmp_path / "o"))
     assert result.exit_code == 1 and "Song [live].mp3" in result.stderr
+
+
+def test_while_the_next_song_is_separated_ahead_each_stage_line_names_its_song(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from ultrasinger_gpu_cli.cli.run_view import RunDisplay
+    from ultrasinger_gpu_cli.run import events as ev
+
+    out = io.StringIO()
+
+    def stage(name: str, shared: bool = False) -> ev.StageRun:
+        return ev.StageRun(name, "b", "m", "cuda", 1.0, 10.0, peak_vram_mb=900, cuda_device="cuda:0", shared_card=shared)
+
+    with RunDisplay(Console(file=out, width=200)) as display:
+        for event in (ev.SongStarted("A.mp3", tmp_path / "A"), ev.StageStarted("A.mp3", "demucs"),
+                      ev.StageFinished("A.mp3", stage("demucs")), ev.StageStarted("A.mp3", "whisper"),
+                      ev.SongAhead("B.mp3", tmp_path / "B"), ev.StageStarted("B.mp3", "demucs"),
+                      ev.StageFinished("B.mp3", stage("demucs", shared=True)),
+                      ev.StageFinished("A.mp3", stage("whisper", shared=True)), ev.SongFinished("A.mp3", None),
+                      ev.SongStarted("B.mp3", tmp_path / "B"), ev.StageStarted("B.mp3", "whisper"),
+                      ev.StageFinished("B.mp3", stage("whisper"))):  # fmt: skip
+            display(event)
+    lines = [line.strip() for line in out.getvalue().splitlines()]
+    assert lines[0].startswith("A.mp3 -> ") and lines[1] == "demucs: cuda:0, 1.0 s, 10.00x real time, peak VRAM 900 MB"
+    assert lines[2] == ("demucs (B.mp3, ahead): cuda:0, 1.0 s, 10.00x real time, peak VRAM 900 MB (two songs' stages on "
+                        "the card at once)")  # fmt: skip
+    assert lines[3].startswith("whisper: cuda:0") and lines[3].endswith("(two songs' stages on the card at once)")
+    assert lines[4].startswith("B.mp3 -> ") and lines[5].startswith("whisper: cuda:0") and len(lines) == 6

@@ -48,7 +48,7 @@ def test_gpu_check_dry_run_installs_offline_and_passes_every_step(wheels, tmp_pa
     failed = {s["step"]: s.get("error") for s in results["steps"] if s["status"] != "ok"}
     assert proc.returncode == 0 and not failed, (failed, proc.stderr[-3000:])
     assert [s["step"] for s in results["steps"]] == ["install", "detect", "cuda-tests", "models", "emulate", "oom",
-                                                     "precision", "bench"]  # fmt: skip
+                                                     "precision", "bench", "ahead"]  # fmt: skip
     installed = results["results"]["install"]
     assert {"whisper", "demucs", "torchcrepe", "soundfile"} <= set(installed["imported_from_wheels"])
     assert installed["whisper"].startswith(str(tmp_path / "site"))
@@ -56,9 +56,12 @@ def test_gpu_check_dry_run_installs_offline_and_passes_every_step(wheels, tmp_pa
     assert {r["stage"] for r in results["results"]["emulate"]["rows"]} == {"demucs", "whisper", "crepe"}
     (cold,) = results["results"]["emulate"]["cold"]  # the emulated card's fresh process: issue 22's cold run
     assert 0 < cold["engines_s"] < cold["wall_s"] and cold["x_real_time"] > 0
+    ahead = results["results"]["ahead"]  # the next songs separated ahead, to the same charts
+    assert ahead["charts_identical"] and [r["separated_ahead"] for r in ahead["rows"]] == [0, 2]
     report = (out / "gpu-check.md").read_text()
     assert "| install |" in report and "crepe-tiny" in report and "PASS" in proc.stdout
     assert "| 16 GB | balanced | " in report and "outside the engines" in report
+    assert "| ahead | " in report and "separated ahead" in report
 
 
 def test_a_missing_wheel_fails_the_install_step(wheels, tmp_path):

@@ -163,6 +163,98 @@ def test_ladder_from_cuda_halves_then_moves_to_the_cpu_and_fatal_errors_go_strai
     assert (events[0].stage, events[0].device) == ("whisper", "cuda")
 
 
+def test_out_of_memory_on_a_card_two_stages_share_gives_way_or_waits_and_never_walks_the_ladder(monkeypatch):
+    """A batch's next song separated ahead shares the card with this song's stages: out of memory
+    then is the other stage's doing, so no smaller batch, no CPU (the chart would change). The
+    stage beside gives way; the other waits for the card and tries the same settings again. Only
+    a stage that draws random numbers (Whisper) is seeded, so the one beside never reseeds it."""
+    import threading
+    from types import SimpleNamespace
+
+    import torch
+
+    from ultrasinger_gpu_cli.gpu import devices
+    from ultrasinger_gpu_cli.gpu.devices import DeviceBinding
+    from ultrasinger_gpu_cli.plan.resolver import PlanTarget, resolve
+    from ultrasinger_gpu_cli.run import runner as runner_module
+    from ultrasinger_gpu_cli.run.runner import GaveWay, StageRunner
+
+    card = DeviceBinding("cuda", 0, None)
+    measured = []
+    monkeypatch.setattr(devices, "bind", lambda gpu: card)
+    monkeypatch.setattr(devices, "cap_memory", lambda binding, fraction: None)
+    monkeypatch.setattr(devices, "start_measuring", measured.append)
+    monkeypatch.setattr(devices, "peak_vram_mb", lambda binding: 1234)
+    monkeypatch.setattr(devices, "free_memory", lambda **kwargs: None)
+    monkeypatch.setattr(devices, "side_stream", lambda binding: None)
+    seeded = []
+    monkeypatch.setattr(runner_module, "seed_everything", seeded.append)
+    monkeypatch.setattr(StageRunner, "_engine", lambda self, component, settings: SimpleNamespace(
+        settings=settings, binding=self.binding(settings), model_name=settings.model, retune=lambda s: None))  # fmt: skip
+    plan = resolve(PlanTarget("a 16 GB GPU", 16 * 1024, "8.9", hypothetical=True))
+    runner = StageRunner(plan, on_event=lambda e: None)
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    words, stems = SimpleNamespace(no_vocals=False), SimpleNamespace(silent=False)
+
+    def beside(call, out):
+        thread = threading.Thread(target=lambda: out.append(runner.run("demucs", "B", 10.0, call, seed=7, beside=True)))
+        thread.start()
+        return thread
+
+    # 1. This song's Whisper runs out of memory while the next song's Demucs works beside it
+    working, release, tries, ahead = threading.Event(), threading.Event(), [], []
+
+    def separating(engine, progress):
+        working.set()
+        assert release.wait(10)
+        return stems
+
+    def transcribing(engine, progress):
+        tries.append((engine.settings.batch_size, release.is_set()))
+        if len(tries) == 1:
+            threading.Timer(0.3, release.set).start()
+            raise oom
+        return words
+
+    thread = beside(separating, ahead)
+    assert working.wait(10)
+    result, run, fallbacks = runner.run("whisper", "A", 10.0, transcribing, seed=3)
+    thread.join()
+    batch = plan.components["whisper"].value("batch_size")
+    assert result is words and fallbacks == [] and tries == [(batch, False), (batch, True)]  # waited, same batch
+    assert ahead[0][1].shared_card and not run.shared_card  # the second try had the card alone
+    assert seeded == [3, 3] and len(measured) == 2  # Demucs never seeded; the counter reset only when alone
+
+    # 2. The next song's Demucs runs out of memory while this song's stage works: it gives way
+    working.clear()
+    done = threading.Event()
+
+    def listening(engine, progress):
+        working.set()
+        assert done.wait(10)
+        return words
+
+    main = []
+    thread = threading.Thread(target=lambda: main.append(runner.run("whisper", "A", 10.0, listening, seed=3)))
+    thread.start()
+    assert working.wait(10)
+    with pytest.raises(GaveWay, match="demucs ran out of memory beside another stage on cuda:0"):
+        runner.run("demucs", "B", 10.0, lambda engine, progress: (_ for _ in ()).throw(oom), beside=True)
+    done.set()
+    thread.join()
+    assert main[0][1].shared_card and main[0][2] == []
+
+    # 3. Alone on the card, out of memory walks the ladder as ever
+    def once(engine, progress, tried=[]):
+        tried.append(engine.settings.batch_size)
+        if len(tried) == 1:
+            raise oom
+        return stems
+
+    _, run, fallbacks = runner.run("demucs", "B", 10.0, once, beside=True)
+    assert [e.reason for e in fallbacks] == ["out of memory"] and not run.shared_card
+
+
 def test_several_songs_load_each_model_once_and_bad_ones_do_not_stop_the_others(env, fast_whisper, tmp_path, monkeypatch):
     from ultrasinger_gpu_cli.engines.faster_whisper_engine import FasterWhisperEngine
     from ultrasinger_gpu_cli.engines.whisper_engine import WhisperEngine
@@ -210,15 +302,117 @@ def test_an_overlapped_batch_writes_byte_for_byte_what_one_song_at_a_time_writes
     assert len(written["--json"]) == 3 * 8 and written["--no-overlap"] == written["--json"]
 
 
+def _ahead_always(monkeypatch) -> None:
+    """The plan says the card holds the next song's Demucs beside this song's stages (on this
+    CPU, where a real plan never says it)."""
+    from ultrasinger_gpu_cli.plan.resolver import Ahead, Plan
+
+    monkeypatch.setattr(Plan, "ahead", property(lambda plan: Ahead(True, 0, "this test")))
+
+
+def test_a_batch_that_separates_ahead_writes_byte_for_byte_what_one_song_at_a_time_writes(env, fast_whisper, tmp_path,
+                                                                                          monkeypatch):  # fmt: skip
+    import threading
+
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+
+    _ahead_always(monkeypatch)
+    separated, real = [], Pipeline._separate
+
+    def separate(self, work, **kwargs):
+        separated.append((work.source.name, threading.current_thread().name, kwargs.get("beside", False)))
+        return real(self, work, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "_separate", separate)
+    sources = [str(write_wav(tmp_path / f"Band - Take {n}.wav", song(7.0 + n), 44_100)) for n in range(3)]
+    written, order = {}, {}
+    for flag in ("--no-overlap", "--json"):
+        separated.clear()
+        monkeypatch.setenv("UGPU_DB", str(tmp_path / f"data-{flag[2:]}" / "ugpu.db"))  # its own resume cache too
+        out = tmp_path / flag[2:]
+        result = invoke("run", *sources, "-o", str(out), "--language", "en", "--json", flag)
+        assert result.exit_code == 0, result.output
+        songs = json.loads(result.stdout)["songs"]
+        assert [Path(s["source"]).name for s in songs] == [Path(s).name for s in sources]
+        assert [s["stage"] for r in songs for s in r["stages"]] == ["demucs", "whisper", "crepe"] * 3
+        assert not any(s["cached"] or s["shared_card"] for r in songs for s in r["stages"])  # no card here
+        written[flag], order[flag] = _song_files(out), list(separated)
+    names = [Path(s).name for s in sources]
+    assert [(n, beside) for n, _, beside in order["--no-overlap"]] == [(n, False) for n in names]
+    # the first song separated by the engines' thread, the next ones on the ahead worker, beside
+    assert [(n, beside) for n, _, beside in order["--json"]] == [(names[0], False), (names[1], True), (names[2], True)]
+    assert [t.startswith("ugpu-ahead") for _, t, _ in order["--json"]] == [False, True, True]
+    assert len(written["--json"]) == 3 * 8 and written["--no-overlap"] == written["--json"]
+
+
+def test_a_separation_that_gives_way_runs_again_alone_and_the_song_is_the_same(env, fast_whisper, tmp_path, monkeypatch):
+    from ultrasinger_gpu_cli.run.events import StageStarted
+    from ultrasinger_gpu_cli.run.runner import GaveWay, StageRunner
+
+    _ahead_always(monkeypatch)
+    real, gave_way = StageRunner.run, []
+
+    def run(self, component, song, audio_seconds, call, **kwargs):
+        if kwargs.get("beside"):  # as the runner does where a shared card ran out of memory
+            gave_way.append(song)
+            self.emit(StageStarted(song, component, self.run_id))
+            raise GaveWay(f"{component} ran out of memory beside another stage on cuda:0")
+        return real(self, component, song, audio_seconds, call, **kwargs)
+
+    monkeypatch.setattr(StageRunner, "run", run)
+    sources = [str(write_wav(tmp_path / f"Band - Take {n}.wav", song(7.0 + n), 44_100)) for n in range(2)]
+    result = invoke("run", *sources, "-o", str(tmp_path / "ahead"), "--language", "en", "--json")
+    assert result.exit_code == 0, result.output
+    assert gave_way == ["Band - Take 1.wav"] and "it runs again once the card is free" in " ".join(result.stderr.split())
+    songs = json.loads(result.stdout)["songs"]
+    assert [s["stage"] for r in songs for s in r["stages"]] == ["demucs", "whisper", "crepe"] * 2
+    monkeypatch.setattr(StageRunner, "run", real)
+    monkeypatch.setenv("UGPU_DB", str(tmp_path / "alone" / "ugpu.db"))
+    alone = invoke("run", *sources, "-o", str(tmp_path / "serial"), "--language", "en", "--json", "--no-overlap")
+    assert alone.exit_code == 0, alone.output
+    assert _song_files(tmp_path / "ahead") == _song_files(tmp_path / "serial")
+
+
+def test_a_batch_stopped_while_a_song_is_separated_ahead_stops_it_and_keeps_no_folder_of_it(env, tmp_path, monkeypatch):
+    import threading
+
+    from ultrasinger_gpu_cli.errors import ModelMissingError
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+
+    _ahead_always(monkeypatch)
+    real_engines, real_ahead, stopped, began = Pipeline._engines, Pipeline.separate_ahead, [], threading.Event()
+
+    def separate_ahead(self, work, stop):
+        began.set()
+        real_ahead(self, work, stop)
+        stopped.append((work.source.name, stop.is_set(), work.vocals16 is None))
+
+    def engines(self, work, separated=None):
+        if work.source.name == "A - One.wav":
+            separated()  # the next song's separation starts ahead ...
+            assert began.wait(60)
+            time.sleep(0.5)
+            raise ModelMissingError("no weights for this test", hint="none")  # ... and the batch stops
+        return real_engines(self, work, separated)
+
+    monkeypatch.setattr(Pipeline, "separate_ahead", separate_ahead)
+    monkeypatch.setattr(Pipeline, "_engines", engines)
+    sources = [str(write_wav(tmp_path / name, song(40.0), 44_100)) for name in ("A - One.wav", "B - Two.wav")]
+    result = invoke("run", *sources, "-o", str(tmp_path / "out"), "--language", "en")
+    assert result.exit_code != 0 and "no weights for this test" in result.stderr
+    assert stopped == [("B - Two.wav", True, True)]  # stopped between blocks, not separated to the end
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_an_overlapped_batch_goes_on_past_a_song_whose_engines_fail_and_keeps_no_folder_of_it(env, tmp_path, monkeypatch):
     from ultrasinger_gpu_cli.run.pipeline import Pipeline
 
     real = Pipeline._engines
 
-    def engines(self, work):
+    def engines(self, work, *args):
         if work.source.name == "B - Two.wav":
             raise RuntimeError("a bug in one song")
-        return real(self, work)
+        return real(self, work, *args)
 
     monkeypatch.setattr(Pipeline, "_engines", engines)
     vocals, timings = _known_melody(tmp_path)
@@ -245,7 +439,7 @@ def test_missing_weights_stop_an_overlapped_batch_and_the_song_opened_ahead_keep
         opened.append(work.held.folder)
         return work
 
-    def engines(self, work):
+    def engines(self, work, *args):
         time.sleep(0.5)  # the next song is opened meanwhile
         raise ModelMissingError("no weights for this test", hint="none")
 

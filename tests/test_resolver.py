@@ -203,3 +203,51 @@ def test_tier_table_is_complete_and_ordered():
     assert keys == ["cpu", "lt4", "4-6", "6-8", "8-12", "12-16", "16-24", "24+"]
     bounds = [(t.min_gb, t.max_gb) for t in GPU_TIERS]
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("gb", [48, 80, 141])
+def test_the_largest_cards_get_settings_every_stage_takes(gb, mode):
+    """A mode's larger batches stop at the most a stage takes (aggressive on an 80 GB card asked
+    CREPE for 8192 frames a batch, which its settings refuse: the run failed at its first stage)."""
+    plan = resolve(_gpu(gb), mode)
+    for name, cplan in plan.components.items():
+        for parameter, setting in cplan.settings.items():
+            assert validate_setting(name, parameter, setting.value) == setting.value
+        cplan.typed()
+    crepe = plan.components["crepe"].settings["batch_size"]
+    if mode == "aggressive":
+        assert crepe.value == 4096 and "4096, the most CREPE takes" in crepe.reason
+
+
+def test_a_batch_separates_the_next_song_ahead_only_where_the_vram_budget_holds_both():
+    from ultrasinger_gpu_cli.plan.tiers import CUDA_CONTEXT_MB
+
+    first_user = resolve(RTX_5060_TI)
+    ahead = first_user.ahead
+    assert ahead.enabled and ahead.peak_mb <= first_user.vram_budget_mb and "beside" in ahead.why
+    weights = {n: SPECS[n].estimate_weights_mb(c.typed()) for n, c in first_user.components.items()}
+    working = {n: c.estimated_vram_mb - CUDA_CONTEXT_MB - weights[n] for n, c in first_user.components.items()}
+    # every model loaded, Demucs' working memory and the larger of the others' at once
+    assert ahead.peak_mb == CUDA_CONTEXT_MB + sum(weights.values()) + working["demucs"] + max(working["whisper"],
+                                                                                              working["crepe"])  # fmt: skip
+    assert max(c.estimated_vram_mb for c in first_user.components.values()) < ahead.peak_mb < first_user.pipeline_peak_mb
+    assert first_user.to_dict()["separate_ahead"] == {"enabled": True, "estimated_peak_mb": ahead.peak_mb,
+                                                      "why": ahead.why}  # fmt: skip
+    small = resolve(_gpu(8))
+    assert not small.ahead.enabled and small.ahead.peak_mb > small.vram_budget_mb
+    assert f"{small.ahead.peak_mb} MB, over the {small.vram_budget_mb} MB VRAM budget" in small.ahead.why
+    cpu = resolve(PlanTarget("CPU: test")).ahead
+    assert not cpu.enabled and cpu.peak_mb is None and "CPU" in cpu.why
+    # the rest on the CPU: Demucs alone on the card, beside CPU stages
+    alone = resolve(_gpu(8), overrides={"whisper": {"device": "cpu"}, "crepe": {"device": "cpu"}}).ahead
+    assert alone.enabled and alone.peak_mb == resolve(_gpu(8)).components["demucs"].estimated_vram_mb
+    # a Demucs backend that may draw random numbers is seeded per song: never beside Whisper
+    from ultrasinger_gpu_cli.components import DEMUCS
+
+    DEMUCS.register("test-random", "tests.no_such_module")
+    try:
+        seeded = resolve(RTX_5060_TI, flags={"demucs": {"backend": "test-random"}}).ahead
+    finally:
+        DEMUCS.backends.pop("test-random")
+    assert not seeded.enabled and "may draw random numbers" in seeded.why

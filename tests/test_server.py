@@ -263,10 +263,10 @@ def test_a_worker_opens_the_next_job_while_the_engines_run_and_each_job_is_done_
         opened_on[Path(source).stem] = threading.current_thread().name
         return open_song(self, source, **kwargs)
 
-    def held_engines(self, work):  # the second job's engines wait until the first job is done
+    def held_engines(self, work, **kwargs):  # the second job's engines wait until the first job is done
         if work.source.stem == "Band - Song 1" and not second_may_run.wait(120):
             raise AssertionError("the first job was not done while the second one's engines ran")
-        return run_engines(self, work)
+        return run_engines(self, work, **kwargs)
 
     monkeypatch.setattr(Pipeline, "open_song", spied_open)
     monkeypatch.setattr(Pipeline, "run_engines", held_engines)
@@ -387,3 +387,42 @@ def test_a_worker_without_the_database_plans_like_one_with_it(tmp_path, fake_gpu
     assert without.components == from_store.components and without.target == from_store.target
     assert set(handed) == {h100_uuid} and worker_plan(None, 0, "balanced", overrides=handed).components == other.components
     assert worker_plan(None, None, overrides=handed).target.name == "CPU"
+
+
+def test_a_worker_that_separates_the_next_job_ahead_keeps_each_jobs_stages_and_a_cancel_stops_it(env, fast_whisper,
+                                                                                                 tmp_path, monkeypatch):  # fmt: skip
+    """Where the card holds both, a worker separates the next job while this one's Whisper and
+    pitch run (issue 22): each job's stages are its own, and a job cancelled while it is separated
+    ahead ends cancelled, with nothing written, while the others finish."""
+    import threading
+
+    from ultrasinger_gpu_cli.plan.resolver import Ahead, Plan
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+
+    monkeypatch.setattr(Plan, "ahead", property(lambda plan: Ahead(True, 0, "this test")))
+    songs = [_wav(tmp_path, f"Band - Song {i}.wav", seconds=2.0 + i) for i in range(4)]
+    started, go, ahead_of = threading.Event(), threading.Event(), []
+    separate_ahead = Pipeline.separate_ahead
+
+    def held(self, work, stop):
+        ahead_of.append(work.source.stem)
+        if work.source.stem == "Band - Song 1":
+            started.set()
+            assert go.wait(60)
+        return separate_ahead(self, work, stop)
+
+    monkeypatch.setattr(Pipeline, "separate_ahead", held)
+    config = _config(tmp_path / "ahead", env)
+    ids = _queued(config, songs)
+    with _client(config, workers=True) as client:
+        assert started.wait(120)  # the second job is about to be separated ahead of its turn
+        assert client.delete(f"/api/jobs/{ids[1]}").json()["status"] == "cancelled"
+        go.set()
+        jobs = [_wait(client, job_id) for job_id in ids]
+        assert [j["status"] for j in jobs] == ["done", "cancelled", "done", "done"], [j["error"] for j in jobs]
+        for done in (jobs[0], jobs[2], jobs[3]):  # the fourth job's separation ran ahead, beside the third's
+            assert [s["stage"] for s in done["stages"]] == ["demucs", "whisper", "crepe"], done["stages"]
+        assert client.get(f"/api/jobs/{ids[1]}/download").status_code == 404
+    # the third job in its own turn (the job before it ended, cancelled, before an engine of its own ran)
+    assert ahead_of == ["Band - Song 1", "Band - Song 3"]
+    assert not (tmp_path / "ahead" / "serve" / "out" / ids[1]).exists()

@@ -136,6 +136,7 @@ def plan_view(plan: Plan) -> RenderableType:
     head.add_row("Tier", plan.tier.label)
     if plan.vram_budget_mb:
         head.add_row("VRAM budget", f"{plan.vram_budget_mb} MB (memory fraction {plan.memory_fraction})")
+    head.add_row("Batches", plan.ahead.why)
     table = _settings_table()
     for name, cplan in plan.components.items():
         _component_rows(table, name, cplan)

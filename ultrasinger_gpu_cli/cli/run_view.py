@@ -47,7 +47,8 @@ class RunDisplay:
         self.stage_lines = stage_lines  # a line per finished stage (a stage command prints its own summary)
         self.live = console.is_terminal
         self.progress: Progress | None = None
-        self.task: Any = None
+        self.tasks: dict[tuple[str, str], Any] = {}  # (song, stage) -> its bar
+        self.song: str | None = None  # the song whose turn it is (a batch's next song may be separated ahead)
         self.download_task: Any = None
         self.download_started: tuple[float, int] | None = None
 
@@ -98,15 +99,19 @@ class RunDisplay:
         if isinstance(event, ev.ModelFetch):
             self._fetch(event)
         elif isinstance(event, ev.SongStarted):
+            self.song = event.song
             self.print(f"[bold]{event.song}[/] -> {event.folder}" if event.folder else f"[bold]{event.song}[/]")
         elif isinstance(event, ev.StageStarted):
             if self.progress is not None:
-                self.task = self.progress.add_task(f"  {event.stage}", total=1.0, speed="")
+                self._drop_bar(event.song, event.stage)  # a stage that gave way, started again
+                self.tasks[event.song, event.stage] = self.progress.add_task(
+                    f"  {self._label(event.song, event.stage)}", total=1.0, speed="")  # fmt: skip
         elif isinstance(event, ev.StageProgress):
-            if self.progress is not None and self.task is not None:
-                self.progress.update(self.task, completed=min(1.0, event.fraction), speed=_speed(event.speed_x))
+            task = self.tasks.get((event.song, event.stage))
+            if self.progress is not None and task is not None:
+                self.progress.update(task, completed=min(1.0, event.fraction), speed=_speed(event.speed_x))
         elif isinstance(event, ev.StageFinished):
-            self._stage_done(event.run)
+            self._stage_done(event.song, event.run)
         elif isinstance(event, ev.Notice):
             self.print(f"  [yellow]{event.message}[/]")
         elif isinstance(event, FallbackEvent):
@@ -115,18 +120,30 @@ class RunDisplay:
         elif isinstance(event, ev.SongFailed):
             self.print(f"[bold red]failed:[/] {event.error}")
 
-    def _stage_done(self, run: ev.StageRun) -> None:
+    def _label(self, song: str, stage: str) -> str:
+        """A stage's name; a batch's next song's, separated ahead before its turn, with its song's."""
+        return f"{stage} ({song}, ahead)" if self.song is not None and song != self.song else stage
+
+    def _drop_bar(self, song: str, stage: str) -> None:
+        task = self.tasks.pop((song, stage), None)
+        if self.progress is not None and task is not None:
+            self.progress.remove_task(task)
+
+    def _stage_done(self, song: str, run: ev.StageRun) -> None:
+        label = self._label(song, run.stage)
         if run.cached:
-            self.print(f"  {run.stage}: done earlier (resumed from the cache)", style="dim")
+            self.print(f"  {label}: done earlier (resumed from the cache)", style="dim")
             return
-        if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, completed=1.0)
-            self.task = None
+        task = self.tasks.pop((song, run.stage), None)
+        if self.progress is not None and task is not None:
+            self.progress.update(task, completed=1.0)
         if not self.stage_lines:
             return
         vram = f", peak VRAM {run.peak_vram_mb} MB" if run.peak_vram_mb is not None else ""
+        if vram and run.shared_card:
+            vram += " (two songs' stages on the card at once)"
         where = run.cuda_device or run.device
-        self.print(f"  {run.stage}: {where}, {run.wall_seconds:.1f} s, {_speed(run.speed_x) or 'n/a'}{vram}")
+        self.print(f"  {label}: {where}, {run.wall_seconds:.1f} s, {_speed(run.speed_x) or 'n/a'}{vram}")
 
 
 def stage_display(console: Console) -> RunDisplay:

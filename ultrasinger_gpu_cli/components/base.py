@@ -163,6 +163,10 @@ class BackendRef:
     compute_types: tuple[str, ...] = TORCH_COMPUTE_TYPES
     precision: Mapping[str, BackendPrecision] = field(default_factory=dict)  # device -> (compute type, why)
     gpu_problem: Callable[[str | None], str | None] | None = None  # (compute capability) -> why it can't run it
+    # Its engine draws no random numbers: the stage runner never seeds it, so it can run beside a
+    # stage that draws some (Whisper's temperature fallback) without moving that stage's draws.
+    # Not said: seeded per song, like any stage whose result may depend on a generator.
+    deterministic: bool = False
 
     def missing_requirements(self) -> tuple[str, ...]:
         return tuple(m for m in self.requires if importlib.util.find_spec(m) is None)
@@ -236,6 +240,7 @@ class ComponentSpec(Generic[S]):
     fallback_floor: int  # the smallest batch the ladder tries before the CPU
     tier_defaults: Mapping[str, Mapping[str, SettingValue]]  # tier key -> parameter -> value
     estimate_vram_mb: Callable[[S], int]  # peak VRAM of one stage, CUDA context included
+    estimate_weights_mb: Callable[[S], int]  # of which the loaded model's weights (held between songs)
     tier_reason: Callable[[str, SettingValue, Tier], str | None]  # None: the tier's own note
     precision: Callable[[bool, str | None], Precision]  # (on a GPU, compute capability)
     io: StageIO
@@ -296,11 +301,13 @@ class ComponentSpec(Generic[S]):
                  devices: tuple[str, ...] = DEVICES, fixed: Mapping[str, tuple[SettingValue, str]] | None = None,
                  compute_types: tuple[str, ...] = TORCH_COMPUTE_TYPES,
                  precision: Mapping[str, BackendPrecision] | None = None,
-                 gpu_problem: Callable[[str | None], str | None] | None = None) -> None:  # fmt: skip
+                 gpu_problem: Callable[[str | None], str | None] | None = None,
+                 deterministic: bool = False) -> None:  # fmt: skip
         """The one registration line of a backend (with what planning needs to know of it:
-        ``gpu_problem(compute_capability)`` says why it cannot run a card, or None)."""
+        ``gpu_problem(compute_capability)`` says why it cannot run a card, or None;
+        ``deterministic``: its engine draws no random numbers)."""
         self.backends[name] = BackendRef(name, source, requires, install, models, devices, dict(fixed or {}),
-                                         compute_types, dict(precision or {}), gpu_problem)  # fmt: skip
+                                         compute_types, dict(precision or {}), gpu_problem, deterministic)  # fmt: skip
 
     def models_of(self, backend: str) -> tuple[str, ...]:
         """The models a backend runs: its own, else the component's."""

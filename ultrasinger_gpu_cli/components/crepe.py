@@ -23,8 +23,12 @@ class CrepeSettings(StageSettings):
     step_size: int  # milliseconds between pitch frames
 
 
+def estimate_weights_mb(s: CrepeSettings) -> int:
+    return int(_PARAMS_M[s.model] * 4)
+
+
 def estimate_vram_mb(s: CrepeSettings) -> int:
-    return int(CUDA_CONTEXT_MB + _PARAMS_M[s.model] * 4 + _FRAME_MB[s.model] * max(1, s.batch_size))
+    return int(CUDA_CONTEXT_MB + estimate_weights_mb(s) + _FRAME_MB[s.model] * max(1, s.batch_size))
 
 
 def tier_reason(parameter: str, value: SettingValue, tier: Tier) -> str | None:
@@ -77,6 +81,7 @@ CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
                                     ("12-16", 5, 2048), ("16-24", 5, 2048), ("24+", 5, 4096))},
     },  # fmt: skip
     estimate_vram_mb=estimate_vram_mb,
+    estimate_weights_mb=estimate_weights_mb,
     tier_reason=tier_reason,
     precision=precision,
     io=StageIO(SAMPLE_RATE, 1, _call, _write, lambda track: not track.computed.any(), _outputs),
@@ -88,10 +93,11 @@ CREPE: ComponentSpec[CrepeSettings] = ComponentSpec(
 
 # Backends: one line each. The first is the default.
 CREPE.register("torchcrepe", "ultrasinger_gpu_cli.engines.crepe_engine",
-               requires=("torch", "torchcrepe"), install="pip install torchcrepe")
+               requires=("torch", "torchcrepe"), install="pip install torchcrepe", deterministic=True)
 CREPE.register("swiftf0", "ultrasinger_gpu_cli.engines.swiftf0_engine",
                requires=("swift_f0", "onnxruntime"), install="pip install swift-f0", models=("swiftf0",),
-               devices=("cpu",), fixed={"step_size": (16, "a pitch frame every 16 ms (256 samples at 16 kHz)")})  # fmt: skip
+               devices=("cpu",), fixed={"step_size": (16, "a pitch frame every 16 ms (256 samples at 16 kHz)")},
+               deterministic=True)  # fmt: skip
 CREPE.register("tensorflow", "ultrasinger_gpu_cli.engines.crepe_tensorflow",
                requires=("tensorflow", "keras", "torchcrepe"), install="pip install 'ultrasinger-gpu-cli[tensorflow]'",
-               compute_types=("float32",), gpu_problem=tensorflow_gpu_problem)  # fmt: skip
+               compute_types=("float32",), gpu_problem=tensorflow_gpu_problem, deterministic=True)  # fmt: skip

@@ -22,8 +22,12 @@ class DemucsSettings(StageSettings):
     overlap: float  # share of a chunk
 
 
+def estimate_weights_mb(s: DemucsSettings) -> int:
+    return _MODEL_MB
+
+
 def estimate_vram_mb(s: DemucsSettings) -> int:
-    return int(CUDA_CONTEXT_MB + _MODEL_MB + _ITEM_MB * max(1, s.batch_size))
+    return int(CUDA_CONTEXT_MB + estimate_weights_mb(s) + _ITEM_MB * max(1, s.batch_size))
 
 
 def tier_reason(parameter: str, value: SettingValue, tier: Tier) -> str | None:
@@ -88,6 +92,7 @@ DEMUCS: ComponentSpec[DemucsSettings] = ComponentSpec(
            for key, batch in (("lt4", 1), ("4-6", 1), ("6-8", 1), ("8-12", 2), ("12-16", 3), ("16-24", 4), ("24+", 8))},
     },  # fmt: skip
     estimate_vram_mb=estimate_vram_mb,
+    estimate_weights_mb=estimate_weights_mb,
     tier_reason=tier_reason,
     precision=precision,
     io=StageIO(DEMUCS_SAMPLE_RATE, 2, _call, _write, lambda separation: separation.silent, _outputs),
@@ -99,4 +104,4 @@ DEMUCS: ComponentSpec[DemucsSettings] = ComponentSpec(
 
 # Backends: one line each. The first is the default.
 DEMUCS.register("demucs", "ultrasinger_gpu_cli.engines.demucs_engine",
-                requires=("torch", "demucs"), install="pip install demucs")
+                requires=("torch", "demucs"), install="pip install demucs", deterministic=True)

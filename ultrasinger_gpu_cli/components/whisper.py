@@ -91,11 +91,20 @@ def canonical(name: str) -> str:
     return WHISPER_ALIASES.get(name, name)
 
 
+def _weights_mb(s: WhisperSettings) -> float:
+    # float16 on CUDA stores float16 weights (the engine halves all but LayerNorm), int8 one byte
+    # per weight (CTranslate2), else float32.
+    return _PARAMS_M[canonical(s.model)] * _WEIGHT_BYTES.get(s.compute_type, 4)
+
+
+def estimate_weights_mb(s: WhisperSettings) -> int:
+    return int(_weights_mb(s))
+
+
 def estimate_vram_mb(s: WhisperSettings) -> int:
     model = canonical(s.model)
-    # float16 on CUDA stores float16 weights (the engine halves all but LayerNorm), int8 one byte
-    # per weight (CTranslate2), else float32; activations are float16 unless the compute is float32.
-    weights = _PARAMS_M[model] * _WEIGHT_BYTES.get(s.compute_type, 4)
+    weights = _weights_mb(s)
+    # Activations are float16 unless the compute is float32.
     width = 4 if s.compute_type in ("float32", "int8") else 2
     acts = _ACT_MB[model] * max(1, s.batch_size) * width / 2
     layers, state = _DECODER[model]
@@ -188,6 +197,7 @@ WHISPER: ComponentSpec[WhisperSettings] = ComponentSpec(
         "24+": {"model": "large-v3-turbo", "batch_size": 48, "beam_size": 1},
     },
     estimate_vram_mb=estimate_vram_mb,
+    estimate_weights_mb=estimate_weights_mb,
     tier_reason=tier_reason,
     precision=precision,
     io=StageIO(SAMPLE_RATE, 1, _call, _write, lambda transcript: transcript.no_vocals, _outputs),

@@ -12,7 +12,10 @@ torch is imported inside the functions: importing this module is free.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from ultrasinger_gpu_cli.errors import GpuUnavailableError
 from ultrasinger_gpu_cli.gpu.facts import GpuIdentity
@@ -158,6 +161,35 @@ def peak_vram_mb(binding: DeviceBinding) -> int | None:
 
     torch.cuda.synchronize(binding.ordinal)
     return int(torch.cuda.max_memory_allocated(binding.ordinal) // (1024 * 1024))
+
+
+def side_stream(binding: DeviceBinding):
+    """A CUDA stream of its own on the bound card (None on the CPU), for a stage that runs beside
+    another: each thread queues on PyTorch's default stream unless told otherwise, and work on one
+    stream runs in order, so two stages there would take turns, not share the card."""
+    if not binding.is_cuda:
+        return None
+    import torch
+
+    return torch.cuda.Stream(device=binding.ordinal)
+
+
+@contextmanager
+def on_stream(stream: Any, binding: DeviceBinding) -> Iterator[None]:
+    """This thread's CUDA work on ``stream`` (from :func:`side_stream`; None: as it was). It
+    starts after what the card's default stream has queued (the model it uses loaded there), and
+    is finished when the block ends, so its results are ready for whoever reads them next."""
+    if stream is None:
+        yield
+        return
+    import torch
+
+    stream.wait_stream(torch.cuda.default_stream(binding.ordinal))
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        stream.synchronize()
 
 
 def free_memory(*, collect: bool = True) -> None:

@@ -143,6 +143,19 @@ class ComponentPlan:
 
 
 @dataclass(frozen=True)
+class Ahead:
+    """Whether a batch separates its next song while the current song's later stages run (the
+    next song's Demucs beside this song's Whisper and pitch, on the same card), and why."""
+
+    enabled: bool
+    peak_mb: int | None  # the estimated VRAM with both at work; None where Demucs is not on the card
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "estimated_peak_mb": self.peak_mb, "why": self.why}
+
+
+@dataclass(frozen=True)
 class Plan:
     target: PlanTarget
     mode: str
@@ -171,6 +184,31 @@ class Plan:
         peaks = [c.estimated_vram_mb for c in self.components.values() if c.estimated_vram_mb and c.value("device") == "cuda"]
         return sum(peaks) - CUDA_CONTEXT_MB * (len(peaks) - 1) if peaks else None
 
+    @property
+    def ahead(self) -> Ahead:
+        """Separate the next song ahead where the VRAM budget holds it: every stage's model
+        loaded (a worker keeps them from song to song), Demucs' working memory and the largest
+        working memory of the stages beside it, all at once (the CUDA context counted once). On
+        the CPU, Demucs takes every core: never."""
+        demucs = self.components.get("demucs")
+        if demucs is None or demucs.device != "cuda" or demucs.estimated_vram_mb is None:
+            return Ahead(False, None, "Demucs runs on the CPU here, where it takes every core: one song's stages at a time")
+        backend = demucs.spec.ref(str(demucs.value("backend")))
+        if not backend.deterministic:  # seeded per song, it would move the draws of the stage beside it
+            return Ahead(False, None, f"the {backend.name} backend may draw random numbers, so its stage is seeded: "
+                                      "it would move the draws of Whisper beside it; one song's stages at a time")  # fmt: skip
+        on_card = {name: c for name, c in self.components.items() if c.device == "cuda" and c.estimated_vram_mb}
+        weights = {name: c.spec.estimate_weights_mb(c.typed()) for name, c in on_card.items()}
+        working = {name: int(c.estimated_vram_mb or 0) - CUDA_CONTEXT_MB - weights[name] for name, c in on_card.items()}
+        beside = max((working[name] for name in on_card if name != "demucs"), default=0)
+        peak = CUDA_CONTEXT_MB + sum(weights.values()) + working["demucs"] + beside
+        budget = self.vram_budget_mb or 0
+        if peak > budget:
+            return Ahead(False, peak, f"the next song's Demucs beside this song's stages would take an estimated {peak} MB, "
+                                      f"over the {budget} MB VRAM budget: one stage at a time")  # fmt: skip
+        return Ahead(True, peak, f"in a batch, the next song's Demucs runs beside this song's later stages: an estimated "
+                                 f"{peak} MB of the {budget} MB VRAM budget")  # fmt: skip
+
     def optimization_applied(self) -> dict[str, dict[str, SettingValue]]:
         """The design's ``optimization_applied``: exactly its keys per component."""
         return {c: SPECS[c].api_values(self.components[c].values()) for c in COMPONENTS}
@@ -185,6 +223,7 @@ class Plan:
             "hypothetical": self.target.hypothetical,
             "target": self.target.to_dict(),
             "components": {c: p.to_dict() for c, p in self.components.items()},
+            "separate_ahead": self.ahead.to_dict(),
             "notes": list(self.notes),
         }
 
@@ -262,8 +301,10 @@ def _plan_component(
     # Mode: scale batches, and the chunk length where the mode sets one.
     m = MODE_TABLE[mode]
     if m.batch_factor != 1.0:
-        base = int(b.value("batch_size"))
-        b.set("batch_size", max(1, int(base * m.batch_factor)), f"{mode}: {m.why} ({base} in the tier table)", "mode")
+        base, most = int(b.value("batch_size")), int(spec.parameter("batch_size").high)
+        scaled = max(1, int(base * m.batch_factor))
+        capped = f"; {most}, the most {spec.title} takes" if scaled > most else ""
+        b.set("batch_size", min(scaled, most), f"{mode}: {m.why} ({base} in the tier table{capped})", "mode")
     if spec.mode_chunk_parameter and m.demucs_chunk:
         b.set(spec.mode_chunk_parameter, m.demucs_chunk,
               f"{mode}: the longest chunk HTDemucs takes (7.8 s), fewest overlaps", "mode")  # fmt: skip

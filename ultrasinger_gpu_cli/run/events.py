@@ -36,6 +36,7 @@ class StageRun:
     cache_key: str | None = None
     skipped: bool = False  # no voice: nothing was computed, so no speed to speak of
     load_seconds: float = 0.0  # loading the engine's model first (0 when this process had it loaded)
+    shared_card: bool = False  # another song's stage worked on the card meanwhile: the peaks are both's
 
     @property
     def speed_x(self) -> float | None:
@@ -54,7 +55,7 @@ class StageRun:
             "gpu_peak_vram_used_mb": self.sampled.peak_vram_used_mb,
             "gpu_mean_utilization_percent": self.sampled.mean_utilization_percent,
             "gpu_max_temperature_c": self.sampled.max_temperature_c, "cached": self.cached,
-            "skipped": self.skipped,
+            "skipped": self.skipped, "shared_card": self.shared_card,
         }  # fmt: skip
 
 
@@ -68,6 +69,15 @@ class SongEvent:
 @dataclass(frozen=True)
 class SongStarted(SongEvent):
     """A song's conversion began, into this folder."""
+
+    folder: Path | None = None
+
+
+@dataclass(frozen=True)
+class SongAhead(SongEvent):
+    """A batch's next song is separated ahead, on another thread, while the song before it is at
+    work: its Demucs stage's events follow from that thread; :class:`SongStarted` comes when its
+    turn comes."""
 
     folder: Path | None = None
 
@@ -189,8 +199,8 @@ class ModelFetch:
     converted: bool = False  # made from weights already here (no download, no published checksum)
 
 
-Event = Union[RunStarted, RunFinished, RunIdle, ModelFetch, SongStarted, StageStarted, StageProgress, StageFinished,
-              FallbackEvent, Notice, SongFinished, SongFailed]
+Event = Union[RunStarted, RunFinished, RunIdle, ModelFetch, SongStarted, SongAhead, StageStarted, StageProgress,
+              StageFinished, FallbackEvent, Notice, SongFinished, SongFailed]
 OnEvent = Callable[[Event], None]
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,13 +33,14 @@ from ultrasinger_gpu_cli.song import midi, notes, preview, ultrastar
 from ultrasinger_gpu_cli.song import stream as streams
 from ultrasinger_gpu_cli.engines.base import Progress
 from ultrasinger_gpu_cli.errors import OutputError, UgpuError
-from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFinished, SongReport, SongStarted, StageFinished
+from ultrasinger_gpu_cli.run.events import (Notice, OnEvent, SongAhead, SongFinished, SongReport, SongStarted,
+                                            StageFinished)  # fmt: skip
 from ultrasinger_gpu_cli.failures import FallbackEvent
 from ultrasinger_gpu_cli.run.events import StageRun, ignore, serialized
 from ultrasinger_gpu_cli.files import atomic_path, sha256_of, write_text
 from ultrasinger_gpu_cli.plan.resolver import Plan
 from ultrasinger_gpu_cli.run.recorder import Recorder
-from ultrasinger_gpu_cli.run.runner import RunnerOptions, StageRunner, stage_seed
+from ultrasinger_gpu_cli.run.runner import GaveWay, RunnerOptions, StageRunner, stage_seed
 from ultrasinger_gpu_cli.song.paths import refuse_overwriting_inputs
 from ultrasinger_gpu_cli.song.pitch import PitchTrack
 from ultrasinger_gpu_cli.run.options import ChartText, RunOptions, SongInputs, read_inputs
@@ -83,6 +85,10 @@ def _close(held: Claim, *, failed: bool) -> None:
     held.release()
 
 
+class _Stopped(Exception):
+    """A separation started ahead, stopped because the batch stopped."""
+
+
 @dataclass
 class SongWork:
     """One song on its way through a pipeline: its folder held and its audio read (host work),
@@ -102,6 +108,9 @@ class SongWork:
     stages: list[StageRun] = field(default_factory=list)
     fallbacks: list[FallbackEvent] = field(default_factory=list)
     stems: tuple[Path, Path] | None = None
+    separated: Future[None] | None = None  # its separation, started ahead beside the song before
+    vocals16: np.ndarray | None = None  # the vocals Whisper and the pitch tracker hear (16 kHz mono)
+    vocals_key: str = ""  # the cache key the later stages' keys build on (the separation's, or the audio's)
     units: list[Any] = field(default_factory=list)  # the timed words or syllables
     are_syllables: bool = False
     track: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the pitch: times, frequency, confidence
@@ -171,15 +180,16 @@ class Pipeline:
 
     def _stage(self, component: str, key: str, song: str, duration: float, *, load: Callable[[], T | None],
                compute: Callable[[Any, Progress], R], keep: Callable[[R], T], save: Callable[[T], None],
-               stages: list[StageRun], fallbacks: list[FallbackEvent]) -> T:  # fmt: skip
+               stages: list[StageRun], fallbacks: list[FallbackEvent], beside: bool = False) -> T:  # fmt: skip
         """One stage of one song, from the resume cache where it holds the result (``load``),
         else computed through the stage runner (``compute``, kept as ``keep`` gives it) and saved
-        when it came from the planned model; the stage's run and fallbacks are appended."""
+        when it came from the planned model; the stage's run and fallbacks are appended.
+        ``beside``: run beside another song's stages (:meth:`separate_ahead`)."""
         hit = load()
         if hit is not None:
             stages.append(self._cached(component, key, song, duration))
             return hit
-        result, stage, events = self.runner.run(component, song, duration, compute, seed=stage_seed(key))
+        result, stage, events = self.runner.run(component, song, duration, compute, seed=stage_seed(key), beside=beside)
         kept = keep(result)
         if self._as_planned(component, stage):
             save(kept)
@@ -228,48 +238,97 @@ class Pipeline:
         return SongWork(source, held, name, content, artist, title, language or self.options.language, started, stream,
                         scan, tempo)  # fmt: skip
 
-    def run_engines(self, work: SongWork) -> None:
-        """The song's engines, one after another on this thread: Demucs, Whisper (or the given
-        timings), CREPE; their results kept on ``work``."""
+    @property
+    def separates_ahead(self) -> bool:
+        """A batch separates its next song while the current one's later stages run: where the
+        song is separated, songs overlap (not ``--no-overlap``) and the plan's VRAM holds both
+        (:attr:`~ultrasinger_gpu_cli.plan.resolver.Plan.ahead`)."""
+        return self.options.separate and self.options.overlap and self.plan.ahead.enabled
+
+    def run_engines(self, work: SongWork, *, separated: Callable[[], None] | None = None) -> None:
+        """The song's engines, one after another on this thread: Demucs (unless it ran ahead:
+        :meth:`separate_ahead`), Whisper (or the given timings), CREPE; their results kept on
+        ``work``. ``separated``: called once the song's separation is done (a batch then starts
+        the next song's)."""
         try:
-            self._engines(work)
+            self._engines(work, separated)
         except BaseException:
             work.close(failed=True)
             raise
 
-    def _engines(self, work: SongWork) -> None:
-        song, source, content, stream, scan = work.source.name, work.source, work.content, work.stream, work.scan
+    def separate_ahead(self, work: SongWork, stop: threading.Event) -> None:
+        """The song's separation on this thread, beside the song before's later stages (a
+        batch's ahead worker). Where the card runs out of memory while both work, it gives way:
+        :meth:`run_engines` separates the song later, alone, to the same result. ``stop`` set
+        (the batch stopped early): it stops between blocks."""
+
+        def watched(progress: Progress) -> Progress:
+            def report(fraction: float, seconds: float) -> None:
+                if stop.is_set():
+                    raise _Stopped
+                progress(fraction, seconds)
+
+            return report
+
+        self.emit(SongAhead(work.source.name, work.held.folder))
+        try:
+            self._separate(work, beside=True, watch=watched)
+        except GaveWay as exc:
+            self.emit(Notice(work.source.name, f"{exc}: it runs again once the card is free"))
+        except _Stopped:
+            pass
+
+    def _begin(self, work: SongWork) -> None:
+        """Say the song started: its turn on the engines' thread (its separation may have run
+        ahead, :class:`SongAhead`)."""
+        song = work.source.name
         self.emit(SongStarted(song, work.held.folder))
-        timings, lyrics = self.inputs.timings, self.inputs.lyrics
-        for warning in timings.warnings if timings else ():
+        for warning in self.inputs.timings.warnings if self.inputs.timings else ():
             self.emit(Notice(song, warning))
-        if stream.notice:  # said when the song starts, not when a batch opens it ahead
-            self.emit(Notice(song, stream.notice))
+        if work.stream.notice:  # said when the song starts, not when a batch opens it ahead
+            self.emit(Notice(song, work.stream.notice))
+
+    def _separate(self, work: SongWork, *, beside: bool = False,
+                  watch: Callable[[Progress], Progress] = lambda p: p) -> None:  # fmt: skip
+        """1. Demucs: vocals and instrumental stems written as they come, the vocals kept as
+        16 kHz mono (on ``work``); without separation, the song's own audio."""
+        song, stream, scan = work.source.name, work.stream, work.scan
+        if not self.options.separate:
+            work.vocals_key, work.vocals16 = work.content, scan.mono16
+            return
+        d = self.plan.components["demucs"].typed()
+        dkey = cache_key(work.content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
+        work.stems = sep_stems = self._stem_paths(dkey, scan.samples)
+
+        def cached_vocals() -> np.ndarray | None:
+            cached = self.cache.load_arrays(dkey, "vocals16", "stems_sha256")
+            if cached is not None and not (len(cached["vocals16"]) == scan.samples16 and _stems_match(sep_stems, cached)):
+                self.cache.drop(self.cache.path(dkey, ".npz"))  # the stems it was made with are gone or changed
+                return None
+            return cached["vocals16"] if cached is not None else None
+
+        work.vocals16 = self._stage(
+            "demucs", dkey, song, scan.duration_s, load=cached_vocals,
+            compute=lambda e, p: separate_stream(e, stream, scan, sep_stems, watch(p)), keep=lambda sep: sep.vocals16,
+            save=lambda v: self.cache.save_arrays(dkey, vocals16=v, stems_sha256=np.array([sha256_of(p) for p in sep_stems])),
+            stages=work.stages, fallbacks=work.fallbacks, beside=beside)  # fmt: skip
+        work.vocals_key = dkey
+
+    def _engines(self, work: SongWork, separated: Callable[[], None] | None = None) -> None:
+        song, source, scan = work.source.name, work.source, work.scan
+        self._begin(work)
+        if work.separated is not None:  # ahead: its result, or what stopped it, is this song's
+            work.separated.result()
+        if work.vocals16 is None:
+            self._separate(work)
+        if separated is not None:
+            separated()
+        timings, lyrics = self.inputs.timings, self.inputs.lyrics
         duration = scan.duration_s
         stages, fallbacks = work.stages, work.fallbacks
         plan = self.plan.components
         language = work.language
-
-        # 1. Demucs: vocals and instrumental stems written as they come, the vocals kept as 16 kHz mono
-        if self.options.separate:
-            d = plan["demucs"].typed()
-            dkey = cache_key(content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
-            work.stems = sep_stems = self._stem_paths(dkey, scan.samples)
-
-            def cached_vocals() -> np.ndarray | None:
-                cached = self.cache.load_arrays(dkey, "vocals16", "stems_sha256")
-                if cached is not None and not (len(cached["vocals16"]) == scan.samples16 and _stems_match(sep_stems, cached)):
-                    self.cache.drop(self.cache.path(dkey, ".npz"))  # the stems it was made with are gone or changed
-                    return None
-                return cached["vocals16"] if cached is not None else None
-
-            vocals16 = self._stage(
-                "demucs", dkey, song, duration, load=cached_vocals,
-                compute=lambda e, p: separate_stream(e, stream, scan, sep_stems, p), keep=lambda sep: sep.vocals16,
-                save=lambda v: self.cache.save_arrays(dkey, vocals16=v, stems_sha256=np.array([sha256_of(p) for p in sep_stems])),
-                stages=stages, fallbacks=fallbacks)  # fmt: skip
-        else:
-            dkey, vocals16 = content, scan.mono16
+        dkey, vocals16 = work.vocals_key, work.vocals16
 
         # 2. Whisper (or the given timings)
         if timings is not None:

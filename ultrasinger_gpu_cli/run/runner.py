@@ -9,6 +9,11 @@
   same card;
 * one measurement: wall time, torch's peak VRAM, the sampler's peak VRAM, utilisation and
   temperature, as a :class:`~.events.StageRun`;
+* stages of two songs at once (a batch's next song separated ahead, ``beside=True``): the
+  beside stage queues on a CUDA stream of its own, the card's peak is measured over both (each
+  run says it shared the card), and out of memory while they share the card never walks the
+  ladder (which would change the result): the beside stage gives way (:class:`GaveWay`, the
+  pipeline runs it later, alone) and the other waits for the card to be its own and tries again;
 * typed events (:mod:`.events`) of its whole life (started, each stage's start, progress and
   measured run, each step down the ladder, finished), for whatever displays them and for the
   :class:`~.recorder.Recorder`, which alone writes the ``runs``, ``performance_log`` and
@@ -20,10 +25,12 @@ Engines are loaded once per runner and kept across songs.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,8 +39,9 @@ from ultrasinger_gpu_cli.components import StageSettings, spec
 from ultrasinger_gpu_cli.gpu.devices import DeviceBinding
 from ultrasinger_gpu_cli.run.diagnostics import Rehearsal, RehearsalEngine
 from ultrasinger_gpu_cli.engines.base import Engine
+from ultrasinger_gpu_cli.errors import EngineError
 from ultrasinger_gpu_cli.weights.downloads import offline
-from ultrasinger_gpu_cli.failures import FallbackEvent
+from ultrasinger_gpu_cli.failures import FallbackEvent, is_oom
 from ultrasinger_gpu_cli.run.events import (ModelFetch, OnEvent, RunFinished, RunStarted, StageFinished, StageProgress,
                                             StageRun, StageStarted, ignore)  # fmt: skip
 from ultrasinger_gpu_cli.run.fallback import ladder, run_with_fallback
@@ -82,8 +90,56 @@ def seed_everything(seed: int) -> None:
         ctranslate2.set_random_seed(seed % 2**32)
 
 
+class GaveWay(EngineError):
+    """A stage run beside another ran out of memory: the card was shared, so it gives way (no
+    fallback, no smaller batch) and runs again later, alone."""
+
+
+@dataclass
+class _Shift:
+    """One stage at work: on which card, and whether another stage worked on it meanwhile."""
+
+    card: str | None  # "cuda:N"; None on the CPU
+    shared: bool = False
+
+
+@dataclass
+class _AtWork:
+    """The stages at work now, across the threads of one runner."""
+
+    shifts: list[_Shift] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    @contextmanager
+    def stage(self, binding: DeviceBinding) -> Iterator[_Shift]:
+        """A stage's time on its card. The card's peak counter is reset only when no other stage
+        is at work on it: two at once are measured together, and both say so."""
+        shift = _Shift(binding.name if binding.is_cuda else None)
+        with self.changed:
+            others = [other for other in self.shifts if shift.card is not None and other.card == shift.card]
+            for other in others:
+                other.shared = True
+            shift.shared = bool(others)
+            if not others:
+                devices.start_measuring(binding)
+            self.shifts.append(shift)
+        try:
+            yield shift
+        finally:
+            with self.changed:
+                self.shifts.remove(shift)
+                self.changed.notify_all()
+
+    def wait_alone(self, card: str | None) -> None:
+        """Until no stage is at work on ``card``."""
+        with self.changed:
+            self.changed.wait_for(lambda: not any(s.card == card for s in self.shifts))
+
+
 class StageRunner:
-    """Runs stages of one plan, with one set of loaded engines, as one run (``run_id``)."""
+    """Runs stages of one plan, with one set of loaded engines, as one run (``run_id``). Two
+    threads may run stages at once (a batch's next song separated ahead): the engines and the
+    card's binding are shared under a lock."""
 
     def __init__(self, plan: Plan, options: RunnerOptions = RunnerOptions(), on_event: OnEvent = ignore) -> None:
         self.plan = plan
@@ -93,6 +149,9 @@ class StageRunner:
         self.cpu_plan = resolve(CPU_TARGET, plan.mode)
         self._engines: dict[tuple[str, str, str, str], Engine] = {}
         self._gpu: DeviceBinding | None = None
+        self._lock = threading.RLock()  # the engines, the binding and the side streams
+        self._at_work = _AtWork()
+        self._streams: dict[str, Any] = {}  # card -> the CUDA stream stages beside others queue on
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, kind: str = "run") -> None:
@@ -133,13 +192,26 @@ class StageRunner:
         """The CPU, or the card the plan is for as PyTorch numbers it (bound and capped once)."""
         if settings.device != "cuda":
             return DeviceBinding.cpu()
-        if self._gpu is None:
-            gpu = devices.bind(self.plan.target.gpu)
-            devices.cap_memory(gpu, self.plan.memory_fraction)
-            self._gpu = gpu
-        return self._gpu
+        with self._lock:
+            if self._gpu is None:
+                gpu = devices.bind(self.plan.target.gpu)
+                devices.cap_memory(gpu, self.plan.memory_fraction)
+                self._gpu = gpu
+            return self._gpu
+
+    def _side_stream(self, binding: DeviceBinding) -> Any:
+        """The one CUDA stream a card's beside stages queue on (None on the CPU): one, so the
+        memory the allocator caches for it serves every song."""
+        with self._lock:
+            if binding.name not in self._streams:
+                self._streams[binding.name] = devices.side_stream(binding)
+            return self._streams[binding.name]
 
     def engine(self, component: str, settings: StageSettings) -> Engine:
+        with self._lock:
+            return self._engine(component, settings)
+
+    def _engine(self, component: str, settings: StageSettings) -> Engine:
         binding = self.binding(settings)
         key = (component, settings.backend, settings.model, binding.name, settings.compute_type)
         engine = self._engines.get(key)
@@ -156,10 +228,12 @@ class StageRunner:
 
     # -- one stage ----------------------------------------------------------------------------------
     def run(self, component: str, song: str, audio_seconds: float, call: StageCall[R], *,
-            seed: int | None = None) -> tuple[R, StageRun, list[FallbackEvent]]:  # fmt: skip
+            seed: int | None = None, beside: bool = False) -> tuple[R, StageRun, list[FallbackEvent]]:  # fmt: skip
         """Run one stage down its fallback ladder; measure, log and report it. ``seed`` (from the
-        song's content and the settings) seeds every random choice, so a song's result never
-        depends on what ran before it in the process, or on a resume."""
+        song's content and the settings) seeds every random choice of a stage that may draw any, so
+        a song's result never depends on what ran before it in the process, or on a resume.
+        ``beside``: the stage runs while another thread's stages work (on a stream of its own);
+        out of memory on a shared card raises :class:`GaveWay` instead of stepping down."""
         rungs = ladder(component, self.plan.components[component].typed(), self.cpu_plan.components[component].typed())
         events: list[FallbackEvent] = []
 
@@ -180,18 +254,32 @@ class StageRunner:
                 speed = seconds / elapsed if elapsed > 0 and seconds > 0 else None
                 self.emit(StageProgress(song, component, fraction, speed, self.run_id))
 
-            if seed is not None:
-                seed_everything(seed)
-            with NvmlSampler(binding.nvml_index) as sampler:
-                devices.start_measuring(binding)
-                started = time.perf_counter()
-                result = call(engine, progress)
-                peak = devices.peak_vram_mb(binding)
-                wall = time.perf_counter() - started
+            stream = self._side_stream(binding) if beside else None
+            while True:
+                if seed is not None and not spec(component).ref(settings.backend).deterministic:
+                    seed_everything(seed)
+                shift = _Shift(None)
+                try:
+                    with NvmlSampler(binding.nvml_index) as sampler, self._at_work.stage(binding) as shift:
+                        started = time.perf_counter()
+                        with devices.on_stream(stream, binding):
+                            result = call(engine, progress)
+                        peak = devices.peak_vram_mb(binding)
+                        wall = time.perf_counter() - started
+                    break
+                except Exception as exc:
+                    if not (shift.shared and is_oom(exc)):
+                        raise
+                    if beside:
+                        raise GaveWay(f"{component} ran out of memory beside another stage on {binding.name}") from exc
+                # Out of memory while a stage beside held part of the card: once the card is this
+                # stage's alone (the exception and its frames let go), the same settings again.
+                self._at_work.wait_alone(shift.card)
+                devices.free_memory()
             run = StageRun(
                 component, settings.backend, engine.model_name, binding.kind, wall, audio_seconds, settings, peak,
                 binding.gpu, binding.name if binding.is_cuda else None, sampler.summary,
-                skipped=spec(component).io.empty(result), load_seconds=load_seconds,
+                skipped=spec(component).io.empty(result), load_seconds=load_seconds, shared_card=shift.shared,
             )  # fmt: skip
             return result, run
 

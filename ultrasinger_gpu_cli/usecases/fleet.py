@@ -8,10 +8,11 @@ pipelines in one place (:func:`pipeline_for`); :func:`convert` drives any of the
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -142,29 +143,49 @@ class LocalFleet(Fleet):
     def _overlapped(self, more: More | None) -> Iterator[SongOutcome]:
         """The songs one after another through the engines, while the host worker opens the next
         song (decode, scan, tempo) and finishes the last (notes, files, pictures): the engines
-        never wait for host work between songs. The engines still run one at a time, as in
-        :meth:`Pipeline.run_song`, so the VRAM a song needs is the plan's; each song's chart is the
-        one it gets alone (the same steps on the same inputs). The next song is asked for (from
-        ``more`` once the submitted ones are taken) as the current one's engines start."""
+        never wait for host work between songs. Where the plan's VRAM holds it
+        (:attr:`Pipeline.separates_ahead`), the next song's Demucs runs too, on an ahead worker,
+        beside this song's Whisper and pitch; otherwise the engines run one at a time, as in
+        :meth:`Pipeline.run_song`. Each song's chart is the one it gets alone (the same steps on
+        the same inputs). The next song is asked for (from ``more`` once the submitted ones are
+        taken) as the current one's engines start."""
         pipeline, host, emit = self.pipeline, self.pipeline.host(), self.pipeline.emit
+        ahead = ThreadPoolExecutor(1, thread_name_prefix="ugpu-ahead") if pipeline.separates_ahead else None
+        stop = threading.Event()
 
         def opened(song: Song) -> tuple[Song, SongWork | SongOutcome]:
             return song, attempt(song.path, lambda: pipeline.open_song(song.path, out_dir=song.out_dir,
                                                                         language=song.language),
                                  emit, pipeline.options.out_dir)  # fmt: skip
 
+        def separated_ahead(opening: Future[tuple[Song, SongWork | SongOutcome]]) -> None:
+            _song, work = opening.result()
+            if isinstance(work, SongWork) and not stop.is_set():
+                pipeline.separate_ahead(work, stop)
+
         def finished(song: Song, work: SongWork) -> SongOutcome:
             return outcome(song.path, lambda: pipeline.finish_song(work), emit, pipeline.options.out_dir)
 
         opening: Future[tuple[Song, SongWork | SongOutcome]] | None = host.submit(opened, self._pending.popleft())
         finishing: Future[SongOutcome] | None = None
+        separating: Future[None] | None = None  # the separation of the song ``opening`` holds, started ahead
         try:
             while opening is not None:
                 song, work = opening.result()
+                if isinstance(work, SongWork):
+                    work.separated = separating
+                separating = None
                 following = self._next(more)
                 opening = host.submit(opened, following) if following is not None else None
+
+                def separate_next(after: Future[tuple[Song, SongWork | SongOutcome]] | None = opening) -> None:
+                    nonlocal separating
+                    if ahead is not None and after is not None:
+                        separating = ahead.submit(separated_ahead, after)
+
                 ran = work if isinstance(work, SongOutcome) else attempt(
-                    song.path, lambda: pipeline.run_engines(work), emit, pipeline.options.out_dir)  # fmt: skip
+                    song.path, lambda: pipeline.run_engines(work, separated=separate_next), emit,
+                    pipeline.options.out_dir)  # fmt: skip
                 if finishing is not None:  # the song before, finished while these engines ran
                     yield finishing.result()
                     finishing = None
@@ -174,15 +195,18 @@ class LocalFleet(Fleet):
                     finishing = host.submit(finished, song, work)
             if finishing is not None:
                 yield finishing.result()
-        finally:  # stopped early (Ctrl-C, missing weights): the last song's files are finished,
-            # and the song opened ahead lets go of its folder
-            for future in (finishing, opening):
+        finally:  # stopped early (Ctrl-C, missing weights): the last song's files are finished, the
+            # separation started ahead stops, and the song opened ahead lets go of its folder
+            stop.set()
+            for future in (finishing, separating, opening):
                 try:
                     left = future.result() if future is not None else None
                 except Exception:  # noqa: BLE001 - already stopping for another reason
                     continue
                 if isinstance(left, tuple) and isinstance(left[1], SongWork):
                     left[1].close(failed=True)
+            if ahead is not None:
+                ahead.shutdown(wait=True)
 
     def idle(self) -> None:
         self.pipeline.emit(RunIdle(self.run_id))

@@ -356,7 +356,9 @@ class JobWorker(threading.Thread):
         self.stop = stop
         self._fleets: dict[str, Any] = {}
         self._claimed: dict[str, _Claimed] = {}  # by job id, in the order claimed (the fleet's outcomes' order)
-        self._running: _Claimed | None = None  # the job whose engines run now: its events are its
+        # The job each engine thread works on now (this thread's, and the pipeline's ahead worker's
+        # while it separates the next job beside this one): a thread's stage events are its job's.
+        self._running: dict[int, _Claimed] = {}
         self._last_write = 0.0
 
     def run(self) -> None:
@@ -436,7 +438,7 @@ class JobWorker(threading.Thread):
         from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
         from ultrasinger_gpu_cli.errors import SongCancelled
 
-        self._claimed[job.job_id] = self._running = _Claimed(job)
+        self._claimed[job.job_id] = self._running[threading.get_ident()] = _Claimed(job)
         try:
             fleet = self._fleet(job.mode)
             fleet.submit(self._song(job, fleet))
@@ -450,7 +452,7 @@ class JobWorker(threading.Thread):
             log = write_crash_log(exc)
             self._abandon(f"{describe(exc)} (details: {log})")
         finally:
-            self._running = None
+            self._running.clear()
             self._claimed.clear()
             for each in self._fleets.values():  # `ugpu monitor` and the page: nothing runs on this worker now
                 each.idle()
@@ -508,12 +510,13 @@ class JobWorker(threading.Thread):
             if claimed is not None and not claimed.ended:
                 self._end(claimed, event.report.folder)
             return
-        if threading.current_thread() is not self:  # progress comes from the engines, on this thread
+        thread = threading.get_ident()
+        if isinstance(event, (ev.SongStarted, ev.SongAhead)) and event.folder is not None:  # an engine thread's next job
+            found = self._claimed_for(event.folder)
+            if found is not None:
+                self._running[thread] = found
             return
-        if isinstance(event, ev.SongStarted) and event.folder is not None:
-            self._running = self._claimed_for(event.folder) or self._running
-            return
-        claimed = self._running
+        claimed = self._running.get(thread)  # the host thread's events (notices, files) are no job's progress
         if claimed is None:
             return
         job = claimed.job
