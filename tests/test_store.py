@@ -224,3 +224,28 @@ def test_fallbacks_are_counted_on_the_gpu_they_happened_on(store):
                                         GpuIdentity(1, "GPU-1")), run_id=None)  # fmt: skip
     by_where = {s.gpu: s.fallbacks for s in store.component_stats()}
     assert by_where == {"GPU 0": 0, "GPU 1": 1, "cpu": 0}
+
+
+def test_the_live_state_stays_on_the_song_whose_turn_it_is_while_the_next_is_separated_ahead(store):
+    """``ugpu monitor`` shows a run's song and stage: a batch's next song, separated ahead beside
+    this one, must not take it over (its stage is still logged when it ends)."""
+    import os
+
+    from ultrasinger_gpu_cli.run import events as ev
+    from ultrasinger_gpu_cli.run.recorder import Recorder
+
+    record = Recorder(store, live_every_s=0.0)
+    run = ev.StageRun("demucs", "demucs", "htdemucs_ft", "cuda", 2.0, 60.0, shared_card=True)
+    for event in (ev.RunStarted("r1", "balanced", None, os.getpid(), 0.0), ev.SongStarted("A.mp3"),
+                  ev.StageStarted("A.mp3", "whisper", "r1"), ev.StageProgress("A.mp3", "whisper", 0.5, 3.0, "r1"),
+                  ev.SongAhead("B.mp3"), ev.StageStarted("B.mp3", "demucs", "r1"),
+                  ev.StageProgress("B.mp3", "demucs", 0.7, 30.0, "r1"), ev.StageFinished("B.mp3", run, "r1")):  # fmt: skip
+        record(event)
+    (row,) = store.query("SELECT song, stage, progress FROM runs WHERE run_id = 'r1'")
+    assert (row["song"], row["stage"], row["progress"]) == ("A.mp3", "whisper", 0.5)
+    (logged,) = store.query("SELECT song, component FROM performance_log WHERE run_id = 'r1'")
+    assert (logged["song"], logged["component"]) == ("B.mp3", "demucs")
+    for event in (ev.SongStarted("B.mp3"), ev.StageStarted("B.mp3", "whisper", "r1")):  # B's turn
+        record(event)
+    (row,) = store.query("SELECT song, stage FROM runs WHERE run_id = 'r1'")
+    assert (row["song"], row["stage"]) == ("B.mp3", "whisper")

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from ultrasinger_gpu_cli.failures import FallbackEvent
-from ultrasinger_gpu_cli.run.events import (Notice, OnEvent, RunFinished, RunIdle, RunStarted, StageFinished,
-                                            StageProgress, StageStarted, ignore)  # fmt: skip
+from ultrasinger_gpu_cli.run.events import (Notice, OnEvent, RunFinished, RunIdle, RunStarted, SongAhead, SongStarted,
+                                            StageFinished, StageProgress, StageStarted, ignore)  # fmt: skip
 from ultrasinger_gpu_cli.store.db import Store
 
 #: The live state is written at most this often per run (progress events come many times a second).
@@ -32,6 +32,7 @@ class Recorder:
         self.live_every_s = live_every_s
         self._last_live: dict[str, float] = {}
         self._log_ids: dict[str, list[str]] = {}
+        self._ahead: set[str] = set()  # songs separated ahead, before their turn: not the run's live song yet
 
     def __call__(self, event: Any) -> None:
         if self.store is not None:
@@ -53,6 +54,10 @@ class Recorder:
             store.reap_dead_runs()  # ghosts of killed runs: interrupted, not running forever
             store.start_run(event.run_id, mode=event.mode, gpu=event.gpu, pid=event.pid, kind=event.kind,
                             pid_started=event.pid_started)  # fmt: skip
+        elif isinstance(event, (SongAhead, SongStarted)):
+            (self._ahead.add if isinstance(event, SongAhead) else self._ahead.discard)(event.song)
+        elif isinstance(event, (StageStarted, StageProgress)) and event.song in self._ahead:
+            return  # the live state stays on the song whose turn it is; its stage is logged when it ends
         elif isinstance(event, StageStarted) and event.run_id:
             store.update_run(event.run_id, song=event.song, stage=event.stage, progress=0.0, speed=None,
                              audio_seconds=event.audio_seconds, stage_started_at=event.started_at)  # fmt: skip
