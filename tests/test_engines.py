@@ -382,6 +382,39 @@ def test_engines_on_cuda_use_the_gpu_and_agree_with_the_cpu(models_dir, fast_whi
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_demucs_on_a_side_stream_beside_crepe_gives_the_vocals_it_gives_alone(models_dir):  # pragma: no cover - GPU only
+    """A batch's next song is separated on a CUDA stream of its own while another thread runs
+    this song's pitch on the default stream: the vocals must be those of Demucs alone."""
+    import threading
+
+    from ultrasinger_gpu_cli.gpu import devices
+
+    binding = devices.bind(None)
+    demucs = make("demucs", {**DEMUCS, "device": "cuda"}, models_dir)
+    crepe = make("crepe", {"model": "full", "step_size": 10, "batch_size": 1024, "device": "cuda"})
+    mix, voice = song(20.0), melody([(0.2, 8.0, 60)], 10.0)
+    alone = demucs.run(mix).vocals
+    crepe.run(voice)  # loaded and warm
+    stop, pitched = threading.Event(), []
+
+    def pitch() -> None:
+        while not stop.is_set():
+            pitched.append(crepe.run(voice).frequency)
+
+    thread = threading.Thread(target=pitch)
+    thread.start()
+    try:
+        with devices.on_stream(devices.side_stream(binding), binding):
+            beside = demucs.run(mix).vocals
+    finally:
+        stop.set()
+        thread.join()
+    assert pitched and np.array_equal(alone, beside)
+    assert all(np.array_equal(pitched[0], f) for f in pitched)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_float16_whisper_loads_without_a_float32_copy_on_the_card(models_dir):  # pragma: no cover - GPU only
     """Seen on an H200: whisper.load_model(device="cuda") held the checkpoint and a float32 model
     on the card at once (3x the float16 weights), so turbo could not load under a 4 GB cap."""
