@@ -380,24 +380,39 @@ def test_a_batch_stopped_while_a_song_is_separated_ahead_stops_it_and_keeps_no_f
     from ultrasinger_gpu_cli.run.pipeline import Pipeline
 
     _ahead_always(monkeypatch)
-    real_engines, real_ahead, stopped, began = Pipeline._engines, Pipeline.separate_ahead, [], threading.Event()
+    real_engines, real_ahead, real_separate = Pipeline._engines, Pipeline.separate_ahead, Pipeline._separate
+    stopped, midway, stops = [], threading.Event(), []
 
     def separate_ahead(self, work, stop):
-        began.set()
+        stops.append(stop)
         real_ahead(self, work, stop)
         stopped.append((work.source.name, stop.is_set(), work.vocals16 is None))
+
+    def separate(self, work, *, beside=False, watch=lambda p: p):
+        def watched(progress):
+            report = watch(progress)
+
+            def first(fraction, seconds):
+                if not midway.is_set():  # the first block separated: hold here until the batch stops
+                    midway.set()
+                    assert stops[0].wait(60)
+                report(fraction, seconds)
+
+            return first
+
+        return real_separate(self, work, beside=beside, watch=watched if beside else watch)
 
     def engines(self, work, separated=None):
         if work.source.name == "A - One.wav":
             separated()  # the next song's separation starts ahead ...
-            assert began.wait(60)
-            time.sleep(0.5)
+            assert midway.wait(60)
             raise ModelMissingError("no weights for this test", hint="none")  # ... and the batch stops
         return real_engines(self, work, separated)
 
+    monkeypatch.setattr(Pipeline, "_separate", separate)
     monkeypatch.setattr(Pipeline, "separate_ahead", separate_ahead)
     monkeypatch.setattr(Pipeline, "_engines", engines)
-    sources = [str(write_wav(tmp_path / name, song(40.0), 44_100)) for name in ("A - One.wav", "B - Two.wav")]
+    sources = [str(write_wav(tmp_path / name, song(20.0), 44_100)) for name in ("A - One.wav", "B - Two.wav")]
     result = invoke("run", *sources, "-o", str(tmp_path / "out"), "--language", "en")
     assert result.exit_code != 0 and "no weights for this test" in result.stderr
     assert stopped == [("B - Two.wav", True, True)]  # stopped between blocks, not separated to the end
