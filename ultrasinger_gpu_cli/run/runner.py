@@ -255,6 +255,7 @@ class StageRunner:
                 self.emit(StageProgress(song, component, fraction, speed, self.run_id))
 
             stream = self._side_stream(binding) if beside else None
+            waited = False
             while True:
                 if seed is not None and not spec(component).ref(settings.backend).deterministic:
                     seed_everything(seed)
@@ -268,14 +269,15 @@ class StageRunner:
                         wall = time.perf_counter() - started
                     break
                 except Exception as exc:
-                    if not (shift.shared and is_oom(exc)):
+                    if not (shift.shared and is_oom(exc)) or waited:  # alone on the card: the ladder's
                         raise
                     if beside:
                         raise GaveWay(f"{component} ran out of memory beside another stage on {binding.name}") from exc
                 # Out of memory while a stage beside held part of the card: once the card is this
-                # stage's alone (the exception and its frames let go), the same settings again.
+                # stage's alone (the exception and its frames let go), the same settings once more.
                 self._at_work.wait_alone(shift.card)
                 devices.free_memory()
+                waited = True
             run = StageRun(
                 component, settings.backend, engine.model_name, binding.kind, wall, audio_seconds, settings, peak,
                 binding.gpu, binding.name if binding.is_cuda else None, sampler.summary,
