@@ -475,7 +475,7 @@ def _ahead_batch(c: Check, way: str, songs: list[Path]) -> dict[str, Any]:
     from ultrasinger_gpu_cli.plan.resolver import Ahead, Plan
     import threading
 
-    from ultrasinger_gpu_cli.run.events import StageStarted
+    from ultrasinger_gpu_cli.run.events import Notice, StageStarted
     from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.run.pipeline import Pipeline
     from ultrasinger_gpu_cli.store.db import Store
@@ -493,9 +493,13 @@ def _ahead_batch(c: Check, way: str, songs: list[Path]) -> dict[str, Any]:
         options = RunOptions(out_dir=out, language="en", models_dir=c.models, cache_dir=c.work / "cache" / f"ahead-{way}")
         ahead_threads: list[str] = []
 
-        def seen(event: Any) -> None:  # which separations ran on the ahead worker
+        gave_way: list[str] = []
+
+        def seen(event: Any) -> None:  # which separations ran on the ahead worker, and which gave way
             if isinstance(event, StageStarted) and event.stage == "demucs":
                 ahead_threads.append(threading.current_thread().name)
+            elif isinstance(event, Notice) and "once the card is free" in event.message:
+                gave_way.append(event.message)
 
         fleet = LocalFleet(plan, options, store, seen)
         fleet.start()
@@ -515,7 +519,8 @@ def _ahead_batch(c: Check, way: str, songs: list[Path]) -> dict[str, Any]:
     peaks = [s.peak_vram_mb for s in stages if s.peak_vram_mb is not None]
     return {"way": way, "wall_s": round(wall, 2), "songs": len(reports), "songs_per_min": round(60 * len(reports) / wall, 2),
             "engines_s": round(sum(s.wall_seconds for s in stages), 2), "shared_stages": sum(s.shared_card for s in stages),
-            "separated_ahead": sum(name.startswith("ugpu-ahead") for name in ahead_threads),
+            "separated_ahead": sum(name.startswith("ugpu-ahead") for name in ahead_threads), "gave_way": len(gave_way),
+            "fallbacks": sum(len(r.fallbacks) for r in reports),  # type: ignore[union-attr]
             "torch_peak_mb": max(peaks) if peaks else None, "estimate_mb": plan.ahead.peak_mb,
             "budget_mb": plan.vram_budget_mb, "charts": charts}  # fmt: skip
 
@@ -604,13 +609,13 @@ def markdown(c: Check, steps: list[dict[str, Any]]) -> str:
                   "a fresh process: the host overlap alone against the next song's Demucs separated ahead beside this "
                   f"song's Whisper and CREPE ({ahead['speedup']}x the songs per minute; charts "
                   f"{'byte for byte the same' if ahead['charts_identical'] else 'DIFFERENT'}):", "",
-                  "| way | wall | songs/min | engines' stages | separated ahead | stages sharing the card | torch peak "
-                  "| plan's estimate | budget |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| way | wall | songs/min | engines' stages | separated ahead | gave way | fallbacks | stages sharing "
+                  "the card | torch peak | plan's estimate | budget |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         def mib(value: Any) -> str:
             return "n/a" if value is None else f"{value} MB"
 
         lines += [f"| {r['way']} | {r['wall_s']:.2f} s | {r['songs_per_min']:.1f} | {r['engines_s']:.2f} s "
-                  f"| {r['separated_ahead']} | {r['shared_stages']} | {mib(r['torch_peak_mb'])} "
+                  f"| {r['separated_ahead']} | {r['gave_way']} | {r['fallbacks']} | {r['shared_stages']} | {mib(r['torch_peak_mb'])} "
                   f"| {mib(r['estimate_mb'])} | {mib(r['budget_mb'])} |"
                   for r in ahead["rows"]]  # fmt: skip
     bench = c.results.get("bench")
