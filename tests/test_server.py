@@ -426,3 +426,47 @@ def test_a_worker_that_separates_the_next_job_ahead_keeps_each_jobs_stages_and_a
     # the third job in its own turn (the job before it ended, cancelled, before an engine of its own ran)
     assert ahead_of == ["Band - Song 1", "Band - Song 3"]
     assert not (tmp_path / "ahead" / "serve" / "out" / ids[1]).exists()
+
+
+def test_a_worker_records_the_ahead_threads_progress_on_a_connection_of_that_threads_own(tmp_path):
+    """The ahead worker's events write a job's progress while the worker's own thread may be in a
+    write transaction on its connection (claiming the next job): on one shared connection the
+    second ``BEGIN`` fails ("cannot start a transaction within a transaction") and the job with it."""
+    import threading
+
+    from ultrasinger_gpu_cli.store.db import Store
+    from ultrasinger_gpu_cli.store.jobs import JobQueue
+    from ultrasinger_gpu_cli.usecases.jobs import JobOptions, Jobs, JobWorker, WorkerConfig
+
+    music = tmp_path / "music"
+    music.mkdir()
+    _wav(music, "Band - Song.wav", seconds=1.0)
+    config = ServeConfig(db_path=tmp_path / "ugpu.db", data_root=tmp_path / "serve", music_root=music)
+    folders = config.folders.make()
+    with Store.open(config.db_path) as store:
+        job_id = Jobs(store, folders).submit_path("Band - Song.wav", JobOptions())["id"]
+    worker = JobWorker(WorkerConfig("w", config.db_path, folders, lambda store, mode: None), threading.Event())
+    worker.queue = JobQueue(Store.open(config.db_path))
+    job = worker.queue.claim("w")
+    assert job is not None and job.job_id == job_id
+    written, errors = threading.Event(), []
+
+    def ahead() -> None:  # an engine thread other than the worker's
+        try:
+            worker._write(job, force=True, stage="demucs", progress=0.5)
+        except Exception as exc:  # noqa: BLE001 - what the test looks for
+            errors.append(exc)
+        written.set()
+
+    with worker.queue.store._write():  # the worker's thread mid-transaction, as in a claim
+        thread = threading.Thread(target=ahead)
+        thread.start()
+        time.sleep(0.3)
+        assert not errors  # it waits for the transaction, on its own connection
+    thread.join(30)
+    assert written.is_set() and not errors
+    row = worker.queue.get(job_id)
+    assert (row.stage, row.progress) == ("demucs", 0.5)
+    for queue in worker._queues.values():
+        queue.store.close()
+    worker.queue.store.close()

@@ -359,6 +359,7 @@ class JobWorker(threading.Thread):
         # The job each engine thread works on now (this thread's, and the pipeline's ahead worker's
         # while it separates the next job beside this one): a thread's stage events are its job's.
         self._running: dict[int, _Claimed] = {}
+        self._queues: dict[int, JobQueue] = {}  # other engine threads' own connections (:meth:`_queue_here`)
         self._last_write = 0.0
 
     def run(self) -> None:
@@ -454,6 +455,9 @@ class JobWorker(threading.Thread):
         finally:
             self._running.clear()
             self._claimed.clear()
+            for queue in self._queues.values():  # the ahead worker is gone with the fleet's batch
+                queue.store.close()
+            self._queues.clear()
             for each in self._fleets.values():  # `ugpu monitor` and the page: nothing runs on this worker now
                 each.idle()
 
@@ -544,10 +548,22 @@ class JobWorker(threading.Thread):
         if not force and now - self._last_write < self.config.progress_every_s:
             return
         self._last_write = now
-        current = self.queue.get(job.job_id)
+        queue = self._queue_here()
+        current = queue.get(job.job_id)
         if current is None or current.status == "cancelled":
             raise JobCancelled(job.job_id)
-        self.queue.update(job.job_id, **values)
+        queue.update(job.job_id, **values)
+
+    def _queue_here(self) -> JobQueue:
+        """The queue on this thread's own connection: the worker's, or one opened for another
+        engine thread (the pipeline's ahead worker, separating the next job) and kept for the
+        batch. Two threads' write transactions on one connection would nest."""
+        if threading.current_thread() is self:
+            return self.queue
+        ident = threading.get_ident()
+        if ident not in self._queues:
+            self._queues[ident] = JobQueue(Store.open(self.config.db_path))
+        return self._queues[ident]
 
 
 def _json(data: object) -> str:
