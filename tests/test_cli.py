@@ -173,8 +173,11 @@ def test_optimize_hypothetical_16gb_reproduces_the_design_and_says_hypothetical(
     assert data["components"]["demucs"]["settings"]["batch_size"]["value"] == 4
     setting = data["components"]["whisper"]["settings"]["model"]
     assert setting["source"] == "tier" and setting["reason"]
+    ahead = data["separate_ahead"]  # the next song's Demucs beside this one's stages: the card holds both
+    assert ahead["enabled"] is True and ahead["estimated_peak_mb"] <= data["vram_budget_mb"]
     human = run(runner, "optimize", "--assume-vram", "16")
     assert "HYPOTHETICAL" in human.stderr and human.stdout == ""
+    assert "Batches" in human.stderr and "the next song's Demucs runs beside" in " ".join(human.stderr.split())
 
 
 def test_optimize_vram_limit_plans_as_an_8gb_card(runner, fake_gpus):
@@ -182,6 +185,7 @@ def test_optimize_vram_limit_plans_as_an_8gb_card(runner, fake_gpus):
     data = json.loads(run(runner, "optimize", "--vram-limit", "8", "--json").stdout)
     assert data["tier"] == "8-12" and data["vram_limit"] == 8
     assert data["memory_fraction"] < 0.5
+    assert data["separate_ahead"]["enabled"] is False and "over the" in data["separate_ahead"]["why"]
 
 
 def test_optimize_save_stores_the_plan(runner, fake_gpus):

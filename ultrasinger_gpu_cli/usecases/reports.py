@@ -23,6 +23,7 @@ def _plan_fields(plan: Plan) -> dict[str, Any]:
         "hypothetical": plan.target.hypothetical,
         "target": plan.target.to_dict(),
         "components": {c: component_report(p) for c, p in plan.components.items()},
+        "separate_ahead": plan.ahead.to_dict(),
         "notes": list(plan.notes),
     }
 
