@@ -15,6 +15,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -443,8 +444,9 @@ class JobWorker(threading.Thread):
         try:
             fleet = self._fleet(job.mode)
             fleet.submit(self._song(job, fleet))
-            for outcome in fleet.outcomes(lambda: self._ahead(fleet)):
-                self._settle(outcome)
+            with closing(fleet.outcomes(lambda: self._ahead(fleet))) as outcomes:  # its workers stopped on the way out
+                for outcome in outcomes:
+                    self._settle(outcome)
         except SongCancelled:  # a fleet that relays its events (Ray): the cancel stopped its job
             self._abandon("cancelled")
         except UgpuError as exc:
