@@ -472,10 +472,10 @@ def _ahead_batch(c: Check, way: str, songs: list[Path]) -> dict[str, Any]:
     """In a fresh process: the songs as one batch on the emulated 16 GB card (``way``: "host", the
     host overlap alone; "ahead", the next song's Demucs beside this song's stages too), its engines
     loaded on the first, short song and the rest timed."""
-    from ultrasinger_gpu_cli.plan.detection import plan_for
-    from ultrasinger_gpu_cli.plan.resolver import Ahead, Plan
     import threading
 
+    from ultrasinger_gpu_cli.plan.detection import plan_for
+    from ultrasinger_gpu_cli.plan.resolver import Ahead, Plan
     from ultrasinger_gpu_cli.run.events import Notice, StageStarted
     from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.run.pipeline import Pipeline
@@ -493,7 +493,6 @@ def _ahead_batch(c: Check, way: str, songs: list[Path]) -> dict[str, Any]:
         out = c.work / "ahead" / way
         options = RunOptions(out_dir=out, language="en", models_dir=c.models, cache_dir=c.work / "cache" / f"ahead-{way}")
         ahead_threads: list[str] = []
-
         gave_way: list[str] = []
 
         def seen(event: Any) -> None:  # which separations ran on the ahead worker, and which gave way
@@ -616,8 +615,8 @@ def markdown(c: Check, steps: list[dict[str, Any]]) -> str:
             return "n/a" if value is None else f"{value} MB"
 
         lines += [f"| {r['way']} | {r['wall_s']:.2f} s | {r['songs_per_min']:.1f} | {r['engines_s']:.2f} s "
-                  f"| {r['separated_ahead']} | {r['gave_way']} | {r['fallbacks']} | {r['shared_stages']} | {mib(r['torch_peak_mb'])} "
-                  f"| {mib(r['estimate_mb'])} | {mib(r['budget_mb'])} |"
+                  f"| {r['separated_ahead']} | {r['gave_way']} | {r['fallbacks']} | {r['shared_stages']} "
+                  f"| {mib(r['torch_peak_mb'])} | {mib(r['estimate_mb'])} | {mib(r['budget_mb'])} |"
                   for r in ahead["rows"]]  # fmt: skip
     bench = c.results.get("bench")
     if bench:
