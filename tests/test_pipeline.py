@@ -166,8 +166,8 @@ def test_ladder_from_cuda_halves_then_moves_to_the_cpu_and_fatal_errors_go_strai
 def test_out_of_memory_on_a_card_two_stages_share_gives_way_or_waits_and_never_walks_the_ladder(monkeypatch):
     """A batch's next song separated ahead shares the card with this song's stages: out of memory
     then is the other stage's doing, so no smaller batch, no CPU (the chart would change). The
-    stage beside gives way; the other waits for the card and tries the same settings again. Only
-    a stage that draws random numbers (Whisper) is seeded, so the one beside never reseeds it."""
+    stage beside gives way; the other waits for the card and tries the same settings again. A
+    backend that draws no random numbers (Demucs) is never seeded, so it never reseeds Whisper."""
     import threading
     from types import SimpleNamespace
 
@@ -245,7 +245,9 @@ def test_out_of_memory_on_a_card_two_stages_share_gives_way_or_waits_and_never_w
     assert main[0][1].shared_card and main[0][2] == []
 
     # 3. Alone on the card, out of memory walks the ladder as ever
-    def once(engine, progress, tried=[]):
+    tried = []
+
+    def once(engine, progress):
         tried.append(engine.settings.batch_size)
         if len(tried) == 1:
             raise oom
