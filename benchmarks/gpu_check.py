@@ -452,19 +452,19 @@ AHEAD_SONGS, AHEAD_SONG_S = 3, 60.0
 
 def _ahead_songs(c: Check) -> list[Path]:
     import numpy as np
-    import soundfile
 
-    from ultrasinger_gpu_cli.song.audio import write_audio
+    from ultrasinger_gpu_cli.song.audio import DEMUCS_RATE, decode, write_audio
 
     assert c.song is not None
-    mix, rate = soundfile.read(str(c.song), dtype="float32", always_2d=True)
-    length = min(len(mix), int((AHEAD_SONG_S if not c.dry_run else 8.0) * rate))
-    songs = [c.work / "ahead-songs" / "Warm - Up.wav"]
-    songs[0].parent.mkdir(parents=True, exist_ok=True)
-    write_audio(songs[0], mix[: 2 * rate].T, rate)
+    rate = DEMUCS_RATE
+    mix = decode(c.song, rate, 2).samples  # (channels, n)
+    length = min(mix.shape[1], int((AHEAD_SONG_S if not c.dry_run else 8.0) * rate))
+    folder = c.work / "ahead-songs"
+    folder.mkdir(parents=True, exist_ok=True)
+    songs = [write_audio(folder / "Warm - Up.wav", mix[:, : 2 * rate], rate)]
     for k in range(AHEAD_SONGS):
-        moved = np.concatenate([np.zeros((rate * (k + 1) // 4, mix.shape[1]), np.float32), mix[:length]])
-        songs.append(write_audio(c.work / "ahead-songs" / f"Ahead - Song {k + 1}.wav", moved.T, rate))
+        moved = np.concatenate([np.zeros((mix.shape[0], rate * (k + 1) // 4), np.float32), mix[:, :length]], axis=1)
+        songs.append(write_audio(folder / f"Ahead - Song {k + 1}.wav", moved, rate))
     return songs
 
 

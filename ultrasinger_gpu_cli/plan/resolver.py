@@ -199,7 +199,7 @@ class Plan:
                                       "it would move the draws of Whisper beside it; one song's stages at a time")  # fmt: skip
         on_card = {name: c for name, c in self.components.items() if c.device == "cuda" and c.estimated_vram_mb}
         weights = {name: c.spec.estimate_weights_mb(c.typed()) for name, c in on_card.items()}
-        working = {name: int(c.estimated_vram_mb or 0) - CUDA_CONTEXT_MB - weights[name] for name, c in on_card.items()}
+        working = {name: int(c.estimated_vram_mb) - CUDA_CONTEXT_MB - weights[name] for name, c in on_card.items()}  # type: ignore[arg-type]
         beside = max((working[name] for name in on_card if name != "demucs"), default=0)
         peak = CUDA_CONTEXT_MB + sum(weights.values()) + working["demucs"] + beside
         budget = self.vram_budget_mb or 0
