@@ -1,7 +1,9 @@
-"""A batch with and without overlap (issue 22): ``ugpu run`` on 4 songs in one process, each song
-finished before the next is read (``--no-overlap``) against the default, where the host worker
-decodes the next song and writes the last one's files while the engines run. Songs per minute
-of each, their ratio, and whether every chart came out byte for byte the same. The same 4 songs
+"""A batch with and without overlap (issue 22): ``ugpu run`` on 4 songs, each song finished
+before the next is read (``--no-overlap``), in one process with the host worker decoding the
+next song and writing the last one's files while the engines run (``--lanes 1``), and the
+default, which on the CPU converts several songs at once in lanes (worker processes, each with
+its share of the cores). Songs per minute of each, their ratio, and whether every chart came
+out byte for byte the same. The same 4 songs
 as 4 queued jobs of one ``ugpu serve`` worker (:class:`JobWorker`, in a process of its own,
 without the HTTP server in front), one job at a time against overlapped, from the worker's start
 to the last job done.
@@ -122,6 +124,22 @@ def _charts(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.rglob("*.txt")) if "out" in p.parts}
 
 
+#: Each way a batch is run: its label and what tells ``ugpu run`` (or the server worker) to run so.
+BATCH_WAYS = {"serial": ("one song after another (`--no-overlap`)", ("--no-overlap",)),
+              "overlapped": ("one process, the next song opened meanwhile (`--lanes 1`)", ("--lanes", "1")),
+              "lanes": ("several songs at once on the CPU (default)", ())}  # fmt: skip
+SERVE_WAYS = {"serial": ("one job at a time (`--no-overlap`)", False), "overlapped": ("overlapped (default)", True)}
+
+
+def _lanes(env: dict[str, str], folder: Path) -> dict:
+    """What ``ugpu optimize`` says of a batch's lanes on this machine."""
+    from benchmarks.cold_run import _ugpu, database
+
+    done = subprocess.run([*_ugpu(), "optimize", "--json"], env=database(folder / "lanes.db", env), check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return json.loads(done.stdout).get("batch_lanes") or {}
+
+
 def overlap(rounds: int = 2) -> dict | None:
     """Median wall of ``rounds`` batches each way, alternating; None where no songs or weights are here."""
     from benchmarks.cold_run import _environment, weights_here
@@ -135,54 +153,59 @@ def overlap(rounds: int = 2) -> dict | None:
             print("overlap: skipped (two songs under ../shared/real are needed)", file=sys.stderr)
             return None
         env = _environment(folder)
+        kinds = {"batch": ({w: extra for w, (_, extra) in BATCH_WAYS.items()},
+                           lambda name, extra: _batch(songs, folder, env, name, extra)),
+                 "serve": ({w: on for w, (_, on) in SERVE_WAYS.items()},
+                           lambda name, on: _serve_batch(songs, folder, env, name, on))}  # fmt: skip
         rows = {}
-        for kind, run in (("batch", lambda name, on: _batch(songs, folder, env, name, () if on else ("--no-overlap",))),
-                          ("serve", lambda name, on: _serve_batch(songs, folder, env, name, on))):  # fmt: skip
-            walls: dict[str, list[float]] = {"serial": [], "overlapped": []}
-            computes: dict[str, list[float]] = {"serial": [], "overlapped": []}
-            same = True
+        for kind, (ways, run) in kinds.items():
+            walls: dict[str, list[float]] = {way: [] for way in ways}
+            computes: dict[str, list[float]] = {way: [] for way in ways}
+            same = {way: True for way in ways}
             for k in range(rounds):
-                for way in ("serial", "overlapped"):
-                    wall, compute = run(f"{kind}-{way}{k}", way == "overlapped")
+                for way, how in ways.items():
+                    wall, compute = run(f"{kind}-{way}{k}", how)
                     walls[way].append(wall)
                     computes[way].append(compute)
                     print(f"overlap: {kind}, {way} {k + 1}: {wall:.2f} s (engines {compute:.2f} s)", file=sys.stderr)
-                same = same and _charts(folder / f"{kind}-serial{k}") == _charts(folder / f"{kind}-overlapped{k}")
-            serial, overlapped = statistics.median(walls["serial"]), statistics.median(walls["overlapped"])
-            rows[kind] = {"serial_s": serial, "overlapped_s": overlapped, "serial_per_min": 60 * len(songs) / serial,
-                          "overlapped_per_min": 60 * len(songs) / overlapped, "ratio": serial / overlapped,
-                          "identical": same, "serial_compute_s": statistics.median(computes["serial"]),
-                          "overlapped_compute_s": statistics.median(computes["overlapped"]),
-                          **{f"{way}_outside_s": statistics.median(w - c for w, c in zip(walls[way], computes[way]))
-                             for way in walls}}  # fmt: skip
+                    same[way] = same[way] and _charts(folder / f"{kind}-serial{k}") == _charts(folder / f"{kind}-{way}{k}")
+            serial = statistics.median(walls["serial"])
+            rows[kind] = {way: {"wall_s": statistics.median(walls[way]), "compute_s": statistics.median(computes[way]),
+                                "outside_s": statistics.median(w - c for w, c in zip(walls[way], computes[way])),
+                                "per_min": 60 * len(songs) / statistics.median(walls[way]),
+                                "ratio": serial / statistics.median(walls[way]), "identical": same[way]}
+                          for way in ways}  # fmt: skip
         audio_s = sum(_seconds(s) for s in songs)
-    return {"songs": len(songs), "audio_s": audio_s, "rounds": rounds, **rows["batch"], "serve": rows["serve"]}
+        lanes = _lanes(env, folder)
+    return {"songs": len(songs), "audio_s": audio_s, "rounds": rounds, "batch": rows["batch"], "serve": rows["serve"],
+            "lanes": lanes}  # fmt: skip
 
 
 def render(row: dict) -> str:
-    serve = row.get("serve")
+    def rows(name: str, ways: dict, labels: dict) -> list[str]:
+        out = []
+        for way, found in ways.items():
+            charts = "" if way == "serial" else ("identical" if found["identical"] else "DIFFERENT")
+            ratio = "1.00x" if way == "serial" else f"**{found['ratio']:.2f}x**"
+            out.append(f"| {name}: {labels[way][0]} | {found['wall_s']:.2f} s | {found['compute_s']:.2f} s "
+                       f"| {found['outside_s']:.2f} s | {found['per_min']:.2f} | {ratio} | {charts} |")  # fmt: skip
+        return out
 
-    def line(label: str, way: dict, key: str, ratio: str, charts: str) -> str:
-        return (f"| {label} | {way[key + '_s']:.2f} s | {way[key + '_compute_s']:.2f} s | {way[key + '_outside_s']:.2f} s "
-                f"| {way[key + '_per_min']:.2f} | {ratio} | {charts} |")
-
-    def rows(name: str, way: dict, serial: str) -> list[str]:
-        same = "identical" if way["identical"] else "DIFFERENT"
-        return [line(f"{name}: {serial}", way, "serial", "1.00x", ""),
-                line(f"{name}: overlapped (default)", way, "overlapped", f"**{way['ratio']:.2f}x**", same)]
-
+    batch, lanes = row["batch"], row.get("lanes") or {}
     return "\n".join([
-        f"Batch overlap ({row['songs']} real songs, {row['audio_s'] / 60:.1f} minutes in all, `--no-separation`, "
-        f"Whisper tiny.en real weights, median of {row['rounds']} alternating runs each way; `ugpu run` in one "
-        "process, and the same songs as queued jobs of one `ugpu serve` worker):", "",
+        f"Batches ({row['songs']} real songs, {row['audio_s'] / 60:.1f} minutes in all, `--no-separation`, "
+        f"Whisper tiny.en real weights, median of {row['rounds']} alternating runs each way; `ugpu run`, and the "
+        "same songs as queued jobs of one `ugpu serve` worker). Lanes on this machine: "
+        f"{lanes.get('why', 'n/a')}.", "",
         "| way | wall | engines' compute | outside the engines | songs per minute | ratio | charts |",
         "|---|---|---|---|---|---|---|",
-        *rows("`ugpu run`", row, "one song after another (`--no-overlap`)"),
-        *(rows("`ugpu serve` worker", serve, "one job at a time (`--no-overlap`)") if serve else []),
-        "", f"At most {row['serial_s'] / row['serial_compute_s']:.2f}x if every second outside the engines were hidden "
-        "(the serial batch's wall over its engines' compute). \"Outside the engines\" (wall minus the engines' "
-        "compute, the median over the runs) is the time the engines waited for host work: it moves less with this "
-        "machine's speed than the engines' compute does.",
+        *rows("`ugpu run`", batch, BATCH_WAYS),
+        *(rows("`ugpu serve` worker", row["serve"], SERVE_WAYS) if row.get("serve") else []),
+        "", f"In one process at most {batch['serial']['wall_s'] / batch['serial']['compute_s']:.2f}x if every second "
+        "outside the engines were hidden (the serial batch's wall over its engines' compute); lanes go past it where "
+        "the engines' threads scale worse than songs side by side do. \"Outside the engines\" (wall minus the "
+        "engines' compute, the median over the runs) is the time the engines waited for host work; with lanes the "
+        "engines' compute adds up the lanes' (they run at once), so it can exceed the wall.",
     ]) + "\n"  # fmt: skip
 
 

@@ -399,3 +399,23 @@ def test_while_the_next_song_is_separated_ahead_each_stage_line_names_its_song(t
                         "the card at once)")  # fmt: skip
     assert lines[3].startswith("whisper: cuda:0") and lines[3].endswith("(two songs' stages on the card at once)")
     assert lines[4].startswith("B.mp3 -> ") and lines[5].startswith("whisper: cuda:0") and len(lines) == 6
+
+
+def test_songs_converted_at_once_name_their_song_on_each_stage_line_and_none_is_called_ahead(tmp_path):
+    """CPU lanes and ``--gpus`` workers interleave two songs' events: a stage line of a song that is
+    not the last one started names its song, and only a song separated ahead is said to be."""
+    import io
+
+    from rich.console import Console
+
+    from ultrasinger_gpu_cli.cli.run_view import RunDisplay
+    from ultrasinger_gpu_cli.run import events as ev
+
+    out = io.StringIO()
+    run_ = ev.StageRun("whisper", "b", "m", "cpu", 1.0, 10.0)
+    with RunDisplay(Console(file=out, width=200)) as display:
+        for event in (ev.SongStarted("A.mp3", tmp_path / "A"), ev.SongStarted("B.mp3", tmp_path / "B"),
+                      ev.StageFinished("A.mp3", run_), ev.StageFinished("B.mp3", run_)):  # fmt: skip
+            display(event)
+    lines = [line.strip() for line in out.getvalue().splitlines()]
+    assert lines[2] == "whisper (A.mp3): cpu, 1.0 s, 10.00x real time" and lines[3].startswith("whisper: cpu"), lines

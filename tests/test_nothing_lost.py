@@ -42,7 +42,8 @@ def test_two_songs_with_one_name_get_two_folders_and_a_rerun_is_deliberate(env, 
     first = invoke("run", str(a), str(b), "--no-separation", "--timings", str(words), "-o", str(out), "--json")
     assert first.exit_code == 0, first.output
     folders = [Path(s["folder"]) for s in json.loads(first.stdout)["songs"]]
-    assert [f.name for f in folders] == ["Unknown Artist - song", "Unknown Artist - song (2)"]
+    # (on the CPU the two may be converted at once: which one claims the plain name first is a race)
+    assert sorted(f.name for f in folders) == ["Unknown Artist - song", "Unknown Artist - song (2)"]
     charts = {f: (f / f"{f.name}.txt").read_text() for f in folders}
     assert charts[folders[0]] != charts[folders[1]]  # b's notes are two semitones up: nothing was mixed
 
@@ -83,7 +84,8 @@ def test_sigterm_is_ctrl_c_and_the_next_run_sweeps_what_a_kill_left(env, words, 
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
-    assert [r["status"] for r in db_rows("SELECT status FROM runs")] == ["interrupted"]
+    statuses = [r["status"] for r in db_rows("SELECT status FROM runs")]
+    assert statuses and set(statuses) == {"interrupted"}, statuses  # the run's, or each CPU lane's
 
     # A kill -9 leaves a half-written file and a run marked running: the next start cleans both.
     folder = tmp_path / "out" / "Long - Song 0"
@@ -123,7 +125,7 @@ def test_a_song_gives_the_same_chart_alone_after_another_song_and_after_a_resume
     charts = []
     for n, songs in enumerate(([target], [other, target])):
         out = tmp_path / f"out{n}"
-        result = invoke("run", *map(str, songs), "--timings", str(words), "-o", str(out))
+        result = invoke("run", *map(str, songs), "--timings", str(words), "-o", str(out), "--lanes", "1")  # one process
         assert result.exit_code == 0, result.output
         charts.append((out / "Band - Target" / "Band - Target.txt").read_text())
         import torch

@@ -269,7 +269,7 @@ def test_several_songs_load_each_model_once_and_bad_ones_do_not_stop_the_others(
     bad = tmp_path / "Bad - C.mp3"
     bad.write_text("not audio")
     paths = f"{one}\n{tmp_path / 'missing.mp3'}\n{bad}\n{two}\n"
-    result = CliRunner().invoke(app, ["run", "-", "-o", str(tmp_path / "out"), "--language", "en", "--json"], input=paths)
+    result = CliRunner().invoke(app, ["run", "--lanes", "1", "-", "-o", str(tmp_path / "out"), "--language", "en", "--json"], input=paths)
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert [Path(s["source"]).name for s in data["songs"]] == ["One - A.wav", "Two - B.wav"]
@@ -292,7 +292,7 @@ def test_an_overlapped_batch_writes_byte_for_byte_what_one_song_at_a_time_writes
         data = tmp_path / f"data-{flag[2:]}"  # its own database, and its resume cache beside: every engine runs
         monkeypatch.setenv("UGPU_DB", str(data / "ugpu.db"))
         out = tmp_path / flag[2:]
-        result = invoke("run", *sources, "-o", str(out), "--language", "en", "--json", flag)
+        result = invoke("run", "--lanes", "1", *sources, "-o", str(out), "--language", "en", "--json", flag)
         assert result.exit_code == 0, result.output
         songs = json.loads(result.stdout)["songs"]
         assert [Path(s["source"]).name for s in songs] == [Path(s).name for s in sources]  # in the order given
@@ -332,7 +332,7 @@ def test_a_batch_that_separates_ahead_writes_byte_for_byte_what_one_song_at_a_ti
         separated.clear()
         monkeypatch.setenv("UGPU_DB", str(tmp_path / f"data-{flag[2:]}" / "ugpu.db"))  # its own resume cache too
         out = tmp_path / flag[2:]
-        result = invoke("run", *sources, "-o", str(out), "--language", "en", "--json", flag)
+        result = invoke("run", "--lanes", "1", *sources, "-o", str(out), "--language", "en", "--json", flag)
         assert result.exit_code == 0, result.output
         songs = json.loads(result.stdout)["songs"]
         assert [Path(s["source"]).name for s in songs] == [Path(s).name for s in sources]
@@ -363,7 +363,7 @@ def test_a_separation_that_gives_way_runs_again_alone_and_the_song_is_the_same(e
 
     monkeypatch.setattr(StageRunner, "run", run)
     sources = [str(write_wav(tmp_path / f"Band - Take {n}.wav", song(7.0 + n), 44_100)) for n in range(2)]
-    result = invoke("run", *sources, "-o", str(tmp_path / "ahead"), "--language", "en", "--json")
+    result = invoke("run", "--lanes", "1", *sources, "-o", str(tmp_path / "ahead"), "--language", "en", "--json")
     assert result.exit_code == 0, result.output
     assert gave_way == ["Band - Take 1.wav"] and "it runs again once the card is free" in " ".join(result.stderr.split())
     songs = json.loads(result.stdout)["songs"]
@@ -415,7 +415,7 @@ def test_a_batch_stopped_while_a_song_is_separated_ahead_stops_it_and_keeps_no_f
     monkeypatch.setattr(Pipeline, "separate_ahead", separate_ahead)
     monkeypatch.setattr(Pipeline, "_engines", engines)
     sources = [str(write_wav(tmp_path / name, song(20.0), 44_100)) for name in ("A - One.wav", "B - Two.wav")]
-    result = invoke("run", *sources, "-o", str(tmp_path / "out"), "--language", "en")
+    result = invoke("run", "--lanes", "1", *sources, "-o", str(tmp_path / "out"), "--language", "en")
     assert result.exit_code != 0 and "no weights for this test" in result.stderr
     assert stopped == [("B - Two.wav", True, True)]  # stopped between blocks, not separated to the end
     assert list((tmp_path / "out").iterdir()) == []
@@ -435,7 +435,7 @@ def test_an_overlapped_batch_goes_on_past_a_song_whose_engines_fail_and_keeps_no
     vocals, timings = _known_melody(tmp_path)
     sources = [str(write_wav(tmp_path / name, melody(NOTES, 17.0, 44_100)[None], 44_100))
                for name in ("A - One.wav", "B - Two.wav", "C - Three.wav")]  # fmt: skip
-    result = invoke("run", *sources, "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"), "--json")
+    result = invoke("run", "--lanes", "1", *sources, "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"), "--json")
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert [Path(s["source"]).name for s in data["songs"]] == ["A - One.wav", "C - Three.wav"]
@@ -465,7 +465,7 @@ def test_missing_weights_stop_an_overlapped_batch_and_the_song_opened_ahead_keep
     vocals, timings = _known_melody(tmp_path)
     sources = [str(write_wav(tmp_path / name, melody(NOTES, 17.0, 44_100)[None], 44_100))
                for name in ("A - One.wav", "B - Two.wav", "C - Three.wav")]  # fmt: skip
-    result = invoke("run", *sources, "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"))
+    result = invoke("run", "--lanes", "1", *sources, "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "out"))
     assert result.exit_code != 0 and "no weights for this test" in result.stderr
     assert [f.name for f in opened] == ["A - One", "B - Two"]  # the second song was opened ahead
     assert list((tmp_path / "out").iterdir()) == []  # and let go of: no folder, no lock left
@@ -511,7 +511,7 @@ def test_ctrl_c_stops_cleanly_with_exit_130(env, tmp_path):
     # SwiftF0 on the CPU a song here takes ~5 s; three of them once finished before the signal).
     sources = [str(write_wav(tmp_path / f"Long - Song {n}.wav", song(60.0 + n), 44_100)) for n in range(6)]
     _, timings = _known_melody(tmp_path)
-    proc = _ugpu("run", *sources, "--timings", str(timings), "-o", str(tmp_path / "out"), env={**os.environ})
+    proc = _ugpu("run", "--lanes", "1", *sources, "--timings", str(timings), "-o", str(tmp_path / "out"), env={**os.environ})
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # wait until the run is registered and working
         if Path(os.environ["UGPU_DB"]).exists() and db_rows("SELECT stage FROM runs WHERE stage IS NOT NULL"):

@@ -47,6 +47,14 @@ def test_swiftf0_gets_a_tone_right_within_25_cents():
     assert (track.confidence[silent] < 0.5).all()
 
 
+def test_swiftf0_runs_on_the_threads_the_process_may_use(monkeypatch):
+    """A CPU lane's share of the cores (``OMP_NUM_THREADS``, which onnxruntime itself ignores)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _swiftf0()._model.session.get_session_options().intra_op_num_threads == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert _swiftf0()._model.session.get_session_options().intra_op_num_threads == 2
+
+
 def test_swiftf0_gets_every_note_of_the_known_melody_within_25_cents():
     engine = _swiftf0()
     track = engine.run(melody(NOTES, 17.0, 16_000), gate=False)

@@ -251,3 +251,40 @@ def test_a_batch_separates_the_next_song_ahead_only_where_the_vram_budget_holds_
     finally:
         DEMUCS.backends.pop("test-random")
     assert not seeded.enabled and "may draw random numbers" in seeded.why
+
+
+def test_a_cpu_batch_gets_a_lane_per_song_while_the_cores_and_the_memory_last():
+    from ultrasinger_gpu_cli.plan.lanes import LANE_BASE_MB, RAM_SHARE, batch_lanes, lane_ram_mb
+
+    cpu = resolve(PlanTarget("CPU: test"))
+    lane = lane_ram_mb(cpu)
+    weights = {n: SPECS[n].estimate_weights_mb(c.typed()) for n, c in cpu.components.items()}
+    assert lane > LANE_BASE_MB + sum(weights.values())  # and the largest stage's working memory
+    plenty = 100 * lane
+    two = batch_lanes(cpu, 4, 2, plenty)
+    assert (two.count, two.threads) == (2, 1) and "2 songs at once" in two.why and "the cores" in two.why
+    three = batch_lanes(cpu, 3, 8, plenty)  # fewer songs than cores: the cores shared out among them
+    assert (three.count, three.threads) == (3, 2) and "the songs" in three.why
+    tight = batch_lanes(cpu, 4, 8, int(2.5 * lane / RAM_SHARE))
+    assert (tight.count, tight.threads) == (2, 4) and "the memory" in tight.why
+    assert batch_lanes(cpu, 4, 8, int(lane / RAM_SHARE)).count == 1
+    assert batch_lanes(cpu, 1, 8, plenty).count == 1 and batch_lanes(cpu, 4, 1, plenty).count == 1
+    unsized = batch_lanes(cpu, None, 6, plenty)
+    assert unsized.count == 6 and "up to 6 songs" in unsized.why
+    asked = batch_lanes(cpu, 4, 2, 0, asked=3)  # as asked, even past the cores and the memory
+    assert (asked.count, asked.threads) == (3, 1) and batch_lanes(cpu, 2, 2, plenty, asked=3).count == 2
+    assert two.to_dict() == {"lanes": 2, "threads_per_lane": 1, "estimated_lane_ram_mb": lane, "why": two.why}
+    gpu = batch_lanes(resolve(RTX_5060_TI), 4, 16, plenty)
+    assert gpu.count == 1 and "GPU" in gpu.why
+    assert "several songs at once" in cpu.ahead.why
+
+
+def test_the_engines_threads_follow_the_process_budget(monkeypatch):
+    import psutil
+
+    from ultrasinger_gpu_cli.gpu.devices import cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads() == (psutil.cpu_count(logical=False) or psutil.cpu_count())

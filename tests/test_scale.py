@@ -4,6 +4,7 @@ the same files as a serial run, and a worker or actor killed mid-song loses noth
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -82,6 +83,33 @@ def test_two_gpu_workers_write_what_a_serial_run_writes_and_a_killed_worker_lose
     assert _charts(tmp_path / "out") == expected
     (lost,) = [e for e in events if e.stage == "worker"]
     assert "exit code -9" in lost.reason and lost.song is not None
+
+
+def test_a_cpu_batch_runs_in_lanes_and_writes_what_a_serial_run_writes(serial, tmp_path, monkeypatch):
+    """Without a GPU, ``ugpu run`` on several songs converts them at once, each in a worker process
+    with its share of the cores (here two: ``OMP_NUM_THREADS``), and writes the serial run's files;
+    the report lists the songs in the order given."""
+    songs, expected, models = serial
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    given = list(reversed(songs))
+    result = CliRunner().invoke(app, ["run", *map(str, given), "-o", str(tmp_path / "out"), "--models-dir", str(models),
+                                      "--language", "en", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "converts 2 songs at once, each in a worker process with 1 thread" in " ".join(result.stderr.split())
+    assert [Path(s["source"]).name for s in json.loads(result.stdout)["songs"]] == [p.name for p in given]
+    assert _charts(tmp_path / "out") == expected
+    with Store.open(os.environ["UGPU_DB"]) as store:
+        runs = [r["status"] for r in store.query("SELECT status FROM runs")]
+    assert runs == ["done", "done"]  # one run per lane, recorded by this process
+
+
+def test_lanes_are_asked_for_and_refused_where_they_cannot_apply(env, tmp_path):
+    (song_file,) = _songs(tmp_path / "songs")[:1]
+    out = str(tmp_path / "o")
+    with_gpus = CliRunner().invoke(app, ["run", str(song_file), "--gpus", "all", "--lanes", "2", "-o", out])
+    assert with_gpus.exit_code == 2 and "--lanes is for a batch on this machine's CPU" in with_gpus.stderr
+    serial = CliRunner().invoke(app, ["run", str(song_file), str(song_file), "--no-overlap", "--lanes", "2", "-o", out])
+    assert serial.exit_code == 2 and "choose one" in serial.stderr
 
 
 def test_packing_several_pipelines_on_a_large_card(fake_gpus, fake_torch, tmp_path):

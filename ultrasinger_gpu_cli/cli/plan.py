@@ -71,11 +71,11 @@ def optimize(
     result = run_optimize(store, gpu=gpu, mode=mode.value, vram_limit_gb=vram_limit,
                           assumed=Assumed(assume_vram, assume_gpu, assume_cc), save=save)  # fmt: skip
     if json_out:
-        emit_json(optimize_response(result.plan, cuda_version=result.cuda_version, saved=result.saved))
+        emit_json(optimize_response(result.plan, cuda_version=result.cuda_version, saved=result.saved, lanes=result.lanes))
         return
     from ultrasinger_gpu_cli.cli.render import plan_view
 
-    err_console().print(plan_view(result.plan))
+    err_console().print(plan_view(result.plan, result.lanes))
     if result.saved:
         err_console().print(f"saved the plan to {store.path}", style="green")
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ultrasinger_gpu_cli.gpu.facts import Detection, GpuInfo
+from ultrasinger_gpu_cli.plan.lanes import Lanes
 from ultrasinger_gpu_cli.plan.resolver import ComponentPlan, Plan
 from ultrasinger_gpu_cli.store.stats import ComponentStats
 from ultrasinger_gpu_cli.plan.tiers import ALL_TIERS, MODE_TABLE
@@ -125,7 +126,7 @@ def frameworks_table(detection: Detection) -> Table:
     return t
 
 
-def plan_view(plan: Plan) -> RenderableType:
+def plan_view(plan: Plan, lanes: Lanes | None = None) -> RenderableType:
     target = plan.target
     head = kv_table()
     what = f"{target.name}" + (f" ({target.vram_total_gb} GB)" if target.is_gpu else "")
@@ -136,7 +137,7 @@ def plan_view(plan: Plan) -> RenderableType:
     head.add_row("Tier", plan.tier.label)
     if plan.vram_budget_mb:
         head.add_row("VRAM budget", f"{plan.vram_budget_mb} MB (memory fraction {plan.memory_fraction})")
-    head.add_row("Batches", plan.ahead.why)
+    head.add_row("Batches", lanes.why if lanes is not None and not plan.uses_gpu else plan.ahead.why)
     table = _settings_table()
     for name, cplan in plan.components.items():
         _component_rows(table, name, cplan)

@@ -63,14 +63,15 @@ def run(
     shared_input: Annotated[bool, typer.Option("--shared-input", help="With --ray: every node sees the songs at the same path (else their bytes travel).")] = False,
     singers: Annotated[Optional[str], typer.Option("--singers", help="A duet's singers' names, 'Name A,Name B' (the lyrics tag their lines P1:, P2:, P1&P2:) [default: Singer 1, Singer 2].", show_default=False)] = None,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="Do not draw preview.png (the chart as a piano roll) into each song folder.")] = False,
-    no_overlap: Annotated[bool, typer.Option("--no-overlap", help="Several songs: finish each song before the next one's audio is read (by default the next song is decoded and the last one's files written while the engines run).")] = False,
+    no_overlap: Annotated[bool, typer.Option("--no-overlap", help="Several songs: finish each song before the next one's audio is read (by default the next song is decoded and the last one's files written while the engines run; on the CPU, several songs run at once).")] = False,
+    lanes: Annotated[Optional[int], typer.Option("--lanes", help="Several songs on the CPU: how many to convert at once, each in a worker process with its share of the cores (1: one after another in this process) [default: as the cores and memory allow].", min=1, max=64, show_default=False)] = None,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="The longest song converted, in minutes (longer ones stop with exit 2) [default: UGPU_MAX_MINUTES, else 120].", min=0.01, max=1440, show_default=False)] = None,
 ) -> None:
     """Turn songs into UltraStar karaoke folders: Demucs -> Whisper -> CREPE -> notes, with fallback and resume."""
     from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.cli.run_view import RunDisplay, summary_table
-    from ultrasinger_gpu_cli.usecases.fleet import convert_songs
+    from ultrasinger_gpu_cli.usecases.scale import convert_batch
     from ultrasinger_gpu_cli.usecases.plan import worker_plan
 
     from ultrasinger_gpu_cli.components.whisper import check_language
@@ -91,6 +92,8 @@ def run(
                          max_minutes=max_minutes, singers=names, preview=not no_preview, overlap=not no_overlap)  # fmt: skip
     if gpus is not None and (use_ray or ray_address):
         raise InvalidSettingError("--gpus runs workers on this machine and --ray on a cluster: choose one")
+    if lanes is not None and (gpus is not None or use_ray or ray_address):
+        raise InvalidSettingError("--lanes is for a batch on this machine's CPU; --gpus and --ray place the songs themselves")
     with RunDisplay(err_console()) as display:
         if use_ray or ray_address:
             from ultrasinger_gpu_cli.usecases.cluster import run_on_ray
@@ -103,7 +106,7 @@ def run(
             slots = plan_slots(store, gpus, per_gpu, mode=mode.value, vram_limit_gb=vram_limit, flags=flags or None)
             result = run_parallel(paths, slots, options, store, on_event=display)
         else:
-            result = convert_songs(paths, plan, options, store, on_event=display)
+            result = convert_batch(paths, plan, options, store, on_event=display, lanes=lanes)
     if json_out:
         emit_json(result.to_dict())
     elif result.reports:

@@ -48,7 +48,8 @@ class RunDisplay:
         self.live = console.is_terminal
         self.progress: Progress | None = None
         self.tasks: dict[tuple[str, str], Any] = {}  # (song, stage) -> its bar
-        self.song: str | None = None  # the song whose turn it is (a batch's next song may be separated ahead)
+        self.song: str | None = None  # the song started last (a batch's next song may be separated ahead)
+        self.ahead: set[str] = set()  # songs separated ahead, their turn not come yet
         self.download_task: Any = None
         self.download_started: tuple[float, int] | None = None
 
@@ -98,8 +99,11 @@ class RunDisplay:
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.ModelFetch):
             self._fetch(event)
+        elif isinstance(event, ev.SongAhead):
+            self.ahead.add(event.song)
         elif isinstance(event, ev.SongStarted):
             self.song = event.song
+            self.ahead.discard(event.song)
             self.print(f"[bold]{event.song}[/] -> {event.folder}" if event.folder else f"[bold]{event.song}[/]")
         elif isinstance(event, ev.StageStarted):
             if self.progress is not None:
@@ -121,8 +125,12 @@ class RunDisplay:
             self.print(f"[bold red]failed:[/] {event.error}")
 
     def _label(self, song: str, stage: str) -> str:
-        """A stage's name; a batch's next song's, separated ahead before its turn, with its song's."""
-        return f"{stage} ({song}, ahead)" if self.song is not None and song != self.song else stage
+        """A stage's name; with its song's where another song started since (songs converted at
+        once: CPU lanes, ``--gpus`` workers), and said so where a batch's next song is separated
+        ahead before its turn."""
+        if song in self.ahead:
+            return f"{stage} ({song}, ahead)"
+        return f"{stage} ({song})" if self.song is not None and song != self.song else stage
 
     def _drop_bar(self, song: str, stage: str) -> None:
         task = self.tasks.pop((song, stage), None)

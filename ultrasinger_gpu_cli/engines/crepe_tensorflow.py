@@ -28,6 +28,7 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.engines.crepe_engine import WINDOW, CrepeEngine
 from ultrasinger_gpu_cli.errors import EngineError, GpuUnavailableError
+from ultrasinger_gpu_cli.gpu.devices import cpu_threads
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS
 from ultrasinger_gpu_cli.weights.models import ModelFile, ModelStatus, crepe_weights, damaged
 
@@ -90,6 +91,10 @@ def import_tensorflow() -> Any:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import tensorflow as tf
 
+    try:  # the CPU threads this process may use (a batch lane's share), before TensorFlow starts
+        tf.config.threading.set_intra_op_parallelism_threads(cpu_threads())
+    except RuntimeError:  # already initialised in this process: its setting stays
+        pass
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
             tf.config.experimental.set_memory_growth(gpu, True)

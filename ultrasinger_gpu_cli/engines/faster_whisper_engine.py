@@ -32,6 +32,7 @@ from ultrasinger_gpu_cli.engines.whisper_ct2 import timing_words
 from ultrasinger_gpu_cli.engines.whisper_engine import BEST_OF, WhisperEngine
 from ultrasinger_gpu_cli.engines.whisper_features import SAMPLE_RATE, frames_in, log_mel
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
+from ultrasinger_gpu_cli.gpu.devices import cpu_threads
 from ultrasinger_gpu_cli.weights.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint, whisper_status
 from ultrasinger_gpu_cli.song.words import Segment, Word
 
@@ -141,7 +142,7 @@ class FasterWhisperEngine(WhisperEngine):
             with timing_words(folder) as loaded:  # words timed on every upper-half head, as openai-whisper's
                 self._model = WhisperModel(str(loaded), device=device,
                                            device_index=(self.binding.ordinal or 0) if self.binding.is_cuda else 0,
-                                           compute_type=self.settings.compute_type, cpu_threads=_cores())  # fmt: skip
+                                           compute_type=self.settings.compute_type, cpu_threads=cpu_threads())  # fmt: skip
         except LOAD_ERRORS as exc:
             if fallback_worthy(exc):
                 raise
@@ -250,13 +251,6 @@ class FasterWhisperEngine(WhisperEngine):
         # (words, the segment's span as the word timing left it: whisper's rule)
         return {i: ([Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"])) for w in seg[0]["words"]],
                     (float(seg[0]["start"]), float(seg[0]["end"]))) for i, seg in zip(keep, segments)}  # fmt: skip
-
-
-def _cores() -> int:
-    """CTranslate2's CPU threads: the physical cores (its default of 4 oversubscribes small machines)."""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 4
 
 
 def _select(features, rows: list[int]):

@@ -22,6 +22,7 @@ import numpy as np
 from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.components.crepe import CrepeSettings
 from ultrasinger_gpu_cli.engines.base import Engine, Progress, no_progress
+from ultrasinger_gpu_cli.gpu.devices import cpu_threads
 from ultrasinger_gpu_cli.song.pitch import PitchTrack
 from ultrasinger_gpu_cli.errors import ModelMissingError
 from ultrasinger_gpu_cli.weights.models import ModelFile, ModelStatus, recorded_sha256
@@ -65,7 +66,7 @@ class SwiftF0Engine(Engine[CrepeSettings]):
                                     hint="pip install swift-f0")  # fmt: skip
         from swift_f0 import SwiftF0
 
-        self._model = SwiftF0(spin=False)
+        self._model = SwiftF0(threads=cpu_threads(), spin=False)
 
     @property
     def step_ms(self) -> int:

@@ -206,3 +206,17 @@ def free_memory(*, collect: bool = True) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+def cpu_threads() -> int:
+    """The CPU threads this process's engines may use: ``OMP_NUM_THREADS`` where it is set (a
+    batch lane's share of the cores, or the user's own limit), else the physical cores (the
+    libraries' defaults of 4 or every logical core oversubscribe small machines)."""
+    import os
+
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1

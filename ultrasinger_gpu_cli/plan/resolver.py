@@ -191,6 +191,9 @@ class Plan:
         working memory of the stages beside it, all at once (the CUDA context counted once). On
         the CPU, Demucs takes every core: never."""
         demucs = self.components.get("demucs")
+        if not self.uses_gpu:
+            return Ahead(False, None, "the plan runs on the CPU: a batch converts several songs at once instead, each "
+                                      "on a share of the cores (ugpu optimize shows how many)")  # fmt: skip
         if demucs is None or demucs.device != "cuda" or demucs.estimated_vram_mb is None:
             return Ahead(False, None, "Demucs runs on the CPU here, where it takes every core: one song's stages at a time")
         backend = demucs.spec.ref(str(demucs.value("backend")))

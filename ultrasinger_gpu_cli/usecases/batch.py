@@ -52,6 +52,15 @@ class BatchResult:
                 "failures": [f.to_dict() for f in self.failures],
                 "already_done": [f.to_dict() for f in self.already_done]}  # fmt: skip
 
+    def in_order(self, paths: list[Path]) -> None:
+        """Each list in the order of ``paths`` (songs given twice: their first place)."""
+        place: dict[Path, int] = {}
+        for k, path in enumerate(paths):
+            place.setdefault(Path(path).resolve(), k)
+        self.reports.sort(key=lambda r: place.get(Path(r.source).resolve(), len(place)))
+        for songs in (self.failures, self.already_done):
+            songs.sort(key=lambda f: place.get(Path(f.song).resolve(), len(place)))
+
     def raise_for_failures(self) -> None:
         """The batch's exit: one error listing every song that failed; exit code 1, or 2 when every
         failure was a usage error (a song over the length limit, say)."""

@@ -88,7 +88,8 @@ class Fleet(ABC):
 
 def convert(paths: list[Path], fleet: Fleet) -> BatchResult:
     """Every song through ``fleet``; a song that fails never stops the rest (missing or damaged
-    weights, the same for every song, stop the run with the fix). Ctrl-C marks it interrupted."""
+    weights, the same for every song, stop the run with the fix). Ctrl-C marks it interrupted.
+    The result lists the songs in the order given, whichever worker finished first."""
     fleet.start()
     result = BatchResult(fleet.run_id, fleet.mode)
     try:
@@ -102,6 +103,7 @@ def convert(paths: list[Path], fleet: Fleet) -> BatchResult:
     except BaseException:
         fleet.close("failed")
         raise
+    result.in_order(paths)
     fleet.close("failed" if result.failures else "done", result.to_dict())
     return result
 

@@ -12,6 +12,7 @@ from ultrasinger_gpu_cli.errors import InvalidSettingError
 from ultrasinger_gpu_cli.gpu.facts import Detection
 from ultrasinger_gpu_cli.run.fallback import Rung, ladder
 from ultrasinger_gpu_cli.gpu.nvml import get_nvml
+from ultrasinger_gpu_cli.plan.lanes import Lanes, batch_lanes
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, PlanTarget, resolve
 from ultrasinger_gpu_cli.store.stats import RecordedFallback
 from ultrasinger_gpu_cli.store.db import Store
@@ -73,6 +74,18 @@ class Optimized:
     plan: Plan
     cuda_version: str | None
     saved: dict[str, str] | None
+    lanes: Lanes  # how a batch runs on this machine (on the CPU: several songs at once)
+
+
+def host_lanes(plan: Plan, songs: int | None, asked: int | None = None) -> Lanes:
+    """The lanes of a batch of ``songs`` on this machine: its cores (``OMP_NUM_THREADS`` where
+    set) and the memory available now."""
+    import psutil
+
+    from ultrasinger_gpu_cli.gpu.devices import cpu_threads
+
+    free = int(psutil.virtual_memory().available // (1024 * 1024))
+    return batch_lanes(plan, songs, cpu_threads(), free, asked)
 
 
 def optimize(store: Store, *, gpu: GpuSelector = 0, mode: str = "balanced", vram_limit_gb: float | None = None,
@@ -87,7 +100,7 @@ def optimize(store: Store, *, gpu: GpuSelector = 0, mode: str = "balanced", vram
     plan = plan_for(store, target, mode, vram_limit_gb)
     saved = store.save_plan(plan) if save else None
     cuda = None if target.hypothetical else get_nvml().cuda_driver_version()
-    return Optimized(plan, cuda, saved)
+    return Optimized(plan, cuda, saved, host_lanes(plan, None))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ultrasinger_gpu_cli.gpu.facts import Detection
+from ultrasinger_gpu_cli.plan.lanes import Lanes
 from ultrasinger_gpu_cli.plan.resolver import ComponentPlan, Plan
 from ultrasinger_gpu_cli.store.stats import ComponentStats
 
@@ -49,14 +50,17 @@ def initialize_response(detection: Detection, plan: Plan, *, force_detection: bo
     }
 
 
-def optimize_response(plan: Plan, *, cuda_version: str | None, saved: dict[str, str] | None) -> dict[str, Any]:
-    """``/gpu/optimize``: the same core keys as initialize, for the planned card."""
+def optimize_response(plan: Plan, *, cuda_version: str | None, saved: dict[str, str] | None,
+                      lanes: Lanes | None = None) -> dict[str, Any]:  # fmt: skip
+    """``/gpu/optimize``: the same core keys as initialize, for the planned card; ``lanes``: how
+    ``ugpu run`` converts a batch on this machine."""
     return {
         "gpu_detected": plan.target.is_gpu,
         "vram_total": plan.target.vram_total_gb,
         "cuda_version": cuda_version,
         "optimization_applied": plan.optimization_applied(),
         **_plan_fields(plan),
+        **({"batch_lanes": lanes.to_dict()} if lanes is not None else {}),
         "saved_config_ids": saved,
     }
 

@@ -36,7 +36,7 @@ from ultrasinger_gpu_cli.run.recorder import Recorder
 from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, Plan, resolve
 from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.usecases.batch import BatchResult, SongFailure, SongOutcome, prepare, sweep
-from ultrasinger_gpu_cli.usecases.fleet import Fleet, More, Song, convert, convert_here, for_workers, pipeline_for
+from ultrasinger_gpu_cli.usecases.fleet import Fleet, More, Song, convert, convert_here, convert_songs, for_workers, pipeline_for
 
 MAX_PER_GPU = 8
 MAX_TRIES = 3  # a song whose worker died this many times fails (instead of killing every worker in turn)
@@ -119,12 +119,32 @@ def plan_slots(store: Store | None, gpus_text: str, per_gpu: str = "auto", *, mo
 
 
 # -- the worker process ---------------------------------------------------------------------------------
+def _stop_once() -> None:
+    """A worker stops on the first SIGINT (Ctrl-C reaches the whole process group) or SIGTERM (the
+    parent stopping, when only it was told): as Ctrl-C, its song's partial files removed and its
+    run marked interrupted; later signals (Ctrl-C and the parent's both) are ignored, so the
+    stopping is never cut short."""
+    import signal
+
+    def stopping(signum: int, frame: object) -> None:  # (not SIG_IGN: a signal already pending would
+        pass  # then reach Python as "OSError: Signal 15 ignored due to race condition")
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, stopping)
+        signal.signal(signal.SIGTERM, stopping)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _worker(slot: Slot, options: RunOptions, inputs: SongInputs, conn: Any) -> None:
     """Runs in its own process: one pipeline, songs from its pipe until ``None``. Each worker has
     a pipe of its own (never a queue shared with the others: a worker killed while writing to a
     shared queue would leave its lock held and block every other worker)."""
     import threading
 
+    _stop_once()
     if slot.threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(slot.threads)
@@ -260,12 +280,19 @@ class ProcessFleet(Fleet):
             self.pending.appendleft(song)
 
     def close(self, status: str, report: dict[str, Any] | None = None) -> None:
+        """The workers stop: after their songs (``None`` down each pipe), or, when the run was
+        interrupted, at once (SIGTERM: a parent stopped by ``kill`` alone must not leave its
+        workers converting)."""
         for worker in self.workers:
-            if not worker.gone:
-                try:
-                    worker.conn.send(None)
-                except OSError:
-                    pass
+            if worker.gone:
+                continue
+            if status == "interrupted" and worker.process.is_alive():
+                worker.process.terminate()
+                continue
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass
         for worker in self.workers:
             self._last_words(worker)
             worker.process.join(timeout=60)
@@ -295,3 +322,24 @@ def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: St
     inputs = prepare(options)
     sweep(options, store)
     return convert(paths, ProcessFleet(slots, options, store, on_event, cpu_plan=cpu_plan, inputs=inputs))
+
+
+def convert_batch(paths: list[Path], plan: Plan, options: RunOptions, store: Store | None,
+                  on_event: OnEvent = ignore, *, lanes: int | None = None) -> BatchResult:  # fmt: skip
+    """``ugpu run`` without ``--gpus`` or ``--ray``: one pipeline here (the songs overlapped as the
+    plan allows), or, where the plan runs on the CPU, a batch of several songs in lanes (worker
+    processes, each with its share of the cores: :mod:`ultrasinger_gpu_cli.plan.lanes`).
+    ``lanes``: the user's count (``--lanes``); None: as the cores and the memory allow."""
+    from ultrasinger_gpu_cli.usecases.plan import host_lanes
+
+    if lanes is not None:
+        if plan.uses_gpu:
+            raise InvalidSettingError("--lanes is for batches on the CPU; on GPUs use --gpus and --per-gpu")
+        if lanes > 1 and not options.overlap:
+            raise InvalidSettingError("--no-overlap converts one song at a time and --lanes several at once: choose one")
+    chosen = host_lanes(plan, len(paths), lanes) if options.overlap and len(paths) > 1 and not plan.uses_gpu else None
+    if chosen is None or chosen.count <= 1:
+        return convert_songs(paths, plan, options, store, on_event)
+    names = [f"CPU #{k + 1}" for k in range(chosen.count)]
+    slots = Slots([Slot(name, plan, chosen.threads) for name in names], [chosen.why])
+    return run_parallel(paths, slots, options, store, on_event, cpu_plan=plan)
