@@ -65,6 +65,11 @@ class Engine(ABC, Generic[S]):
     def load(self) -> None:
         """Load the weights onto the device (once; kept across songs)."""
 
+    def seeded(self, seed: int) -> None:
+        """The stage's seed (from the song and the settings), given before each run of a backend
+        that may draw random numbers, after Python's, numpy's and torch's generators took it: an
+        engine whose library draws from a generator of its own seeds that one from it."""
+
     def unload(self, *, free: bool = True) -> None:
         """Drop the model and give its VRAM back: a card's model is collected at once and torch's
         cached blocks go back to the driver; a CPU model's memory goes back as it is dropped (no

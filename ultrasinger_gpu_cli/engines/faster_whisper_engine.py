@@ -7,8 +7,9 @@ timings as the openai-whisper backend, on a faster runtime with less memory.
 * Beam search at temperature 0 with whisper's suppression rules (its non-speech tokens, no blank
   at the start), and its temperature fallback on the chunks that fail its quality checks, drawing
   ``BEST_OF`` samples at each temperature as ``transcribe()`` does (which one a chunk keeps:
-  :meth:`~.whisper_engine.WhisperEngine._best` and ``_chosen``); in float32, on the same weights,
-  the tokens equal the openai-whisper backend's (a test checks it).
+  :meth:`~.whisper_engine.WhisperEngine._best` and ``_chosen``), sampled on a model built for the
+  batch so that its draws follow the stage's seed alone (:meth:`FasterWhisperEngine._sampled`);
+  in float32, on the same weights, the tokens equal the openai-whisper backend's (a test checks it).
 * Word timings from CTranslate2's cross-attention alignment through faster-whisper's word logic,
   on the same heads as the openai-whisper backend (every head of the decoder's upper half:
   :func:`~ultrasinger_gpu_cli.components.whisper.word_heads`), whatever the folder's config names.
@@ -20,9 +21,14 @@ converts the openai-whisper checkpoint there (:mod:`.whisper_ct2`), offline.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,8 +129,19 @@ def _decoded(result, k: int, tokenizer) -> _Decoded:
     return _Decoded(tokens, text, avg_logprob, float(result.no_speech_prob), len(raw) / max(1, len(zlib.compress(raw))))
 
 
+#: Held while a sampler takes its seed: CTranslate2's one seed is process-wide until a fresh
+#: thread's first draw reads it (:meth:`FasterWhisperEngine._sampled`).
+_SEEDING = threading.Lock()
+
+
 class FasterWhisperEngine(WhisperEngine):
     """CTranslate2's Whisper on the openai-whisper backend's chunks (its decoding options too)."""
+
+    _seed = 0  # the stage's (:meth:`seeded`); 0 for a caller that gives none
+    _folder: Path | None = None
+
+    def seeded(self, seed: int) -> None:
+        self._seed = seed
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
@@ -137,7 +154,7 @@ class FasterWhisperEngine(WhisperEngine):
             convert(whisper_checkpoint(self.settings.model, self.models_dir), status.files[0].path.parent)
         require_present(status, fetch=f"ugpu models pull whisper --backend faster-whisper --model {self.settings.model}")
         device = "cuda" if self.binding.is_cuda else "cpu"
-        folder = status.files[0].path.parent
+        folder = self._folder = status.files[0].path.parent
         try:
             with timing_words(folder) as loaded:  # words timed on every upper-half head, as openai-whisper's
                 self._model = WhisperModel(str(loaded), device=device,
@@ -154,7 +171,7 @@ class FasterWhisperEngine(WhisperEngine):
         if language is None:
             language = self._language(features)
         tokenizer = self._tokenizer(language)
-        decoded = self._generate(features, tokenizer)
+        decoded = self._generate(features, tokenizer, batch[0][0])
         keep = [i for i, d in enumerate(decoded) if not self._is_silence(d) and d.tokens]
         words = self._words(features, frames, batch, decoded, keep, tokenizer, last_speech)
         found: list[Segment | None] = [None] * len(batch)
@@ -214,31 +231,80 @@ class FasterWhisperEngine(WhisperEngine):
         specials = [tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev, tokenizer.sot_lm]
         return sorted({*tokenizer.non_speech_tokens, *specials, tokenizer.no_speech})
 
-    def _generate(self, features, tokenizer) -> list[_Decoded]:
+    def _generate(self, features, tokenizer, start_s: float) -> list[_Decoded]:
+        """Each chunk of a batch (its first starting at ``start_s``) decoded, falling back to
+        samples at higher temperatures where it fails whisper's checks."""
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         # CTranslate2's Whisper decodes at most max_length / 2 tokens (448: whisper's 224); measured.
         max_length = min(448, 2 * (self.sample_len or 224))
         n = features.shape[0]
         tried: list[list[_Decoded]] = [[] for _ in range(n)]
         pending = list(range(n))
-        for temperature in self.temperatures:
-            subset = features if len(pending) == n else _select(features, pending)
-            options = {"beam_size": self.beams} if temperature == 0 else {
-                "beam_size": 1, "num_hypotheses": BEST_OF, "sampling_temperature": temperature, "sampling_topk": 0}  # fmt: skip
-            results = self._model.model.generate(subset, [prompt] * len(pending), max_length=max_length,
-                                                 suppress_blank=True, suppress_tokens=self._suppress(tokenizer),
-                                                 return_scores=True, return_no_speech_prob=True, **options)  # fmt: skip
-            retry = []
-            for i, result in zip(pending, results):
-                drawn = [_decoded(result, k, tokenizer) for k in range(len(result.sequences_ids))]
-                decoded = drawn[self._best(drawn)]
-                tried[i].append(decoded)
-                if self._needs_fallback(decoded):
-                    retry.append(i)
-            if not retry:
-                break
-            pending = retry
+        with self._sampled(start_s) as sampler:
+            for temperature in self.temperatures:
+                subset = features if len(pending) == n else _select(features, pending)
+                options = {"beam_size": self.beams} if temperature == 0 else {
+                    "beam_size": 1, "num_hypotheses": BEST_OF, "sampling_temperature": temperature, "sampling_topk": 0}  # fmt: skip
+                model = self._model.model if temperature == 0 else sampler()
+                results = model.generate(subset, [prompt] * len(pending), max_length=max_length, suppress_blank=True,
+                                         suppress_tokens=self._suppress(tokenizer), return_scores=True,
+                                         return_no_speech_prob=True, **options)  # fmt: skip
+                retry = []
+                for i, result in zip(pending, results):
+                    drawn = [_decoded(result, k, tokenizer) for k in range(len(result.sequences_ids))]
+                    decoded = drawn[self._best(drawn)]
+                    tried[i].append(decoded)
+                    if self._needs_fallback(decoded):
+                        retry.append(i)
+                if not retry:
+                    break
+                pending = retry
         return [attempts[self._chosen(attempts)] for attempts in tried]
+
+    @contextmanager
+    def _sampled(self, start_s: float) -> Iterator[Callable[[], Any]]:
+        """The model a batch's temperature fallback samples with: a fresh one, its draws seeded
+        from the stage's seed and the batch's start, whatever ran before in this process.
+
+        CTranslate2 samples with a generator per thread that takes the process-wide seed
+        (``set_random_seed``) once, at the thread's first draw: a loaded model's worker thread,
+        once it has sampled, never takes a seed again, so a song's fallback words would depend on
+        the songs before it in a batch or a server. A model built for the batch has a fresh
+        worker thread; it is built only where a chunk falls back (CPU: a second copy of the
+        weights meanwhile; CUDA: the loaded model moves to the host meanwhile, so the card never
+        holds two) and dropped after the batch."""
+        import ctranslate2
+
+        built: list[Any] = []
+
+        def sampler() -> Any:
+            if not built:
+                seed = int(hashlib.sha256(repr((self._seed, round(start_s, 3))).encode()).hexdigest()[:8], 16)
+                cuda = self.binding.is_cuda
+                if cuda:
+                    self._model.model.unload_model(to_cpu=True)
+                _SEEDING.acquire()  # until its first draw has taken the seed
+                try:
+                    ctranslate2.set_random_seed(seed)
+                    model = ctranslate2.models.Whisper(str(self._folder), device="cuda" if cuda else "cpu",
+                                                       device_index=(self.binding.ordinal or 0) if cuda else 0,
+                                                       compute_type=self.settings.compute_type,
+                                                       intra_threads=cpu_threads())  # fmt: skip
+                except BaseException:
+                    _SEEDING.release()
+                    raise
+                built.append(_FirstDraw(model))
+            return built[0]
+
+        try:
+            yield sampler
+        finally:
+            if built:
+                built[0].done()
+                built.clear()
+                if self.binding.is_cuda:
+                    self._model.model.load_model()
+
 
     def _words(self, features, frames, batch, decoded, keep, tokenizer, last_speech) -> dict[int, tuple[list[Word], tuple[float, float]]]:
         if not keep:
@@ -251,6 +317,26 @@ class FasterWhisperEngine(WhisperEngine):
         # (words, the segment's span as the word timing left it: whisper's rule)
         return {i: ([Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"])) for w in seg[0]["words"]],
                     (float(seg[0]["start"]), float(seg[0]["end"]))) for i, seg in zip(keep, segments)}  # fmt: skip
+
+
+class _FirstDraw:
+    """A sampler whose first ``generate`` (its worker thread's first draw, which takes the seed)
+    ends the hold on :data:`_SEEDING`."""
+
+    def __init__(self, model: Any) -> None:
+        self.model: Any = model
+        self._holding = True
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.model.generate(*args, **kwargs)
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        if self._holding:
+            self._holding = False
+            _SEEDING.release()
 
 
 def _select(features, rows: list[int]):

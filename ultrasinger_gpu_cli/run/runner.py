@@ -71,10 +71,10 @@ def stage_seed(*parts: object) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's generators (whisper's temperature sampling uses torch's),
-    and CTranslate2's where an engine loaded it (faster-whisper's temperature fallback samples with
-    it: unseeded, two runs of one song could write different words). Stages are seeded after their
-    engine is loaded, so nothing is imported here for a stage that does not use it."""
+    """Seed Python's, numpy's and torch's generators (whisper's temperature sampling uses torch's).
+    Stages are seeded after their engine is loaded, so nothing is imported here for a stage that
+    does not use it. A library with generators of its own is seeded by its engine
+    (:meth:`~ultrasinger_gpu_cli.engines.base.Engine.seeded`: CTranslate2's, faster-whisper's)."""
     import random
     import sys
 
@@ -85,9 +85,6 @@ def seed_everything(seed: int) -> None:
     torch = sys.modules.get("torch")  # an engine that samples with torch imported it when it loaded
     if torch is not None:
         torch.manual_seed(seed)
-    ctranslate2 = sys.modules.get("ctranslate2")
-    if ctranslate2 is not None:
-        ctranslate2.set_random_seed(seed % 2**32)
 
 
 class GaveWay(EngineError):
@@ -259,6 +256,7 @@ class StageRunner:
             while True:
                 if seed is not None and not spec(component).ref(settings.backend).deterministic:
                     seed_everything(seed)
+                    engine.seeded(seed)
                 shift = _Shift(None)
                 try:
                     with NvmlSampler(binding.nvml_index) as sampler, self._at_work.stage(binding) as shift:
