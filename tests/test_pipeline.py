@@ -190,7 +190,8 @@ def test_out_of_memory_on_a_card_two_stages_share_gives_way_or_waits_and_never_w
     seeded = []
     monkeypatch.setattr(runner_module, "seed_everything", seeded.append)
     monkeypatch.setattr(StageRunner, "_engine", lambda self, component, settings: SimpleNamespace(
-        settings=settings, binding=self.binding(settings), model_name=settings.model, retune=lambda s: None))  # fmt: skip
+        settings=settings, binding=self.binding(settings), model_name=settings.model, retune=lambda s: None,
+        seeded=lambda seed: None))  # fmt: skip
     plan = resolve(PlanTarget("a 16 GB GPU", 16 * 1024, "8.9", hypothetical=True))
     runner = StageRunner(plan, on_event=lambda e: None)
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
