@@ -168,6 +168,7 @@ def main() -> int:
     os.environ["UGPU_MODELS"] = str(models)
     from typer.testing import CliRunner
 
+    import ctranslate2
     from faster_whisper import WhisperModel
 
     from ultrasinger_gpu_cli.song import notes
@@ -177,13 +178,18 @@ def main() -> int:
 
     saved = CliRunner().invoke(app, ["whisper", "--model", "tiny.en", "--backend", "faster-whisper", "--save"])
     assert saved.exit_code == 0, saved.output
-    reference_model = WhisperModel(str(whisper_folder()), device="cpu", compute_type="int8", local_files_only=True)
     words_rows, notes_rows, pitch_rows, grid_rows = [], [], [], []
     for song in songs:
         print(f"{song.name}: reference ...", file=sys.stderr)
         hand = load_chart(song.chart)
         started = time.perf_counter()
+        # A model of its own per song, seeded first: its temperature fallback samples on the model's
+        # worker thread, whose generator takes CTranslate2's seed at its first draw only (one model
+        # for every song, unseeded, gave other fallback words from run to run and song order)
+        ctranslate2.set_random_seed(0)
+        reference_model = WhisperModel(str(whisper_folder()), device="cpu", compute_type="int8", local_files_only=True)
         heard = reference_words(song, reference_model)
+        del reference_model
         pairs = word_pairs(heard, hand.lyric_words())
         raw = word_onsets(heard, hand.lyric_words(), pairs)
         raw_lines = line_starts(heard, hand.lyric_words(), pairs)
