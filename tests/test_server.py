@@ -4,6 +4,7 @@ the job queue with real workers on the small local models, and the security defa
 from __future__ import annotations
 
 import io
+import os
 import json
 import time
 import zipfile
@@ -470,3 +471,24 @@ def test_a_worker_records_the_ahead_threads_progress_on_a_connection_of_that_thr
     for queue in worker._queues.values():
         queue.store.close()
     worker.queue.store.close()
+
+
+def test_several_cpu_workers_share_the_cores_out_among_their_engines(env, tmp_path, monkeypatch):
+    import psutil
+    import torch
+
+    from ultrasinger_gpu_cli.server.config import worker_plans
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert [name for name, _ in worker_plans(_config(tmp_path, env, workers=1))] == ["cpu"]
+        assert "OMP_NUM_THREADS" not in os.environ  # one worker: the libraries' own count
+        cores = psutil.cpu_count(logical=False) or psutil.cpu_count()
+        assert [name for name, _ in worker_plans(_config(tmp_path, env, workers=2))] == ["cpu-0", "cpu-1"]
+        assert os.environ["OMP_NUM_THREADS"] == str(max(1, cores // 2)) and torch.get_num_threads() == max(1, cores // 2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own limit stays
+        worker_plans(_config(tmp_path, env, workers=2))
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+    finally:
+        torch.set_num_threads(before)

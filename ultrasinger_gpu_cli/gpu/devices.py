@@ -220,3 +220,20 @@ def cpu_threads() -> int:
     import psutil
 
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def share_cores(ways: int) -> int:
+    """This process's engines' CPU threads when ``ways`` songs are converted at once in it (a
+    server's CPU workers): the cores shared out, unless ``OMP_NUM_THREADS`` is already set (the
+    user's, or a lane's) — set for the libraries that read it at load (faster-whisper, SwiftF0,
+    TensorFlow, :func:`cpu_threads`), and torch told where it is loaded already."""
+    import os
+    import sys
+
+    if not os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cpu_threads() // max(1, ways)))
+    threads = cpu_threads()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    return threads

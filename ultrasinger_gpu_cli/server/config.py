@@ -59,7 +59,8 @@ def open_store(config: ServeConfig) -> Store:
 
 
 def worker_plans(config: ServeConfig) -> list[tuple[str, Any]]:
-    """One worker per GPU PyTorch can run (or ``--workers`` on the first one / the CPU): (name, plan(store, mode))."""
+    """One worker per GPU PyTorch can run (or ``--workers`` on the first one / the CPU): (name, plan(store, mode)).
+    Several workers on the CPU share its cores: each engine gets its share of the threads."""
     from ultrasinger_gpu_cli.usecases.plan import run_target, worker_plan
 
     with open_store(config) as store:
@@ -71,6 +72,10 @@ def worker_plans(config: ServeConfig) -> list[tuple[str, Any]]:
 
             count = max(1, get_nvml().device_count())
     selectors = list(range(count)) if config.workers is None else [0] * config.workers
+    if not on_gpus and len(selectors) > 1:  # CPU workers: the cores shared out among their engines
+        from ultrasinger_gpu_cli.gpu.devices import share_cores
+
+        share_cores(len(selectors))
 
     def planner(selector: int):
         def plan(store: Store, mode: str):
