@@ -276,6 +276,7 @@ def test_several_songs_load_each_model_once_and_bad_ones_do_not_stop_the_others(
     assert [Path(s["source"]).name for s in data["songs"]] == ["One - A.wav", "Two - B.wav"]
     assert [Path(f["song"]).name for f in data["failures"]] == ["missing.mp3", "Bad - C.mp3"]
     assert "2 of 4 song(s) failed" in result.stderr
+    assert " ".join(result.stderr.split()).count(f"{tmp_path / 'missing.mp3'}: ") == 2  # its line and the summary, once each
     assert len(loads) == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["One - A", "Two - B"]
 

@@ -65,7 +65,7 @@ class BatchResult:
         """The batch's exit: one error listing every song that failed; exit code 1, or 2 when every
         failure was a usage error (a song over the length limit, say)."""
         if self.failures:
-            listing = "; ".join(f"{f.song}: {f.error}" for f in self.failures)
+            listing = "; ".join(f.error if str(f.song) in f.error else f"{f.song}: {f.error}" for f in self.failures)
             error = UgpuError(f"{len(self.failures)} of {self.songs} song(s) failed: {listing}")
             if all(f.exit_code == 2 for f in self.failures):
                 error.exit_code = 2
