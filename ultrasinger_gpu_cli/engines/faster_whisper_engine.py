@@ -276,13 +276,15 @@ class FasterWhisperEngine(WhisperEngine):
         import ctranslate2
 
         built: list[Any] = []
+        moved: list[bool] = []  # the loaded model, on the host while the sampler holds the card
 
         def sampler() -> Any:
             if not built:
                 seed = int(hashlib.sha256(repr((self._seed, round(start_s, 3))).encode()).hexdigest()[:8], 16)
                 cuda = self.binding.is_cuda
-                if cuda:
+                if cuda and not moved:
                     self._model.model.unload_model(to_cpu=True)
+                    moved.append(True)
                 _SEEDING.acquire()  # until its first draw has taken the seed
                 try:
                     ctranslate2.set_random_seed(seed)
@@ -302,9 +304,8 @@ class FasterWhisperEngine(WhisperEngine):
             if built:
                 built[0].done()
                 built.clear()
-                if self.binding.is_cuda:
-                    self._model.model.load_model()
-
+            if moved:  # (a sampler that could not be built, too)
+                self._model.model.load_model()
 
     def _words(self, features, frames, batch, decoded, keep, tokenizer, last_speech) -> dict[int, tuple[list[Word], tuple[float, float]]]:
         if not keep:

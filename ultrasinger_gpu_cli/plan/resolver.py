@@ -188,8 +188,9 @@ class Plan:
     def ahead(self) -> Ahead:
         """Separate the next song ahead where the VRAM budget holds it: every stage's model
         loaded (a worker keeps them from song to song), Demucs' working memory and the largest
-        working memory of the stages beside it, all at once (the CUDA context counted once). On
-        the CPU, Demucs takes every core: never."""
+        working memory of the stages beside it, all at once (the CUDA context counted once). Never
+        where the plan runs on the CPU (a batch there runs in lanes: :mod:`.lanes`), nor where
+        Demucs alone does (it takes every core)."""
         demucs = self.components.get("demucs")
         if not self.uses_gpu:
             return Ahead(False, None, "the plan runs on the CPU: a batch converts several songs at once instead, each "

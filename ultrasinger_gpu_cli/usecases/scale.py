@@ -126,8 +126,9 @@ def _stop_once() -> None:
     stopping is never cut short."""
     import signal
 
-    def stopping(signum: int, frame: object) -> None:  # (not SIG_IGN: a signal already pending would
-        pass  # then reach Python as "OSError: Signal 15 ignored due to race condition")
+    def stopping(signum: int, frame: object) -> None:
+        """Already stopping. (Not SIG_IGN: a signal pending by then would reach Python as
+        "OSError: Signal 15 ignored due to race condition".)"""
 
     def stop(signum: int, frame: object) -> None:
         signal.signal(signal.SIGINT, stopping)
