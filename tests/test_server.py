@@ -481,6 +481,7 @@ def test_several_cpu_workers_share_the_cores_out_among_their_engines(env, tmp_pa
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)  # (both put back after the test)
     try:
         assert [name for name, _ in worker_plans(_config(tmp_path, env, workers=1))] == ["cpu"]
         assert "OMP_NUM_THREADS" not in os.environ  # one worker: the libraries' own count

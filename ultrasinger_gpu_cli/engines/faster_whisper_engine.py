@@ -8,7 +8,7 @@ timings as the openai-whisper backend, on a faster runtime with less memory.
   at the start), and its temperature fallback on the chunks that fail its quality checks, drawing
   ``BEST_OF`` samples at each temperature as ``transcribe()`` does (which one a chunk keeps:
   :meth:`~.whisper_engine.WhisperEngine._best` and ``_chosen``), sampled on a model built for the
-  batch so that its draws follow the stage's seed alone (:meth:`FasterWhisperEngine._sampled`);
+  batch so that its draws follow the stage's seed alone (:class:`_Sampler`);
   in float32, on the same weights, the tokens equal the openai-whisper backend's (a test checks it).
 * Word timings from CTranslate2's cross-attention alignment through faster-whisper's word logic,
   on the same heads as the openai-whisper backend (every head of the decoder's upper half:
@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +128,7 @@ def _decoded(result, k: int, tokenizer) -> _Decoded:
 
 
 #: Held while a sampler takes its seed: CTranslate2's one seed is process-wide until a fresh
-#: thread's first draw reads it (:meth:`FasterWhisperEngine._sampled`).
+#: thread's first draw reads it (:class:`_Sampler`).
 _SEEDING = threading.Lock()
 
 
@@ -240,12 +238,13 @@ class FasterWhisperEngine(WhisperEngine):
         n = features.shape[0]
         tried: list[list[_Decoded]] = [[] for _ in range(n)]
         pending = list(range(n))
-        with self._sampled(start_s) as sampler:
+        sampler = _Sampler(self, start_s)
+        try:
             for temperature in self.temperatures:
                 subset = features if len(pending) == n else _select(features, pending)
                 options = {"beam_size": self.beams} if temperature == 0 else {
                     "beam_size": 1, "num_hypotheses": BEST_OF, "sampling_temperature": temperature, "sampling_topk": 0}  # fmt: skip
-                model = self._model.model if temperature == 0 else sampler()
+                model = self._model.model if temperature == 0 else sampler
                 results = model.generate(subset, [prompt] * len(pending), max_length=max_length, suppress_blank=True,
                                          suppress_tokens=self._suppress(tokenizer), return_scores=True,
                                          return_no_speech_prob=True, **options)  # fmt: skip
@@ -259,53 +258,9 @@ class FasterWhisperEngine(WhisperEngine):
                 if not retry:
                     break
                 pending = retry
-        return [attempts[self._chosen(attempts)] for attempts in tried]
-
-    @contextmanager
-    def _sampled(self, start_s: float) -> Iterator[Callable[[], Any]]:
-        """The model a batch's temperature fallback samples with: a fresh one, its draws seeded
-        from the stage's seed and the batch's start, whatever ran before in this process.
-
-        CTranslate2 samples with a generator per thread that takes the process-wide seed
-        (``set_random_seed``) once, at the thread's first draw: a loaded model's worker thread,
-        once it has sampled, never takes a seed again, so a song's fallback words would depend on
-        the songs before it in a batch or a server. A model built for the batch has a fresh
-        worker thread; it is built only where a chunk falls back (CPU: a second copy of the
-        weights meanwhile; CUDA: the loaded model moves to the host meanwhile, so the card never
-        holds two) and dropped after the batch."""
-        import ctranslate2
-
-        built: list[Any] = []
-        moved: list[bool] = []  # the loaded model, on the host while the sampler holds the card
-
-        def sampler() -> Any:
-            if not built:
-                seed = int(hashlib.sha256(repr((self._seed, round(start_s, 3))).encode()).hexdigest()[:8], 16)
-                cuda = self.binding.is_cuda
-                if cuda and not moved:
-                    self._model.model.unload_model(to_cpu=True)
-                    moved.append(True)
-                _SEEDING.acquire()  # until its first draw has taken the seed
-                try:
-                    ctranslate2.set_random_seed(seed)
-                    model = ctranslate2.models.Whisper(str(self._folder), device="cuda" if cuda else "cpu",
-                                                       device_index=(self.binding.ordinal or 0) if cuda else 0,
-                                                       compute_type=self.settings.compute_type,
-                                                       intra_threads=cpu_threads())  # fmt: skip
-                except BaseException:
-                    _SEEDING.release()
-                    raise
-                built.append(_FirstDraw(model))
-            return built[0]
-
-        try:
-            yield sampler
         finally:
-            if built:
-                built[0].done()
-                built.clear()
-            if moved:  # (a sampler that could not be built, too)
-                self._model.model.load_model()
+            sampler.close()
+        return [attempts[self._chosen(attempts)] for attempts in tried]
 
     def _words(self, features, frames, batch, decoded, keep, tokenizer, last_speech) -> dict[int, tuple[list[Word], tuple[float, float]]]:
         if not keep:
@@ -320,24 +275,58 @@ class FasterWhisperEngine(WhisperEngine):
                     (float(seg[0]["start"]), float(seg[0]["end"]))) for i, seg in zip(keep, segments)}  # fmt: skip
 
 
-class _FirstDraw:
-    """A sampler whose first ``generate`` (its worker thread's first draw, which takes the seed)
-    ends the hold on :data:`_SEEDING`."""
+class _Sampler:
+    """What a batch's temperature fallback samples with: a CTranslate2 model built for the batch
+    on its first draw, seeded from the stage's seed and the batch's start, whatever ran before in
+    this process.
 
-    def __init__(self, model: Any) -> None:
-        self.model: Any = model
-        self._holding = True
+    CTranslate2 samples with a generator per thread that takes the process-wide seed
+    (``set_random_seed``) once, at the thread's first draw: the loaded model's worker thread,
+    once it has sampled, never takes a seed again, so a song's fallback words would depend on the
+    songs before it in a batch or a server. A model built for the batch has a fresh worker
+    thread. It is built only where a chunk falls back (CPU: a second copy of the weights
+    meanwhile; CUDA: the loaded model waits on the host meanwhile, so the card never holds two)
+    and dropped by :meth:`close`. :data:`_SEEDING` is held from the seed to the first draw."""
+
+    def __init__(self, engine: FasterWhisperEngine, start_s: float) -> None:
+        self.engine = engine
+        self.seed = int(hashlib.sha256(repr((engine._seed, round(start_s, 3))).encode()).hexdigest()[:8], 16)
+        self.model: Any = None
+        self.moved = False  # the loaded model is on the host while this one holds the card
+        self.holding = False
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
+        import ctranslate2
+
+        if self.model is None:
+            engine = self.engine
+            cuda = engine.binding.is_cuda
+            if cuda and not self.moved:
+                engine._model.model.unload_model(to_cpu=True)
+                self.moved = True
+            _SEEDING.acquire()
+            self.holding = True
+            ctranslate2.set_random_seed(self.seed)
+            self.model = ctranslate2.models.Whisper(str(engine._folder), device="cuda" if cuda else "cpu",
+                                                    device_index=(engine.binding.ordinal or 0) if cuda else 0,
+                                                    compute_type=engine.settings.compute_type,
+                                                    intra_threads=cpu_threads())  # fmt: skip
         try:
             return self.model.generate(*args, **kwargs)
         finally:
-            self.done()
+            self._release()
 
-    def done(self) -> None:
-        if self._holding:
-            self._holding = False
+    def _release(self) -> None:
+        if self.holding:  # its worker thread has drawn (or never will): the seed is taken
+            self.holding = False
             _SEEDING.release()
+
+    def close(self) -> None:
+        self._release()
+        self.model = None
+        if self.moved:  # (a sampler that could not be built, too)
+            self.moved = False
+            self.engine._model.model.load_model()
 
 
 def _select(features, rows: list[int]):

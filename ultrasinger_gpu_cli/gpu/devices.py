@@ -222,18 +222,27 @@ def cpu_threads() -> int:
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
-def share_cores(ways: int) -> int:
-    """This process's engines' CPU threads when ``ways`` songs are converted at once in it (a
-    server's CPU workers): the cores shared out, unless ``OMP_NUM_THREADS`` is already set (the
-    user's, or a lane's) — set for the libraries that read it at load (faster-whisper, SwiftF0,
-    TensorFlow, :func:`cpu_threads`), and torch told where it is loaded already."""
+def use_cpu_threads(threads: int) -> None:
+    """This process's engines take ``threads`` CPU threads: ``OMP_NUM_THREADS`` (and MKL's) for
+    the libraries that read it when they load (faster-whisper, SwiftF0 and TensorFlow through
+    :func:`cpu_threads`, PyTorch on import), and PyTorch told where it is loaded already (never
+    imported for it: a process whose engines need no torch pays nothing)."""
     import os
     import sys
 
-    if not os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cpu_threads() // max(1, ways)))
-    threads = cpu_threads()
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
-    return threads
+
+
+def share_cores(ways: int) -> int:
+    """This process's engines' CPU threads when ``ways`` songs are converted at once in it (a
+    server's CPU workers): the cores shared out, unless ``OMP_NUM_THREADS`` is already set (the
+    user's, or a lane's)."""
+    import os
+
+    given = os.environ.get("OMP_NUM_THREADS", "").strip().isdigit()
+    use_cpu_threads(cpu_threads() if given else max(1, cpu_threads() // max(1, ways)))
+    return cpu_threads()

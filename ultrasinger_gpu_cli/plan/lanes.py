@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ultrasinger_gpu_cli.plan.resolver import Plan
-from ultrasinger_gpu_cli.plan.tiers import CUDA_CONTEXT_MB
 
 #: A lane's process before its models: Python with the engines' libraries imported (about 320 MB)
 #: and a song's audio in its working copies (a 288-s song's whole run without separation peaked
@@ -45,12 +44,9 @@ class Lanes:
 
 def lane_ram_mb(plan: Plan) -> int:
     """One lane's estimated memory: its process and song, every stage's model loaded, and the
-    largest stage's working memory (its stages run one at a time). The stages' estimates are
-    their VRAM's on a card, without the CUDA context: the same tensors, in the host's memory."""
-    weights = {name: c.spec.estimate_weights_mb(c.typed()) for name, c in plan.components.items()}
-    working = {name: max(0, c.spec.estimate_vram_mb(c.typed()) - CUDA_CONTEXT_MB - weights[name])
-               for name, c in plan.components.items()}  # fmt: skip
-    return LANE_BASE_MB + sum(weights.values()) + max(working.values(), default=0)
+    largest stage's working memory (its stages run one at a time)."""
+    stages = plan.components.values()
+    return LANE_BASE_MB + sum(c.weights_mb for c in stages) + max((c.working_mb for c in stages), default=0)
 
 
 def batch_lanes(plan: Plan, songs: int | None, cores: int | None, ram_available_mb: int | None,

@@ -135,6 +135,17 @@ class ComponentPlan:
     def model(self) -> str:
         return str(self.value("model"))
 
+    @property
+    def weights_mb(self) -> int:
+        """Its loaded model's weights (held from song to song), as the spec estimates them."""
+        return self.spec.estimate_weights_mb(self.typed())
+
+    @property
+    def working_mb(self) -> int:
+        """What one run needs beside the weights and the CUDA context: the same tensors on a card
+        or in the host's memory."""
+        return max(0, self.spec.estimate_vram_mb(self.typed()) - CUDA_CONTEXT_MB - self.weights_mb)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "settings": {name: s.to_dict() for name, s in self.settings.items()},
@@ -202,10 +213,8 @@ class Plan:
             return Ahead(False, None, f"the {backend.name} backend may draw random numbers, so its stage is seeded: "
                                       "it would move the draws of Whisper beside it; one song's stages at a time")  # fmt: skip
         on_card = {name: c for name, c in self.components.items() if c.device == "cuda" and c.estimated_vram_mb}
-        weights = {name: c.spec.estimate_weights_mb(c.typed()) for name, c in on_card.items()}
-        working = {name: int(c.estimated_vram_mb) - CUDA_CONTEXT_MB - weights[name] for name, c in on_card.items()}  # type: ignore[arg-type]
-        beside = max((working[name] for name in on_card if name != "demucs"), default=0)
-        peak = CUDA_CONTEXT_MB + sum(weights.values()) + working["demucs"] + beside
+        beside = max((c.working_mb for name, c in on_card.items() if name != "demucs"), default=0)
+        peak = CUDA_CONTEXT_MB + sum(c.weights_mb for c in on_card.values()) + demucs.working_mb + beside
         budget = self.vram_budget_mb or 0
         if peak > budget:
             return Ahead(False, peak, f"the next song's Demucs beside this song's stages would take an estimated {peak} MB, "

@@ -145,10 +145,11 @@ def _worker(slot: Slot, options: RunOptions, inputs: SongInputs, conn: Any) -> N
     shared queue would leave its lock held and block every other worker)."""
     import threading
 
+    from ultrasinger_gpu_cli.gpu.devices import use_cpu_threads
+
     _stop_once()
     if slot.threads:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[name] = str(slot.threads)
+        use_cpu_threads(slot.threads)
     lock = threading.Lock()  # events may come from the engines' threads
 
     def send(kind: str, payload: Any) -> None:
@@ -157,10 +158,6 @@ def _worker(slot: Slot, options: RunOptions, inputs: SongInputs, conn: Any) -> N
 
     pipeline = None
     try:
-        if slot.threads:
-            import torch
-
-            torch.set_num_threads(slot.threads)
         pipeline = pipeline_for(slot.plan, options, None, lambda e: send("event", e), inputs)
         pipeline.start()
         send("ready", os.getpid())
