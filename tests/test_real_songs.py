@@ -30,6 +30,7 @@ def _shared_real() -> Path:
 
 SHARED = _shared_real()
 FANCY = SHARED / "coulton-mr-fancy-pants"
+ON_THE_RUN = SHARED / "joshua-morin-on-the-run"
 #: Two sections of the hand chart (seconds in the song): a chorus and a verse.
 CHORUS = (29.9, 34.7)  # "Say a little prayer / For Mister Fancy Pants"
 VERSE = (17.4, 23.0)  # "You look in every catalog / ... / You want some more"
@@ -237,6 +238,31 @@ def test_a_chunk_cut_inside_sung_words_loses_none_and_hears_none_twice(real_mode
     assert len(tail) == len(last_line), [(w.text, round(w.start_s, 2)) for w in heard]
     assert abs(tail[-1].start_s - last_line[-1].start_s) < 0.5, [(w.text, round(w.start_s, 2)) for w in tail]
     assert all(b.start_s >= a.start_s for a, b in zip(heard, heard[1:]))
+
+
+def test_a_held_word_after_its_pickup_keeps_its_start(real_models, tmp_path):
+    """On the run, 196-222 s: after an instrumental bar, "co-ming home." with "home." held 8 s
+    (the hand chart: "co" 200.02 s, "home." 201.69-209.86 s). Whisper's speech rule took the long
+    second word after a pause for the pause misplaced and moved both words to the hold's end
+    (tiny.en: "Coming" 207.35 s, "home." 208.75 s); the held note keeps its start now."""
+    import numpy as np
+
+    from ultrasinger_gpu_cli.song import audio as audio_io
+    from ultrasinger_gpu_cli.components.whisper import WhisperSettings
+    from ultrasinger_gpu_cli.engines.faster_whisper_engine import FasterWhisperEngine
+
+    start, end = 196.07, 222.22
+    song = _cut(ON_THE_RUN / "audio.ogg", [(start, end)], tmp_path / "coming-home.wav")
+    hand = {w.text.strip(" ,.").lower(): w.start_s - start for w in load_chart(ON_THE_RUN / "song.txt").lyric_words()
+            if start <= w.start_s < 203}  # fmt: skip
+    assert set(hand) == {"coming", "home"}, hand
+    samples = np.asarray(audio_io.decode(song, 16_000, 1).samples, dtype=np.float32).reshape(-1)
+    settings = WhisperSettings(backend="faster-whisper", model="tiny.en", device="cpu", batch_size=1,
+                               compute_type="int8", beam_size=5)  # fmt: skip
+    heard = FasterWhisperEngine(settings, real_models).run(samples, language="en", chunks=[(0.0, end - start)]).words
+    timed = {w.text.strip(" ,.").lower(): w.start_s for w in heard}
+    assert abs(timed["coming"] - hand["coming"]) < 0.5, [(w.text, round(w.start_s + start, 2)) for w in heard]
+    assert abs(timed["home"] - hand["home"]) < 0.5, [(w.text, round(w.start_s + start, 2)) for w in heard]
 
 
 def test_the_no_gpu_path_imports_no_openai_whisper(real_models, tmp_path):

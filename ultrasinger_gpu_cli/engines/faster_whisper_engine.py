@@ -10,9 +10,10 @@ timings as the openai-whisper backend, on a faster runtime with less memory.
   :meth:`~.whisper_engine.WhisperEngine._best` and ``_chosen``), sampled on a model built for the
   batch so that its draws follow the stage's seed alone (:class:`_Sampler`);
   in float32, on the same weights, the tokens equal the openai-whisper backend's (a test checks it).
-* Word timings from CTranslate2's cross-attention alignment through faster-whisper's word logic,
-  on the same heads as the openai-whisper backend (every head of the decoder's upper half:
-  :func:`~ultrasinger_gpu_cli.components.whisper.word_heads`), whatever the folder's config names.
+* Word timings from CTranslate2's cross-attention alignment on the same heads as the
+  openai-whisper backend (every head of the decoder's upper half:
+  :func:`~ultrasinger_gpu_cli.components.whisper.word_heads`), whatever the folder's config
+  names, made words by the rules both backends share (:mod:`.whisper_words`).
 * Compute type from the plan: int8 on the CPU, float16 on CUDA.
 
 The model is a CTranslate2 folder under ``DIR/faster-whisper/<model>``; ``ugpu models pull``
@@ -35,6 +36,7 @@ from ultrasinger_gpu_cli.errors import ModelMissingError
 from ultrasinger_gpu_cli.engines.whisper_ct2 import timing_words
 from ultrasinger_gpu_cli.engines.whisper_engine import BEST_OF, WhisperEngine
 from ultrasinger_gpu_cli.engines.whisper_features import SAMPLE_RATE, frames_in, log_mel
+from ultrasinger_gpu_cli.engines.whisper_words import Aligned, sung_words
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.gpu.devices import cpu_threads
 from ultrasinger_gpu_cli.weights.models import ModelFile, ModelStatus, damaged, require_present, whisper_checkpoint, whisper_status
@@ -263,16 +265,19 @@ class FasterWhisperEngine(WhisperEngine):
         return [attempts[self._chosen(attempts)] for attempts in tried]
 
     def _words(self, features, frames, batch, decoded, keep, tokenizer, last_speech) -> dict[int, tuple[list[Word], tuple[float, float]]]:
+        """Each kept chunk's words and span: CTranslate2's alignment of its tokens, batched, then
+        ugpu's word rules (:func:`.whisper_words.sung_words`), chunk after chunk."""
         if not keep:
             return {}
         subset = features if len(keep) == len(batch) else _select(features, keep)
-        segments = [[{"tokens": decoded[i].tokens, "seek": batch[i][0] * 100, "start": batch[i][0], "end": batch[i][1]}]
-                    for i in keep]  # fmt: skip
-        self._model.add_word_timestamps(segments, tokenizer, subset, [frames[i] for i in keep],
-                                        "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、", last_speech)  # fmt: skip
-        # (words, the segment's span as the word timing left it: whisper's rule)
-        return {i: ([Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"])) for w in seg[0]["words"]],
-                    (float(seg[0]["start"]), float(seg[0]["end"]))) for i, seg in zip(keep, segments)}  # fmt: skip
+        alignments = self._model.find_alignment(tokenizer, [[t for t in decoded[i].tokens if t < tokenizer.eot] for i in keep],
+                                                subset, [frames[i] for i in keep])  # fmt: skip
+        out = {}
+        for i, alignment in zip(keep, alignments):
+            aligned = [Aligned(a["word"], a["tokens"], a["start"], a["end"], a["probability"]) for a in alignment]
+            words, span = out[i] = sung_words(aligned, batch[i], last_speech)
+            last_speech = span[1] if words else last_speech
+        return out
 
 
 class _Sampler:

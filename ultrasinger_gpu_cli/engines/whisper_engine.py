@@ -10,7 +10,8 @@ again for every temperature fallback and for the word alignment. This engine:
    (``decode`` accepts features directly), re-decoding only the chunks that fail whisper's
    quality checks at higher temperatures (:data:`BEST_OF` samples each, as ``transcribe()``
    draws), again without re-running the encoder;
-4. aligns words with whisper's own ``add_word_timestamps`` on the same features;
+4. aligns words with whisper's own DTW on the same features, made words by the rules both
+   backends share (:mod:`.whisper_words`);
 5. maps every time back to the song.
 
 fp16 on CUDA, fp32 on the CPU (so whisper never warns about fp16 on the CPU).
@@ -34,7 +35,8 @@ from ultrasinger_gpu_cli.song.words import Segment, Transcript, Word
 from ultrasinger_gpu_cli.song.wordmatch import normalise
 from ultrasinger_gpu_cli.song.vad import chunk_regions, overlapped, voiced_regions
 from ultrasinger_gpu_cli.engines.whisper_dtw import install as install_dtw
-from ultrasinger_gpu_cli.engines.whisper_features import HOP_LENGTH, SAMPLE_RATE, frames_in, log_mel
+from ultrasinger_gpu_cli.engines.whisper_words import Aligned, sung_words
+from ultrasinger_gpu_cli.engines.whisper_features import SAMPLE_RATE, frames_in, log_mel
 
 MAX_CHUNK_S = 30.0
 #: Samples drawn at each fallback temperature (``transcribe()``'s ``best_of`` in both libraries):
@@ -218,12 +220,6 @@ def _keep_spill(segments: list[Segment], heard_past: Sequence[Word], kept: Segme
         segments[-1] = segments[-1].extended(spill)
 
 
-def _probability(value: float) -> float:
-    """whisper averages token probabilities per word; a word of no text tokens gives NaN."""
-    value = float(value)
-    return value if np.isfinite(value) else 0.0
-
-
 class WhisperEngine(Engine[WhisperSettings]):
     """openai-whisper on voiced chunks, batched."""
 
@@ -333,9 +329,7 @@ class WhisperEngine(Engine[WhisperSettings]):
     def _align_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], texts: list[str], language: str | None,
                      last_speech: float) -> tuple[list[list[tuple[str, float, float]]], str, float]:  # fmt: skip
         """Given texts timed in one batch of windows: (words per window, language, last speech)."""
-        import torch
         import whisper
-        from whisper.timing import add_word_timestamps
 
         features, frames = self._encode(audio, batch)
         if language is None:
@@ -343,17 +337,21 @@ class WhisperEngine(Engine[WhisperSettings]):
         tokenizer = whisper.tokenizer.get_tokenizer(self._model.is_multilingual, num_languages=self._model.num_languages,
                                                     language=language, task="transcribe")  # fmt: skip
         timed = []
-        for (start, end), text, feats, n_frames in zip(batch, texts, features, frames):
-            tokens = tokenizer.encode(" " + text)[: self.max_align_tokens]
-            seg = {"seek": start * SAMPLE_RATE / HOP_LENGTH, "start": start, "end": end, "tokens": tokens,
-                   "text": text}  # fmt: skip
-            with torch.inference_mode():
-                add_word_timestamps(segments=[seg], model=_EncodedWhisper(self._model), tokenizer=tokenizer,
-                                    mel=feats, num_frames=n_frames, last_speech_timestamp=last_speech)  # fmt: skip
-            words = [(w["word"], float(w["start"]), float(w["end"])) for w in seg.get("words", [])]
-            last_speech = words[-1][2] if words else last_speech
-            timed.append(words)
+        for window, text, feats, n_frames in zip(batch, texts, features, frames):
+            tokens = [t for t in tokenizer.encode(" " + text)[: self.max_align_tokens] if t < tokenizer.eot]
+            words, span = sung_words(self._aligned(tokenizer, tokens, feats, n_frames), window, last_speech)
+            last_speech = span[1] if words else last_speech
+            timed.append([(w.text, w.start_s, w.end_s) for w in words])
         return timed, language, last_speech
+
+    def _aligned(self, tokenizer, tokens: list[int], features, n_frames: int) -> list[Aligned]:
+        """whisper's alignment of a window's text tokens (its DTW over the cross-attention)."""
+        import torch
+        from whisper.timing import find_alignment
+
+        with torch.inference_mode():
+            found = find_alignment(_EncodedWhisper(self._model), tokenizer, tokens, features, n_frames)
+        return [Aligned(t.word, t.tokens, t.start, t.end, t.probability) for t in found]
 
     # -- steps ------------------------------------------------------------------------------------
     def _transcribe_batch(self, audio: np.ndarray, batch: list[tuple[float, float]], language: str | None,
@@ -470,9 +468,7 @@ class WhisperEngine(Engine[WhisperSettings]):
         return max(plain or range(len(results)), key=lambda k: results[k].avg_logprob)
 
     def _align(self, result, temperature, features, n_frames, start, end, language, last_speech):
-        import torch
         import whisper
-        from whisper.timing import add_word_timestamps
 
         if self._is_silence(result):
             return None, last_speech
@@ -482,20 +478,12 @@ class WhisperEngine(Engine[WhisperSettings]):
         tokens = [t for t in result.tokens if t < tokenizer.eot]
         if not tokens:
             return None, last_speech
-        seg = {"seek": start * SAMPLE_RATE / HOP_LENGTH, "start": start, "end": end, "tokens": tokens,
-               "text": result.text}  # fmt: skip
-        with torch.inference_mode():
-            add_word_timestamps(
-                segments=[seg], model=_EncodedWhisper(self._model), tokenizer=tokenizer, mel=features,
-                num_frames=n_frames, last_speech_timestamp=last_speech,
-            )  # fmt: skip
-        words = [Word(w["word"], float(w["start"]), float(w["end"]), _probability(w["probability"]))
-                 for w in seg.get("words", [])]  # fmt: skip
+        words, (start, end) = sung_words(self._aligned(tokenizer, tokens, features, n_frames), (start, end), last_speech)
         segment = Segment(
-            start=round(float(seg["start"]), 3), end=round(float(seg["end"]), 3), text=result.text.strip(), words=words,
+            start=round(float(start), 3), end=round(float(end), 3), text=result.text.strip(), words=words,
             avg_logprob=float(result.avg_logprob), no_speech_prob=float(result.no_speech_prob), temperature=temperature,
         )  # fmt: skip
-        return segment, float(seg["end"])
+        return segment, float(end)
 
 
 BACKEND = Backend(
