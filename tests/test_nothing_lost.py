@@ -91,8 +91,10 @@ def test_sigterm_is_ctrl_c_and_the_next_run_sweeps_what_a_kill_left(env, words, 
     folder = tmp_path / "out" / "Long - Song 0"
     folder.mkdir(parents=True, exist_ok=True)
     ghost = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    stale = folder / f".Long - Song 0.txt.partial-{ghost.pid}"
+    stale = folder / f".Long - Song 0.txt.partial-{ghost.pid}-{ghost.pid + 1}"  # (PID and thread)
     stale.write_text("half")
+    older = folder / f".Long - Song 0.mid.partial-{ghost.pid}"  # an earlier version's name
+    older.write_text("half")
     with Store.open(os.environ["UGPU_DB"]) as store:
         store.start_run("ghost", mode="balanced", gpu=None, pid=ghost.pid, pid_started=time.time() - 3600)  # PID reused
         store.start_run("killed", mode="balanced", gpu=None, pid=ghost.pid, pid_started=None)
@@ -100,9 +102,41 @@ def test_sigterm_is_ctrl_c_and_the_next_run_sweeps_what_a_kill_left(env, words, 
     ghost.wait()
     done = invoke("run", sources[0], "--timings", str(words), "-o", str(tmp_path / "out"))
     assert done.exit_code == 0, done.output
-    assert not stale.exists()
+    assert not stale.exists() and not older.exists()
     statuses = {r["run_id"]: r["status"] for r in db_rows("SELECT run_id, status FROM runs")}
     assert statuses["ghost"] == "interrupted" and statuses["killed"] == "interrupted"
+
+
+def test_two_threads_writing_one_file_at_once_both_finish_it(tmp_path):
+    """A server's workers are threads of one process: two jobs of the same song write the same
+    resume-cache entry at once (seen: the second job failed with "cannot write .../cache/...").
+    Each writes its own partial file; the file is one of theirs, whole."""
+    import threading
+
+    from ultrasinger_gpu_cli.files import atomic_path
+
+    target = tmp_path / "cache" / "entry.bin"
+    both_open = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def write(content: bytes) -> None:
+        try:
+            with atomic_path(target) as tmp:
+                with open(tmp, "wb") as fh:
+                    fh.write(content[:10])
+                    both_open.wait(10)  # both partial files open before either is renamed
+                    fh.write(content[10:])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(bytes([k]) * 100_000,)) for k in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert target.read_bytes() in (b"\x01" * 100_000, b"\x02" * 100_000)
+    assert [p.name for p in target.parent.iterdir()] == ["entry.bin"]
 
 
 # -- 3. resume gives the same result --------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def test_midi_file_is_well_formed():
 def test_safe_names_never_leave_the_folder_and_fit_the_file_system(name):
     cleaned = safe_name(name)
     assert "/" not in cleaned and "\\" not in cleaned and cleaned not in ("", ".", "..")
-    assert len(cleaned.encode("utf-8")) + len(" [Instrumental].flac".encode()) + len(".partial-4194304") + 1 <= 255
+    assert len(cleaned.encode("utf-8")) + len(" [Instrumental].flac".encode()) + len(".partial-4194304-4194304") + 1 <= 255
     assert cleaned.upper() != "CON" and not any(ord(ch) < 32 or ch in "\x7f\u2028" for ch in cleaned)
 
 

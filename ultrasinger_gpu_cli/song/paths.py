@@ -22,7 +22,7 @@ from ultrasinger_gpu_cli.errors import OutputError
 #: Bytes in one file name on the file systems ugpu meets (ext4, APFS, NTFS in UTF-16 units...).
 NAME_MAX_BYTES = 255
 #: What ugpu may add to a song's name: " [Instrumental].flac", ".report.json", and the
-#: temporary ".<name>.partial-<pid>" while a file is written.
+#: temporary ".<name>.partial-<pid>-<thread>" while a file is written.
 SUFFIX_RESERVE_BYTES = 48
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
@@ -79,12 +79,12 @@ def fit_name(text: str, *, limit_bytes: int = NAME_MAX_BYTES - SUFFIX_RESERVE_BY
     return f"{head}~{digest}"
 
 
-_PARTIAL = re.compile(r"^\..+\.partial-(\d+)$")
+_PARTIAL = re.compile(r"^\..+\.partial-(\d+)(?:-\d+)?$")
 
 
 def sweep_partials(root: str | os.PathLike[str], *, depth: int = 2) -> list[Path]:
     """Remove the temporary files ugpu's atomic writes left behind when a process died
-    (``.NAME.partial-PID`` whose PID no longer runs), in ``root`` and ``depth`` levels below."""
+    (``.NAME.partial-PID-THREAD`` whose PID no longer runs), in ``root`` and ``depth`` levels below."""
     import psutil
 
     removed: list[Path] = []

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ultrasinger_gpu_cli.errors import AudioError
+from ultrasinger_gpu_cli.files import partial_path
 from ultrasinger_gpu_cli.song.audio import (DEMUCS_RATE, SOUNDFILE_SUFFIXES, Audio, check_input, decode, ffmpeg_command,
                                             ffmpeg_path, ffmpeg_reason, max_seconds, mix_channels, too_long)
 from ultrasinger_gpu_cli.song.polyphase import resample_poly
@@ -193,7 +194,7 @@ class StemWriter:
 
         self.target = Path(target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.target.with_name(f".{self.target.name}.partial-{os.getpid()}")
+        self.tmp = partial_path(self.target)
         fmt = {".wav": "WAV", ".flac": "FLAC"}[self.target.suffix.lower()]
         self._file = soundfile.SoundFile(str(self.tmp), "w", sample_rate, channels, subtype="PCM_16", format=fmt)
 

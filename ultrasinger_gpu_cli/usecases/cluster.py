@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import InvalidSettingError, UgpuError
+from ultrasinger_gpu_cli.files import partial_path
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongStarted, StageProgress, ignore
 from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs, read_inputs
 from ultrasinger_gpu_cli.run.recorder import Recorder
@@ -140,7 +141,7 @@ def _deliver(outcome: SongOutcome, files: dict[str, bytes], source: Path, out_di
     target = (out_dir / name).resolve()
     if target.parent != out_dir.resolve():
         raise UgpuError(f"{source}: the song name {name!r} would leave the output folder")
-    partial = out_dir / f".{name}.partial-{os.getpid()}"
+    partial = partial_path(out_dir / name)
     shutil.rmtree(partial, ignore_errors=True)
     for relative, data in files.items():
         path = (partial / relative).resolve()
