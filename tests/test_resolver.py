@@ -279,6 +279,34 @@ def test_a_cpu_batch_gets_a_lane_per_song_while_the_cores_and_the_memory_last():
     assert "several songs at once" in cpu.ahead.why
 
 
+def test_a_module_another_thread_is_importing_is_waited_for_never_taken_half_made(tmp_path, monkeypatch):
+    """``gpu.devices.imported`` (what seeds torch, sets its threads and frees its memory without
+    importing it): a server's two workers load their engines at once, and one thread's seeding
+    met torch half imported by the other ("partially initialized module 'torch' has no
+    attribute 'manual_seed'")."""
+    import sys
+    import threading
+    import time
+
+    from ultrasinger_gpu_cli.gpu.devices import imported
+
+    (tmp_path / "ugpu_slow_module.py").write_text("import time\ntime.sleep(1.0)\nready = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert imported("ugpu_slow_module") is None  # not imported: not imported for the asking
+    assert "ugpu_slow_module" not in sys.modules
+    loader = threading.Thread(target=__import__, args=("ugpu_slow_module",))
+    try:
+        loader.start()
+        deadline = time.monotonic() + 10
+        while "ugpu_slow_module" not in sys.modules and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "ugpu_slow_module" in sys.modules and not hasattr(sys.modules["ugpu_slow_module"], "ready")  # half made
+        assert imported("ugpu_slow_module").ready is True
+    finally:
+        loader.join(10)
+        sys.modules.pop("ugpu_slow_module", None)
+
+
 def test_the_engines_threads_follow_the_process_budget(monkeypatch):
     import psutil
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import GpuUnavailableError
@@ -199,13 +200,23 @@ def free_memory(*, collect: bool = True) -> None:
     torch has no memory of torch's to give back (a ``--timings`` run on SwiftF0 imports no
     torch, and pays no second for it at the end)."""
     import gc
-    import sys
 
     if collect:
         gc.collect()
-    torch = sys.modules.get("torch")
+    torch = imported("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+def imported(name: str) -> ModuleType | None:
+    """The module ``name`` where this process has imported it, else None (never imported for the
+    asking). One that another thread is importing at this moment (a server's workers load their
+    engines at once) is waited for, as ``import`` waits: ``sys.modules`` holds it half initialized
+    meanwhile ("partially initialized module 'torch' has no attribute 'manual_seed'", seen)."""
+    import importlib
+    import sys
+
+    return importlib.import_module(name) if name in sys.modules else None
 
 
 def cpu_threads() -> int:
@@ -228,11 +239,10 @@ def use_cpu_threads(threads: int) -> None:
     :func:`cpu_threads`, PyTorch on import), and PyTorch told where it is loaded already (never
     imported for it: a process whose engines need no torch pays nothing)."""
     import os
-    import sys
 
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
-    torch = sys.modules.get("torch")
+    torch = imported("torch")
     if torch is not None:
         torch.set_num_threads(threads)
 

@@ -76,13 +76,14 @@ def seed_everything(seed: int) -> None:
     does not use it. A library with generators of its own is seeded by its engine
     (:meth:`~ultrasinger_gpu_cli.engines.base.Engine.seeded`: CTranslate2's, faster-whisper's)."""
     import random
-    import sys
 
     import numpy as np
 
+    from ultrasinger_gpu_cli.gpu.devices import imported
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch = sys.modules.get("torch")  # an engine that samples with torch imported it when it loaded
+    torch = imported("torch")  # an engine that samples with torch imported it when it loaded
     if torch is not None:
         torch.manual_seed(seed)
 
