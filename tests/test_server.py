@@ -28,6 +28,9 @@ TOKEN = "s3cret-token"
 
 
 def _config(tmp_path: Path, models: Path | None = None, **kwargs) -> ServeConfig:
+    """A server's config; one worker unless the test says (``workers=None``: the default, a CPU
+    batch's lanes on this machine)."""
+    kwargs.setdefault("workers", 1)
     return ServeConfig(db_path=tmp_path / "ugpu.db", data_root=tmp_path / "serve", models_dir=models, **kwargs)
 
 
@@ -359,15 +362,17 @@ def test_one_worker_per_gpu_pytorch_can_run_each_planned_for_its_card(tmp_path, 
     from ultrasinger_gpu_cli.server.config import worker_plans
 
     fake_gpus(rtx_5060_ti(), h100())
-    config = _config(tmp_path)
+    config = _config(tmp_path, workers=None)
     fake_torch(CU128_ARCHS, "12.8", "2.8.0+cu128")
     with Store.open(config.db_path) as store:
-        plans = [(name, plan(store, "balanced")) for name, plan in worker_plans(config)]
+        plans = [(name, plan(store, "balanced")) for name, plan in worker_plans(config).plans]
     assert [name for name, _ in plans] == ["gpu0-0", "gpu1-1"]
     assert [p.target.name for _, p in plans] == ["NVIDIA GeForce RTX 5060 Ti", "NVIDIA H100 80GB HBM3"]
     assert plans[0][1].tier.key != plans[1][1].tier.key  # each card its own tier
-    fake_torch()  # a cu126 build: it cannot run the RTX 5060 Ti, so one CPU worker
-    assert [name for name, _ in worker_plans(_config(tmp_path / "other"))] == ["cpu"]
+    fake_torch()  # a cu126 build: it cannot run the RTX 5060 Ti, so CPU workers
+    assert worker_plans(_config(tmp_path / "other", workers=1)).plans[0][0] == "cpu"
+    workers = worker_plans(_config(tmp_path / "other", workers=None))
+    assert not workers.on_gpus and all(name.startswith("cpu") for name, _ in workers.plans)
 
 
 def test_a_worker_without_the_database_plans_like_one_with_it(tmp_path, fake_gpus, fake_torch):
@@ -483,13 +488,46 @@ def test_several_cpu_workers_share_the_cores_out_among_their_engines(env, tmp_pa
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)  # (both put back after the test)
     try:
-        assert [name for name, _ in worker_plans(_config(tmp_path, env, workers=1))] == ["cpu"]
+        one = worker_plans(_config(tmp_path, env, workers=1))
+        one.share_cores()
+        assert [name for name, _ in one.plans] == ["cpu"]
         assert "OMP_NUM_THREADS" not in os.environ  # one worker: the libraries' own count
         cores = psutil.cpu_count(logical=False) or psutil.cpu_count()
-        assert [name for name, _ in worker_plans(_config(tmp_path, env, workers=2))] == ["cpu-0", "cpu-1"]
+        two = worker_plans(_config(tmp_path, env, workers=2))
+        assert "OMP_NUM_THREADS" not in os.environ  # planning them changes nothing; starting them does
+        two.share_cores()
+        assert [name for name, _ in two.plans] == ["cpu-0", "cpu-1"]
         assert os.environ["OMP_NUM_THREADS"] == str(max(1, cores // 2)) and torch.get_num_threads() == max(1, cores // 2)
         monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own limit stays
-        worker_plans(_config(tmp_path, env, workers=2))
+        worker_plans(_config(tmp_path, env, workers=2)).share_cores()
         assert os.environ["OMP_NUM_THREADS"] == "3"
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_cpu_server_runs_as_many_workers_as_a_batch_has_lanes_resolved_once(env, tmp_path, monkeypatch):
+    """Without ``--workers`` on the CPU: a batch's lanes (the cores, the memory free) as the server
+    starts, its cores shared out; the page's plans are the running workers' afterwards, whatever
+    the memory free has become."""
+    import collections
+
+    import psutil
+
+    from ultrasinger_gpu_cli.gpu import devices
+
+    memory = collections.namedtuple("memory", "available")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "cpu_threads", lambda: 3)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(64 * 2**30))
+    monkeypatch.setattr(devices, "use_cpu_threads", lambda n: shared.append(n))
+    shared: list[int] = []
+    config = _config(tmp_path, env, workers=None)
+    with _client(config, workers=True) as client:
+        assert [w.name for w in client.app.state.workers] == ["ugpu-cpu-0", "ugpu-cpu-1", "ugpu-cpu-2"]
+        assert shared == [1]  # 3 cores, 3 workers: a thread each
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(512 * 2**20))  # the models took it
+        assert [w["worker"] for w in client.get("/api/plan").json()["workers"]] == ["cpu-0", "cpu-1", "cpu-2"]
+    assert "3 songs at once" in config.workers_resolved.why
+    scarce = _config(tmp_path / "scarce", env, workers=None)
+    assert [name for name, _ in scarce.workers_resolved.plans] == ["cpu"]  # memory for one lane only
+    assert "MB are free" in scarce.workers_resolved.why

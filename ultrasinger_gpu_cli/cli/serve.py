@@ -18,7 +18,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind. Anything but loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0: a free one).", min=0, max=65535)] = 8765,
     token: Annotated[Optional[str], typer.Option("--token", help="Bearer token every API call must send (generated and printed once when binding beyond loopback).", show_default=False, envvar="UGPU_TOKEN")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Songs converted at once (default: one per GPU, else one; on the CPU the cores are shared out among them).", min=1, max=64, show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Songs converted at once (default: one per GPU; on the CPU as many as a batch converts at once, see ugpu optimize's Batches row; on the CPU the cores are shared out among them).", min=1, max=64, show_default=False)] = None,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", help="Largest upload accepted (413 above).", min=1, max=100_000)] = 500,
     queue_limit: Annotated[int, typer.Option("--queue-limit", help="Songs waiting or running at most (429 above).", min=1, max=100_000)] = 100,
     music_root: Annotated[Optional[Path], typer.Option("--music-root", help="A folder whose songs jobs may name by path (never anything outside it).", show_default=False)] = None,
@@ -74,6 +74,8 @@ def serve(
         console.print(f"ugpu serve: {url}" + (f"#token={token}" if token else ""), highlight=False)
         if generated:
             console.print(f"token (shown once; send it as Authorization: Bearer): {token}", highlight=False)
+        workers = config.workers_resolved  # (the server resolved them as it started)
+        console.print(f"workers: {len(workers.plans)} ({workers.why})", style="dim", highlight=False)
         console.print(f"data: {config.data_root}; API docs: {url}docs; Ctrl-C stops", style="dim", highlight=False)
 
     original = server.startup

@@ -37,7 +37,7 @@ from ultrasinger_gpu_cli.usecases.jobs import (
     FINISHED, JobNotFound, JobOptions, Jobs, JobWorker, PathRefused, QueueFull, UploadTooLarge,
     WorkerConfig, WorkerPool, job_view,
 )  # fmt: skip
-from ultrasinger_gpu_cli.server.config import ServeConfig, open_store, worker_plans
+from ultrasinger_gpu_cli.server.config import ServeConfig, open_store
 from ultrasinger_gpu_cli.server.gpu_api import gpu_routes, monitor_document
 from ultrasinger_gpu_cli.server.guard import Guard
 
@@ -67,8 +67,11 @@ def create_app(config: ServeConfig, *, start_workers: bool = True) -> FastAPI:
             jobs.sweep_inbox()
         ray, started = await run_in_threadpool(_start_ray, config) if config.ray else (None, False)
         if start_workers:
-            plans = await run_in_threadpool(worker_plans, config)
-            if ray is not None:  # one server worker per actor: per cluster GPU, or --workers
+            resolved = await run_in_threadpool(lambda: config.workers_resolved)
+            plans = resolved.plans
+            if ray is None:
+                resolved.share_cores()
+            else:  # one server worker per actor: per cluster GPU, or --workers
                 count = config.workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
                 plans = [(f"ray-{i}", plans[0][1]) for i in range(count)]
             pool = WorkerPool()

@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from ultrasinger_gpu_cli.server.config import ServeConfig, open_store, worker_plans
+from ultrasinger_gpu_cli.server.config import ServeConfig, open_store
 
 
 class ConfigureRequest(BaseModel):
@@ -106,7 +106,7 @@ def plans(config: ServeConfig) -> dict[str, Any]:
 
     out = []
     with open_store(config) as store:
-        for name, plan in worker_plans(config):
+        for name, plan in config.workers_resolved.plans:
             p = plan(store, "balanced")
             out.append({"worker": name, "target": p.target.to_dict(), "tier": p.tier.label, "mode": p.mode,
                         "vram_budget_mb": p.vram_budget_mb, "notes": list(p.notes),
