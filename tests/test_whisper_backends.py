@@ -221,6 +221,61 @@ def test_faster_whisper_s_fallback_samples_the_same_for_a_song_whatever_ran_befo
     engine.unload()
 
 
+def test_openai_whisper_s_fallback_samples_the_same_whatever_else_draws_meanwhile(converted, monkeypatch):
+    # openai-whisper samples its temperature fallback with torch's process-wide generators: a
+    # server's worker threads share them, so one song's samples moved with another's draws. Each
+    # batch now samples holding a lock, torch seeded from the stage's seed and the batch's start.
+    import threading
+
+    import torch
+    import whisper
+
+    drawn: dict[int, list[tuple[int, ...]]] = {}  # each thread's samples
+    decode = whisper.decode
+
+    def recorded(model, mel, options):
+        results = decode(model, mel, options)
+        if options.temperature > 0:
+            drawn.setdefault(threading.get_ident(), []).extend(tuple(r.tokens) for r in results)
+        return results
+
+    monkeypatch.setattr(whisper, "decode", recorded)
+
+    def loaded():
+        settings = WHISPER.defaults(backend="openai-whisper", model="tiny", compute_type="float32", batch_size=4,
+                                    beam_size=1)  # fmt: skip
+        engine = WHISPER.create(settings, converted.parent.parent, devices.DeviceBinding.cpu())
+        engine.temperatures, engine.logprob_threshold = (0.0, 3.0), 0.0  # every chunk falls back: random weights are unsure
+        engine.sample_len = 12
+        engine.load()
+        return engine
+
+    engine, other_engine = loaded(), loaded()
+    song, other = _song()[: 8 * 16_000], _song()[8 * 16_000 : 16 * 16_000]
+
+    def samples(engine, audio: np.ndarray, seed: int) -> list[tuple[int, ...]]:
+        drawn.pop(threading.get_ident(), None)
+        engine.seeded(seed)
+        engine.run(audio, language="en")
+        return drawn.pop(threading.get_ident(), [])
+
+    torch.manual_seed(0)
+    first = samples(engine, song, 1)
+    torch.rand(1000)  # another draw from the generators, between the seed and the song
+    assert first and samples(engine, song, 1) == first
+    found: dict[str, list] = {}
+    threads = [threading.Thread(target=lambda: found.__setitem__("song", samples(engine, song, 1))),
+               threading.Thread(target=lambda: found.__setitem__("other", samples(other_engine, other, 2)))]  # fmt: skip
+    for thread in threads:  # another worker sampling at the same time
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert found["song"] == first and found["other"]
+    assert samples(engine, song, 3) != first  # it does sample: another seed, other draws
+    engine.unload()
+    other_engine.unload()
+
+
 def test_a_fallback_keeps_the_sample_that_passes_whisper_s_checks_and_the_best_try_when_none_does():
     # Whisper retries a chunk that fails its checks (too repetitive, too improbable) at higher
     # temperatures, drawing BEST_OF samples each time as transcribe() does. On sung audio the

@@ -22,7 +22,6 @@ converts the openai-whisper checkpoint there (:mod:`.whisper_ct2`), offline.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import zlib
 from dataclasses import dataclass
@@ -137,11 +136,7 @@ _SEEDING = threading.Lock()
 class FasterWhisperEngine(WhisperEngine):
     """CTranslate2's Whisper on the openai-whisper backend's chunks (its decoding options too)."""
 
-    _seed = 0  # the stage's (:meth:`seeded`); 0 for a caller that gives none
     _folder: Path | None = None
-
-    def seeded(self, seed: int) -> None:
-        self._seed = seed
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
@@ -295,7 +290,7 @@ class _Sampler:
 
     def __init__(self, engine: FasterWhisperEngine, start_s: float) -> None:
         self.engine = engine
-        self.seed = int(hashlib.sha256(repr((engine._seed, round(start_s, 3))).encode()).hexdigest()[:8], 16)
+        self.seed = engine.batch_seed(start_s)
         self.model: Any = None
         self.moved = False  # the loaded model is on the host while this one holds the card
         self.holding = False

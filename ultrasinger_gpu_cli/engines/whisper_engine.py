@@ -19,6 +19,7 @@ fp16 on CUDA, fp32 on the CPU (so whisper never warns about fp16 on the CPU).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -68,6 +69,8 @@ class _EncodedWhisper:
 _DRAWS = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
           "trunc_normal_", "zeros_", "ones_", "constant_")  # fmt: skip
 _DRAWING = threading.Lock()
+#: Held while a batch's temperature fallback samples with torch's process-wide generators.
+_SAMPLING = threading.Lock()
 
 
 @contextmanager
@@ -230,6 +233,16 @@ class WhisperEngine(Engine[WhisperSettings]):
     no_speech_threshold: float | None = 0.6
     sample_len: int | None = None
     max_align_tokens = 440  # text tokens one window can align (the text context is 448 with the prompt)
+    _seed = 0  # the stage's (:meth:`seeded`); 0 for a caller that gives none
+
+    def seeded(self, seed: int) -> None:
+        self._seed = seed
+
+    def batch_seed(self, start_s: float) -> int:
+        """The seed of the temperature fallback of the batch whose first chunk starts at
+        ``start_s``: the stage's and the batch's own, so that its samples follow from them alone,
+        whatever else drew before it (another song, another worker's thread)."""
+        return int(hashlib.sha256(repr((self._seed, round(start_s, 3))).encode()).hexdigest()[:8], 16)
 
     def load(self) -> None:
         path = whisper_checkpoint(self.settings.model, self.models_dir)
@@ -363,7 +376,7 @@ class WhisperEngine(Engine[WhisperSettings]):
         features, frames = self._encode(audio, batch)
         if language is None:
             language = self._detect_language(features)
-        results = self._decode(features, language)
+        results = self._decode(features, language, batch[0][0])
         found = []
         for (start, end), n_frames, feats, (result, temperature) in zip(batch, frames, features, results):
             segment, last_speech = self._align(result, temperature, feats, n_frames, start, end, language, last_speech)
@@ -422,8 +435,11 @@ class WhisperEngine(Engine[WhisperSettings]):
             return True
         return self.logprob_threshold is not None and result.avg_logprob < self.logprob_threshold
 
-    def _decode(self, features, language: str) -> list[tuple[Any, float]]:
-        """Decode a batch; retry only the failing chunks at the next temperatures."""
+    def _decode(self, features, language: str, start_s: float) -> list[tuple[Any, float]]:
+        """Decode a batch (its first chunk starting at ``start_s``); retry only the failing chunks
+        at the next temperatures. whisper samples with torch's process-wide generators, which
+        a server's workers share: a batch samples under :data:`_SAMPLING`, torch seeded for it
+        (:meth:`batch_seed`), so another worker's draws never fall between its seed and its own."""
         import torch
         import whisper
 
@@ -435,7 +451,9 @@ class WhisperEngine(Engine[WhisperSettings]):
                 if options.beam_size:  # openai-whisper's beam search runs one audio at a time (its batches break)
                     results = [whisper.decode(self._model, features[i : i + 1], options)[0] for i in pending]
                 elif temperature > 0:  # BEST_OF samples of each chunk, the best kept
-                    samples = [whisper.decode(self._model, features[pending], options) for _ in range(BEST_OF)]
+                    with _SAMPLING:
+                        torch.manual_seed(self.batch_seed(start_s) + round(100 * temperature))
+                        samples = [whisper.decode(self._model, features[pending], options) for _ in range(BEST_OF)]
                     results = [drawn[self._best(drawn)] for drawn in zip(*samples)]
                 else:
                     results = whisper.decode(self._model, features[pending], options)
