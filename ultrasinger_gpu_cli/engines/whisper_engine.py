@@ -451,7 +451,7 @@ class WhisperEngine(Engine[WhisperSettings]):
                 if options.beam_size:  # openai-whisper's beam search runs one audio at a time (its batches break)
                     results = [whisper.decode(self._model, features[i : i + 1], options)[0] for i in pending]
                 elif temperature > 0:  # BEST_OF samples of each chunk, the best kept
-                    with _SAMPLING:
+                    with _SAMPLING:  # (each temperature its own seed: the lock is held per temperature)
                         torch.manual_seed(self.batch_seed(start_s) + round(100 * temperature))
                         samples = [whisper.decode(self._model, features[pending], options) for _ in range(BEST_OF)]
                     results = [drawn[self._best(drawn)] for drawn in zip(*samples)]
