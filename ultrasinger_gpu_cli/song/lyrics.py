@@ -4,7 +4,9 @@
   the vocals as usual; the user's words are matched onto the words it heard **in order and in
   time** (:func:`match_heard`: a monotonic alignment where skipping heard words costs their
   time, so a line that repeats goes to the occurrence that keeps the song's order, and a repeat
-  the lyrics leave out is skipped as one stretch). A matched word takes the time Whisper heard
+  the lyrics leave out is skipped as one stretch; misheard words stand for the sung ones, and a
+  word left with no partner costs, so one common word heard early is no anchor that crams the
+  words between before it). A matched word takes the time Whisper heard
   it at. The words between two matches (Whisper missed or misheard them) are timed in the
   stretch between their neighbours: by the same Whisper model's alignment of their text to that
   audio (its cross-attention, no extra weights) where the stretch is long enough to need it,
@@ -33,6 +35,12 @@ from ultrasinger_gpu_cli.song.words import Word
 MAX_BYTES = 1 * 2**20  # lyrics are kilobytes
 MAX_WINDOW_S = 30.0  # one Whisper window
 SKIP_COST_PER_S = 0.05  # a matched word is worth skipping 20 s of heard words between two matches, no more
+#: What a word of the lyrics or of the transcript left with no partner between two matches costs
+#: (misheard words pair with each other, for nothing). At 0.5 a match would be worth exactly one
+#: lyrics word and one heard word left unpaired, the plain edit-distance (word error rate)
+#: alignment; at 0.2 a match outweighs two such pairs (0.8), not three (1.2): a lone "to" that
+#: strands five words of each before and after it is not taken.
+UNPAIRED_COST = 0.2
 MIN_SYLLABLE_S = 0.1  # no word is shorter than this per syllable
 #: What a voice can sing: fast rap reaches about 7 words and 10 syllables a second; a sung line
 #: lasts a second or more. Lyrics beyond this for the song's length are not this song's (and
@@ -142,7 +150,8 @@ def match_heard(user: list[str], heard: list[Word]) -> dict[int, int]:
         return {}
     starts = [w.start_s for w in heard]
     spans = [b - a for a, b in zip(starts, starts[1:])] + [heard[-1].end_s - heard[-1].start_s]
-    pairs = match(user, [w.text for w in heard], skip_cost_b=[SKIP_COST_PER_S * max(0.0, s) for s in spans])
+    pairs = match(user, [w.text for w in heard], skip_cost_b=[SKIP_COST_PER_S * max(0.0, s) for s in spans],
+                  unpaired_cost=UNPAIRED_COST)  # fmt: skip
     return dict(pairs)
 
 

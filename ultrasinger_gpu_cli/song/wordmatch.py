@@ -51,13 +51,22 @@ def _weights(na: list[str], nb: list[str]) -> np.ndarray:
 
 
 def match(a: Sequence[str], b: Sequence[str], *, times_a: Sequence[float] | None = None,
-          times_b: Sequence[float] | None = None, skip_cost_b: Sequence[float] | None = None) -> list[tuple[int, int]]:  # fmt: skip
+          times_b: Sequence[float] | None = None, skip_cost_b: Sequence[float] | None = None,
+          unpaired_cost: float = 0.0) -> list[tuple[int, int]]:  # fmt: skip
     """The best monotonic matching of ``a`` onto ``b``: (index in a, index in b) pairs, both
     increasing. With both sequences' times, a pair counts up to :data:`NEAR_BONUS` more the
     closer they are (a word sung again later pairs with its own occurrence, never at the cost of
     a match). ``skip_cost_b[j]`` is what leaving ``b[j]`` unmatched costs between two matches
     (words of ``b`` before the first match and after the last are free): with it, the matching
-    will not jump over a stretch of ``b`` for a word or two. Skipping a word of ``a`` is free."""
+    will not jump over a stretch of ``b`` for a word or two. Skipping a word of ``a`` is free.
+
+    ``unpaired_cost`` > 0 makes it an edit-distance alignment: two words that are not alike may
+    stand for each other (a word the recogniser misheard: no gain, and not a returned pair), and
+    each word of either sequence left with no partner between the first pair and the last costs
+    this much. A lone equal word that would leave words without a partner on both sides of it
+    (the lyrics' "to" paired with a "to" heard five seconds early, the words between crammed
+    before it) then loses to pairing the stretch word for word; words before the first pair and
+    after the last stay free."""
     na, nb = [normalise(w) for w in a], [normalise(w) for w in b]
     if not na or not nb:
         return []
@@ -69,28 +78,35 @@ def match(a: Sequence[str], b: Sequence[str], *, times_a: Sequence[float] | None
     if times_a is not None and times_b is not None:
         ta, tb = np.asarray(times_a, dtype=float), np.asarray(times_b, dtype=float)
         weights = weights * (1 + NEAR_BONUS / (1 + np.abs(tb[None, :] - ta[:, None])))
-    weights[weights <= 0] = -np.inf  # words that are not alike never pair (not even to avoid a skip's cost)
-    cost = np.zeros(len(nb) + 1)
+    alike = weights > 0
+    # Words that are not alike never pair (not even to avoid a skip's cost), unless they may stand
+    # for each other (an edit-distance alignment: no gain).
+    weights[~alike] = 0.0 if unpaired_cost > 0 else -np.inf
+    cost = np.full(len(nb) + 1, float(unpaired_cost))
+    cost[0] = 0.0
     if skip_cost_b is not None:
-        cost[1:] = np.asarray(skip_cost_b, dtype=float)
+        cost[1:] += np.asarray(skip_cost_b, dtype=float)
     paid = np.cumsum(cost)  # paid[j]: skipping b[0..j-1] all
-    # score[i][j]: the best matching of a[:i] onto b[:j] that ends on a match at or before b[j-1]
-    # (b's words before a first match are free: row 0 is 0). A row is, vectorised,
-    # max over k <= j of (candidate[k] - cost of skipping b[k..j-1]).
+    # score[i][j]: the best matching of a[:i] onto b[:j] that ends on a pair at or before
+    # (i-1, j-1); 0 where none is worth its costs yet (the words before the first pair are free).
+    # A row is, vectorised, max over k <= j of (candidate[k] - cost of skipping b[k..j-1]).
     score = np.zeros((len(na) + 1, len(nb) + 1))
     for i in range(1, len(na) + 1):
-        candidate = score[i - 1].copy()
+        candidate = np.maximum(score[i - 1] - unpaired_cost, 0.0)
         candidate[1:] = np.maximum(candidate[1:], score[i - 1, :-1] + weights[i - 1])
         score[i] = np.maximum.accumulate(candidate + paid) - paid
     pairs = []
-    i, j = len(na), int(np.argmax(score[-1]))  # b's words after the last match are free
-    while i > 0 and j > 0:
-        if abs(score[i, j] - score[i - 1, j]) <= 1e-9:
+    # The words after the last pair are free: b's always, a's where leaving one unpaired costs.
+    i = len(na) if unpaired_cost <= 0 else int(np.argmax(score.max(axis=1)))
+    j = int(np.argmax(score[i]))
+    while i > 0 and j > 0 and score[i, j] > 1e-9:
+        if abs(score[i, j] - (score[i - 1, j] - unpaired_cost)) <= 1e-9:
             i -= 1
         elif abs(score[i, j] - (score[i, j - 1] - cost[j])) <= 1e-9:
             j -= 1
         else:
-            pairs.append((i - 1, j - 1))
+            if alike[i - 1, j - 1]:
+                pairs.append((i - 1, j - 1))
             i, j = i - 1, j - 1
     return pairs[::-1]
 
@@ -155,12 +171,29 @@ def _blockwise(na: list[str], nb: list[str]) -> list[tuple[int, int]]:
 
 
 def ratio(a: Sequence[str], b: Sequence[str], times_a: Sequence[float], times_b: Sequence[float]) -> float:
-    """How alike two timed word sequences are: 2 · equal words matched in order / both lengths
-    (difflib's ratio where the sequences are small; bounded work on long ones)."""
+    """How alike two word sequences are: 2 · the most equal words matched in order (their longest
+    common subsequence, :func:`common_words`) / both lengths. Sequences too long for that (above
+    :data:`MAX_CELLS` pairs): the equal pairs of the timed sparse match. (difflib's ratio, used
+    before, takes the longest common block first: on a song whose chorus returns it paired a
+    chorus with the wrong occurrence and scored half the words that match in order.)"""
     if not a and not b:
         return 1.0
-    if len(a) * len(b) <= MAX_CELLS // 16:
-        return difflib.SequenceMatcher(None, list(a), list(b), autojunk=False).ratio()
+    if len(a) * len(b) <= MAX_CELLS:
+        return 2 * common_words(a, b) / (len(a) + len(b))
     pairs = _sparse_match(list(a), list(b), np.asarray(times_a, dtype=float), np.asarray(times_b, dtype=float))
     equal = sum(1 for i, j in pairs if a[i] == b[j])
     return 2 * equal / (len(a) + len(b))
+
+
+def common_words(a: Sequence[str], b: Sequence[str]) -> int:
+    """The length of the longest common subsequence of two word sequences (equal words, as
+    given), a row at a time: a row is the running maximum of the row above and the diagonal
+    step where the words are equal."""
+    codes = {w: k for k, w in enumerate(set(a) | set(b))}
+    columns = np.array([codes[w] for w in b], dtype=np.int64)
+    row = np.zeros(len(b) + 1, dtype=np.int64)
+    for word in a:
+        candidate = row.copy()
+        candidate[1:] = np.maximum(row[1:], row[:-1] + (columns == codes[word]))
+        row = np.maximum.accumulate(candidate)
+    return int(row[-1])
