@@ -85,10 +85,13 @@ class Variant:
     @classmethod
     def parse(cls, text: str) -> Variant:
         key, _, value = text.partition("=")
-        if key == "tempo" and 0.5 <= float(value) <= 2.0:
-            return cls(tempo=float(value))
-        if key == "pitch" and -12 <= int(value) <= 12:
-            return cls(semitones=int(value))
+        try:
+            if key == "tempo" and 0.5 <= float(value) <= 2.0:
+                return cls(tempo=float(value))
+            if key == "pitch" and -12 <= int(value) <= 12:
+                return cls(semitones=int(value))
+        except ValueError:
+            pass
         raise SystemExit(f"variant {text!r}: expected tempo=F (0.5-2) or pitch=N (semitones, -12-12)")
 
     @property
