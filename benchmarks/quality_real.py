@@ -22,6 +22,7 @@ on stdout; progress on stderr.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -122,6 +123,13 @@ def moved_chart(text: str, variant: Variant) -> str:
     return "\n".join(out) + "\n"
 
 
+@functools.cache
+def has_rubberband(ffmpeg: str) -> bool:
+    """Whether this ffmpeg build has the rubberband filter (asked once)."""
+    filters = subprocess.run([ffmpeg, "-hide_banner", "-filters"], capture_output=True, text=True).stdout
+    return re.search(r"\srubberband\s", filters) is not None
+
+
 def moved_song(song: RealSong, variant: Variant, work: Path) -> RealSong:
     """``song`` with its audio and chart moved by ``variant`` (ffmpeg's rubberband filter, the
     formant-preserving time stretch and pitch shift; atempo and asetrate where the build lacks it)."""
@@ -131,8 +139,7 @@ def moved_song(song: RealSong, variant: Variant, work: Path) -> RealSong:
     folder = work / "variants" / f"{song.name}@{variant.label.replace(' ', '')}"
     folder.mkdir(parents=True, exist_ok=True)
     ratio = 2 ** (variant.semitones / 12)
-    filters = subprocess.run([ffmpeg, "-hide_banner", "-filters"], capture_output=True, text=True).stdout
-    if re.search(r"\srubberband\s", filters):
+    if has_rubberband(ffmpeg):
         chain = f"rubberband=tempo={variant.tempo}:pitch={ratio}:formant=preserved"
     else:
         chain = f"asetrate=44100*{ratio},aresample=44100,atempo={variant.tempo / ratio}"

@@ -4,8 +4,11 @@ One monotonic alignment serves both places that need it: ``--lyrics`` (the user'
 words Whisper heard) and ``ugpu eval`` (a chart's words onto a hand chart's). A pair of words
 counts by how alike they are (equal: 1; a recogniser's near spelling: its letters' similarity);
 an optional bonus prefers pairs close in time; an optional cost per skipped word of the second
-sequence (its time) makes the alignment keep the song's order rather than jump across it. Pure
-numpy: the dynamic programme runs a row at a time, vectorised.
+sequence (its time) makes the alignment keep the song's order rather than jump across it; an
+optional cost per word left unpaired on either side, with misheard words pairing for nothing,
+makes it an edit-distance alignment (``--lyrics``: no lone common word as an anchor). The lyric
+similarity is the longest common subsequence (:func:`common_words`). Pure numpy: the dynamic
+programmes run a row at a time, vectorised.
 """
 
 from __future__ import annotations
