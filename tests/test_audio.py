@@ -47,6 +47,26 @@ def test_decodes_common_formats_at_the_rate_asked(tmp_path, tone_wav, suffix, ar
     assert _peak_hz(mono.samples[0], 16_000) == pytest.approx(440, abs=2)
 
 
+def test_mono_is_the_level_whispers_own_loader_gives(tmp_path):
+    """Mono is mixed as openai-whisper's ``ffmpeg -f s16le -ac 1`` and faster-whisper's s16 PyAV
+    resampler mix it (the two channels' mean), not float output's -3 dB per channel: Whisper's
+    log-mel features are not level-invariant, so ``ugpu whisper song.mp3`` must hear what
+    ``whisper song.mp3`` hears. Loud, different channels, so a mix 3 dB hotter would peak above 1."""
+    rate = 16_000
+    t = np.arange(rate) / rate
+    left, right = 0.9 * np.sin(2 * np.pi * 440 * t), 0.9 * np.sin(2 * np.pi * 440 * t + 0.3)
+    source = write_wav(tmp_path / "loud.wav", np.stack([left, right]).astype(np.float32), rate)
+    mono = audio_io.decode(source, rate, 1).samples[0]
+    stereo = audio_io.decode(source, rate, 2).samples
+    whisper_loader = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(source), "-ac", "1", "-ar",
+                                     str(rate), "-f", "s16le", "-"], capture_output=True, check=True).stdout  # fmt: skip
+    reference = np.frombuffer(whisper_loader, "<i2") / 32768.0
+    assert len(mono) == len(reference)
+    np.testing.assert_allclose(mono, reference, atol=2e-4)
+    np.testing.assert_allclose(mono, stereo.mean(axis=0), atol=1e-6)
+    assert np.abs(mono).max() < 0.9
+
+
 def test_decodes_the_audio_track_of_a_video(tmp_path, tone_wav):
     video = tmp_path / "clip.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=black:s=64x64:d=2",

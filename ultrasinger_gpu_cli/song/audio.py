@@ -207,8 +207,14 @@ def ffmpeg_command(ffmpeg: str, path: Path, sample_rate: int, channels: int) -> 
     here, never an instruction to ffmpeg."""
     cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file",
            "-i", file_url(path), "-vn", "-sn", "-dn", "-map", "0:a:0", "-ac", str(channels)]  # fmt: skip
-    if _has_soxr(ffmpeg):
-        cmd += ["-af", f"aresample={sample_rate}:resampler=soxr:precision=28"]
+    resampler = ":resampler=soxr:precision=28" if _has_soxr(ffmpeg) else ""
+    # Mono as the models' own loaders hear it (openai-whisper's ``ffmpeg -f s16le -ac 1``,
+    # faster-whisper's s16 PyAV resampler): the down-mix normalised to full scale
+    # (``rematrix_maxval=1``: stereo is the mean of the two channels), not float output's -3 dB
+    # per channel, which is 3 dB louder and peaks above 1.
+    layout = ":ochl=mono:rematrix_maxval=1" if channels == 1 else ""
+    if resampler or layout:
+        cmd += ["-af", f"aresample={sample_rate}{resampler}{layout}"]
     return cmd + ["-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
 
 
@@ -285,10 +291,9 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def mix_channels(x: np.ndarray, channels: int) -> np.ndarray:
-    """(file channels, n) -> (channels, n) as ffmpeg's ``-ac`` mixes mono and stereo; more channels
-    than wanted: each output channel averages its share."""
-    if channels == 1 and x.shape[0] == 2:
-        return (x[:1] + x[1:]) * np.float32(np.sqrt(0.5))  # each channel at -3 dB
+    """(file channels, n) -> (channels, n) as :func:`ffmpeg_command` mixes mono and stereo (mono:
+    the channels' mean, the models' own loaders' level); more channels than wanted: each output
+    channel averages its share."""
     if channels == 1:
         return x.mean(axis=0, keepdims=True)
     if x.shape[0] == 1:
