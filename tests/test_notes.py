@@ -217,16 +217,28 @@ def test_the_grid_goes_finer_only_where_notes_would_lose_their_start_on_it():
     # 50 ms notes with room after them: written a beat long, each where it is sung.
     spaced = [(k * 0.2, k * 0.2 + 0.05) for k in range(20)]
     assert grid_multiple(tempo, 0.0, spaced) == 2
-    assert [start for start, _ in on_grid(spaced, 0.0, 0.075)] == [round(k * 0.2 / 0.075) for k in range(20)]
+    assert [start for start, _ in on_grid(spaced, 0.0, 0.075)] == [int(k * 0.2 / 0.075 + 1e-9) for k in range(20)]
     # 40 ms notes every 50 ms: at 75 ms beats every third note shares a beat with the one before and
     # moves a beat later; 37.5 ms beats (x4) hold every start.
     dense = [(k * 0.05, k * 0.05 + 0.04) for k in range(20)]
     placed = on_grid(dense, 0.0, 0.075)
-    assert sum(start != round(k * 0.05 / 0.075) for k, (start, _) in enumerate(placed)) > 0.1 * len(dense)
+    assert sum(start != int(k * 0.05 / 0.075 + 1e-9) for k, (start, _) in enumerate(placed)) > 0.1 * len(dense)
     assert all(b[0] >= a[0] + a[1] for a, b in zip(placed, placed[1:]))  # never overlapping
     assert grid_multiple(tempo, 0.0, dense) == 4
     one_fragment = long_notes + [(11.0, 11.02)]  # one tracker fragment in 21 notes does not make the grid finer
     assert grid_multiple(tempo, 0.0, one_fragment) == 2
+
+
+def test_a_note_starts_on_the_beat_its_voice_is_first_heard_in():
+    """Charters start a note on the first beat in which its vowel is audible (not the nearest
+    beat): a voice starting 0.7 of a beat into beat 3 is sung in beat 3. Its end stays on the
+    nearest beat. A melisma's new pitch splits a re-pitched note on the beat the change falls in."""
+    from ultrasinger_gpu_cli.song.notes import on_grid, start_beat
+
+    beat = 0.1
+    assert start_beat(0.37, 0.0, beat) == 3 and start_beat(0.30, 0.0, beat) == 3 and start_beat(0.299, 0.0, beat) == 2
+    assert start_beat(0.05, 0.1, beat) == 0  # never before #GAP
+    assert on_grid([(0.37, 0.86), (1.08, 1.5)], 0.0, beat) == [(3, 6), (10, 5)]
 
 
 # -- notes follow the voice ------------------------------------------------------------------------

@@ -29,7 +29,9 @@ Pure functions, no heavy imports (README, "How notes are made").
    (1, 2, 4 or 8) that puts it at :data:`MIN_CHART_BPM` or more, as hand charts do, finer only
    where more than :data:`FINER_SHARE` of the notes would lose their sung start on it (a note
    written a beat long runs into the next, which moves off its beat: :func:`on_grid`); ``#GAP`` is a
-   beat of the song's beat grid, so notes line up with the beats in an editor.
+   beat of the song's beat grid, so notes line up with the beats in an editor. A note starts on
+   the beat its voice starts in (:func:`start_beat`), as charters place it, and ends on the beat
+   nearest its end.
 """
 
 from __future__ import annotations
@@ -370,15 +372,25 @@ def grid_beat(t: float, gap_s: float, beat_s: float) -> int:
     return max(0, int(round((t - gap_s) / beat_s)))
 
 
+def start_beat(t: float, gap_s: float, beat_s: float) -> int:
+    """The beat a note sung from ``t`` starts on: the beat ``t`` falls in, the first in which the
+    note is heard, as charters place a note (the first beat in which its syllable's vowel is
+    audible, not the nearest beat: a vowel heard from the middle of a beat is sung in it). The
+    voice's onsets are where its vowels start (:mod:`.onsets`), so rounding would write a note
+    half a beat late on average. None before ``gap_s``."""
+    return max(0, int(np.floor((t - gap_s) / beat_s + 1e-9)))
+
+
 def on_grid(spans: Sequence[tuple[float, float]], gap_s: float, beat_s: float) -> list[tuple[int, int]]:
     """Sung spans (seconds, in order) as chart notes: (start beat, length in beats). Each note
-    starts on the beat nearest its sung start (none before ``gap_s``: a chart's notes lie inside
-    the audio) and lasts at least a beat; a note running into the next one is cut back to end
-    where the next starts, and only where it is a beat long already (both on one beat) does the
-    next one move a beat later. No overlaps."""
+    starts on the beat its sung start falls in (:func:`start_beat`; none before ``gap_s``: a
+    chart's notes lie inside the audio), ends on the beat nearest its sung end and lasts at least
+    a beat; a note running into the next one is cut back to end where the next starts, and only
+    where it is a beat long already (both on one beat) does the next one move a beat later. No
+    overlaps."""
     placed: list[list[int]] = []
     for s, e in spans:
-        start = grid_beat(s, gap_s, beat_s)
+        start = start_beat(s, gap_s, beat_s)
         if placed and start < placed[-1][0] + placed[-1][1]:  # no overlaps: trim the previous note
             placed[-1][1] = max(1, start - placed[-1][0])
             start = max(start, placed[-1][0] + placed[-1][1])
@@ -399,7 +411,7 @@ def grid_multiple(tempo: Tempo, gap_s: float, spans: Sequence[tuple[float, float
     for multiple in (m for m in GRID_MULTIPLES if m >= coarsest):
         beat_s = tempo.beat_s / 4 / multiple
         placed = on_grid(spans, gap_s, beat_s)
-        moved = sum(start != grid_beat(s, gap_s, beat_s) for (start, _), (s, _e) in zip(placed, spans))
+        moved = sum(start != start_beat(s, gap_s, beat_s) for (start, _), (s, _e) in zip(placed, spans))
         if moved <= FINER_SHARE * len(spans):
             return multiple
     return GRID_MULTIPLES[-1]
@@ -467,7 +479,7 @@ NoteParts = tuple[tuple[int, int, int], ...]
 def repitch_parts(chart: Chart, times: np.ndarray, frequency: np.ndarray, confidence: np.ndarray) -> list[NoteParts | None]:
     """The new pitches of a chart's notes, heard the way :func:`build_song` hears syllables (held
     frames, the voice's range, melismas), with the chart's notes and grid kept: a note whose
-    voice moves to a new held pitch is split at the beat nearest the change, every part at least
+    voice moves to a new held pitch is split at the beat the change falls in, every part at least
     a beat long. ``None`` for a note with no voice under it, and for freestyle and rap notes."""
     track = PitchTrackView(np.asarray(times), np.asarray(frequency), np.asarray(confidence))
     sung = [i for i, n in enumerate(chart.notes) if n.kind in PITCHED]
@@ -481,7 +493,7 @@ def repitch_parts(chart: Chart, times: np.ndarray, frequency: np.ndarray, confid
         note = chart.notes[i]
         cuts = [note.start_beat]
         for s, _e, _m in voice.parts[1:]:
-            cuts.append(min(note.end_beat - 1, max(cuts[-1] + 1, int(round((s - chart.gap_s) / beat_s)))))
+            cuts.append(min(note.end_beat - 1, max(cuts[-1] + 1, start_beat(s, chart.gap_s, beat_s))))
         cuts.append(note.end_beat)
         parts: list[tuple[int, int, int]] = []
         for k, (_s, _e, midi) in enumerate(voice.parts):
