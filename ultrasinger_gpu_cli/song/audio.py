@@ -211,10 +211,11 @@ def ffmpeg_command(ffmpeg: str, path: Path, sample_rate: int, channels: int) -> 
     # Mono as the models' own loaders hear it (openai-whisper's ``ffmpeg -f s16le -ac 1``,
     # faster-whisper's s16 PyAV resampler): the down-mix normalised to full scale
     # (``rematrix_maxval=1``: stereo is the mean of the two channels), not float output's -3 dB
-    # per channel, which is 3 dB louder and peaks above 1.
-    layout = ":ochl=mono:rematrix_maxval=1" if channels == 1 else ""
-    if resampler or layout:
-        cmd += ["-af", f"aresample={sample_rate}{resampler}{layout}"]
+    # per channel, which is 3 dB louder and peaks above 1. The filter does the down-mix ``-ac``
+    # asks for (no layout option, whose name differs between ffmpeg 4 and 7).
+    maxval = ":rematrix_maxval=1" if channels == 1 else ""
+    if resampler or maxval:
+        cmd += ["-af", f"aresample={sample_rate}{resampler}{maxval}"]
     return cmd + ["-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
 
 
