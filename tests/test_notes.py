@@ -555,6 +555,44 @@ def test_no_lyrics_word_is_squeezed_below_a_sung_syllable():
     assert at_the_end[-1].end_s <= 10.0 and at_the_end[0].end_s - at_the_end[0].start_s >= MIN_SYLLABLE_S - 1e-9
 
 
+def test_lyrics_as_lyric_sites_write_them_are_read_as_sung():
+    """Section headers are not sung; a header alone that names an earlier section stands for its
+    lines; "(x2)" and "[Chorus x2]" write the repeats out; a bracketed note is not sung; duet tags,
+    LRC tags and timed lines keep their meaning (a timed line is never repeated)."""
+    from ultrasinger_gpu_cli.song.lyrics import _parse, section_header, sung_lines
+
+    text = """[Intro]
+Oh-oh
+[Verse 1: Joshua Morin]
+So far away from home (x2)
+So far away, that I don't know [?]
+
+[Chorus: Joshua Morin & Band]
+On the run
+Down a one way street
+[Verse 2]
+Twenty-two x2
+Repeat chorus
+[Bridge x2]
+Coming home
+(x3)
+[Chorus]
+"""
+    assert sung_lines(text) == ["Oh-oh", "So far away from home", "So far away from home",
+                                "So far away, that I don't know [?]", "On the run", "Down a one way street",
+                                "Twenty-two", "Twenty-two", "On the run", "Down a one way street", "Coming home",
+                                "Coming home", "On the run", "Down a one way street"]  # fmt: skip
+    assert [" ".join(line.words) for line in _parse(text)][3] == "So far away, that I don't know"
+    assert section_header("[P1]") is None and section_header("Hook me up") is None
+    assert section_header("[Pre-Chorus x3]") == ("pre-chorus", 3) and section_header("Verse 2:") == ("verse 2", 1)
+    assert section_header("[ar:Star]") is None and section_header("[00:12.50]On the run") is None
+    lrc = "[ar:Star]\n[Chorus]\n[00:01.00]On the run (x2)\n[00:03.00]Down a one way street\n"
+    assert [(line.time_s, line.words) for line in _parse(lrc)] == [(1.0, ("On", "the", "run")),
+                                                                   (3.0, ("Down", "a", "one", "way", "street"))]
+    duet = _parse("[Chorus]\n[P1]\nOn the run\n[P2] Down a one way street\n")
+    assert [(line.singer, line.words[0]) for line in duet] == [(1, "On"), (2, "Down")]
+
+
 @pytest.mark.parametrize(("content", "words"), [(b"", "no words"), (b"\n  \n[ar:x]\n", "no words"),
                                                 (b"\x00\x01PK\x03\x04", "binary"), ("Grüße\n".encode("latin-1"), "not UTF-8")])
 def test_bad_lyrics_files_get_a_clear_error(env, tmp_path, content, words):

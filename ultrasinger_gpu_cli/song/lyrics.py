@@ -15,8 +15,10 @@
 * **LRC** (``[mm:ss.xx] line``): the line times say where each line is sung, so no
   transcription is needed; each line is aligned in the audio from its time to the next line's.
 
-Every word of the file reaches the chart exactly once, in order. Pure core: the engine does
-the model work (:meth:`WhisperEngine.align`).
+Lyrics as lyric sites write them are read as they are sung (:func:`sung_lines`): section
+headers left out, a header alone standing for the earlier section it names, repeat marks
+written out, bracketed notes left out. Every sung word of the file reaches the chart exactly
+once, in order. Pure core: the engine does the model work (:meth:`WhisperEngine.align`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ _LRC_TAG = re.compile(r"^\[[a-zA-Z#]+:[^\]]*\]$")  # [ar:...], [ti:...], [offset
 _WORD_TIME = re.compile(r"<\d{1,3}:\d{1,2}(?:[.:]\d{1,3})?>")  # enhanced LRC word times
 _SINGER_TAG = re.compile(r"^(?:\[\s*(P\s*1|P\s*2|P\s*1\s*&\s*P\s*2|P\s*3)\s*\]|(P\s*1|P\s*2|P\s*1\s*&\s*P\s*2|P\s*3)\s*:)\s*",
                          re.IGNORECASE)  # fmt: skip
+#: Lyric sites' section headers: a whole line in square brackets ("[Chorus]", "[Verse 2: Artist]")
+#: that is no duet tag, or a section's name alone ("Chorus:", "(Repeat chorus)", "Verse 2").
+_BRACKETED = re.compile(r"^\[([^\]]*)\]$")
+_SECTION = re.compile(r"^\(?\s*(?:repeat\s+(?:the\s+)?)?((?:pre-?|post-?)?(?:intro|verse|chorus|refrain|hook|bridge|"
+                      r"interlude|breakdown|outro|coda|instrumental|solo|strophe|couplet))(?:\s*\d+)?\s*\)?\s*:?$",
+                      re.IGNORECASE)  # fmt: skip
+#: A repeat mark ending a line or a header: "(x2)", "x3", "[2x]", "×2": sung that many times.
+_REPEAT = re.compile(r"(?:^|\s+)[(\[]?\s*(?:[x×]\s*([2-9])|([2-9])\s*[x×])\s*[)\]]?\s*$", re.IGNORECASE)
+_ANNOTATION = re.compile(r"\[[^\]]*\]")  # "[laughs]", "[?]": never sung
+_LRC_ID = re.compile(r"^\[(?:ar|al|ti|au|by|length|offset|re|tool|ve|la|lang|#)\s*:", re.IGNORECASE)  # LRC's tags
 
 
 class LyricsError(UgpuError):
@@ -118,18 +130,77 @@ def singer_tag(text: str) -> tuple[int | None, str]:
     return singer, text[found.end():].strip()
 
 
+def _repeats(text: str) -> tuple[str, int]:
+    """``text`` without its repeat mark (:data:`_REPEAT`), and how many times it is sung."""
+    found = _REPEAT.search(text)
+    if found is None:
+        return text, 1
+    return text[: found.start()].rstrip(), int(found.group(1) or found.group(2))
+
+
+def section_header(line: str) -> tuple[str, int] | None:
+    """A lyric site's section header (:data:`_BRACKETED`, :data:`_SECTION`): its name (lower case,
+    without a singer after a colon or a repeat mark) and how many times the section is sung; None
+    for a sung line (a duet tag such as ``[P1]`` included)."""
+    if singer_tag(line)[0] is not None or _LRC_TIME.search(line) or _LRC_ID.match(line):
+        return None
+    bracketed = _BRACKETED.match(line)
+    if bracketed is not None:
+        name, count = _repeats(bracketed.group(1).split(":")[0])
+    else:
+        rest, count = _repeats(line)
+        plain = _SECTION.match(rest)
+        if plain is None:
+            return None
+        name = plain.group(0).strip("():").lower().removeprefix("repeat").strip().removeprefix("the").strip()
+    return " ".join(name.lower().split()), count
+
+
+def sung_lines(text: str) -> list[str]:
+    """The file's lines as they are sung, as lyric sites write them: section headers left out; a
+    header with no lines under it that names an earlier section ("[Chorus]" again, "Repeat
+    chorus") stands for that section's lines; a section ("[Chorus x2]") or a line ("... (x2)")
+    marked to repeat is sung that many times; a lone mark is no line. A timed (LRC) line keeps
+    its own times and is never repeated here."""
+    out: list[str] = []
+    earlier: dict[str, list[str]] = {}
+    name: str | None = None
+    count = 1
+    body: list[str] = []
+
+    def close() -> None:
+        lines = body or (earlier.get(name) or earlier.get(name.rstrip("0123456789 "), []) if name else [])
+        if body and name:
+            earlier[name] = earlier[name.rstrip("0123456789 ")] = list(body)
+        out.extend(lines * count)
+
+    for raw in text.splitlines():
+        line = raw.strip()
+        header = section_header(line) if line else None
+        if header is not None:
+            close()
+            (name, count), body = header, []
+            continue
+        rest, times = _repeats(line)
+        if not rest and times > 1:
+            continue  # a lone "(x2)": which lines it means is not said
+        if rest:
+            body += [rest] * (1 if _LRC_TIME.search(rest) else times)
+    close()
+    return out
+
+
 def _parse(text: str) -> list[LyricsLine]:
     timed: list[LyricsLine] = []
     plain: list[LyricsLine] = []
     singer: int | None = None  # a tag holds for its line and those after it, up to the next tag
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or _LRC_TAG.match(line):
+    for line in sung_lines(text):
+        if _LRC_TAG.match(line):
             continue
         times = [_seconds(m, s) for m, s in _LRC_TIME.findall(line)]
         tagged, rest = singer_tag(_LRC_TIME.sub(" ", line).strip())
         singer = singer if tagged is None else tagged
-        words = tuple(_WORD_TIME.sub(" ", rest).split())
+        words = tuple(_ANNOTATION.sub(" ", _WORD_TIME.sub(" ", rest)).split())
         who = SOLO if singer is None else singer
         if times:  # a line sung more than once has more than one time
             timed += [LyricsLine(words, t, who) for t in times]
