@@ -237,6 +237,10 @@ def ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
+def signed_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.0f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("songs", nargs="*", type=Path, help="song folders (default: ../shared/real)")
@@ -304,11 +308,12 @@ def main() -> int:
             notes.MIN_CHART_BPM = coarse
         print(f"{song.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
         words_rows.append(f"| {song.name} | raw faster-whisper (reference) | {pct(raw.words_matched)} | {ms(raw.median_error_ms)} "
-                          f"| {ms(raw.mean_error_ms)} | {pct(raw.within_100ms)} | {pct(raw.within_300ms)} "
+                          f"| {ms(raw.mean_error_ms)} | {signed_ms(raw.offset_ms)} | {pct(raw.within_100ms)} | {pct(raw.within_300ms)} "
                           f"| {pct(raw.within_1s)} | |")  # fmt: skip
         for label, s in (("ugpu run", auto), ("ugpu run --lyrics", given)):
             words_rows.append(f"| {song.name} | {label} | {pct(s.words_matched)} | {ms(s.word_onset_median_ms)} "
-                              f"| {ms(s.word_onset_mean_ms)} | {pct(s.words_within_100ms)} | {pct(s.words_within_300ms)} "
+                              f"| {ms(s.word_onset_mean_ms)} | {signed_ms(s.word_onset_offset_ms)} | {pct(s.words_within_100ms)} "
+                              f"| {pct(s.words_within_300ms)} "
                               f"| {pct(s.words_within_1s)} | {pct(s.lyric_similarity)} |")  # fmt: skip
         for label, s in (("ugpu run", auto), ("ugpu run --lyrics", given)):
             notes_rows.append(f"| {song.name} | {label} | {s.generated_notes} / {s.reference_notes} "
@@ -327,8 +332,9 @@ def main() -> int:
         f"{len(songs)} songs with hand-made charts, full mix (`--no-separation`), Whisper tiny.en (real weights, "
         "faster-whisper int8 on the CPU), pitch SwiftF0. Word onsets: each generated word matched to the hand chart's "
         "by an in-order alignment of the text; errors over the matched words, shares of all the chart's words.", "",
-        "| song | words from | matched | onset median (ms) | mean (ms) | within 100 ms | 300 ms | 1 s | lyrics |",
-        "|---|---|---|---|---|---|---|---|---|", *words_rows, "",
+        "| song | words from | matched | onset median (ms) | mean (ms) | offset (ms, + late) | within 100 ms | 300 ms "
+        "| 1 s | lyrics |",
+        "|---|---|---|---|---|---|---|---|---|---|", *words_rows, "",
         "Notes (onset within 100 ms; F1 at the same pitch class, and at the same pitch once the chart's octave is found):", "",
         "| song | chart | notes gen / hand | precision / recall / F1 | F1 (octave) | F1 (onset only) | octave offset | coverage |",
         "|---|---|---|---|---|---|---|---|", *notes_rows, "",

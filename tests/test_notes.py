@@ -803,6 +803,8 @@ def test_eval_finds_the_chart_s_octave_and_reads_both_word_spacings():
     assert s.octave_offset == 1 and s.pitch_exact == 1.0 and s.note_f1 == s.note_f1_octave
     assert s.note_precision == 1.0 and s.note_recall == pytest.approx(6 / 7)
     assert s.words_matched == 1.0 and s.word_onset_median_ms == pytest.approx(50, abs=1) and s.words_within_100ms == 1.0
+    assert s.word_onset_offset_ms == pytest.approx(50, abs=1)  # late: the timing offset is signed
+    assert score(hand, gen).word_onset_offset_ms == pytest.approx(-50, abs=1)
     assert s.lyric_similarity == 1.0 and s.bpm == s.reference_bpm == 300
 
 

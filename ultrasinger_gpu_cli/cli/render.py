@@ -314,16 +314,18 @@ def evaluation_table(result: Evaluation) -> RenderableType:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
     table = Table(box=box.SIMPLE_HEAD, title="Generated charts against the reference")
-    for column in ("song", "notes (ref/gen)", "note match", "onset error", "pitch", "pitch (any octave)",
-                   "coverage", "lyrics", "line starts"):  # fmt: skip
+    for column in ("song", "notes (ref/gen)", "note match", "onset error", "timing (+ late)", "pitch",
+                   "pitch (any octave)", "coverage", "lyrics", "line starts"):  # fmt: skip
         table.add_column(column, justify="left" if column == "song" else "right")
     for s in result.scores:
         table.add_row(s.name, f"{s.reference_notes}/{s.generated_notes}", pct(s.note_match_rate),
-                      na(s.median_onset_error_ms, "{:.0f} ms"), pct(s.pitch_accuracy), pct(s.pitch_accuracy_any_octave),
+                      na(s.median_onset_error_ms, "{:.0f} ms"), na(s.word_onset_offset_ms, "{:+.0f} ms"),
+                      pct(s.pitch_accuracy), pct(s.pitch_accuracy_any_octave),
                       pct(s.coverage), pct(s.lyric_similarity), pct(s.line_starts_recall))  # fmt: skip
     if len(result.scores) > 1:
         table.add_row(Text("mean", style="bold"), "", pct(result.mean("note_match_rate")),
-                      na(result.mean("median_onset_error_ms"), "{:.0f} ms"), pct(result.mean("pitch_accuracy")),
+                      na(result.mean("median_onset_error_ms"), "{:.0f} ms"),
+                      na(result.mean("word_onset_offset_ms"), "{:+.0f} ms"), pct(result.mean("pitch_accuracy")),
                       pct(result.mean("pitch_accuracy_any_octave")), pct(result.mean("coverage")),
                       pct(result.mean("lyric_similarity")), pct(result.mean("line_starts_recall")))  # fmt: skip
     parts: list[RenderableType] = [table]

@@ -63,6 +63,9 @@ class WordOnsets:
     words_matched: float  # share of the reference's words
     median_error_ms: float | None
     mean_error_ms: float | None
+    #: The chart's timing offset: the median of the signed errors (generated minus reference) over
+    #: the words matched within 1 s; positive: the generated words come late (move ``#GAP`` by minus it).
+    offset_ms: float | None
     within_100ms: float  # shares of the reference's words
     within_300ms: float
     within_1s: float
@@ -95,6 +98,7 @@ class ChartScore:
     words_matched: float
     word_onset_median_ms: float | None
     word_onset_mean_ms: float | None
+    word_onset_offset_ms: float | None  # the timing offset (:attr:`WordOnsets.offset_ms`): + late
     words_within_100ms: float
     words_within_300ms: float
     words_within_1s: float
@@ -156,7 +160,9 @@ def word_onsets(generated: Sequence[Word], reference: Sequence[Word], pairs: Pai
     """Onset errors of generated words against the reference's, matched by :func:`word_pairs`
     (given, where the caller has them already)."""
     pairs = word_pairs(generated, reference) if pairs is None else pairs
-    errors = np.array([abs(generated[g].start_s - reference[r].start_s) for g, r in pairs])
+    signed = np.array([generated[g].start_s - reference[r].start_s for g, r in pairs])
+    errors = np.abs(signed)
+    near = signed[errors <= WITHIN_S[2] + 1e-9]
     n = len(reference)
 
     def share(limit: float) -> float:
@@ -166,6 +172,7 @@ def word_onsets(generated: Sequence[Word], reference: Sequence[Word], pairs: Pai
         reference_words=n, generated_words=len(generated), words_matched=len(pairs) / n if n else 0.0,
         median_error_ms=float(np.median(errors) * 1000) if len(errors) else None,
         mean_error_ms=float(np.mean(errors) * 1000) if len(errors) else None,
+        offset_ms=float(np.median(near) * 1000) if len(near) else None,
         within_100ms=share(WITHIN_S[0]), within_300ms=share(WITHIN_S[1]), within_1s=share(WITHIN_S[2]),
     )  # fmt: skip
 
@@ -308,6 +315,7 @@ def score(generated: Chart, reference: Chart, *, name: str = "", generated_path:
         pitch_class=float(np.mean(note_diffs % 12 == 0)) if len(note_diffs) else None,
         reference_words=words.reference_words, words_matched=words.words_matched,
         word_onset_median_ms=words.median_error_ms, word_onset_mean_ms=words.mean_error_ms,
+        word_onset_offset_ms=words.offset_ms,
         words_within_100ms=words.within_100ms, words_within_300ms=words.within_300ms, words_within_1s=words.within_1s,
         bpm=generated.bpm, reference_bpm=reference.bpm,
         lines_per_minute=_lines_per_minute(generated), reference_lines_per_minute=_lines_per_minute(reference),
