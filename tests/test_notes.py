@@ -585,6 +585,7 @@ Coming home
     assert [" ".join(line.words) for line in _parse(text)][3] == "So far away, that I don't know"
     assert section_header("[P1]") is None and section_header("Hook me up") is None
     assert section_header("[Pre-Chorus x3]") == ("pre-chorus", 3) and section_header("Verse 2:") == ("verse 2", 1)
+    assert section_header("[Chorus - x2]") == ("chorus", 2) and section_header("Chorus x2:") == ("chorus", 2)
     assert section_header("[ar:Star]") is None and section_header("[00:12.50]On the run") is None
     lrc = "[ar:Star]\n[Chorus]\n[00:01.00]On the run (x2)\n[00:03.00]Down a one way street\n"
     assert [(line.time_s, line.words) for line in _parse(lrc)] == [(1.0, ("On", "the", "run")),

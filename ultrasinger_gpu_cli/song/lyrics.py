@@ -148,12 +148,12 @@ def section_header(line: str) -> tuple[str, int] | None:
     if bracketed is not None:
         name, count = _repeats(bracketed.group(1).split(":")[0])
     else:
-        rest, count = _repeats(line)
+        rest, count = _repeats(line.rstrip(":").rstrip())
         plain = _SECTION.match(rest)
         if plain is None:
             return None
         name = plain.group(0).strip("():").lower().removeprefix("repeat").strip().removeprefix("the").strip()
-    return " ".join(name.lower().split()), count
+    return " ".join(name.lower().strip(" -–—").split()), count
 
 
 def sung_lines(text: str) -> list[str]:
