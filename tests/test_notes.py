@@ -233,12 +233,17 @@ def test_a_note_starts_on_the_beat_its_voice_is_first_heard_in():
     """Charters start a note on the first beat in which its vowel is audible (not the nearest
     beat): a voice starting 0.7 of a beat into beat 3 is sung in beat 3. Its end stays on the
     nearest beat. A melisma's new pitch splits a re-pitched note on the beat the change falls in."""
-    from ultrasinger_gpu_cli.song.notes import on_grid, start_beat
+    from ultrasinger_gpu_cli.song.notes import on_grid, repitch_parts, start_beat
 
     beat = 0.1
     assert start_beat(0.37, 0.0, beat) == 3 and start_beat(0.30, 0.0, beat) == 3 and start_beat(0.299, 0.0, beat) == 2
     assert start_beat(0.05, 0.1, beat) == 0  # never before #GAP
     assert on_grid([(0.37, 0.86), (1.08, 1.5)], 0.0, beat) == [(3, 6), (10, 5)]
+    # A ten-beat note whose voice moves from C4 to E4 0.7 into beat 4: split there, not at beat 5.
+    chart = read_chart("#TITLE:T\n#ARTIST:A\n#BPM:150\n#GAP:0\n: 0 10 0 la\nE\n")  # beats of 0.1 s
+    times = np.arange(0, 1.0, 0.01)
+    assert repitch_parts(chart, times, np.where(times < 0.47, 261.63, 329.63), np.ones_like(times)) == [
+        ((0, 4, 60), (4, 6, 64))]  # fmt: skip
 
 
 # -- notes follow the voice ------------------------------------------------------------------------
