@@ -51,7 +51,8 @@ MAX_WORDS_PER_S = 8.0
 MIN_LINE_S = 1.0
 ALIGN_MIN_S = 1.0  # a stretch shorter than this between matched words is shared by letters, not aligned
 _LRC_TIME = re.compile(r"\[(\d{1,3}):(\d{1,2}(?:[.:]\d{1,3})?)\]")
-_LRC_TAG = re.compile(r"^\[[a-zA-Z#]+:[^\]]*\]$")  # [ar:...], [ti:...], [offset:...]
+#: LRC's own tags ([ar:...], [ti:...], [offset:...]); another "[Name: ...]" line is a section header.
+_LRC_TAG = re.compile(r"^\[(?:ar|al|ti|au|by|length|offset|re|tool|ve|la|lang|#)\s*:[^\]]*\]$", re.IGNORECASE)
 _WORD_TIME = re.compile(r"<\d{1,3}:\d{1,2}(?:[.:]\d{1,3})?>")  # enhanced LRC word times
 _SINGER_TAG = re.compile(r"^(?:\[\s*(P\s*1|P\s*2|P\s*1\s*&\s*P\s*2|P\s*3)\s*\]|(P\s*1|P\s*2|P\s*1\s*&\s*P\s*2|P\s*3)\s*:)\s*",
                          re.IGNORECASE)  # fmt: skip
@@ -64,7 +65,6 @@ _SECTION = re.compile(r"^\(?\s*(?:repeat\s+(?:the\s+)?)?((?:pre-?|post-?)?(?:int
 #: A repeat mark ending a line or a header: "(x2)", "x3", "[2x]", "×2": sung that many times.
 _REPEAT = re.compile(r"(?:^|\s+)[(\[]?\s*(?:[x×]\s*([2-9])|([2-9])\s*[x×])\s*[)\]]?\s*$", re.IGNORECASE)
 _ANNOTATION = re.compile(r"\[[^\]]*\]")  # "[laughs]", "[?]": never sung
-_LRC_ID = re.compile(r"^\[(?:ar|al|ti|au|by|length|offset|re|tool|ve|la|lang|#)\s*:", re.IGNORECASE)  # LRC's tags
 
 
 class LyricsError(UgpuError):
@@ -142,7 +142,7 @@ def section_header(line: str) -> tuple[str, int] | None:
     """A lyric site's section header (:data:`_BRACKETED`, :data:`_SECTION`): its name (lower case,
     without a singer after a colon or a repeat mark) and how many times the section is sung; None
     for a sung line (a duet tag such as ``[P1]`` included)."""
-    if singer_tag(line)[0] is not None or _LRC_TIME.search(line) or _LRC_ID.match(line):
+    if singer_tag(line)[0] is not None or _LRC_TIME.search(line) or _LRC_TAG.match(line):
         return None
     bracketed = _BRACKETED.match(line)
     if bracketed is not None:
@@ -169,9 +169,10 @@ def sung_lines(text: str) -> list[str]:
     body: list[str] = []
 
     def close() -> None:
-        lines = body or (earlier.get(name) or earlier.get(name.rstrip("0123456789 "), []) if name else [])
+        unnumbered = name.rstrip("0123456789 ") if name else None  # "verse 2" stands for "verse" too
+        lines = body or (earlier.get(name) or earlier.get(unnumbered, []) if name else [])
         if body and name:
-            earlier[name] = earlier[name.rstrip("0123456789 ")] = list(body)
+            earlier[name] = earlier[unnumbered] = list(body)
         out.extend(lines * count)
 
     for raw in text.splitlines():
