@@ -189,9 +189,9 @@ def test_out_of_memory_on_a_card_two_stages_share_gives_way_or_waits_and_never_w
     monkeypatch.setattr(devices, "side_stream", lambda binding: None)
     seeded = []
     monkeypatch.setattr(runner_module, "seed_everything", seeded.append)
-    monkeypatch.setattr(StageRunner, "_engine", lambda self, component, settings: SimpleNamespace(
+    monkeypatch.setattr(StageRunner, "_engine", lambda self, component, settings: (SimpleNamespace(
         settings=settings, binding=self.binding(settings), model_name=settings.model, retune=lambda s: None,
-        seeded=lambda seed: None))  # fmt: skip
+        seeded=lambda seed: None), (component, settings.backend, settings.model, "cuda:0", settings.compute_type)))  # fmt: skip
     plan = resolve(PlanTarget("a 16 GB GPU", 16 * 1024, "8.9", hypothetical=True))
     runner = StageRunner(plan, on_event=lambda e: None)
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -279,6 +279,65 @@ def test_several_songs_load_each_model_once_and_bad_ones_do_not_stop_the_others(
     assert " ".join(result.stderr.split()).count(f"{tmp_path / 'missing.mp3'}: ") == 2  # its line and the summary, once each
     assert len(loads) == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["One - A", "Two - B"]
+
+
+def test_the_first_engine_loads_while_the_song_is_read_and_its_stage_reports_the_whole_load(env, fast_whisper, tmp_path,
+                                                                                                monkeypatch):  # fmt: skip
+    import threading
+
+    from ultrasinger_gpu_cli.engines.demucs_engine import DemucsEngine
+    from ultrasinger_gpu_cli.run import pipeline
+
+    loading, loads = threading.Event(), []
+
+    def load(self, real=DemucsEngine.load):
+        loads.append(threading.current_thread().name)
+        loading.set()
+        time.sleep(0.4)  # a slow load: the stage must report it whole, though it waited for less
+        real(self)
+
+    seen, real_scan, wait_s = [], pipeline.scan_stream, [20.0]
+
+    def scan(stream, keep16):  # the song's read waits (a while) for the load to begin
+        seen.append(loading.wait(timeout=wait_s[0]))
+        return real_scan(stream, keep16)
+
+    monkeypatch.setattr(DemucsEngine, "load", load)
+    monkeypatch.setattr(pipeline, "scan_stream", scan)
+    source = write_wav(tmp_path / "Band - Tune.wav", song(6.0), 44_100)
+    result = invoke("run", str(source), "-o", str(tmp_path / "out"), "--language", "en", "--json")
+    assert result.exit_code == 0, result.output
+    assert seen == [True] and loads == ["ugpu-load-demucs"]  # once, on its own thread, begun before the scan ended
+    (report,) = json.loads(result.stdout)["songs"]
+    assert report["stages"][0]["stage"] == "demucs" and report["stages"][0]["load_seconds"] >= 0.4
+    assert all(s["load_seconds"] < 5 for s in report["stages"])
+
+    # Run again: every stage's result is in the resume cache, and nothing loads ahead for nothing.
+    seen.clear()
+    loading.clear()
+    wait_s[0] = 1.0
+    again = invoke("run", str(source), "-o", str(tmp_path / "again"), "--language", "en", "--json")
+    assert again.exit_code == 0, again.output
+    assert seen == [False] and loads == ["ugpu-load-demucs"]
+    assert all(s["cached"] for s in json.loads(again.stdout)["songs"][0]["stages"])
+
+
+def test_a_load_ahead_that_fails_is_left_to_the_stage(env, fast_whisper, tmp_path, monkeypatch):
+    from ultrasinger_gpu_cli.engines.demucs_engine import DemucsEngine
+
+    calls = []
+
+    def load(self, real=DemucsEngine.load):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a load that failed once")
+        real(self)
+
+    monkeypatch.setattr(DemucsEngine, "load", load)
+    source = write_wav(tmp_path / "Band - Tune.wav", song(6.0), 44_100)
+    result = invoke("run", str(source), "-o", str(tmp_path / "out"), "--language", "en", "--json", "--no-fallback")
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 2 and not json.loads(result.stdout)["songs"][0]["fallbacks"]
 
 
 def _song_files(out: Path) -> dict[str, bytes]:

@@ -34,7 +34,7 @@ from ultrasinger_gpu_cli.components.base import Backend
 from ultrasinger_gpu_cli.errors import ModelMissingError
 from ultrasinger_gpu_cli.engines.whisper_ct2 import timing_words
 from ultrasinger_gpu_cli.engines.whisper_engine import BEST_OF, WhisperEngine
-from ultrasinger_gpu_cli.engines.whisper_features import SAMPLE_RATE, frames_in, log_mel
+from ultrasinger_gpu_cli.engines.whisper_features import SAMPLE_RATE, frames_in, log_mel, prepare
 from ultrasinger_gpu_cli.engines.whisper_words import Aligned, sung_words
 from ultrasinger_gpu_cli.failures import LOAD_ERRORS, fallback_worthy
 from ultrasinger_gpu_cli.gpu.devices import cpu_threads
@@ -148,6 +148,7 @@ class FasterWhisperEngine(WhisperEngine):
 
             convert(whisper_checkpoint(self.settings.model, self.models_dir), status.files[0].path.parent)
         require_present(status, fetch=f"ugpu models pull whisper --backend faster-whisper --model {self.settings.model}")
+        prepare()  # the log-mel's torch, with the model
         device = "cuda" if self.binding.is_cuda else "cpu"
         folder = self._folder = status.files[0].path.parent
         try:

@@ -12,6 +12,7 @@ float32, as librosa does; a test checks it against whisper's file bit for bit).
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib import import_module
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,13 @@ def mel_filters(n_mels: int) -> np.ndarray:
         weights[i] = np.maximum(0, np.minimum(-ramps[i] / widths[i], ramps[i + 2] / widths[i + 1]))
     weights *= (2.0 / (edges_hz[2 : n_mels + 2] - edges_hz[:n_mels]))[:, np.newaxis]
     return weights
+
+
+def prepare() -> None:
+    """Import the features' library (torch, 1-2 s in a fresh process) now: the engine's load
+    calls it, so that a load ahead of the song (``StageRunner.load_ahead``) takes it off the
+    song's path, as it takes the model's weights."""
+    import_module("torch")
 
 
 def log_mel(piece: np.ndarray, n_mels: int) -> Any:

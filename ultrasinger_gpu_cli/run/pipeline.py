@@ -173,6 +173,26 @@ class Pipeline:
         return run
 
     # -- cache ----------------------------------------------------------------------------------------
+    def _demucs_key(self, content: str) -> str:
+        """The separation's cache key: the audio's sha256 and the settings that change its stems."""
+        d = self.plan.components["demucs"].typed()
+        return cache_key(content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
+
+    def _whisper_key(self, vocals_key: str, language: str | None) -> str:
+        """The words' cache key: the vocals' key, the model and what else changes the words."""
+        w, lyrics = self.plan.components["whisper"], self.inputs.lyrics
+        return cache_key(vocals_key, "whisper", w.value("backend"), w.model, language, w.value("beam_size"),
+                         sha256_of(lyrics.path) if lyrics else None, WORDS_VERSION)  # fmt: skip
+
+    def _first_engine(self, content: str, language: str | None) -> str | None:
+        """The stage whose engine a song needs first, where its result is not in the resume cache:
+        Demucs, else Whisper (None where the first stage is CREPE, whose key needs the words)."""
+        if self.options.separate:
+            return "demucs" if not self.cache.path(self._demucs_key(content), ".npz").exists() else None
+        if self.inputs.timings is None:
+            return "whisper" if not self.cache.path(self._whisper_key(content, language), ".json").exists() else None
+        return None
+
     def _as_planned(self, component: str, stage: StageRun) -> bool:
         """Cache a result only when it came from the planned model: after a fallback to the CPU's
         smaller model, a later run should try the plan again rather than reuse the stand-in."""
@@ -225,6 +245,9 @@ class Pipeline:
         held, name = self._song_folder(source, out_dir, ultrastar.safe_name(f"{artist} - {title}"), content)
         try:
             self._refuse_inputs(source, held.folder, name)
+            first = self._first_engine(content, language or self.options.language)
+            if first is not None:  # a run's first engine loads while the song is read (no-op once one is loaded)
+                self.runner.load_ahead(first)
             # The song streams through in blocks: memory stays flat however long it is.
             stream = streams.AudioStream(source, audio_io.DEMUCS_RATE, 2, limit_s=audio_io.max_seconds(self.options.max_minutes))
             scan = scan_stream(stream, not self.options.separate)
@@ -296,8 +319,7 @@ class Pipeline:
         if not self.options.separate:
             work.vocals_key, work.vocals16 = work.content, scan.mono16
             return
-        d = self.plan.components["demucs"].typed()
-        dkey = cache_key(work.content, "demucs", d.backend, d.model, d.chunk_size, d.overlap)  # type: ignore[attr-defined]
+        dkey = self._demucs_key(work.content)
         work.stems = sep_stems = self._stem_paths(dkey, scan.samples)
 
         def cached_vocals() -> np.ndarray | None:
@@ -335,9 +357,7 @@ class Pipeline:
             units, are_syllables = timings.words, timings.are_syllables
             language = language or timings.language
         else:
-            wkey = cache_key(dkey, "whisper", plan["whisper"].value("backend"), plan["whisper"].model, language,
-                             plan["whisper"].value("beam_size"), sha256_of(lyrics.path) if lyrics else None,
-                             WORDS_VERSION)  # fmt: skip
+            wkey = self._whisper_key(dkey, language)
             if lyrics is not None:  # the user's words, timed on the vocals by the same model
                 def transcribe(e: Any, p: Progress) -> Any:
                     return align_lyrics(e, vocals16, lyrics, p, language=language, sample_rate=audio_io.WHISPER_RATE)

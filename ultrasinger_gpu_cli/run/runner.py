@@ -19,7 +19,9 @@
   :class:`~.recorder.Recorder`, which alone writes the ``runs``, ``performance_log`` and
   ``fallback_events`` rows from them. The runner never touches the database.
 
-Engines are loaded once per runner and kept across songs.
+Engines are loaded once per runner and kept across songs. A run's first engine can load ahead
+(:meth:`StageRunner.load_ahead`, on a thread of its own while the song is decoded and scanned):
+its stage then finds it loaded and reports the load's whole time as its ``load_seconds``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ from ultrasinger_gpu_cli.gpu.sampler import NvmlSampler
 R = TypeVar("R")
 #: What a stage does with its engine: ``call(engine, progress) -> result``.
 StageCall = Callable[[Engine, Callable[[float, float], None]], R]
+#: One loaded engine: component, backend, model, device (``cpu``, ``cuda:N``), compute type.
+EngineKey = tuple[str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,11 @@ class StageRunner:
         self.emit = on_event
         self.run_id = uuid.uuid4().hex
         self.cpu_plan = resolve(CPU_TARGET, plan.mode)
-        self._engines: dict[tuple[str, str, str, str], Engine] = {}
+        self._engines: dict[EngineKey, Engine] = {}
         self._gpu: DeviceBinding | None = None
         self._lock = threading.RLock()  # the engines, the binding and the side streams
+        self._load_s: dict[EngineKey, float] = {}  # loads no stage has reported yet
+        self._ahead: list[threading.Thread] = []
         self._at_work = _AtWork()
         self._streams: dict[str, Any] = {}  # card -> the CUDA stream stages beside others queue on
 
@@ -156,6 +162,9 @@ class StageRunner:
         self.emit(RunStarted(self.run_id, self.plan.mode, self.plan.target.gpu, os.getpid(), start_time(), kind))
 
     def finish(self, status: str, report: dict[str, Any] | None = None) -> None:
+        for thread in self._ahead:  # a load ahead the run no longer waits for ends before the engines go
+            thread.join()
+        self._ahead.clear()
         self.emit(RunFinished(self.run_id, status, report))
         on_card = any(engine.settings.device == "cuda" for engine in self._engines.values())
         for engine in self._engines.values():
@@ -206,23 +215,54 @@ class StageRunner:
             return self._streams[binding.name]
 
     def engine(self, component: str, settings: StageSettings) -> Engine:
-        with self._lock:
-            return self._engine(component, settings)
+        return self._loaded(component, settings)[0]
 
-    def _engine(self, component: str, settings: StageSettings) -> Engine:
+    def _loaded(self, component: str, settings: StageSettings) -> tuple[Engine, float]:
+        """The engine, loaded (now, or before: by a load ahead, whose end it waits for), and the
+        seconds its load took where no stage has reported them yet (else the seconds waited)."""
+        waiting = time.perf_counter()
+        with self._lock:
+            engine, key = self._engine(component, settings)
+            return engine, self._load_s.pop(key, time.perf_counter() - waiting)
+
+    def _engine(self, component: str, settings: StageSettings) -> tuple[Engine, EngineKey]:
         binding = self.binding(settings)
         key = (component, settings.backend, settings.model, binding.name, settings.compute_type)
         engine = self._engines.get(key)
         if engine is None:
+            loading = time.perf_counter()
             for other in [k for k in self._engines if k[0] == component and k[3:] != key[3:]]:
                 self._engines.pop(other).unload()  # moving to the CPU (or another precision) frees the old copy
+                self._load_s.pop(other, None)
             engine = spec(component).create(settings, self.options.models_dir, binding)
             if self.options.rehearsal:
                 engine = RehearsalEngine(engine, component, self.options.rehearsal)
             engine.ensure_loaded()
             self._engines[key] = engine
+            self._load_s[key] = time.perf_counter() - loading
         engine.retune(settings)
-        return engine
+        return engine, key
+
+    def load_ahead(self, component: str) -> None:
+        """Start loading the plan's engine for ``component`` on a thread of its own (its library's
+        imports, its weights, the card's context), so that the host work before its stage (the
+        song's decoding and scan) runs meanwhile; its stage waits for the load's end. Only where
+        nothing is loaded or loading yet (a run's first song). A load that fails here is left to
+        the stage, which loads again and meets the failure on its fallback ladder as it would have."""
+        if self._engines or self._ahead:
+            return
+        settings = self.plan.components[component].typed()
+
+        def load() -> None:
+            try:
+                with self._lock:
+                    self._engine(component, settings)  # its time stays for the stage to report
+            except Exception:  # the stage's own load meets it again, on its ladder
+                pass
+
+        thread = threading.Thread(target=load, name=f"ugpu-load-{component}", daemon=True)
+        self._ahead.append(thread)
+        thread.start()
 
     # -- one stage ----------------------------------------------------------------------------------
     def run(self, component: str, song: str, audio_seconds: float, call: StageCall[R], *,
@@ -241,9 +281,7 @@ class StageRunner:
             self.emit(event)
 
         def attempt(settings: StageSettings) -> tuple[R, StageRun]:
-            loading = time.perf_counter()
-            engine = self.engine(component, settings)
-            load_seconds = time.perf_counter() - loading
+            engine, load_seconds = self._loaded(component, settings)
             binding = engine.binding
             started = time.perf_counter()
 
