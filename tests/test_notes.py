@@ -599,6 +599,24 @@ Coming home
     assert [(line.singer, line.words[0]) for line in duet] == [(1, "On"), (2, "Down")]
 
 
+def test_what_a_lyric_site_s_page_adds_is_not_sung():
+    """Lyrics copied or scraped from a lyric site's page (Genius's) carry the page's own text: its
+    title line (a description up to "Read More", the first header glued on), "You might also like"
+    between two lines, a concert advert, "Embed" glued to the last line. None of it is sung; the
+    same words sung in a line, or not glued as the page glues them, are."""
+    from ultrasinger_gpu_cli.song.lyrics import sung_lines
+
+    clean = "[Verse 1]\nHey Mister Fancy Pants\n[Chorus]\nSay a little prayer\nFor Mister Fancy Pants\n[Chorus]\n"
+    page = ("27 ContributorsTranslationsEspañolMr. Fancy Pants Lyrics“Mr. Fancy Pants” is a song about pants. "
+            "Read More [Verse 1]\nHey Mister Fancy Pants\nYou might also like[Chorus]\nSay a little prayer\n"
+            "See Jonathan Coulton LiveGet tickets as low as $35You might also like\nFor Mister Fancy Pants\n[Chorus]42Embed")
+    chorus = ["Say a little prayer", "For Mister Fancy Pants"]
+    assert sung_lines(page) == sung_lines(clean) == ["Hey Mister Fancy Pants", *chorus, *chorus]
+    sung = "Lyrics of love\nYou might also like me\nI embed\nEmbed the moment"
+    assert sung_lines(sung) == sung.splitlines()
+    assert sung_lines("3 ContributorsLove Lyrics\nHold me\nOh Embed") == ["Hold me", "Oh Embed"]
+
+
 @pytest.mark.parametrize(("content", "words"), [(b"", "no words"), (b"\n  \n[ar:x]\n", "no words"),
                                                 (b"\x00\x01PK\x03\x04", "binary"), ("Grüße\n".encode("latin-1"), "not UTF-8")])
 def test_bad_lyrics_files_get_a_clear_error(env, tmp_path, content, words):

@@ -194,9 +194,11 @@ def test_a_sung_number_is_written_as_words_and_given_lyrics_stay_as_written(real
     assert chart.notes[0].text.strip() == "22", [n.text for n in chart.notes]
 
 
-def _as_a_lyrics_site_writes_it(spans: list[tuple[float, float]]) -> str:
+def _as_a_lyrics_site_writes_it(spans: list[tuple[float, float]], page: bool = False) -> str:
     """Section headers before each section ("[Chorus]", "[Verse 2: Jonathan Coulton]"), a chorus
-    sung again written as its header alone, a note in brackets: as lyric sites write songs."""
+    sung again written as its header alone, a note in brackets: as lyric sites write songs.
+    ``page``: with what the site's page adds when copied from it (its title line, "You might also
+    like" glued to a header, "Embed" to the last line)."""
     out, offset, written = [], 0.0, set()
     for k, span in enumerate(spans):
         name = "Chorus" if span == CHORUS else f"Verse {k // 2 + 1}: Jonathan Coulton"
@@ -207,17 +209,23 @@ def _as_a_lyrics_site_writes_it(spans: list[tuple[float, float]]) -> str:
             out.append(_lyrics(_section_words(span, offset)).replace("every", "every [?]", 1))
         written.add(span)
         offset += span[1] - span[0]
+    if page:
+        out[0] = f"12 ContributorsMr. Fancy Pants Lyrics{out[0]}"
+        out[2] = f"You might also like{out[2]}"
+        last = max(i for i, line in enumerate(out) if line)
+        out[last] += "3Embed"
     return "\n".join(out) + "\n"
 
 
-@pytest.mark.parametrize("written", ["every repeat", "the last repeat left out", "as a lyrics site writes it"])
+@pytest.mark.parametrize("written", ["every repeat", "the last repeat left out", "as a lyrics site writes it",
+                                     "copied from a lyrics site's page"])
 def test_lyrics_survive_a_chorus_sung_three_times(real_models, tmp_path, written):
     spans = [CHORUS, VERSE, CHORUS, VERSE, CHORUS]
     song = _cut(FANCY / "audio.mp3", spans, tmp_path / "Coulton - Three Choruses.wav")
     sung = spans[:-1] if written == "the last repeat left out" else spans
     expected = _expected(sung)
     lyrics = tmp_path / "lyrics.txt"
-    text = _as_a_lyrics_site_writes_it(spans) if written == "as a lyrics site writes it" else _lyrics(expected)
+    text = _as_a_lyrics_site_writes_it(spans, page=written.startswith("copied")) if "site" in written else _lyrics(expected)
     lyrics.write_text(text, encoding="utf-8")
     result = invoke("run", str(song), "--no-separation", "--lyrics", str(lyrics), "-o", str(tmp_path / "out"), "--json")
     assert result.exit_code == 0, result.output

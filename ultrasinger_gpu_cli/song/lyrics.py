@@ -15,9 +15,10 @@
 * **LRC** (``[mm:ss.xx] line``): the line times say where each line is sung, so no
   transcription is needed; each line is aligned in the audio from its time to the next line's.
 
-Lyrics as lyric sites write them are read as they are sung (:func:`sung_lines`): section
-headers left out, a header alone standing for the earlier section it names, repeat marks
-written out, bracketed notes left out. Every sung word of the file reaches the chart exactly
+Lyrics as lyric sites write them are read as they are sung (:func:`sung_lines`): what their
+page adds (its title line, "You might also like", "Embed") and section headers left out, a
+header alone standing for the earlier section it names, repeat marks written out, bracketed
+notes left out. Every sung word of the file reaches the chart exactly
 once, in order. Pure core: the engine does the model work (:meth:`WhisperEngine.align`).
 """
 
@@ -65,6 +66,15 @@ _SECTION = re.compile(r"^\(?\s*(?:repeat\s+(?:the\s+)?)?((?:pre-?|post-?)?(?:int
 #: A repeat mark ending a line or a header: "(x2)", "x3", "[2x]", "×2": sung that many times.
 _REPEAT = re.compile(r"(?:^|\s+)[(\[]?\s*(?:[x×]\s*([2-9])|([2-9])\s*[x×])\s*[)\]]?\s*$", re.IGNORECASE)
 _ANNOTATION = re.compile(r"\[[^\]]*\]")  # "[laughs]", "[?]": never sung
+#: What a lyric site's page adds to its lyrics when they are copied or scraped from it (Genius's
+#: page, as it and the scraping libraries give it), never sung: the title line ("27 Contributors
+#: ... Song Lyrics", a description up to its "Read More"), "You might also like" between two lines,
+#: a concert advert, and "Embed" (a count before it) glued to the last line. Only as the page
+#: writes them, glued to a line or alone: a sung "You might also like me" is a line.
+_PAGE_TITLE = re.compile(r"^\d+\s*Contributors?.*(?:Read More|Lyrics)\s*")
+_ALSO_LIKE = re.compile(r"You might also like(?=$|[A-Z\[(])")
+_TICKETS = re.compile(r"See .{1,80}? LiveGet tickets as low as \$\d+")
+_EMBED = re.compile(r"(?:(?<=\S)|^)\d*Embed(?:Share URLCopyEmbedCopy)?$")
 
 
 class LyricsError(UgpuError):
@@ -156,8 +166,20 @@ def section_header(line: str) -> tuple[str, int] | None:
     return " ".join(name.lower().strip(" -–—").split()), count
 
 
+def without_page_text(text: str) -> str:
+    """``text`` without what a lyric site's page adds to the lyrics (:data:`_PAGE_TITLE`,
+    :data:`_ALSO_LIKE`, :data:`_TICKETS`, :data:`_EMBED`); a line left empty is no line."""
+    lines = text.splitlines()
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    if filled:
+        lines[filled[0]] = _PAGE_TITLE.sub("", lines[filled[0]].strip(), count=1)
+        lines[filled[-1]] = _EMBED.sub("", lines[filled[-1]].rstrip())
+    return "\n".join(_TICKETS.sub("", _ALSO_LIKE.sub("", line)) for line in lines)
+
+
 def sung_lines(text: str) -> list[str]:
-    """The file's lines as they are sung, as lyric sites write them: section headers left out; a
+    """The file's lines as they are sung, as lyric sites write them: what their page adds left
+    out (:func:`without_page_text`); section headers left out; a
     header with no lines under it that names an earlier section ("[Chorus]" again, "Repeat
     chorus") stands for that section's lines; a section ("[Chorus x2]") or a line ("... (x2)")
     marked to repeat is sung that many times; a lone mark is no line. A timed (LRC) line keeps
@@ -175,7 +197,7 @@ def sung_lines(text: str) -> list[str]:
             earlier[name] = earlier[unnumbered] = list(body)
         out.extend(lines * count)
 
-    for raw in text.splitlines():
+    for raw in without_page_text(text).splitlines():
         line = raw.strip()
         header = section_header(line) if line else None
         if header is not None:
