@@ -182,7 +182,8 @@ def test_a_song_gives_the_same_chart_alone_after_another_song_and_after_a_resume
 @pytest.mark.parametrize("name", ["pipe:0", "http:x.wav", "concat:a.wav|b.wav", "subfile,,start,0,end,0,,:x.wav",
                                   "file:x.wav", "-i.wav"])  # fmt: skip
 def test_names_that_look_like_ffmpeg_protocols_are_plain_files(tmp_path, monkeypatch, name):
-    from ultrasinger_gpu_cli.song.audio import decode, read_tags
+    from ultrasinger_gpu_cli.song.audio import decode
+    from ultrasinger_gpu_cli.song.tags import read_tags
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.wav").write_bytes(b"not this one")

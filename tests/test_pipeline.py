@@ -96,6 +96,51 @@ def test_full_pipeline_writes_every_file_and_logs(env, fast_whisper, tmp_path):
     assert not list(folder.glob(".*partial*"))
 
 
+def _tagged(tmp_path: Path, name: str, picture_suffix: str, *metadata: str) -> tuple[Path, bytes]:
+    """A song file with tags and a cover picture embedded as the file's attached picture."""
+    picture = tmp_path / f"art{picture_suffix}"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "color=c=red:s=32x32", "-frames:v", "1",
+                    str(picture)], check=True)  # fmt: skip
+    mix = write_wav(tmp_path / "mix.wav", song(6.0), 44_100)
+    source = tmp_path / name
+    tagging = [arg for pair in zip(["-metadata"] * len(metadata), metadata) for arg in pair]
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(mix), "-i", str(picture), "-map", "0:a", "-map", "1:v",
+                    "-c:v", "copy", *tagging, "-disposition:v", "attached_pic", str(source)], check=True)  # fmt: skip
+    return source, picture.read_bytes()
+
+
+@pytest.mark.parametrize(("name", "picture", "metadata", "headers"), [
+    ("Band - Tune.mp3", ".jpg", ("date=2008-05-13", "genre=Indie Rock"), ["#GENRE:Indie Rock", "#YEAR:2008"]),
+    ("Band - Tune.flac", ".png", ("DATE=1999",), ["#YEAR:1999"]),
+])  # fmt: skip
+def test_the_file_s_cover_year_and_genre_go_with_the_chart(env, fast_whisper, tmp_path, name, picture, metadata, headers):
+    """UltraStar shows a song's cover ("Artist - Title [CO].jpg", named by #COVER), year and genre:
+    the ones the audio file carries are written, the picture copied as it is stored; a chart
+    re-pitched with --timings gets the cover too."""
+    source, stored = _tagged(tmp_path, name, picture, *metadata)
+    result = invoke("run", str(source), "--no-separation", "-o", str(tmp_path / "out"), "--language", "en", "--json")
+    assert result.exit_code == 0, result.output
+    files = {k: Path(v) for k, v in json.loads(result.stdout)["songs"][0]["files"].items()}
+    assert files["cover"].name == f"Band - Tune [CO]{picture}" and files["cover"].read_bytes() == stored
+    text = files["ultrastar"].read_text(encoding="utf-8").splitlines()
+    assert text.index(f"#COVER:Band - Tune [CO]{picture}") == text.index("#AUDIO:" + files["audio"].name) + 1
+    assert [h for h in text if h.startswith(("#GENRE:", "#YEAR:"))] == headers
+
+    chart = tmp_path / "hand.txt"  # a hand chart of the song without a #COVER, re-pitched
+    chart.write_text("\n".join(h for h in text if not h.startswith("#COVER:")) + "\n", encoding="utf-8")
+    again = invoke("run", str(source), "--no-separation", "--timings", str(chart), "-o", str(tmp_path / "again"), "--json")
+    assert again.exit_code == 0, again.output
+    repitched = Path(json.loads(again.stdout)["songs"][0]["files"]["ultrastar"]).read_text(encoding="utf-8")
+    assert f"\n#COVER:Band - Tune [CO]{picture}\n" in repitched and (tmp_path / "again" / "Band - Tune" / f"Band - Tune [CO]{picture}").is_file()
+
+    plain = invoke("run", str(write_wav(tmp_path / "Plain - Song.wav", song(6.0), 44_100)), "--no-separation", "-o",
+                   str(tmp_path / "plain"), "--language", "en", "--json")  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    files = json.loads(plain.stdout)["songs"][0]["files"]
+    assert "cover" not in files and not any(line.startswith(("#COVER", "#YEAR", "#GENRE"))
+                                            for line in Path(files["ultrastar"]).read_text(encoding="utf-8").splitlines())  # fmt: skip
+
+
 def test_rehearsed_out_of_memory_walks_the_ladder_and_the_song_finishes(env, tmp_path):
     vocals, timings = _known_melody(tmp_path)
     result = invoke("run", str(vocals), "--no-separation", "--timings", str(timings), "-o", str(tmp_path / "o"), "--json",

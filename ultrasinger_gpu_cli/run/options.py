@@ -36,7 +36,7 @@ class RunOptions:
 
 
 #: Writes the chart's text, given the names of the song's audio, vocals and instrumental files.
-ChartText = Callable[[str, "str | None", "str | None"], str]
+ChartText = Callable[[str, "str | None", "str | None", "str | None"], str]  # (audio, vocals, instrumental, cover)
 
 
 @dataclass(frozen=True)

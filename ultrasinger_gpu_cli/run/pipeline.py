@@ -53,6 +53,7 @@ from ultrasinger_gpu_cli.store.db import Store
 from ultrasinger_gpu_cli.song.lyrics import align_lyrics
 from ultrasinger_gpu_cli.song.onsets import SEARCH_S
 from ultrasinger_gpu_cli.song.spoken import as_sung
+from ultrasinger_gpu_cli.song.tags import COVER_SUFFIX, SongTags, song_tags, write_cover
 from ultrasinger_gpu_cli.song.tempo import Tempo, detect_tempo
 from ultrasinger_gpu_cli.run.streaming import Scan
 
@@ -98,8 +99,7 @@ class SongWork:
     held: Claim
     name: str  # the song's file names in its folder, before the suffixes
     content: str  # the audio file's sha256
-    artist: str
-    title: str
+    tags: SongTags  # artist, title, year, genre and cover, as the file names them
     language: str | None
     started: float  # perf_counter when the song was opened
     stream: streams.AudioStream
@@ -114,6 +114,14 @@ class SongWork:
     units: list[Any] = field(default_factory=list)  # the timed words or syllables
     are_syllables: bool = False
     track: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the pitch: times, frequency, confidence
+
+    @property
+    def artist(self) -> str:
+        return self.tags.artist
+
+    @property
+    def title(self) -> str:
+        return self.tags.title
 
     def close(self, *, failed: bool) -> None:
         _close(self.held, failed=failed)
@@ -239,10 +247,10 @@ class Pipeline:
         started = time.perf_counter()
         source = Path(source)
         audio_io.check_input(source)
-        artist, title = audio_io.song_identity(source)
+        tags = song_tags(source)
         content = sha256_of(source)
         out_dir = Path(out_dir if out_dir is not None else self.options.out_dir).resolve()
-        held, name = self._song_folder(source, out_dir, ultrastar.safe_name(f"{artist} - {title}"), content)
+        held, name = self._song_folder(source, out_dir, ultrastar.safe_name(f"{tags.artist} - {tags.title}"), content)
         try:
             self._refuse_inputs(source, held.folder, name)
             first = self._first_engine(content, language or self.options.language)
@@ -258,7 +266,7 @@ class Pipeline:
         except BaseException:
             _close(held, failed=True)
             raise
-        return SongWork(source, held, name, content, artist, title, language or self.options.language, started, stream,
+        return SongWork(source, held, name, content, tags, language or self.options.language, started, stream,
                         scan, tempo)  # fmt: skip
 
     @property
@@ -423,8 +431,8 @@ class Pipeline:
             midi = notes.repitch_parts(chart, times, freq, conf)
             song_notes = ultrastar.chart_song(chart, midi, title=title, artist=artist, language=language)
 
-            def render(audio: str, vocals: str | None, instrumental: str | None) -> str:
-                return ultrastar.repitch(chart, midi, audio=audio, vocals=vocals, instrumental=instrumental,
+            def render(audio: str, vocals: str | None, instrumental: str | None, cover: str | None) -> str:
+                return ultrastar.repitch(chart, midi, audio=audio, vocals=vocals, instrumental=instrumental, cover=cover,
                                          version=self.options.format_version)  # fmt: skip
 
         else:
@@ -438,12 +446,14 @@ class Pipeline:
                 self.emit(Notice(song, "--singers names a duet's singers: the lyrics have no P1:/P2: tags, "
                                        "so the chart is not a duet"))  # fmt: skip
 
-            def render(audio: str, vocals: str | None, instrumental: str | None) -> str:
+            song_notes.year, song_notes.genre = work.tags.year, work.tags.genre
+
+            def render(audio: str, vocals: str | None, instrumental: str | None, cover: str | None) -> str:
                 return ultrastar.to_ultrastar(song_notes, audio=audio, vocals=vocals, instrumental=instrumental,
-                                              version=self.options.format_version or "1.1.0")  # fmt: skip
+                                              cover=cover, version=self.options.format_version or "1.1.0")  # fmt: skip
 
         bpm = song_notes.bpm
-        files = self._write_files(source, folder, name, song_notes, render, work.stems, work.content)
+        files = self._write_files(source, folder, name, song_notes, render, work.stems, work.tags)
         files.update(self._write_pictures(song, folder, name, files["ultrastar"], (times, freq, conf), f"{artist} - {title}"))
         report = SongReport(source, folder, files, title, artist, bpm, language, len(song_notes.notes), work.stages,
                             work.fallbacks, time.perf_counter() - work.started)  # fmt: skip
@@ -513,7 +523,8 @@ class Pipeline:
         song, ``--timings`` (a chart re-pitched where it lies), ``--lyrics``."""
         outputs = [folder / f"{name}{suffix}" for suffix in (source.suffix.lower(), ".flac", " [Vocals].wav",
                                                             " [Instrumental].wav", ".mid", ".txt", ".report.json",
-                                                            preview.PITCH_SUFFIX)]  # fmt: skip
+                                                            preview.PITCH_SUFFIX, f"{COVER_SUFFIX}.jpg",
+                                                            f"{COVER_SUFFIX}.png")]  # fmt: skip
         outputs.append(folder / preview.PREVIEW_NAME)
         if listed_in is not None:
             outputs += [*listed_files(listed_in).values(), listed_in]
@@ -554,7 +565,7 @@ class Pipeline:
                               f"{needed / 2**20:.0f} MB there", hint="free space on it, or give -o another disk")  # fmt: skip
 
     def _write_files(self, source: Path, folder: Path, name: str, song: ultrastar.Song, render: ChartText,
-                     stems: tuple[Path, Path] | None, content: str) -> dict[str, Path]:  # fmt: skip
+                     stems: tuple[Path, Path] | None, tags: SongTags) -> dict[str, Path]:  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         files: dict[str, Path] = {}
         if source.suffix.lower() in audio_io.AUDIO_SUFFIXES:
@@ -582,6 +593,9 @@ class Pipeline:
         with atomic_path(folder / f"{name}.mid") as tmp:
             tmp.write_bytes(midi.to_midi(song))
         files["midi"] = folder / f"{name}.mid"
-        text = render(audio_name, vocals_name, instrumental_name)
+        cover = write_cover(source, tags.cover, folder / f"{name}{COVER_SUFFIX}{tags.cover.suffix}") if tags.cover else None
+        if cover:  # the picture the file carries, as UltraStar shows a song's cover
+            files["cover"] = cover
+        text = render(audio_name, vocals_name, instrumental_name, cover.name if cover else None)
         files["ultrastar"] = write_text(folder / f"{name}.txt", text)
         return files

@@ -272,25 +272,6 @@ def write_audio(target: str | os.PathLike[str], samples: np.ndarray, sample_rate
     return target
 
 
-def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Artist and title from the file's tags (ffprobe); empty where there are none."""
-    import json
-
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        return {}
-    try:
-        out = subprocess.run(
-            [ffprobe, "-v", "error", "-protocol_whitelist", "file", "-show_entries", "format_tags=artist,title", "-of",
-             "json", file_url(Path(path))],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        tags = json.loads(out.stdout or "{}").get("format", {}).get("tags", {})
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return {}
-    return {k.lower(): str(v).strip() for k, v in tags.items() if str(v).strip()}
-
-
 def mix_channels(x: np.ndarray, channels: int) -> np.ndarray:
     """(file channels, n) -> (channels, n) as :func:`ffmpeg_command` mixes mono and stereo (mono:
     the channels' mean, the models' own loaders' level); more channels than wanted: each output
@@ -302,15 +283,3 @@ def mix_channels(x: np.ndarray, channels: int) -> np.ndarray:
     if x.shape[0] != channels:
         return np.stack([x[k::channels].mean(axis=0) for k in range(channels)])
     return x.copy()
-
-
-def song_identity(path: Path) -> tuple[str, str]:
-    """(artist, title) from the tags, else from an "Artist - Title" file name, else the name."""
-    tags = read_tags(path)
-    if tags.get("artist") and tags.get("title"):
-        return tags["artist"], tags["title"]
-    stem = path.stem
-    if " - " in stem:
-        artist, title = stem.split(" - ", 1)
-        return artist.strip() or "Unknown Artist", title.strip() or stem
-    return tags.get("artist", "Unknown Artist"), tags.get("title", stem)

@@ -60,6 +60,8 @@ class Song:
     phrase_ends: list[int] = field(default_factory=list)  # beats of "- " lines
     language: str | None = None
     singers: tuple[str, str] = DEFAULT_SINGERS  # a duet's singers' names (P1, P2)
+    year: str | None = None  # from the audio file's tags
+    genre: str | None = None
 
     @property
     def duet(self) -> bool:
@@ -88,7 +90,7 @@ def _file_header(name: str) -> str:
 
 
 def to_ultrastar(
-    song: Song, *, audio: str, vocals: str | None = None, instrumental: str | None = None,
+    song: Song, *, audio: str, vocals: str | None = None, instrumental: str | None = None, cover: str | None = None,
     version: str = "1.1.0", creator: str = "ugpu",
 ) -> str:  # fmt: skip
     """The file's text: UTF-8, ``#VERSION`` first, notes, phrase ends, ``E``.
@@ -107,7 +109,11 @@ def to_ultrastar(
             headers.append(f"#VOCALS:{_file_header(vocals)}")
         if instrumental:
             headers.append(f"#INSTRUMENTAL:{_file_header(instrumental)}")
+    if cover:
+        headers.append(f"#COVER:{_file_header(cover)}")
     headers += [f"#BPM:{_number(song.bpm, old)}", f"#GAP:{song.gap_ms}"]
+    headers += [f"#{key}:{clean_text(value)}" for key, value in (("GENRE", song.genre), ("YEAR", song.year))
+                if value and clean_text(value)]  # fmt: skip
     language = clean_text(LANGUAGES.get(song.language, song.language)) if song.language else ""
     if language:
         headers.append(f"#LANGUAGE:{language}")
@@ -346,14 +352,16 @@ def _parts(note: ChartNote, new: int | Sequence[tuple[int, int, int]]) -> list[t
 
 
 def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | None], *, audio: str,
-            vocals: str | None = None, instrumental: str | None = None, version: str | None = None) -> str:  # fmt: skip
+            vocals: str | None = None, instrumental: str | None = None, cover: str | None = None,
+            version: str | None = None) -> str:  # fmt: skip
     """The chart with new pitches and nothing else changed: every note's type, start, length
     and syllable, the phrase ends and every other header stay as written. A sung note with no
     new pitch (``None``: no voice under it) keeps its own; freestyle and rap notes keep theirs.
     A note given as several parts (a melisma the voice sings inside it) becomes that many notes
     covering exactly its beats: the syllable on the first, ``~`` on the others, the word's
-    trailing space on the last. Only the audio headers name the new files (``#AUDIO``,
-    ``#VOCALS``, ``#INSTRUMENTAL`` are added to a 1.x chart that lacks them). ``version`` (asked
+    trailing space on the last. Only the file headers name the new files (``#AUDIO``,
+    ``#VOCALS``, ``#INSTRUMENTAL`` are added to a 1.x chart that lacks them; ``#COVER``, where a
+    cover is given, to any chart). ``version`` (asked
     for explicitly) converts the headers to that format version: ``#VERSION``, the 1.x audio
     headers, ``#BPM``'s decimal mark."""
     lines: list[str | list[str]] = list(chart.lines)
@@ -377,7 +385,7 @@ def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | 
             split.append(" ".join([kind, str(beat - offset), str(beats), str(pitch - 60), syllable]) + cr)
         lines[note.line] = split
     lines = [line for item in lines for line in (item if isinstance(item, list) else [item])]
-    values = {"MP3": audio, "AUDIO": audio, "VOCALS": vocals, "INSTRUMENTAL": instrumental}
+    values = {"MP3": audio, "AUDIO": audio, "VOCALS": vocals, "INSTRUMENTAL": instrumental, "COVER": cover}
     seen: set[str] = set()
     last_audio = None
     for i, raw in enumerate(lines):
@@ -397,6 +405,10 @@ def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | 
         lines[at:at] = [f"#{k}:{_file_header(values[k])}{cr}" for k in missing]  # type: ignore[arg-type]
     elif "MP3" not in seen:
         lines.insert(0, f"#MP3:{_file_header(audio)}")
+    if cover and "COVER" not in seen:  # after the audio headers
+        cr = "\r" if lines and lines[0].endswith("\r") else ""
+        heads = [i for i, raw in enumerate(lines) if raw.startswith("#") and raw[1:].split(":", 1)[0].strip().upper() in AUDIO_HEADERS]
+        lines.insert(heads[-1] + 1 if heads else 1, f"#COVER:{_file_header(cover)}{cr}")
     if version is not None and version != chart.headers.get("VERSION", "0.3.0"):
         lines = _convert_headers(lines, version)
     return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""What the song's file says of itself: artist, title, year and genre from its tags, and the cover
+picture embedded in it, for the chart's headers and the ``[CO]`` picture beside it.
+
+One ffprobe call reads the tags and finds the cover (the first picture stream marked as an
+attached picture: ID3's APIC, FLAC's and Ogg's picture blocks, MP4's ``covr``); the cover is
+copied out of the file as it is stored (JPEG or PNG; another picture format becomes PNG) by
+ffmpeg. Without ffprobe there are no tags (the file name gives artist and title). Nothing here
+is ever a song's failure: a tag or a picture that cannot be read is simply not written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ultrasinger_gpu_cli.files import atomic_path
+from ultrasinger_gpu_cli.song.audio import file_url
+from ultrasinger_gpu_cli.song.paths import clean_text
+
+COVER_SUFFIX = " [CO]"  # UltraStar's cover picture: "Artist - Title [CO].jpg" beside the chart
+MAX_COVER_BYTES = 20 * 2**20  # a cover larger than this is no cover (a picture stream of a video)
+MAX_GENRE_CHARS = 60
+_YEAR = re.compile(r"(?<!\d)(1[89]\d\d|2[01]\d\d)(?!\d)")  # 1800-2199, anywhere in a date
+_PICTURE_SUFFIX = {"mjpeg": ".jpg", "png": ".png"}  # stored as they are; any other becomes PNG
+
+
+@dataclass(frozen=True)
+class Cover:
+    """The picture embedded in a song's file: its stream and the file suffix it is written with."""
+
+    stream_index: int
+    codec: str
+
+    @property
+    def suffix(self) -> str:
+        return _PICTURE_SUFFIX.get(self.codec, ".png")
+
+
+@dataclass(frozen=True)
+class SongTags:
+    """The song as its file names it (:func:`song_tags`)."""
+
+    artist: str
+    title: str
+    year: str | None = None  # four digits
+    genre: str | None = None
+    cover: Cover | None = None
+
+
+def _probe(path: Path) -> dict:
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return {}
+    try:
+        out = subprocess.run(
+            [ffprobe, "-v", "error", "-protocol_whitelist", "file", "-show_entries",
+             "format_tags:stream=index,codec_type,codec_name:stream_disposition=attached_pic", "-of", "json",
+             file_url(Path(path))],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        found = json.loads(out.stdout or "{}")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _tags(probed: dict) -> dict[str, str]:
+    tags = (probed.get("format") or {}).get("tags") or {}
+    return {str(k).lower(): str(v).strip() for k, v in tags.items() if str(v).strip()} if isinstance(tags, dict) else {}
+
+
+def read_tags(path: str | Path) -> dict[str, str]:
+    """The file's tags (ffprobe; keys in lower case); empty where there are none."""
+    return _tags(_probe(Path(path)))
+
+
+def _cover(probed: dict) -> Cover | None:
+    for stream in probed.get("streams") or []:
+        if not isinstance(stream, dict) or stream.get("codec_type") != "video":
+            continue
+        if (stream.get("disposition") or {}).get("attached_pic") == 1 and isinstance(stream.get("index"), int):
+            return Cover(stream["index"], str(stream.get("codec_name") or ""))
+    return None
+
+
+def _year(tags: dict[str, str]) -> str | None:
+    for key in ("date", "year", "originaldate", "original_year", "tyer", "tdrc"):
+        found = _YEAR.search(tags.get(key, ""))
+        if found:
+            return found.group(1)
+    return None
+
+
+def _genre(tags: dict[str, str]) -> str | None:
+    genre = clean_text(tags.get("genre", ""))[:MAX_GENRE_CHARS].strip()
+    return genre if genre and not re.fullmatch(r"\(?\d+\)?", genre) else None  # an ID3v1 number names nothing
+
+
+def song_tags(path: Path) -> SongTags:
+    """Artist and title from the tags, else from an "Artist - Title" file name, else the name;
+    the year (four digits of the date tag), the genre and the embedded cover where the file has them."""
+    probed = _probe(path)
+    tags = _tags(probed)
+    if tags.get("artist") and tags.get("title"):
+        artist, title = tags["artist"], tags["title"]
+    elif " - " in path.stem:
+        artist, title = (part.strip() for part in path.stem.split(" - ", 1))
+        artist, title = artist or "Unknown Artist", title or path.stem
+    else:
+        artist, title = tags.get("artist", "Unknown Artist"), tags.get("title", path.stem)
+    return SongTags(artist, title, _year(tags), _genre(tags), _cover(probed))
+
+
+def write_cover(source: Path, cover: Cover, target: Path) -> Path | None:
+    """The cover copied out of ``source`` to ``target`` (whose suffix is :attr:`Cover.suffix`),
+    whole or not at all; None where ffmpeg cannot, or the picture is larger than
+    :data:`MAX_COVER_BYTES`."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        return None
+    codec = ["-c", "copy"] if cover.codec in _PICTURE_SUFFIX else ["-c:v", "png"]
+    try:
+        with atomic_path(target) as tmp:
+            subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-y", "-protocol_whitelist", "file", "-i", file_url(source),
+                            "-map", f"0:{cover.stream_index}", *codec, "-frames:v", "1", "-f", "image2",
+                            file_url(tmp)], check=True, capture_output=True, timeout=60)  # fmt: skip
+            if not 0 < tmp.stat().st_size <= MAX_COVER_BYTES:
+                raise ValueError("no picture, or too large to be a cover")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return target
+
+
+__all__ = ["COVER_SUFFIX", "Cover", "SongTags", "read_tags", "song_tags", "write_cover"]
