@@ -226,11 +226,11 @@ class StageRunner:
             return engine, self._load_s.pop(key, time.perf_counter() - waiting)
 
     def _engine(self, component: str, settings: StageSettings) -> tuple[Engine, EngineKey]:
+        loading = time.perf_counter()  # a load's time includes binding the card (the CUDA context)
         binding = self.binding(settings)
         key = (component, settings.backend, settings.model, binding.name, settings.compute_type)
         engine = self._engines.get(key)
         if engine is None:
-            loading = time.perf_counter()
             for other in [k for k in self._engines if k[0] == component and k[3:] != key[3:]]:
                 self._engines.pop(other).unload()  # moving to the CPU (or another precision) frees the old copy
                 self._load_s.pop(other, None)
