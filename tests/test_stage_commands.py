@@ -65,6 +65,41 @@ def test_whisper_writes_json_srt_lrc(env, fast_whisper, tmp_path):
     assert (tmp_path / "vocals.lrc").read_text().startswith("[00:0")
 
 
+def test_the_model_loads_while_the_file_is_decoded(env, song_mp3, tmp_path, monkeypatch):
+    """A stage command's model loads on a thread of its own while the file is decoded; a file
+    that cannot be decoded stops the command once that load has ended."""
+    import threading
+
+    from ultrasinger_gpu_cli.engines.demucs_engine import DemucsEngine
+    from ultrasinger_gpu_cli.song import audio as audio_io
+
+    loading, loaded, seen = threading.Event(), [], []
+    real_load, real_decode = DemucsEngine.load, audio_io.decode
+
+    def load(self):
+        loading.set()
+        real_load(self)
+        loaded.append(threading.current_thread().name)
+
+    def decode(*args, **kwargs):  # the decoding waits (a while) for the load to begin
+        seen.append(loading.wait(timeout=20))
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(DemucsEngine, "load", load)
+    monkeypatch.setattr(audio_io, "decode", decode)
+    result = invoke("demucs", str(song_mp3), "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    assert seen == [True] and loaded == ["ugpu-load-demucs"]
+
+    loading.clear()
+    loaded.clear()
+    bad = tmp_path / "Bad - Song.mp3"
+    bad.write_text("not audio at all\n" * 20)
+    failed = CliRunner().invoke(app, ["demucs", str(bad), "-o", str(tmp_path / "bad")])
+    assert failed.exit_code == 1 and str(bad) in failed.stderr.replace("\n", "")
+    assert loaded == ["ugpu-load-demucs"] and not (tmp_path / "bad").exists()  # the load had ended when it stopped
+
+
 def test_crepe_writes_csv(env, tmp_path):
     vocals = write_wav(tmp_path / "v.wav", melody([(0.5, 1.0, 60)], 2.0)[None], 16_000)
     result = invoke("crepe", str(vocals), "--model", "tiny", "--json")

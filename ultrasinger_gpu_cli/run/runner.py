@@ -162,9 +162,7 @@ class StageRunner:
         self.emit(RunStarted(self.run_id, self.plan.mode, self.plan.target.gpu, os.getpid(), start_time(), kind))
 
     def finish(self, status: str, report: dict[str, Any] | None = None) -> None:
-        for thread in self._ahead:  # a load ahead the run no longer waits for ends before the engines go
-            thread.join()
-        self._ahead.clear()
+        self.settle()
         self.emit(RunFinished(self.run_id, status, report))
         on_card = any(engine.settings.device == "cuda" for engine in self._engines.values())
         for engine in self._engines.values():
@@ -242,6 +240,13 @@ class StageRunner:
             self._load_s[key] = time.perf_counter() - loading
         engine.retune(settings)
         return engine, key
+
+    def settle(self) -> None:
+        """Wait for a load ahead to end (:meth:`load_ahead`): before the engines go, or where the
+        run stops before its stage."""
+        for thread in self._ahead:
+            thread.join()
+        self._ahead.clear()
 
     def load_ahead(self, component: str) -> None:
         """Start loading the plan's engine for ``component`` on a thread of its own (its library's

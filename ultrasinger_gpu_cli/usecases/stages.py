@@ -64,8 +64,9 @@ def _make_dir(target: Path) -> Path:
 def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, out_dir: Path | None = None,
               options: StageOptions = StageOptions(), runner_options: RunnerOptions = RunnerOptions(),
               on_event: OnEvent = ignore) -> StageOutcome:  # fmt: skip
-    """Check the input and the weights (both fail fast), decode once, run the stage under the
-    runner, write the outputs (only then is the output folder created)."""
+    """Check the input and the weights (both fail fast), decode once (the model loading
+    meanwhile), run the stage under the runner, write the outputs (only then is the output
+    folder created)."""
     component_spec = spec(component)
     audio_io.check_input(source)
     target = check_output_dir(out_dir if out_dir is not None else source.parent)
@@ -77,7 +78,12 @@ def run_stage(component: str, source: Path, plan: Plan, store: Store | None, *, 
     runner = StageRunner(plan, runner_options, recorder)
     runner.check_models(component)
     io = component_spec.io
-    decoded = audio_io.decode(source, io.sample_rate, io.channels)
+    runner.load_ahead(component)  # the model loads while the file is decoded
+    try:
+        decoded = audio_io.decode(source, io.sample_rate, io.channels)
+    except BaseException:
+        runner.settle()
+        raise
     if decoded.notice:
         on_event(Notice(source.name, decoded.notice))
     samples = decoded.samples if io.channels > 1 else decoded.samples[0]
