@@ -752,6 +752,31 @@ def test_a_long_word_that_took_a_rest_starts_where_the_voice_comes_back():
     assert after_rests(silent, onsets)[4].start_s == 3.4
 
 
+def test_a_word_holding_a_phrase_long_rest_starts_after_it_unless_it_ends_its_line():
+    from dataclasses import replace
+
+    from ultrasinger_gpu_cli.song.onsets import PHRASE_PAUSE_S, after_rests, voice_onsets
+
+    # Sung: "you" 0.5-0.8, a held "soon" 1.0-2.5 and its last moment (or the band) 2.7-3.0, an
+    # instrumental break, "twenty-three" from 4.5 s, "to be-lieve" 5.2-6.1. Whisper's alignment
+    # gave the break to "twenty-three", which starts where a voice starts (2.7 s): the held end.
+    def starts(break_end: float, line_after: bool) -> list[float]:
+        times, freq, conf = track_of([(0.5, 0.8, midi_to_hz(64)), (1.0, 2.5, midi_to_hz(67)), (2.7, 3.0, midi_to_hz(67)),
+                                      (break_end, 5.2, midi_to_hz(62)), (5.2, 5.5, midi_to_hz(64)),
+                                      (5.5, 5.8, midi_to_hz(65)), (5.8, 6.1, midi_to_hz(64))])  # fmt: skip
+        onsets = voice_onsets(times, freq, conf > 0.5)
+        heard = [Word(" you", 0.5, 0.8), Word(" soon", 1.0, 2.7), Word(" twenty-three", 2.7, 5.2), Word(" to", 5.2, 5.5),
+                 Word(" be", 5.5, 5.8), Word("lieve", 5.8, 6.1)]  # fmt: skip
+        if line_after:  # "to" starts the next line: "twenty-three" ends its own
+            heard[3] = replace(heard[3], phrase_start=True)
+        return [round(w.start_s, 2) for w in after_rests(heard, onsets)]
+
+    assert 4.5 - 3.0 >= PHRASE_PAUSE_S > 3.6 - 3.0
+    assert starts(4.5, line_after=False) == [0.5, 1.0, 4.5, 5.2, 5.5, 5.8]  # after the break: where it is sung
+    assert starts(3.6, line_after=False)[2] == 2.7  # a rest shorter than a phrase's pause: a held note may hold it
+    assert starts(4.5, line_after=True)[2] == 2.7  # a line's last word: the break after it is its end
+
+
 def test_the_pipeline_moves_recognised_words_only():
     words = [Word(" la", 1.1, 1.6), Word(" lo", 3.12, 3.5)]
     times, freq, conf = track_of([(1.0, 1.6, midi_to_hz(60)), (3.0, 3.5, midi_to_hz(67))])

@@ -46,7 +46,7 @@ import numpy as np
 
 from ultrasinger_gpu_cli.song.keys import SungKey
 from ultrasinger_gpu_cli.song.median import median
-from ultrasinger_gpu_cli.song.onsets import PAUSE_S, refine_starts, voice_onsets
+from ultrasinger_gpu_cli.song.onsets import PAUSE_S, PHRASE_PAUSE_S, refine_starts, voice_onsets
 from ultrasinger_gpu_cli.song.spoken import is_title
 from ultrasinger_gpu_cli.song.syllables import place_words, split_words
 from ultrasinger_gpu_cli.song.tempo import Tempo
@@ -54,7 +54,6 @@ from ultrasinger_gpu_cli.song.ultrastar import PITCHED, Chart, Note, Song
 from ultrasinger_gpu_cli.song.words import Word
 
 CONFIDENCE = 0.5  # periodicity above which a pitch frame counts as voiced
-PHRASE_PAUSE_S = 0.8  # a pause at least this long between words ends a phrase
 MAX_LINE_S = 8.0  # a line longer than this is split (at a breath, a clause mark, else its middle)
 MAX_LINE_SYLLABLES = 12
 MIN_SPLIT_S = 0.15  # a pitch run must last this long to become its own ~ note

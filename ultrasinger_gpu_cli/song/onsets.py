@@ -44,6 +44,7 @@ from ultrasinger_gpu_cli.song.words import Word
 SEARCH_S = 0.2
 MIN_WORD_S = 0.06  # a sung syllable is at least this long
 PAUSE_S = 0.25  # unvoiced this long: a rest or a breath, not a consonant (an unvoiced consonant lasts 50-150 ms)
+PHRASE_PAUSE_S = 0.8  # a pause at least this long between words ends a phrase: no held note holds one
 LONG_WORD = 2.0  # a word longer than this many times the song's median word: its start is in doubt
 MIN_LEVEL_S = 0.048  # a voiced stretch or a pitch level shorter than this is no onset
 LEVEL_STEP = 0.8  # semitones from the level's median: the voice has moved to a new note
@@ -145,18 +146,28 @@ def after_rests(words: Sequence[Word], onsets: VoiceOnsets) -> list[Word]:
     of the word before; then a word longer than :data:`LONG_WORD` times the median word starts
     at the last voicing onset inside it that follows a rest (at least :data:`PAUSE_S` with no
     voiced frame) and leaves it :data:`MIN_WORD_S`. A long word the voice sings through keeps
-    its start; so does one the tracker hears no voice in after a rest."""
+    its start; so does one the tracker hears no voice in after a rest.
+
+    A rest as long as a phrase's pause (:data:`PHRASE_PAUSE_S`) inside a long word is no held
+    note either, even where a voicing onset lies near Whisper's start: that voice is the word
+    before's held end (the alignment gave it the frames up to there), and the word starts at
+    the last voicing onset after such a rest. Not a line's last word (the next word starts a
+    line): there the alignment gives the word the audio after it, up to the next line, so a
+    rest inside it is its end, not its start."""
     if len(words) < 2 or not len(onsets.voicing):
         return list(words)
     long_s = LONG_WORD * float(np.median([w.end_s - w.start_s for w in words]))
     voiced_at = np.flatnonzero(onsets.voiced)
     out = []
-    for w in words:
-        if w.end_s - w.start_s > long_s and np.abs(onsets.voicing - w.start_s).min() > SEARCH_S:
+    for k, w in enumerate(words):
+        heard = np.abs(onsets.voicing - w.start_s).min() <= SEARCH_S  # a voice starts near Whisper's start
+        ends_line = k + 1 == len(words) or words[k + 1].phrase_start
+        rest_s = PAUSE_S if not heard else None if ends_line else PHRASE_PAUSE_S
+        if w.end_s - w.start_s > long_s and rest_s is not None:
             for onset in onsets.voicing[(onsets.voicing > w.start_s) & (onsets.voicing <= w.end_s - MIN_WORD_S)][::-1]:
                 before = voiced_at[voiced_at < np.searchsorted(onsets.times, onset)]  # the voiced frames before it
                 silent_since = float(onsets.times[before[-1] + 1]) if len(before) else float(onsets.times[0])
-                if onset - max(silent_since, w.start_s) >= PAUSE_S:
+                if onset - max(silent_since, w.start_s) >= rest_s:
                     w = replace(w, start_s=float(onset))
                     break
         out.append(w)
