@@ -126,8 +126,8 @@ def write_cover(source: Path, cover: Cover, target: Path) -> Path | None:
     try:
         with atomic_path(target) as tmp:
             subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-y", "-protocol_whitelist", "file", "-i", file_url(source),
-                            "-map", f"0:{cover.stream_index}", *codec, "-frames:v", "1", "-f", "image2",
-                            file_url(tmp)], check=True, capture_output=True, timeout=60)  # fmt: skip
+                            "-map", f"0:{cover.stream_index}", *codec, "-frames:v", "1", "-f", "image2", "-update", "1",
+                            file_url(tmp)], check=True, capture_output=True, timeout=60)  # fmt: skip (update: a name, never a %d pattern)
             if not 0 < tmp.stat().st_size <= MAX_COVER_BYTES:
                 raise ValueError("no picture, or too large to be a cover")
     except (OSError, subprocess.SubprocessError, ValueError):
