@@ -75,6 +75,18 @@ def test_decodes_the_audio_track_of_a_video(tmp_path, tone_wav):
     assert _peak_hz(decoded.samples[0], 16_000) == pytest.approx(440, abs=2)
 
 
+@pytest.mark.parametrize(("suffix", "codec"), [(".ogg", "libvorbis"), (".opus", "libopus"), (".mp3", "libmp3lame")])
+def test_the_song_s_tags_are_read_where_its_format_keeps_them(tmp_path, tone_wav, suffix, codec):
+    """Ogg and Opus keep their tags (Vorbis comments) in the audio stream, MP3 in the file: both
+    name the song; a picture stream's own title ("Album cover") never does."""
+    from ultrasinger_gpu_cli.song.tags import song_tags
+
+    source = encode(tone_wav, tmp_path / f"file{suffix}", "-c:a", codec, "-metadata", "artist=The Band",
+                    "-metadata", "title=The Song", "-metadata", "date=2001-02-03", "-metadata", "genre=Folk")  # fmt: skip
+    tags = song_tags(source)
+    assert (tags.artist, tags.title, tags.year, tags.genre, tags.cover) == ("The Band", "The Song", "2001", "Folk", None)
+
+
 def test_resample_keeps_pitch_and_length():
     rate = 44_100
     t = np.arange(rate) / rate

@@ -1,7 +1,8 @@
 """What the song's file says of itself: artist, title, year and genre from its tags, and the cover
 picture embedded in it, for the chart's headers and the ``[CO]`` picture beside it.
 
-One ffprobe call reads the tags and finds the cover (the first picture stream marked as an
+One ffprobe call reads the tags (the file's, and its audio stream's: Ogg and Opus keep theirs
+there) and finds the cover (the first picture stream marked as an
 attached picture: ID3's APIC, FLAC's and Ogg's picture blocks, MP4's ``covr``); the cover is
 copied out of the file as it is stored (JPEG or PNG; another picture format becomes PNG) by
 ffmpeg. Without ffprobe there are no tags (the file name gives artist and title). Nothing here
@@ -58,7 +59,7 @@ def _probe(path: Path) -> dict:
     try:
         out = subprocess.run(
             [ffprobe, "-v", "error", "-protocol_whitelist", "file", "-show_entries",
-             "format_tags:stream=index,codec_type,codec_name:stream_disposition=attached_pic", "-of", "json",
+             "format_tags:stream=index,codec_type,codec_name:stream_tags:stream_disposition=attached_pic", "-of", "json",
              file_url(Path(path))],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
@@ -69,8 +70,14 @@ def _probe(path: Path) -> dict:
 
 
 def _tags(probed: dict) -> dict[str, str]:
-    tags = (probed.get("format") or {}).get("tags") or {}
-    return {str(k).lower(): str(v).strip() for k, v in tags.items() if str(v).strip()} if isinstance(tags, dict) else {}
+    """The file's tags, and its first audio stream's where the file has none of that name (Ogg
+    and Opus keep theirs in the stream: Vorbis comments); keys in lower case."""
+    audio = next((st for st in probed.get("streams") or [] if isinstance(st, dict) and st.get("codec_type") == "audio"), {})
+    out: dict[str, str] = {}
+    for tags in ((audio.get("tags") or {}), ((probed.get("format") or {}).get("tags") or {})):  # the file's last: they win
+        if isinstance(tags, dict):
+            out.update({str(k).lower(): str(v).strip() for k, v in tags.items() if str(v).strip()})
+    return out
 
 
 def read_tags(path: str | Path) -> dict[str, str]:
