@@ -85,6 +85,9 @@ def test_the_song_s_tags_are_read_where_its_format_keeps_them(tmp_path, tone_wav
                     "-metadata", "title=The Song", "-metadata", "date=2001-02-03", "-metadata", "genre=Folk")  # fmt: skip
     tags = song_tags(source)
     assert (tags.artist, tags.title, tags.year, tags.genre, tags.cover) == ("The Band", "The Song", "2001", "Folk", None)
+    # A title tag that holds both, with no artist tag (as On the run's Ogg has it): split as a file name is.
+    both = encode(tone_wav, tmp_path / f"both{suffix}", "-c:a", codec, "-metadata", "title=Joshua Morin - On The Run")
+    assert (song_tags(both).artist, song_tags(both).title) == ("Joshua Morin", "On The Run")
 
 
 def test_resample_keeps_pitch_and_length():

@@ -108,15 +108,17 @@ def _genre(tags: dict[str, str]) -> str | None:
 
 
 def song_tags(path: Path) -> SongTags:
-    """Artist and title from the tags, else from an "Artist - Title" file name, else the name;
-    the year (four digits of the date tag), the genre and the embedded cover where the file has them."""
+    """Artist and title from the tags, else from an "Artist - Title" file name or title tag (a
+    title tag with no artist tag often holds both), else the name; the year (four digits of the
+    date tag), the genre and the embedded cover where the file has them."""
     probed = _probe(path)
     tags = _tags(probed)
+    both = path.stem if " - " in path.stem else tags.get("title", "") if not tags.get("artist") else ""
     if tags.get("artist") and tags.get("title"):
         artist, title = tags["artist"], tags["title"]
-    elif " - " in path.stem:
-        artist, title = (part.strip() for part in path.stem.split(" - ", 1))
-        artist, title = artist or "Unknown Artist", title or path.stem
+    elif " - " in both:
+        artist, title = (part.strip() for part in both.split(" - ", 1))
+        artist, title = artist or "Unknown Artist", title or both
     else:
         artist, title = tags.get("artist", "Unknown Artist"), tags.get("title", path.stem)
     return SongTags(artist, title, _year(tags), _genre(tags), _cover(probed))
