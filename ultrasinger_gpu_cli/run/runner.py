@@ -212,9 +212,6 @@ class StageRunner:
                 self._streams[binding.name] = devices.side_stream(binding)
             return self._streams[binding.name]
 
-    def engine(self, component: str, settings: StageSettings) -> Engine:
-        return self._loaded(component, settings)[0]
-
     def _loaded(self, component: str, settings: StageSettings) -> tuple[Engine, float]:
         """The engine, loaded (now, or before: by a load ahead, whose end it waits for), and the
         seconds its load took where no stage has reported them yet (else the seconds waited)."""

@@ -18,8 +18,7 @@
 Lyrics as lyric sites write them are read as they are sung (:func:`sung_lines`): what their
 page adds (its title line, "You might also like", "Embed") and section headers left out, a
 header alone standing for the earlier section it names, repeat marks written out, bracketed
-notes left out. Every sung word of the file reaches the chart exactly
-once, in order. Pure core: the engine does the model work (:meth:`WhisperEngine.align`).
+notes left out. Every sung word of the file reaches the chart exactly once, in order. Pure core: the engine does the model work (:meth:`WhisperEngine.align`).
 """
 
 from __future__ import annotations
@@ -179,9 +178,9 @@ def without_page_text(text: str) -> str:
 
 def sung_lines(text: str) -> list[str]:
     """The file's lines as they are sung, as lyric sites write them: what their page adds left
-    out (:func:`without_page_text`); section headers left out; a
-    header with no lines under it that names an earlier section ("[Chorus]" again, "Repeat
-    chorus") stands for that section's lines; a section ("[Chorus x2]") or a line ("... (x2)")
+    out (:func:`without_page_text`); section headers left out; a header with no lines under it
+    that names an earlier section ("[Chorus]" again, "Repeat chorus") stands for that section's
+    lines; a section ("[Chorus x2]") or a line ("... (x2)")
     marked to repeat is sung that many times; a lone mark is no line. A timed (LRC) line keeps
     its own times and is never repeated here."""
     out: list[str] = []

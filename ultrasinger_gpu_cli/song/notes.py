@@ -376,7 +376,7 @@ def start_beat(t: float, gap_s: float, beat_s: float) -> int:
     note is heard, as charters place a note (the first beat in which its syllable's vowel is
     audible, not the nearest beat: a vowel heard from the middle of a beat is sung in it). The
     voice's onsets are where its vowels start (:mod:`.onsets`), so rounding would write a note
-    half a beat late on average. None before ``gap_s``."""
+    half a beat late on average. Beat 0 for a start before ``gap_s``."""
     return max(0, int(np.floor((t - gap_s) / beat_s + 1e-9)))
 
 

@@ -113,10 +113,11 @@ def song_tags(path: Path) -> SongTags:
     date tag), the genre and the embedded cover where the file has them."""
     probed = _probe(path)
     tags = _tags(probed)
-    both = path.stem if " - " in path.stem else tags.get("title", "") if not tags.get("artist") else ""
+    named = [path.stem] + ([] if tags.get("artist") else [tags.get("title", "")])  # where "Artist - Title" may stand
+    both = next((text for text in named if " - " in text), None)
     if tags.get("artist") and tags.get("title"):
         artist, title = tags["artist"], tags["title"]
-    elif " - " in both:
+    elif both is not None:
         artist, title = (part.strip() for part in both.split(" - ", 1))
         artist, title = artist or "Unknown Artist", title or both
     else:
