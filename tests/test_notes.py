@@ -618,7 +618,7 @@ def test_what_a_lyric_site_s_page_adds_is_not_sung():
 
 
 @pytest.mark.parametrize(("content", "words"), [(b"", "no words"), (b"\n  \n[ar:x]\n", "no words"),
-                                                (b"\x00\x01PK\x03\x04", "binary"), ("Grüße\n".encode("latin-1"), "not UTF-8")])
+                                                ("...\n—\n".encode(), "no words"), (b"\x00\x01PK\x03\x04", "binary"), ("Grüße\n".encode("latin-1"), "not UTF-8")])
 def test_bad_lyrics_files_get_a_clear_error(env, tmp_path, content, words):
     lyrics = tmp_path / "lyrics.txt"
     lyrics.write_bytes(content)
@@ -680,6 +680,34 @@ def test_titles_are_written_as_sung_and_end_no_sentence():
     voices, _ = listen_all([Word(f" {t}", k * 0.5, k * 0.5 + 0.4) for k, t in enumerate("say a prayer for Mr. Fancy Pants".split())],
                            PitchTrackView(times, freq, conf))  # fmt: skip
     assert phrase_starts(voices) == [0]
+
+
+def test_a_word_of_marks_alone_is_not_sung():
+    """Whisper writes " . . ." over an instrumental stretch: those were notes whose text was "."
+    (a chart of nothing but dots for an instrumental). Marks alone are no sung word: not from
+    Whisper, not from a words JSON, and a lyrics file's "—" or "..." stays punctuation on its word."""
+    from ultrasinger_gpu_cli.song.lyrics import _parse
+    from ultrasinger_gpu_cli.song.spoken import as_sung
+    from ultrasinger_gpu_cli.song.timings import _from_json
+
+    assert as_sung([Word(" .", 13.8, 15.2, phrase_start=True), Word(" .", 15.2, 19.9), Word(" .", 19.9, 19.9)], "en") == []
+    heard = [Word(" So", 1.0, 1.3, phrase_start=True), Word(" far", 1.3, 1.8), Word(" ...", 2.0, 6.0),
+             Word(" ♪", 6.0, 7.0, phrase_start=True), Word(" Hey", 7.0, 7.4), Word(" 23", 7.4, 8.0), Word(" 你好", 8.0, 8.5)]
+    sung = as_sung(heard, "en")
+    assert [(w.text.strip(), w.phrase_start) for w in sung] == [("So", True), ("far", False), ("Hey", True),
+                                                                 ("twenty-three", False), ("你好", False)]  # fmt: skip
+    # A words JSON (ugpu whisper's, or a user's): a segment opened by a mark starts its line at its first word.
+    words, _ = _from_json(json.dumps({"segments": [{"words": [{"word": "-", "start": 0.0, "end": 0.2},
+                                                              {"word": "Hey", "start": 0.2, "end": 0.6}]}]}), Path("w.json"))
+    assert [(w.text, w.phrase_start) for w in words] == [("Hey", True)]
+    lines = [line.words for line in _parse("Hey — you, come here ...\n...\nI - I - I will\n— So far\n")]
+    assert lines == [("Hey —", "you,", "come", "here ..."), (), ("I -", "I -", "I", "will"), ("— So", "far")]
+    # Built into a chart: every note has a letter, and every written mark is still there.
+    times, freq, conf = track_of([(0.0, 6.0, midi_to_hz(60))])
+    units = [Word(t, k * 0.5, k * 0.5 + 0.4) for k, t in enumerate(("Hey —", "you,", "I -", "I"))]
+    song = build_song(units, times, freq, conf, tempo=120.0, title="t", artist="a", language="en")
+    assert all(any(ch.isalnum() for ch in n.text) for n in song.notes)
+    assert lyrics_text(song.notes).split() == ["Hey", "—", "you,", "I", "-", "I"]
 
 
 def test_hyphenated_words_split_at_their_hyphens():

@@ -32,7 +32,7 @@ from ultrasinger_gpu_cli.errors import UgpuError
 from ultrasinger_gpu_cli.song.syllables import rule_syllables, share_by_letters
 from ultrasinger_gpu_cli.song.ultrastar import BOTH, P1, P2, SOLO
 from ultrasinger_gpu_cli.song.wordmatch import match
-from ultrasinger_gpu_cli.song.words import Word
+from ultrasinger_gpu_cli.song.words import Word, marks_joined
 
 MAX_BYTES = 1 * 2**20  # lyrics are kilobytes
 MAX_WINDOW_S = 30.0  # one Whisper window
@@ -222,7 +222,7 @@ def _parse(text: str) -> list[LyricsLine]:
         times = [_seconds(m, s) for m, s in _LRC_TIME.findall(line)]
         tagged, rest = singer_tag(_LRC_TIME.sub(" ", line).strip())
         singer = singer if tagged is None else tagged
-        words = tuple(_ANNOTATION.sub(" ", _WORD_TIME.sub(" ", rest)).split())
+        words = marks_joined(_ANNOTATION.sub(" ", _WORD_TIME.sub(" ", rest)).split())
         who = SOLO if singer is None else singer
         if times:  # a line sung more than once has more than one time
             timed += [LyricsLine(words, t, who) for t in times]

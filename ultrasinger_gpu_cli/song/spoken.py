@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ultrasinger_gpu_cli.song.words import Word
+from ultrasinger_gpu_cli.song.words import Word, without_marks
 
 _NUMBER = re.compile(r"^(?P<lead>[\"'(\[«“‘¿¡]*)(?P<digits>\d{1,3}(?:,\d{3}){1,2}|\d{1,7})(?P<ordinal>st|nd|rd|th)?"
                      r"(?P<trail>[\"')\].,!?;:…»”’]*)$", re.IGNORECASE)  # fmt: skip
@@ -70,9 +70,10 @@ def _rewritten(w: Word, found: re.Match[str], said: str) -> Word:
 
 
 def as_sung(words: Sequence[Word], language: str | None) -> list[Word]:
-    """Recognised words as they are sung: titles (:func:`spell_titles`), then numbers
+    """Recognised words as they are sung: no word of marks alone (:func:`.words.without_marks`:
+    Whisper's " . . ." over an instrumental stretch), titles (:func:`spell_titles`), then numbers
     (:func:`spell_numbers`)."""
-    return spell_numbers(spell_titles(words, language), language)
+    return spell_numbers(spell_titles(without_marks(words), language), language)
 
 
 def spoken(number: str, language: str, *, ordinal: bool = False) -> str | None:

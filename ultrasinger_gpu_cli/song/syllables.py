@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ultrasinger_gpu_cli.song.words import Word
+from ultrasinger_gpu_cli.song.words import Word, marks_joined
 
 VOWELS = set("aeiouyäöüáéíóúàèìòùâêîôûãõåæøœëïÿAEIOUYÄÖÜÁÉÍÓÚÀÈÌÒÙÂÊÎÔÛÃÕÅÆØŒËÏŸ")
 MIN_WORD_S = 0.06  # what a zero-length word gets, where its neighbours leave room
@@ -151,10 +151,11 @@ def share_by_letters(start_s: float, end_s: float, pieces: Sequence[str]) -> np.
 
 
 def _one_word_each(words: Sequence[Word]) -> list[Word]:
-    """Words that :func:`place_words` joined, apart again, sharing the time by letters."""
+    """Words that :func:`place_words` joined, apart again, sharing the time by letters (a mark
+    written alone stays with its word: :func:`.words.marks_joined`)."""
     out = []
     for w in words:
-        tokens = w.text.split()
+        tokens = marks_joined(w.text.split()) or (w.text,)
         if len(tokens) <= 1:
             out.append(w)
             continue

@@ -16,7 +16,7 @@ from typing import Any
 
 from ultrasinger_gpu_cli.song import ultrastar
 from ultrasinger_gpu_cli.errors import TimingsError
-from ultrasinger_gpu_cli.song.words import Word
+from ultrasinger_gpu_cli.song.words import Word, without_marks
 
 MAX_BYTES = 20 * 2**20  # a chart or a words file is kilobytes; refuse to read a video by mistake
 
@@ -82,7 +82,7 @@ def _from_json(text: str, path: Path) -> tuple[list[Word], str | None]:
         words = [_word(w, f"[{k}]", path, False) for k, w in enumerate(data)]
     else:
         raise TimingsError(f"{path}: a words JSON is a list of words or an object with 'segments', not {type(data).__name__}")
-    return [w for w in words if w is not None], language
+    return without_marks([w for w in words if w is not None]), language
 
 
 def load_timings(path: Path) -> Timings:

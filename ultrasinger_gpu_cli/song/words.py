@@ -41,6 +41,46 @@ class Word:
         return out
 
 
+def sung(text: str) -> bool:
+    """Whether a word's text is sung: it holds a letter or a digit (of any script). A mark alone
+    ("...", "-", "—", "♪") is punctuation, or Whisper's way of hearing music."""
+    return any(ch.isalnum() for ch in text)
+
+
+def marks_joined(tokens: Sequence[str]) -> tuple[str, ...]:
+    """Words from whitespace-separated tokens, a token of marks alone ("Hey — you", "I - I - I",
+    "here ...") joined to the word before it (the first word: the one after), as punctuation is:
+    it is written, not sung (:func:`sung`). Tokens of marks alone only: no words."""
+    words: list[str] = []
+    leading: list[str] = []
+    for token in tokens:
+        if sung(token):
+            words.append(" ".join([*leading, token]))
+            leading = []
+        elif words:
+            words[-1] = f"{words[-1]} {token}"
+        else:
+            leading.append(token)
+    return tuple(words)
+
+
+def without_marks(words: Sequence[Word]) -> list[Word]:
+    """The sung words (:func:`sung`): a word of marks alone is left out (Whisper writes " . . ."
+    over an instrumental stretch; a timings file may hold a "-"), the line it started passing
+    to the word after it, the word it ended (a syllable's) ending with the syllable before."""
+    out: list[Word] = []
+    line_start = False
+    for w in words:
+        if not sung(w.text):
+            line_start = line_start or w.phrase_start
+            if w.word_end and out and not out[-1].word_end and out[-1].singer == w.singer:
+                out[-1] = replace(out[-1], word_end=True)
+            continue
+        out.append(replace(w, phrase_start=True) if line_start and not w.phrase_start else w)
+        line_start = False
+    return out
+
+
 @dataclass
 class Segment:
     start: float
