@@ -124,6 +124,7 @@ def test_the_file_s_cover_year_and_genre_go_with_the_chart(env, fast_whisper, tm
     files = {k: Path(v) for k, v in json.loads(result.stdout)["songs"][0]["files"].items()}
     name = files["ultrastar"].stem  # "Band - Tune", or the title's own
     assert files["cover"].name == f"{name} [CO]{picture}" and files["cover"].read_bytes() == stored
+    assert "video" not in files  # a cover is a picture stream, not a video
     text = files["ultrastar"].read_text(encoding="utf-8").splitlines()
     assert text.index(f"#COVER:{name} [CO]{picture}") == text.index("#AUDIO:" + files["audio"].name) + 1
     assert [h for h in text if h.startswith(("#GENRE:", "#YEAR:"))] == headers
@@ -141,6 +142,36 @@ def test_the_file_s_cover_year_and_genre_go_with_the_chart(env, fast_whisper, tm
     files = json.loads(plain.stdout)["songs"][0]["files"]
     assert "cover" not in files and not any(line.startswith(("#COVER", "#YEAR", "#GENRE"))
                                             for line in Path(files["ultrastar"]).read_text(encoding="utf-8").splitlines())  # fmt: skip
+
+
+def test_a_music_video_goes_into_the_song_folder_named_by_video(env, fast_whisper, tmp_path):
+    """UltraStar plays a song's video behind the lyrics (#VIDEO): a video given as the song is
+    kept beside its chart as it is (its audio streamed into the FLAC #AUDIO names), also when a
+    chart is re-pitched with --timings; --no-video keeps the audio only."""
+    mix = write_wav(tmp_path / "mix.wav", song(6.0), 44_100)
+    source = tmp_path / "Band - Clip.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-i", str(mix),
+                    "-shortest", "-c:v", "libx264", "-c:a", "aac", str(source)], check=True)  # fmt: skip
+    result = invoke("run", str(source), "--no-separation", "-o", str(tmp_path / "out"), "--language", "en", "--json")
+    assert result.exit_code == 0, result.output
+    files = {k: Path(v) for k, v in json.loads(result.stdout)["songs"][0]["files"].items()}
+    assert files["video"].name == "Band - Clip.mp4" and files["video"].read_bytes() == source.read_bytes()
+    assert files["audio"].name == "Band - Clip.flac"
+    text = files["ultrastar"].read_text(encoding="utf-8").splitlines()
+    assert text.index("#VIDEO:Band - Clip.mp4") == text.index("#AUDIO:Band - Clip.flac") + 1
+
+    chart = tmp_path / "hand.txt"  # a hand chart of the song naming no video, re-pitched
+    chart.write_text("\n".join(h for h in text if not h.startswith("#VIDEO:")) + "\n", encoding="utf-8")
+    again = invoke("run", str(source), "--no-separation", "--timings", str(chart), "-o", str(tmp_path / "again"), "--json")
+    assert again.exit_code == 0, again.output
+    repitched = Path(json.loads(again.stdout)["songs"][0]["files"]["ultrastar"]).read_text(encoding="utf-8")
+    assert "\n#VIDEO:Band - Clip.mp4\n" in repitched and (tmp_path / "again" / "Band - Clip" / "Band - Clip.mp4").is_file()
+
+    audio_only = invoke("run", str(source), "--no-separation", "--no-video", "-o", str(tmp_path / "plain"), "--json")
+    assert audio_only.exit_code == 0, audio_only.output
+    files = json.loads(audio_only.stdout)["songs"][0]["files"]
+    assert "video" not in files and not (tmp_path / "plain" / "Band - Clip" / "Band - Clip.mp4").exists()
+    assert "#VIDEO" not in Path(files["ultrastar"]).read_text(encoding="utf-8")
 
 
 def test_rehearsed_out_of_memory_walks_the_ladder_and_the_song_finishes(env, tmp_path):

@@ -63,6 +63,7 @@ def run(
     shared_input: Annotated[bool, typer.Option("--shared-input", help="With --ray: every node sees the songs at the same path (else their bytes travel).")] = False,
     singers: Annotated[Optional[str], typer.Option("--singers", help="A duet's singers' names, 'Name A,Name B' (the lyrics tag their lines P1:, P2:, P1&P2:) [default: Singer 1, Singer 2].", show_default=False)] = None,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="Do not draw preview.png (the chart as a piano roll) into each song folder.")] = False,
+    no_video: Annotated[bool, typer.Option("--no-video", help="A music video as the song: keep only its audio (by default the video goes into the song folder too, named by #VIDEO, and UltraStar plays it behind the lyrics).")] = False,
     no_overlap: Annotated[bool, typer.Option("--no-overlap", help="Several songs: finish each song before the next one's audio is read (by default the next song is decoded and the last one's files written while the engines run; on the CPU, several songs run at once).")] = False,
     lanes: Annotated[Optional[int], typer.Option("--lanes", help="Several songs on the CPU: how many to convert at once, each in a worker process with its share of the cores (1: one after another in this process) [default: as the cores and memory allow].", min=1, max=64, show_default=False)] = None,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="The longest song converted, in minutes (longer ones stop with exit 2) [default: UGPU_MAX_MINUTES, else 120].", min=0.01, max=1440, show_default=False)] = None,
@@ -89,7 +90,8 @@ def run(
                          format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,
                          fetch_missing=not offline, overwrite=overwrite, rap=rap, lyrics=lyrics,
-                         max_minutes=max_minutes, singers=names, preview=not no_preview, overlap=not no_overlap)  # fmt: skip
+                         max_minutes=max_minutes, singers=names, preview=not no_preview, overlap=not no_overlap,
+                         video=not no_video)  # fmt: skip
     if gpus is not None and (use_ray or ray_address):
         raise InvalidSettingError("--gpus runs workers on this machine and --ray on a cluster: choose one")
     if lanes is not None and (gpus is not None or use_ray or ray_address):

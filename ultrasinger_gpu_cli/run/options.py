@@ -12,6 +12,7 @@ from ultrasinger_gpu_cli.errors import InvalidSettingError
 from ultrasinger_gpu_cli.run.diagnostics import Rehearsal
 from ultrasinger_gpu_cli.song.lyrics import Lyrics, load_lyrics
 from ultrasinger_gpu_cli.song.timings import Timings, load_timings
+from ultrasinger_gpu_cli.song.ultrastar import ChartFiles
 
 
 @dataclass
@@ -33,10 +34,11 @@ class RunOptions:
     singers: tuple[str, str] | None = None  # a duet's singers' names (None: "Singer 1", "Singer 2")
     preview: bool = True  # draw preview.png, the chart as a piano roll, into the song folder
     overlap: bool = True  # a batch's host work (decode, tempo, files) runs while the engines run its neighbours
+    video: bool = True  # a video source goes into the song folder too, named by #VIDEO
 
 
-#: Writes the chart's text, given the names of the song's audio, vocals and instrumental files.
-ChartText = Callable[[str, "str | None", "str | None", "str | None"], str]  # (audio, vocals, instrumental, cover)
+#: Writes the chart's text, given the names of the files beside it.
+ChartText = Callable[[ChartFiles], str]
 
 
 @dataclass(frozen=True)

@@ -259,7 +259,7 @@ class Pipeline:
             # The song streams through in blocks: memory stays flat however long it is.
             stream = streams.AudioStream(source, audio_io.DEMUCS_RATE, 2, limit_s=audio_io.max_seconds(self.options.max_minutes))
             scan = scan_stream(stream, not self.options.separate)
-            self._check_room(held.folder, scan.samples, source)
+            self._check_room(held.folder, scan.samples, source, tags)
             tempo = None
             if self.inputs.timings is None or self.inputs.timings.chart is None:  # a given chart keeps its own grid
                 tempo = self.host().submit(detect_tempo, scan.mono22, 22_050)
@@ -431,9 +431,9 @@ class Pipeline:
             midi = notes.repitch_parts(chart, times, freq, conf)
             song_notes = ultrastar.chart_song(chart, midi, title=title, artist=artist, language=language)
 
-            def render(audio: str, vocals: str | None, instrumental: str | None, cover: str | None) -> str:
-                return ultrastar.repitch(chart, midi, audio=audio, vocals=vocals, instrumental=instrumental, cover=cover,
-                                         version=self.options.format_version)  # fmt: skip
+            def render(f: ultrastar.ChartFiles) -> str:
+                return ultrastar.repitch(chart, midi, audio=f.audio, vocals=f.vocals, instrumental=f.instrumental,
+                                         cover=f.cover, video=f.video, version=self.options.format_version)  # fmt: skip
 
         else:
             assert work.tempo is not None
@@ -448,9 +448,10 @@ class Pipeline:
 
             song_notes.year, song_notes.genre = work.tags.year, work.tags.genre
 
-            def render(audio: str, vocals: str | None, instrumental: str | None, cover: str | None) -> str:
-                return ultrastar.to_ultrastar(song_notes, audio=audio, vocals=vocals, instrumental=instrumental,
-                                              cover=cover, version=self.options.format_version or "1.1.0")  # fmt: skip
+            def render(f: ultrastar.ChartFiles) -> str:
+                return ultrastar.to_ultrastar(song_notes, audio=f.audio, vocals=f.vocals, instrumental=f.instrumental,
+                                              cover=f.cover, video=f.video,
+                                              version=self.options.format_version or "1.1.0")  # fmt: skip
 
         bpm = song_notes.bpm
         files = self._write_files(source, folder, name, song_notes, render, work.stems, work.tags)
@@ -551,11 +552,17 @@ class Pipeline:
             folder = self._work_dir
         return folder / f"{key}.vocals.wav", folder / f"{key}.instrumental.wav"
 
-    def _check_room(self, folder: Path, samples: int, source: Path) -> None:
+    def _keeps_video(self, source: Path, tags: SongTags) -> bool:
+        return self.options.video and tags.video and source.suffix.lower() not in audio_io.AUDIO_SUFFIXES
+
+    def _check_room(self, folder: Path, samples: int, source: Path, tags: SongTags) -> None:
         """Before any compute: the output's disk holds what this song writes there (the stems, the
         audio, twice the stems while they are made there), or an :class:`OutputError` naming it."""
         stems = _stems_bytes(samples) if self.options.separate else 0
-        needed = stems + source.stat().st_size + SPARE_BYTES
+        size = source.stat().st_size
+        audio = size if source.suffix.lower() in audio_io.AUDIO_SUFFIXES else _stems_bytes(samples) // 2  # a video's: FLAC
+        video = size if self._keeps_video(source, tags) else 0
+        needed = stems + audio + video + SPARE_BYTES
         try:
             free = shutil.disk_usage(folder).free
         except OSError:
@@ -596,6 +603,13 @@ class Pipeline:
         cover = write_cover(source, tags.cover, folder / f"{name}{COVER_SUFFIX}{tags.cover.suffix}") if tags.cover else None
         if cover:  # the picture the file carries, as UltraStar shows a song's cover
             files["cover"] = cover
-        text = render(audio_name, vocals_name, instrumental_name, cover.name if cover else None)
+        video = None
+        if self._keeps_video(source, tags):  # a music video: UltraStar plays it behind the lyrics
+            video = folder / f"{name}{source.suffix.lower()}"
+            with atomic_path(video) as tmp:
+                shutil.copyfile(source, tmp)
+            files["video"] = video
+        text = render(ultrastar.ChartFiles(audio_name, vocals_name, instrumental_name, cover.name if cover else None,
+                                           video.name if video else None))  # fmt: skip
         files["ultrastar"] = write_text(folder / f"{name}.txt", text)
         return files

@@ -1,9 +1,11 @@
-"""What the song's file says of itself: artist, title, year and genre from its tags, and the cover
-picture embedded in it, for the chart's headers and the ``[CO]`` picture beside it.
+"""What the song's file says of itself: artist, title, year and genre from its tags, the cover
+picture embedded in it, and whether it is a video, for the chart's headers and the ``[CO]``
+picture and ``#VIDEO`` beside it.
 
 One ffprobe call reads the tags (the file's, and its audio stream's: Ogg and Opus keep theirs
-there) and finds the cover (the first picture stream marked as an
-attached picture: ID3's APIC, FLAC's and Ogg's picture blocks, MP4's ``covr``); the cover is
+there), finds the cover (the first picture stream marked as an
+attached picture: ID3's APIC, FLAC's and Ogg's picture blocks, MP4's ``covr``) and a video (a
+moving picture: a video stream that is neither an attached picture nor a still image); the cover is
 copied out of the file as it is stored (JPEG or PNG; another picture format becomes PNG) by
 ffmpeg. Without ffprobe there are no tags (the file name gives artist and title). Nothing here
 is ever a song's failure: a tag or a picture that cannot be read is simply not written.
@@ -27,6 +29,7 @@ MAX_COVER_BYTES = 20 * 2**20  # a cover larger than this is no cover (a picture 
 MAX_GENRE_CHARS = 60
 _YEAR = re.compile(r"(?<!\d)(1[89]\d\d|2[01]\d\d)(?!\d)")  # 1800-2199, anywhere in a date
 _PICTURE_SUFFIX = {"mjpeg": ".jpg", "png": ".png"}  # stored as they are; any other becomes PNG
+_STILL_CODECS = frozenset({"mjpeg", "png", "bmp", "gif", "webp", "tiff", "jpeg2000"})  # a picture, not a video
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class SongTags:
     year: str | None = None  # four digits
     genre: str | None = None
     cover: Cover | None = None
+    video: bool = False  # the file is a video (a music video): UltraStar can play it behind the lyrics
 
 
 def _probe(path: Path) -> dict:
@@ -94,6 +98,13 @@ def _cover(probed: dict) -> Cover | None:
     return None
 
 
+def _video(probed: dict) -> bool:
+    return any(isinstance(stream, dict) and stream.get("codec_type") == "video"
+               and (stream.get("disposition") or {}).get("attached_pic") != 1
+               and str(stream.get("codec_name") or "") not in _STILL_CODECS
+               for stream in probed.get("streams") or [])  # fmt: skip
+
+
 def _year(tags: dict[str, str]) -> str | None:
     for key in ("date", "year", "originaldate", "original_year", "tyer", "tdrc"):
         found = _YEAR.search(tags.get(key, ""))
@@ -110,7 +121,7 @@ def _genre(tags: dict[str, str]) -> str | None:
 def song_tags(path: Path) -> SongTags:
     """Artist and title from the tags, else from an "Artist - Title" file name or title tag (a
     title tag with no artist tag often holds both), else the name; the year (four digits of the
-    date tag), the genre and the embedded cover where the file has them."""
+    date tag), the genre and the embedded cover where the file has them; whether it is a video."""
     probed = _probe(path)
     tags = _tags(probed)
     named = [path.stem] + ([] if tags.get("artist") else [tags.get("title", "")])  # where "Artist - Title" may stand
@@ -122,7 +133,7 @@ def song_tags(path: Path) -> SongTags:
         artist, title = artist or "Unknown Artist", title or both
     else:
         artist, title = tags.get("artist", "Unknown Artist"), tags.get("title", path.stem)
-    return SongTags(artist, title, _year(tags), _genre(tags), _cover(probed))
+    return SongTags(artist, title, _year(tags), _genre(tags), _cover(probed), _video(probed))
 
 
 def write_cover(source: Path, cover: Cover, target: Path) -> Path | None:

@@ -89,9 +89,20 @@ def _file_header(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class ChartFiles:
+    """The files beside a chart that its headers name, as they are named on disk."""
+
+    audio: str
+    vocals: str | None = None
+    instrumental: str | None = None
+    cover: str | None = None
+    video: str | None = None  # a music video UltraStar plays behind the lyrics (#VIDEO)
+
+
 def to_ultrastar(
     song: Song, *, audio: str, vocals: str | None = None, instrumental: str | None = None, cover: str | None = None,
-    version: str = "1.1.0", creator: str = "ugpu",
+    video: str | None = None, version: str = "1.1.0", creator: str = "ugpu",
 ) -> str:  # fmt: skip
     """The file's text: UTF-8, ``#VERSION`` first, notes, phrase ends, ``E``.
 
@@ -111,6 +122,8 @@ def to_ultrastar(
             headers.append(f"#INSTRUMENTAL:{_file_header(instrumental)}")
     if cover:
         headers.append(f"#COVER:{_file_header(cover)}")
+    if video:
+        headers.append(f"#VIDEO:{_file_header(video)}")
     headers += [f"#BPM:{_number(song.bpm, old)}", f"#GAP:{song.gap_ms}"]
     headers += [f"#{key}:{clean_text(value)}" for key, value in (("GENRE", song.genre), ("YEAR", song.year))
                 if value and clean_text(value)]  # fmt: skip
@@ -353,15 +366,15 @@ def _parts(note: ChartNote, new: int | Sequence[tuple[int, int, int]]) -> list[t
 
 def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | None], *, audio: str,
             vocals: str | None = None, instrumental: str | None = None, cover: str | None = None,
-            version: str | None = None) -> str:  # fmt: skip
+            video: str | None = None, version: str | None = None) -> str:  # fmt: skip
     """The chart with new pitches and nothing else changed: every note's type, start, length
     and syllable, the phrase ends and every other header stay as written. A sung note with no
     new pitch (``None``: no voice under it) keeps its own; freestyle and rap notes keep theirs.
     A note given as several parts (a melisma the voice sings inside it) becomes that many notes
     covering exactly its beats: the syllable on the first, ``~`` on the others, the word's
     trailing space on the last. Only the file headers name the new files (``#AUDIO``,
-    ``#VOCALS``, ``#INSTRUMENTAL`` are added to a 1.x chart that lacks them; ``#COVER``, where a
-    cover is given, to any chart). ``version`` (asked
+    ``#VOCALS``, ``#INSTRUMENTAL`` are added to a 1.x chart that lacks them; ``#COVER`` and
+    ``#VIDEO``, where given, to any chart). ``version`` (asked
     for explicitly) converts the headers to that format version: ``#VERSION``, the 1.x audio
     headers, ``#BPM``'s decimal mark."""
     lines: list[str | list[str]] = list(chart.lines)
@@ -385,7 +398,7 @@ def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | 
             split.append(" ".join([kind, str(beat - offset), str(beats), str(pitch - 60), syllable]) + cr)
         lines[note.line] = split
     lines = [line for item in lines for line in (item if isinstance(item, list) else [item])]
-    values = {"MP3": audio, "AUDIO": audio, "VOCALS": vocals, "INSTRUMENTAL": instrumental, "COVER": cover}
+    values = {"MP3": audio, "AUDIO": audio, "VOCALS": vocals, "INSTRUMENTAL": instrumental, "COVER": cover, "VIDEO": video}
     seen: set[str] = set()
     last_audio = None
     for i, raw in enumerate(lines):
@@ -405,10 +418,12 @@ def repitch(chart: Chart, midi: Sequence[int | Sequence[tuple[int, int, int]] | 
         lines[at:at] = [f"#{k}:{_file_header(values[k])}{cr}" for k in missing]  # type: ignore[arg-type]
     elif "MP3" not in seen:
         lines.insert(0, f"#MP3:{_file_header(audio)}")
-    if cover and "COVER" not in seen:  # after the audio headers
-        cr = "\r" if lines and lines[0].endswith("\r") else ""
-        heads = [i for i, raw in enumerate(lines) if raw.startswith("#") and raw[1:].split(":", 1)[0].strip().upper() in AUDIO_HEADERS]
-        lines.insert(heads[-1] + 1 if heads else 1, f"#COVER:{_file_header(cover)}{cr}")
+    for key in ("COVER", "VIDEO"):  # after the audio headers (and the cover), where the chart names none
+        if values[key] and key not in seen:
+            cr = "\r" if lines and lines[0].endswith("\r") else ""
+            heads = [i for i, raw in enumerate(lines)
+                     if raw.startswith("#") and raw[1:].split(":", 1)[0].strip().upper() in (*AUDIO_HEADERS, "COVER")]
+            lines.insert(heads[-1] + 1 if heads else 1, f"#{key}:{_file_header(values[key])}{cr}")  # type: ignore[arg-type]
     if version is not None and version != chart.headers.get("VERSION", "0.3.0"):
         lines = _convert_headers(lines, version)
     return "\n".join(lines)
