@@ -103,5 +103,5 @@ def from_os_error(exc: BaseException) -> UgpuError | None:
         folder = os.path.dirname(os.path.abspath(name)) if name else "the output folder"
         what = "full" if exc.errno == errno.ENOSPC else "over its quota"
         return OutputError(f"the disk holding {folder} is {what}: ugpu could not write there",
-                           hint=f"free space on it, or write somewhere else (-o, --db, UGPU_MODELS)")  # fmt: skip
+                           hint="free space on it, or write somewhere else (-o, --db, UGPU_MODELS)")  # fmt: skip
     return None
