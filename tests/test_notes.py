@@ -617,6 +617,19 @@ def test_what_a_lyric_site_s_page_adds_is_not_sung():
     assert sung_lines("3 ContributorsLove Lyrics\nHold me\nOh Embed") == ["Hold me", "Oh Embed"]
 
 
+def test_a_chord_sheet_s_chords_are_not_sung():
+    """Lyrics copied from a chord sheet (a guitar site's page) carry a line of chords above each
+    line of words ("C  G  Am  F"); the chords were sung, one note each. A line of chord symbols
+    alone is left out, as a section header is; ChordPro's inline "[Am]" was already an annotation.
+    Words that look like chords inside a sung line, and the one-letter line "A", are sung."""
+    from ultrasinger_gpu_cli.song.lyrics import _parse, sung_lines
+
+    sheet = ("[Intro]\nC  G  Am  F  x2\n\n[Verse 1]\nC            G\nSo far away from home\nAm7    F/C   Gsus4\n"
+             "So far away that I\nEm7 | D/F# | Bb(add9) | N.C.\nDon't know\n[Chorus]\nF#m7b5  E\nA\nBe a one way street\n")
+    assert sung_lines(sheet) == ["So far away from home", "So far away that I", "Don't know", "A", "Be a one way street"]
+    assert [line.words for line in _parse("[Am]So far [G]away\n")] == [("So", "far", "away")]
+    assert sung_lines("Add it up\nBad\nA E\nDo re mi\n") == ["Add it up", "Bad", "Do re mi"]
+
 @pytest.mark.parametrize(("content", "words"), [(b"", "no words"), (b"\n  \n[ar:x]\n", "no words"),
                                                 ("...\n—\n".encode(), "no words"), (b"\x00\x01PK\x03\x04", "binary"), ("Grüße\n".encode("latin-1"), "not UTF-8")])
 def test_bad_lyrics_files_get_a_clear_error(env, tmp_path, content, words):

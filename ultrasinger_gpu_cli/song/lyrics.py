@@ -65,6 +65,11 @@ _SECTION = re.compile(r"^\(?\s*(?:repeat\s+(?:the\s+)?)?((?:pre-?|post-?)?(?:int
 #: A repeat mark ending a line or a header: "(x2)", "x3", "[2x]", "×2": sung that many times.
 _REPEAT = re.compile(r"(?:^|\s+)[(\[]?\s*(?:[x×]\s*([2-9])|([2-9])\s*[x×])\s*[)\]]?\s*$", re.IGNORECASE)
 _ANNOTATION = re.compile(r"\[[^\]]*\]")  # "[laughs]", "[?]": never sung
+#: A chord symbol as chord sheets write it above the lyrics ("Am", "F#m7", "Gsus4", "C/G", "Bb(add9)",
+#: "N.C."): a line of nothing else is played, not sung. A chord inline in the text ("[Am]Hello",
+#: ChordPro) is an annotation.
+_CHORD = re.compile(r"^(?:[A-G](?:#|b|♯|♭)?(?:maj|min|m|M|dim|aug|sus|add|°|ø|\+|-)*\(?\d*(?:(?:add|sus|maj|b|#)\d+)*\)?"
+                    r"(?:/[A-G](?:#|b|♯|♭)?)?|N\.?C\.?|[|/%:]+)$")  # fmt: skip
 #: What a lyric site's page adds to its lyrics when they are copied or scraped from it (Genius's
 #: page, as it and the scraping libraries give it), never sung: the title line ("27 Contributors
 #: ... Song Lyrics", a description up to its "Read More"), "You might also like" between two lines,
@@ -165,6 +170,13 @@ def section_header(line: str) -> tuple[str, int] | None:
     return " ".join(name.lower().strip(" -–—").split()), count
 
 
+def chord_line(line: str) -> bool:
+    """Whether a line holds chord symbols only (:data:`_CHORD`), as a chord sheet writes them above
+    the words: "C  G  Am  F", "Em7 | D/F# |". A line of the one-letter word "A" alone is sung."""
+    tokens = _repeats(line)[0].split()  # "C G Am F x2": played twice
+    return bool(tokens) and all(_CHORD.match(t) for t in tokens) and any(t.strip("|/%:") not in ("", "A") for t in tokens)
+
+
 def without_page_text(text: str) -> str:
     """``text`` without what a lyric site's page adds to the lyrics (:data:`_PAGE_TITLE`,
     :data:`_ALSO_LIKE`, :data:`_TICKETS`, :data:`_EMBED`); a line left empty is no line."""
@@ -178,7 +190,8 @@ def without_page_text(text: str) -> str:
 
 def sung_lines(text: str) -> list[str]:
     """The file's lines as they are sung, as lyric sites write them: what their page adds left
-    out (:func:`without_page_text`); section headers left out; a header with no lines under it
+    out (:func:`without_page_text`); a chord sheet's chord lines (:func:`chord_line`) and section
+    headers left out; a header with no lines under it
     that names an earlier section ("[Chorus]" again, "Repeat chorus") stands for that section's
     lines; a section ("[Chorus x2]") or a line ("... (x2)")
     marked to repeat is sung that many times; a lone mark is no line. A timed (LRC) line keeps
@@ -198,6 +211,8 @@ def sung_lines(text: str) -> list[str]:
 
     for raw in without_page_text(text).splitlines():
         line = raw.strip()
+        if chord_line(line):  # a chord sheet's chords, above the words they are played under
+            continue
         header = section_header(line) if line else None
         if header is not None:
             close()
