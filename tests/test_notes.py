@@ -615,6 +615,8 @@ def test_what_a_lyric_site_s_page_adds_is_not_sung():
     sung = "Lyrics of love\nYou might also like me\nI embed\nEmbed the moment"
     assert sung_lines(sung) == sung.splitlines()
     assert sung_lines("3 ContributorsLove Lyrics\nHold me\nOh Embed") == ["Hold me", "Oh Embed"]
+    musixmatch = "Hold me\nOh, hold me\n\n******* This Lyrics is NOT for Commercial use *******\n(1409622245678)\n"
+    assert sung_lines(musixmatch) == ["Hold me", "Oh, hold me"]
 
 
 def test_a_chord_sheet_s_chords_are_not_sung():

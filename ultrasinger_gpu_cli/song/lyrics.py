@@ -79,6 +79,9 @@ _PAGE_TITLE = re.compile(r"^\d+\s*Contributors?.*(?:Read More|Lyrics)\s*")
 _ALSO_LIKE = re.compile(r"You might also like(?=$|[A-Z\[(])")
 _TICKETS = re.compile(r"See .{1,80}? LiveGet tickets as low as \$\d+")
 _EMBED = re.compile(r"(?:(?<=\S)|^)\d*Embed(?:Share URLCopyEmbedCopy)?$")
+#: Musixmatch's footer on the lyrics its API and the apps built on it give: the notice and a
+#: tracking number on lines of their own.
+_MUSIXMATCH = re.compile(r"^(?:\*+\s*This Lyrics is NOT for Commercial use\s*\*+|\(\d{10,}\))$", re.IGNORECASE)
 
 
 class LyricsError(UgpuError):
@@ -179,13 +182,14 @@ def chord_line(line: str) -> bool:
 
 def without_page_text(text: str) -> str:
     """``text`` without what a lyric site's page adds to the lyrics (:data:`_PAGE_TITLE`,
-    :data:`_ALSO_LIKE`, :data:`_TICKETS`, :data:`_EMBED`); a line left empty is no line."""
+    :data:`_ALSO_LIKE`, :data:`_TICKETS`, :data:`_EMBED`, :data:`_MUSIXMATCH`); a line left empty
+    is no line."""
     lines = text.splitlines()
     filled = [i for i, line in enumerate(lines) if line.strip()]
     if filled:
         lines[filled[0]] = _PAGE_TITLE.sub("", lines[filled[0]].strip(), count=1)
         lines[filled[-1]] = _EMBED.sub("", lines[filled[-1]].rstrip())
-    return "\n".join(_TICKETS.sub("", _ALSO_LIKE.sub("", line)) for line in lines)
+    return "\n".join(_TICKETS.sub("", _ALSO_LIKE.sub("", line)) for line in lines if not _MUSIXMATCH.match(line.strip()))
 
 
 def sung_lines(text: str) -> list[str]:
