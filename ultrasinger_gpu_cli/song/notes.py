@@ -15,7 +15,9 @@ Pure functions, no heavy imports (README, "How notes are made").
    left out), the pitch the voice dwells on longest, each frame weighted by the tracker's
    confidence; then, once the middle of the voice's range is known, frames more than
    :data:`VOICE_SPAN` from it (a bass line the tracker followed) are left out; once the song's
-   key is known, a pitch between two semitones is written in it (:mod:`.keys`). A syllable
+   key is known, a pitch between two semitones is written in it (:mod:`.keys`); a note that leaps
+   away from both its neighbours and straight back is heard again near them
+   (:func:`without_leaps`). A syllable
    splits into ``~`` continuations where the voice holds a new pitch (not an octave jump) for
    :data:`MIN_SPLIT_S`; a re-pitched chart's notes split the same way on its own grid
    (:func:`repitch_parts`).
@@ -65,6 +67,8 @@ STABLE_SHARE = 0.6  # ... and this share of its voiced frames lie within a semit
 STABLE_SLOPE = 20.0  # semitones per second: faster than this the voice is moving, not holding a note
 DENSITY_WIDTH = 0.5  # semitones: a note's pitch is the peak of its frames' density at this width
 VOICE_SPAN = 12  # semitones either side of the voice's middle: a singer's two-octave range
+LEAP = 7  # semitones: a note this far from both its neighbours, on one side, is a note heard wrong
+PHRASE_SPAN = 6  # semitones either side of its neighbours' middle where such a note is heard again
 MIN_CHART_BPM = 200.0  # hand charts' #BPM lies between about 200 and 600: a beat of 75 to 25 ms
 FINER_SHARE = 0.1  # the grid goes finer only while more than this share of the notes would move off their start
 
@@ -182,6 +186,15 @@ class PitchTrackView:
             return self.key.write(pitch, (start_s + end_s) / 2)
         return int(np.round(pitch))
 
+    def pitch_near(self, start_s: float, end_s: float, middle: float, span: float) -> int | None:
+        """:meth:`pitch_between` from the voiced frames in [start, end) within ``span`` semitones
+        of ``middle`` only (None where fewer than two are)."""
+        inside = self.inside(start_s, end_s) & (np.abs(self.midi - middle) <= span)
+        if inside.sum() < 2:
+            return None
+        pitch = note_pitch(self.midi[inside], self.confidence[inside], self.step_s)
+        return self.key.write(pitch, (start_s + end_s) / 2) if self.key is not None else int(np.round(pitch))
+
 
 @dataclass(frozen=True)
 class SyllableVoice:
@@ -247,7 +260,8 @@ def listen_all(units: Sequence[Word], track: PitchTrackView) -> tuple[list[Sylla
     """Every syllable's voice, in three passes: the first finds the middle of the voice's range
     (:func:`voice_centre` of the notes heard), the second hears each note again within an octave
     of it (:attr:`PitchTrackView.centre`) and so finds the song's key (:class:`.keys.SungKey`),
-    the third writes each note in that key. Returns the voices and the track with both."""
+    the third writes each note in that key (and no note leaps away and straight back:
+    :func:`without_leaps`). Returns the voices and the track with both."""
     first = [listen(u, track) for u in units]
     centre = voice_centre([p[2] for v in first for p in v.parts], [p[1] - p[0] for v in first for p in v.parts])
     if centre is None:
@@ -255,7 +269,43 @@ def listen_all(units: Sequence[Word], track: PitchTrackView) -> tuple[list[Sylla
     ranged = replace(track, centre=centre)
     second = [listen(u, ranged) for u in units]
     keyed = replace(ranged, key=SungKey.of([p for v in second for p in v.parts]))
-    return [listen(u, keyed) for u in units], keyed
+    return without_leaps([listen(u, keyed) for u in units], keyed), keyed
+
+
+def without_leaps(voices: Sequence[SyllableVoice], track: PitchTrackView) -> list[SyllableVoice]:
+    """The notes heard again where one leaps :data:`LEAP` semitones or more from both the note
+    before and the note after it, on the same side, inside a phrase (no pause of
+    :data:`PHRASE_PAUSE_S` either side): a sung line moves in steps and small leaps, and a
+    note that jumps away and straight back is the tracker's (an octave flip, a bass or a chord
+    tone of the mix for that note), not the singer's (hand charts have none). It is heard from
+    its frames within :data:`PHRASE_SPAN` of its neighbours' middle; where it has none there, it
+    keeps its pitch."""
+    parts = [[list(p) for p in v.parts] for v in voices]
+    flat = [p for v in parts for p in v]
+    flat.sort(key=lambda p: p[0])
+    for before, note, after in zip(flat, flat[1:], flat[2:]):
+        if note[0] - before[1] >= PHRASE_PAUSE_S or after[0] - note[1] >= PHRASE_PAUSE_S:
+            continue
+        up, down = note[2] - before[2], note[2] - after[2]
+        if up * down <= 0 or min(abs(up), abs(down)) < LEAP:
+            continue
+        middle = (before[2] + after[2]) / 2
+        heard = track.pitch_near(note[0], note[1], middle, PHRASE_SPAN)
+        folded = note[2] - 12 * round((note[2] - middle) / 12)
+        if heard is not None:
+            note[2] = heard
+        elif abs(folded - middle) <= PHRASE_SPAN:  # an octave flip the frames cannot undo
+            note[2] = folded
+    out = []
+    for v, mine in zip(voices, parts):
+        joined: list[tuple[float, float, int]] = []
+        for s, e, m in mine:  # parts the new pitch puts on one note join again
+            if joined and joined[-1][2] == m:
+                joined[-1] = (joined[-1][0], e, m)
+            else:
+                joined.append((s, e, int(m)))
+        out.append(replace(v, parts=tuple(joined)) if tuple(joined) != v.parts else v)
+    return out
 
 
 def listen_singers(units: Sequence[Word], track: PitchTrackView) -> list[SyllableVoice]:
