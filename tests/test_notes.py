@@ -274,6 +274,28 @@ def test_notes_are_trimmed_to_the_voice_and_unvoiced_syllables_are_freestyle():
     assert [n.midi for n in song.notes if n.kind == ":"] == [m for _, _, m in sung]
 
 
+def test_a_syllable_the_tracker_hears_for_a_moment_is_a_sung_syllable_long():
+    """A note is trimmed to its voiced frames, but a voice heard for less than a sung syllable
+    lasts (0.1 s) inside a longer syllable is the tracker's fragment of it (a fast syllable on a
+    mix: hand charts write these 80-250 ms long where ugpu wrote 40 ms, one beat); the note keeps
+    0.1 s of its syllable, never more than the syllable's own time."""
+    from ultrasinger_gpu_cli.song.notes import PitchTrackView, listen, sung_long
+
+    times, freq, conf = track_of([(1.00, 1.04, midi_to_hz(64)), (2.0, 2.5, midi_to_hz(67))])
+    track = PitchTrackView(times, freq, conf)
+    fragment = listen(Word(" fan", 1.0, 1.3), track)
+    assert round(fragment.end_s - fragment.start_s, 3) == 0.04  # as heard
+    assert [(s, round(e, 3), m) for s, e, m in sung_long(fragment)] == [(1.0, 1.1, 64)]
+    assert round(sung_long(listen(Word(" cy", 1.0, 1.06), track))[0][1], 3) == 1.06  # a shorter syllable: all of it
+    held = listen(Word(" held", 1.9, 2.7), track)
+    assert sung_long(held) == held.parts and round(held.end_s, 3) == 2.5  # voiced longer: trimmed to the voice
+    words = [Word(" a", 1.0, 1.3), Word(" b", 1.3, 1.6), Word(" c", 1.6, 1.9), Word(" d", 2.0, 2.5), Word(" e", 2.6, 2.9)]
+    times, freq, conf = track_of([(1.0, 1.04, midi_to_hz(64)), (1.3, 1.34, midi_to_hz(65)), (1.6, 1.64, midi_to_hz(67)),
+                                  (2.0, 2.5, midi_to_hz(67)), (2.6, 2.9, midi_to_hz(65))])  # fmt: skip
+    song = build_song(words, times, freq, conf, tempo=150, title="T", artist="A", split_syllables=False)
+    assert all(e - s >= 0.1 - 1e-6 for s, e in song.note_times())
+
+
 def test_no_word_is_dropped_zero_length_words_included():
     words = [Word(" I", 1.0, 1.0), Word(" can", 1.0, 1.3), Word(" see", 1.3, 1.3), Word(" it", 1.3, 1.3),
              Word(" now.", 1.35, 1.8), Word(" Yes", 2.0, 2.0)]  # fmt: skip
@@ -474,12 +496,17 @@ def _lyric_song(tmp_path: Path) -> Path:
     return write_wav(tmp_path / "Star - Song.wav", melody(notes, 8.5, 44_100)[None], 44_100)
 
 
-@pytest.mark.parametrize("kind", ["txt", "lrc"])
+@pytest.mark.parametrize("kind", ["txt", "lrc", "srt"])
 def test_lyrics_every_word_once_in_order_with_line_breaks_as_phrases(env, fast_whisper, tmp_path, kind):
     source = _lyric_song(tmp_path)
     if kind == "txt":
         lyrics = tmp_path / "lyrics.txt"
         lyrics.write_text(LYRICS, encoding="utf-8")
+    elif kind == "srt":  # subtitles (ugpu whisper's .srt, corrected): cue numbers and times are not sung
+        lyrics = tmp_path / "lyrics.srt"
+        lyrics.write_text("1\n00:00:00,400 --> 00:00:01,600\nHello, little star\n\n2\n00:00:01,700 --> 00:00:04,700\n"
+                          "<i>how I wonder - what</i>\nyou are\n\n3\n00:00:04,800 --> 00:00:08,000\nUp above the world so high\n",
+                          encoding="utf-8")  # fmt: skip
     else:
         lyrics = tmp_path / "lyrics.lrc"
         lyrics.write_text("[ar:Star]\n[ti:Song]\n[00:00.40]Hello, little star\n[00:01.70]how I wonder - what you are\n"
@@ -598,6 +625,22 @@ Coming home
     duet = _parse("[Chorus]\n[P1]\nOn the run\n[P2] Down a one way street\n")
     assert [(line.singer, line.words[0]) for line in duet] == [(1, "On"), (2, "Down")]
 
+
+def test_subtitles_are_lyrics_with_each_cue_s_time():
+    """A SubRip or WebVTT file (ugpu whisper's own .srt with its words corrected, a video's
+    captions) given as lyrics: each cue is a line sung from its start time; its number, timing
+    line, tags, the WEBVTT header and a NOTE block are not sung (they were, as words: "1",
+    "00:00:13,820 -->")."""
+    from ultrasinger_gpu_cli.song.lyrics import _parse
+
+    srt = ("1\n00:00:13,820 --> 00:00:15,980\nSo far away from home\n\n2\n00:00:16,100 --> 00:00:18,000\n"
+           "<i>So far away</i>\nthat I don't know\n\n3\n01:02:03,5 --> 01:02:05,000\n<font color=red>Where</font> my home is\n")
+    assert [(line.time_s, " ".join(line.words)) for line in _parse(srt)] == [
+        (13.82, "So far away from home"), (16.1, "So far away that I don't know"), (3723.5, "Where my home is")]
+    vtt = ("WEBVTT\nKind: captions\n\nNOTE made by hand\n\nintro\n00:13.820 --> 00:15.980 align:start position:0%\n"
+           "So far <00:14.500>away from home\n\n00:00:16.100 --> 00:00:18.000\n<v Singer>So far away</v>\n")
+    assert [(line.time_s, " ".join(line.words)) for line in _parse(vtt)] == [(13.82, "So far away from home"),
+                                                                               (16.1, "So far away")]  # fmt: skip
 
 def test_what_a_lyric_site_s_page_adds_is_not_sung():
     """Lyrics copied or scraped from a lyric site's page (Genius's) carry the page's own text: its

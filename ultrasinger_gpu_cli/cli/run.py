@@ -52,7 +52,7 @@ def run(
     rehearse_fault: RehearseParam = None,
     offline: OfflineParam = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Convert again a song whose folder already holds it (the same audio).")] = False,
-    lyrics: Annotated[Optional[Path], typer.Option("--lyrics", help="The song's words (plain text, one sung line per line, or .lrc) instead of speech recognition; Whisper times them.", show_default=False)] = None,
+    lyrics: Annotated[Optional[Path], typer.Option("--lyrics", help="The song's words (plain text, one sung line per line, .lrc, or subtitles .srt/.vtt) instead of speech recognition; Whisper times them.", show_default=False)] = None,
     whisper_backend: Annotated[Optional[str], typer.Option("--whisper-backend", help="Whisper backend for this run (ugpu models list shows them).", show_default=False)] = None,
     pitch_backend: Annotated[Optional[str], typer.Option("--pitch-backend", help="Pitch backend for this run: swiftf0 or torchcrepe (ugpu models list shows them).", show_default=False)] = None,
     rap: Annotated[bool, typer.Option("--rap", help="Words with no stable pitch become rap notes (R); unvoiced syllables stay freestyle (F).")] = False,

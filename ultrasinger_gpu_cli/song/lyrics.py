@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import UgpuError
-from ultrasinger_gpu_cli.song.syllables import rule_syllables, share_by_letters
+from ultrasinger_gpu_cli.song.syllables import MIN_SYLLABLE_S, rule_syllables, share_by_letters
 from ultrasinger_gpu_cli.song.ultrastar import BOTH, P1, P2, SOLO
 from ultrasinger_gpu_cli.song.wordmatch import match
 from ultrasinger_gpu_cli.song.words import Word, marks_joined
@@ -43,7 +43,6 @@ SKIP_COST_PER_S = 0.05  # a matched word is worth skipping 20 s of heard words b
 #: alignment; at 0.2 a match outweighs two such pairs (0.8), not three (1.2): a lone "to" that
 #: strands five words of each before and after it is not taken.
 UNPAIRED_COST = 0.2
-MIN_SYLLABLE_S = 0.1  # no word is shorter than this per syllable
 #: What a voice can sing: fast rap reaches about 7 words and 10 syllables a second; a sung line
 #: lasts a second or more. Lyrics beyond this for the song's length are not this song's (and
 #: would cost minutes of alignment).
@@ -65,6 +64,11 @@ _SECTION = re.compile(r"^\(?\s*(?:repeat\s+(?:the\s+)?)?((?:pre-?|post-?)?(?:int
 #: A repeat mark ending a line or a header: "(x2)", "x3", "[2x]", "×2": sung that many times.
 _REPEAT = re.compile(r"(?:^|\s+)[(\[]?\s*(?:[x×]\s*([2-9])|([2-9])\s*[x×])\s*[)\]]?\s*$", re.IGNORECASE)
 _ANNOTATION = re.compile(r"\[[^\]]*\]")  # "[laughs]", "[?]": never sung
+#: A subtitle cue's timing line (SubRip's "00:01:02,500 --> 00:01:05,000", WebVTT's "01:02.500 -->
+#: ..." with its settings after it) and the tags a cue's text may carry (<i>, <font ...>, <v Name>,
+#: <c.class>, a word's own time <00:01:02.750>).
+_CUE_TIME = re.compile(r"^\s*(?:(\d{1,2}):)?(\d{1,2}):(\d{2})[.,](\d{1,3})\s*-->\s*\S+")
+_SUBTITLE_TAG = re.compile(r"</?(?:[ibuc]|font|lang|ruby|rt|v)(?:[.\s][^>]*)?>|<(?:\d{1,2}:)?\d{1,2}:\d{2}[.,]\d{3}>", re.IGNORECASE)
 #: A chord symbol as chord sheets write it above the lyrics ("Am", "F#m7", "Gsus4", "C/G", "Bb(add9)",
 #: "N.C."): a line of nothing else is played, not sung. A chord inline in the text ("[Am]Hello",
 #: ChordPro) is an annotation.
@@ -120,11 +124,12 @@ class Lyrics:
 
 
 def load_lyrics(path: Path) -> Lyrics:
-    """Read a lyrics file (plain text or LRC); :class:`LyricsError` says what is wrong and how to fix it."""
+    """Read a lyrics file (plain text, LRC, or subtitles: :func:`from_subtitles`); :class:`LyricsError`
+    says what is wrong and how to fix it."""
     from ultrasinger_gpu_cli.song.textfiles import read_text
 
     text, _ = read_text(path, cap_bytes=MAX_BYTES, what="lyrics file", error=LyricsError,
-                        hint="give a plain-text .txt or .lrc file of the song's words, saved as UTF-8")  # fmt: skip
+                        hint="give a plain-text .txt, .lrc or .srt file of the song's words, saved as UTF-8")  # fmt: skip
     lines = _parse(text)
     if not any(line.words for line in lines):
         raise LyricsError(f"{path}: the lyrics file has no words", hint="one sung line per line of text")
@@ -192,6 +197,33 @@ def without_page_text(text: str) -> str:
     return "\n".join(_TICKETS.sub("", _ALSO_LIKE.sub("", line)) for line in lines if not _MUSIXMATCH.match(line.strip()))
 
 
+def from_subtitles(text: str) -> str:
+    """Subtitles (SubRip ``.srt``, WebVTT ``.vtt``: ``ugpu whisper``'s own ``.srt``, a video's
+    captions) as LRC: each cue one line at its start time (its text's lines joined, its tags left
+    out; the cue numbers, the ``WEBVTT`` header and ``NOTE`` blocks are no cue's text). Text with
+    no cue timing line is returned as it is."""
+    lines = text.splitlines()
+    if not any(_CUE_TIME.match(line) for line in lines):
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        found = _CUE_TIME.match(lines[i])
+        i += 1
+        if found is None:
+            continue
+        hours, minutes, seconds, fraction = found.groups()
+        start = int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds) + int(fraction.ljust(3, "0")) / 1000
+        body: list[str] = []
+        while i < len(lines) and lines[i].strip() and not _CUE_TIME.match(lines[i]):
+            body.append(_SUBTITLE_TAG.sub("", lines[i]).strip())
+            i += 1
+        words = " ".join(part for part in body if part)
+        if words:
+            out.append(f"[{int(start // 60):02d}:{start % 60:05.2f}]{words}")
+    return "\n".join(out) + "\n"
+
+
 def sung_lines(text: str) -> list[str]:
     """The file's lines as they are sung, as lyric sites write them: what their page adds left
     out (:func:`without_page_text`); a chord sheet's chord lines (:func:`chord_line`) and section
@@ -213,7 +245,7 @@ def sung_lines(text: str) -> list[str]:
             earlier[name] = earlier[unnumbered] = list(body)
         out.extend(lines * count)
 
-    for raw in without_page_text(text).splitlines():
+    for raw in without_page_text(from_subtitles(text)).splitlines():
         line = raw.strip()
         if chord_line(line):  # a chord sheet's chords, above the words they are played under
             continue

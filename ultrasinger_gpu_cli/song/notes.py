@@ -8,7 +8,8 @@ Pure functions, no heavy imports (README, "How notes are made").
 2. **Syllables** (:mod:`.syllables`) come from the language's hyphenation dictionary (pyphen)
    where there is one, else from the vowel-group rule; a word's time is shared out by letters.
 3. **The voice decides the note.** Each syllable's note is trimmed to the confidently voiced
-   pitch frames inside the syllable's time, so notes don't cover silence. A syllable with no
+   pitch frames inside the syllable's time, so notes don't cover silence; a voice heard for less
+   than a sung syllable lasts keeps that much of its syllable (:func:`sung_long`). A syllable with no
    voiced frame is a freestyle note (``F``) with its text. With ``rap=True`` a word with no
    stable pitch becomes rap notes (``R``).
 4. **Pitch** (:func:`note_pitch`): octave flips folded, the held frames only (attack and release
@@ -50,7 +51,7 @@ from ultrasinger_gpu_cli.song.keys import SungKey
 from ultrasinger_gpu_cli.song.median import median
 from ultrasinger_gpu_cli.song.onsets import PAUSE_S, PHRASE_PAUSE_S, refine_starts, voice_onsets
 from ultrasinger_gpu_cli.song.spoken import is_title
-from ultrasinger_gpu_cli.song.syllables import place_words, split_words
+from ultrasinger_gpu_cli.song.syllables import MIN_SYLLABLE_S, place_words, split_words
 from ultrasinger_gpu_cli.song.tempo import Tempo
 from ultrasinger_gpu_cli.song.ultrastar import PITCHED, Chart, Note, Song
 from ultrasinger_gpu_cli.song.words import Word
@@ -254,6 +255,19 @@ def listen(unit: Word, track: PitchTrackView) -> SyllableVoice:
         else:
             joined.append(part)
     return SyllableVoice(unit, start_s, end_s, tuple(joined), True, stable)
+
+
+def sung_long(voice: SyllableVoice) -> tuple[tuple[float, float, int], ...]:
+    """A syllable's notes, the last ending at least :data:`.syllables.MIN_SYLLABLE_S` after the
+    first starts where the syllable lasts that long: a voice heard for less than a sung syllable
+    lasts is the tracker's fragment of it (a fast syllable on a mix, voiced for 40 ms: one beat,
+    where hand charts write 80-250 ms). The phrases are found on the voice as heard (a breath
+    after the fragment is one)."""
+    first, last = voice.parts[0], voice.parts[-1]
+    if last[1] - first[0] >= MIN_SYLLABLE_S:
+        return voice.parts
+    end = max(last[1], min(voice.unit.end_s, first[0] + MIN_SYLLABLE_S))
+    return (*voice.parts[:-1], (last[0], end, last[2]))
 
 
 def listen_all(units: Sequence[Word], track: PitchTrackView) -> tuple[list[SyllableVoice], PitchTrackView]:
@@ -486,7 +500,7 @@ def build_song(
     rap_words = _rap_words(voices) if rap else set()
     sung = [p[2] for v in voices for p in v.parts]
     free_pitch = int(np.round(np.median(sung))) if sung else 60  # freestyle notes: the song's middle
-    parts = [v.parts or ((v.start_s, v.end_s, free_pitch),) for v in voices]
+    parts = [sung_long(v) if v.parts else ((v.start_s, v.end_s, free_pitch),) for v in voices]
     spans = [(s, e) for voice in parts for s, e, _ in voice]
     # #GAP: the grid's beat at or before the earliest sung time (words need not come in order) ...
     first_s = min(s for s, _ in spans)

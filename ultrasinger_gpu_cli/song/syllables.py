@@ -17,6 +17,7 @@ from ultrasinger_gpu_cli.song.words import Word, marks_joined
 
 VOWELS = set("aeiouyäöüáéíóúàèìòùâêîôûãõåæøœëïÿAEIOUYÄÖÜÁÉÍÓÚÀÈÌÒÙÂÊÎÔÛÃÕÅÆØŒËÏŸ")
 MIN_WORD_S = 0.06  # what a zero-length word gets, where its neighbours leave room
+MIN_SYLLABLE_S = 0.1  # the least a sung syllable lasts
 
 _REGIONAL = {"en": "en_US", "de": "de_DE", "fr": "fr_FR", "pt": "pt_PT", "nl": "nl_NL", "it": "it_IT"}
 
