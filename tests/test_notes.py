@@ -884,6 +884,23 @@ def test_a_note_s_pitch_is_the_held_one_not_the_median_of_a_scoop():
     assert round(note_pitch(np.r_[np.full(8, 64.0), np.full(8, 66.0)], np.r_[np.full(8, 0.95), np.full(8, 0.55)])) == 64
 
 
+def test_a_voice_rising_into_its_note_all_through_it_is_written_at_the_pitch_it_reaches():
+    """A slow scoop (under the 20 semitones a second the held frames allow) that lasts the whole
+    note: the voice dwells low and arrives at the note late, and a person charting it writes the
+    note it reaches for (On the run's "one," held at A3 +40 cents rising to B3: hand B3; 14 and 20
+    such notes on the two real songs, re-pitch exact +0.8 and +2.1 points). A fall is a release:
+    the held pitch stays; a rise of less than a semitone is intonation."""
+    from ultrasinger_gpu_cli.song.notes import note_pitch
+
+    rising = np.r_[np.full(14, 61.0), np.linspace(61.0, 62.9, 12), np.full(4, 63.0)]  # 10 ms frames: 16 st/s
+    assert round(note_pitch(rising, step_s=0.01)) == 63
+    assert round(note_pitch(rising, np.r_[np.full(18, 0.95), np.full(12, 0.55)], step_s=0.01)) == 61  # unsure up there
+    assert round(note_pitch(rising[::-1], step_s=0.01)) == 61  # falling off the note: the held pitch
+    slight = np.r_[np.full(14, 62.0), np.linspace(62.0, 62.6, 12), np.full(4, 62.6)]
+    assert round(note_pitch(slight, step_s=0.01)) == 62
+    wobble = np.r_[np.full(10, 61.0), np.full(10, 63.0), np.full(10, 61.0), np.full(2, 63.0)]  # up and down: no rise
+    assert round(note_pitch(wobble, step_s=0.01)) == 61
+
 def test_a_bass_line_the_tracker_followed_does_not_make_the_note():
     # Eight sung notes around A3; inside the sixth, the tracker follows a bass line two octaves
     # and a third down for most of the note, the voice's own frames only at its end.

@@ -67,6 +67,8 @@ STABLE_COVERAGE = 0.5  # rap: a syllable's pitch is stable when this much of it 
 STABLE_SHARE = 0.6  # ... and this share of its voiced frames lie within a semitone of its pitch
 STABLE_SLOPE = 20.0  # semitones per second: faster than this the voice is moving, not holding a note
 DENSITY_WIDTH = 0.5  # semitones: a note's pitch is the peak of its frames' density at this width
+RISE_ST = 1.0  # semitones a voice climbs through a note to be rising into it (less is intonation)
+RISING_SHARE = 0.7  # the share of a rising note's held frames that rise or hold
 VOICE_SPAN = 12  # semitones either side of the voice's middle: a singer's two-octave range
 LEAP = 7  # semitones: a note this far from both its neighbours, on one side, is a note heard wrong
 PHRASE_SPAN = 6  # semitones either side of its neighbours' middle where such a note is heard again
@@ -113,7 +115,11 @@ def note_pitch(midi: np.ndarray, weight: np.ndarray | None = None, step_s: float
     """A sung note's pitch (fractional MIDI): octave flips folded, then the pitch the voice dwells
     on longest in its held frames (:func:`stable_frames`), each frame counting by the tracker's
     confidence: the peak of their density, smoothed over :data:`DENSITY_WIDTH` semitones. Unlike
-    a plain median, a scoop into the note or a fall out of it does not pull the pitch off."""
+    a plain median, a scoop into the note or a fall out of it does not pull the pitch off. A voice
+    that rises into its note slowly, all through it (its last third :data:`RISE_ST` or more above
+    its first, :data:`RISING_SHARE` of its steps rising or holding, the tracker as sure of it
+    there as before), is written at the pitch it rises to, as a person charting it hears the note
+    it reaches for; a fall is a release and keeps the held pitch."""
     midi = fold_octaves(np.asarray(midi, dtype=float))
     weight = np.ones(len(midi)) if weight is None else np.asarray(weight, dtype=float)
     if len(midi) == 0:
@@ -123,6 +129,11 @@ def note_pitch(midi: np.ndarray, weight: np.ndarray | None = None, step_s: float
         midi, weight = midi[held], weight[held]
     if len(midi) < 3:
         return median(midi)
+    third = max(1, len(midi) // 3)
+    arrives = median(midi[-third:])
+    if (arrives - median(midi[:third]) >= RISE_ST and np.mean(np.diff(midi) >= -0.05) >= RISING_SHARE
+            and weight[-third:].mean() >= weight[:third].mean()):  # fmt: skip
+        return float(arrives)  # the voice rises into the note all through it: the pitch it rises to
     grid = np.arange(np.floor(midi.min()) - 1, np.ceil(midi.max()) + 1, 0.05)
     density = (weight[None, :] * np.exp(-0.5 * ((grid[:, None] - midi[None, :]) / DENSITY_WIDTH) ** 2)).sum(axis=1)
     return float(grid[int(np.argmax(density))])
