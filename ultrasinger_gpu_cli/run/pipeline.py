@@ -553,6 +553,7 @@ class Pipeline:
         return folder / f"{key}.vocals.wav", folder / f"{key}.instrumental.wav"
 
     def _keeps_video(self, source: Path, tags: SongTags) -> bool:
+        """Whether the song's file is a video that goes into its folder (``#VIDEO``)."""
         return self.options.video and tags.video and source.suffix.lower() not in audio_io.AUDIO_SUFFIXES
 
     def _check_room(self, folder: Path, samples: int, source: Path, tags: SongTags) -> None:

@@ -194,9 +194,7 @@ class PitchTrackView:
         pitch = note_pitch(self.midi[inside], self.confidence[inside], self.step_s)
         if self.centre is not None and abs(pitch - self.centre) > VOICE_SPAN:  # only out-of-range frames: fold them in
             pitch -= 12 * np.round((pitch - self.centre) / 12)
-        if self.key is not None:
-            return self.key.write(pitch, (start_s + end_s) / 2)
-        return int(np.round(pitch))
+        return self._written(pitch, start_s, end_s)
 
     def pitch_near(self, start_s: float, end_s: float, middle: float, span: float) -> int | None:
         """:meth:`pitch_between` from the voiced frames in [start, end) within ``span`` semitones
@@ -204,8 +202,13 @@ class PitchTrackView:
         inside = self.inside(start_s, end_s) & (np.abs(self.midi - middle) <= span)
         if inside.sum() < 2:
             return None
-        pitch = note_pitch(self.midi[inside], self.confidence[inside], self.step_s)
-        return self.key.write(pitch, (start_s + end_s) / 2) if self.key is not None else int(np.round(pitch))
+        return self._written(note_pitch(self.midi[inside], self.confidence[inside], self.step_s), start_s, end_s)
+
+    def _written(self, pitch: float, start_s: float, end_s: float) -> int:
+        """A heard pitch as the chart writes it: in the song's key once it is known."""
+        if self.key is not None:
+            return self.key.write(pitch, (start_s + end_s) / 2)
+        return int(np.round(pitch))
 
 
 @dataclass(frozen=True)
@@ -306,8 +309,7 @@ def without_leaps(voices: Sequence[SyllableVoice], track: PitchTrackView) -> lis
     its frames within :data:`PHRASE_SPAN` of its neighbours' middle; where it has none there, it
     keeps its pitch."""
     parts = [[list(p) for p in v.parts] for v in voices]
-    flat = [p for v in parts for p in v]
-    flat.sort(key=lambda p: p[0])
+    flat = sorted((p for v in parts for p in v), key=lambda p: p[0])  # the same lists: a new pitch lands in parts
     for before, note, after in zip(flat, flat[1:], flat[2:]):
         if note[0] - before[1] >= PHRASE_PAUSE_S or after[0] - note[1] >= PHRASE_PAUSE_S:
             continue
