@@ -642,6 +642,23 @@ def test_subtitles_are_lyrics_with_each_cue_s_time():
     assert [(line.time_s, " ".join(line.words)) for line in _parse(vtt)] == [(13.82, "So far away from home"),
                                                                                (16.1, "So far away")]  # fmt: skip
 
+def test_ugpu_whisper_s_lyrics_files_hold_a_sung_line_each():
+    """ugpu whisper's .lrc and .srt held one entry per Whisper segment: a window of up to 30 s
+    ("So far away from home So far away that I don't know Where my home is anymore ..." at one
+    time). Now a line starts where Whisper wrote a capital letter or after a phrase's pause, timed
+    by its own words; a segment without words stays whole, marks alone are no line."""
+    from ultrasinger_gpu_cli.song.formats import sung_lines, to_lrc, to_srt
+    from ultrasinger_gpu_cli.song.words import Segment
+
+    heard = [Word(f" {t}", 10.5 + 0.4 * k, 10.8 + 0.4 * k) for k, t in enumerate("So far away from home So far away".split())]
+    heard += [Word(" soon", 15.0, 15.6), Word(" .", 16.0, 20.0)]  # after a 1.9-s pause; a mark over the music
+    segments = [Segment(10.5, 20.0, "".join(w.text for w in heard).strip(), heard), Segment(40.0, 42.0, "Whole line")]
+    lines = sung_lines(segments, "en")
+    assert [(line.start, round(line.end, 2), line.text) for line in lines] == [
+        (10.5, 12.4, "So far away from home"), (12.5, 13.6, "So far away"), (15.0, 15.6, "soon"), (40.0, 42.0, "Whole line")]
+    assert to_lrc(lines).splitlines()[:2] == ["[00:10.50]So far away from home", "[00:12.50]So far away"]
+    assert to_srt(lines).split("\n\n")[1] == "2\n00:00:12,500 --> 00:00:13,600\nSo far away"
+
 def test_what_a_lyric_site_s_page_adds_is_not_sung():
     """Lyrics copied or scraped from a lyric site's page (Genius's) carry the page's own text: its
     title line (a description up to "Read More", the first header glued on), "You might also like"

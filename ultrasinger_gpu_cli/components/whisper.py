@@ -160,14 +160,15 @@ def _outputs(stem: str, options: StageOptions) -> tuple[str, ...]:
 
 def _write(transcript: Any, folder: Path, stem: str, options: StageOptions) -> StageOutputs:
     from ultrasinger_gpu_cli.files import write_text
-    from ultrasinger_gpu_cli.song.formats import to_lrc, to_srt
+    from ultrasinger_gpu_cli.song.formats import sung_lines, to_lrc, to_srt
 
     text = json.dumps(transcript.to_dict(), indent=2, ensure_ascii=False)
     words, srt, lrc = _outputs(stem, options)
+    lines = sung_lines(transcript.segments, transcript.language)  # a subtitle or lyrics line each, not a 30-s window
     files = {
         "json": write_text(folder / words, text),
-        "srt": write_text(folder / srt, to_srt(transcript.segments)),
-        "lrc": write_text(folder / lrc, to_lrc(transcript.segments)),
+        "srt": write_text(folder / srt, to_srt(lines)),
+        "lrc": write_text(folder / lrc, to_lrc(lines)),
     }
     details: dict[str, SettingValue] = {"language": transcript.language or "", "segments": len(transcript.segments),
                                         "words": len(transcript.words)}  # fmt: skip
