@@ -7,7 +7,7 @@ from typing import Protocol
 
 from ultrasinger_gpu_cli.song.notes import capitals_start_lines
 from ultrasinger_gpu_cli.song.onsets import PHRASE_PAUSE_S
-from ultrasinger_gpu_cli.song.words import Segment, without_marks
+from ultrasinger_gpu_cli.song.words import Segment, Word, without_marks
 
 
 class _Segment(Protocol):
@@ -43,7 +43,7 @@ def sung_lines(segments: Sequence[Segment], language: str | None = None) -> list
             out.append(seg)
             continue
         words = without_marks(capitals_start_lines(seg.words, language))
-        lines: list[list] = []
+        lines: list[list[Word]] = []
         for k, w in enumerate(words):
             if not lines or w.phrase_start or w.start_s - words[k - 1].end_s >= PHRASE_PAUSE_S:
                 lines.append([])
