@@ -70,6 +70,12 @@ def _stems_bytes(samples: int) -> int:
     return 2 * samples * 2 * 2 + 2 * 4096
 
 
+def _copies_audio(source: Path) -> bool:
+    """Whether the song folder's audio is the song's file itself (an audio file), not its audio
+    track streamed into a FLAC (a video, or any other container)."""
+    return source.suffix.lower() in audio_io.AUDIO_SUFFIXES
+
+
 def _stems_match(stems: tuple[Path, Path], cached: dict[str, np.ndarray]) -> bool:
     """The cached stems are the ones the entry was made with (present and unchanged)."""
     try:
@@ -554,14 +560,14 @@ class Pipeline:
 
     def _keeps_video(self, source: Path, tags: SongTags) -> bool:
         """Whether the song's file is a video that goes into its folder (``#VIDEO``)."""
-        return self.options.video and tags.video and source.suffix.lower() not in audio_io.AUDIO_SUFFIXES
+        return self.options.video and tags.video and not _copies_audio(source)
 
     def _check_room(self, folder: Path, samples: int, source: Path, tags: SongTags) -> None:
         """Before any compute: the output's disk holds what this song writes there (the stems, the
         audio, twice the stems while they are made there), or an :class:`OutputError` naming it."""
         stems = _stems_bytes(samples) if self.options.separate else 0
         size = source.stat().st_size
-        audio = size if source.suffix.lower() in audio_io.AUDIO_SUFFIXES else _stems_bytes(samples) // 2  # a video's: FLAC
+        audio = size if _copies_audio(source) else _stems_bytes(samples) // 2  # a video's: its audio as FLAC
         video = size if self._keeps_video(source, tags) else 0
         needed = stems + audio + video + SPARE_BYTES
         try:
@@ -576,7 +582,7 @@ class Pipeline:
                      stems: tuple[Path, Path] | None, tags: SongTags) -> dict[str, Path]:  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         files: dict[str, Path] = {}
-        if source.suffix.lower() in audio_io.AUDIO_SUFFIXES:
+        if _copies_audio(source):
             audio_name = f"{name}{source.suffix.lower()}"
             with atomic_path(folder / audio_name) as tmp:
                 shutil.copyfile(source, tmp)

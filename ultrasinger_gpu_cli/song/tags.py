@@ -89,20 +89,19 @@ def read_tags(path: str | Path) -> dict[str, str]:
     return _tags(_probe(Path(path)))
 
 
+def _pictures(probed: dict) -> list[tuple[dict, bool]]:
+    """The file's video streams, each with whether it is an attached picture (a cover)."""
+    return [(st, (st.get("disposition") or {}).get("attached_pic") == 1) for st in probed.get("streams") or []
+            if isinstance(st, dict) and st.get("codec_type") == "video"]  # fmt: skip
+
+
 def _cover(probed: dict) -> Cover | None:
-    for stream in probed.get("streams") or []:
-        if not isinstance(stream, dict) or stream.get("codec_type") != "video":
-            continue
-        if (stream.get("disposition") or {}).get("attached_pic") == 1 and isinstance(stream.get("index"), int):
-            return Cover(stream["index"], str(stream.get("codec_name") or ""))
-    return None
+    return next((Cover(st["index"], str(st.get("codec_name") or "")) for st, attached in _pictures(probed)
+                 if attached and isinstance(st.get("index"), int)), None)  # fmt: skip
 
 
 def _video(probed: dict) -> bool:
-    return any(isinstance(stream, dict) and stream.get("codec_type") == "video"
-               and (stream.get("disposition") or {}).get("attached_pic") != 1
-               and str(stream.get("codec_name") or "") not in _STILL_CODECS
-               for stream in probed.get("streams") or [])  # fmt: skip
+    return any(not attached and str(st.get("codec_name") or "") not in _STILL_CODECS for st, attached in _pictures(probed))
 
 
 def _year(tags: dict[str, str]) -> str | None:
