@@ -90,6 +90,50 @@ def test_the_song_s_tags_are_read_where_its_format_keeps_them(tmp_path, tone_wav
     assert (song_tags(both).artist, song_tags(both).title) == ("Joshua Morin", "On The Run")
 
 
+@pytest.mark.parametrize(("name", "expected"), [
+    ("Rick Astley - Never Gonna Give You Up (Official Music Video) [dQw4w9WgXcQ]", ("Rick Astley", "Never Gonna Give You Up")),
+    ("Jonathan Coulton \u2013 Mr. Fancy Pants", ("Jonathan Coulton", "Mr. Fancy Pants")),  # an en dash
+    ("Band \u2014 Song (Remastered 2011)", ("Band", "Song (Remastered 2011)")),  # an em dash; a bracket that says something
+    ("01 - Queen - Bohemian Rhapsody", ("Queen", "Bohemian Rhapsody")),
+    ("311 - Amber", ("311", "Amber")),  # a band's name, no track number
+    ("01. Hello", (None, "Hello")), ("07 Yesterday", (None, "Yesterday")),
+    ("99 Luftballons", (None, "99 Luftballons")),  # a title's own number
+    ("Artist_-_Song_Title", ("Artist", "Song Title")),
+    ("Song (feat. Guest) [HD] (Lyrics)", (None, "Song (feat. Guest)")), ("Song (Live)", (None, "Song (Live)")),
+    ("Song [abcdefghijk]", (None, "Song")), ("(Official Video)", (None, "(Official Video)")),
+])  # fmt: skip
+def test_a_song_is_named_as_people_s_files_carry_its_name(name, expected):
+    """Artist and title from names as downloads and rips write them: any dash between them, a
+    track number before, a video site's additions after ("(Official Music Video)", yt-dlp's
+    "[video id]") left out, what says something of the song kept."""
+    from ultrasinger_gpu_cli.song.tags import named
+
+    assert named(name) == expected
+
+
+def test_a_video_site_download_is_named_by_its_title_not_its_channel(tmp_path, tone_wav):
+    """yt-dlp tags a download with the uploader's channel as artist and the video's title as
+    title, the page in ``purl``/``comment``: the title's "Artist - Title" names the song; without
+    one, the channel is the artist (its "VEVO" / " - Topic" left out). A file tagged by a person
+    keeps its tags as they are."""
+    from ultrasinger_gpu_cli.song.tags import song_tags
+
+    page = ["-metadata", "comment=https://www.youtube.com/watch?v=dQw4w9WgXcQ",
+            "-metadata", "purl=https://www.youtube.com/watch?v=dQw4w9WgXcQ"]  # fmt: skip
+    video = encode(tone_wav, tmp_path / "Never Gonna [dQw4w9WgXcQ].mp3", "-c:a", "libmp3lame", *page,
+                   "-metadata", "artist=RickAstleyVEVO",
+                   "-metadata", "title=Rick Astley - Never Gonna Give You Up (Official Music Video)")  # fmt: skip
+    assert (song_tags(video).artist, song_tags(video).title) == ("Rick Astley", "Never Gonna Give You Up")
+    channel = encode(tone_wav, tmp_path / "b.mp3", "-c:a", "libmp3lame", *page, "-metadata", "artist=Some Band - Topic",
+                     "-metadata", "title=Their Song (Official Audio)")  # fmt: skip
+    assert (song_tags(channel).artist, song_tags(channel).title) == ("Some Band", "Their Song")
+    person = encode(tone_wav, tmp_path / "c.mp3", "-c:a", "libmp3lame", "-metadata", "artist=Beethoven",
+                    "-metadata", "title=Symphony No. 5 - I. Allegro con brio")  # fmt: skip
+    assert (song_tags(person).artist, song_tags(person).title) == ("Beethoven", "Symphony No. 5 - I. Allegro con brio")
+    untagged = encode(tone_wav, tmp_path / "01 - Jonathan Coulton \u2013 Mr. Fancy Pants.wav")
+    assert (song_tags(untagged).artist, song_tags(untagged).title) == ("Jonathan Coulton", "Mr. Fancy Pants")
+
+
 def test_resample_keeps_pitch_and_length():
     rate = 44_100
     t = np.arange(rate) / rate

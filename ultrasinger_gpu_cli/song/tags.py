@@ -117,22 +117,78 @@ def _genre(tags: dict[str, str]) -> str | None:
     return genre if genre and not re.fullmatch(r"\(?\d+\)?", genre) else None  # an ID3v1 number names nothing
 
 
+#: "Artist - Title": a hyphen, an en dash or an em dash with a space either side.
+_SEPARATOR = re.compile(r"\s+[-\u2013\u2014]\s+")
+#: A track number before the name: zero-padded ("01 Title"), or followed by "." or ")" ("1. Title").
+_TRACK = re.compile(r"^(?:0\d{1,2}\s*[.)]?|\d{1,3}\s*[.)])\s+(?=\S)")
+#: A track number before "Artist - Title": "1 - Artist - Title" (the name goes on with a separator).
+_TRACK_BEFORE_PAIR = re.compile(r"^\d{1,3}\s+[-\u2013\u2014]\s+(?=.*\s[-\u2013\u2014]\s)")
+#: yt-dlp's default file name ends in the video's id: "Title [dQw4w9WgXcQ].webm".
+_VIDEO_ID = re.compile(r"\s*\[[A-Za-z0-9_-]{11}\]$")
+#: The words of what a video site adds to a title in brackets ("(Official Music Video)", "[HD]",
+#: "(Lyrics)", "(Video Oficial)"): a bracket of these words only says nothing of the song.
+_NOISE_WORDS = frozenset("""official music video audio lyric lyrics visualizer visualiser hd hq 4k uhd 1080p 720p full
+    with w/ clip officiel oficial officiale ufficiale videoclip video-clip letra paroles mv m/v""".split())
+_LAST_BRACKET = re.compile(r"\s*[(\[]([^()\[\]]*)[)\]]$")
+#: Where a file's tags say it came from a video site (yt-dlp writes the page into ``purl`` and
+#: ``comment``): its artist tag is the uploader's channel, its title the video's.
+_VIDEO_SITE = re.compile(r"https?://(?:[\w-]+\.)*(?:youtube\.com|youtu\.be|vimeo\.com|dailymotion\.com)/", re.I)
+_CHANNEL_SUFFIX = re.compile(r"(?:\s*-\s*topic|vevo|\s+official)$", re.I)  # "Rick Astley - Topic", "RickAstleyVEVO"
+
+
+def without_noise(title: str) -> str:
+    """A title without what a video site adds to it: yt-dlp's ``[video id]`` and brackets of
+    :data:`_NOISE_WORDS` only ("(Official Music Video)", "[HD]"), from its end. A bracket that
+    says something of the song stays ("(Live)", "(feat. Guest)", "(Remastered 2011)")."""
+    text = _VIDEO_ID.sub("", clean_text(title))
+    while (found := _LAST_BRACKET.search(text)) and found.start() > 0:
+        words = found.group(1).lower().split()
+        if not words or not all(w.strip(".,:-") in _NOISE_WORDS for w in words):
+            break
+        text = text[: found.start()].rstrip()
+    return text
+
+
+def named(text: str) -> tuple[str | None, str]:
+    """(artist or None, title) from a song's name as people's files carry it: "Artist - Title"
+    (a hyphen, en dash or em dash), a track number before it left out ("01 - Artist - Title",
+    "01. Title"; "311 - Amber" is a band's name), underscores for spaces ("Artist_-_Title"), and
+    what a video site adds to a title left out (:func:`without_noise`)."""
+    text = clean_text(text)
+    if "_" in text and " " not in text:
+        text = text.replace("_", " ")
+    text = without_noise(_TRACK_BEFORE_PAIR.sub("", text))
+    pair = _SEPARATOR.split(text, maxsplit=1)
+    if len(pair) == 2 and pair[0].strip() and pair[1].strip():
+        return pair[0].strip(), without_noise(pair[1].strip())
+    return None, _TRACK.sub("", text).strip() or text
+
+
+def _from_video_site(tags: dict[str, str]) -> bool:
+    return any(_VIDEO_SITE.search(tags.get(key, "")) for key in ("purl", "comment"))
+
+
 def song_tags(path: Path) -> SongTags:
     """Artist and title from the tags, else from an "Artist - Title" file name or title tag (a
-    title tag with no artist tag often holds both), else the name; the year (four digits of the
-    date tag), the genre and the embedded cover where the file has them; whether it is a video."""
+    title tag with no artist tag often holds both; see :func:`named`), else the name; the year
+    (four digits of the date tag), the genre and the embedded cover where the file has them;
+    whether it is a video. A file a video site's downloader tagged (its ``purl`` or ``comment``
+    a video page) has its channel as the artist tag: there the title's own "Artist - Title" wins."""
     probed = _probe(path)
     tags = _tags(probed)
-    named = [path.stem] + ([] if tags.get("artist") else [tags.get("title", "")])  # where "Artist - Title" may stand
-    both = next((text for text in named if " - " in text), None)
-    if tags.get("artist") and tags.get("title"):
-        artist, title = tags["artist"], tags["title"]
-    elif both is not None:
-        artist, title = (part.strip() for part in both.split(" - ", 1))
-        artist, title = artist or "Unknown Artist", title or both
+    artist_tag, title_tag = tags.get("artist"), tags.get("title")
+    artist: str | None
+    if _from_video_site(tags):
+        artist, title = named(title_tag or path.stem)
+        if artist is None and artist_tag:
+            artist = _CHANNEL_SUFFIX.sub("", artist_tag).strip()
+    elif artist_tag and title_tag:
+        artist, title = artist_tag, without_noise(title_tag)
     else:
-        artist, title = tags.get("artist", "Unknown Artist"), tags.get("title", path.stem)
-    return SongTags(artist, title, _year(tags), _genre(tags), _cover(probed), _video(probed))
+        pairs = [named(path.stem)] + ([named(title_tag)] if title_tag and not artist_tag else [])
+        artist, title = next((pair for pair in pairs if pair[0] is not None),
+                             (artist_tag, without_noise(title_tag) if title_tag else pairs[0][1]))  # fmt: skip
+    return SongTags(artist or "Unknown Artist", title or path.stem, _year(tags), _genre(tags), _cover(probed), _video(probed))
 
 
 def write_cover(source: Path, cover: Cover, target: Path) -> Path | None:
@@ -155,4 +211,4 @@ def write_cover(source: Path, cover: Cover, target: Path) -> Path | None:
     return target
 
 
-__all__ = ["COVER_SUFFIX", "Cover", "SongTags", "read_tags", "song_tags", "write_cover"]
+__all__ = ["COVER_SUFFIX", "Cover", "SongTags", "named", "read_tags", "song_tags", "without_noise", "write_cover"]
