@@ -112,6 +112,45 @@ def test_lanes_are_asked_for_and_refused_where_they_cannot_apply(env, tmp_path):
     assert serial.exit_code == 2 and "choose one" in serial.stderr
 
 
+def test_a_folder_of_songs_is_the_songs_under_it_and_one_song_s_words_stay_its_own(env, tmp_path):
+    """``ugpu run LIBRARY``: the audio and video files under the folder, folder by folder in name
+    order; hidden files, other files and song folders (a chart inside: ugpu's own output among
+    them) left out. A folder with no song, or a song folder given as a library, is a clear usage
+    error; so are ``--lyrics`` / ``--timings`` with several songs (one song's words), before
+    any model loads."""
+    from ultrasinger_gpu_cli.usecases.batch import songs_in
+
+    (first, second) = _songs(tmp_path / "src")
+    lib = tmp_path / "lib"
+    (lib / "sub").mkdir(parents=True)
+    (lib / "b.wav").write_bytes(first.read_bytes())
+    (lib / "sub" / "a.mkv").write_bytes(second.read_bytes())
+    (lib / "A.MP3").write_bytes(second.read_bytes())
+    (lib / ".hidden.wav").write_bytes(first.read_bytes())
+    (lib / "notes.txt").write_text("to sing\n", encoding="utf-8")
+    (lib / "cover.jpg").write_bytes(b"\xff\xd8")
+    done = lib / "Band - Done"
+    done.mkdir()
+    (done / "Band - Done.txt").write_text("#TITLE:Done\n#ARTIST:Band\n#BPM:300\n#GAP:0\n: 0 4 0 la\nE\n", encoding="utf-8")
+    (done / "Band - Done.wav").write_bytes(first.read_bytes())
+    assert songs_in([lib, first]) == [lib / "A.MP3", lib / "b.wav", lib / "sub" / "a.mkv", first]
+
+    out = str(tmp_path / "o")
+    empty = tmp_path / "empty"
+    (empty / "only-a-chart-folder").mkdir(parents=True)
+    (empty / "only-a-chart-folder" / "x.txt").write_text("#BPM:300\n: 0 4 0 la\nE\n", encoding="utf-8")
+    nothing = CliRunner().invoke(app, ["run", str(empty), "-o", out])
+    assert nothing.exit_code == 2 and f"{empty}: no songs in this folder" in " ".join(nothing.stderr.split())
+    charted = CliRunner().invoke(app, ["run", str(done), "-o", out])
+    assert charted.exit_code == 2 and "a song folder (it holds an UltraStar chart)" in " ".join(charted.stderr.split())
+    lyrics = tmp_path / "words.txt"
+    lyrics.write_text("la la la\n", encoding="utf-8")
+    for flag in ("--lyrics", "--timings"):
+        both = CliRunner().invoke(app, ["run", str(first), str(second), flag, str(lyrics), "-o", out])
+        assert both.exit_code == 2 and "gives one song's words, and 2 songs were given" in " ".join(both.stderr.split())
+    assert not Path(out).exists()  # refused before anything was written
+
+
 def test_packing_several_pipelines_on_a_large_card(fake_gpus, fake_torch, tmp_path):
     fake_gpus(h100(), rtx_5060_ti())
     fake_torch(CU128_ARCHS, "12.8", "2.8.0+cu128")

@@ -37,7 +37,7 @@ def _singers(text: str) -> tuple[str, str]:
 @handles_errors
 def run(
     ctx: typer.Context,
-    songs: Annotated[list[str], typer.Argument(help="Songs (any audio or video file); '-' reads paths from stdin.")],
+    songs: Annotated[list[str], typer.Argument(help="Songs (any audio or video file), or folders of them (a library: the songs under it; song folders holding a chart left out); '-' reads paths from stdin.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the song folders.")] = Path("."),
     mode: ModeParam = ModeChoice.balanced,  # type: ignore[attr-defined]
     vram_limit: LimitParam = None,
@@ -78,7 +78,9 @@ def run(
     from ultrasinger_gpu_cli.components.whisper import check_language
 
     language = check_language(language)
-    paths = _read_songs(songs)
+    from ultrasinger_gpu_cli.usecases.batch import songs_in
+
+    paths = songs_in(_read_songs(songs))
     if not paths:
         raise InvalidSettingError("no songs given (stdin was empty)")
     names = _singers(singers) if singers is not None else None

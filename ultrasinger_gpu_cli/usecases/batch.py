@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
-from ultrasinger_gpu_cli.errors import ModelDamagedError, ModelMissingError, SongCancelled, UgpuError, from_os_error
+from ultrasinger_gpu_cli.errors import InvalidSettingError, ModelDamagedError, ModelMissingError, SongCancelled, UgpuError, from_os_error
+from ultrasinger_gpu_cli.song.audio import AUDIO_SUFFIXES
 from ultrasinger_gpu_cli.song.paths import check_output_dir, sweep_partials
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFailed, SongReport, ignore
 from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs, read_inputs
@@ -72,10 +75,50 @@ class BatchResult:
             raise error
 
 
-def prepare(options: RunOptions) -> SongInputs:
-    """What every batch checks before any model loads: the output folder; and the timings and
-    lyrics files, read here once for every song (a bad one stops at once, naming what is wrong)."""
+#: The files a folder of songs gives ``ugpu run``: audio and video, by their suffix.
+MEDIA_SUFFIXES = frozenset(AUDIO_SUFFIXES | {".wma", ".aif", ".aiff", ".aifc", ".mka", ".wv", ".ape", ".mp2", ".ac3",
+                                             ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".flv", ".mpg", ".mpeg",
+                                             ".ts", ".3gp", ".wmv", ".ogv"})  # fmt: skip
+
+
+def songs_in(paths: Sequence[Path]) -> list[Path]:
+    """The songs ``paths`` give: a file as it is; a folder (a library) the audio and video files
+    under it, folder by folder in name order, hidden ones left out, and song folders too: a folder
+    holding an UltraStar chart is a song already charted (ugpu's own output among them), its audio
+    that chart's. A folder with no song in it is an error naming it."""
+    from ultrasinger_gpu_cli.song.evaluation import chart_files
+
+    out: list[Path] = []
+    for path in paths:
+        if not Path(path).is_dir():
+            out.append(Path(path))
+            continue
+        found = []
+        for folder, dirs, files in os.walk(path):
+            here = Path(folder)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not chart_files(here / d, recursive=False))
+            if here == Path(path) and chart_files(here, recursive=False):
+                raise InvalidSettingError(f"{path}: a song folder (it holds an UltraStar chart), not a folder of songs",
+                                          hint="give the songs' folder, or the song's audio file itself")  # fmt: skip
+            found += [here / f for f in sorted(files)
+                      if not f.startswith(".") and Path(f).suffix.lower() in MEDIA_SUFFIXES and (here / f).is_file()]  # fmt: skip
+        if not found:
+            raise InvalidSettingError(f"{path}: no songs in this folder (audio or video files; folders holding a "
+                                      "chart are songs already charted)")  # fmt: skip
+        out += found
+    return out
+
+
+def prepare(options: RunOptions, paths: Sequence[Path] = ()) -> SongInputs:
+    """What every batch checks before any model loads: the output folder; the timings and lyrics
+    files, read here once (a bad one stops at once, naming what is wrong), and given for one song
+    only: they are its words, not every song's."""
     check_output_dir(options.out_dir)  # before any model loads
+    songs = {Path(p).resolve() for p in paths}
+    for flag, given in (("--lyrics", options.lyrics), ("--timings", options.timings)):
+        if given is not None and len(songs) > 1:
+            raise InvalidSettingError(f"{flag} {given} gives one song's words, and {len(songs)} songs were given",
+                                      hint=f"run each song with its own {flag}")  # fmt: skip
     return read_inputs(options)
 
 
