@@ -104,7 +104,9 @@ def songs_in(paths: Sequence[Path]) -> list[Path]:
                       if not f.startswith(".") and Path(f).suffix.lower() in MEDIA_SUFFIXES and (here / f).is_file()]  # fmt: skip
         if not found:
             raise InvalidSettingError(f"{path}: no songs in this folder (audio or video files; folders holding a "
-                                      "chart are songs already charted)")  # fmt: skip
+                                      "chart are songs already charted)",
+                                      hint=f"to chart charted songs again, give their files: find '{path}' -name '*.mp3' "
+                                           "| ugpu run -")  # fmt: skip
         out += found
     return out
 
