@@ -780,3 +780,35 @@ def test_a_pipeline_leaves_its_options_as_given(tmp_path):
     pipeline = Pipeline(resolve(CPU_TARGET, "balanced"), options)
     assert repr(options) == before and options.cache_dir is None
     assert pipeline.cache.folder == tmp_path / "out" / "cache"  # no database: the cache sits in the output
+
+
+def test_an_english_only_whisper_model_is_never_asked_for_another_language(tmp_path, env):
+    """``tiny.en`` hears English: ``--language de`` with it (the user's stored model) is refused
+    before anything runs, by ``ugpu run`` once for the batch and by the pipeline for each song
+    (a server job's own language), where the libraries would transcribe English and the chart
+    say ``#LANGUAGE:German``. English, or no language (detected), runs."""
+    from typer.testing import CliRunner
+
+    from ultrasinger_gpu_cli.cli import app
+    from ultrasinger_gpu_cli.components.whisper import check_model_language
+    from ultrasinger_gpu_cli.errors import InvalidSettingError
+    from ultrasinger_gpu_cli.plan.resolver import CPU_TARGET, resolve
+    from ultrasinger_gpu_cli.run.options import RunOptions
+    from ultrasinger_gpu_cli.run.pipeline import Pipeline
+
+    from tests.audio_factory import song, write_wav
+
+    tone_song = write_wav(tmp_path / "Band - Song.wav", song(3.0), 44_100)
+    check_model_language("tiny.en", "en"), check_model_language("tiny.en", None), check_model_language("tiny", "de")
+    with pytest.raises(InvalidSettingError, match="hears English only"):
+        check_model_language("small.en", "fr")
+    saved = CliRunner().invoke(app, ["whisper", "--model", "tiny.en", "--save"])
+    assert saved.exit_code == 0, saved.output
+    refused = CliRunner().invoke(app, ["run", str(tone_song), "--language", "de", "-o", str(tmp_path / "out")])
+    assert refused.exit_code == 2
+    assert "--language de: the Whisper model tiny.en hears English only" in " ".join(refused.stderr.split())
+    assert "ugpu whisper --model tiny --save" in " ".join(refused.stderr.split())
+    assert not (tmp_path / "out").exists()
+    plan = resolve(CPU_TARGET, "balanced", overrides={"whisper": {"model": "tiny.en"}})
+    with pytest.raises(InvalidSettingError, match="hears English only"):
+        Pipeline(plan, RunOptions(out_dir=tmp_path / "o2")).open_song(tone_song, language="de")

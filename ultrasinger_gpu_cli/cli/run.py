@@ -75,7 +75,7 @@ def run(
     from ultrasinger_gpu_cli.usecases.scale import convert_batch
     from ultrasinger_gpu_cli.usecases.plan import worker_plan
 
-    from ultrasinger_gpu_cli.components.whisper import check_language
+    from ultrasinger_gpu_cli.components.whisper import check_language, check_model_language
 
     language = check_language(language)
     from ultrasinger_gpu_cli.usecases.batch import songs_in
@@ -88,6 +88,7 @@ def run(
     store = open_store(ctx)
     flags = {component: {"backend": name} for component, name in (("whisper", whisper_backend), ("crepe", pitch_backend)) if name}
     plan = worker_plan(store, gpu, mode.value, vram_limit, flags or None)
+    check_model_language(plan.components["whisper"].model, language)  # once, before any song
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,

@@ -42,6 +42,18 @@ def check_language(code: str | None) -> str | None:
                                   hint=f"leave --language out to detect it, or give one of: {' '.join(LANGUAGES)}")  # fmt: skip
     return wanted
 
+def check_model_language(model: str, language: str | None) -> None:
+    """An English-only model (``tiny.en`` ... ``medium.en``) hears English: another language asked
+    of it is refused before anything runs (the libraries quietly transcribe English instead, and
+    the chart would say ``#LANGUAGE:German`` over English words)."""
+    from ultrasinger_gpu_cli.errors import InvalidSettingError
+
+    if model.endswith(".en") and language not in (None, "en"):
+        raise InvalidSettingError(f"--language {language}: the Whisper model {model} hears English only",
+                                  hint=f"leave --language out, or choose a multilingual model: ugpu whisper --model "
+                                       f"{model.removesuffix('.en')} --save")  # fmt: skip
+
+
 # Rough memory model: it only has to keep every cell of the tier table clear of the budget.
 # Weights in millions of parameters; activations per batch item in MB (fp16).
 _PARAMS_M = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "large-v1": 1550, "large-v2": 1550,
@@ -151,6 +163,7 @@ def ctranslate2_cuda_precision(compute_capability: str | None) -> tuple[str, str
 
 
 def _call(engine: Any, samples: Any, progress: Any, options: StageOptions) -> Any:
+    check_model_language(engine.settings.model, options.language)
     return engine.run(samples, progress, language=options.language)
 
 

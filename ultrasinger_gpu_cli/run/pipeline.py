@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ultrasinger_gpu_cli.components.whisper import WORDS_VERSION
+from ultrasinger_gpu_cli.components.whisper import WORDS_VERSION, check_model_language
 from ultrasinger_gpu_cli.song import audio as audio_io
 from ultrasinger_gpu_cli.song import midi, notes, preview, ultrastar
 from ultrasinger_gpu_cli.song import stream as streams
@@ -252,6 +252,7 @@ class Pipeline:
         the engines run the current one."""
         started = time.perf_counter()
         source = Path(source)
+        check_model_language(self.plan.components["whisper"].model, language or self.options.language)
         audio_io.check_input(source)
         tags = song_tags(source)
         content = sha256_of(source)
