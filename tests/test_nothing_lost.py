@@ -41,6 +41,7 @@ def test_two_songs_with_one_name_get_two_folders_and_a_rerun_is_deliberate(env, 
     out = tmp_path / "out"
     first = invoke("run", str(a), str(b), "--no-separation", "--timings", str(words), "-o", str(out), "--json")
     assert first.exit_code == 0, first.output
+    assert f"note: --timings {words} gives the same words to all 2 songs" in " ".join(first.stderr.split())
     folders = [Path(s["folder"]) for s in json.loads(first.stdout)["songs"]]
     # (on the CPU the two may be converted at once: which one claims the plain name first is a race)
     assert sorted(f.name for f in folders) == ["Unknown Artist - song", "Unknown Artist - song (2)"]

@@ -112,12 +112,11 @@ def test_lanes_are_asked_for_and_refused_where_they_cannot_apply(env, tmp_path):
     assert serial.exit_code == 2 and "choose one" in serial.stderr
 
 
-def test_a_folder_of_songs_is_the_songs_under_it_and_one_song_s_words_stay_its_own(env, tmp_path):
+def test_a_folder_of_songs_is_the_songs_under_it(env, tmp_path):
     """``ugpu run LIBRARY``: the audio and video files under the folder, folder by folder in name
     order; hidden files, other files and song folders (a chart inside: ugpu's own output among
     them) left out. A folder with no song, or a song folder given as a library, is a clear usage
-    error; so are ``--lyrics`` / ``--timings`` with several songs (one song's words), before
-    any model loads."""
+    error before any model loads."""
     from ultrasinger_gpu_cli.usecases.batch import songs_in
 
     (first, second) = _songs(tmp_path / "src")
@@ -143,11 +142,6 @@ def test_a_folder_of_songs_is_the_songs_under_it_and_one_song_s_words_stay_its_o
     assert nothing.exit_code == 2 and f"{empty}: no songs in this folder" in " ".join(nothing.stderr.split())
     charted = CliRunner().invoke(app, ["run", str(done), "-o", out])
     assert charted.exit_code == 2 and "a song folder (it holds an UltraStar chart)" in " ".join(charted.stderr.split())
-    lyrics = tmp_path / "words.txt"
-    lyrics.write_text("la la la\n", encoding="utf-8")
-    for flag in ("--lyrics", "--timings"):
-        both = CliRunner().invoke(app, ["run", str(first), str(second), flag, str(lyrics), "-o", out])
-        assert both.exit_code == 2 and "gives one song's words, and 2 songs were given" in " ".join(both.stderr.split())
     assert not Path(out).exists()  # refused before anything was written
 
 

@@ -89,6 +89,10 @@ def run(
     flags = {component: {"backend": name} for component, name in (("whisper", whisper_backend), ("crepe", pitch_backend)) if name}
     plan = worker_plan(store, gpu, mode.value, vram_limit, flags or None)
     check_model_language(plan.components["whisper"].model, language)  # once, before any song
+    songs_given = len({p.resolve() for p in paths})
+    for flag, given in (("--lyrics", lyrics), ("--timings", timings)):
+        if given is not None and songs_given > 1:  # the same performance in several files, or a slip
+            err_console().print(f"note: {flag} {given} gives the same words to all {songs_given} songs")
     options = RunOptions(out_dir=output, language=language, separate=not no_separation, timings=timings,
                          format_version=format_version.value if format_version else None, fallback=not no_fallback,
                          models_dir=resolve_models_dir(models_dir), rehearsal=rehearsed,

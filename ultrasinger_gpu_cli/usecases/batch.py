@@ -111,16 +111,10 @@ def songs_in(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def prepare(options: RunOptions, paths: Sequence[Path] = ()) -> SongInputs:
-    """What every batch checks before any model loads: the output folder; the timings and lyrics
-    files, read here once (a bad one stops at once, naming what is wrong), and given for one song
-    only: they are its words, not every song's."""
+def prepare(options: RunOptions) -> SongInputs:
+    """What every batch checks before any model loads: the output folder; and the timings and
+    lyrics files, read here once for every song (a bad one stops at once, naming what is wrong)."""
     check_output_dir(options.out_dir)  # before any model loads
-    songs = {Path(p).resolve() for p in paths}
-    for flag, given in (("--lyrics", options.lyrics), ("--timings", options.timings)):
-        if given is not None and len(songs) > 1:
-            raise InvalidSettingError(f"{flag} {given} gives one song's words, and {len(songs)} songs were given",
-                                      hint=f"run each song with its own {flag}")  # fmt: skip
     return read_inputs(options)
 
 

@@ -296,7 +296,7 @@ def run_on_ray(paths: list[Path], options: RunOptions, store: Store | None, *, m
                shared_input: bool = False, on_event: OnEvent = ignore) -> BatchResult:  # fmt: skip
     """``ugpu run --ray``: ``paths`` on a Ray cluster; the result covers every song, written under ``-o``."""
     import_ray()
-    inputs = prepare(options, paths)
+    inputs = prepare(options)
     sweep(options, store)
     return convert(paths, RayFleet(options, store, on_event, mode=mode, vram_limit_gb=vram_limit_gb, flags=flags,
                                    address=address, shared_input=shared_input, inputs=inputs))  # fmt: skip

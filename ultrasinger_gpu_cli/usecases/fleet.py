@@ -220,6 +220,6 @@ class LocalFleet(Fleet):
 def convert_songs(paths: list[Path], plan: Plan, options: RunOptions, store: Store | None,
                   on_event: OnEvent = ignore) -> BatchResult:  # fmt: skip
     """``ugpu run``: ``paths`` with one set of loaded engines, here."""
-    inputs = prepare(options, paths)
+    inputs = prepare(options)
     sweep(options, store)
     return convert(paths, LocalFleet(plan, options, store, on_event, inputs=inputs))

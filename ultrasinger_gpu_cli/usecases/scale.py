@@ -317,7 +317,7 @@ class ProcessFleet(Fleet):
 def run_parallel(paths: list[Path], slots: Slots, options: RunOptions, store: Store | None,
                  on_event: OnEvent = ignore, *, cpu_plan: Plan | None = None) -> BatchResult:  # fmt: skip
     """``ugpu run --gpus``: ``paths`` on the workers of ``slots``; the result covers every song."""
-    inputs = prepare(options, paths)
+    inputs = prepare(options)
     sweep(options, store)
     return convert(paths, ProcessFleet(slots, options, store, on_event, cpu_plan=cpu_plan, inputs=inputs))
 
