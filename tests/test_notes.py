@@ -573,6 +573,52 @@ def test_a_lone_common_word_heard_early_does_not_pull_the_lyrics_before_it():
     assert match_heard("so far away from my home".split(), _heard("so far oh away home")) == {0: 0, 1: 1, 2: 3, 5: 4}
 
 
+class _Heard:
+    """A Whisper engine's two answers as Mr. Fancy Pants sped up 1.12x got them from tiny.en: the
+    transcript skips four sung lines (33.8-41.7 s) and stretches the next word heard, "make",
+    over them (33.97-42.09 s); the aligner, asked for a window's words, spreads them over it."""
+
+    def run(self, audio, progress, language=None):
+        from ultrasinger_gpu_cli.song.words import Segment, Transcript
+
+        heard = [(" You", 25.0, 25.1), (" have", 25.1, 25.2), (" to", 25.2, 25.4), (" have", 25.4, 25.5),
+                 (" the", 25.5, 25.6), (" world's", 25.6, 26.1), (" best", 26.1, 26.2), (" pants.", 26.2, 26.5),
+                 (" To", 33.61, 33.97), (" make", 33.97, 42.09), (" a", 42.09, 42.27), (" big", 42.27, 42.45),
+                 (" announcement", 42.45, 42.79)]  # fmt: skip
+        words = [Word(t, s, e) for t, s, e in heard]
+        return Transcript("en", [Segment(25.0, 42.79, "".join(t for t, _, _ in heard), words)], [(0.0, 60.0)])
+
+    def align(self, audio, windows, texts, language=None, progress=None):
+        out = []
+        for (low, high), text in zip(windows, texts):
+            words = text.split()
+            step = (high - low) / len(words)
+            out.append([(w, low + k * step, low + (k + 1) * step) for k, w in enumerate(words)])
+        return language, out
+
+
+def test_lyrics_whisper_did_not_hear_are_not_squeezed_before_the_word_it_stretched_over_them(tmp_path):
+    """Whisper gives every frame to a word: four lines it did not hear went to the next word it
+    did ("make", 8 s long, starting where they start). Taken as an anchor, it squeezed those
+    lines and "They" into the 7 s before its false start (each word of "Hey Mister Fancy Pants
+    They" 6 s early). After words Whisper did not hear, a word that long is no anchor: its start
+    is found with theirs, and the lines take the stretch up to the next word heard."""
+    from ultrasinger_gpu_cli.song.lyrics import align_lyrics, load_lyrics
+
+    path = tmp_path / "lyrics.txt"
+    path.write_text("You have to have the world's best pants\nIt's only clothes\nAnd deep inside\nHe's sad\n"
+                    "Hey Mister Fancy Pants\nThey make the big announcement\n", encoding="utf-8")  # fmt: skip
+    aligned = align_lyrics(_Heard(), np.zeros(60 * 16_000, dtype=np.float32), load_lyrics(path), lambda f, t: None,
+                           language="en", sample_rate=16_000)  # fmt: skip
+    words = [w for line in aligned.lines for w in line]
+    at = {w.text: w.start_s for w in words}
+    assert [w.text for w in words] == "You have to have the world's best pants It's only clothes And deep inside He's sad Hey Mister Fancy Pants They make the big announcement".split()
+    assert all(b.start_s >= a.start_s for a, b in zip(words, words[1:]))
+    assert at["make"] > 41.0 and at["They"] > 40.5  # sung at 41.84 / 42.0: not at Whisper's 33.97
+    assert at["Pants"] > 38.0 and at["It's"] < 30.0  # the four lines spread over the stretch, not 34-35 s
+    assert at["big"] == pytest.approx(42.27, abs=0.05)  # heard words Whisper timed well stay anchors
+
+
 def test_no_lyrics_word_is_squeezed_below_a_sung_syllable():
     from ultrasinger_gpu_cli.song.lyrics import MIN_SYLLABLE_S, unsqueeze
 

@@ -49,6 +49,7 @@ UNPAIRED_COST = 0.2
 MAX_WORDS_PER_S = 8.0
 MIN_LINE_S = 1.0
 ALIGN_MIN_S = 1.0  # a stretch shorter than this between matched words is shared by letters, not aligned
+LONG_WORD = 2.0  # a heard word longer than this many median words is stretched over words Whisper did not hear
 _LRC_TIME = re.compile(r"\[(\d{1,3}):(\d{1,2}(?:[.:]\d{1,3})?)\]")
 #: LRC's own tags ([ar:...], [ti:...], [offset:...]); another "[Name: ...]" line is a section header.
 _LRC_TAG = re.compile(r"^\[(?:ar|al|ti|au|by|length|offset|re|tool|ve|la|lang|#)\s*:[^\]]*\]$", re.IGNORECASE)
@@ -416,6 +417,15 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
     # line before's last matched word follow it, those of the line after's first precede it, at
     # the song's own pace; whole lines Whisper missed are aligned in what is left.
     pace = _pace([w for w in timed if w is not None])
+    # Whisper gives every frame to a word: where it did not hear a stretch of the song, the word
+    # after the stretch takes its frames (the next line's first word after an instrumental bar,
+    # or after lines it missed) and starts far too early, lasting many times a sung word. After
+    # words it did not hear, such a word is no anchor: its start is found with theirs.
+    long_s = LONG_WORD * _median_word_s(heard)
+    for k in range(1, len(user)):
+        word = timed[k]
+        if word is not None and timed[k - 1] is None and word.end_s - word.start_s > long_s:
+            timed[k] = None
     to_align: list[tuple[list[int], tuple[float, float]]] = []
     for first, last in _unmatched_runs(timed):
         before = timed[first - 1] if first > 0 else None
@@ -470,6 +480,12 @@ def _unmatched_runs(timed: list[Word | None]) -> list[tuple[int, int]]:
             runs.append((first, k - 1))
             first = None
     return runs
+
+
+def _median_word_s(words: list[Word]) -> float:
+    """The median length of the words Whisper heard (0.3 s where it heard none)."""
+    lengths = sorted(w.end_s - w.start_s for w in words)
+    return float(lengths[len(lengths) // 2]) if lengths else 0.3
 
 
 def _pace(words: list[Word]) -> float:
