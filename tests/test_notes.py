@@ -416,6 +416,31 @@ def test_eval_scores_a_generated_chart_against_a_hand_made_one(tmp_path):
     assert "Known" in human.stderr and "50.0%" in human.stderr and human.stdout == ""
 
 
+def test_eval_pairs_a_library_s_charts_as_people_name_them(tmp_path):
+    """A user's hand charts are named as they were downloaded: "Mr Fancy Pants" where ugpu wrote
+    "Mr. Fancy Pants" (case and punctuation aside), or every one ``song.txt`` in its own folder
+    (then by ``#ARTIST`` and ``#TITLE``); a name several charts share pairs none of them by it."""
+    from ultrasinger_gpu_cli.song.evaluation import pair_charts
+
+    def chart(path: Path, artist: str, title: str) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#TITLE:{title}\n#ARTIST:{artist}\n#BPM:300\n#GAP:0\n: 0 4 0 la\nE\n", encoding="utf-8")
+        return path
+
+    gen = [chart(tmp_path / "gen" / "Jonathan Coulton - Mr. Fancy Pants.txt", "Jonathan Coulton", "Mr. Fancy Pants"),
+           chart(tmp_path / "gen" / "Joshua Morin - On The Run.txt", "Joshua Morin", "On The Run"),
+           chart(tmp_path / "gen" / "Band - Other.txt", "Band", "Other")]
+    ref = [chart(tmp_path / "ref" / "Jonathan Coulton - Mr Fancy Pants.txt", "Jonathan Coulton", "Mr Fancy Pants"),
+           chart(tmp_path / "ref" / "on-the-run" / "song.txt", "Joshua Morin", "On the run"),
+           chart(tmp_path / "ref" / "elsewhere" / "song.txt", "Someone", "Else")]  # fmt: skip
+    pairs, gen_only, ref_only = pair_charts(gen, ref)
+    assert pairs == [("Jonathan Coulton - Mr Fancy Pants", gen[0], ref[0]), ("Joshua Morin - On the run", gen[1], ref[1])]
+    assert gen_only == [gen[2]] and ref_only == [ref[2]]
+    result = invoke("eval", str(tmp_path / "gen"), str(tmp_path / "ref"), "--json")
+    assert result.exit_code == 0, result.output
+    assert [s["name"] for s in json.loads(result.stdout)["songs"]] == [name for name, _, _ in pairs]
+
+
 def test_eval_scores_line_starts_by_the_words_that_start_them():
     from ultrasinger_gpu_cli.song.evaluation import line_starts
 

@@ -30,6 +30,8 @@ CLI imports.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -333,14 +335,57 @@ def chart_files(folder: Path, *, recursive: bool = True) -> list[Path]:
     return found
 
 
-def _charts_in(path: Path) -> dict[str, Path]:
-    """The UltraStar charts under a folder, by name (stem, case ignored); a file: itself."""
-    if path.is_file():
-        return {path.stem.casefold(): path}
-    found: dict[str, Path] = {}
-    for candidate in chart_files(path):
-        found.setdefault(candidate.stem.casefold(), candidate)
-    return found
+def _charts_in(path: Path) -> list[Path]:
+    """The UltraStar charts under a folder; a file: itself."""
+    return [path] if path.is_file() else chart_files(path)
+
+
+def name_key(text: str) -> str:
+    """A song's name as two charts of it are matched: case, spaces and punctuation ignored
+    ("Mr. Fancy Pants" and "Mr Fancy Pants" are one song)."""
+    return re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", text).casefold())
+
+
+def _headers_name(path: Path) -> str:
+    """"Artist - Title" from a chart's own headers ("" where it has neither)."""
+    try:
+        headers = load_chart(path).headers
+    except EvaluationError:
+        return ""
+    artist, title = headers.get("ARTIST", "").strip(), headers.get("TITLE", "").strip()
+    return f"{artist} - {title}" if artist or title else ""
+
+
+def pair_charts(generated: Sequence[Path], reference: Sequence[Path]) -> tuple[list[tuple[str, Path, Path]], list[Path], list[Path]]:
+    """Generated and reference charts of one song, as (name, generated, reference), and those
+    of either side left alone. A chart is paired by its file name (case ignored), else by its
+    name with punctuation and spaces ignored (:func:`name_key`), else by its ``#ARTIST`` and
+    ``#TITLE``; a name several charts of one side share (a library of ``song.txt`` files, one a
+    folder) pairs none of them by it."""
+    left_g, left_r = list(generated), list(reference)
+    headers: dict[Path, str] = {}
+
+    def by_headers(p: Path) -> str:
+        if p not in headers:
+            headers[p] = name_key(_headers_name(p))
+        return headers[p]
+
+    pairs: list[tuple[Path, Path]] = []
+    for key in (lambda p: p.stem.casefold(), lambda p: name_key(p.stem), by_headers):
+        sides = []
+        for side in (left_g, left_r):
+            keyed: dict[str, list[Path]] = {}
+            for p in side:
+                keyed.setdefault(key(p), []).append(p)
+            sides.append({k: ps[0] for k, ps in keyed.items() if k and len(ps) == 1})
+        for k in sorted(sides[0].keys() & sides[1].keys()):
+            g, r = sides[0][k], sides[1][k]
+            pairs.append((g, r))
+            left_g.remove(g)
+            left_r.remove(r)
+    stems = [p.stem.casefold() for p in reference]
+    named = [((r.stem if stems.count(r.stem.casefold()) == 1 else _headers_name(r) or r.stem), g, r) for g, r in pairs]
+    return sorted(named, key=lambda t: t[0].casefold()), left_g, left_r
 
 
 def _head(path: Path) -> bytes:
@@ -375,13 +420,12 @@ def evaluate(generated: Path, reference: Path) -> Evaluation:
         gen_only: list[str] = []
         ref_only: list[str] = []
     else:
-        gen, ref = _charts_in(generated), _charts_in(reference)
-        pairs = [(ref[k].stem, gen[k], ref[k]) for k in sorted(gen.keys() & ref.keys())]
-        gen_only = sorted(str(gen[k]) for k in gen.keys() - ref.keys())
-        ref_only = sorted(str(ref[k]) for k in ref.keys() - gen.keys())
+        pairs, gen_left, ref_left = pair_charts(_charts_in(generated), _charts_in(reference))
+        gen_only, ref_only = sorted(map(str, gen_left)), sorted(map(str, ref_left))
         if not pairs:
-            raise EvaluationError(f"no chart in {generated} has the name of a chart in {reference}",
-                                  hint="charts are matched by file name: 'Artist - Title.txt' in both")  # fmt: skip
+            raise EvaluationError(f"no chart in {generated} is of a song charted in {reference}",
+                                  hint="charts are matched by file name ('Artist - Title.txt'), punctuation and case "
+                                       "aside, else by their #ARTIST and #TITLE")  # fmt: skip
     scores = tuple(s for name, g, r in pairs for s in score_song(load_chart(g), load_chart(r), name=name,
                                                                    generated_path=str(g), reference_path=str(r)))  # fmt: skip
     return Evaluation(scores, tuple(gen_only), tuple(ref_only))
