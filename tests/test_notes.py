@@ -599,19 +599,18 @@ def test_a_lone_common_word_heard_early_does_not_pull_the_lyrics_before_it():
 
 
 class _Heard:
-    """A Whisper engine's two answers as Mr. Fancy Pants sped up 1.12x got them from tiny.en: the
-    transcript skips four sung lines (33.8-41.7 s) and stretches the next word heard, "make",
-    over them (33.97-42.09 s); the aligner, asked for a window's words, spreads them over it."""
+    """A Whisper engine's two answers: the words it heard (as tiny.en heard them), and, asked to
+    align a window's words, those words spread over the window."""
+
+    def __init__(self, heard: list[tuple[str, float, float]]) -> None:
+        self.heard = heard
 
     def run(self, audio, progress, language=None):
         from ultrasinger_gpu_cli.song.words import Segment, Transcript
 
-        heard = [(" You", 25.0, 25.1), (" have", 25.1, 25.2), (" to", 25.2, 25.4), (" have", 25.4, 25.5),
-                 (" the", 25.5, 25.6), (" world's", 25.6, 26.1), (" best", 26.1, 26.2), (" pants.", 26.2, 26.5),
-                 (" To", 33.61, 33.97), (" make", 33.97, 42.09), (" a", 42.09, 42.27), (" big", 42.27, 42.45),
-                 (" announcement", 42.45, 42.79)]  # fmt: skip
-        words = [Word(t, s, e) for t, s, e in heard]
-        return Transcript("en", [Segment(25.0, 42.79, "".join(t for t, _, _ in heard), words)], [(0.0, 60.0)])
+        words = [Word(t, s, e) for t, s, e in self.heard]
+        return Transcript("en", [Segment(words[0].start_s, words[-1].end_s, "".join(t for t, _, _ in self.heard), words)],
+                          [(0.0, 240.0)])  # fmt: skip
 
     def align(self, audio, windows, texts, language=None, progress=None):
         out = []
@@ -626,22 +625,42 @@ def test_lyrics_whisper_did_not_hear_are_not_squeezed_before_the_word_it_stretch
     """Whisper gives every frame to a word: four lines it did not hear went to the next word it
     did ("make", 8 s long, starting where they start). Taken as an anchor, it squeezed those
     lines and "They" into the 7 s before its false start (each word of "Hey Mister Fancy Pants
-    They" 6 s early). After words Whisper did not hear, a word that long is no anchor: its start
-    is found with theirs, and the lines take the stretch up to the next word heard."""
+    They" 6 s early). After words Whisper did not hear (two or more: one is a mishearing), a
+    word that long is no anchor: its start is found with theirs, and the lines take the stretch
+    up to the next word heard."""
     from ultrasinger_gpu_cli.song.lyrics import align_lyrics, load_lyrics
 
-    path = tmp_path / "lyrics.txt"
-    path.write_text("You have to have the world's best pants\nIt's only clothes\nAnd deep inside\nHe's sad\n"
-                    "Hey Mister Fancy Pants\nThey make the big announcement\n", encoding="utf-8")  # fmt: skip
-    aligned = align_lyrics(_Heard(), np.zeros(60 * 16_000, dtype=np.float32), load_lyrics(path), lambda f, t: None,
-                           language="en", sample_rate=16_000)  # fmt: skip
-    words = [w for line in aligned.lines for w in line]
+    def aligned(lyrics: str, heard: list[tuple[str, float, float]]):
+        path = tmp_path / "lyrics.txt"
+        path.write_text(lyrics, encoding="utf-8")
+        return align_lyrics(_Heard(heard), np.zeros(240 * 16_000, dtype=np.float32), load_lyrics(path), lambda f, t: None,
+                            language="en", sample_rate=16_000)  # fmt: skip
+
+    # Mr. Fancy Pants sped up 1.12x: tiny.en skips four sung lines (33.8-41.7 s) and stretches the
+    # next word it hears, "make", over them (33.97-42.09 s).
+    fancy = aligned("You have to have the world's best pants\nIt's only clothes\nAnd deep inside\nHe's sad\n"
+                    "Hey Mister Fancy Pants\nThey make the big announcement\n",
+                    [(" You", 25.0, 25.1), (" have", 25.1, 25.2), (" to", 25.2, 25.4), (" have", 25.4, 25.5),
+                     (" the", 25.5, 25.6), (" world's", 25.6, 26.1), (" best", 26.1, 26.2), (" pants.", 26.2, 26.5),
+                     (" To", 33.61, 33.97), (" make", 33.97, 42.09), (" a", 42.09, 42.27), (" big", 42.27, 42.45),
+                     (" announcement", 42.45, 42.79)])  # fmt: skip
+    words = [w for line in fancy.lines for w in line]
     at = {w.text: w.start_s for w in words}
     assert [w.text for w in words] == "You have to have the world's best pants It's only clothes And deep inside He's sad Hey Mister Fancy Pants They make the big announcement".split()
     assert all(b.start_s >= a.start_s for a, b in zip(words, words[1:]))
     assert at["make"] > 41.0 and at["They"] > 40.5  # sung at 41.84 / 42.0: not at Whisper's 33.97
     assert at["Pants"] > 38.0 and at["It's"] < 30.0  # the four lines spread over the stretch, not 34-35 s
     assert at["big"] == pytest.approx(42.27, abs=0.05)  # heard words Whisper timed well stay anchors
+    # On the run: one word missed ("I'm", a held line of its own) before a held note Whisper heard
+    # ("Coming", 1.4 s, three median words): a mishearing, not a skipped stretch; it stays an anchor.
+    held = aligned("I have been thinking about the past\nI can't remember where I am\nI'm\nComing home\n",
+                   [(" I", 185.0, 185.3), (" have", 185.3, 185.6), (" been", 185.6, 185.8),
+                    (" thinking", 185.8, 186.1), (" about", 186.1, 186.7), (" the", 186.7, 187.0),
+                    (" past", 187.0, 187.75),
+                    (" I", 187.75, 190.23), (" can't", 190.23, 191.21), (" remember", 191.21, 191.33),
+                    (" where", 191.33, 191.89), (" I", 191.89, 192.55), (" am", 192.55, 193.59),
+                    (" Coming", 199.87, 201.27), (" home", 201.27, 211.27)])  # fmt: skip
+    assert [w.start_s for line in held.lines for w in line if w.text == "Coming"] == [pytest.approx(199.87)]
 
 
 def test_no_lyrics_word_is_squeezed_below_a_sung_syllable():

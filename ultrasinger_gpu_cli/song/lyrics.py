@@ -49,6 +49,7 @@ UNPAIRED_COST = 0.2
 MAX_WORDS_PER_S = 8.0
 MIN_LINE_S = 1.0
 ALIGN_MIN_S = 1.0  # a stretch shorter than this between matched words is shared by letters, not aligned
+SKIPPED_WORDS = 2  # words in a row Whisper did not hear: a stretch it skipped, not a mishearing
 LONG_WORD = 2.0  # a heard word longer than this many median words is stretched over words Whisper did not hear
 _LRC_TIME = re.compile(r"\[(\d{1,3}):(\d{1,2}(?:[.:]\d{1,3})?)\]")
 #: LRC's own tags ([ar:...], [ti:...], [offset:...]); another "[Name: ...]" line is a section header.
@@ -417,14 +418,15 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
     # line before's last matched word follow it, those of the line after's first precede it, at
     # the song's own pace; whole lines Whisper missed are aligned in what is left.
     pace = _pace([w for w in timed if w is not None])
-    # Whisper gives every frame to a word: where it did not hear a stretch of the song, the word
-    # after the stretch takes its frames (the next line's first word after an instrumental bar,
-    # or after lines it missed) and starts far too early, lasting many times a sung word. After
-    # words it did not hear, such a word is no anchor: its start is found with theirs.
+    # Whisper gives every frame to a word: where it skipped a stretch of the song, the word after
+    # the stretch takes its frames and starts far too early, lasting many times a sung word. After
+    # words it did not hear (SKIPPED_WORDS or more in a row: one alone is a mishearing, and the
+    # long word after it a held note), such a word is no anchor: its start is found with theirs.
     long_s = LONG_WORD * _median_word_s(heard)
-    for k in range(1, len(user)):
+    for k in range(SKIPPED_WORDS, len(user)):
         word = timed[k]
-        if word is not None and timed[k - 1] is None and word.end_s - word.start_s > long_s:
+        skipped = all(w is None for w in timed[k - SKIPPED_WORDS : k])
+        if word is not None and skipped and word.end_s - word.start_s > long_s:
             timed[k] = None
     to_align: list[tuple[list[int], tuple[float, float]]] = []
     for first, last in _unmatched_runs(timed):
