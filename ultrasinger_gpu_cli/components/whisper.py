@@ -81,7 +81,11 @@ _DECODER = {"tiny": (4, 384), "base": (6, 512), "small": (12, 768), "medium": (2
 
 #: Goes up whenever the words a model hears in the same audio change (the heads that time them, how
 #: chunks are joined): the stage cache keys Whisper's words by it, so no word timed the old way is reused.
-WORDS_VERSION = 3  # 3: --lyrics, a stretched word after words Whisper did not hear is no anchor
+WORDS_VERSION = 2
+#: The same for the words ``--lyrics`` times (how its lines are placed on what Whisper heard): only
+#: runs with lyrics key their words by it, so a change there keeps every other run's words (and the
+#: seed of their temperature fallback, drawn from the key).
+LYRICS_VERSION = 2  # 2: a stretched word after words Whisper did not hear is no anchor
 
 
 def word_heads(layers: int, heads: int) -> tuple[tuple[int, int], ...]:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ultrasinger_gpu_cli.components.whisper import WORDS_VERSION, check_model_language
+from ultrasinger_gpu_cli.components.whisper import LYRICS_VERSION, WORDS_VERSION, check_model_language
 from ultrasinger_gpu_cli.song import audio as audio_io
 from ultrasinger_gpu_cli.song import midi, notes, preview, ultrastar
 from ultrasinger_gpu_cli.song import stream as streams
@@ -196,7 +196,7 @@ class Pipeline:
         """The words' cache key: the vocals' key, the model and what else changes the words."""
         w, lyrics = self.plan.components["whisper"], self.inputs.lyrics
         return cache_key(vocals_key, "whisper", w.value("backend"), w.model, language, w.value("beam_size"),
-                         sha256_of(lyrics.path) if lyrics else None, WORDS_VERSION)  # fmt: skip
+                         (sha256_of(lyrics.path), LYRICS_VERSION) if lyrics else None, WORDS_VERSION)  # fmt: skip
 
     def _first_engine(self, content: str, language: str | None) -> str | None:
         """The stage whose engine a song needs first, where its result is not in the resume cache:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import UgpuError
+from ultrasinger_gpu_cli.song.onsets import PAUSE_S
 from ultrasinger_gpu_cli.song.syllables import MIN_SYLLABLE_S, rule_syllables, share_by_letters
 from ultrasinger_gpu_cli.song.ultrastar import BOTH, P1, P2, SOLO
 from ultrasinger_gpu_cli.song.wordmatch import match
@@ -411,7 +412,8 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
     language = language or transcript.language
     heard = [w for seg in transcript.segments for w in seg.words if w.text.strip()]
     timed: list[Word | None] = [None] * len(user)
-    for i, j in match_heard(user, heard).items():
+    matches = match_heard(user, heard)
+    for i, j in matches.items():
         timed[i] = Word(user[i], heard[j].start_s, heard[j].end_s)
     chunks = list(transcript.chunks) or [(0.0, duration)]
     # The words between two matches, timed in the stretch between their neighbours: those of the
@@ -419,15 +421,22 @@ def align_lyrics(engine: Any, audio: Any, lyrics: Lyrics, progress: Any, *, lang
     # the song's own pace; whole lines Whisper missed are aligned in what is left.
     pace = _pace([w for w in timed if w is not None])
     # Whisper gives every frame to a word: where it skipped a stretch of the song, the word after
-    # the stretch takes its frames and starts far too early, lasting many times a sung word. After
-    # words it did not hear (SKIPPED_WORDS or more in a row: one alone is a mishearing, and the
-    # long word after it a held note), such a word is no anchor: its start is found with theirs.
+    # the stretch takes its frames and starts far too early, lasting many times a sung word (and
+    # long enough to hold the words it did not hear at the song's pace), and the words it heard
+    # next follow straight on from its end. After words it did not hear (SKIPPED_WORDS or more in
+    # a row: one alone is a mishearing), such a word is no anchor: its start is found with
+    # theirs. A long word with no room for them, or followed by a rest, is a held note and stays.
     long_s = LONG_WORD * _median_word_s(heard)
-    for k in range(SKIPPED_WORDS, len(user)):
-        word = timed[k]
-        skipped = all(w is None for w in timed[k - SKIPPED_WORDS : k])
-        if word is not None and skipped and word.end_s - word.start_s > long_s:
-            timed[k] = None
+    for i, j in sorted(matches.items()):
+        word = heard[j]
+        missed = 0
+        while missed < i and timed[i - missed - 1] is None:
+            missed += 1
+        room = word.end_s - word.start_s - long_s
+        held_them = room >= pace * sum(_syllable_count(user[k]) for k in range(i - missed, i))
+        followed = j + 1 < len(heard) and heard[j + 1].start_s - word.end_s < PAUSE_S
+        if missed >= SKIPPED_WORDS and room > 0 and held_them and followed:
+            timed[i] = None
     to_align: list[tuple[list[int], tuple[float, float]]] = []
     for first, last in _unmatched_runs(timed):
         before = timed[first - 1] if first > 0 else None
