@@ -229,6 +229,20 @@ def test_the_grid_goes_finer_only_where_notes_would_lose_their_start_on_it():
     assert grid_multiple(tempo, 0.0, one_fragment) == 2
 
 
+def test_two_notes_of_a_line_never_touch_as_hand_charts_write_them():
+    """Hand charts leave a beat between two notes (the consonant between two vowels; 5% and 0% of
+    the two shared hand charts' neighbours touch, a melisma's ``~`` notes included); notes sung
+    legato end a beat before the next starts, where the first is longer than a beat. The starts
+    stay where the voice starts; a one-beat note before another keeps its beat."""
+    from ultrasinger_gpu_cli.song.notes import on_grid
+
+    beat = 0.1
+    legato = [(0.0, 0.6), (0.6, 1.2), (1.2, 1.5), (1.5, 1.6), (1.6, 2.0)]
+    assert on_grid(legato, 0.0, beat) == [(0, 5), (6, 5), (12, 2), (15, 1), (16, 4)]
+    apart = [(0.0, 0.4), (0.6, 1.0)]  # a rest between them already
+    assert on_grid(apart, 0.0, beat) == [(0, 4), (6, 4)]
+
+
 def test_a_note_starts_on_the_beat_its_voice_is_first_heard_in():
     """Charters start a note on the first beat in which its vowel is audible (not the nearest
     beat): a voice starting 0.7 of a beat into beat 3 is sung in beat 3. Its end stays on the

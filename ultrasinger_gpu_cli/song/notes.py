@@ -34,7 +34,7 @@ Pure functions, no heavy imports (README, "How notes are made").
    written a beat long runs into the next, which moves off its beat: :func:`on_grid`); ``#GAP`` is a
    beat of the song's beat grid, so notes line up with the beats in an editor. A note starts on
    the beat its voice starts in (:func:`start_beat`), as charters place it, and ends on the beat
-   nearest its end.
+   nearest its end, a beat before the next note where it would touch it (:func:`on_grid`).
 """
 
 from __future__ import annotations
@@ -463,13 +463,18 @@ def on_grid(spans: Sequence[tuple[float, float]], gap_s: float, beat_s: float) -
     chart's notes lie inside the audio), ends on the beat nearest its sung end and lasts at least
     a beat; a note running into the next one is cut back to end where the next starts, and only
     where it is a beat long already (both on one beat) does the next one move a beat later. No
-    overlaps."""
+    overlaps, and a beat between two notes where the first is longer than a beat: charters leave
+    one (the consonant between two sung vowels; notes that touch show as one bar, and a singer
+    scored through the consonant loses the note's end), hand charts almost never let two notes
+    touch, a melisma's ``~`` notes included."""
     placed: list[list[int]] = []
     for s, e in spans:
         start = start_beat(s, gap_s, beat_s)
         if placed and start < placed[-1][0] + placed[-1][1]:  # no overlaps: trim the previous note
             placed[-1][1] = max(1, start - placed[-1][0])
             start = max(start, placed[-1][0] + placed[-1][1])
+        if placed and start == placed[-1][0] + placed[-1][1] and placed[-1][1] > 1:
+            placed[-1][1] -= 1  # a beat between the two
         placed.append([start, max(1, grid_beat(e, gap_s, beat_s) - start)])
     return [(a, n) for a, n in placed]
 
