@@ -72,14 +72,13 @@ def run(
     from ultrasinger_gpu_cli.weights.models import models_dir as resolve_models_dir
     from ultrasinger_gpu_cli.run.options import RunOptions
     from ultrasinger_gpu_cli.cli.run_view import RunDisplay, summary_table
+    from ultrasinger_gpu_cli.usecases.batch import songs_in
     from ultrasinger_gpu_cli.usecases.scale import convert_batch
     from ultrasinger_gpu_cli.usecases.plan import worker_plan
 
     from ultrasinger_gpu_cli.components.whisper import check_language, check_model_language
 
     language = check_language(language)
-    from ultrasinger_gpu_cli.usecases.batch import songs_in
-
     paths = songs_in(_read_songs(songs))
     if not paths:
         raise InvalidSettingError("no songs given (stdin was empty)")

@@ -67,6 +67,10 @@ class Audio:
 #: What libsndfile reads without ffmpeg.
 #: Audio files a song folder takes as they are (anything else is re-encoded there).
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".m4a", ".opus", ".flac", ".wav", ".aac"}
+#: The files a folder of songs gives ``ugpu run``: audio and video, by their suffix.
+MEDIA_SUFFIXES = frozenset(AUDIO_SUFFIXES | {".wma", ".aif", ".aiff", ".aifc", ".mka", ".wv", ".ape", ".mp2", ".ac3",
+                                             ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".flv", ".mpg", ".mpeg",
+                                             ".ts", ".3gp", ".wmv", ".ogv"})  # fmt: skip
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg")
 
 

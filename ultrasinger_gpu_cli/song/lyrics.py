@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ultrasinger_gpu_cli.errors import UgpuError
-from ultrasinger_gpu_cli.song.onsets import PAUSE_S
+from ultrasinger_gpu_cli.song.onsets import LONG_WORD, PAUSE_S
 from ultrasinger_gpu_cli.song.syllables import MIN_SYLLABLE_S, rule_syllables, share_by_letters
 from ultrasinger_gpu_cli.song.ultrastar import BOTH, P1, P2, SOLO
 from ultrasinger_gpu_cli.song.wordmatch import match
@@ -51,7 +51,6 @@ MAX_WORDS_PER_S = 8.0
 MIN_LINE_S = 1.0
 ALIGN_MIN_S = 1.0  # a stretch shorter than this between matched words is shared by letters, not aligned
 SKIPPED_WORDS = 2  # words in a row Whisper did not hear: a stretch it skipped, not a mishearing
-LONG_WORD = 2.0  # a heard word longer than this many median words is stretched over words Whisper did not hear
 _LRC_TIME = re.compile(r"\[(\d{1,3}):(\d{1,2}(?:[.:]\d{1,3})?)\]")
 #: LRC's own tags ([ar:...], [ti:...], [offset:...]); another "[Name: ...]" line is a section header.
 _LRC_TAG = re.compile(r"^\[(?:ar|al|ti|au|by|length|offset|re|tool|ve|la|lang|#)\s*:[^\]]*\]$", re.IGNORECASE)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ultrasinger_gpu_cli.crashlog import describe, write_crash_log
 from ultrasinger_gpu_cli.errors import InvalidSettingError, ModelDamagedError, ModelMissingError, SongCancelled, UgpuError, from_os_error
-from ultrasinger_gpu_cli.song.audio import AUDIO_SUFFIXES
+from ultrasinger_gpu_cli.song.audio import MEDIA_SUFFIXES
 from ultrasinger_gpu_cli.song.paths import check_output_dir, sweep_partials
 from ultrasinger_gpu_cli.run.events import Notice, OnEvent, SongFailed, SongReport, ignore
 from ultrasinger_gpu_cli.run.options import RunOptions, SongInputs, read_inputs
@@ -75,12 +75,6 @@ class BatchResult:
             raise error
 
 
-#: The files a folder of songs gives ``ugpu run``: audio and video, by their suffix.
-MEDIA_SUFFIXES = frozenset(AUDIO_SUFFIXES | {".wma", ".aif", ".aiff", ".aifc", ".mka", ".wv", ".ape", ".mp2", ".ac3",
-                                             ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".flv", ".mpg", ".mpeg",
-                                             ".ts", ".3gp", ".wmv", ".ogv"})  # fmt: skip
-
-
 def songs_in(paths: Sequence[Path]) -> list[Path]:
     """The songs ``paths`` give: a file as it is; a folder (a library) the audio and video files
     under it, folder by folder in name order, hidden ones left out, and song folders too: a folder
@@ -93,13 +87,13 @@ def songs_in(paths: Sequence[Path]) -> list[Path]:
         if not Path(path).is_dir():
             out.append(Path(path))
             continue
+        if chart_files(Path(path), recursive=False):
+            raise InvalidSettingError(f"{path}: a song folder (it holds an UltraStar chart), not a folder of songs",
+                                      hint="give the songs' folder, or the song's audio file itself")  # fmt: skip
         found = []
         for folder, dirs, files in os.walk(path):
             here = Path(folder)
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not chart_files(here / d, recursive=False))
-            if here == Path(path) and chart_files(here, recursive=False):
-                raise InvalidSettingError(f"{path}: a song folder (it holds an UltraStar chart), not a folder of songs",
-                                          hint="give the songs' folder, or the song's audio file itself")  # fmt: skip
             found += [here / f for f in sorted(files)
                       if not f.startswith(".") and Path(f).suffix.lower() in MEDIA_SUFFIXES and (here / f).is_file()]  # fmt: skip
         if not found:
